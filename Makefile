@@ -1,0 +1,30 @@
+# Two entry points: `make demo` and `make test`. Each creates .venv from python3 if needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test,demo]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m npconv train
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run.py
+
+lint: $(VENV)/.installed
+	$(BIN)/python -m pip install -q ruff
+	$(BIN)/ruff check src tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build src/*.egg-info

@@ -1,0 +1,38 @@
+"""npconv: exact, vectorized N-d convolutions in NumPy, forward and backward.
+
+    >>> import numpy as np, npconv
+    >>> x = np.random.default_rng(0).normal(size=(8, 28, 28, 3))    # (N, H, W, C)
+    >>> w = np.random.default_rng(1).normal(size=(3, 3, 3, 16))     # (kh, kw, C, F)
+    >>> y = npconv.conv(x, w, stride=2, padding="same")
+    >>> dx, dw, db = npconv.conv_backward(np.ones_like(y), x, w, stride=2, padding="same")
+
+`npconv.reference` holds the same ops as naive loops, the oracle the fast ones are tested against.
+"""
+
+from npconv import reference
+from npconv.convolution import (
+    ConvGrads,
+    conv,
+    conv_backward,
+    conv_grad_input,
+    conv_grad_weight,
+    conv_transpose,
+    conv_transpose_backward,
+)
+from npconv.spec import ConvSpec, conv_spec, conv_transpose_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvGrads",
+    "ConvSpec",
+    "conv",
+    "conv_backward",
+    "conv_grad_input",
+    "conv_grad_weight",
+    "conv_spec",
+    "conv_transpose",
+    "conv_transpose_backward",
+    "conv_transpose_spec",
+    "reference",
+]

@@ -1,0 +1,70 @@
+"""Argument checks shared by every public op.
+
+Public functions call these once, at the boundary; everything below (geometry, kernels, windows)
+trusts its inputs. Each error names the argument, the rule, and what was received, in the style
+"`stride` must be an int or a tuple of 2 ints; got (1, 2, 3)".
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+from npconv import _backend
+
+DATA_FORMATS = ("channels_last", "channels_first")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def is_int(value: object) -> bool:
+    """True for Python and NumPy integers, False for bools (a bool stride is a bug, not a 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def int_tuple(value: object, rank: int, name: str) -> tuple[int, ...]:
+    """Expand an int, or check a sequence of `rank` ints, into a tuple of `rank` ints."""
+    if is_int(value):
+        return (int(value),) * rank
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) == rank and all(is_int(v) for v in value):
+            return tuple(int(v) for v in value)
+    raise TypeError(f"`{name}` must be an int or a tuple of {rank} ints; got {value!r}")
+
+
+def positive_tuple(value: object, rank: int, name: str) -> tuple[int, ...]:
+    """`int_tuple` whose entries must all be >= 1 (stride, dilation, kernel_size)."""
+    out = int_tuple(value, rank, name)
+    if any(v < 1 for v in out):
+        raise ValueError(f"`{name}` must be >= 1 in every dimension; got {value!r}")
+    return out
+
+
+def choice(value: object, options: tuple[str, ...], name: str) -> str:
+    """Check that `value` is one of the allowed strings."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"`{name}` must be one of {options}; got {value!r}")
+    return value
+
+
+def float_array(x: object, name: str):
+    """Check that `x` is an array (NumPy or CuPy) of float16, float32 or float64."""
+    if not _backend.is_array(x):
+        raise TypeError(f"`{name}` must be a numpy.ndarray; got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"`{name}` must have dtype float16, float32 or float64; got dtype {x.dtype}"
+        )
+    return x
+
+
+def result_dtype(*arrays) -> np.dtype:
+    """NumPy's promotion of the inputs' dtypes (float32 with float64 gives float64)."""
+    return np.result_type(*(a.dtype for a in arrays if a is not None))
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """float16 is computed in float32 (no BLAS for half precision), then cast back."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)

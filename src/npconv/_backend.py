@@ -1,0 +1,38 @@
+"""Which array module an op runs on: NumPy, or CuPy when the inputs live on a GPU.
+
+Kernels ask `namespace(*arrays)` for the module and call `xp.pad`, `xp.matmul`, ... on it, so one
+source serves both. CuPy is never imported unless a CuPy array is passed in.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+
+import numpy as np
+
+
+def _is_cupy(a: object) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def is_array(a: object) -> bool:
+    """True for numpy.ndarray and cupy.ndarray (not for lists, scalars or numpy.matrix)."""
+    if isinstance(a, np.ndarray):
+        return not isinstance(a, np.matrix)
+    return _is_cupy(a) and hasattr(a, "__cuda_array_interface__")
+
+
+def namespace(*arrays) -> ModuleType:
+    """numpy, or cupy if any of `arrays` is a CuPy array (all must then be CuPy arrays)."""
+    kinds = {_is_cupy(a) for a in arrays if a is not None}
+    if kinds == {True}:
+        return sys.modules["cupy"]
+    if kinds == {True, False}:
+        raise TypeError("all arrays must be NumPy arrays or all CuPy arrays; got a mix of both")
+    return np
+
+
+def sliding_window_view(xp: ModuleType, x, window_shape, axis):
+    """xp's read-only `sliding_window_view` (NumPy and CuPy keep it in lib.stride_tricks)."""
+    return xp.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)

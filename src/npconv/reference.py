@@ -1,0 +1,190 @@
+"""Naive convolutions written straight from the definitions: the oracle for tests and tools.
+
+Slow on purpose. Every function loops over output elements one at a time (the seed question's
+nested loops, generalized to every option) and shares nothing with the fast kernels except the
+argument checks and size formulas of `npconv.spec`. Padding is applied through an explicit
+index map (which source pixel each padded position copies), and the transposed convolution is
+written in its own scatter form, so a bug in the kernels cannot hide in the oracle.
+
+Same signatures and layouts as `npconv.conv`, `conv_backward`, `conv_transpose` and
+`conv_transpose_backward`; results are float64 and cast to the inputs' dtype at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from npconv import _args
+from npconv.convolution import ConvGrads
+from npconv.spec import ConvSpec, check_shape, conv_spec, conv_transpose_spec
+
+
+def source_index(i: int, size: int, lo: int, mode: str) -> int:
+    """The input pixel that padded position i copies, or -1 for a zero.
+
+    reflect mirrors about the edge pixel (no repeat), replicate repeats the edge pixel,
+    circular wraps around: for size 4 and lo 2, positions 0, 1 map to 2, 1 / 0, 0 / 2, 3.
+    """
+    j = i - lo
+    if 0 <= j < size:
+        return j
+    if mode == "zeros":
+        return -1
+    if mode == "replicate":
+        return min(max(j, 0), size - 1)
+    if mode == "circular":
+        return j % size
+    return -j if j < 0 else 2 * (size - 1) - j                   # reflect
+
+
+def _to_last(a, spec: ConvSpec):
+    a = np.asarray(a, dtype=np.float64)
+    return np.moveaxis(a, 1, -1) if spec.data_format == "channels_first" else a
+
+
+def _w_to_last(w, spec: ConvSpec):
+    w = np.asarray(w, dtype=np.float64)
+    r = spec.rank
+    return w.transpose(*range(2, r + 2), 1, 0) if spec.data_format == "channels_first" else w
+
+
+def _from_last(a, spec: ConvSpec, dtype):
+    a = np.moveaxis(a, -1, 1) if spec.data_format == "channels_first" else a
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _w_from_last(w, spec: ConvSpec, dtype):
+    r = spec.rank
+    if spec.data_format == "channels_first":
+        w = w.transpose(r + 1, r, *range(r))
+    return np.ascontiguousarray(w, dtype=dtype)
+
+
+def _padded(x, spec: ConvSpec):
+    """x (N, *S, C) -> (N, *Sp, C) by the index map of `source_index`."""
+    out = np.zeros((x.shape[0], *spec.padded_size, x.shape[-1]))
+    for pos in itertools.product(*map(range, spec.padded_size)):
+        src = [source_index(i, s, lo, spec.padding_mode)
+               for i, s, (lo, _) in zip(pos, spec.in_size, spec.pads)]
+        if min(src) >= 0:
+            out[(slice(None), *pos)] = x[(slice(None), *src)]
+    return out
+
+
+def _unpadded_grad(dxp, spec: ConvSpec):
+    """Send each padded position's gradient to the input pixel it copied."""
+    dx = np.zeros((dxp.shape[0], *spec.in_size, dxp.shape[-1]))
+    for pos in itertools.product(*map(range, spec.padded_size)):
+        src = [source_index(i, s, lo, spec.padding_mode)
+               for i, s, (lo, _) in zip(pos, spec.in_size, spec.pads)]
+        if min(src) >= 0:
+            dx[(slice(None), *src)] += dxp[(slice(None), *pos)]
+    return dx
+
+
+def _window(spec: ConvSpec, p) -> tuple:
+    """Index of the window that output position p reads from the padded input."""
+    return tuple(slice(pi * s, pi * s + d * (k - 1) + 1, d)
+                 for pi, s, d, k in zip(p, spec.stride, spec.dilation, spec.kernel_size))
+
+
+def _group_channels(spec: ConvSpec, f: int) -> slice:
+    g = f // spec.group_out
+    return slice(g * spec.group_in, (g + 1) * spec.group_in)
+
+
+def _forward(xp, w, spec: ConvSpec):
+    """y[n, p, f] = sum_{k, c in f's group} xp[n, p*stride + k*dilation, c] * w[k, c, f]."""
+    y = np.zeros((spec.batch, *spec.out_size, spec.out_channels))
+    for n, *p, f in itertools.product(range(spec.batch), *map(range, spec.out_size),
+                                      range(spec.out_channels)):
+        patch = xp[(n, *_window(spec, p), _group_channels(spec, f))]   # (*K, C/G)
+        y[(n, *p, f)] = np.sum(patch * w[..., f])
+    return y
+
+
+def _backward(dy, xp, w, spec: ConvSpec):
+    """The seed question's loops: every output element pushes dy back into its window."""
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for n, *p, f in itertools.product(range(spec.batch), *map(range, spec.out_size),
+                                      range(spec.out_channels)):
+        window = (n, *_window(spec, p), _group_channels(spec, f))
+        g = dy[(n, *p, f)]
+        dw[..., f] += xp[window] * g
+        dxp[window] += w[..., f] * g
+    return dxp, dw
+
+
+def conv(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+         data_format="channels_last", padding_mode="zeros"):
+    """Naive `npconv.conv`."""
+    spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
+                     groups=groups, data_format=data_format, padding_mode=padding_mode)
+    y = _forward(_padded(_to_last(x, spec), spec), _w_to_last(w, spec), spec)
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=np.float64)
+    return _from_last(y, spec, _args.result_dtype(x, w, bias))
+
+
+def conv_backward(dy, x, w, *, stride=1, padding=0, dilation=1, groups=1,
+                  data_format="channels_last", padding_mode="zeros", bias=True) -> ConvGrads:
+    """Naive `npconv.conv_backward`."""
+    spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
+                     groups=groups, data_format=data_format, padding_mode=padding_mode)
+    check_shape(dy, spec.y_shape(), "dy")
+    dy_ = _to_last(dy, spec)
+    dxp, dw = _backward(dy_, _padded(_to_last(x, spec), spec), _w_to_last(w, spec), spec)
+    dtype = _args.result_dtype(dy, x, w)
+    db = dy_.sum(axis=tuple(range(spec.rank + 1))).astype(dtype) if bias else None
+    dx = _unpadded_grad(dxp, spec)
+    return ConvGrads(_from_last(dx, spec, dtype), _w_from_last(dw, spec, dtype), db)
+
+
+def _transpose_scatter(x, w, spec: ConvSpec):
+    """PyTorch's definition of ConvTranspose, one input element at a time:
+
+    y[n, i*stride + k*dilation - lo, f] += x[n, i, c] * w[k, f', c] for f in c's group,
+    with output positions outside [0, O) dropped.
+    """
+    y = np.zeros((spec.batch, *spec.padded_size, spec.in_channels))  # (N, *Op, F)
+    for n, *i, c in itertools.product(range(spec.batch), *map(range, spec.out_size),
+                                      range(spec.out_channels)):
+        window = (n, *_window(spec, i), _group_channels(spec, c))
+        y[window] += w[..., c] * x[(n, *i, c)]
+    lo_hi = tuple(slice(lo, lo + s) for (lo, _), s in zip(spec.pads, spec.in_size))
+    return y[(slice(None), *lo_hi)]
+
+
+def conv_transpose(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                   groups=1, data_format="channels_last"):
+    """Naive `npconv.conv_transpose`, written in scatter form (not as a conv gradient)."""
+    spec = conv_transpose_spec(x.shape, w.shape, stride=stride, padding=padding,
+                               output_padding=output_padding, dilation=dilation, groups=groups,
+                               data_format=data_format)
+    y = _transpose_scatter(_to_last(x, spec), _w_to_last(w, spec), spec)
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=np.float64)
+    return _from_last(y, spec, _args.result_dtype(x, w, bias))
+
+
+def conv_transpose_backward(dy, x, w, *, stride=1, padding=0, output_padding=0, dilation=1,
+                            groups=1, data_format="channels_last", bias=True) -> ConvGrads:
+    """Naive `npconv.conv_transpose_backward`: the scatter loop run backwards."""
+    spec = conv_transpose_spec(x.shape, w.shape, stride=stride, padding=padding,
+                               output_padding=output_padding, dilation=dilation, groups=groups,
+                               data_format=data_format)
+    check_shape(dy, spec.x_shape(), "dy")
+    x_, w_, dy_ = _to_last(x, spec), _w_to_last(w, spec), _to_last(dy, spec)
+    dyp = _padded(dy_, spec)                                     # zeros outside [0, O)
+    dx, dw = np.zeros_like(x_), np.zeros_like(w_)
+    for n, *i, c in itertools.product(range(spec.batch), *map(range, spec.out_size),
+                                      range(spec.out_channels)):
+        window = (n, *_window(spec, i), _group_channels(spec, c))
+        dx[(n, *i, c)] = np.sum(dyp[window] * w_[..., c])
+        dw[..., c] += dyp[window] * x_[(n, *i, c)]
+    dtype = _args.result_dtype(dy, x, w)
+    db = dy_.sum(axis=tuple(range(spec.rank + 1))).astype(dtype) if bias else None
+    return ConvGrads(_from_last(dx, spec, dtype), _w_from_last(dw, spec, dtype), db)

@@ -1,0 +1,333 @@
+"""Convolution geometry: every shape formula of npconv lives here and nowhere else.
+
+A `ConvSpec` is the frozen, fully resolved description of one convolution: sizes, stride,
+dilation, explicit `(lo, hi)` padding per spatial dimension, groups and layout. Public ops build
+one with `conv_spec` (forward convolution) or `conv_transpose_spec` (transposed convolution, which
+is described by the forward convolution whose input gradient it is) after checking every argument;
+kernels then read sizes from the spec and never re-validate.
+
+Shape letters: N batch, C in-channels, F out-channels (filters), G groups, S input spatial size,
+K kernel size, P output spatial size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from npconv import _args
+
+Pads = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """Resolved geometry of a forward convolution x (N, *S, C) * w -> y (N, *P, F).
+
+    Attributes
+    ----------
+    batch, in_channels, out_channels, groups : int
+        N, C, F, G.
+    in_size, kernel_size, out_size : tuple of int
+        S, K, P (one entry per spatial dimension).
+    stride, dilation : tuple of int
+    pads : tuple of (lo, hi) pairs
+        Explicit padding added before / after each spatial dimension.
+    padding_mode : str
+        "zeros", "reflect", "replicate" or "circular".
+    data_format : str
+        "channels_last" or "channels_first" (the caller's layout; kernels use channels_last).
+    """
+
+    batch: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    in_size: tuple[int, ...]
+    kernel_size: tuple[int, ...]
+    out_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pads: Pads
+    padding_mode: str = "zeros"
+    data_format: str = "channels_last"
+
+    @property
+    def rank(self) -> int:
+        """Number of spatial dimensions."""
+        return len(self.in_size)
+
+    @property
+    def padded_size(self) -> tuple[int, ...]:
+        """S + lo + hi per dimension."""
+        return tuple(s + lo + hi for s, (lo, hi) in zip(self.in_size, self.pads))
+
+    @property
+    def group_in(self) -> int:
+        """C / G, the input channels each filter sees."""
+        return self.in_channels // self.groups
+
+    @property
+    def group_out(self) -> int:
+        """F / G, the filters of one group."""
+        return self.out_channels // self.groups
+
+    def x_shape(self) -> tuple[int, ...]:
+        """Input shape in the caller's layout."""
+        return _layout(self.batch, self.in_size, self.in_channels, self.data_format)
+
+    def y_shape(self) -> tuple[int, ...]:
+        """Output shape in the caller's layout."""
+        return _layout(self.batch, self.out_size, self.out_channels, self.data_format)
+
+    def w_shape(self) -> tuple[int, ...]:
+        """Weight shape: (*K, C/G, F) channels_last, (F, C/G, *K) channels_first."""
+        if self.data_format == "channels_last":
+            return (*self.kernel_size, self.group_in, self.out_channels)
+        return (self.out_channels, self.group_in, *self.kernel_size)
+
+    def macs(self) -> int:
+        """Multiply-accumulates of the forward pass: N * prod(P) * F * prod(K) * C/G."""
+        return (
+            self.batch
+            * math.prod(self.out_size)
+            * self.out_channels
+            * math.prod(self.kernel_size)
+            * self.group_in
+        )
+
+
+def _layout(n: int, size: tuple[int, ...], c: int, data_format: str) -> tuple[int, ...]:
+    return (n, *size, c) if data_format == "channels_last" else (n, c, *size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Size formulas
+# ---------------------------------------------------------------------------------------------
+
+
+def effective_kernel(k: int, d: int) -> int:
+    """Extent of a dilated kernel: d * (k - 1) + 1."""
+    return d * (k - 1) + 1
+
+
+def out_size(s: int, k: int, stride: int, d: int, lo: int, hi: int) -> int:
+    """Output size of a convolution, floored as PyTorch does.
+
+    P = floor((S + lo + hi - d * (K - 1) - 1) / stride) + 1
+    """
+    return (s + lo + hi - effective_kernel(k, d)) // stride + 1
+
+
+def same_pads(s: int, k: int, stride: int, d: int) -> tuple[int, int]:
+    """TensorFlow's "SAME" rule, valid for any stride: P = ceil(S / stride).
+
+    total = max((P - 1) * stride + d * (K - 1) + 1 - S, 0); the odd pixel goes at the end.
+    """
+    p = -(-s // stride)
+    total = max((p - 1) * stride + effective_kernel(k, d) - s, 0)
+    return total // 2, total - total // 2
+
+
+def transpose_out_size(s: int, k: int, stride: int, d: int, lo: int, hi: int, extra: int) -> int:
+    """Output size of a transposed convolution (PyTorch's ConvTransposeNd).
+
+    O = (S - 1) * stride - lo - hi + d * (K - 1) + output_padding + 1
+    """
+    return (s - 1) * stride - lo - hi + effective_kernel(k, d) + extra
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument resolution
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_padding(padding, in_size, kernel_size, stride, dilation) -> Pads:
+    """Turn any accepted `padding` form into explicit (lo, hi) pairs.
+
+    Accepted: an int; one int per dim; one (lo, hi) pair per dim; "valid"; "same"; "full".
+    """
+    rank = len(in_size)
+    if isinstance(padding, str):
+        _args.choice(padding, ("valid", "same", "full"), "padding")
+        if padding == "valid":
+            return ((0, 0),) * rank
+        if padding == "full":
+            return tuple((d * (k - 1),) * 2 for k, d in zip(kernel_size, dilation))
+        return tuple(map(same_pads, in_size, kernel_size, stride, dilation))
+    pairs = _pairs(padding, rank)
+    if any(v < 0 for pair in pairs for v in pair):
+        raise ValueError(f"`padding` must be >= 0; got {padding!r}")
+    return pairs
+
+
+def _pairs(padding, rank: int) -> Pads:
+    if _args.is_int(padding):
+        return ((int(padding),) * 2,) * rank
+    if isinstance(padding, (tuple, list)) and len(padding) == rank:
+        if all(_args.is_int(p) for p in padding):
+            return tuple((int(p), int(p)) for p in padding)
+        if all(
+            isinstance(p, (tuple, list)) and len(p) == 2 and all(map(_args.is_int, p))
+            for p in padding
+        ):
+            return tuple((int(lo), int(hi)) for lo, hi in padding)
+    raise TypeError(
+        f"`padding` must be an int, a tuple of {rank} ints, a tuple of {rank} (lo, hi) pairs, "
+        f"'valid', 'same' or 'full'; got {padding!r}"
+    )
+
+
+def _split_shapes(x_shape, w_shape, data_format: str, x_name: str, w_name: str):
+    """(N, S, C) of x and (K, C/G, F) of w, after checking ranks."""
+    if len(x_shape) < 3:
+        raise ValueError(
+            f"`{x_name}` must have at least 3 dimensions (batch, spatial..., channels); "
+            f"got shape {tuple(x_shape)}"
+        )
+    if len(w_shape) != len(x_shape):
+        layout = "(*K, C/groups, F)" if data_format == "channels_last" else "(F, C/groups, *K)"
+        raise ValueError(
+            f"`{w_name}` must have {len(x_shape)} dimensions {layout} to match `{x_name}` of "
+            f"shape {tuple(x_shape)}; got shape {tuple(w_shape)}"
+        )
+    if data_format == "channels_last":
+        n, *s, c = x_shape
+        *k, cg, f = w_shape
+    else:
+        n, c, *s = x_shape
+        f, cg, *k = w_shape
+    if any(v < 1 for v in k):
+        raise ValueError(f"`{w_name}` must have a kernel size >= 1; got shape {tuple(w_shape)}")
+    return n, tuple(s), c, tuple(k), cg, f
+
+
+def _check_groups(groups, c: int, f: int, cg: int, c_name: str, f_name: str) -> int:
+    if not _args.is_int(groups):
+        raise TypeError(f"`groups` must be an int; got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"`groups` must be >= 1; got {groups}")
+    if c % groups or f % groups:
+        raise ValueError(
+            f"`groups` must divide {c_name} and {f_name}; got groups={groups}, "
+            f"{c_name}={c}, {f_name}={f}"
+        )
+    if cg * groups != c:
+        raise ValueError(
+            f"channel mismatch: {c_name}={c} with groups={groups} needs a weight with "
+            f"{c // groups} channels per group; got {cg}"
+        )
+    return int(groups)
+
+
+def _check_padding_mode(mode: str, pads: Pads, in_size) -> None:
+    for (lo, hi), s in zip(pads, in_size):
+        if mode == "reflect" and max(lo, hi) >= s:
+            raise ValueError(
+                f"reflect padding must be < the input size in every dimension; got padding "
+                f"{(lo, hi)} for input size {s}"
+            )
+        if mode == "circular" and max(lo, hi) > s:
+            raise ValueError(
+                f"circular padding must be <= the input size in every dimension; got padding "
+                f"{(lo, hi)} for input size {s}"
+            )
+
+
+def conv_spec(
+    x_shape,
+    w_shape,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    data_format="channels_last",
+    padding_mode="zeros",
+) -> ConvSpec:
+    """Check every argument of a forward convolution and resolve its geometry."""
+    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+    _args.choice(padding_mode, _args.PADDING_MODES, "padding_mode")
+    n, s, c, k, cg, f = _split_shapes(x_shape, w_shape, data_format, "x", "w")
+    groups = _check_groups(groups, c, f, cg, "in_channels", "out_channels")
+    rank = len(s)
+    stride = _args.positive_tuple(stride, rank, "stride")
+    dilation = _args.positive_tuple(dilation, rank, "dilation")
+    pads = resolve_padding(padding, s, k, stride, dilation)
+    _check_padding_mode(padding_mode, pads, s)
+    p = tuple(out_size(*a, lo, hi) for *a, (lo, hi) in zip(s, k, stride, dilation, pads))
+    if any(v < 1 for v in p):
+        raise ValueError(
+            f"output size must be >= 1; got output size {p} from input size {s}, kernel size "
+            f"{k}, stride {stride}, dilation {dilation}, padding {pads}: the padded input is "
+            f"smaller than the dilated kernel"
+        )
+    return ConvSpec(n, c, f, groups, s, k, p, stride, dilation, pads, padding_mode, data_format)
+
+
+def conv_transpose_spec(
+    x_shape,
+    w_shape,
+    *,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups=1,
+    data_format="channels_last",
+) -> ConvSpec:
+    """Geometry of a transposed convolution, as the forward convolution it is the gradient of.
+
+    The transposed convolution maps x (N, *S, C) to y (N, *O, F). It is the input gradient of a
+    forward convolution from (N, *O, F) to (N, *S, C) with the same weight, stride, dilation and
+    padding; the returned spec describes that forward convolution, so its `x_shape()` is the
+    transposed output's shape and its `y_shape()` the transposed input's. Its out_size is S,
+    which can be below the forward convolution's natural output size when output_padding >=
+    stride (allowed while output_padding < dilation): the extra rows are never read.
+
+    padding "same" gives O = S * stride (+ output_padding), padded by TensorFlow's rule for that
+    forward convolution; "valid" and "full" are zero and d * (K - 1) per side.
+    """
+    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+    n, s, c, k, fg, f_conv = _split_shapes(x_shape, w_shape, data_format, "x", "w")
+    if f_conv != c:
+        raise ValueError(
+            f"channel mismatch: a transposed-convolution weight must have in_channels={c} "
+            f"(the channels of `x`) in its {'last' if data_format == 'channels_last' else 'first'}"
+            f" axis; got weight shape {tuple(w_shape)}"
+        )
+    if not _args.is_int(groups):
+        raise TypeError(f"`groups` must be an int; got {groups!r}")
+    if groups < 1 or c % groups:
+        raise ValueError(f"`groups` must be >= 1 and divide in_channels; got groups={groups}, "
+                         f"in_channels={c}")
+    f = fg * groups
+    rank = len(s)
+    stride = _args.positive_tuple(stride, rank, "stride")
+    dilation = _args.positive_tuple(dilation, rank, "dilation")
+    extra = _args.int_tuple(output_padding, rank, "output_padding")
+    for e, st, d in zip(extra, stride, dilation):
+        if e < 0 or e >= max(st, d):
+            raise ValueError(
+                f"`output_padding` must be >= 0 and < max(stride, dilation) in every dimension; "
+                f"got output_padding={output_padding!r}, stride={stride}, dilation={dilation}"
+            )
+    if padding == "same":
+        o = tuple(si * st + e for si, st, e in zip(s, stride, extra))
+        pads = tuple(map(same_pads, (si * st for si, st in zip(s, stride)), k, stride, dilation))
+    else:
+        pads = resolve_padding(padding, s, k, stride, dilation)
+        o = tuple(transpose_out_size(*a, lo, hi, e)
+                  for *a, (lo, hi), e in zip(s, k, stride, dilation, pads, extra))
+    if any(v < 1 for v in o):
+        raise ValueError(
+            f"output size must be >= 1; got output size {o} from input size {s}, kernel size "
+            f"{k}, stride {stride}, dilation {dilation}, padding {pads}"
+        )
+    return ConvSpec(n, f, c, groups, o, k, s, stride, dilation, pads, "zeros", data_format)
+
+
+def check_shape(a, expected: tuple[int, ...], name: str) -> None:
+    """ValueError unless `a.shape == expected`."""
+    if tuple(a.shape) != tuple(expected):
+        raise ValueError(f"`{name}` must have shape {tuple(expected)}; got {tuple(a.shape)}")
