@@ -1,0 +1,1 @@
+"""Data files shipped with npconv (read them through :mod:`npconv.datasets`)."""
