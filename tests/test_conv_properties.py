@@ -1,0 +1,193 @@
+"""Properties of the fast convolution ops, over random geometries.
+
+forward == reference; gradients == reference and == central differences; the adjoint identities
+that define a gradient; conv_transpose == the input gradient of conv; layouts agree; fold and
+pad_adjoint are the exact reverses of unfold and pad.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import conv_geometry, transpose_bias_size, transpose_geometry
+
+import npconv
+from npconv import reference, windows
+from npconv.spec import conv_spec, conv_transpose_spec
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| relative to max |b| (0 for two empty or all-zero arrays)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = max(np.abs(b).max(initial=0.0), 1e-300)
+    return float(np.abs(a - b).max(initial=0.0) / scale)
+
+
+def seeded(geom):
+    return np.random.default_rng(abs(hash(str(geom))) % 2**32)
+
+
+@given(conv_geometry())
+def test_forward_matches_reference(geom):
+    x, w, b = geom.arrays(seeded(geom))
+    assert rel_err(npconv.conv(x, w, b, **geom.kwargs), reference.conv(x, w, b, **geom.kwargs)) \
+        < 1e-10
+
+
+@given(conv_geometry())
+def test_backward_matches_reference(geom):
+    rng = seeded(geom)
+    x, w, _ = geom.arrays(rng)
+    dy = rng.standard_normal(conv_spec(x.shape, w.shape, **geom.kwargs).y_shape())
+    got = npconv.conv_backward(dy, x, w, **geom.kwargs)
+    want = reference.conv_backward(dy, x, w, **geom.kwargs)
+    for name, a, b in zip("dx dw db".split(), got, want):
+        assert rel_err(a, b) < 1e-10, name
+
+
+@given(conv_geometry(), st.sampled_from([np.float32, np.float16]))
+def test_low_precision_matches_reference(geom, dtype):
+    rng = seeded(geom)
+    x, w, b = geom.arrays(rng, dtype)
+    dy = rng.standard_normal(conv_spec(x.shape, w.shape, **geom.kwargs).y_shape()).astype(dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-2
+    y = npconv.conv(x, w, b, **geom.kwargs)
+    assert y.dtype == dtype
+    assert rel_err(y, reference.conv(x, w, b, **geom.kwargs)) < tol
+    for a, ref in zip(npconv.conv_backward(dy, x, w, **geom.kwargs),
+                      reference.conv_backward(dy, x, w, **geom.kwargs)):
+        assert a.dtype == dtype
+        assert rel_err(a, ref) < tol
+
+
+def central_difference(f, a, eps=1e-6):
+    """d f / d a by central differences, f a scalar function of the array a."""
+    grad = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + eps
+        plus = f()
+        a[i] = old - eps
+        minus = f()
+        a[i] = old
+        grad[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+@settings(max_examples=10)
+@given(conv_geometry(ranks=(1, 2)))
+def test_gradients_match_central_differences(geom):
+    rng = seeded(geom)
+    x, w, b = geom.arrays(rng)
+    dy = rng.standard_normal(conv_spec(x.shape, w.shape, **geom.kwargs).y_shape())
+
+    def loss():
+        return float(np.sum(dy * npconv.conv(x, w, b, **geom.kwargs)))
+
+    dx, dw, db = npconv.conv_backward(dy, x, w, **geom.kwargs)
+    assert rel_err(dx, central_difference(loss, x)) < 1e-6
+    assert rel_err(dw, central_difference(loss, w)) < 1e-6
+    assert rel_err(db, central_difference(loss, b)) < 1e-6
+
+
+@given(conv_geometry())
+def test_adjoint_identities(geom):
+    """<dy, conv(x, w)> == <grad_input(dy), x> == <grad_weight(dy), w>: conv is linear in each."""
+    rng = seeded(geom)
+    x, w, _ = geom.arrays(rng)
+    y = npconv.conv(x, w, **geom.kwargs)
+    dy = rng.standard_normal(y.shape)
+    lhs = np.vdot(dy, y)
+    dx = npconv.conv_grad_input(dy, w, x.shape, **geom.kwargs)
+    dw = npconv.conv_grad_weight(dy, x, w.shape, **geom.kwargs)
+    scale = np.abs(dy).sum() * np.abs(y).max() + 1e-300
+    assert abs(lhs - np.vdot(dx, x)) / scale < 1e-12
+    assert abs(lhs - np.vdot(dw, w)) / scale < 1e-12
+
+
+@given(conv_geometry(modes=("zeros",), forms=("int", "pairs", "same")))
+def test_layouts_agree(geom):
+    """channels_first on transposed arrays gives the transposed channels_last result."""
+    x, w, b = geom.arrays(seeded(geom))
+    kw = dict(geom.kwargs)
+    r = x.ndim - 2
+    if kw["data_format"] == "channels_first":
+        x_l, w_l = np.moveaxis(x, 1, -1), w.transpose(*range(2, r + 2), 1, 0)
+    else:
+        x_l, w_l = x, w
+    y_first = npconv.conv(np.moveaxis(x_l, -1, 1), w_l.transpose(r + 1, r, *range(r)), b,
+                          **{**kw, "data_format": "channels_first"})
+    y_last = npconv.conv(x_l, w_l, b, **{**kw, "data_format": "channels_last"})
+    assert rel_err(np.moveaxis(y_first, 1, -1), y_last) < 1e-12
+
+
+@given(transpose_geometry())
+def test_conv_transpose_matches_reference(geom):
+    rng = seeded(geom)
+    x, w, _ = geom.arrays(rng)
+    b = rng.standard_normal(transpose_bias_size(geom))
+    y = npconv.conv_transpose(x, w, b, **geom.kwargs)
+    assert rel_err(y, reference.conv_transpose(x, w, b, **geom.kwargs)) < 1e-10
+    dy = rng.standard_normal(y.shape)
+    got = npconv.conv_transpose_backward(dy, x, w, **geom.kwargs)
+    want = reference.conv_transpose_backward(dy, x, w, **geom.kwargs)
+    for name, a, ref in zip("dx dw db".split(), got, want):
+        assert rel_err(a, ref) < 1e-10, name
+
+
+@given(transpose_geometry(forms=("int", "pairs")))
+def test_conv_transpose_is_the_input_gradient_of_conv(geom):
+    """conv_transpose(x, w) == conv_grad_input(x, w) for the conv from its output to its input."""
+    kw = dict(geom.kwargs)
+    spec = conv_transpose_spec(geom.x_shape, geom.w_shape, **kw)
+    if any(e >= s for e, s in zip(kw["output_padding"], kw["stride"])):
+        return                      # then the forward conv's natural output is larger than x
+    x, w, _ = geom.arrays(seeded(geom))
+    y = npconv.conv_transpose(x, w, **kw)
+    conv_kw = dict(stride=kw["stride"], padding=spec.pads, dilation=kw["dilation"],
+                   groups=kw["groups"], data_format=kw["data_format"])
+    assert rel_err(y, npconv.conv_grad_input(x, w, y.shape, **conv_kw)) < 1e-12
+
+
+@given(conv_geometry(modes=("zeros",)))
+def test_fold_is_the_adjoint_of_unfold(geom):
+    spec = conv_spec(geom.x_shape, geom.w_shape, **{**geom.kwargs, "data_format": "channels_last"}) \
+        if geom.kwargs["data_format"] == "channels_last" else None
+    if spec is None:
+        return
+    rng = seeded(geom)
+    xp = rng.standard_normal((spec.batch, *spec.padded_size, spec.in_channels))
+    cols = windows.unfold(xp, spec.kernel_size, spec.stride, spec.dilation, spec.out_size)
+    c = rng.standard_normal(cols.shape)
+    folded = windows.fold(c, spec.padded_size, spec.stride, spec.dilation)
+    assert abs(np.vdot(folded, xp) - np.vdot(c, cols)) < 1e-9 * (np.abs(c).sum() + 1)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_pad_adjoint_is_the_adjoint_of_pad(mode, rng):
+    pads = ((2, 1), (0, 3), (1, 1))
+    x = rng.standard_normal((2, 4, 5, 3, 2))
+    xp = windows.pad(x, pads, mode)
+    g = rng.standard_normal(xp.shape)
+    assert abs(np.vdot(xp, g) - np.vdot(x, windows.pad_adjoint(g, pads, mode))) < 1e-10
+
+
+@given(conv_geometry(ranks=(2,)), st.sampled_from([np.float16, np.float32, np.float64]),
+       st.sampled_from([np.float32, np.float64]))
+def test_mixed_dtypes_follow_numpy_promotion(geom, dtype_x, dtype_w):
+    x, w, b = geom.arrays(seeded(geom))
+    x, w = x.astype(dtype_x), w.astype(dtype_w)
+    want = np.result_type(dtype_x, dtype_w)
+    y = npconv.conv(x, w, **geom.kwargs)
+    assert y.dtype == want
+    assert all(g.dtype == want for g in npconv.conv_backward(np.ones_like(y), x, w, **geom.kwargs))
+
+
+def test_batch_items_are_independent(rng):
+    """Each batch item's output depends on that item alone (no mixing along N)."""
+    x, w = rng.standard_normal((3, 9, 8, 4)), rng.standard_normal((3, 2, 4, 5))
+    kw = dict(stride=2, padding=((1, 0), (2, 1)), dilation=(1, 2))
+    y = npconv.conv(x, w, **kw)
+    for i in range(3):
+        np.testing.assert_allclose(y[i:i + 1], npconv.conv(x[i:i + 1], w, **kw), rtol=1e-13)
