@@ -42,7 +42,7 @@ def test_backward_matches_reference(geom):
     dy = rng.standard_normal(conv_spec(x.shape, w.shape, **geom.kwargs).y_shape())
     got = npconv.conv_backward(dy, x, w, **geom.kwargs)
     want = reference.conv_backward(dy, x, w, **geom.kwargs)
-    for name, a, b in zip("dx dw db".split(), got, want):
+    for name, a, b in zip(("dx", "dw", "db"), got, want):
         assert rel_err(a, b) < 1e-10, name
 
 
@@ -132,7 +132,7 @@ def test_conv_transpose_matches_reference(geom):
     dy = rng.standard_normal(y.shape)
     got = npconv.conv_transpose_backward(dy, x, w, **geom.kwargs)
     want = reference.conv_transpose_backward(dy, x, w, **geom.kwargs)
-    for name, a, ref in zip("dx dw db".split(), got, want):
+    for name, a, ref in zip(("dx", "dw", "db"), got, want):
         assert rel_err(a, ref) < 1e-10, name
 
 
@@ -176,7 +176,7 @@ def test_pad_adjoint_is_the_adjoint_of_pad(mode, rng):
 @given(conv_geometry(ranks=(2,)), st.sampled_from([np.float16, np.float32, np.float64]),
        st.sampled_from([np.float32, np.float64]))
 def test_mixed_dtypes_follow_numpy_promotion(geom, dtype_x, dtype_w):
-    x, w, b = geom.arrays(seeded(geom))
+    x, w, _ = geom.arrays(seeded(geom))
     x, w = x.astype(dtype_x), w.astype(dtype_w)
     want = np.result_type(dtype_x, dtype_w)
     y = npconv.conv(x, w, **geom.kwargs)

@@ -69,7 +69,7 @@ def test_conv_and_gradients_match_torch(torch, geom):
     y = npconv.conv(x, w, b, **geom.kwargs)
     assert close(y, y_t, 1e-10)
     dy = rng.standard_normal(y.shape)
-    for name, mine, theirs in zip("dx dw db".split(), npconv.conv_backward(dy, x, w, **geom.kwargs),
+    for name, mine, theirs in zip(("dx", "dw", "db"), npconv.conv_backward(dy, x, w, **geom.kwargs),
                                   grads(dy)):
         assert close(mine, theirs, 1e-10), name
 

@@ -28,9 +28,9 @@ def int_tuple(value: object, rank: int, name: str) -> tuple[int, ...]:
     """Expand an int, or check a sequence of `rank` ints, into a tuple of `rank` ints."""
     if is_int(value):
         return (int(value),) * rank
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) == rank and all(is_int(v) for v in value):
-            return tuple(int(v) for v in value)
+    if (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == rank
+            and all(is_int(v) for v in value)):
+        return tuple(int(v) for v in value)
     raise TypeError(f"`{name}` must be an int or a tuple of {rank} ints; got {value!r}")
 
 
