@@ -1,0 +1,227 @@
+"""Convolutions of dask arrays: lazy, chunk by chunk, equal to the in-memory results.
+
+`npconv.conv` and `npconv.conv_backward` hand dask inputs to `conv` and `conv_backward` here;
+each chunk is computed by the in-memory ops, so every algorithm, dtype and check carries over.
+
+- Batch chunks are independent: y, dx are `map_blocks` of the in-memory ops.
+- Spatial chunks need a halo. The padded input is rechunked on a stride-aligned plan (`_Plan`):
+  chunk j of the padded input starts at stride * q * j, so it produces exactly the q outputs
+  q * j ... q * (j + 1) - 1, given `d * (K - 1) - stride + 1` extra rows after it, which
+  `dask.array.overlap` copies in from the next chunk. The input gradient runs the other way: a
+  padded-input chunk receives gradient from the outputs up to floor(d * (K - 1) / stride) rows
+  before its own, so dy gets that halo before each chunk.
+- dw and db are sums over all chunks, reduced as dask trees (`Array.sum`).
+
+The weight and bias stay in memory (NumPy): they are small and every chunk needs them.
+Spatial chunks need padding_mode="zeros"; other modes are computed with the spatial axes in one
+chunk (batch chunks still apply), since their gradient wraps across the whole image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from npconv import _args
+from npconv.convolution import ConvGrads
+from npconv.convolution import conv as _conv
+from npconv.convolution import conv_grad_input as _grad_input
+from npconv.convolution import conv_grad_weight as _grad_weight
+from npconv.spec import ConvSpec, check_shape, conv_spec
+
+_DASK_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
+                  "circular": "wrap"}
+
+
+def is_dask(a) -> bool:
+    """True for a dask.array.Array (without importing dask)."""
+    return type(a).__module__.split(".")[0] == "dask"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Stride-aligned chunking of one spatial axis: q outputs per chunk (the last may hold
+    fewer), padded-input chunks of stride * q rows (the last runs to the end)."""
+
+    out_chunks: tuple[int, ...]
+    in_chunks: tuple[int, ...]
+    halo_after: int          # forward: input rows a chunk reads past its end
+    halo_before: int         # input gradient: dy rows before a chunk that reach into it
+
+
+def _plan(n_chunks: int, p: int, sp: int, k: int, s: int, d: int) -> _Plan:
+    halo_after = max(d * (k - 1) - s + 1, 0)
+    halo_before = d * (k - 1) // s
+    q = max(-(-p // n_chunks), halo_before, -(-halo_after // s), 1)   # chunks hold the halos
+    n = -(-p // q)
+    out_chunks = (q,) * (n - 1) + (p - q * (n - 1),)
+    in_chunks = (s * q,) * (n - 1) + (sp - s * q * (n - 1),)
+    if n == 1:
+        halo_after = halo_before = 0
+    return _Plan(out_chunks, in_chunks, halo_after, halo_before)
+
+
+def _plans(spec: ConvSpec, chunks) -> list[_Plan]:
+    geometry = zip(spec.out_size, spec.padded_size, spec.kernel_size, spec.stride, spec.dilation)
+    return [_plan(len(c), *g) for c, g in zip(chunks[1:-1], geometry)]
+
+
+def _channels_last(a, spec: ConvSpec):
+    import dask.array as da
+
+    a = da.moveaxis(a, 1, -1) if spec.data_format == "channels_first" else a
+    return a.rechunk({a.ndim - 1: -1})                           # channels in one chunk
+
+
+def _channels_out(a, spec: ConvSpec):
+    import dask.array as da
+
+    return da.moveaxis(a, -1, 1) if spec.data_format == "channels_first" else a
+
+
+def _spatially_chunked(a, spec: ConvSpec) -> bool:
+    chunks = a.chunks[2:] if spec.data_format == "channels_first" else a.chunks[1:-1]
+    return any(len(c) > 1 for c in chunks)
+
+
+def _local(spec: ConvSpec) -> dict:
+    """Keywords of the in-memory op applied to one already padded channels_last chunk."""
+    return dict(stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
+
+
+def _check(x, w, kwargs, x_name="x"):
+    if not hasattr(x, "dtype") or x.dtype not in _args.FLOAT_DTYPES:
+        raise TypeError(f"`{x_name}` must be a float16, float32 or float64 dask array; "
+                        f"got dtype {getattr(x, 'dtype', None)}")
+    _args.float_array(w, "w")
+    spec = conv_spec(x.shape, w.shape, **kwargs)
+    if spec.padding_mode != "zeros" or not _spatially_chunked(x, spec):
+        x = x.rechunk({i: -1 for i in range(1, x.ndim)})       # batch chunks only
+    return spec, x
+
+
+def _padded_plan(x, spec: ConvSpec):
+    """x padded, channels_last and rechunked to the stride-aligned plan, and the plans."""
+    import dask.array as da
+
+    xl = _channels_last(x, spec)
+    plans = _plans(spec, xl.chunks)
+    xp = da.pad(xl, ((0, 0), *spec.pads, (0, 0)), mode=_DASK_PAD_MODE[spec.padding_mode])
+    return xp.rechunk((xl.chunks[0], *(p.in_chunks for p in plans), -1)), plans
+
+
+def conv(x, w, bias=None, **kwargs):
+    """`npconv.conv` of a dask array x (any chunks) with in-memory w and bias: a dask array."""
+    import dask.array as da
+
+    spec, x = _check(x, w, kwargs)
+    if bias is not None:
+        _args.float_array(bias, "bias")
+        check_shape(bias, (spec.out_channels,), "bias")
+    dtype = _args.result_dtype(x, w, bias)
+    if not _spatially_chunked(x, spec):
+        chunks = (x.chunks[0], *((c,) for c in spec.y_shape()[1:]))
+        return x.map_blocks(_conv, w, bias, dtype=dtype, chunks=chunks, **kwargs)
+    xp, plans = _padded_plan(x, spec)
+    depth = {i + 1: (0, p.halo_after) for i, p in enumerate(plans)}
+    xo = da.overlap.overlap(xp, depth=depth, boundary="none")
+    w_last = _w_channels_last(w, spec)
+    out_chunks = (xp.chunks[0], *(p.out_chunks for p in plans), (spec.out_channels,))
+    y = xo.map_blocks(_conv, w_last, bias, dtype=dtype, chunks=out_chunks, **_local(spec))
+    return _channels_out(y, spec)
+
+
+def _w_channels_last(w, spec: ConvSpec):
+    r = spec.rank
+    return w.transpose(*range(2, r + 2), 1, 0) if spec.data_format == "channels_first" else w
+
+
+def _w_layout(dw, spec: ConvSpec):
+    r = spec.rank
+    return dw.transpose(r + 1, r, *range(r)) if spec.data_format == "channels_first" else dw
+
+
+def conv_backward(dy, x, w, *, bias: bool = True, **kwargs) -> ConvGrads:
+    """`npconv.conv_backward` for dask dy and x: dx chunk by chunk, dw and db as tree sums."""
+    spec, x = _check(x, w, kwargs)
+    check_shape(dy, spec.y_shape(), "dy")
+    dtype = _args.result_dtype(dy, x, w)
+    if not _spatially_chunked(x, spec):
+        dy = dy.rechunk({0: x.chunks[0], **{i: -1 for i in range(1, dy.ndim)}})
+        dx = dy.map_blocks(_dx_of_batch_chunk, x, w, dtype=dtype, chunks=x.chunks,
+                           **kwargs)
+        dw = _chunk_sum(x, dy, w.shape, kwargs, dtype)
+        return ConvGrads(dx, dw, _db(dy, spec) if bias else None)
+    return _backward_spatial(dy, x, w, spec, bias, dtype)
+
+
+def _dx_of_batch_chunk(dy, x, w, **kwargs):
+    return _grad_input(dy, w, x.shape, **kwargs)
+
+
+def _chunk_sum(x, dy, w_shape, kwargs, dtype):
+    """Sum over all chunk pairs (x, dy) of their weight gradient: a dask tree reduction."""
+    import dask.array as da
+
+    grid = tuple((1,) * n for n in x.numblocks)
+    parts = da.map_blocks(_dw_of_chunk, x, dy, w_shape, kwargs, dtype=dtype,
+                          chunks=(*grid, *((c,) for c in w_shape)),
+                          new_axis=list(range(x.ndim, x.ndim + len(w_shape))))
+    return parts.sum(axis=tuple(range(x.ndim)))
+
+
+def _db(dy, spec: ConvSpec):
+    axes = (0, *range(2, dy.ndim)) if spec.data_format == "channels_first" else \
+        tuple(range(dy.ndim - 1))
+    return dy.sum(axis=axes)
+
+
+def _backward_spatial(dy, x, w, spec: ConvSpec, bias: bool, dtype):
+    import dask.array as da
+
+    xp, plans = _padded_plan(x, spec)
+    dyl = _channels_last(dy, spec).rechunk((xp.chunks[0], *(p.out_chunks for p in plans), -1))
+    w_last = _w_channels_last(w, spec)
+    local = _local(spec)
+    # dw: every padded-input chunk with its forward halo, against the dy chunk it produced
+    xo = da.overlap.overlap(xp, depth={i + 1: (0, p.halo_after) for i, p in enumerate(plans)},
+                            boundary="none")
+    dw = _chunk_sum(xo, dyl, w_last.shape, local, dtype)
+    # dx: every dy chunk with the halo of earlier outputs that reach into its input chunk
+    dyo = da.overlap.overlap(dyl, depth={i + 1: (p.halo_before, 0) for i, p in enumerate(plans)},
+                             boundary="none")
+    dxp = da.map_blocks(_dx_of_chunk, dyo, w_last, plans, local, dtype=dtype, chunks=xp.chunks)
+    crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(spec.pads, spec.in_size))
+    dx = _channels_out(dxp[(slice(None), *crop)], spec)
+    return ConvGrads(dx, _w_layout(dw, spec), _db(dy, spec) if bias else None)
+
+
+def _dw_of_chunk(x_chunk, dy_chunk, w_shape, kwargs):
+    """Weight gradient of one chunk pair, shaped (1, ..., 1, *w_shape) for the tree sum."""
+    dw = _grad_weight(dy_chunk, x_chunk, w_shape, **kwargs)
+    return dw.reshape((1,) * x_chunk.ndim + dw.shape)
+
+
+def _dx_of_chunk(dy_chunk, w, plans, local, block_info=None):
+    """Gradient of one padded-input chunk from the dy rows that reach into it.
+
+    The received dy chunk starts `before` rows ahead of the chunk's own outputs (0 for the first
+    chunk), so its local input gradient starts stride * before rows ahead of the padded-input
+    chunk; rows past what those outputs read get zero gradient.
+    """
+    loc = block_info[0]["chunk-location"]
+    before = [p.halo_before if j > 0 else 0 for p, j in zip(plans, loc[1:-1])]
+    k = w.shape[:-2]
+    sizes = [(m - 1) * s + d * (kk - 1) + 1 for m, s, d, kk in
+             zip(dy_chunk.shape[1:-1], local["stride"], local["dilation"], k)]
+    c = w.shape[-2] * local["groups"]
+    dx = _grad_input(dy_chunk, w, (dy_chunk.shape[0], *sizes, c), **local)  # (n, *local, C)
+    want = block_info[None]["chunk-shape"]
+    out = np.zeros(want, dtype=dx.dtype)                         # (n, *chunk, C)
+    take = tuple(slice(s * b, s * b + min(n, size - s * b))
+                 for s, b, n, size in zip(local["stride"], before, want[1:-1], sizes))
+    put = tuple(slice(0, t.stop - t.start) for t in take)
+    out[(slice(None), *put)] = dx[(slice(None), *take)]
+    return out
+

@@ -1,0 +1,81 @@
+"""Dask arrays: lazy results, chunk by chunk, equal to the in-memory ops.
+
+Skipped where dask is not installed (`pip install npconv[dask]`).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import conv_geometry
+
+import npconv
+from npconv import chunked
+from npconv.spec import conv_spec
+
+da = pytest.importorskip("dask.array")
+
+
+def rel_err(a, b):
+    return float(np.abs(a - b).max(initial=0) / max(np.abs(b).max(initial=0), 1e-300))
+
+
+def _chunks(draw, shape, spatial: bool):
+    """Batch chunks always; spatial chunks when asked (channels stay whole)."""
+    out = [draw(st.integers(1, shape[0]))]
+    for size in shape[1:]:
+        out.append(draw(st.integers(1, size)) if spatial else size)
+    return tuple(out)
+
+
+@settings(max_examples=15)
+@given(st.data(), conv_geometry(ranks=(1, 2), modes=("zeros",)), st.booleans())
+def test_dask_equals_in_memory(data, geom, spatial):
+    rng = np.random.default_rng(0)
+    x, w, b = geom.arrays(rng)
+    spec = conv_spec(x.shape, w.shape, **geom.kwargs)
+    dy = rng.standard_normal(spec.y_shape())
+    xd = da.from_array(x, chunks=_chunks(data.draw, x.shape, spatial))
+    dyd = da.from_array(dy, chunks=_chunks(data.draw, dy.shape, spatial))
+    y = chunked.conv(xd, w, b, **geom.kwargs)
+    assert isinstance(y, da.Array)
+    assert rel_err(y.compute(), npconv.conv(x, w, b, **geom.kwargs)) < 1e-12
+    grads = chunked.conv_backward(dyd, xd, w, **geom.kwargs)
+    for got, want in zip(grads, npconv.conv_backward(dy, x, w, **geom.kwargs)):
+        assert isinstance(got, da.Array)
+        assert rel_err(got.compute(), want) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_other_padding_modes_use_batch_chunks(mode, rng):
+    x, w = rng.standard_normal((5, 9, 8, 3)), rng.standard_normal((3, 3, 3, 4))
+    kw = dict(stride=2, padding=2, padding_mode=mode)
+    xd = da.from_array(x, chunks=(2, 4, 4, 3))
+    y = chunked.conv(xd, w, **kw)
+    assert y.numblocks[0] == 3
+    np.testing.assert_allclose(y.compute(), npconv.conv(x, w, **kw), rtol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(chunked.conv_backward(da.from_array(dy, chunks=2), xd, w, **kw),
+                         npconv.conv_backward(dy, x, w, **kw)):
+        np.testing.assert_allclose(got.compute(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_spatial_chunks_stay_chunked_and_lazy(rng):
+    x, w = rng.standard_normal((2, 64, 64, 3)), rng.standard_normal((5, 5, 3, 8))
+    xd = da.from_array(x, chunks=(1, 16, 32, 3))
+    y = chunked.conv(xd, w, stride=2, padding=2)
+    assert y.numblocks[:3] == (2, 2, 1) or y.numblocks[1] > 1
+    dx, dw, db = chunked.conv_backward(da.ones(y.shape, chunks=(1, 8, 8, 8)), xd, w, stride=2,
+                                       padding=2)
+    assert dx.chunks[1] != (64,) and dw.shape == w.shape and db.shape == (8,)
+
+
+def test_bad_inputs_are_rejected(rng):
+    xd = da.zeros((2, 8, 8, 3), chunks=1, dtype=int)
+    with pytest.raises(TypeError, match=r"`x` must be a float16, float32 or float64 dask array"):
+        chunked.conv(xd, np.zeros((3, 3, 3, 4)))
+    xf = da.zeros((2, 8, 8, 3), chunks=1)
+    with pytest.raises(ValueError, match=r"`bias` must have shape \(4,\); got \(3,\)"):
+        chunked.conv(xf, np.zeros((3, 3, 3, 4)), np.zeros(3))
+    with pytest.raises(ValueError, match=r"`dy` must have shape \(2, 6, 6, 4\)"):
+        chunked.conv_backward(da.zeros((2, 5, 5, 4)), xf, np.zeros((3, 3, 3, 4)))
