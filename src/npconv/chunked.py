@@ -55,6 +55,8 @@ def _plan(n_chunks: int, p: int, sp: int, k: int, s: int, d: int) -> _Plan:
     halo_before = d * (k - 1) // s
     q = max(-(-p // n_chunks), halo_before, -(-halo_after // s), 1)   # chunks hold the halos
     n = -(-p // q)
+    while n > 1 and (p - q * (n - 1) < halo_before or sp - s * q * (n - 1) < halo_after):
+        n -= 1                                   # the last chunk too must hold a whole halo
     out_chunks = (q,) * (n - 1) + (p - q * (n - 1),)
     in_chunks = (s * q,) * (n - 1) + (sp - s * q * (n - 1),)
     if n == 1:
