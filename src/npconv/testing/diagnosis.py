@@ -1,0 +1,392 @@
+"""Why an output is wrong: known failure patterns, each tested numerically.
+
+Every hypothesis rebuilds what the output *would* be under one known bug (dy not dilated for
+stride > 1, kernel not rotated, padding cropped with ``-0`` or at the wrong offset, channel axes
+swapped, bias summed over the wrong axes, a forward that flips the kernel, ...) from the same
+x, w, b and dy, with npconv's own ops, and reports the bug only when the user's output matches
+that rebuilt value. Nothing here is guessed from shapes alone except the empty ``-0`` crop,
+whose shape is its signature.
+
+`TAG_HINTS` are the typical causes of a failure that occurs exactly on the configurations with
+one feature ("every configuration with padding 0 fails"); reports print them as hints, apart
+from the tested diagnoses.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+import npconv
+from npconv.testing.cases import Case
+from npconv.testing.compare import KIND, Tolerance
+from npconv.testing.layout import Layout, axis_nouns
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a hypothesis may use: the case and its canonical inputs and outputs."""
+
+    case: Case
+    layout: Layout
+    tol: Tolerance
+    x: np.ndarray                     # (N, *S, C)
+    w: np.ndarray                     # (*K, C/G, F)
+    b: np.ndarray | None              # (F,), None when the user's code took no bias
+    dy: np.ndarray                    # (N, *P, F)
+    expected: dict                    # canonical y, dx, dw, db
+
+    @property
+    def conv_kwargs(self) -> dict:
+        c = self.case
+        return {"stride": c.stride, "padding": c.pads, "dilation": c.dilation,
+                "groups": c.groups}
+
+    def matches(self, got, candidate, name: str) -> bool:
+        """`got` equals the candidate and the candidate is not the right answer."""
+        return (got is not None and candidate is not None and got.shape == candidate.shape
+                and self.tol.close(got, candidate)
+                and not self.tol.close(candidate, self.expected[name]))
+
+
+Hypothesis = Callable[[Context, str, object, "np.ndarray | None"], "str | None"]
+_REGISTRY: list[tuple[str, tuple[str, ...], Hypothesis]] = []
+
+
+def hypothesis(key: str, outputs: tuple[str, ...]):
+    """Register a hypothesis `fn(ctx, name, raw, got) -> message or None` for `outputs`."""
+    def register(fn: Hypothesis) -> Hypothesis:
+        _REGISTRY.append((key, outputs, fn))
+        return fn
+    return register
+
+
+def diagnose(ctx: Context, name: str, raw, got) -> list[tuple[str, str]]:
+    """[(key, explanation)] of every registered hypothesis that explains output `name`.
+
+    `raw` is what the user's code returned (user layout), `got` its canonical form or None
+    when the shape is wrong.
+    """
+    found = []
+    for key, outputs, fn in _REGISTRY:
+        if name in outputs:
+            message = fn(ctx, name, raw, got)
+            if message:
+                found.append((key, message))
+    keys = {key for key, _ in found}
+    if "crop-offset" in keys:                    # the same fact, said from the crop's side
+        found = [(k, m) for k, m in found if k != "shifted"]
+    return found
+
+
+def _flip(w: np.ndarray, rank: int) -> np.ndarray:
+    """w (*K, C/G, F) rotated 180 degrees in every spatial axis."""
+    return w[(slice(None, None, -1),) * rank]
+
+
+def _padded_dx(ctx: Context) -> np.ndarray:
+    """The input gradient before cropping the padding: (N, *Sp, C)."""
+    c = ctx.case
+    shape = (c.batch, *c.padded_size, c.in_channels)
+    return npconv.conv_grad_input(ctx.dy, ctx.w, shape, stride=c.stride, dilation=c.dilation,
+                                  groups=c.groups)
+
+
+def _crop(a: np.ndarray, starts, sizes) -> np.ndarray:
+    return a[(slice(None), *(slice(o, o + s) for o, s in zip(starts, sizes)))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes and layouts
+# ---------------------------------------------------------------------------------------------
+
+
+@hypothesis("crop-minus-zero", ("dx",))
+def _crop_minus_zero(ctx: Context, name: str, raw, got):
+    shape = np.shape(raw) if raw is not None else ()
+    if got is not None or 0 not in shape or not any(hi == 0 for _, hi in ctx.case.pads):
+        return None
+    return (f"{name} is empty (shape {tuple(shape)}): padding cropped with `-0`. "
+            f"`dxp[:, p:-p]` has no elements when p == 0 (the slice 0:-0 is empty); crop with "
+            f"`dxp[:, p:p + H]` (or `dxp[:, lo:dxp.shape[1] - hi]`) instead")
+
+
+@hypothesis("padding-not-cropped", ("dx",))
+def _not_cropped(ctx: Context, name: str, raw, got):
+    if got is not None or raw is None or not any(lo or hi for lo, hi in ctx.case.pads):
+        return None
+    padded = ctx.layout.to_user("x", _padded_dx(ctx))
+    if np.shape(raw) != padded.shape or not ctx.tol.close(raw, padded):
+        return None
+    return (f"{name} still includes the padding: it is the gradient of the padded input, "
+            f"shape {padded.shape}; crop `lo` rows at the start and `hi` at the end of every "
+            f"spatial axis")
+
+
+@hypothesis("crop-offset", ("dx",))
+def _crop_offset(ctx: Context, name: str, raw, got):
+    c = ctx.case
+    dxp = _padded_dx(ctx)
+    right = tuple(lo for lo, _ in c.pads)
+    options = [sorted({0, lo, hi, lo + hi}) for lo, hi in c.pads]
+    for starts in itertools.product(*options):
+        if starts != right and ctx.matches(got, _crop(dxp, starts, c.in_size), name):
+            return (f"{name} is the gradient of the padded input read from the wrong place: "
+                    f"it starts at {starts} instead of lo = {right}, so the padding of dy and "
+                    f"the crop of dx disagree{_kernel_note(c)}; dx must be dxp[lo:lo + S] on "
+                    f"every axis")
+    return None
+
+
+def _kernel_note(case: Case) -> str:
+    if len(set(case.kernel_size)) == 1:
+        return ""
+    k = " and ".join(f"k{n[0]} - 1" for n in ("h", "w")) if case.rank == 2 else "K - 1"
+    return f" (with a non-square kernel, dy is padded by {k} on the respective axes)"
+
+
+@hypothesis("axes-permuted", ("y", "dx", "dw"))
+def _axes_permuted(ctx: Context, name: str, raw, got):
+    kind, expected = KIND[name], ctx.expected[name]
+    if raw is None or np.ndim(raw) != expected.ndim:
+        return None
+    rank = expected.ndim - 2
+    want = ctx.layout.to_user(kind, expected)
+    labels = ctx.layout.labels(kind, rank, "F" if name == "y" else "C")
+    raw = np.asarray(raw, dtype=float)
+    for perm in itertools.permutations(range(raw.ndim)):
+        if perm == tuple(range(raw.ndim)) or raw.transpose(perm).shape != want.shape:
+            continue
+        if ctx.tol.close(raw.transpose(perm), want):
+            got_labels = [""] * raw.ndim
+            for i, p in enumerate(perm):
+                got_labels[p] = labels[i]
+            return (f"{name} has the right values with its axes in the wrong order: it is "
+                    f"({', '.join(got_labels)}) where ({', '.join(labels)}) is expected "
+                    f"({_swap_note(got_labels, labels)}); transpose it")
+    return None
+
+
+def _swap_note(got: list[str], want: tuple[str, ...]) -> str:
+    moved = [w for g, w in zip(got, want) if g != w]
+    if sorted(moved) == ["C", "F"]:
+        return "the in- and out-channel axes C and F are swapped"
+    channel = want[-1] if want[0] == "N" and want[-1] in ("C", "F") else want[1]
+    if want[0] == "N" and got.index(channel) != want.index(channel):
+        return "channels_first and channels_last mixed up"
+    return f"axes {', '.join(moved)} moved"
+
+
+# ---------------------------------------------------------------------------------------------
+# Values: the input gradient
+# ---------------------------------------------------------------------------------------------
+
+
+@hypothesis("dy-not-dilated", ("dx",))
+def _dy_not_dilated(ctx: Context, name: str, raw, got):
+    c = ctx.case
+    if got is None or max(c.stride) == 1:
+        return None
+    full = tuple(p + d * (k - 1) for p, k, d in zip(c.out_size, c.kernel_size, c.dilation))
+    dxf = npconv.conv_grad_input(ctx.dy, ctx.w, (c.batch, *full, c.in_channels),
+                                 dilation=c.dilation, groups=c.groups)  # stride 1: (N, *E, C)
+    dxp = np.zeros((c.batch, *c.padded_size, c.in_channels))            # (N, *Sp, C)
+    fit = tuple(slice(0, min(e, s)) for e, s in zip(full, c.padded_size))
+    dxp[(slice(None), *fit)] = dxf[(slice(None), *fit)]
+    if not ctx.matches(got, _crop(dxp, [lo for lo, _ in c.pads], c.in_size), name):
+        return None
+    return (f"dy was not dilated for stride {c.stride_arg}: {name} equals the stride-1 "
+            f"transposed convolution of dy. Insert stride - 1 zeros between the rows and "
+            f"columns of dy before correlating it with the rotated kernel (or add dy[p] into "
+            f"dxp[p * stride + k] for every kernel offset k)")
+
+
+@hypothesis("kernel-not-rotated", ("dx",))
+def _kernel_not_rotated(ctx: Context, name: str, raw, got):
+    c = ctx.case
+    if got is None:
+        return None
+    candidate = npconv.conv_grad_input(ctx.dy, _flip(ctx.w, c.rank), c.x_shape,
+                                       **ctx.conv_kwargs)
+    if not ctx.matches(got, candidate, name):
+        return None
+    return (f"the kernel was not rotated: {name} equals the correlation of the padded, "
+            f"dilated dy with w as it is. Written as a correlation of dy, the input gradient "
+            f"needs w rotated by 180 degrees (w[::-1, ::-1] on the kernel axes)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Values: the forward pass, the weight and bias gradients
+# ---------------------------------------------------------------------------------------------
+
+
+@hypothesis("forward-flips-kernel", ("y",))
+def _forward_flips(ctx: Context, name: str, raw, got):
+    candidate = npconv.conv(ctx.x, _flip(ctx.w, ctx.case.rank), ctx.b, **ctx.conv_kwargs)
+    if not ctx.matches(got, candidate, name):
+        return None
+    return ("y is a true convolution (the kernel rotated by 180 degrees), but conv layers "
+            "(npconv, PyTorch, Keras, the seed) compute a cross-correlation: use w unflipped "
+            "in the forward pass")
+
+
+@hypothesis("bias-not-added", ("y",))
+def _bias_missing(ctx: Context, name: str, raw, got):
+    if ctx.b is None or not ctx.b.any():
+        return None
+    if not ctx.matches(got, npconv.conv(ctx.x, ctx.w, **ctx.conv_kwargs), name):
+        return None
+    return "y lacks the bias: add b to every output position (broadcast over the channel axis)"
+
+
+@hypothesis("dw-rotated", ("dw",))
+def _dw_rotated(ctx: Context, name: str, raw, got):
+    if not ctx.matches(got, _flip(ctx.expected["dw"], ctx.case.rank), name):
+        return None
+    return ("dw is rotated by 180 degrees: its kernel taps are in reverse order (a flipped "
+            "kernel or a flipped window where none belongs)")
+
+
+@hypothesis("dw-windows-stride-1", ("dw",))
+def _dw_stride_one(ctx: Context, name: str, raw, got):
+    c = ctx.case
+    if got is None or max(c.stride) == 1:
+        return None
+    xp = np.pad(ctx.x, ((0, 0), *c.pads, (0, 0)))                       # (N, *Sp, C)
+    span = tuple(p + d * (k - 1) for p, k, d in zip(c.out_size, c.kernel_size, c.dilation))
+    candidate = npconv.conv_grad_weight(ctx.dy, _crop(xp, [0] * c.rank, span), c.w_shape,
+                                        dilation=c.dilation, groups=c.groups)
+    if not ctx.matches(got, candidate, name):
+        return None
+    return (f"dw is built from windows of x that step by 1 instead of the stride "
+            f"{c.stride_arg}: take the windows at p * stride, as the forward pass does")
+
+
+@hypothesis("bias-wrong-axes", ("db",))
+def _bias_axes(ctx: Context, name: str, raw, got):
+    if raw is None or (got is not None and ctx.tol.close(got, ctx.expected["db"])):
+        return None
+    dy = ctx.layout.to_user("x", ctx.dy)
+    labels = ctx.layout.labels("x", ctx.case.rank, "F")
+    right = tuple(i for i, lab in enumerate(labels) if lab != "F")
+    raw = np.squeeze(np.asarray(raw, dtype=float))
+    for r in range(1, dy.ndim + 1):
+        for axes, op in itertools.product(itertools.combinations(range(dy.ndim), r),
+                                          ("sum", "mean")):
+            if (axes, op) == (right, "sum"):
+                continue
+            candidate = np.squeeze(getattr(dy, op)(axis=axes))
+            if candidate.shape == raw.shape and ctx.tol.close(raw, candidate):
+                over = ", ".join(labels[i] for i in axes)
+                want = ", ".join(labels[i] for i in right)
+                return (f"db is dy {'summed' if op == 'sum' else 'averaged'} over ({over}); "
+                        f"it must be summed over every axis but the channel axis: ({want})")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic: zeros, scale, shift
+# ---------------------------------------------------------------------------------------------
+
+
+@hypothesis("all-zeros", ("y", "dx", "dw", "db"))
+def _zeros(ctx: Context, name: str, raw, got):
+    if got is None or got.any() or not ctx.expected[name].any():
+        return None
+    return f"{name} is all zeros: nothing was written or accumulated into it"
+
+
+@hypothesis("scaled", ("y", "dx", "dw", "db"))
+def _scaled(ctx: Context, name: str, raw, got):
+    e = ctx.expected[name]
+    if got is None or not got.any() or not e.any():
+        return None
+    factor = float(np.vdot(got, e) / np.vdot(e, e))
+    if not ctx.matches(got, factor * e, name):
+        return None
+    n, positions = ctx.case.batch, int(np.prod(ctx.case.out_size))
+    for value, text in ((1 / n, f"divided by the batch size N={n} (a mean over the batch "
+                         f"instead of a sum)"), (-1, "the wrong sign"),
+                        (1 / positions, "divided by the number of output positions (a mean "
+                         "instead of a sum)"), (n, f"multiplied by the batch size N={n}")):
+        if value != 1 and abs(factor - value) <= 1e-6 * abs(value):
+            return f"{name} is the right answer with {text}"
+    return f"{name} is the right answer scaled by {factor:.6g}"
+
+
+@hypothesis("shifted", ("y", "dx", "dw"))
+def _shifted(ctx: Context, name: str, raw, got):
+    if got is None:
+        return None
+    e = ctx.expected[name]
+    spatial = tuple(range(ctx.case.rank)) if name == "dw" else tuple(
+        range(1, ctx.case.rank + 1))
+    for shift in itertools.product((-1, 1, -2, 2, 0), repeat=len(spatial)):
+        if any(shift) and _agrees_shifted(ctx, got, e, spatial, shift):
+            return (f"{name} is the right answer shifted {_shift_words(shift, name)}: an "
+                    f"off-by-one in padding or cropping, such as padding by one axis's kernel "
+                    f"size on every axis")
+    return None
+
+
+def _agrees_shifted(ctx: Context, got, e, spatial, shift) -> bool:
+    sl_got, sl_e = [slice(None)] * got.ndim, [slice(None)] * got.ndim
+    for axis, s in zip(spatial, shift):
+        n = got.shape[axis]
+        if n - abs(s) < max(2, (n + 1) // 2):
+            return False
+        sl_got[axis] = slice(max(s, 0), n + min(s, 0))
+        sl_e[axis] = slice(max(-s, 0), n + min(-s, 0))
+    a, b = got[tuple(sl_got)], e[tuple(sl_e)]
+    return bool(np.abs(b).max(initial=0) > 0 and ctx.tol.close(a, b))
+
+
+def _shift_words(shift, name: str) -> str:
+    """(1, -2) -> "down by 1 row and left by 2 columns"."""
+    nouns = axis_nouns(len(shift))
+    ways = {"row": ("down", "up"), "column": ("right", "left")}
+    words = []
+    for s, noun in zip(shift, nouns):
+        if s:
+            way = ways.get(noun, ("forward", "back"))[s < 0]
+            kernel = "kernel " if name == "dw" else ""
+            words.append(f"{way} by {abs(s)} {kernel}{noun}{'s' if abs(s) > 1 else ''}")
+    return " and ".join(words)
+
+
+# ---------------------------------------------------------------------------------------------
+# Across configurations: typical causes of a failure tied to one feature
+# ---------------------------------------------------------------------------------------------
+
+TAG_HINTS = {
+    "padding 0": "code that needs padding > 0, typically a crop `a[p:-p]`, which is empty "
+                 "when p == 0",
+    "padding > 0": "the padding in the backward pass: dx is the gradient of the padded input "
+                   "with lo rows cropped at the start and hi rows at the end of every axis",
+    "stride > 1": "the stride in the backward pass: dy must be dilated (stride - 1 zeros "
+                  "between rows and columns) or scattered at stride steps",
+    "remainder": "the rows after the last window, (S + lo + hi - dilated K) % stride of them: "
+                 "the forward never reads them, so their gradient is 0, and a dilated dy needs "
+                 "that many extra zero rows at the end",
+    "non-square kernel": "one axis's kernel size used for both axes (e.g. dy padded by fw - 1 "
+                         "on every axis)",
+    "non-square input": "one axis's size used for both axes (e.g. a remainder or an output "
+                        "size computed from the height only)",
+    "per-axis stride": "one stride value used for every axis",
+    "per-axis padding": "one padding value used for every axis",
+    "asymmetric padding": "padding assumed equal on both sides of an axis (lo == hi)",
+    "even kernel": "a centre or 'same' formula that assumes an odd kernel (K // 2)",
+    "1x1 kernel": "a K - 1 == 0 special case, e.g. a crop `a[:-(K - 1)]`, empty when K == 1",
+    "output size 1": "a squeeze() or reshape that drops output axes of size 1",
+    "padding > kernel // 2": "padding wider than the kernel's half-width: part of the padded "
+                             "gradient lies outside the input and must be cropped",
+    "dilation": "dilation in the backward pass: kernel taps are `dilation` apart in both "
+                "gradients",
+    "groups": "channel groups: filter f sees only the C/G channels of its group, and dw is "
+              "(*K, C/G, F)",
+    "batch 1": "a squeeze() or reshape that drops the batch axis when N == 1",
+    "one channel": "a squeeze() that drops a channel axis of size 1",
+}
