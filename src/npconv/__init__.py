@@ -9,7 +9,7 @@
 `npconv.reference` holds the same ops as naive loops, the oracle the fast ones are tested against.
 """
 
-from npconv import reference
+from npconv import nn, reference
 from npconv.convolution import (
     ConvGrads,
     conv,
@@ -19,6 +19,16 @@ from npconv.convolution import (
     conv_transpose,
     conv_transpose_backward,
 )
+from npconv.pooling import (
+    PoolSpec,
+    avg_pool,
+    avg_pool_backward,
+    global_avg_pool,
+    global_avg_pool_backward,
+    max_pool,
+    max_pool_backward,
+    pool_spec,
+)
 from npconv.spec import ConvSpec, conv_spec, conv_transpose_spec
 
 __version__ = "0.1.0"
@@ -26,6 +36,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ConvGrads",
     "ConvSpec",
+    "PoolSpec",
+    "avg_pool",
+    "avg_pool_backward",
     "conv",
     "conv_backward",
     "conv_grad_input",
@@ -34,5 +47,11 @@ __all__ = [
     "conv_transpose",
     "conv_transpose_backward",
     "conv_transpose_spec",
+    "global_avg_pool",
+    "global_avg_pool_backward",
+    "max_pool",
+    "max_pool_backward",
+    "nn",
+    "pool_spec",
     "reference",
 ]

@@ -188,3 +188,137 @@ def conv_transpose_backward(dy, x, w, *, stride=1, padding=0, output_padding=0, 
     dtype = _args.result_dtype(dy, x, w)
     db = dy_.sum(axis=tuple(range(spec.rank + 1))).astype(dtype) if bias else None
     return ConvGrads(_from_last(dx, spec, dtype), _w_from_last(dw, spec, dtype), db)
+
+
+# =============================================================================================
+# Pooling: naive loops written from PyTorch's definitions (MaxPoolNd, AvgPoolNd)
+# =============================================================================================
+#
+# Window p of a pooling reads, along each dimension, the input coordinates
+# p * stride + k * dilation - lo for k in range(K); coordinates outside [0, S) are padding.
+# Only the argument checks and output sizes come from `npconv.pooling.pool_spec`; which taps a
+# window reads, its maximum and its divisor are recomputed here one output element at a time.
+
+
+def _pool_spec(x_shape, kernel_size, **kwargs):
+    from npconv.pooling import pool_spec  # deferred: the oracle imports no fast op at load
+
+    return pool_spec(x_shape, kernel_size, **kwargs)
+
+
+def _pool_taps(spec, p) -> list[tuple[int, ...]]:
+    """Every tap of window p, in raster order, as input coordinates (padding included)."""
+    per_dim = [[pi * s + k * d - lo for k in range(kk)]
+               for pi, s, d, kk, (lo, _) in zip(p, spec.stride, spec.dilation, spec.kernel_size,
+                                                spec.pads)]
+    return list(itertools.product(*per_dim))
+
+
+def _inside(pos, lows, highs) -> bool:
+    return all(lo <= i < hi for i, lo, hi in zip(pos, lows, highs))
+
+
+def _input_taps(spec, p) -> list[tuple[int, ...]]:
+    """The taps of window p that fall inside the input, in raster order."""
+    return [pos for pos in _pool_taps(spec, p) if _inside(pos, [0] * spec.rank, spec.in_size)]
+
+
+def _argmax_tap(plane, spec, p) -> tuple[int, ...]:
+    """PyTorch's scan: start at -inf, take a tap if strictly greater or NaN (first max wins)."""
+    best, arg = -np.inf, None
+    for pos in _input_taps(spec, p):
+        v = plane[pos]
+        if arg is None or v > best or np.isnan(v):
+            best, arg = v, pos
+    return arg
+
+
+def _pool_outputs(spec):
+    return itertools.product(range(spec.batch), *map(range, spec.out_size), range(spec.channels))
+
+
+def max_pool(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
+             data_format="channels_last", return_indices=False):
+    """Naive `npconv.max_pool`, one output element per iteration."""
+    spec = _pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                      ceil_mode=ceil_mode, data_format=data_format)
+    x_ = _to_last(x, spec)
+    y = np.zeros((spec.batch, *spec.out_size, spec.channels))
+    idx = np.zeros(y.shape, dtype=np.int64)
+    for n, *p, c in _pool_outputs(spec):
+        arg = _argmax_tap(x_[n, ..., c], spec, p)
+        y[(n, *p, c)] = x_[(n, *arg, c)]
+        idx[(n, *p, c)] = np.ravel_multi_index(arg, spec.in_size)
+    if return_indices:
+        return _from_last(y, spec, x.dtype), _from_last(idx, spec, np.int64)
+    return _from_last(y, spec, x.dtype)
+
+
+def max_pool_backward(dy, x, kernel_size, *, stride=None, padding=0, dilation=1,
+                      ceil_mode=False, data_format="channels_last"):
+    """Naive `npconv.max_pool_backward`: each dy element goes to its window's argmax."""
+    spec = _pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                      ceil_mode=ceil_mode, data_format=data_format)
+    check_shape(dy, spec.y_shape(), "dy")
+    x_, dy_ = _to_last(x, spec), _to_last(dy, spec)
+    dx = np.zeros_like(x_)
+    for n, *p, c in _pool_outputs(spec):
+        dx[(n, *_argmax_tap(x_[n, ..., c], spec, p), c)] += dy_[(n, *p, c)]
+    return _from_last(dx, spec, _args.result_dtype(dy, x))
+
+
+def _divisor(spec, p, count_include_pad: bool) -> int:
+    if not count_include_pad:
+        return len(_input_taps(spec, p))
+    lows = [-lo for lo, _ in spec.pads]
+    highs = [s + hi for s, (_, hi) in zip(spec.in_size, spec.pads)]
+    return sum(_inside(pos, lows, highs) for pos in _pool_taps(spec, p))
+
+
+def avg_pool(x, kernel_size, *, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+             data_format="channels_last"):
+    """Naive `npconv.avg_pool`: the sum of the input taps over PyTorch's divisor."""
+    spec = _pool_spec(x.shape, kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                      data_format=data_format)
+    x_ = _to_last(x, spec)
+    y = np.zeros((spec.batch, *spec.out_size, spec.channels))
+    for n, *p, c in _pool_outputs(spec):
+        total = sum(x_[(n, *pos, c)] for pos in _input_taps(spec, p))
+        y[(n, *p, c)] = total / _divisor(spec, p, count_include_pad)
+    return _from_last(y, spec, x.dtype)
+
+
+def avg_pool_backward(dy, x_shape, kernel_size, *, stride=None, padding=0, ceil_mode=False,
+                      count_include_pad=True, data_format="channels_last"):
+    """Naive `npconv.avg_pool_backward`: each input tap of window p gets dy[p] / divisor."""
+    spec = _pool_spec(tuple(x_shape), kernel_size, stride=stride, padding=padding,
+                      ceil_mode=ceil_mode, data_format=data_format)
+    check_shape(dy, spec.y_shape(), "dy")
+    dy_ = _to_last(dy, spec)
+    dx = np.zeros((spec.batch, *spec.in_size, spec.channels))
+    for n, *p, c in _pool_outputs(spec):
+        share = dy_[(n, *p, c)] / _divisor(spec, p, count_include_pad)
+        for pos in _input_taps(spec, p):
+            dx[(n, *pos, c)] += share
+    return _from_last(dx, spec, dy.dtype)
+
+
+def global_avg_pool(x, *, data_format="channels_last"):
+    """Naive `npconv.global_avg_pool`: the mean of each (n, c) plane."""
+    x_ = np.asarray(x, dtype=np.float64)
+    x_ = np.moveaxis(x_, 1, -1) if data_format == "channels_first" else x_
+    y = np.zeros((x_.shape[0], x_.shape[-1]))
+    for n, c in itertools.product(range(y.shape[0]), range(y.shape[1])):
+        y[n, c] = x_[n, ..., c].sum() / x_[n, ..., c].size
+    return y.astype(x.dtype)
+
+
+def global_avg_pool_backward(dy, x_shape, *, data_format="channels_last"):
+    """Naive `npconv.global_avg_pool_backward`: dy[n, c] / prod(S) at every pixel of the plane."""
+    shape = tuple(x_shape)
+    last = (shape[0], *shape[2:], shape[1]) if data_format == "channels_first" else shape
+    dx = np.zeros(last)
+    for n, c in itertools.product(range(last[0]), range(last[-1])):
+        dx[n, ..., c] = dy[n, c] / dx[n, ..., c].size
+    dx = np.moveaxis(dx, -1, 1) if data_format == "channels_first" else dx
+    return np.ascontiguousarray(dx, dtype=dy.dtype)

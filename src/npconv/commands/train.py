@@ -1,0 +1,146 @@
+"""`npconv train`: train a CNN (default: the small CNN on the built-in 8x8 digits), print a
+summary per epoch, save the model and a plot of the curves, and print the test accuracy last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from npconv.commands import fail
+
+EXTRAS_HINT = "pip install 'npconv[demo]'"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="PATH", default=None,
+                        help="MNIST or Fashion-MNIST: a directory of IDX files (.gz or not) or "
+                             "an .npz with x_train, y_train, x_test, y_test (default: the "
+                             "built-in 8x8 digits)")
+    parser.add_argument("--epochs", type=int, default=30, help="passes over the data (30)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step (32)")
+    parser.add_argument("--lr", type=float, default=5e-3,
+                        help="initial learning rate, cosine-decayed to 0 (0.005)")
+    parser.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam",
+                        help="adam (default), adamw, or sgd with Nesterov momentum 0.9")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (0)")
+    parser.add_argument("--width", type=int, default=32,
+                        help="channels of the first conv layer; the second has twice (32)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the split, the initial weights and the batch order (0)")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="share of the digits held out for the test (0.2)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of the training images used for validation (0.1)")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output directory for model.npz, history.json and history.png "
+                             "(default: runs/digits, or runs/<data name>)")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="do not shift training images by up to one pixel")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+class Reporter:
+    """Progress bar (tqdm, when installed) and one summary line per epoch."""
+
+    def __init__(self, epochs: int, progress: bool) -> None:
+        self.epochs, self.epoch, self.bar, self.tqdm = epochs, 0, None, None
+        if progress:
+            try:
+                from tqdm import tqdm
+                self.tqdm = tqdm
+            except ImportError:
+                print(f"tqdm is not installed: skipping the progress bar ({EXTRAS_HINT})")
+
+    def on_batch(self, i: int, n: int, loss: float, accuracy: float) -> None:
+        if self.tqdm is None:
+            return
+        if self.bar is None:
+            self.bar = self.tqdm(total=n, desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                                 unit="batch",
+                                 leave=False, file=sys.stderr)
+        self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.4f}", refresh=False)
+        self.bar.update(1)
+
+    def on_epoch(self, history) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        r = history.row()
+        self.epoch = r["epoch"]
+        print(f"epoch {r['epoch']:>3}/{self.epochs}  loss {r['loss']:.4f}  acc "
+              f"{r['accuracy']:.4f}  val_loss {r['val_loss']:.4f}  val_acc "
+              f"{r['val_accuracy']:.4f}  {r['seconds']:.1f}s", flush=True)
+
+
+def _out_dir(args, name: str) -> Path:
+    return Path(args.out) if args.out else Path("runs") / Path(name).stem
+
+
+def _setup(args):
+    """Data, output paths, model and optimizer; every check that can fail before training."""
+    from npconv import nn, training
+
+    split_rng, init_rng, order_rng = training.seed_streams(args.seed)
+    data = training.load_data(args.data, rng=split_rng, test_fraction=args.test_fraction,
+                              val_fraction=args.val_fraction)
+    out = _out_dir(args, "digits" if args.data is None else data.name)
+    if (out / "model.npz").exists() and not nn.is_model_file(out / "model.npz"):
+        raise ValueError(f"{out / 'model.npz'} exists and is not an npconv model file; refusing "
+                         f"to overwrite it (choose another --out)")
+    model = training.digits_cnn(rng=init_rng, input_shape=data.x_train.shape[1:],
+                                n_classes=int(data.y_train.max()) + 1, width=args.width)
+    optimizer = training.make_optimizer(args.optimizer, lr=args.lr,
+                                        weight_decay=args.weight_decay)
+    return data, out, model, optimizer, order_rng
+
+
+def _save(args, out: Path, model, data, history, test_accuracy: float) -> None:
+    from npconv import nn
+
+    metadata = dict(data=None if args.data is None else str(Path(args.data).resolve()),
+                    dataset=data.name, seed=args.seed, test_fraction=args.test_fraction,
+                    val_fraction=args.val_fraction, input_shape=list(data.x_train.shape[1:]),
+                    pixel_max=data.pixel_max, test_accuracy=test_accuracy)
+    out.mkdir(parents=True, exist_ok=True)
+    nn.save(model, out / "model.npz", metadata=metadata)
+    (out / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
+    print(f"saved model: {out / 'model.npz'}")
+
+
+def _plot(history, path: Path) -> str:
+    from npconv import training
+
+    try:
+        training.plot_history(history, path)
+    except ImportError:
+        return f"matplotlib is not installed: skipping the plot {path} ({EXTRAS_HINT})"
+    return f"saved plot: {path}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from npconv import training
+
+    try:
+        data, out, model, optimizer, order_rng = _setup(args)
+        reporter = Reporter(args.epochs, progress=not args.no_progress)
+        print(f"data: {data.describe()}; seed {args.seed}")
+        print(training.summary(model, data.x_train.shape[1:]))
+        start = time.perf_counter()
+        history = training.fit(
+            model, data.x_train, data.y_train, optimizer=optimizer, epochs=args.epochs,
+            batch_size=args.batch_size, rng=order_rng, validation=(data.x_val, data.y_val),
+            augment=None if args.no_augment else training.random_shift,
+            on_batch=reporter.on_batch, on_epoch=reporter.on_epoch)
+        print(f"trained {args.epochs} epochs in {time.perf_counter() - start:.1f}s")
+        test_loss, test_accuracy = training.evaluate(model, data.x_test, data.y_test)
+        _save(args, out, model, data, history, test_accuracy)
+    except (ValueError, TypeError, OSError) as e:
+        return fail("train", e)
+    print(_plot(history, out / "history.png"))
+    print(f"test loss: {test_loss:.4f}")
+    print(f"test accuracy: {test_accuracy:.4f}")
+    return 0

@@ -1,0 +1,223 @@
+"""Save and load a model, architecture and weights, in one .npz file and without pickle.
+
+The file is a NumPy .npz (a zip of .npy arrays), read back with `allow_pickle=False`:
+
+    __npconv_model__   a 0-d string array holding JSON: {"format": "npconv.model", "version": 1,
+                       "model": <layer spec>, "metadata": {...}}
+    params/<key>       every array of model.params ("params/0.w", ...)
+    buffers/<key>      every array of model.buffers ("buffers/3.running_mean", ...)
+
+A layer spec is {"type": "Conv", "config": {...}} (the layer's `config()`), or
+{"type": "Sequential", "layers": [<layer spec>, ...]}. Arrays are stored bit for bit, so
+load(save(model)) gives the same outputs exactly. Saving writes a temporary file next to the
+target and renames it over the target only once it is complete, and refuses to replace a file
+that is not an npconv model; loading checks everything (format, architecture, every key, shape
+and dtype) before it builds or writes anything, and raises ValueError naming the file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from npconv.nn.layers import LAYERS, Layer, Sequential
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "atomic_write",
+    "build",
+    "is_model_file",
+    "layer_spec",
+    "load",
+    "load_metadata",
+    "load_weights",
+    "save",
+]
+
+FORMAT = "npconv.model"
+VERSION = 1
+HEADER_KEY = "__npconv_model__"
+class _Foreign(Exception):
+    """A readable .npz that is not an npconv model."""
+
+
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+                UnicodeError, json.JSONDecodeError)
+
+
+def layer_spec(layer: Layer) -> dict:
+    """The JSON-ready description of a layer (recursively for Sequential)."""
+    if isinstance(layer, Sequential):
+        return {"type": "Sequential", "layers": [layer_spec(sub) for sub in layer]}
+    return {"type": type(layer).__name__, "config": layer.config()}
+
+
+def build(spec) -> Layer:
+    """A fresh layer from `layer_spec`'s output; ValueError for anything unknown or invalid."""
+    if not isinstance(spec, dict) or spec.get("type") not in LAYERS:
+        kind = spec.get("type") if isinstance(spec, dict) else type(spec).__name__
+        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYERS)}")
+    cls = LAYERS[spec["type"]]
+    if cls is Sequential:
+        if not isinstance(spec.get("layers"), list):
+            raise ValueError("a Sequential spec needs a list under 'layers'")
+        return Sequential(*map(build, spec["layers"]))
+    config = spec.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"a {cls.__name__} spec needs a dict under 'config'; got {config!r}")
+    extra = {"rng": np.random.default_rng(0)} if "init" in inspect.signature(cls).parameters \
+        else {}                                       # placeholder weights, overwritten on load
+    try:
+        return cls(**config, **extra)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"invalid {cls.__name__} config {config!r}: {e}") from e
+
+
+def _arrays(model: Layer) -> dict:
+    return {**{f"params/{k}": v for k, v in model.params.items()},
+            **{f"buffers/{k}": v for k, v in model.buffers.items()}}
+
+
+def save(model: Layer, path, *, metadata: dict | None = None) -> Path:
+    """Write `model` (architecture, params, buffers) and JSON `metadata` to `path`.
+
+    Refuses (ValueError) to replace an existing file that is not an npconv model, and never
+    leaves a half-written file: the target changes only when the new file is complete.
+
+    >>> import numpy as np, tempfile, os
+    >>> from npconv import nn
+    >>> model = nn.Sequential(nn.Dense(3, 2, rng=np.random.default_rng(0)), nn.ReLU())
+    >>> path = nn.save(model, os.path.join(tempfile.mkdtemp(), "model.npz"))
+    >>> again = nn.load(path)
+    >>> all(np.array_equal(again.params[k], v) for k, v in model.params.items())
+    True
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"`model` must be an npconv.nn Layer; got {type(model).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file name such as {path / 'model.npz'}")
+    if path.exists() and not is_model_file(path):
+        raise ValueError(f"{path} exists and is not an npconv model file; refusing to overwrite "
+                         f"it (move it away or choose another path)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"directory {path.parent} does not exist")
+    try:
+        header = json.dumps({"format": FORMAT, "version": VERSION, "model": layer_spec(model),
+                             "metadata": dict(metadata or {})})
+    except TypeError as e:
+        raise TypeError(f"`metadata` must hold JSON values only: {e}") from e
+    atomic_write(path, lambda f: np.savez(f, **{HEADER_KEY: np.array(header)}, **_arrays(model)))
+    return path
+
+
+def atomic_write(path, write, *, mode: str = "wb") -> None:
+    """Call write(f) on a temporary file beside `path`, then rename it over `path`: readers
+    see the old file or the complete new one, never a partial one. The new file gets the
+    permissions of a normally created file (mkstemp's are 0600)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _read(path, *, with_arrays: bool = True):
+    """(header dict, {name: array}) of a model file, every failure a ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an npconv model file (not an .npz archive, or a "
+                         f"truncated one)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if HEADER_KEY not in npz.files:
+                raise _Foreign(f"{path}: not an npconv model file (an .npz without the "
+                                  f"{HEADER_KEY!r} entry; keys {sorted(npz.files)[:5]})")
+            header = json.loads(str(npz[HEADER_KEY][()]))
+            arrays = {k: npz[k] for k in npz.files if k != HEADER_KEY} if with_arrays else {}
+    except _Foreign as e:
+        raise ValueError(str(e)) from None
+    except _READ_ERRORS as e:
+        raise ValueError(f"{path}: corrupt npconv model file ({type(e).__name__}: {e})") from e
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an npconv model file (format {header!r:.60})")
+    if header.get("version") != VERSION:
+        raise ValueError(f"{path}: npconv model format version {header.get('version')!r}; this "
+                         f"npconv reads version {VERSION}")
+    return header, arrays
+
+
+def is_model_file(path) -> bool:
+    """True if `path` is a readable npconv model file."""
+    try:
+        _read(path, with_arrays=False)
+    except (ValueError, FileNotFoundError):
+        return False
+    return True
+
+
+def _check_arrays(model: Layer, arrays: dict, path) -> None:
+    """Every key, shape and dtype the model needs, and no other."""
+    want = _arrays(model)
+    if want.keys() != arrays.keys():
+        missing, extra = sorted(want.keys() - arrays.keys()), sorted(arrays.keys() - want.keys())
+        raise ValueError(f"{path}: weights do not match the architecture: missing {missing}, "
+                         f"unexpected {extra}")
+    for key, target in want.items():
+        got = arrays[key]
+        if got.shape != target.shape or got.dtype != target.dtype:
+            raise ValueError(f"{path}: {key} must be {target.dtype} of shape {target.shape}; "
+                             f"got {got.dtype} of shape {got.shape}")
+
+
+def _assign(model: Layer, arrays: dict) -> None:
+    for key, target in _arrays(model).items():
+        np.copyto(target, arrays[key])                 # in place: the layers' own arrays
+
+
+def load(path) -> Layer:
+    """The model saved at `path`, rebuilt from its architecture, with its exact weights."""
+    header, arrays = _read(path)
+    try:
+        model = build(header.get("model"))
+    except ValueError as e:
+        raise ValueError(f"{path}: invalid architecture: {e}") from e
+    _check_arrays(model, arrays, path)
+    _assign(model, arrays)
+    return model
+
+
+def load_weights(model: Layer, path) -> None:
+    """Copy the weights saved at `path` into `model`, whose architecture must match; on any
+    error `model` is left unchanged (everything is checked before the first copy)."""
+    header, arrays = _read(path)
+    if header.get("model") != json.loads(json.dumps(layer_spec(model))):
+        raise ValueError(f"{path}: the saved architecture differs from the model's")
+    _check_arrays(model, arrays, path)
+    _assign(model, arrays)
+
+
+def load_metadata(path) -> dict:
+    """The `metadata` dict saved with the model at `path`."""
+    header, _ = _read(path, with_arrays=False)
+    metadata = header.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: metadata must be a JSON object; got {type(metadata).__name__}")
+    return metadata

@@ -1,0 +1,218 @@
+"""Model files: an exact round trip for every layer type, no pickle, and a clear ValueError (with
+nothing overwritten) for corrupt, foreign or mismatched files."""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from npconv import nn
+from npconv.nn import serialization
+
+R = np.random.default_rng
+
+
+def every_layer_model(dtype="float32"):
+    d = dict(dtype=dtype)
+    return nn.Sequential(
+        nn.Conv(1, 4, (3, 3), stride=1, padding=((1, 1), (0, 2)), dilation=(1, 2),
+                padding_mode="reflect", rng=R(0), **d),
+        nn.BatchNorm(4, momentum=0.3, **d), nn.LeakyReLU(0.05),
+        nn.ConvTranspose(4, 4, (2, 2), stride=2, groups=2, bias=False, rng=R(1), **d),
+        nn.MaxPool(2, ceil_mode=True), nn.Tanh(),
+        nn.Sequential(nn.AvgPool((2, 2), stride=1, padding=1, count_include_pad=False),
+                      nn.Sigmoid()),
+        nn.Dropout(0.25, rng=R(2)), nn.GlobalAvgPool(), nn.Flatten(),
+        nn.Dense(4, 3, init="glorot_uniform", rng=R(3), **d), nn.ReLU(),
+        nn.Dense(3, 2, bias=False, rng=R(4), **d))
+
+
+def trained(model, x):
+    """A few steps, so that weights and batch-norm statistics are not their initial values."""
+    opt = nn.Adam(lr=0.01)
+    for _ in range(3):
+        y = model.forward(x, training=True)
+        model.backward(np.ones_like(y))
+        opt.step(model.params, model.grads)
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_round_trip_is_exact(tmp_path, dtype):
+    x = R(6).random((3, 8, 8, 1)).astype(dtype)
+    model = trained(every_layer_model(dtype), x)
+    path = nn.save(model, tmp_path / "m.npz", metadata={"seed": 3, "note": "é"})
+    again = nn.load(path)
+    assert serialization.layer_spec(again) == serialization.layer_spec(model)
+    for attr in ("params", "buffers"):
+        a, b = getattr(model, attr), getattr(again, attr)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype
+            np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_array_equal(model.forward(x), again.forward(x))
+    assert nn.load_metadata(path) == {"seed": 3, "note": "é"}
+    assert repr(again) == repr(model)
+
+
+def test_file_has_no_pickled_data(tmp_path):
+    path = nn.save(every_layer_model(), tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = [npz[k] for k in npz.files]                      # raises on any object array
+    assert all(a.dtype != object for a in arrays)
+    assert zipfile.is_zipfile(path)
+
+
+def test_save_replaces_a_model_but_never_a_foreign_file(tmp_path):
+    model = every_layer_model()
+    path = nn.save(model, tmp_path / "m.npz")
+    nn.save(model, path)                                          # a model file: replaced
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("my notes")
+    with pytest.raises(ValueError, match="is not an npconv model file; refusing to overwrite"):
+        nn.save(model, foreign)
+    assert foreign.read_text() == "my notes"
+    np.savez(tmp_path / "data.npz", x=np.ones(3))
+    before = (tmp_path / "data.npz").read_bytes()
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        nn.save(model, tmp_path / "data.npz")
+    assert (tmp_path / "data.npz").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "m.npz", "notes.txt"]
+
+
+def test_failed_save_leaves_the_old_file(tmp_path):
+    model = every_layer_model()
+    path = nn.save(model, tmp_path / "m.npz")
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match="`metadata` must hold JSON values only"):
+        nn.save(model, path, metadata={"x": np.ones(2)})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]       # no temporary file left
+
+
+def write(path, header=None, arrays=None, model=None):
+    """An .npz with the given header (dict -> JSON) and arrays; defaults from `model`."""
+    model = model or nn.Sequential(nn.Dense(3, 2, rng=R(0)))
+    if header is None:
+        header = {"format": "npconv.model", "version": 1,
+                  "model": serialization.layer_spec(model), "metadata": {}}
+    if arrays is None:
+        arrays = {f"params/{k}": v for k, v in model.params.items()}
+    np.savez(path, __npconv_model__=np.array(json.dumps(header)), **arrays)
+    return path
+
+
+def spec(**changes):
+    base = {"format": "npconv.model", "version": 1, "metadata": {},
+            "model": {"type": "Sequential", "layers": [{"type": "Dense", "config": {
+                "in_features": 3, "out_features": 2, "bias": True, "init": "he_normal",
+                "dtype": "float32"}}]}}
+    base.update(changes)
+    return base
+
+
+def save_npy(path, a):
+    with open(path, "wb") as f:                                    # no ".npy" suffix added
+        np.save(f, a)
+
+
+BAD_FILES = [
+    ("garbage", lambda p: p.write_bytes(b"not a model at all"), "not an .npz archive"),
+    ("empty", lambda p: p.write_bytes(b""), "not an .npz archive"),
+    ("npy", lambda p: save_npy(p, np.ones(3)), "not an .npz archive"),
+    ("foreign-npz", lambda p: np.savez(p, x_train=np.ones(3)),
+     "an .npz without the '__npconv_model__' entry"),
+    ("pickled", lambda p: np.savez(p, __npconv_model__=np.array([{"a": 1}], dtype=object)),
+     "corrupt npconv model file"),
+    ("bad-json", lambda p: np.savez(p, __npconv_model__=np.array("{not json")),
+     "corrupt npconv model file"),
+    ("other-format", lambda p: write(p, header=spec(format="keras")), "format"),
+    ("newer-version", lambda p: write(p, header=spec(version=2)),
+     "format version 2; this npconv reads version 1"),
+    ("unknown-layer", lambda p: write(p, header=spec(model={"type": "Attention"})),
+     "invalid architecture: unknown layer type 'Attention'"),
+    ("bad-config", lambda p: write(p, header=spec(model={"type": "Dense", "config": {
+        "in_features": -3, "out_features": 2}})), r"invalid Dense config .* must be >= 1"),
+    ("unknown-config-key", lambda p: write(p, header=spec(model={"type": "ReLU", "config": {
+        "alpha": 1}})), "invalid ReLU config"),
+    ("missing-weight", lambda p: write(p, arrays={}), r"missing \['params/0.b', 'params/0.w'\]"),
+    ("extra-weight", lambda p: write(p, arrays={"params/0.w": np.zeros((3, 2), np.float32),
+                                                "params/0.b": np.zeros(2, np.float32),
+                                                "params/9.w": np.zeros(1)}),
+     r"unexpected \['params/9.w'\]"),
+    ("wrong-shape", lambda p: write(p, arrays={"params/0.w": np.zeros((2, 3), np.float32),
+                                               "params/0.b": np.zeros(2, np.float32)}),
+     r"params/0.w must be float32 of shape \(3, 2\); got float32 of shape \(2, 3\)"),
+    ("wrong-dtype", lambda p: write(p, arrays={"params/0.w": np.zeros((3, 2)),
+                                               "params/0.b": np.zeros(2, np.float32)}),
+     "params/0.w must be float32"),
+]
+
+
+@pytest.mark.parametrize("name, make, match", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_files_raise_a_clear_error(tmp_path, name, make, match):
+    path = tmp_path / "model.npz"
+    make(path)
+    with pytest.raises(ValueError, match=match) as info:
+        nn.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_is_model_file(tmp_path):
+    assert nn.is_model_file(nn.save(every_layer_model(), tmp_path / "m.npz"))
+    (tmp_path / "t.txt").write_text("text")
+    np.savez(tmp_path / "d.npz", x=np.ones(2))
+    assert not nn.is_model_file(tmp_path / "t.txt")
+    assert not nn.is_model_file(tmp_path / "d.npz")
+    assert not nn.is_model_file(tmp_path / "missing.npz")
+
+
+def test_truncated_and_damaged_files(tmp_path):
+    good = nn.save(every_layer_model(), tmp_path / "m.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"not an \.npz archive, or a truncated one"):
+        nn.load(tmp_path / "cut.npz")
+    damaged = bytearray(good)
+    damaged[200:230] = b"x" * 30                                   # inside the first member
+    (tmp_path / "bad.npz").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="corrupt npconv model file"):
+        nn.load(tmp_path / "bad.npz")
+
+
+def test_missing_file_is_a_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        nn.load(tmp_path / "nope.npz")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        nn.save(every_layer_model(), tmp_path / "no" / "dir" / "m.npz")
+    with pytest.raises(ValueError, match="is a directory"):
+        nn.save(every_layer_model(), tmp_path)
+    with pytest.raises(TypeError, match=r"`model` must be an npconv\.nn Layer"):
+        nn.save("model", tmp_path / "m.npz")
+
+
+def test_load_weights_changes_nothing_unless_everything_fits(tmp_path):
+    source = trained(every_layer_model(), R(7).random((2, 8, 8, 1), dtype=np.float32))
+    path = nn.save(source, tmp_path / "m.npz")
+    target = every_layer_model()
+    before = {k: v.copy() for k, v in target.params.items()}
+    other = nn.Sequential(nn.Dense(3, 2, rng=R(0)))
+    with pytest.raises(ValueError, match="the saved architecture differs"):
+        nn.load_weights(other, path)
+    write(tmp_path / "partial.npz", model=target, arrays={
+        k: v for k, v in serialization._arrays(source).items() if not k.endswith("10.b")})
+    with pytest.raises(ValueError, match="missing"):
+        nn.load_weights(target, tmp_path / "partial.npz")
+    for k, v in target.params.items():
+        np.testing.assert_array_equal(v, before[k])              # untouched
+    nn.load_weights(target, path)
+    for k, v in target.params.items():
+        np.testing.assert_array_equal(v, source.params[k])
+
+
+def test_metadata_must_be_an_object(tmp_path):
+    write(tmp_path / "m.npz", header=spec(metadata=[1, 2]))
+    with pytest.raises(ValueError, match="metadata must be a JSON object"):
+        nn.load_metadata(tmp_path / "m.npz")
+    assert os.path.exists(tmp_path / "m.npz")

@@ -1,0 +1,188 @@
+"""The training loop, data preparation and reporting helpers of npconv.training."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from npconv import nn, training
+
+R = np.random.default_rng
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """A small seeded subset of the embedded digits: 400 train, 100 validation images."""
+    split, _, _ = training.seed_streams(0)
+    data = training.load_data(rng=split)
+    return data.x_train[:400], data.y_train[:400], data.x_val[:100], data.y_val[:100]
+
+
+def small_model(seed=0):
+    return training.digits_cnn(rng=R(seed), width=8)
+
+
+def test_seeded_training_run_lowers_the_loss(digits):
+    x, y, xv, yv = digits
+    model = small_model()
+    history = training.fit(model, x, y, optimizer=nn.Adam(lr=0.01), epochs=3, batch_size=32,
+                           rng=R(1), validation=(xv, yv))
+    assert history.epoch == [1, 2, 3]
+    assert history.loss[-1] < 0.6 * history.loss[0]
+    assert history.val_accuracy[-1] > 0.6                          # chance is 0.1
+    loss, acc = training.evaluate(model, xv, yv)
+    assert acc == pytest.approx(history.val_accuracy[-1]) and loss == history.val_loss[-1]
+
+
+def test_training_is_deterministic_for_a_seed(digits):
+    x, y, _, _ = digits
+    runs = []
+    for _ in range(2):
+        model = small_model(seed=5)
+        h = training.fit(model, x[:128], y[:128], optimizer=nn.SGD(lr=0.05, momentum=0.9),
+                         epochs=2, batch_size=16, rng=R(6), augment=training.random_shift)
+        runs.append((h.loss, h.accuracy, model.params))
+    assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
+    for k, v in runs[0][2].items():
+        np.testing.assert_array_equal(v, runs[1][2][k])
+
+
+def test_fit_reports_through_callbacks_and_restores_lr(digits):
+    x, y, _, _ = digits
+    seen, epochs = [], []
+    opt = nn.Adam(lr=0.01)
+    training.fit(small_model(), x[:40], y[:40], optimizer=opt, epochs=2, batch_size=16, rng=R(0),
+                 on_batch=lambda i, n, loss, acc: seen.append((i, n)),
+                 on_epoch=lambda h: epochs.append(h.row()["epoch"]))
+    assert seen == [(0, 3), (1, 3), (2, 3)] * 2 and epochs == [1, 2]
+    assert opt.lr == 0.01
+
+
+def test_fit_checks_labels_before_training(digits):
+    x, y, _, _ = digits
+    model = small_model()
+    before = {k: v.copy() for k, v in model.params.items()}
+    bad = y[:20].copy()
+    bad[7] = 10                                                    # 10 classes: 0..9
+    with pytest.raises(ValueError, match=r"`labels` must be in \[0, 10\)"):
+        training.fit(model, x[:20], bad, optimizer=nn.SGD(), epochs=1, batch_size=8, rng=R(0))
+    with pytest.raises(ValueError, match=r"`y` must be an array of shape \(20,\)"):
+        training.fit(model, x[:20], y[:19], optimizer=nn.SGD(), epochs=1, batch_size=8,
+                     rng=R(0))
+    with pytest.raises(ValueError, match=r"`y_val` must be an array of shape \(5,\)"):
+        training.fit(model, x[:20], y[:20], optimizer=nn.SGD(), epochs=1, batch_size=8,
+                     rng=R(0), validation=(x[:5], y[:4]))
+    with pytest.raises(ValueError, match="`epochs` must be an int >= 1"):
+        training.fit(model, x[:20], y[:20], optimizer=nn.SGD(), epochs=0, batch_size=8,
+                     rng=R(0))
+    with pytest.raises(ValueError, match="`schedule` must be one of"):
+        training.fit(model, x[:20], y[:20], optimizer=nn.SGD(), epochs=1, batch_size=8,
+                     rng=R(0), schedule="step")
+    with pytest.raises(ValueError, match="expects `x` with 1 channels"):
+        training.fit(model, np.zeros((4, 8, 8, 3), np.float32), y[:4], optimizer=nn.SGD(),
+                     epochs=1, batch_size=8, rng=R(0))
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_cosine_lr():
+    assert training.cosine_lr(0.1, 0, 10) == 0.1
+    assert training.cosine_lr(0.1, 5, 10) == pytest.approx(0.05)
+    assert training.cosine_lr(0.1, 10, 10) == pytest.approx(0.0)
+
+
+def test_random_shift_moves_each_image_by_at_most_one_pixel():
+    x = R(0).random((50, 6, 7, 2))
+    copy = x.copy()
+    y = training.random_shift(x, R(1))
+    np.testing.assert_array_equal(x, copy)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    found = set()
+    for i in range(len(x)):                            # a test may loop over samples
+        matches = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)
+                   if np.array_equal(y[i], xp[i, 1 + a:7 + a, 1 + b:8 + b])]
+        assert len(matches) == 1
+        found.add(matches[0])
+    assert len(found) == 9                             # every offset occurs
+    np.testing.assert_array_equal(training.random_shift(x, R(1)), y)
+
+
+def test_load_data_digits_split():
+    a = training.load_data(rng=training.seed_streams(3)[0])
+    b = training.load_data(rng=training.seed_streams(3)[0], val_fraction=0.3)
+    assert len(a.y_train) + len(a.y_val) + len(a.y_test) == 1797 and len(a.y_test) == 359
+    np.testing.assert_array_equal(a.x_test, b.x_test)              # test split: seed only
+    assert a.x_train.dtype == np.float32 and a.x_train.shape[1:] == (8, 8, 1)
+    assert "1294 train / 144 validation / 359 test" in a.describe()
+    with pytest.raises(ValueError, match="`seed` must be an int >= 0"):
+        training.seed_streams(-1)
+
+
+def test_load_data_mnist_npz(tmp_path):
+    rng = R(0)
+    arrays = {f"x_{k}": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+              for k, n in (("train", 30), ("test", 10))}
+    arrays.update(y_train=rng.integers(0, 10, 30, dtype=np.uint8),
+                  y_test=rng.integers(0, 10, 10, dtype=np.uint8))
+    np.savez(tmp_path / "fashion.npz", **arrays)
+    data = training.load_data(tmp_path / "fashion.npz", rng=rng)
+    assert data.x_test.shape == (10, 28, 28, 1) and len(data.y_train) + len(data.y_val) == 30
+    assert data.pixel_max == 255.0 and data.name == "fashion.npz"
+    model = training.digits_cnn(rng=rng, input_shape=(28, 28, 1), width=2)
+    assert model.forward(data.x_test).shape == (10, 10)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        training.digits_cnn(rng=rng, input_shape=(10, 10, 1))
+
+
+def test_prepare_and_read_images(tmp_path):
+    raw = R(0).integers(0, 17, (5, 8, 8), dtype=np.uint8)
+    for shape in [(5, 8, 8), (5, 8, 8, 1)]:
+        x = training.prepare_images(raw.reshape(shape), (8, 8, 1), 16.0)
+        assert x.shape == (5, 8, 8, 1) and x.dtype == np.float32 and x.max() <= 1
+    assert training.prepare_images(raw[0], (8, 8, 1), 16.0).shape == (1, 8, 8, 1)
+    floats = raw.astype(np.float64) / 16
+    np.testing.assert_array_equal(training.prepare_images(floats, (8, 8, 1), 16.0)[..., 0],
+                                  floats.astype(np.float32))
+    with pytest.raises(ValueError, match=r"images must have shape \(N, 8, 8, 1\), \(N, 8, 8\)"):
+        training.prepare_images(np.zeros((5, 28, 28)), (8, 8, 1), 16.0)
+    with pytest.raises(TypeError, match="images must be an integer or float array"):
+        training.prepare_images(np.array(["a"]), (8, 8, 1), 16.0)
+    np.save(tmp_path / "a.npy", raw)
+    np.savez(tmp_path / "b.npz", x=raw, y=np.arange(5))
+    np.savez(tmp_path / "c.npz", a=raw, b=raw)
+    header = struct.pack(">HBB3I", 0, 0x08, 3, 5, 8, 8)
+    (tmp_path / "d-idx3-ubyte.gz").write_bytes(gzip.compress(header + raw.tobytes()))
+    for name in ("a.npy", "b.npz", "d-idx3-ubyte.gz"):
+        np.testing.assert_array_equal(training.read_images(tmp_path / name), raw)
+    with pytest.raises(ValueError, match="needs a key 'x' or a single array"):
+        training.read_images(tmp_path / "c.npz")
+    with pytest.raises(FileNotFoundError, match="image file not found"):
+        training.read_images(tmp_path / "none.npy")
+
+
+def test_predict_proba_and_summary():
+    model = small_model()
+    p = training.predict_proba(model, R(0).random((7, 8, 8, 1), dtype=np.float32), batch_size=3)
+    assert p.shape == (7, 10)
+    np.testing.assert_allclose(p.sum(axis=1), 1)
+    table = training.summary(model, (8, 8, 1))
+    assert "Conv [w (3, 3, 1, 8)]" in table and "(N, 2, 2, 16)" in table
+    total = sum(v.size for v in model.params.values())
+    assert table.splitlines()[-1].split()[-1] == str(total)
+
+
+def test_make_optimizer():
+    assert isinstance(training.make_optimizer("adamw", lr=0.1), nn.AdamW)
+    sgd = training.make_optimizer("sgd", lr=0.1, weight_decay=0.01)
+    assert sgd.nesterov and sgd.momentum == 0.9 and sgd.weight_decay == 0.01
+    with pytest.raises(ValueError, match="`optimizer` must be one of"):
+        training.make_optimizer("rmsprop", lr=0.1)
+
+
+def test_plot_history_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    h = training.History([1, 2], [1.0, 0.5], [0.5, 0.8], [1.1, 0.6], [0.4, 0.7], [0.1, 0.1])
+    path = training.plot_history(h, tmp_path / "h.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
