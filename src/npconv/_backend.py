@@ -33,6 +33,14 @@ def namespace(*arrays) -> ModuleType:
     return np
 
 
+def to_numpy(a) -> np.ndarray:
+    """A NumPy copy of a CuPy array (a device-to-host copy), or `a` itself for NumPy arrays.
+
+    Only for leaving the device on purpose (saving a model, printing); kernels never call it.
+    """
+    return a.get() if _is_cupy(a) else a
+
+
 def sliding_window_view(xp: ModuleType, x, window_shape, axis):
     """xp's read-only `sliding_window_view` (NumPy and CuPy keep it in lib.stride_tricks)."""
     return xp.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npconv import _args
+from npconv import _args, _backend
 from npconv.nn import functional as F
 from npconv.nn import layers as L
 from npconv.nn.losses import check_labels, softmax_cross_entropy
@@ -151,7 +151,7 @@ class History:
 def _check_xy(model, x, y, name: str) -> None:
     """Float images (N, ...) and integer labels (N,) in range of the model's outputs."""
     _args.float_array(x, f"x_{name}" if name else "x")
-    if not isinstance(y, np.ndarray) or y.shape != x.shape[:1]:
+    if not _backend.is_array(y) or y.shape != x.shape[:1]:
         raise ValueError(f"`y{'_' + name if name else ''}` must be an array of shape "
                          f"({x.shape[0]},), one label per image; got "
                          f"{getattr(y, 'shape', type(y).__name__)}")
@@ -175,14 +175,15 @@ def random_shift(x, rng: np.random.Generator, *, max_shift: int = 1):
     """
     _args.float_array(x, "x")
     m, n, rank = max_shift, x.shape[0], x.ndim - 2
-    xp = np.pad(x, ((0, 0), *((m, m),) * rank, (0, 0)))           # (N, *(S + 2m), C)
+    xp = _backend.namespace(x)
+    out = xp.pad(x, ((0, 0), *((m, m),) * rank, (0, 0)))          # (N, *(S + 2m), C)
     for axis in range(1, rank + 1):
         shape = [n] + [1] * (x.ndim - 1)
         shape[axis] = x.shape[axis]
-        shift = rng.integers(-m, m + 1, size=n)                    # (N,)
+        shift = rng.integers(-m, m + 1, size=n)                    # (N,) drawn on the host
         idx = np.arange(x.shape[axis]) + m + shift[:, None]        # (N, S_axis)
-        xp = np.take_along_axis(xp, idx.reshape(shape), axis=axis)  # S_axis kept on this axis
-    return xp
+        out = xp.take_along_axis(out, xp.asarray(idx.reshape(shape)), axis=axis)
+    return out
 
 
 def _train_batch(model, xb, yb, optimizer, loss) -> tuple[float, int]:
@@ -201,9 +202,11 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 def _epoch(model, x, y, batches, *, optimizer, loss, augment, rng, lr_at, on_batch):
     """One pass over `batches`; returns the epoch's mean loss and accuracy."""
     seen, loss_sum, correct = 0, 0.0, 0
+    xp = _backend.namespace(x)
     for i, idx in enumerate(batches):
         if lr_at is not None:
             optimizer.lr = lr_at()
+        idx = xp.asarray(idx)                                      # on x's device
         xb = x[idx] if augment is None else augment(x[idx], rng)   # (B, ...)
         value, hits = _train_batch(model, xb, y[idx], optimizer, loss)
         seen, loss_sum, correct = seen + len(idx), loss_sum + value * len(idx), correct + hits
@@ -257,8 +260,10 @@ def fit(model, x, y, *, optimizer, epochs: int, batch_size: int, rng: np.random.
 def predict_logits(model, x, *, batch_size: int = 512):
     """Evaluation-mode outputs of `model` for x (N, ...), batch by batch -> (N, K)."""
     _args.float_array(x, "x")
-    parts = [model.forward(x[idx], training=False) for idx in _batches(len(x), batch_size, None)]
-    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=x.dtype)  # (N, K)
+    xp = _backend.namespace(x)
+    parts = [model.forward(x[i:i + batch_size], training=False)   # (B, K) each
+             for i in range(0, len(x), batch_size)]
+    return xp.concatenate(parts) if parts else xp.zeros((0, 0), dtype=x.dtype)  # (N, K)
 
 
 def predict_proba(model, x, *, batch_size: int = 512):

@@ -150,6 +150,18 @@ class Layer:
     def __call__(self, x, training: bool = False):
         return self.forward(x, training=training)
 
+    def to(self, xp):
+        """Move params, grads and buffers to the array module `xp` (numpy or cupy); returns self.
+
+        >>> layer = Dense(3, 2, rng=np.random.default_rng(0)).to(np)
+        >>> type(layer.params["w"]).__name__
+        'ndarray'
+        """
+        for attr in ("params", "grads", "buffers"):
+            setattr(self, attr, {k: xp.asarray(v) for k, v in getattr(self, attr).items()})
+        self._cache = None
+        return self
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
@@ -619,6 +631,12 @@ class Sequential(Layer):
     params = property(lambda self: self._gather("params"), doc="All layers' params.")
     grads = property(lambda self: self._gather("grads"), doc="All layers' grads.")
     buffers = property(lambda self: self._gather("buffers"), doc="All layers' buffers.")
+
+    def to(self, xp):
+        """Move every layer's arrays to the array module `xp` (numpy or cupy); returns self."""
+        for layer in self.layers:
+            layer.to(xp)
+        return self
 
     def __len__(self) -> int:
         return len(self.layers)

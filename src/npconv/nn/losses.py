@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npconv import _args
+from npconv import _args, _backend
 from npconv.nn import functional as F
 
 __all__ = ["LOSSES", "mse", "softmax_cross_entropy"]
@@ -18,8 +18,8 @@ __all__ = ["LOSSES", "mse", "softmax_cross_entropy"]
 
 def check_labels(labels, n: int, n_classes: int) -> None:
     """Integer labels (N,) in [0, n_classes), else TypeError / ValueError."""
-    if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
-        kind = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
+    if not _backend.is_array(labels) or not np.issubdtype(labels.dtype, np.integer):
+        kind = labels.dtype if _backend.is_array(labels) else type(labels).__name__
         raise TypeError(f"`labels` must be an integer numpy array; got {kind}")
     if labels.shape != (n,):
         raise ValueError(f"`labels` must have shape ({n},), one per row of `logits`; got "
@@ -56,10 +56,11 @@ def softmax_cross_entropy(logits, labels):
         raise ValueError(f"`logits` must have shape (N, K); got {tuple(logits.shape)}")
     n, k = logits.shape
     check_labels(labels, n, k)
-    rows = np.arange(n)                                            # (N,)
+    xp = _backend.namespace(logits, labels)
+    rows = xp.arange(n)                                            # (N,)
     logp = F.log_softmax(logits.astype(np.float64))                # (N, K)
     value = float(-logp[rows, labels].mean()) + 0.0 if n else 0.0    # + 0.0: no -0.0
-    grad = np.exp(logp)                                            # (N, K) softmax
+    grad = xp.exp(logp)                                            # (N, K) softmax
     grad[rows, labels] -= 1
     return value, (grad / max(n, 1)).astype(logits.dtype)
 

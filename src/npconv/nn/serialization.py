@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npconv import _backend
 from npconv.nn.layers import LAYERS, Layer, Sequential
 
 __all__ = [
@@ -82,8 +83,9 @@ def build(spec) -> Layer:
 
 
 def _arrays(model: Layer) -> dict:
-    return {**{f"params/{k}": v for k, v in model.params.items()},
-            **{f"buffers/{k}": v for k, v in model.buffers.items()}}
+    """Every array to save, as NumPy arrays (a model on a GPU is copied to the host)."""
+    return {**{f"params/{k}": _backend.to_numpy(v) for k, v in model.params.items()},
+            **{f"buffers/{k}": _backend.to_numpy(v) for k, v in model.buffers.items()}}
 
 
 def save(model: Layer, path, *, metadata: dict | None = None) -> Path:
