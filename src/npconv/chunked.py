@@ -28,7 +28,7 @@ from npconv.convolution import ConvGrads
 from npconv.convolution import conv as _conv
 from npconv.convolution import conv_grad_input as _grad_input
 from npconv.convolution import conv_grad_weight as _grad_weight
-from npconv.spec import ConvSpec, check_shape, conv_spec
+from npconv.spec import ConvSpec, check_shape, conv_spec, effective_kernel, transpose_out_size
 
 _DASK_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
                   "circular": "wrap"}
@@ -51,8 +51,8 @@ class _Plan:
 
 
 def _plan(n_chunks: int, p: int, sp: int, k: int, s: int, d: int) -> _Plan:
-    halo_after = max(d * (k - 1) - s + 1, 0)
-    halo_before = d * (k - 1) // s
+    halo_after = max(effective_kernel(k, d) - s, 0)
+    halo_before = (effective_kernel(k, d) - 1) // s
     q = max(-(-p // n_chunks), halo_before, -(-halo_after // s), 1)   # chunks hold the halos
     n = -(-p // q)
     while n > 1 and (p - q * (n - 1) < halo_before or sp - s * q * (n - 1) < halo_after):
@@ -215,8 +215,8 @@ def _dx_of_chunk(dy_chunk, w, plans, local, block_info=None):
     loc = block_info[0]["chunk-location"]
     before = [p.halo_before if j > 0 else 0 for p, j in zip(plans, loc[1:-1])]
     k = w.shape[:-2]
-    sizes = [(m - 1) * s + d * (kk - 1) + 1 for m, s, d, kk in
-             zip(dy_chunk.shape[1:-1], local["stride"], local["dilation"], k)]
+    sizes = [transpose_out_size(m, kk, s, d, 0, 0, 0)        # input rows these outputs read
+             for m, s, d, kk in zip(dy_chunk.shape[1:-1], local["stride"], local["dilation"], k)]
     c = w.shape[-2] * local["groups"]
     dx = _grad_input(dy_chunk, w, (dy_chunk.shape[0], *sizes, c), **local)  # (n, *local, C)
     want = block_info[None]["chunk-shape"]
