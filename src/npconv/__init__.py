@@ -10,6 +10,8 @@
 """
 
 from npconv import nn, reference
+from npconv._config import config, get_config, set_config
+from npconv.algorithms import ALGORITHMS
 from npconv.convolution import (
     ConvGrads,
     conv,
@@ -34,11 +36,13 @@ from npconv.spec import ConvSpec, conv_spec, conv_transpose_spec
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALGORITHMS",
     "ConvGrads",
     "ConvSpec",
     "PoolSpec",
     "avg_pool",
     "avg_pool_backward",
+    "config",
     "conv",
     "conv_backward",
     "conv_grad_input",
@@ -47,6 +51,7 @@ __all__ = [
     "conv_transpose",
     "conv_transpose_backward",
     "conv_transpose_spec",
+    "get_config",
     "global_avg_pool",
     "global_avg_pool_backward",
     "max_pool",
@@ -54,4 +59,5 @@ __all__ = [
     "nn",
     "pool_spec",
     "reference",
+    "set_config",
 ]

@@ -16,77 +16,60 @@ so dw is a GEMM against the same window matrix as the forward pass, and dxp scat
 onto the input pixels each offset read: xp[p * stride + k * dilation] for every kernel offset k.
 That scatter is the "dilated dy, rotated kernel" rule written without building the dilated copy:
 inserting stride - 1 zeros between rows of dy and correlating with the flipped kernel computes
-exactly these sums, plus many products with those zeros.
+exactly these sums, plus many products with those zeros. With stride 1 there are no zeros to
+insert: dxp[i] = sum_k dy[i - k*d] @ w[k]^T is itself a forward convolution of dy (padded by
+d * (K - 1)) with the flipped kernel, which gathers instead of scattering
+(`algorithms._layout.full_correlation`).
+
+These sums are computed by the algorithms of `npconv.algorithms` (chunked im2col, per-offset
+GEMMs, pointwise GEMMs, depthwise products, Winograd, FFT), chosen per computation by shape or
+forced with `algorithm=`, within the workspace limit in force or `workspace=` (bytes). Results
+may be views of larger arrays (an odd-sized Winograd output, a channels_first pointwise one);
+the public ops copy them into the caller's layout.
 """
 
 from __future__ import annotations
 
-import math
-
-from npconv import _backend, windows
+from npconv import _backend, _config, algorithms, windows
 from npconv.spec import ConvSpec
 
 
-def _grouped_cols(xp_, spec: ConvSpec):
-    """Window matrix, one copy: (N, *Sp, C) -> (G, N * prod(P), prod(K) * C/G)."""
-    r, g = spec.rank, spec.groups
-    cols = windows.unfold(xp_, spec.kernel_size, spec.stride, spec.dilation, spec.out_size)
-    if g == 1:
-        return cols.reshape(1, -1, math.prod(spec.kernel_size) * spec.in_channels)
-    cols = cols.reshape(*cols.shape[:-1], g, spec.group_in)     # (N, *P, *K, G, C/G) view
-    cols = cols.transpose(2 * r + 1, *range(2 * r + 1), 2 * r + 2)  # (G, N, *P, *K, C/G) view
-    return cols.reshape(g, -1, math.prod(spec.kernel_size) * spec.group_in)  # copy
-
-
-def _grouped_w(w, spec: ConvSpec):
-    """(*K, C/G, F) -> (G, prod(K) * C/G, F/G)."""
-    g = spec.groups
-    w = w.reshape(-1, spec.group_in, g, spec.group_out)          # (prodK, C/G, G, F/G)
-    w = w.transpose(2, 0, 1, 3)                                  # (G, prodK, C/G, F/G)
-    return w.reshape(g, -1, spec.group_out)                      # (G, prodK*C/G, F/G)
-
-
-def _grouped_dy(dy, spec: ConvSpec):
-    """(N, *P, F) -> (G, N * prod(P), F/G), a view."""
-    dy = dy.reshape(-1, spec.groups, spec.group_out)            # (NP, G, F/G)
-    return dy.transpose(1, 0, 2)                                 # (G, NP, F/G)
-
-
-def forward(xp_, w, spec: ConvSpec):
+def forward(xp_, w, spec: ConvSpec, *, algorithm=None, workspace=None):
     """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)), no bias."""
-    xp = _backend.namespace(xp_, w)
-    cols = _grouped_cols(xp_, spec)                              # (G, NP, KC/G)
-    y = xp.matmul(cols, _grouped_w(w, spec))                     # (G, NP, F/G)
-    y = y.transpose(1, 0, 2)                                     # (NP, G, F/G)
-    return y.reshape(spec.batch, *spec.out_size, spec.out_channels)  # (N, *P, F)
+    settings = _config.resolve(workspace)
+    alg = algorithms.choose("forward", spec, algorithm, settings.workspace)
+    (xp_,) = _prepared(alg, xp_)
+    return alg.module.forward(xp_, w, spec, settings)
 
 
-def grad_weight(xp_, dy, spec: ConvSpec):
+def grad_weight(xp_, dy, spec: ConvSpec, *, algorithm=None, workspace=None):
     """dw (*K, C/G, F) from the padded input (N, *Sp, C) and dy (N, *P, F)."""
-    xp = _backend.namespace(xp_, dy)
-    cols = _grouped_cols(xp_, spec)                              # (G, NP, KC/G)
-    dw = xp.matmul(cols.transpose(0, 2, 1), _grouped_dy(dy, spec))  # (G, KC/G, F/G)
-    dw = dw.reshape(spec.groups, -1, spec.group_in, spec.group_out)  # (G, prodK, C/G, F/G)
-    dw = dw.transpose(1, 2, 0, 3)                                # (prodK, C/G, G, F/G)
-    return dw.reshape(*spec.kernel_size, spec.group_in, spec.out_channels)  # (*K, C/G, F)
+    settings = _config.resolve(workspace)
+    alg = algorithms.choose("grad_weight", spec, algorithm, settings.workspace)
+    xp_, dy = _prepared(alg, xp_, dy)
+    return alg.module.grad_weight(xp_, dy, spec, settings)
 
 
-def grad_input(dy, w, spec: ConvSpec):
+def grad_input(dy, w, spec: ConvSpec, *, algorithm=None, workspace=None, unpad=False):
     """dxp (N, *Sp, C): gradient with respect to the padded input, from dy (N, *P, F).
 
-    One GEMM per kernel offset, (G, NP, F/G) @ (G, F/G, C/G), scattered with `+=` onto the
-    strided slice that offset read. Pixels no window reads (the remainder rows when the
+    With `unpad`, the gradient with respect to the unpadded input, dx (N, *S, C), i.e.
+    `windows.pad_adjoint(dxp, spec.pads, spec.padding_mode)`; for zero padding, algorithms that
+    can compute only the inner pixels do so. Pixels no window reads (the remainder rows when the
     output size was floored) keep a zero gradient.
     """
-    xp = _backend.namespace(dy, w)
-    n, g = spec.batch, spec.groups
-    dxp = xp.zeros((n, *spec.padded_size, spec.in_channels), dtype=dy.dtype)  # (N, *Sp, C)
-    dy_g = _grouped_dy(dy, spec)                                 # (G, NP, F/G)
-    w_t = w.reshape(*spec.kernel_size, spec.group_in, g, spec.group_out)  # (*K, C/G, G, F/G)
-    for k, window in windows.offsets(spec.kernel_size, spec.stride, spec.dilation,
-                                     spec.out_size):
-        w_k = w_t[k].transpose(1, 2, 0)                          # (G, F/G, C/G)
-        part = xp.matmul(dy_g, w_k)                              # (G, NP, C/G)
-        part = part.transpose(1, 0, 2)                           # (NP, G, C/G)
-        dxp[window] += part.reshape(n, *spec.out_size, spec.in_channels)  # (N, *P, C)
-    return dxp
+    settings = _config.resolve(workspace)
+    alg = algorithms.choose("grad_input", spec, algorithm, settings.workspace)
+    (dy,) = _prepared(alg, dy)
+    if unpad and spec.padding_mode == "zeros" and alg.implements("grad_input_interior"):
+        return alg.module.grad_input_interior(dy, w, spec, settings)
+    dxp = alg.module.grad_input(dy, w, spec, settings)
+    return windows.pad_adjoint(dxp, spec.pads, spec.padding_mode) if unpad else dxp
+
+
+def _prepared(alg, *arrays):
+    """The arrays C-contiguous, unless the algorithm takes views as they come (pointwise reads
+    a channels_first array, seen channels_last through a transposed view, without a copy)."""
+    if getattr(alg.module, "TAKES_VIEWS", False):
+        return arrays
+    return tuple(_backend.namespace(a).ascontiguousarray(a) for a in arrays)

@@ -16,7 +16,8 @@ import numpy as np
 
 from npconv import _backend
 
-_NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+_NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
+                   "circular": "wrap"}
 
 
 def pad(x, pads, mode: str = "zeros"):

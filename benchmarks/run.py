@@ -1,0 +1,501 @@
+"""Side-by-side benchmark: npconv, PyTorch CPU and the seed's method, in one run.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py
+
+For every shape and dtype the three implementations run alternately, and a plain NumPy GEMM
+runs in the same rounds as the yardstick for GFLOP/s. In each round every implementation makes
+an untimed call and then a short burst of timed ones, back to back (its best counts), followed
+by a pause (at least `--pause` seconds, and `--duty` times the time just spent): idle worker
+threads of the previous library (OpenBLAS and OpenMP spin for a while after a parallel call)
+must not steal cores from the next, and a virtual machine whose CPU time is throttled after
+bursts stays out of the throttle. The table reports medians over rounds. It times the
+forward pass alone and forward plus backward (y, dx, dw, db), prints times, ratios, GFLOP/s
+(direct-method FLOPs, 2 per multiply-add, three passes for forward plus backward) next to the
+GEMM's, and the peak memory each NumPy implementation allocates (tracemalloc), and writes
+docs/benchmarks.md. PyTorch is optional; the seed's method (benchmarks/seed_method.py) handles
+2-D channels_last ungrouped shapes only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from seed_method import seed_backward, seed_forward  # noqa: E402
+
+import npconv  # noqa: E402
+from npconv import algorithms  # noqa: E402
+from npconv.spec import conv_spec  # noqa: E402
+
+try:
+    import torch
+except ImportError:                                              # the table says "n/a"
+    torch = None
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One benchmark case: channels_last x shape, kernel size, F, stride, padding, groups."""
+
+    name: str
+    x: tuple
+    k: tuple
+    f: int
+    stride: int = 1
+    pad: int = 0
+    groups: int = 1
+    data_format: str = "channels_last"
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.pad, groups=self.groups,
+                    data_format=self.data_format)
+
+
+SHAPES = (
+    Shape("lenet 5x5", (64, 28, 28, 1), (5, 5), 6),
+    Shape("lenet 3x3", (64, 14, 14, 16), (3, 3), 32, pad=1),
+    Shape("resnet 3x3", (32, 56, 56, 64), (3, 3), 64, pad=1),
+    Shape("resnet 3x3 s2", (32, 56, 56, 64), (3, 3), 128, stride=2, pad=1),
+    Shape("1x1", (32, 28, 28, 128), (1, 1), 256),
+    Shape("stem 7x7 s2", (16, 224, 224, 3), (7, 7), 64, stride=2, pad=3),
+    Shape("depthwise 3x3", (32, 56, 56, 64), (3, 3), 64, pad=1, groups=64),
+    Shape("1-D 9 s2", (16, 4000, 32), (9,), 64, stride=2, pad=4),
+    Shape("3-D 3x3x3", (4, 8, 28, 28, 32), (3, 3, 3), 32, pad=1),
+    Shape("resnet 3x3 NCHW", (32, 56, 56, 64), (3, 3), 64, pad=1,
+          data_format="channels_first"),
+    Shape("1x1 NCHW", (32, 28, 28, 128), (1, 1), 256, data_format="channels_first"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The implementations: each case builds (forward, forward + backward) closures
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    shape: Shape
+    dtype: type
+    x: np.ndarray = field(repr=False)
+    w: np.ndarray = field(repr=False)
+    b: np.ndarray = field(repr=False)
+    dy: np.ndarray = field(repr=False)
+
+    @property
+    def macs(self) -> int:
+        return self.spec().macs()
+
+    def spec(self):
+        return conv_spec(self.x.shape, self.w.shape, **self.shape.kwargs)
+
+
+def make_case(shape: Shape, dtype) -> Case:
+    """Random inputs in the shape's layout (channels_first transposes the channels_last ones)."""
+    rng = np.random.default_rng(0)
+    c, r = shape.x[-1], len(shape.k)
+    x = rng.standard_normal(shape.x).astype(dtype)
+    w = (rng.standard_normal((*shape.k, c // shape.groups, shape.f)) / 8).astype(dtype)
+    if shape.data_format == "channels_first":
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))          # (N, C, *S)
+        w = np.ascontiguousarray(w.transpose(r + 1, r, *range(r)))  # (F, C/G, *K)
+    b = rng.standard_normal(shape.f).astype(dtype)
+    y_shape = conv_spec(x.shape, w.shape, **shape.kwargs).y_shape()
+    return Case(shape, dtype, x, w, b, rng.standard_normal(y_shape).astype(dtype))
+
+
+def npconv_calls(case: Case):
+    kw = case.shape.kwargs
+
+    def forward():
+        return npconv.conv(case.x, case.w, case.b, **kw)
+
+    def both():
+        return forward(), npconv.conv_backward(case.dy, case.x, case.w, **kw)
+
+    return forward, both
+
+
+def seed_calls(case: Case):
+    """The seed's method, or None where it does not apply (1-D, 3-D, groups, NCHW)."""
+    s = case.shape
+    if len(s.k) != 2 or s.groups != 1 or s.data_format != "channels_last":
+        return None
+
+    def forward():
+        return seed_forward(case.x, case.w, case.b, s.stride, s.pad)
+
+    def both():
+        return forward(), seed_backward(case.x, case.w, case.dy, s.stride, s.pad)
+
+    return forward, both
+
+
+def torch_calls(case: Case):
+    """PyTorch's conv{1,2,3}d on NC* tensors (converted once, outside the timing)."""
+    if torch is None:
+        return None
+    s, r = case.shape, len(case.shape.k)
+    to_first = s.data_format == "channels_last"
+    x = np.moveaxis(case.x, -1, 1) if to_first else case.x
+    w = case.w.transpose(r + 1, r, *range(r)) if to_first else case.w
+    dy = np.moveaxis(case.dy, -1, 1) if to_first else case.dy
+    tx, tw = (torch.from_numpy(np.ascontiguousarray(a)).requires_grad_() for a in (x, w))
+    tb = torch.from_numpy(case.b.copy()).requires_grad_()
+    tdy = torch.from_numpy(np.ascontiguousarray(dy))
+    op = getattr(torch.nn.functional, f"conv{r}d")
+    kw = dict(stride=s.stride, padding=s.pad, groups=s.groups)
+
+    def forward():
+        with torch.no_grad():
+            return op(tx, tw, tb, **kw)
+
+    def both():
+        return torch.autograd.grad(op(tx, tw, tb, **kw), (tx, tw, tb), tdy)
+
+    return forward, both
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------------------------
+
+
+def time_alternating(calls: dict, rounds: dict, pause: float, duty: float) -> dict:
+    """Median over rounds of each name's best of a burst. Round i runs every name still due:
+    one untimed call (threads, caches and clocks warm again after the pause), then `BURST`
+    timed calls back to back (one, without the warm-up, for calls over `LONG` seconds), then a
+    pause of max(pause, duty * the time spent), at most `MAX_PAUSE`. A name stops once its
+    timed calls add up to `BUDGET` seconds (the seed's method takes seconds on the stem)."""
+    times = {name: [] for name in calls}
+    for i in range(max(rounds.values())):
+        for name, fn in calls.items():
+            if i >= rounds[name] or sum(times[name]) > BUDGET:
+                continue
+            start = time.perf_counter()
+            long = bool(times[name]) and times[name][-1] > LONG
+            burst = []
+            for _ in range(1 if long else BURST + 1):
+                mid = time.perf_counter()
+                fn()
+                burst.append(time.perf_counter() - mid)
+            times[name].append(min(burst if long else burst[1:]))
+            spent = time.perf_counter() - start
+            time.sleep(min(MAX_PAUSE, max(pause, duty * spent)))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+BURST, LONG, BUDGET, MAX_PAUSE = 3, 0.5, 20.0, 10.0
+
+
+def gemm_call(dtype, n: int = 1024):
+    """A plain n x n x n NumPy GEMM (2 n^3 FLOPs): the yardstick timed alongside each case."""
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    out = np.empty((n, n), dtype)
+    return lambda: np.matmul(a, b, out=out)
+
+
+def peak_bytes(fn) -> int:
+    """Peak bytes NumPy allocated while fn ran (results included), by tracemalloc."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def gemm_gflops(dtype, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's NumPy GEMM throughput: best of `repeats` n x n x n products."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    out = np.empty((n, n), dtype)
+    best = math.inf
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+@dataclass
+class Result:
+    shape: Shape
+    dtype: str
+    macs: int
+    algorithms: str
+    fwd: dict
+    both: dict
+    memory: dict
+    gemm: float                                                  # GFLOP/s, same rounds
+
+
+def chosen_algorithms(case: Case) -> str:
+    spec = case.spec()
+    names = [algorithms.choose(op, spec).name for op in algorithms.OPS]
+    return "/".join(dict.fromkeys(names))
+
+
+def measure(shape: Shape, dtype, rounds: int, pause: float, duty: float) -> Result:
+    case = make_case(shape, dtype)
+    impls = {"npconv": npconv_calls(case), "torch": torch_calls(case), "seed": seed_calls(case)}
+    impls = {k: v for k, v in impls.items() if v is not None}
+    due = {k: max(3, rounds // 2) if k == "seed" else rounds for k in impls}
+    fwd = time_alternating({k: v[0] for k, v in impls.items()}, due, pause, duty)
+    gemm = gemm_call(dtype)
+    both = time_alternating({**{k: v[1] for k, v in impls.items()}, "gemm": gemm},
+                            {**due, "gemm": rounds}, pause, duty)
+    memory = {k: peak_bytes(v[1]) for k, v in impls.items() if k != "torch"}
+    gemm_rate = 2 * 1024**3 / both.pop("gemm") / 1e9
+    return Result(shape, np.dtype(dtype).name, case.macs, chosen_algorithms(case), fwd, both,
+                  memory, gemm_rate)
+
+
+def threads_check(shapes, rounds: int, pause: float, duty: float) -> list[str]:
+    """Markdown rows: npconv's float32 fwd+bwd with one worker (BLAS threads every GEMM), with
+    the default (workers for the algorithms whose `PARALLEL` is set) and with workers for every
+    algorithm (BLAS on one thread each), alternating."""
+    rows = []
+    for shape in shapes:
+        _, both = npconv_calls(make_case(shape, np.float32))
+        calls = {"1": _with_threads(both, 1), "default": both, "all": _all_workers(both)}
+        t = time_alternating(calls, dict.fromkeys(calls, rounds), pause, duty)
+        rows.append(f"| {shape.name} | {_ms(t['1'])} | {_ms(t['default'])} | {_ms(t['all'])} | "
+                    f"{t['default'] / t['1']:.2f} | {t['all'] / t['1']:.2f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _with_threads(fn, threads: int):
+    def call():
+        with npconv.config(threads=threads):
+            return fn()
+
+    return call
+
+
+def _all_workers(fn):
+    """fn with every algorithm running its chunks on workers."""
+    modules = [a.module for a in npconv.ALGORITHMS.values()]
+
+    def call():
+        saved = [m.PARALLEL for m in modules]
+        for m in modules:
+            m.PARALLEL = True
+        try:
+            return fn()
+        finally:
+            for m, flag in zip(modules, saved):
+                m.PARALLEL = flag
+
+    return call
+
+
+THREADS_HEADER = ("| shape | threads=1 (ms) | default (ms) | workers everywhere (ms) | "
+                  "default / 1 | everywhere / 1 |", "|---|---|---|---|---|---|")
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def _ms(t) -> str:
+    return "n/a" if t is None else f"{t * 1e3:.1f}"
+
+
+def _ratio(a, b) -> str:
+    return "n/a" if a is None or b is None else f"{a / b:.2f}"
+
+
+def geomean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return math.exp(statistics.fmean(map(math.log, values))) if values else None
+
+
+HEADER = ("| shape | dtype | algorithm | fwd npconv / torch / seed (ms) | fwd npconv/torch | "
+          "fwd+bwd npconv / torch / seed (ms) | fwd+bwd npconv/torch | seed/npconv | "
+          "npconv GFLOP/s fwd, fwd+bwd (% of GEMM) | torch GFLOP/s fwd+bwd | GEMM GFLOP/s | "
+          "peak MiB npconv / seed |")
+
+
+def row(r: Result) -> str:
+    f, b, m = r.fwd, r.both, r.memory
+    gf_f = 2 * r.macs / f["npconv"] / 1e9
+    gf_b = 6 * r.macs / b["npconv"] / 1e9
+    torch_gf = f"{6 * r.macs / b['torch'] / 1e9:.0f}" if "torch" in b else "n/a"
+    mem = " / ".join(f"{m[k] / 2**20:.0f}" if k in m else "n/a" for k in ("npconv", "seed"))
+    return (f"| {r.shape.name} | {r.dtype} | {r.algorithms} | "
+            f"{_ms(f['npconv'])} / {_ms(f.get('torch'))} / {_ms(f.get('seed'))} | "
+            f"{_ratio(f['npconv'], f.get('torch'))} | "
+            f"{_ms(b['npconv'])} / {_ms(b.get('torch'))} / {_ms(b.get('seed'))} | "
+            f"**{_ratio(b['npconv'], b.get('torch'))}** | {_ratio(b.get('seed'), b['npconv'])} | "
+            f"{gf_f:.0f}, {gf_b:.0f} ({100 * gf_b / r.gemm:.0f}%) | {torch_gf} | {r.gemm:.0f} | "
+            f"{mem} |")
+
+
+TARGETS = {"float32": 1.3, "float64": 1.0}
+GEMM_SHAPES = ("resnet 3x3", "1x1")
+
+
+def summary(results) -> list[str]:
+    """Geometric means and the issue's targets, per dtype."""
+    lines = []
+    for dtype in sorted({r.dtype for r in results}, reverse=True):
+        rs = [r for r in results if r.dtype == dtype]
+        torch_rs = [r for r in rs if "torch" in r.both]
+        gm = geomean([r.both["npconv"] / r.both["torch"] for r in torch_rs])
+        worst = max(torch_rs, key=lambda r: r.both["npconv"] / r.both["torch"], default=None)
+        seed = geomean([r.both["seed"] / r.both["npconv"] for r in rs if "seed" in r.both])
+        lines.append(f"- **{dtype}**: npconv/torch fwd+bwd geometric mean {_fmt(gm)} "
+                     f"(target <= {TARGETS[dtype]}: {_met(gm, TARGETS[dtype])}); worst "
+                     + (f"{_fmt(worst.both['npconv'] / worst.both['torch'])} "
+                        f"({worst.shape.name}; target <= 2.0: "
+                        f"{_met(worst.both['npconv'] / worst.both['torch'], 2.0)})"
+                        if worst else "n/a")
+                     + f"; {_fmt(seed)}x faster than the seed's method (geometric mean; "
+                       f"target >= 3: {_met(3, seed)})")
+        for r in rs:
+            if r.shape.name in GEMM_SHAPES:
+                pct = [100 * k * r.macs / t / 1e9 / r.gemm for k, t in
+                       ((2, r.fwd["npconv"]), (6, r.both["npconv"]))]
+                lines.append(f"  - {r.shape.name}: {pct[0]:.0f}% (fwd) and {pct[1]:.0f}% "
+                             f"(fwd+bwd) of the GEMM's {r.gemm:.0f} GFLOP/s (target >= 70%: "
+                             f"{_met(70, pct[1])})")
+    return lines
+
+
+def _met(value, bound) -> str:
+    return "n/a" if value is None or bound is None else ("met" if value <= bound else "missed")
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment and output
+# ---------------------------------------------------------------------------------------------
+
+
+def environment() -> list[str]:
+    cpu = _lscpu()
+    lines = [f"- CPU: {cpu.get('Model name', platform.processor())}, "
+             f"{cpu.get('CPU(s)', '?')} logical CPUs, {cpu.get('Core(s) per socket', '?')} "
+             f"cores per socket, {cpu.get('Thread(s) per core', '?')} thread(s) per core",
+             f"- Python {platform.python_version()}, NumPy {np.__version__}, PyTorch "
+             f"{torch.__version__ if torch else 'not installed'}"
+             + (f" ({torch.get_num_threads()} threads)" if torch else ""),
+             f"- BLAS: {_blas()}",
+             f"- npconv threads: {npconv._config.resolve().threads}, workspace limit "
+             f"{npconv.get_config()['workspace'] // 2**20} MiB",
+             "- OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: "
+             f"{_env('OPENBLAS_CORETYPE')} / {_env('OPENBLAS_L2_SIZE')}"]
+    return lines
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, "unset")
+
+
+def _lscpu() -> dict:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _blas() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed (BLAS kernel unknown)"
+    infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return "; ".join(f"{i['internal_api']} {i.get('version')} kernel {i.get('architecture')}, "
+                     f"{i['num_threads']} threads ({Path(i['filepath']).name})" for i in infos)
+
+
+def write_markdown(path: Path, results, gemm, threads, command: str, elapsed: float) -> None:
+    lines = ["# Benchmarks", "",
+             "Generated by `benchmarks/run.py`; do not edit by hand (docs/algorithms.md "
+             "explains the algorithms; this file holds the measured numbers).", "",
+             "## Machine", "", *environment(),
+             f"- NumPy GEMM ({2048}^3, all threads): float32 {gemm['float32']:.0f} GFLOP/s, "
+             f"float64 {gemm['float64']:.0f} GFLOP/s", "",
+             "## Command", "", f"    {command}", "",
+             f"Run time {elapsed / 60:.1f} min. Medians of alternating rounds; ratios below 1 "
+             "mean npconv is faster. GFLOP/s count the direct method's multiply-adds (x2), three "
+             "passes for fwd+bwd, whatever the algorithm; '% of GEMM' compares npconv's "
+             "fwd+bwd rate with the NumPy GEMM line above. Peak MiB: tracemalloc's peak during "
+             "one fwd+bwd (outputs included; PyTorch's allocator is not visible to it).", "",
+             "## Summary", "", *summary(results), "", "## Results", "", HEADER,
+             "|" + "---|" * (HEADER.count("|") - 1),
+             *(row(r) for r in results), "",
+             "## Threads", "",
+             "npconv float32 forward plus backward: one worker thread (BLAS threads every "
+             "GEMM; copies, transforms and folds run on one core), the default (a worker per "
+             "core, BLAS on one thread each, for the algorithms whose `PARALLEL` is set: "
+             "winograd, depthwise, fft), and workers for every algorithm. Same alternating "
+             "protocol, fewer rounds.", "", *THREADS_HEADER, *threads, ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per call")
+    parser.add_argument("--pause", type=float, default=0.1, help="least seconds after a call")
+    parser.add_argument("--duty", type=float, default=2.0,
+                        help="pause after a call, as a multiple of its duration")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--shapes", default="", help="comma-separated name prefixes")
+    parser.add_argument("--output", default=str(HERE.parent / "docs" / "benchmarks.md"))
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--no-threads", action="store_true", help="skip the threads table")
+    args = parser.parse_args(argv)
+    if torch is not None:
+        torch.set_num_threads(npconv._config.cpu_count())
+    start = time.perf_counter()
+    gemm = {d: gemm_gflops(np.dtype(d).type) for d in ("float32", "float64")}
+    print(*environment(), sep="\n")
+    print(f"NumPy GEMM GFLOP/s: {gemm}")
+    picked = [s for s in SHAPES if not args.shapes or any(
+        s.name.startswith(p) for p in args.shapes.split(","))]
+    print(HEADER)
+    results = []
+    for dtype in args.dtypes.split(","):
+        for shape in picked:
+            results.append(measure(shape, np.dtype(dtype).type, args.rounds, args.pause,
+                                   args.duty))
+            print(row(results[-1]), flush=True)
+    print(*summary(results), sep="\n")
+    threads = [] if args.no_threads else threads_check(picked, max(3, args.rounds // 2),
+                                                         args.pause, args.duty)
+    if not args.no_write:
+        command = "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py " + \
+            " ".join(argv if argv is not None else sys.argv[1:])
+        write_markdown(Path(args.output), results, gemm, threads, command.strip(),
+                       time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()

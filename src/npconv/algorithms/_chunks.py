@@ -1,0 +1,154 @@
+"""Memory chunks and the worker threads that run them.
+
+Every chunked algorithm walks the output in chunks of whole images, or of output rows of one
+image when an image's temporaries exceed the chunk size; a chunk is a pair of slices
+`(batch, rows)` that indexes any array whose leading axes are (N, P0, ...) (the output, dy, the
+window view), so one chunk is always a contiguous block of the output. `plan` sizes the chunks so
+that every worker's buffers fit in its share of the workspace limit, and `run` calls a task on
+every chunk from `threads` workers: the calling thread plus a shared pool. NumPy releases the GIL
+inside copies, ufuncs and BLAS calls, so the workers overlap; while they run, BLAS is held to one
+thread each (through threadpoolctl, when installed), which both keeps the two levels of threading
+from fighting over the cores and makes the per-worker GEMMs run where their data is. Without
+threadpoolctl, or on CuPy, chunks run one after another on the calling thread.
+
+Work is dealt to the workers round-robin in a fixed order and per-worker partial sums are added
+in worker order, so results are reproducible for a given thread count.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+try:                                                             # optional dependency
+    from threadpoolctl import ThreadpoolController
+except ImportError:                                              # pragma: no cover
+    ThreadpoolController = None
+
+CHUNK_BYTES = 4 * 2**20
+"""Target size of one worker's temporaries per chunk: large enough to amortize Python overhead
+and keep GEMMs efficient, small enough to stay in the last-level cache."""
+
+MIN_PARALLEL_BYTES = 2 * 2**20
+"""Below this much temporary data in total, threads cost more than they save."""
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_blas = {"controller": None, "depth": 0, "limiter": None, "lock": threading.Lock()}
+
+
+def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bool = False,
+         fixed_bytes: int = 0, parallel: bool = True):
+    """Chunks (batch slice, row slice) and the number of workers for one op.
+
+    Parameters
+    ----------
+    n, rows : int
+        N and P0, the leading output axes.
+    row_bytes : int
+        Bytes of temporaries one output row (one n, one p0) needs.
+    settings : _config.Settings
+        Workspace limit and thread count.
+    whole_images : bool
+        Chunks may not split an image (several workers scatter into the same image otherwise).
+        When an image alone exceeds the chunk size, the rows are chunked and run serially.
+    fixed_bytes : int
+        Temporaries allocated once per worker whatever the chunk size (accumulators).
+    parallel : bool
+        False: one worker, BLAS keeping its own threads (for GEMM-bound algorithms, where
+        that measured faster than a worker per core; docs/benchmarks.md, "Threads").
+    """
+    workers = settings.threads if parallel and _parallel_ok(xp) else 1
+    total = n * rows * row_bytes
+    if total < MIN_PARALLEL_BYTES:
+        workers = 1
+    workers = max(1, min(workers, n * rows, settings.workspace // max(row_bytes + fixed_bytes, 1)))
+    share = max(settings.workspace // workers - fixed_bytes, row_bytes)
+    per_chunk = max(1, min(CHUNK_BYTES, share) // row_bytes)     # rows per chunk
+    if per_chunk >= rows:
+        images = min(per_chunk // rows, -(-n // workers))
+        chunks = [(slice(i, min(i + images, n)), slice(0, rows)) for i in range(0, n, images)]
+    else:
+        if n < workers:                                          # give every worker rows
+            per_chunk = min(per_chunk, -(-rows * n // workers))
+        chunks = [(slice(i, i + 1), slice(r, min(r + per_chunk, rows)))
+                  for i in range(n) for r in range(0, rows, per_chunk)]
+        if whole_images:
+            workers = 1
+    return chunks, max(1, min(workers, len(chunks)))
+
+
+def rows_of(chunk, out_size) -> int:
+    """Output positions in a chunk: images x rows x prod(P[1:])."""
+    batch, rows = chunk
+    return (batch.stop - batch.start) * (rows.stop - rows.start) * math.prod(out_size[1:])
+
+
+def run(task, chunks, workers: int, make_state):
+    """Call task(chunk, state) on every chunk; return the states, one per worker, in order.
+
+    `make_state()` builds one worker's buffers and accumulators; chunk i goes to worker
+    i % workers, which processes its chunks in order.
+    """
+    if workers == 1:
+        state = make_state()
+        for chunk in chunks:
+            task(chunk, state)
+        return [state]
+
+    def work(i):
+        state = make_state()
+        for chunk in chunks[i::workers]:
+            task(chunk, state)
+        return state
+
+    pool = _executor(workers - 1)
+    with _blas_single_thread():
+        futures = [pool.submit(work, i) for i in range(1, workers)]
+        try:
+            first = work(0)
+        finally:
+            rest = [f.result() for f in futures]                 # wait for all, even on error
+    return [first, *rest]
+
+
+def _parallel_ok(xp) -> bool:
+    return xp is np and _controller() is not None
+
+
+def _executor(size: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < size:
+            _pool = ThreadPoolExecutor(size, thread_name_prefix="npconv")
+        return _pool
+
+
+def _controller():
+    """threadpoolctl's view of the loaded BLAS libraries, or None without threadpoolctl."""
+    if ThreadpoolController is None:
+        return None
+    if _blas["controller"] is None:
+        _blas["controller"] = ThreadpoolController().select(user_api="blas")
+    return _blas["controller"]
+
+
+class _blas_single_thread:
+    """Hold BLAS to one thread while any npconv worker pool runs (reference counted, so that
+    overlapping calls from several user threads restore the original count once)."""
+
+    def __enter__(self):
+        with _blas["lock"]:
+            if _blas["depth"] == 0:
+                _blas["limiter"] = _controller().limit(limits=1)
+            _blas["depth"] += 1
+
+    def __exit__(self, *exc):
+        with _blas["lock"]:
+            _blas["depth"] -= 1
+            if _blas["depth"] == 0:
+                _blas["limiter"].restore_original_limits()
+                _blas["limiter"] = None

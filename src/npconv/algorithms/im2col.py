@@ -1,0 +1,257 @@
+"""Chunked im2col: the window matrix built one chunk at a time, each chunk one (batched) GEMM.
+
+With cols = unfold(xp), the window matrix (N*prod(P), prod(K)*C), all three computations are
+GEMMs against it (see `npconv.kernels`): y = cols @ w, dw = cols^T @ dy, dcols = dy @ w^T folded
+back onto the input. Building cols whole costs prod(K) times the input's memory (4 GiB is easy to
+reach), so each worker fills a buffer of a few MiB with the windows of one chunk of output
+positions and multiplies it right away, while it is still in cache. Groups are a batch axis of
+the GEMM: one `matmul` over (G, rows, prod(K)*C/G), no Python loop over groups.
+
+Allocates, per worker: forward, one cols buffer (rows x prod(K)*C) plus, with groups, an output
+buffer (rows x F); weight gradient, one cols buffer and a (prod(K)*C/G x F) accumulator; input
+gradient, one dcols buffer. The input gradient also allocates the padded dx (the output); with
+stride 1 and at least `GATHER_MIN_CHANNELS` channels it is computed instead as a forward
+convolution of dy, zero-padded, with the flipped kernel (`_layout.full_correlation`), which
+gathers rather than scatters and so runs on all workers; that allocates the padded dy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from npconv import _backend, windows
+from npconv.algorithms import _chunks
+from npconv.algorithms._layout import (
+    chunk_windows,
+    flipped_w,
+    full_correlation,
+    grouped_rows,
+    grouped_w,
+    pad_or_crop,
+    take,
+    ungrouped_dw,
+)
+from npconv.spec import ConvSpec
+
+PARALLEL = False
+"""Whether chunks run on worker threads (`_chunks.plan`). im2col is GEMM-bound: one chunk at a
+time with BLAS threading each GEMM measured faster than a worker per core (docs/benchmarks.md,
+"Threads"); the gathers are a small part of the time."""
+
+NARROW_RUN = 16
+"""Below this many contiguous elements per window row (K_last * C/G), windows are gathered one
+kernel offset at a time into the transposed window matrix, whose rows are whole output rows."""
+
+GATHER_MIN_CHANNELS = 8
+"""Stride-1 input gradients of convolutions with at least this many input channels per group are
+computed as a full correlation (a gather); below it, the scatter's GEMM output is wider."""
+
+
+def _row_bytes(spec: ConvSpec, width: int, itemsize: int) -> int:
+    return math.prod(spec.out_size[1:]) * width * itemsize
+
+
+def gather(win, chunk, groups: int, kcg: int, buf):
+    """Copy the chunk's windows (n, rows, *P', *K, C) into buf as (G, R, prod(K) * C/G)."""
+    xp = _backend.namespace(buf)
+    part = win[chunk]                                            # (n, rows, *P', *K, C) view
+    if groups > 1:
+        part = part.reshape(*part.shape[:-1], groups, -1)        # (..., *K, G, C/G) view
+        part = xp.moveaxis(part, -2, 0)                          # (G, n, rows, ..., *K, C/G)
+    cols = take(buf, part.shape)                                 # same shape, contiguous
+    xp.copyto(cols, part)
+    return cols.reshape(groups, -1, kcg)                         # (G, R, prodK*C/G)
+
+
+def _narrow(spec: ConvSpec) -> bool:
+    return spec.groups == 1 and spec.kernel_size[-1] * spec.in_channels < NARROW_RUN
+
+
+def gather_t(xp_, spec: ConvSpec, chunk, buf):
+    """The chunk's transposed window matrix (prod(K) * C, R), one strided copy per offset."""
+    xp = _backend.namespace(xp_)
+    c = spec.in_channels
+    r = _chunks.rows_of(chunk, spec.out_size)
+    cols_t = take(buf, (math.prod(spec.kernel_size), c, r))      # (prodK, C, R)
+    for i, (_, index) in enumerate(chunk_windows(spec, chunk)):
+        part = xp.moveaxis(xp_[index], -1, 0)                    # (C, n, rows, *P') view
+        xp.copyto(cols_t[i].reshape(part.shape), part)
+    return cols_t.reshape(-1, r)                                 # (prodK*C, R)
+
+
+def gather_offsets(xp_, spec: ConvSpec, chunk, buf):
+    """The chunk's window matrix (G, R, prod(K) * C/G), one strided copy per kernel offset: for
+    array modules whose sliding-window view synchronizes with the host (CuPy checks the window
+    shape on the device)."""
+    xp = _backend.namespace(xp_)
+    g, cg, nk = spec.groups, spec.group_in, math.prod(spec.kernel_size)
+    batch, rows = chunk
+    lead = (batch.stop - batch.start, rows.stop - rows.start, *spec.out_size[1:])
+    cols = take(buf, (g, *lead, nk, cg))                         # (G, n, rows, *P', prodK, C/G)
+    for i, (_, index) in enumerate(chunk_windows(spec, chunk)):
+        part = xp_[index].reshape(*lead, g, cg)                  # (n, rows, *P', G, C/G) view
+        xp.copyto(cols[..., i, :], xp.moveaxis(part, -2, 0))
+    return cols.reshape(g, -1, nk * cg)                          # (G, R, prodK*C/G)
+
+
+def _unfold(xp_, spec: ConvSpec):
+    """The read-only window view (N, *P, *K, C) on NumPy; None elsewhere (see gather_offsets)."""
+    if _backend.namespace(xp_) is not np:
+        return None
+    return windows.unfold(xp_, spec.kernel_size, spec.stride, spec.dilation, spec.out_size)
+
+
+def chunk_cols(xp_, win, spec: ConvSpec, chunk, buf):
+    """The chunk's window matrix (G, R, prod(K) * C/G), copied into buf (a transposed view of
+    it when window rows are narrow)."""
+    if win is None:
+        return gather_offsets(xp_, spec, chunk, buf)
+    if _narrow(spec):
+        return gather_t(xp_, spec, chunk, buf).T[None]           # (1, R, prodK*C) view
+    kcg = math.prod(spec.kernel_size) * spec.group_in
+    return gather(win, chunk, spec.groups, kcg, buf)             # (G, R, prodK*C/G)
+
+
+def _multiply(cols, wg, y_rows, buf) -> None:
+    """y_rows (R, F) = cols (G, R, prodK*C/G) @ wg (G, prodK*C/G, F/G), group by group."""
+    xp = _backend.namespace(cols)
+    g, r, fg = cols.shape[0], cols.shape[1], wg.shape[2]
+    if g == 1:
+        xp.matmul(cols[0], wg[0], out=y_rows)
+        return
+    out = take(buf, (g, r, fg))                                  # (G, R, F/G)
+    xp.matmul(cols, wg, out=out)
+    y_rows.reshape(r, g, fg)[...] = out.transpose(1, 0, 2)       # (R, G, F/G)
+
+
+def forward(xp_, w, spec: ConvSpec, settings):
+    """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)), one GEMM per chunk."""
+    xp = _backend.namespace(xp_, w)
+    g, f = spec.groups, spec.out_channels
+    kc = math.prod(spec.kernel_size) * spec.in_channels
+    win = _unfold(xp_, spec)                                     # (N, *P, *K, C) view
+    wg = grouped_w(w, spec)                                      # (G, prodK*C/G, F/G)
+    y = xp.empty((spec.batch, *spec.out_size, f), dtype=xp_.dtype)  # (N, *P, F)
+    width = kc + (f if g > 1 else 0)
+    chunks, workers = _chunks.plan(spec.batch, spec.out_size[0],
+                                   _row_bytes(spec, width, y.itemsize), settings, xp=xp,
+                                   parallel=PARALLEL)
+    most = max(_chunks.rows_of(c, spec.out_size) for c in chunks)
+
+    def task(chunk, buf):
+        cols = chunk_cols(xp_, win, spec, chunk, buf)            # (G, R, prodK*C/G)
+        _multiply(cols, wg, y[chunk].reshape(-1, f), buf[most * kc:])
+
+    _chunks.run(task, chunks, workers, lambda: xp.empty(most * width, dtype=y.dtype))
+    return y
+
+
+def grad_weight(xp_, dy, spec: ConvSpec, settings):
+    """dw (*K, C/G, F): per chunk, dw += cols^T @ dy; workers' partial sums added at the end."""
+    xp = _backend.namespace(xp_, dy)
+    g, kcg = spec.groups, math.prod(spec.kernel_size) * spec.group_in
+    win = _unfold(xp_, spec)                                     # (N, *P, *K, C) view
+    acc_bytes = g * kcg * spec.group_out * dy.itemsize
+    chunks, workers = _chunks.plan(
+        spec.batch, spec.out_size[0], _row_bytes(spec, g * kcg, dy.itemsize), settings, xp=xp,
+        fixed_bytes=acc_bytes, parallel=PARALLEL)
+    most = max(_chunks.rows_of(c, spec.out_size) for c in chunks)
+
+    def task(chunk, state):
+        buf, acc = state
+        cols = chunk_cols(xp_, win, spec, chunk, buf)            # (G, R, prodK*C/G)
+        d = grouped_rows(dy[chunk], g)                           # (G, R, F/G) view
+        acc += xp.matmul(cols.transpose(0, 2, 1), d)             # (G, prodK*C/G, F/G)
+
+    def state():
+        return (xp.empty(most * g * kcg, dtype=dy.dtype),        # (R * prodK * C,)
+                xp.zeros((g, kcg, spec.group_out), dtype=dy.dtype))  # (G, prodK*C/G, F/G)
+
+    dw = sum(acc for _, acc in _chunks.run(task, chunks, workers, state))
+    return ungrouped_dw(dw, spec)
+
+
+def grad_input(dy, w, spec: ConvSpec, settings):
+    """dxp (N, *Sp, C): stride 1 and enough channels, a full correlation; else a scatter."""
+    if all(s == 1 for s in spec.stride) and spec.group_in >= GATHER_MIN_CHANNELS:
+        return correlate_grad_input(dy, w, spec, settings, forward)
+    return scatter_grad_input(dy, w, spec, settings)
+
+
+def grad_input_interior(dy, w, spec: ConvSpec, settings):
+    """dx (N, *S, C) for zero padding: gathers only the pixels inside the padding when it can."""
+    if all(s == 1 for s in spec.stride) and spec.group_in >= GATHER_MIN_CHANNELS:
+        return correlate_grad_input(dy, w, spec, settings, forward, interior=True)
+    dxp = scatter_grad_input(dy, w, spec, settings)              # (N, *Sp, C)
+    return windows.pad_adjoint(dxp, spec.pads)                   # (N, *S, C)
+
+
+def correlate_grad_input(dy, w, spec: ConvSpec, settings, forward_fn, interior: bool = False):
+    """Stride-1 dxp (N, *Sp, C) as `forward_fn` applied to dy padded by d * (K - 1) with the
+    flipped kernel; with `interior`, dx (N, *S, C), the pixels inside the zero padding."""
+    corr, pads = full_correlation(spec, interior)
+    dyp = pad_or_crop(dy, pads)                                  # (N, *(P + 2d(K-1)), F)
+    return forward_fn(dyp, flipped_w(w, spec), corr, settings)  # (N, *Sp or *S, C)
+
+
+def scatter_grad_input(dy, w, spec: ConvSpec, settings):
+    """dxp (N, *Sp, C): per chunk, dcols = dy @ w^T (one GEMM), folded onto the input pixels
+    each kernel offset read (one strided `+=` per offset). Chunks never share an image when
+    several workers run, so their scatters never overlap."""
+    xp = _backend.namespace(dy, w)
+    g, c, kcg = spec.groups, spec.in_channels, math.prod(spec.kernel_size) * spec.group_in
+    wt = grouped_w(w, spec).transpose(0, 2, 1)                   # (G, F/G, prodK*C/G)
+    chunks, workers = _chunks.plan(spec.batch, spec.out_size[0],
+                                   _row_bytes(spec, g * kcg, dy.itemsize), settings, xp=xp,
+                                   whole_images=True, parallel=PARALLEL)
+    most = max(_chunks.rows_of(c_, spec.out_size) for c_ in chunks)
+
+    if g == 1 and c < GATHER_MIN_CHANNELS:
+        dxp_t = xp.zeros((c, spec.batch, *spec.padded_size), dtype=dy.dtype)  # (C, N, *Sp)
+        task = _narrow_fold(dxp_t, dy, wt[0], spec)
+        dxp = xp.moveaxis(dxp_t, 0, -1)                          # (N, *Sp, C) view
+    else:
+        dxp = xp.zeros((spec.batch, *spec.padded_size, c), dtype=dy.dtype)  # (N, *Sp, C)
+        task = _wide_fold(dxp, dy, wt, spec)
+    _chunks.run(task, chunks, workers, lambda: xp.empty(most * g * kcg, dtype=dy.dtype))
+    return dxp
+
+
+def _narrow_fold(dxp_t, dy, wt, spec: ConvSpec):
+    """Fold task for few channels, into a channels-first dxp_t (C, N, *Sp): dcols^T = w
+    (prodK*C, F) @ dy^T is contiguous over positions for each (offset, channel), so every `+=`
+    runs along whole output rows rather than over C elements at a time."""
+    xp = _backend.namespace(dy)
+    c, kc = spec.in_channels, wt.shape[1]
+
+    def task(chunk, buf):
+        d = dy[chunk]                                            # (n, rows, *P', F)
+        dcols = take(buf, (kc, math.prod(d.shape[:-1])))         # (prodK*C, R)
+        xp.matmul(wt.T, d.reshape(-1, d.shape[-1]).T, out=dcols)
+        dcols = dcols.reshape(-1, c, *d.shape[:-1])              # (prodK, C, n, rows, *P')
+        for i, (_, index) in enumerate(chunk_windows(spec, chunk)):
+            target = dxp_t[(slice(None), *index)]                # (C, n, rows, *P') view
+            target += dcols[i]
+
+    return task
+
+
+def _wide_fold(dxp, dy, wt, spec: ConvSpec):
+    """Fold task: dcols = dy @ w^T (G, R, prodK*C/G), then one `+=` per kernel offset."""
+    xp = _backend.namespace(dy)
+    g, kcg = spec.groups, wt.shape[2]
+
+    def task(chunk, buf):
+        d = grouped_rows(dy[chunk], g)                           # (G, R, F/G) view
+        dcols = take(buf, (g, d.shape[1], kcg))                  # (G, R, prodK*C/G)
+        xp.matmul(d, wt, out=dcols)
+        lead = dy[chunk].shape[:-1]                              # (n, rows, *P')
+        dcols = dcols.reshape(g, *lead, -1, spec.group_in)       # (G, n, rows, *P', prodK, C/G)
+        dcols = xp.moveaxis(dcols, 0, -2)                        # (n, rows, *P', prodK, G, C/G)
+        for i, (_, index) in enumerate(chunk_windows(spec, chunk)):
+            target = dxp[index].reshape(*lead, g, spec.group_in)  # (n, rows, *P', G, C/G)
+            target += dcols[..., i, :, :]
+
+    return task

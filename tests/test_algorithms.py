@@ -1,0 +1,232 @@
+"""Every algorithm, forced through the `algorithm=` override, against the naive reference.
+
+Each algorithm gets a hypothesis strategy that draws only the geometries it handles (1x1 kernels
+for pointwise, groups == in_channels for depthwise, 2-D 3x3 stride 1 for Winograd, stride 1 for
+FFT), built by construction like tests/strategies.py. Forward, dx and dw must match
+`npconv.reference` to 1e-10 (float64) or 1e-4 (float32), relative to the largest entry.
+"""
+
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npconv
+from npconv import algorithms, reference
+from npconv.algorithms import _chunks
+from npconv.spec import conv_spec
+
+ALGORITHMS = tuple(npconv.ALGORITHMS)
+TOL = {np.float64: 1e-10, np.float32: 1e-4}
+WINOGRAD_F32_BOUND = 1e-5
+"""Winograd F(2x2, 3x3) float32 error bound, relative to max |y| (docs/algorithms.md)."""
+
+
+def rel_err(a, b) -> float:
+    """Max error relative to the largest entry (at least 1: inputs are standard normal, so a
+    result that cancels to 0 is judged on the scale of its terms)."""
+    return float(np.abs(a - b).max(initial=0) / max(np.abs(b).max(initial=0), 1.0))
+
+
+def _min_size(eff: int, lo: int, hi: int, mode: str) -> int:
+    need = max(1, eff - lo - hi)
+    if mode == "reflect":
+        need = max(need, max(lo, hi) + 1)
+    if mode == "circular":
+        need = max(need, max(lo, hi))
+    return need
+
+
+def _kernel(draw, algorithm: str, rank: int):
+    """Kernel size, stride and dilation the algorithm handles."""
+    small = rank == 3
+    if algorithm == "winograd":
+        return [3, 3], [1, 1], [1, 1]
+    if algorithm == "pointwise":
+        k = [1] * rank
+    else:
+        k = [draw(st.integers(1, 2 if small else 4)) for _ in range(rank)]
+    s = [1 if algorithm == "fft" else draw(st.integers(1, 3)) for _ in k]
+    d = [draw(st.integers(1, 2 if small else 3)) for _ in k]
+    return k, s, d
+
+
+def _channels(draw, algorithm: str):
+    """(groups, C, F)."""
+    if algorithm == "depthwise":
+        g = draw(st.integers(1, 4))
+        return g, g, g * draw(st.integers(1, 3))
+    g = draw(st.sampled_from([1, 1, 2, 3]))
+    return g, g * draw(st.integers(1, 3)), g * draw(st.integers(1, 3))
+
+
+@st.composite
+def geometry(draw, algorithm: str):
+    """(x_shape, w_shape, kwargs) of a convolution `algorithm` handles, any layout and mode."""
+    rank = 2 if algorithm == "winograd" else draw(st.sampled_from([1, 2, 3]))
+    k, s, d = _kernel(draw, algorithm, rank)
+    mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
+    pads = [(draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(rank)]
+    extra = 2 if rank == 3 else 5
+    size = [draw(st.integers(low, low + extra)) for low in
+            (_min_size(dd * (kk - 1) + 1, lo, hi, mode) for kk, dd, (lo, hi) in zip(k, d, pads))]
+    g, c, f = _channels(draw, algorithm)
+    n = draw(st.integers(1, 2))
+    fmt = draw(st.sampled_from(["channels_last", "channels_first"]))
+    if fmt == "channels_last":
+        x_shape, w_shape = (n, *size, c), (*k, c // g, f)
+    else:
+        x_shape, w_shape = (n, c, *size), (f, c // g, *k)
+    kwargs = dict(stride=tuple(s), padding=tuple(pads), dilation=tuple(d), groups=g,
+                  data_format=fmt, padding_mode=mode)
+    return x_shape, w_shape, kwargs
+
+
+def _arrays(x_shape, w_shape, kwargs, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    dy = rng.standard_normal(conv_spec(x_shape, w_shape, **kwargs).y_shape()).astype(dtype)
+    return x, w, dy
+
+
+def _check_all(geom, algorithm, dtype):
+    x_shape, w_shape, kwargs = geom
+    x, w, dy = _arrays(x_shape, w_shape, kwargs, dtype)
+    copies = [a.copy() for a in (x, w, dy)]
+    y = npconv.conv(x, w, algorithm=algorithm, **kwargs)
+    dx, dw, db = npconv.conv_backward(dy, x, w, algorithm=algorithm, **kwargs)
+    want_y = reference.conv(x.astype(np.float64), w.astype(np.float64), **kwargs)
+    want = reference.conv_backward(dy.astype(np.float64), x.astype(np.float64),
+                                   w.astype(np.float64), **kwargs)
+    tol = TOL[dtype]
+    assert rel_err(y, want_y) < tol
+    assert rel_err(dx, want.dx) < tol
+    assert rel_err(dw, want.dw) < tol
+    assert rel_err(db, want.db) < tol
+    assert {a.dtype for a in (y, dx, dw, db)} == {np.dtype(dtype)}
+    assert all(np.array_equal(a, b) for a, b in zip((x, w, dy), copies))   # inputs unchanged
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@given(data=st.data())
+def test_float64_matches_reference(algorithm, data):
+    _check_all(data.draw(geometry(algorithm)), algorithm, np.float64)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@given(data=st.data())
+def test_float32_matches_reference(algorithm, data):
+    _check_all(data.draw(geometry(algorithm)), algorithm, np.float32)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@given(data=st.data())
+def test_transposed_convolution_matches_reference(algorithm, data):
+    """conv_transpose runs the input-gradient kernel, its backward the forward and dw ones.
+
+    The conv geometry's output becomes the transposed input (zero padding, so every output
+    size is >= 1), with an output_padding that may leave the last rows unread."""
+    x_shape, w_shape, kwargs = data.draw(geometry(algorithm))
+    rank = len(x_shape) - 2
+    extra = tuple(data.draw(st.integers(0, max(s, d) - 1))
+                  for s, d in zip(kwargs["stride"], kwargs["dilation"]))
+    _, w, dy = _arrays(x_shape, w_shape, kwargs, np.float64)
+    t_kwargs = {k: kwargs[k] for k in ("stride", "dilation", "groups", "data_format")}
+    t_kwargs["output_padding"] = extra
+    y = npconv.conv_transpose(dy, w, algorithm=algorithm, **t_kwargs)
+    assert y.ndim == rank + 2
+    assert rel_err(y, reference.conv_transpose(dy, w, **t_kwargs)) < 1e-10
+    grads = npconv.conv_transpose_backward(y, dy, w, algorithm=algorithm, **t_kwargs)
+    for got, want in zip(grads, reference.conv_transpose_backward(y, dy, w, **t_kwargs)):
+        assert rel_err(got, want) < 1e-10
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "fft"])
+def test_float32_error_against_float64_ground_truth(algorithm):
+    """Realistic widths (C = F = 64): the transform algorithms' float32 error stays within the
+    stated bound and within a small multiple of the direct method's."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 20, 20, 64))
+    w = rng.standard_normal((3, 3, 64, 64)) / 24.0
+    dy = rng.standard_normal((2, 20, 20, 64))
+    truth = (npconv.conv(x, w, padding=1, algorithm="im2col"),
+             npconv.conv_grad_input(dy, w, x.shape, padding=1, algorithm="im2col"))
+    x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
+
+    def errors(alg):
+        y = npconv.conv(x32, w32, padding=1, algorithm=alg)
+        dx = npconv.conv_grad_input(dy32, w32, x.shape, padding=1, algorithm=alg)
+        return rel_err(y, truth[0]), rel_err(dx, truth[1])
+
+    direct = errors("im2col")
+    for got, base in zip(errors(algorithm), direct):
+        assert got < WINOGRAD_F32_BOUND
+        assert got < 4 * base
+
+
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS
+                                       if algorithms.ALGORITHMS[a].module.PARALLEL])
+@given(data=st.data())
+def test_threads_agree_and_are_reproducible(algorithm, data):
+    """Algorithms that run chunks on workers: same results with one or two, run to run."""
+    x_shape, w_shape, kwargs = data.draw(geometry(algorithm))
+    x, w, dy = _arrays(x_shape, w_shape, kwargs, np.float64)
+    kwargs["algorithm"] = algorithm
+    with npconv.config(threads=1):
+        one = npconv.conv_backward(dy, x, w, **kwargs)
+    with (npconv.config(threads=2, workspace=2**20),              # a chunk per image or rows
+          mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0)):
+        two = npconv.conv_backward(dy, x, w, **kwargs)
+        again = npconv.conv_backward(dy, x, w, **kwargs)
+    for a, b, c in zip(one, two, again):
+        assert rel_err(b, a) < 1e-12
+        assert np.array_equal(b, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Automatic choice and the override's errors
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, op, expected", [
+    ((2, 8, 8, 16), (1, 1, 16, 32), {}, "forward", "pointwise"),
+    ((2, 8, 8, 16), (3, 3, 1, 16), {"groups": 16}, "grad_input", "depthwise"),
+    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, "forward", "winograd"),
+    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, "grad_weight", "winograd"),
+    ((2, 16, 16, 16), (3, 3, 16, 16), {"padding": 1}, "forward", "im2col"),
+    ((2, 16, 16, 64), (3, 3, 64, 64), {"stride": 2}, "forward", "im2col"),
+    ((2, 40, 40, 4), (11, 11, 4, 4), {}, "forward", "fft"),
+    ((2, 8, 8, 512), (3, 3, 512, 512), {"stride": 2}, "forward", "offsets"),
+])
+def test_auto_choice(x_shape, w_shape, kwargs, op, expected):
+    spec = conv_spec(x_shape, w_shape, **kwargs)
+    assert algorithms.choose(op, spec).name == expected
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_implements_the_three_computations(algorithm):
+    assert all(npconv.ALGORITHMS[algorithm].implements(op) for op in algorithms.OPS)
+
+
+@pytest.mark.parametrize("algorithm, w_shape, kwargs, match", [
+    ("winograd", (5, 5, 4, 4), {}, r"`algorithm`='winograd' needs a 2-D 3x3 kernel"),
+    ("winograd", (3, 3, 4, 4), {"stride": 2}, "stride=\\(2, 2\\)"),
+    ("pointwise", (3, 3, 4, 4), {}, "needs a 1x1 kernel"),
+    ("depthwise", (3, 3, 2, 4), {"groups": 2}, "groups == in_channels"),
+    ("fft", (3, 3, 4, 4), {"stride": 2}, "needs stride 1"),
+])
+def test_forced_algorithm_must_handle_the_geometry(algorithm, w_shape, kwargs, match):
+    x = np.ones((1, 9, 9, 4))
+    with pytest.raises(ValueError, match=match):
+        npconv.conv(x, np.ones(w_shape), algorithm=algorithm, **kwargs)
+
+
+def test_unknown_algorithm():
+    with pytest.raises(ValueError, match=r"`algorithm` must be one of .*got 'gemm'"):
+        npconv.conv(np.ones((1, 4, 4, 1)), np.ones((1, 1, 1, 1)), algorithm="gemm")
+    with pytest.raises(TypeError, match="`algorithm` must be a str or None; got 3"):
+        npconv.conv_backward(np.ones((1, 4, 4, 1)), np.ones((1, 4, 4, 1)),
+                             np.ones((1, 1, 1, 1)), algorithm=3)
