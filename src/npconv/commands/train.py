@@ -1,5 +1,7 @@
 """`npconv train`: train a CNN (default: the small CNN on the built-in 8x8 digits), print a
 summary per epoch, save the model and a plot of the curves, and print the test accuracy last.
+With --scheduler, every batch is split across the workers of a dask.distributed cluster
+(`npconv.distributed.fit`); without it, dask is never imported.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from npconv.commands import fail
 
 EXTRAS_HINT = "pip install 'npconv[demo]'"
+DASK_HINT = "pip install 'npconv[dask]'"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +44,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", action="store_true",
                         help="do not shift training images by up to one pixel")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--scheduler", metavar="ADDRESS", type=_scheduler, default=None,
+                        help="train data-parallel on a dask.distributed cluster: a scheduler "
+                             "address (tcp://host:8786), or local:N to start N worker processes "
+                             f"on this machine ({DASK_HINT})")
+
+
+def _scheduler(text: str) -> str:
+    from npconv.distributed import check_scheduler
+
+    try:
+        return check_scheduler(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class Reporter:
@@ -121,20 +137,44 @@ def _plot(history, path: Path) -> str:
     return f"saved plot: {path}"
 
 
+def _fit(args, data, model, optimizer, order_rng, reporter):
+    """training.fit, or distributed.fit on the cluster of --scheduler (closed afterwards)."""
+    from npconv import training
+
+    kwargs = dict(optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
+                  rng=order_rng, validation=(data.x_val, data.y_val),
+                  augment=None if args.no_augment else training.random_shift,
+                  on_batch=reporter.on_batch, on_epoch=reporter.on_epoch)
+    if args.scheduler is None:
+        return training.fit(model, data.x_train, data.y_train, **kwargs)
+    from npconv import distributed
+
+    with distributed.connect(args.scheduler) as client:
+        print(f"cluster: {len(client.nthreads())} workers, scheduler {client.scheduler.address}",
+              flush=True)
+        return distributed.fit(model, data.x_train, data.y_train, client=client, **kwargs,
+                               seed=args.seed)
+
+
 def run(args: argparse.Namespace) -> int:
     from npconv import training
 
+    if args.scheduler is not None:
+        try:
+            from npconv import distributed
+
+            distributed.require()
+        except ImportError:
+            print(f"npconv train: error: --scheduler needs dask.distributed, which is not "
+                  f"installed; install it with {DASK_HINT}", file=sys.stderr)
+            return 2
     try:
         data, out, model, optimizer, order_rng = _setup(args)
         reporter = Reporter(args.epochs, progress=not args.no_progress)
         print(f"data: {data.describe()}; seed {args.seed}")
         print(training.summary(model, data.x_train.shape[1:]))
         start = time.perf_counter()
-        history = training.fit(
-            model, data.x_train, data.y_train, optimizer=optimizer, epochs=args.epochs,
-            batch_size=args.batch_size, rng=order_rng, validation=(data.x_val, data.y_val),
-            augment=None if args.no_augment else training.random_shift,
-            on_batch=reporter.on_batch, on_epoch=reporter.on_epoch)
+        history = _fit(args, data, model, optimizer, order_rng, reporter)
         print(f"trained {args.epochs} epochs in {time.perf_counter() - start:.1f}s")
         test_loss, test_accuracy = training.evaluate(model, data.x_test, data.y_test)
         _save(args, out, model, data, history, test_accuracy)
