@@ -79,3 +79,16 @@ def test_bad_inputs_are_rejected(rng):
         chunked.conv(xf, np.zeros((3, 3, 3, 4)), np.zeros(3))
     with pytest.raises(ValueError, match=r"`dy` must have shape \(2, 6, 6, 4\)"):
         chunked.conv_backward(da.zeros((2, 5, 5, 4)), xf, np.zeros((3, 3, 3, 4)))
+
+
+def test_public_ops_hand_dask_inputs_to_chunked(rng):
+    x, w = rng.standard_normal((4, 10, 9, 3)), rng.standard_normal((3, 3, 3, 5))
+    xd = da.from_array(x, chunks=(2, 5, 9, 3))
+    y = npconv.conv(xd, w, stride=2, padding=1)
+    assert isinstance(y, da.Array)
+    np.testing.assert_allclose(y.compute(), npconv.conv(x, w, stride=2, padding=1), rtol=1e-12)
+    dy = rng.standard_normal(y.shape)                     # in memory: chunked like x
+    grads = npconv.conv_backward(dy, xd, w, stride=2, padding=1)
+    for got, want in zip(grads, npconv.conv_backward(dy, x, w, stride=2, padding=1)):
+        assert isinstance(got, da.Array)
+        np.testing.assert_allclose(got.compute(), want, rtol=1e-12, atol=1e-12)

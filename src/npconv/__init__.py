@@ -61,3 +61,12 @@ __all__ = [
     "reference",
     "set_config",
 ]
+
+
+def __getattr__(name: str):
+    """`npconv.testing` loads on first use (it is not needed to run convolutions)."""
+    if name == "testing":
+        import npconv.testing
+
+        return npconv.testing
+    raise AttributeError(f"module 'npconv' has no attribute {name!r}")

@@ -16,6 +16,16 @@ def _is_cupy(a: object) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
+def is_dask(a: object) -> bool:
+    """True for a dask.array.Array (without importing dask)."""
+    return type(a).__module__.split(".")[0] == "dask"
+
+
+def is_gpu(a: object) -> bool:
+    """True for a CuPy array."""
+    return _is_cupy(a)
+
+
 def is_array(a: object) -> bool:
     """True for numpy.ndarray and cupy.ndarray (not for lists, scalars or numpy.matrix)."""
     if isinstance(a, np.ndarray):

@@ -34,11 +34,6 @@ _DASK_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge"
                   "circular": "wrap"}
 
 
-def is_dask(a) -> bool:
-    """True for a dask.array.Array (without importing dask)."""
-    return type(a).__module__.split(".")[0] == "dask"
-
-
 @dataclass(frozen=True)
 class _Plan:
     """Stride-aligned chunking of one spatial axis: q outputs per chunk (the last may hold

@@ -116,6 +116,16 @@ def _shape_arg(shape, name: str) -> tuple[int, ...]:
     return tuple(int(v) for v in shape)
 
 
+def _as_dask(a, like, name: str):
+    """`a` as a dask array chunked along the batch like `like` (a NumPy dy with a dask x)."""
+    if _backend.is_dask(a):
+        return a
+    import dask.array as da
+
+    _args.float_array(a, name)
+    return da.from_array(a, chunks=(like.chunks[0], *(-1,) * (a.ndim - 1)))
+
+
 def _pad_x(x, spec: ConvSpec, dtype):
     """Padded channels_last input (N, *Sp, C); a view of x when there is no padding."""
     return windows.pad(_x_in(x, spec, dtype), spec.pads, spec.padding_mode)
@@ -188,10 +198,15 @@ def conv(
     >>> float(npconv.conv(x, w, padding="same")[0, 0, 0, 0])   # corner window sees 2x2 ones
     4.0
     """
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                    data_format=data_format, padding_mode=padding_mode)
+    if _backend.is_dask(x):                     # lazy, chunk by chunk (npconv.chunked)
+        from npconv import chunked
+
+        return chunked.conv(x, w, bias, **geometry)
     _args.float_array(x, "x")
     _args.float_array(w, "w")
-    spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
-                     groups=groups, data_format=data_format, padding_mode=padding_mode)
+    spec = conv_spec(x.shape, w.shape, **geometry)
     opts = _options(algorithm, workspace, spec)
     _check_bias(bias, spec.out_channels)
     dtype = _args.result_dtype(x, w, bias)
@@ -232,10 +247,16 @@ def conv_backward(
     >>> float(dx[0, 6, 6, 0]), dw.shape, db.shape  # the last row is never read
     (0.0, (2, 2, 3, 4), (4,))
     """
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                    data_format=data_format, padding_mode=padding_mode)
+    if _backend.is_dask(x) or _backend.is_dask(dy):   # lazy, chunk by chunk (npconv.chunked)
+        from npconv import chunked
+
+        return chunked.conv_backward(_as_dask(dy, x, "dy"), _as_dask(x, dy, "x"), w,
+                                     bias=bias, **geometry)
     for a, name in ((dy, "dy"), (x, "x"), (w, "w")):
         _args.float_array(a, name)
-    spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
-                     groups=groups, data_format=data_format, padding_mode=padding_mode)
+    spec = conv_spec(x.shape, w.shape, **geometry)
     opts = _options(algorithm, workspace, spec)
     check_shape(dy, spec.y_shape(), "dy")
     bias = _check_bias_flag(bias)

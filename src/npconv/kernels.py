@@ -37,7 +37,8 @@ from npconv.spec import ConvSpec
 def forward(xp_, w, spec: ConvSpec, *, algorithm=None, workspace=None):
     """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)), no bias."""
     settings = _config.resolve(workspace)
-    alg = algorithms.choose("forward", spec, algorithm, settings.workspace)
+    alg = algorithms.choose("forward", spec, algorithm, settings.workspace,
+                            gpu=_backend.is_gpu(xp_))
     (xp_,) = _prepared(alg, xp_)
     return alg.module.forward(xp_, w, spec, settings)
 
@@ -45,7 +46,8 @@ def forward(xp_, w, spec: ConvSpec, *, algorithm=None, workspace=None):
 def grad_weight(xp_, dy, spec: ConvSpec, *, algorithm=None, workspace=None):
     """dw (*K, C/G, F) from the padded input (N, *Sp, C) and dy (N, *P, F)."""
     settings = _config.resolve(workspace)
-    alg = algorithms.choose("grad_weight", spec, algorithm, settings.workspace)
+    alg = algorithms.choose("grad_weight", spec, algorithm, settings.workspace,
+                            gpu=_backend.is_gpu(dy))
     xp_, dy = _prepared(alg, xp_, dy)
     return alg.module.grad_weight(xp_, dy, spec, settings)
 
@@ -59,7 +61,8 @@ def grad_input(dy, w, spec: ConvSpec, *, algorithm=None, workspace=None, unpad=F
     output size was floored) keep a zero gradient.
     """
     settings = _config.resolve(workspace)
-    alg = algorithms.choose("grad_input", spec, algorithm, settings.workspace)
+    alg = algorithms.choose("grad_input", spec, algorithm, settings.workspace,
+                            gpu=_backend.is_gpu(dy))
     (dy,) = _prepared(alg, dy)
     if unpad and spec.padding_mode == "zeros" and alg.implements("grad_input_interior"):
         return alg.module.grad_input_interior(dy, w, spec, settings)

@@ -84,11 +84,18 @@ def check_applies(algorithm, spec: ConvSpec) -> None:
 
 
 def choose(op: str, spec: ConvSpec, algorithm: str | None = None,
-           workspace: int = DEFAULT_WORKSPACE) -> Algorithm:
+           workspace: int = DEFAULT_WORKSPACE, *, gpu: bool = False) -> Algorithm:
     """The algorithm that runs `op` ("forward", "grad_input" or "grad_weight") for `spec`: the
-    forced one (already checked by `check_applies`), else the automatic choice."""
+    forced one (already checked by `check_applies`), else the automatic choice.
+
+    On a GPU (CuPy arrays) the CPU-measured rules do not hold: there a few large GEMMs beat
+    many small kernel launches, so the choice is "pointwise" for 1x1 kernels and "im2col" for
+    everything else (docs/engines.md has the measurements).
+    """
     if algorithm is not None:
         return ALGORITHMS[algorithm]
+    if gpu:
+        return ALGORITHMS["pointwise" if _ones(spec.kernel_size) else "im2col"]
     return ALGORITHMS[auto(op, spec, workspace)]
 
 
