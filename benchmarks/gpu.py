@@ -1,0 +1,142 @@
+"""npconv on a GPU (CuPy arrays) against PyTorch CUDA, side by side, in one run.
+
+    python benchmarks/gpu.py [--repeats 20] [--out docs/gpu_benchmarks.md]
+
+Same shapes as benchmarks/run.py, float32. For each shape both libraries run alternately
+(forward alone, then forward plus backward: y, dx, dw, db), each timed with a device
+synchronize around the call; the table reports medians. npconv runs channels_last (its native
+layout) unless the shape says channels_first; PyTorch runs its native NCHW with cuDNN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+import cupy as cp  # noqa: E402
+import torch  # noqa: E402
+from run import SHAPES  # noqa: E402
+
+import npconv  # noqa: E402
+
+
+def timed(fn, sync) -> float:
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def npconv_calls(shape, rng, algorithm=None):
+    kw = dict(shape.kwargs, algorithm=algorithm)
+    x = rng.standard_normal(shape.x, dtype=np.float32)
+    cin = shape.x[-1]
+    w_last = rng.standard_normal((*shape.k, cin // shape.groups, shape.f), dtype=np.float32)
+    if shape.data_format == "channels_first":
+        x = np.moveaxis(x, -1, 1).copy()
+        r = len(shape.k)
+        w_last = w_last.transpose(r + 1, r, *range(r)).copy()
+    x, w, b = cp.asarray(x), cp.asarray(w_last), cp.zeros(shape.f, dtype=cp.float32)
+    dy = cp.ones_like(npconv.conv(x, w, b, **kw))
+
+    def forward():
+        return npconv.conv(x, w, b, **kw)
+
+    def both():
+        npconv.conv(x, w, b, **kw)
+        return npconv.conv_backward(dy, x, w, **kw)
+
+    return forward, both
+
+
+def torch_calls(shape, rng):
+    n, *s, c = shape.x
+    conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d,
+            torch.nn.functional.conv3d)[len(s) - 1]
+    dev = "cuda"
+    x = torch.randn((n, c, *s), device=dev, requires_grad=True)
+    w = torch.randn((shape.f, c // shape.groups, *shape.k), device=dev, requires_grad=True)
+    b = torch.zeros(shape.f, device=dev, requires_grad=True)
+    kw = dict(stride=shape.stride, padding=shape.pad, groups=shape.groups)
+    dy = torch.ones_like(conv(x, w, b, **kw))
+
+    def forward():
+        with torch.no_grad():
+            return conv(x, w, b, **kw)
+
+    def both():
+        y = conv(x, w, b, **kw)
+        return torch.autograd.grad(y, (x, w, b), dy)
+
+    return forward, both
+
+
+def bench(shape, repeats: int) -> dict:
+    rng = np.random.default_rng(0)
+    ours, theirs = npconv_calls(shape, rng), torch_calls(shape, rng)
+    sync_cp = cp.cuda.Device().synchronize
+    sync_t = torch.cuda.synchronize
+    out = {"offsets": statistics.median(
+        timed(npconv_calls(shape, rng, "offsets")[1], sync_cp) for _ in range(5))}
+    for i, label in enumerate(("forward", "fwd+bwd")):
+        for _ in range(3):                                        # warm-up, plans, autotune
+            timed(ours[i], sync_cp)
+            timed(theirs[i], sync_t)
+        a, b = [], []
+        for _ in range(repeats):
+            a.append(timed(ours[i], sync_cp))
+            b.append(timed(theirs[i], sync_t))
+        out[label] = (statistics.median(a), statistics.median(b))
+    cp.get_default_memory_pool().free_all_blocks()
+    torch.cuda.empty_cache()
+    return out
+
+
+def table(rows) -> str:
+    lines = ["| shape | npconv fwd (ms) | torch fwd (ms) | ratio | npconv fwd+bwd (ms) | "
+             "torch fwd+bwd (ms) | ratio | npconv offsets fwd+bwd (ms) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        (af, tf), (ab, tb) = r["forward"], r["fwd+bwd"]
+        lines.append(f"| {name} | {af * 1e3:.2f} | {tf * 1e3:.2f} | {af / tf:.2f} | "
+                     f"{ab * 1e3:.2f} | {tb * 1e3:.2f} | {ab / tb:.2f} | "
+                     f"{r['offsets'] * 1e3:.2f} |")
+    ratios = [r["fwd+bwd"][0] / r["fwd+bwd"][1] for _, r in rows]
+    geo = float(np.exp(np.mean(np.log(ratios))))
+    lines.append(f"\nGeometric mean of npconv/torch, forward+backward: {geo:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    header = (f"GPU: {props['name'].decode()}; CuPy {cp.__version__}; PyTorch {torch.__version__} "
+              f"(cuDNN {torch.backends.cudnn.version()}); NumPy {np.__version__}; float32; "
+              f"median of {args.repeats}")
+    print(header, flush=True)
+    rows = []
+    for shape in SHAPES:
+        rows.append((shape.name, bench(shape, args.repeats)))
+        print(shape.name, rows[-1][1], flush=True)
+    text = header + "\n\n" + table(rows) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
