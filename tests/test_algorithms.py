@@ -10,6 +10,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from helpers import rel_err as shared_rel_err
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,10 +26,9 @@ WINOGRAD_F32_BOUND = 1e-5
 
 
 def rel_err(a, b) -> float:
-    """Max error relative to the largest entry (at least 1: inputs are standard normal, so a
-    result that cancels to 0 is judged on the scale of its terms)."""
-    return float(np.abs(a - b).max(initial=0) / max(np.abs(b).max(initial=0), 1.0))
-
+    """Error relative to the largest entry, at least 1: inputs are standard normal, so a result
+    that cancels to 0 is judged on the scale of its terms."""
+    return shared_rel_err(a, b, floor=1.0)
 
 def _min_size(eff: int, lo: int, hi: int, mode: str) -> int:
     need = max(1, eff - lo - hi)

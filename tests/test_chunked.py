@@ -5,6 +5,7 @@ Skipped where dask is not installed (`pip install npconv[dask]`).
 
 import numpy as np
 import pytest
+from helpers import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import conv_geometry
@@ -14,10 +15,6 @@ from npconv import chunked
 from npconv.spec import conv_spec
 
 da = pytest.importorskip("dask.array")
-
-
-def rel_err(a, b):
-    return float(np.abs(a - b).max(initial=0) / max(np.abs(b).max(initial=0), 1e-300))
 
 
 def _chunks(draw, shape, spatial: bool):

@@ -7,6 +7,7 @@ pad_adjoint are the exact reverses of unfold and pad.
 
 import numpy as np
 import pytest
+from helpers import central_difference, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import conv_geometry, transpose_bias_size, transpose_geometry
@@ -14,14 +15,6 @@ from strategies import conv_geometry, transpose_bias_size, transpose_geometry
 import npconv
 from npconv import reference, windows
 from npconv.spec import conv_spec, conv_transpose_spec
-
-
-def rel_err(a, b) -> float:
-    """max |a - b| relative to max |b| (0 for two empty or all-zero arrays)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = max(np.abs(b).max(initial=0.0), 1e-300)
-    return float(np.abs(a - b).max(initial=0.0) / scale)
 
 
 def seeded(geom):
@@ -59,20 +52,6 @@ def test_low_precision_matches_reference(geom, dtype):
                       reference.conv_backward(dy, x, w, **geom.kwargs)):
         assert a.dtype == dtype
         assert rel_err(a, ref) < tol
-
-
-def central_difference(f, a, eps=1e-6):
-    """d f / d a by central differences, f a scalar function of the array a."""
-    grad = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + eps
-        plus = f()
-        a[i] = old - eps
-        minus = f()
-        a[i] = old
-        grad[i] = (plus - minus) / (2 * eps)
-    return grad
 
 
 @settings(max_examples=10)

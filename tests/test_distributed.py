@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import rel_err
 
 from npconv import datasets, nn, training
 from npconv import distributed as D
@@ -51,10 +52,6 @@ def whole_batch(model, x, y):
     value, dlogits = nn.softmax_cross_entropy(logits, y)
     model.backward(dlogits)
     return value, {k: g.copy() for k, g in model.grads.items()}
-
-
-def rel_err(a, b) -> float:
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 # ---------------------------------------------------------------------------------------------

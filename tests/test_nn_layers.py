@@ -3,17 +3,12 @@ gradients against PyTorch's, batch norm's statistics against PyTorch's, and ever
 
 import numpy as np
 import pytest
+from helpers import central_difference, rel_err
 
 from npconv import nn
 from npconv.nn import functional as F
 
 FORMATS = ("channels_last", "channels_first")
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max(initial=0.0) / max(np.abs(b).max(initial=0.0), 1e-300))
 
 
 def grad_close(a, b, tol=1e-7) -> bool:
@@ -22,20 +17,6 @@ def grad_close(a, b, tol=1e-7) -> bool:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.abs(a - b).max(initial=0.0)) <= tol * max(np.abs(b).max(initial=0.0), 1.0)
-
-
-def central_difference(f, a, eps=1e-6):
-    """d f / d a by central differences (a is changed in place and restored)."""
-    grad = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + eps
-        plus = f()
-        a[i] = old - eps
-        minus = f()
-        a[i] = old
-        grad[i] = (plus - minus) / (2 * eps)
-    return grad
 
 
 def image(rng, n, size, c, fmt):

@@ -3,23 +3,11 @@ differences and hand-computed values; and their errors."""
 
 import numpy as np
 import pytest
+from helpers import central_difference
 
 from npconv import nn
 
 R = np.random.default_rng
-
-
-def central_difference(f, a, eps=1e-6):
-    grad = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + eps
-        plus = f()
-        a[i] = old - eps
-        minus = f()
-        a[i] = old
-        grad[i] = (plus - minus) / (2 * eps)
-    return grad
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ distribution or from a few integers, so that ties (and the first-maximum rule) a
 
 import numpy as np
 import pytest
+from helpers import central_difference, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,27 +16,6 @@ from npconv import reference
 from npconv.pooling import PoolSpec, pool_out_size, pool_spec
 
 DATA_FORMATS = ("channels_last", "channels_first")
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max(initial=0.0) / max(np.abs(b).max(initial=0.0), 1e-300))
-
-
-def central_difference(f, a, eps=1e-6):
-    """d f / d a by central differences, f a scalar function of the array a (changed in place
-    and restored)."""
-    grad = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + eps
-        plus = f()
-        a[i] = old - eps
-        minus = f()
-        a[i] = old
-        grad[i] = (plus - minus) / (2 * eps)
-    return grad
 
 
 # ---------------------------------------------------------------------------------------------
