@@ -170,3 +170,18 @@ def test_batch_items_are_independent(rng):
     y = npconv.conv(x, w, **kw)
     for i in range(3):
         np.testing.assert_allclose(y[i:i + 1], npconv.conv(x[i:i + 1], w, **kw), rtol=1e-13)
+
+
+@pytest.mark.parametrize("algorithm", [None, "im2col", "offsets", "pointwise", "fft"])
+def test_an_empty_batch_gives_empty_results(algorithm):
+    """N = 0: empty outputs and gradients, zero dw and db, for every op and algorithm."""
+    k = (1, 1) if algorithm == "pointwise" else (3, 3)
+    x, w = np.zeros((0, 5, 6, 2)), np.ones((*k, 2, 4))
+    kw = dict(padding=1, algorithm=algorithm)
+    y = npconv.conv(x, w, **kw)
+    assert y.shape == (0, *y.shape[1:3], 4)
+    dx, dw, db = npconv.conv_backward(y, x, w, **kw)
+    assert dx.shape == x.shape and np.array_equal(dw, np.zeros_like(w))
+    assert np.array_equal(db, np.zeros(4))
+    t = npconv.conv_transpose(np.zeros((0, 3, 3, 4)), w, stride=2)
+    assert t.shape[0] == 0 and t.shape[-1] == 2

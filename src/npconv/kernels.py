@@ -36,6 +36,8 @@ from npconv.spec import ConvSpec
 
 def forward(xp_, w, spec: ConvSpec, *, algorithm=None, workspace=None):
     """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)), no bias."""
+    if spec.batch == 0:                                          # no images: nothing to chunk
+        return _zeros(xp_, (0, *spec.out_size, spec.out_channels))
     settings = _config.resolve(workspace)
     alg = algorithms.choose("forward", spec, algorithm, settings.workspace,
                             gpu=_backend.is_gpu(xp_))
@@ -45,6 +47,8 @@ def forward(xp_, w, spec: ConvSpec, *, algorithm=None, workspace=None):
 
 def grad_weight(xp_, dy, spec: ConvSpec, *, algorithm=None, workspace=None):
     """dw (*K, C/G, F) from the padded input (N, *Sp, C) and dy (N, *P, F)."""
+    if spec.batch == 0:                                          # an empty sum
+        return _zeros(dy, (*spec.kernel_size, spec.group_in, spec.out_channels))
     settings = _config.resolve(workspace)
     alg = algorithms.choose("grad_weight", spec, algorithm, settings.workspace,
                             gpu=_backend.is_gpu(dy))
@@ -60,6 +64,9 @@ def grad_input(dy, w, spec: ConvSpec, *, algorithm=None, workspace=None, unpad=F
     can compute only the inner pixels do so. Pixels no window reads (the remainder rows when the
     output size was floored) keep a zero gradient.
     """
+    if spec.batch == 0:
+        size = spec.in_size if unpad else spec.padded_size
+        return _zeros(dy, (0, *size, spec.in_channels))
     settings = _config.resolve(workspace)
     alg = algorithms.choose("grad_input", spec, algorithm, settings.workspace,
                             gpu=_backend.is_gpu(dy))
@@ -68,6 +75,11 @@ def grad_input(dy, w, spec: ConvSpec, *, algorithm=None, workspace=None, unpad=F
         return alg.module.grad_input_interior(dy, w, spec, settings)
     dxp = alg.module.grad_input(dy, w, spec, settings)
     return windows.pad_adjoint(dxp, spec.pads, spec.padding_mode) if unpad else dxp
+
+
+def _zeros(like, shape):
+    """Zeros of `shape` with `like`'s dtype and array module (the empty-batch results)."""
+    return _backend.namespace(like).zeros(shape, dtype=like.dtype)
 
 
 def _prepared(alg, *arrays):
