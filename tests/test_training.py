@@ -186,3 +186,27 @@ def test_plot_history_writes_a_png(tmp_path):
     h = training.History([1, 2], [1.0, 0.5], [0.5, 0.8], [1.1, 0.6], [0.4, 0.7], [0.1, 0.1])
     path = training.plot_history(h, tmp_path / "h.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(validation=("x",)), TypeError, r"`validation` must be a pair \(x_val, y_val\)"),
+    (dict(rng=0), TypeError, r"`rng` must be a numpy.random.Generator; got int"),
+    (dict(rng=None), TypeError, r"`rng` must be a numpy.random.Generator; got NoneType"),
+    (dict(optimizer=None), TypeError, r"`optimizer` must be an npconv.nn optimizer"),
+    (dict(epochs=2.0), TypeError, r"`epochs` must be an int >= 1; got 2.0"),
+    (dict(batch_size=0), ValueError, r"`batch_size` must be an int >= 1; got 0"),
+    (dict(empty=True), ValueError, r"`x` must hold at least one image to train on; got shape"),
+])
+def test_fit_rejects_bad_arguments_before_training(change, error, match):
+    from npconv import nn, training
+
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Flatten(), nn.Dense(4, 3, rng=rng, dtype="float64"))
+    x, y = rng.standard_normal((6, 2, 2, 1)), rng.integers(0, 3, 6)
+    if change.pop("empty", False):
+        x, y = x[:0], y[:0]
+    kw = {**dict(optimizer=nn.SGD(lr=0.1), epochs=1, batch_size=2, rng=rng), **change}
+    before = {k: v.copy() for k, v in model.params.items()}
+    with pytest.raises(error, match=match):
+        training.fit(model, x, y, **kw)
+    assert all(np.array_equal(model.params[k], v) for k, v in before.items())

@@ -408,7 +408,7 @@ def fit(model: L.Layer, x, y, *, client, optimizer, epochs: int, batch_size: int
     """
     from npconv import training
 
-    training._check_fit(model, x, y, validation, epochs, batch_size, schedule)
+    training._check_fit(model, x, y, validation, epochs, batch_size, schedule, rng, optimizer)
     trainer = DataParallel(model, client, loss=loss, seed=seed)
     history, base_lr = training.History(), optimizer.lr
     steps, total = itertools.count(), epochs * math.ceil(len(y) / batch_size)

@@ -215,14 +215,30 @@ def _epoch(model, x, y, batches, *, optimizer, loss, augment, rng, lr_at, on_bat
     return loss_sum / seen, correct / seen
 
 
-def _check_fit(model, x, y, validation, epochs, batch_size, schedule) -> None:
+def _check_fit(model, x, y, validation, epochs, batch_size, schedule, rng, optimizer) -> None:
+    _args.float_array(x, "x")
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"`x` must hold at least one image to train on; got shape {x.shape}")
     _check_xy(model, x, y, "")
     if validation is not None:
+        if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+            raise TypeError(f"`validation` must be a pair (x_val, y_val); got "
+                            f"{type(validation).__name__} of length {len(validation)}"
+                            if isinstance(validation, (tuple, list)) else
+                            f"`validation` must be a pair (x_val, y_val); got "
+                            f"{type(validation).__name__}")
         _check_xy(model, *validation, "val")
     for value, name in ((epochs, "epochs"), (batch_size, "batch_size")):
-        if not _args.is_int(value) or value < 1:
+        if not _args.is_int(value):
+            raise TypeError(f"`{name}` must be an int >= 1; got {value!r}")
+        if value < 1:
             raise ValueError(f"`{name}` must be an int >= 1; got {value!r}")
     _args.choice(schedule, ("cosine", "constant"), "schedule")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"`rng` must be a numpy.random.Generator; got {type(rng).__name__}")
+    if not (hasattr(optimizer, "step") and hasattr(optimizer, "lr")):
+        raise TypeError(f"`optimizer` must be an npconv.nn optimizer (with .step and .lr); got "
+                        f"{type(optimizer).__name__}")
 
 
 def fit(model, x, y, *, optimizer, epochs: int, batch_size: int, rng: np.random.Generator,
@@ -238,7 +254,7 @@ def fit(model, x, y, *, optimizer, epochs: int, batch_size: int, rng: np.random.
     on_epoch(history) after each epoch. `validation` is an optional (x_val, y_val). Every
     argument and label is checked before the first step.
     """
-    _check_fit(model, x, y, validation, epochs, batch_size, schedule)
+    _check_fit(model, x, y, validation, epochs, batch_size, schedule, rng, optimizer)
     history, base_lr = History(), optimizer.lr
     steps, total = itertools.count(), epochs * math.ceil(len(y) / batch_size)
     lr_at = (lambda: cosine_lr(base_lr, next(steps), total)) if schedule == "cosine" else None
