@@ -72,3 +72,10 @@ def test_bad_input_is_rejected_with_a_clear_message(call, exc, match):
 def test_reflect_at_size_minus_one_is_accepted():
     assert npconv.conv(X, W, padding=4, padding_mode="reflect").shape == (2, 11, 11, 6)
     assert npconv.conv(X, W, padding=5, padding_mode="circular").shape == (2, 13, 13, 6)
+
+
+def test_a_non_string_option_is_a_type_error():
+    with pytest.raises(TypeError, match=r"`data_format` must be one of .* got 1"):
+        npconv.conv(X, W, data_format=1)
+    with pytest.raises(TypeError, match=r"`padding_mode` must be one of .* got None"):
+        npconv.conv(X, W, padding_mode=None)

@@ -43,8 +43,10 @@ def positive_tuple(value: object, rank: int, name: str) -> tuple[int, ...]:
 
 
 def choice(value: object, options: tuple[str, ...], name: str) -> str:
-    """Check that `value` is one of the allowed strings."""
-    if not isinstance(value, str) or value not in options:
+    """Check that `value` is one of the allowed strings (TypeError for a non-string)."""
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be one of {options}; got {value!r}")
+    if value not in options:
         raise ValueError(f"`{name}` must be one of {options}; got {value!r}")
     return value
 
