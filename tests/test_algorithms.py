@@ -191,19 +191,20 @@ def test_threads_agree_and_are_reproducible(algorithm, data):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("x_shape, w_shape, kwargs, op, expected", [
-    ((2, 8, 8, 16), (1, 1, 16, 32), {}, "forward", "pointwise"),
-    ((2, 8, 8, 16), (3, 3, 1, 16), {"groups": 16}, "grad_input", "depthwise"),
-    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, "forward", "winograd"),
-    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, "grad_weight", "winograd"),
-    ((2, 16, 16, 16), (3, 3, 16, 16), {"padding": 1}, "forward", "im2col"),
-    ((2, 16, 16, 64), (3, 3, 64, 64), {"stride": 2}, "forward", "im2col"),
-    ((2, 40, 40, 4), (11, 11, 4, 4), {}, "forward", "fft"),
-    ((2, 8, 8, 512), (3, 3, 512, 512), {"stride": 2}, "forward", "offsets"),
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, op, itemsize, expected", [
+    ((2, 8, 8, 16), (1, 1, 16, 32), {}, "forward", 4, "pointwise"),
+    ((2, 8, 8, 16), (3, 3, 1, 16), {"groups": 16}, "grad_input", 4, "depthwise"),
+    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, "forward", 8, "winograd"),
+    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, "grad_weight", 8, "winograd"),
+    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, "forward", 4, "im2col"),
+    ((2, 16, 16, 16), (3, 3, 16, 16), {"padding": 1}, "forward", 8, "im2col"),
+    ((2, 16, 16, 64), (3, 3, 64, 64), {"stride": 2}, "forward", 8, "im2col"),
+    ((2, 40, 40, 4), (11, 11, 4, 4), {}, "forward", 4, "fft"),
+    ((2, 8, 8, 512), (3, 3, 512, 512), {"stride": 2}, "forward", 4, "offsets"),
 ])
-def test_auto_choice(x_shape, w_shape, kwargs, op, expected):
+def test_auto_choice(x_shape, w_shape, kwargs, op, itemsize, expected):
     spec = conv_spec(x_shape, w_shape, **kwargs)
-    assert algorithms.choose(op, spec).name == expected
+    assert algorithms.choose(op, spec, itemsize=itemsize).name == expected
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

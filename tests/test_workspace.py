@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import npconv
+from npconv import _workspace
 from npconv.spec import conv_spec
 
 KIB = 2**10
@@ -149,3 +150,42 @@ def test_config_errors(kwargs, error, match):
 def test_per_call_workspace_error():
     with pytest.raises(ValueError, match="`workspace` must be >= 1 byte; got -1"):
         npconv.conv(np.ones((1, 4, 4, 1)), np.ones((3, 3, 1, 1)), workspace=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scratch pool: temporaries reused across calls, results never shared
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", sorted(CASES))
+def test_results_never_share_pooled_memory(algorithm, rng):
+    """Call after call reuses the pooled scratch; no earlier result may change."""
+    x_shape, w_shape, kw = CASES[algorithm]
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    dy = rng.standard_normal(conv_spec(x_shape, w_shape, **kw).y_shape())
+    first = (npconv.conv(x, w, algorithm=algorithm, **kw),
+             *npconv.conv_backward(dy, x, w, algorithm=algorithm, **kw))
+    kept = [a.copy() for a in first]
+    for _ in range(2):
+        npconv.conv(2 * x, w, algorithm=algorithm, **kw)
+        npconv.conv_backward(3 * dy, -x, w, algorithm=algorithm, **kw)
+    assert all(np.array_equal(a, b) for a, b in zip(first, kept))
+    pooled = [a for a in first if a is not None]
+    assert all(not np.shares_memory(a, b) for a in pooled for b in pooled if a is not b)
+
+
+def test_pool_keeps_at_most_the_workspace_and_releases(rng):
+    x, w = rng.standard_normal((4, 64, 64, 8)), rng.standard_normal((3, 3, 8, 8))
+    _workspace.release()
+    npconv.conv_backward(npconv.conv(x, w, padding=1), x, w, padding=1)
+    assert 0 < _workspace.pooled_bytes() <= npconv.get_config()["workspace"]
+    with npconv.config(workspace=2**20):
+        npconv.conv(x, w, padding=1)
+    assert _workspace.pooled_bytes() <= 2**20
+    _workspace.release()
+    assert _workspace.pooled_bytes() == 0
+
+
+def test_scratch_outside_a_scope_is_an_ordinary_array():
+    a = _workspace.scratch((1024, 1024), np.float64)
+    assert a.base is None and a.flags.owndata

@@ -26,9 +26,10 @@ float32 and returned as float16.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
-from npconv import _args, _backend, _config, algorithms, kernels, windows
+from npconv import _args, _backend, _config, _workspace, algorithms, kernels, windows
 from npconv.spec import ConvSpec, check_shape, conv_spec, conv_transpose_spec
 
 
@@ -131,6 +132,17 @@ def _pad_x(x, spec: ConvSpec, dtype):
     return windows.pad(_x_in(x, spec, dtype), spec.pads, spec.padding_mode)
 
 
+def _scoped(op):
+    """Run the op inside a `_workspace.scope`: its padded copies and chunk buffers are reused
+    from call to call instead of page-faulted afresh (the results never come from there)."""
+    @functools.wraps(op)
+    def call(*args, **kwargs):
+        with _workspace.scope():
+            return op(*args, **kwargs)
+
+    return call
+
+
 def _options(algorithm, workspace, spec: ConvSpec) -> dict:
     """Check the `algorithm` and `workspace` keywords; the keyword arguments of the kernels."""
     algorithms.check_name(algorithm)
@@ -144,6 +156,7 @@ def _options(algorithm, workspace, spec: ConvSpec) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+@_scoped
 def conv(
     x,
     w,
@@ -216,6 +229,7 @@ def conv(
     return _x_out(y, spec, dtype)
 
 
+@_scoped
 def conv_backward(
     dy,
     x,
@@ -269,6 +283,7 @@ def conv_backward(
     return ConvGrads(_x_out(dx, spec, dtype), _w_out(dw, spec, dtype), db)
 
 
+@_scoped
 def conv_grad_input(
     dy,
     w,
@@ -307,6 +322,7 @@ def conv_grad_input(
     return _x_out(dx, spec, dtype)
 
 
+@_scoped
 def conv_grad_weight(
     dy,
     x,
@@ -347,6 +363,7 @@ def conv_grad_weight(
 # ---------------------------------------------------------------------------------------------
 
 
+@_scoped
 def conv_transpose(
     x,
     w,
@@ -408,6 +425,7 @@ def conv_transpose(
     return _x_out(y, spec, dtype)
 
 
+@_scoped
 def conv_transpose_backward(
     dy,
     x,

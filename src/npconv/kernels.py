@@ -40,7 +40,7 @@ def forward(xp_, w, spec: ConvSpec, *, algorithm=None, workspace=None):
         return _zeros(xp_, (0, *spec.out_size, spec.out_channels))
     settings = _config.resolve(workspace)
     alg = algorithms.choose("forward", spec, algorithm, settings.workspace,
-                            gpu=_backend.is_gpu(xp_))
+                            gpu=_backend.is_gpu(xp_), itemsize=xp_.itemsize)
     (xp_,) = _prepared(alg, xp_)
     return alg.module.forward(xp_, w, spec, settings)
 
@@ -51,7 +51,7 @@ def grad_weight(xp_, dy, spec: ConvSpec, *, algorithm=None, workspace=None):
         return _zeros(dy, (*spec.kernel_size, spec.group_in, spec.out_channels))
     settings = _config.resolve(workspace)
     alg = algorithms.choose("grad_weight", spec, algorithm, settings.workspace,
-                            gpu=_backend.is_gpu(dy))
+                            gpu=_backend.is_gpu(dy), itemsize=dy.itemsize)
     xp_, dy = _prepared(alg, xp_, dy)
     return alg.module.grad_weight(xp_, dy, spec, settings)
 
@@ -69,7 +69,7 @@ def grad_input(dy, w, spec: ConvSpec, *, algorithm=None, workspace=None, unpad=F
         return _zeros(dy, (0, *size, spec.in_channels))
     settings = _config.resolve(workspace)
     alg = algorithms.choose("grad_input", spec, algorithm, settings.workspace,
-                            gpu=_backend.is_gpu(dy))
+                            gpu=_backend.is_gpu(dy), itemsize=dy.itemsize)
     (dy,) = _prepared(alg, dy)
     if unpad and spec.padding_mode == "zeros" and alg.implements("grad_input_interior"):
         return alg.module.grad_input_interior(dy, w, spec, settings)

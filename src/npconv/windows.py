@@ -14,7 +14,7 @@ import itertools
 
 import numpy as np
 
-from npconv import _backend
+from npconv import _backend, _workspace
 
 _NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
                    "circular": "wrap"}
@@ -23,12 +23,22 @@ _NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge
 def pad(x, pads, mode: str = "zeros"):
     """Pad the spatial axes of x (N, *S, C) -> (N, *(S + lo + hi), C).
 
-    Returns x itself (not a copy) when every pad is zero.
+    Returns x itself (not a copy) when every pad is zero. Zero padding writes into scratch
+    memory (`_workspace.scratch`: pooled inside a convolution op, where the padded copy is a
+    temporary; an ordinary array elsewhere): the inside is copied, the border zeroed.
     """
     if not any(lo or hi for lo, hi in pads):
         return x
     xp = _backend.namespace(x)
-    return xp.pad(x, ((0, 0), *pads, (0, 0)), mode=_NUMPY_PAD_MODE[mode])
+    if mode != "zeros":
+        return xp.pad(x, ((0, 0), *pads, (0, 0)), mode=_NUMPY_PAD_MODE[mode])
+    size = tuple(s + lo + hi for s, (lo, hi) in zip(x.shape[1:-1], pads))
+    out = _workspace.scratch((x.shape[0], *size, x.shape[-1]), x.dtype, xp)  # (N, *Sp, C)
+    out[(slice(None), *(slice(lo, lo + s) for s, (lo, _) in zip(x.shape[1:-1], pads)))] = x
+    for axis, (lo, hi) in enumerate(pads, start=1):              # the border: 0
+        out[_along(axis, slice(0, lo))] = 0
+        out[_along(axis, slice(out.shape[axis] - hi, None))] = 0
+    return out
 
 
 def pad_adjoint(dxp, pads, mode: str = "zeros"):

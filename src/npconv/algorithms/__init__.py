@@ -84,7 +84,8 @@ def check_applies(algorithm, spec: ConvSpec) -> None:
 
 
 def choose(op: str, spec: ConvSpec, algorithm: str | None = None,
-           workspace: int = DEFAULT_WORKSPACE, *, gpu: bool = False) -> Algorithm:
+           workspace: int = DEFAULT_WORKSPACE, *, gpu: bool = False,
+           itemsize: int = 8) -> Algorithm:
     """The algorithm that runs `op` ("forward", "grad_input" or "grad_weight") for `spec`: the
     forced one (already checked by `check_applies`), else the automatic choice.
 
@@ -96,17 +97,17 @@ def choose(op: str, spec: ConvSpec, algorithm: str | None = None,
         return ALGORITHMS[algorithm]
     if gpu:
         return ALGORITHMS["pointwise" if _ones(spec.kernel_size) else "im2col"]
-    return ALGORITHMS[auto(op, spec, workspace)]
+    return ALGORITHMS[auto(op, spec, workspace, itemsize)]
 
 
-def auto(op: str, spec: ConvSpec, workspace: int = DEFAULT_WORKSPACE) -> str:
-    """The automatic choice, by shape (rules measured on the benchmark machine), for a given
-    workspace limit in bytes."""
+def auto(op: str, spec: ConvSpec, workspace: int = DEFAULT_WORKSPACE, itemsize: int = 8) -> str:
+    """The automatic choice, by shape and element size (rules measured on the benchmark
+    machine), for a given workspace limit in bytes."""
     if _ones(spec.kernel_size):
         return "pointwise"
     if spec.group_in == 1 and spec.groups > 1:
         return "depthwise"
-    if winograd.applies(spec) and winograd.worthwhile(spec):
+    if winograd.applies(spec) and winograd.worthwhile(spec, itemsize):
         return "winograd"
     if fft.worthwhile(spec, workspace):
         return "fft"

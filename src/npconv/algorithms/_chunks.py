@@ -90,29 +90,29 @@ def rows_of(chunk, out_size) -> int:
 def run(task, chunks, workers: int, make_state):
     """Call task(chunk, state) on every chunk; return the states, one per worker, in order.
 
-    `make_state()` builds one worker's buffers and accumulators; chunk i goes to worker
-    i % workers, which processes its chunks in order.
+    `make_state()` builds one worker's buffers and accumulators (in the calling thread, so that
+    scratch memory comes from its `_workspace.scope`); chunk i goes to worker i % workers,
+    which processes its chunks in order.
     """
+    states = [make_state() for _ in range(workers)]
     if workers == 1:
-        state = make_state()
         for chunk in chunks:
-            task(chunk, state)
-        return [state]
+            task(chunk, states[0])
+        return states
 
     def work(i):
-        state = make_state()
         for chunk in chunks[i::workers]:
-            task(chunk, state)
-        return state
+            task(chunk, states[i])
 
     pool = _executor(workers - 1)
     with _blas_single_thread():
         futures = [pool.submit(work, i) for i in range(1, workers)]
         try:
-            first = work(0)
+            work(0)
         finally:
-            rest = [f.result() for f in futures]                 # wait for all, even on error
-    return [first, *rest]
+            for f in futures:                                    # wait for all, even on error
+                f.result()
+    return states
 
 
 def _parallel_ok(xp) -> bool:

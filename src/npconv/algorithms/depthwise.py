@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 from npconv import _backend
+from npconv._workspace import scratch
 from npconv.algorithms import _chunks
 from npconv.algorithms._layout import chunk_windows, take
 from npconv.spec import ConvSpec
@@ -72,7 +73,7 @@ def forward(xp_, w, spec: ConvSpec, settings):
             if i:
                 out += prod
 
-    _chunks.run(task, chunks, workers, lambda: xp.empty(most * spec.out_channels, y.dtype))
+    _chunks.run(task, chunks, workers, lambda: scratch((most * spec.out_channels,), y.dtype, xp))
     return y
 
 
@@ -92,7 +93,7 @@ def grad_input(dy, w, spec: ConvSpec, settings):
             target = dxp[index]                                  # (n, rows, *P', G) view
             target += prod[..., 0] if m == 1 else prod.sum(axis=-1)
 
-    _chunks.run(task, chunks, workers, lambda: xp.empty(most * spec.out_channels, dy.dtype))
+    _chunks.run(task, chunks, workers, lambda: scratch((most * spec.out_channels,), dy.dtype, xp))
     return dxp
 
 
@@ -114,7 +115,7 @@ def grad_weight(xp_, dy, spec: ConvSpec, settings):
             acc[i] += ones[:rows] @ prod.reshape(rows, f)        # (F,)
 
     def state():
-        return (xp.empty(most * f, dtype=dy.dtype), xp.ones(most, dtype=dy.dtype),
+        return (scratch((most * f,), dy.dtype, xp), xp.ones(most, dtype=dy.dtype),
                 xp.zeros((nk, f), dtype=dy.dtype))
 
     dw = sum(acc for _, _, acc in _chunks.run(task, chunks, workers, state))  # (prodK, F)

@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from npconv import _backend, windows
+from npconv._workspace import scratch
 from npconv.algorithms import _chunks
 from npconv.algorithms._layout import (
     chunk_windows,
@@ -144,7 +145,7 @@ def forward(xp_, w, spec: ConvSpec, settings):
         cols = chunk_cols(xp_, win, spec, chunk, buf)            # (G, R, prodK*C/G)
         _multiply(cols, wg, y[chunk].reshape(-1, f), buf[most * kc:])
 
-    _chunks.run(task, chunks, workers, lambda: xp.empty(most * width, dtype=y.dtype))
+    _chunks.run(task, chunks, workers, lambda: scratch((most * width,), y.dtype, xp))
     return y
 
 
@@ -166,7 +167,7 @@ def grad_weight(xp_, dy, spec: ConvSpec, settings):
         acc += xp.matmul(cols.transpose(0, 2, 1), d)             # (G, prodK*C/G, F/G)
 
     def state():
-        return (xp.empty(most * g * kcg, dtype=dy.dtype),        # (R * prodK * C,)
+        return (scratch((most * g * kcg,), dy.dtype, xp),        # (R * prodK * C,)
                 xp.zeros((g, kcg, spec.group_out), dtype=dy.dtype))  # (G, prodK*C/G, F/G)
 
     dw = sum(acc for _, acc in _chunks.run(task, chunks, workers, state))
@@ -215,7 +216,7 @@ def scatter_grad_input(dy, w, spec: ConvSpec, settings):
     else:
         dxp = xp.zeros((spec.batch, *spec.padded_size, c), dtype=dy.dtype)  # (N, *Sp, C)
         task = _wide_fold(dxp, dy, wt, spec)
-    _chunks.run(task, chunks, workers, lambda: xp.empty(most * g * kcg, dtype=dy.dtype))
+    _chunks.run(task, chunks, workers, lambda: scratch((most * g * kcg,), dy.dtype, xp))
     return dxp
 
 

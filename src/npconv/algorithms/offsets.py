@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 from npconv import _backend
+from npconv._workspace import scratch
 from npconv.algorithms import _chunks
 from npconv.algorithms._layout import chunk_windows, grouped_rows, take
 from npconv.spec import ConvSpec
@@ -77,7 +78,7 @@ def forward(xp_, w, spec: ConvSpec, settings):
             else:
                 out += prod
 
-    _chunks.run(task, chunks, workers, lambda: xp.empty(most * (c + f), dtype=y.dtype))
+    _chunks.run(task, chunks, workers, lambda: scratch((most * (c + f),), y.dtype, xp))
     return y
 
 
@@ -98,7 +99,7 @@ def grad_weight(xp_, dy, spec: ConvSpec, settings):
             acc[i] += xp.matmul(xs.transpose(0, 2, 1), d)        # (G, C/G, F/G)
 
     def state():
-        return xp.empty(most * c, dtype=dy.dtype), xp.zeros(shape, dtype=dy.dtype)
+        return scratch((most * c,), dy.dtype, xp), xp.zeros(shape, dtype=dy.dtype)
 
     dw = sum(acc for _, acc in _chunks.run(task, chunks, workers, state))  # (prodK, G, C/G, F/G)
     dw = dw.transpose(0, 2, 1, 3)                                # (prodK, C/G, G, F/G)
@@ -122,5 +123,5 @@ def grad_input(dy, w, spec: ConvSpec, settings):
             target = dxp[index].reshape(*lead, g, spec.group_in)  # (n, rows, *P', G, C/G)
             target += xp.moveaxis(part.reshape(g, *lead, -1), 0, -2)
 
-    _chunks.run(task, chunks, workers, lambda: xp.empty(most * c, dtype=dy.dtype))
+    _chunks.run(task, chunks, workers, lambda: scratch((most * c,), dy.dtype, xp))
     return dxp

@@ -29,6 +29,7 @@ column larger, returned cropped as a view.
 from __future__ import annotations
 
 from npconv import _backend, windows
+from npconv._workspace import scratch
 from npconv.algorithms import _chunks, im2col
 from npconv.algorithms._layout import split, take
 from npconv.spec import ConvSpec
@@ -49,10 +50,12 @@ def applies(spec: ConvSpec) -> bool:
             and spec.dilation == (1, 1))
 
 
-def worthwhile(spec: ConvSpec) -> bool:
-    """Whether `auto` should prefer Winograd to im2col."""
+def worthwhile(spec: ConvSpec, itemsize: int) -> bool:
+    """Whether `auto` should prefer Winograd to im2col: float64 only. In float32 the GEMM it
+    saves runs twice as fast as in float64 while the transforms cost as much, and forward plus
+    backward measured no faster than im2col (docs/algorithms.md, "Calibration")."""
     c, f = spec.group_in, spec.group_out
-    return c * f / (c + f) >= MIN_WIDTH and min(spec.out_size) >= 8
+    return itemsize >= 8 and c * f / (c + f) >= MIN_WIDTH and min(spec.out_size) >= 8
 
 
 def transform_w(w, spec: ConvSpec):
@@ -146,7 +149,7 @@ def forward(xp_, w, spec: ConvSpec, settings):
         y6 = y[batch, 2 * rows.start:2 * rows.stop].reshape(*lead[:2], 2, t1, 2, g, fg)
         _output_transform(m, y6, sb)                             # fills y6, a view of y
 
-    _chunks.run(task, chunks, workers, lambda: xp.empty(most, dtype=y.dtype))
+    _chunks.run(task, chunks, workers, lambda: scratch((most,), y.dtype, xp))
     return y[:, :spec.out_size[0], :spec.out_size[1]]            # (N, *P, F)
 
 
@@ -212,7 +215,7 @@ def grad_weight(xp_, dy, spec: ConvSpec, settings):
         du += xp.matmul(v, dm.transpose(0, 2, 1, 3))             # (16, G, C/G, F/G)
 
     def state():
-        return xp.empty(most, dtype=dy.dtype), xp.zeros(acc, dtype=dy.dtype)
+        return scratch((most,), dy.dtype, xp), xp.zeros(acc, dtype=dy.dtype)
 
     du = sum(d for _, d in _chunks.run(task, chunks, workers, state))
     return _untransform_dw(du, spec)
