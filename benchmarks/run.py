@@ -2,8 +2,9 @@
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py
 
-For every shape and dtype the three implementations run alternately, and a plain NumPy GEMM
-runs in the same rounds as the yardstick for GFLOP/s. In each round every implementation makes
+For every shape and dtype the three implementations run alternately, each in a worker process
+of its own (so that no library's allocations change the page faults another pays), and a plain
+NumPy GEMM runs in the same rounds, in the driver, as the yardstick for GFLOP/s. In each round every implementation makes
 an untimed call and then a short burst of timed ones, back to back (its best counts), followed
 by a pause (at least `--pause` seconds, and `--duty` times the time just spent): idle worker
 threads of the previous library (OpenBLAS and OpenMP spin for a while after a parallel call)
@@ -19,6 +20,7 @@ docs/benchmarks.md. PyTorch is optional; the seed's method (benchmarks/seed_meth
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -39,7 +41,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from seed_method import seed_backward, seed_forward  # noqa: E402
 
 import npconv  # noqa: E402
-from npconv import algorithms  # noqa: E402
+from npconv import _workspace, algorithms  # noqa: E402
 from npconv.spec import conv_spec  # noqa: E402
 
 try:
@@ -176,31 +178,39 @@ def torch_calls(case: Case):
 # ---------------------------------------------------------------------------------------------
 
 
-def time_alternating(calls: dict, rounds: dict, pause: float, duty: float) -> dict:
+def time_alternating(bursts: dict, rounds: dict, pause: float, duty: float) -> dict:
     """Median over rounds of each name's best of a burst. Round i runs every name still due:
-    one untimed call (threads, caches and clocks warm again after the pause), then `BURST`
-    timed calls back to back (one, without the warm-up, for calls over `LONG` seconds), then a
-    pause of max(pause, duty * the time spent), at most `MAX_PAUSE`. A name stops once its
-    timed calls add up to `BUDGET` seconds (the seed's method takes seconds on the stem)."""
-    times = {name: [] for name in calls}
+    `bursts[name](long)` makes one untimed call (threads, caches and clocks warm again after the
+    pause) and `BURST` timed ones back to back, or a single timed call when `long` (the last
+    took over `LONG` seconds), and returns the best; then a pause of max(pause, duty * the time
+    spent), at most `MAX_PAUSE`. A name stops once its timings add up to `BUDGET` seconds (the
+    seed's method takes seconds on the stem)."""
+    times = {name: [] for name in bursts}
     for i in range(max(rounds.values())):
-        for name, fn in calls.items():
+        for name, burst in bursts.items():
             if i >= rounds[name] or sum(times[name]) > BUDGET:
                 continue
             start = time.perf_counter()
-            long = bool(times[name]) and times[name][-1] > LONG
-            burst = []
-            for _ in range(1 if long else BURST + 1):
-                mid = time.perf_counter()
-                fn()
-                burst.append(time.perf_counter() - mid)
-            times[name].append(min(burst if long else burst[1:]))
+            times[name].append(burst(bool(times[name]) and times[name][-1] > LONG))
             spent = time.perf_counter() - start
             time.sleep(min(MAX_PAUSE, max(pause, duty * spent)))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-BURST, LONG, BUDGET, MAX_PAUSE = 3, 0.5, 20.0, 10.0
+BURST, LONG, BUDGET, MAX_PAUSE = 3, 0.5, 10.0, 10.0
+
+
+def local_burst(fn):
+    """The burst of `time_alternating` for a callable of this process."""
+    def burst(long: bool) -> float:
+        durations = []
+        for _ in range(1 if long else BURST + 1):
+            start = time.perf_counter()
+            fn()
+            durations.append(time.perf_counter() - start)
+        return min(durations if long else durations[1:])
+
+    return burst
 
 
 def gemm_call(dtype, n: int = 1024):
@@ -212,7 +222,9 @@ def gemm_call(dtype, n: int = 1024):
 
 
 def peak_bytes(fn) -> int:
-    """Peak bytes NumPy allocated while fn ran (results included), by tracemalloc."""
+    """Peak bytes NumPy allocated while fn ran (results included), by tracemalloc, with
+    npconv's scratch pool emptied first so that its buffers count as a fresh process's would."""
+    _workspace.release()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -236,6 +248,73 @@ def gemm_gflops(dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+# ---------------------------------------------------------------------------------------------
+# One process per implementation: alternating in time, isolated in memory
+# ---------------------------------------------------------------------------------------------
+#
+# PyTorch's and the seed's allocations change the state of the C heap that NumPy allocates
+# from (which blocks come back page-faulted afresh), and a page fault costs about half a
+# millisecond per MiB on the benchmark VM: timed in one process, each library's times depended
+# on what the other had just done (npconv's ResNet forward plus backward measured 83 ms alone
+# and 142 ms between PyTorch calls). So each implementation runs in a worker process of its
+# own, started afresh for every case (a process that has run other cases has another heap), and
+# the driver asks them for their bursts in turn.
+
+CALLS = {"npconv": npconv_calls, "torch": torch_calls, "seed": seed_calls}
+
+
+def worker_main(impl: str) -> None:
+    """Serve JSON requests on stdin: setup a case, time a burst, measure a peak."""
+    if impl == "torch" and torch is not None:
+        torch.set_num_threads(npconv._config.cpu_count())
+    calls = {}
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["cmd"] == "setup":
+            shape = next(s for s in SHAPES if s.name == req["shape"])
+            made = CALLS[impl](make_case(shape, np.dtype(req["dtype"]).type))
+            calls = _named_calls(made, impl)
+            reply = {"ok": made is not None}
+        elif req["cmd"] == "burst":
+            reply = {"best": local_burst(calls[req["name"]])(req["long"])}
+        else:                                                    # "peak"
+            reply = {"bytes": peak_bytes(calls[req["name"]])}
+        print(json.dumps(reply), flush=True)
+
+
+def _named_calls(made, impl: str) -> dict:
+    if made is None:
+        return {}
+    calls = {"fwd": made[0], "both": made[1]}
+    if impl == "npconv":
+        calls.update({"both@1": _with_threads(made[1], 1), "both@all": _all_workers(made[1])})
+    return calls
+
+
+class Worker:
+    """The driver's handle on one implementation's process."""
+
+    def __init__(self, impl: str):
+        self.impl = impl
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", impl],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, **req) -> dict:
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def setup(self, shape: Shape, dtype: str) -> bool:
+        return self.ask(cmd="setup", shape=shape.name, dtype=dtype)["ok"]
+
+    def burst(self, name: str):
+        return lambda long: self.ask(cmd="burst", name=name, long=long)["best"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
 @dataclass
 class Result:
     shape: Shape
@@ -250,36 +329,53 @@ class Result:
 
 def chosen_algorithms(case: Case) -> str:
     spec = case.spec()
-    names = [algorithms.choose(op, spec).name for op in algorithms.OPS]
+    names = [algorithms.choose(op, spec, itemsize=case.x.itemsize).name for op in algorithms.OPS]
     return "/".join(dict.fromkeys(names))
 
 
 def measure(shape: Shape, dtype, rounds: int, pause: float, duty: float) -> Result:
+    """Time one case with fresh worker processes for the three implementations."""
+    workers = {k: Worker(k) for k in CALLS}
+    try:
+        return _measure(workers, shape, dtype, rounds, pause, duty)
+    finally:
+        for w in workers.values():
+            w.close()
+
+
+def _measure(workers: dict, shape: Shape, dtype, rounds: int, pause: float,
+             duty: float) -> Result:
     case = make_case(shape, dtype)
-    impls = {"npconv": npconv_calls(case), "torch": torch_calls(case), "seed": seed_calls(case)}
-    impls = {k: v for k, v in impls.items() if v is not None}
-    due = {k: max(3, rounds // 2) if k == "seed" else rounds for k in impls}
-    fwd = time_alternating({k: v[0] for k, v in impls.items()}, due, pause, duty)
-    gemm = gemm_call(dtype)
-    both = time_alternating({**{k: v[1] for k, v in impls.items()}, "gemm": gemm},
-                            {**due, "gemm": rounds}, pause, duty)
-    memory = {k: peak_bytes(v[1]) for k, v in impls.items() if k != "torch"}
+    name = np.dtype(dtype).name
+    live = {k: w for k, w in workers.items() if w.setup(shape, name)}
+    due = {k: max(3, rounds // 2) if k == "seed" else rounds for k in live}
+    fwd = time_alternating({k: w.burst("fwd") for k, w in live.items()}, due, pause, duty)
+    bursts = {**{k: w.burst("both") for k, w in live.items()},
+              "gemm": local_burst(gemm_call(dtype))}
+    both = time_alternating(bursts, {**due, "gemm": rounds}, pause, duty)
+    memory = {k: w.ask(cmd="peak", name="both")["bytes"] for k, w in live.items()
+              if k != "torch"}
     gemm_rate = 2 * 1024**3 / both.pop("gemm") / 1e9
-    return Result(shape, np.dtype(dtype).name, case.macs, chosen_algorithms(case), fwd, both,
-                  memory, gemm_rate)
+    return Result(shape, name, case.macs, chosen_algorithms(case), fwd, both, memory,
+                  gemm_rate)
 
 
 def threads_check(shapes, rounds: int, pause: float, duty: float) -> list[str]:
-    """Markdown rows: npconv's float32 fwd+bwd with one worker (BLAS threads every GEMM), with
-    the default (workers for the algorithms whose `PARALLEL` is set) and with workers for every
-    algorithm (BLAS on one thread each), alternating."""
+    """Markdown rows: npconv's float32 fwd+bwd with one worker thread (BLAS threads every GEMM),
+    with the default (worker threads for the algorithms whose `PARALLEL` is set) and with
+    worker threads for every algorithm (BLAS on one thread each), alternating."""
     rows = []
     for shape in shapes:
-        _, both = npconv_calls(make_case(shape, np.float32))
-        calls = {"1": _with_threads(both, 1), "default": both, "all": _all_workers(both)}
-        t = time_alternating(calls, dict.fromkeys(calls, rounds), pause, duty)
-        rows.append(f"| {shape.name} | {_ms(t['1'])} | {_ms(t['default'])} | {_ms(t['all'])} | "
-                    f"{t['default'] / t['1']:.2f} | {t['all'] / t['1']:.2f} |")
+        worker = Worker("npconv")
+        worker.setup(shape, "float32")
+        bursts = {k: worker.burst(k) for k in ("both@1", "both", "both@all")}
+        try:
+            t = time_alternating(bursts, dict.fromkeys(bursts, rounds), pause, duty)
+        finally:
+            worker.close()
+        one, default, every = t["both@1"], t["both"], t["both@all"]
+        rows.append(f"| {shape.name} | {_ms(one)} | {_ms(default)} | {_ms(every)} | "
+                    f"{default / one:.2f} | {every / one:.2f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -471,9 +567,11 @@ def main(argv=None) -> None:
     parser.add_argument("--output", default=str(HERE.parent / "docs" / "benchmarks.md"))
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--no-threads", action="store_true", help="skip the threads table")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if torch is not None:
-        torch.set_num_threads(npconv._config.cpu_count())
+    if args.worker:
+        worker_main(args.worker)
+        return
     start = time.perf_counter()
     gemm = {d: gemm_gflops(np.dtype(d).type) for d in ("float32", "float64")}
     print(*environment(), sep="\n")
