@@ -31,6 +31,7 @@ import time
 import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from seed_method import seed_backward, seed_forward  # noqa: E402
 
 import npconv  # noqa: E402
 from npconv import _workspace, algorithms  # noqa: E402
+from npconv.algorithms import _chunks  # noqa: E402
 from npconv.spec import conv_spec  # noqa: E402
 
 try:
@@ -287,7 +289,7 @@ def _named_calls(made, impl: str) -> dict:
         return {}
     calls = {"fwd": made[0], "both": made[1]}
     if impl == "npconv":
-        calls.update({"both@1": _with_threads(made[1], 1), "both@all": _all_workers(made[1])})
+        calls.update({"both@1": _with_threads(made[1], 1), "both@blas": _blas_threaded(made[1])})
     return calls
 
 
@@ -361,21 +363,20 @@ def _measure(workers: dict, shape: Shape, dtype, rounds: int, pause: float,
 
 
 def threads_check(shapes, rounds: int, pause: float, duty: float) -> list[str]:
-    """Markdown rows: npconv's float32 fwd+bwd with one worker thread (BLAS threads every GEMM),
-    with the default (worker threads for the algorithms whose `PARALLEL` is set) and with
-    worker threads for every algorithm (BLAS on one thread each), alternating."""
+    """Markdown rows: npconv's float32 fwd+bwd on one core (`threads=1`), with the default and
+    with every computation serial and BLAS-threaded, alternating."""
     rows = []
     for shape in shapes:
         worker = Worker("npconv")
         worker.setup(shape, "float32")
-        bursts = {k: worker.burst(k) for k in ("both@1", "both", "both@all")}
+        bursts = {k: worker.burst(k) for k in ("both@1", "both", "both@blas")}
         try:
             t = time_alternating(bursts, dict.fromkeys(bursts, rounds), pause, duty)
         finally:
             worker.close()
-        one, default, every = t["both@1"], t["both"], t["both@all"]
-        rows.append(f"| {shape.name} | {_ms(one)} | {_ms(default)} | {_ms(every)} | "
-                    f"{default / one:.2f} | {every / one:.2f} |")
+        one, default, blas = t["both@1"], t["both"], t["both@blas"]
+        rows.append(f"| {shape.name} | {_ms(one)} | {_ms(default)} | {_ms(blas)} | "
+                    f"{default / one:.2f} | {default / blas:.2f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -388,25 +389,18 @@ def _with_threads(fn, threads: int):
     return call
 
 
-def _all_workers(fn):
-    """fn with every algorithm running its chunks on workers."""
-    modules = [a.module for a in npconv.ALGORITHMS.values()]
-
+def _blas_threaded(fn):
+    """fn with every computation run as the small ones are: chunks one after another, BLAS
+    threading each GEMM (the earlier design's way for GEMM-bound algorithms)."""
     def call():
-        saved = [m.PARALLEL for m in modules]
-        for m in modules:
-            m.PARALLEL = True
-        try:
+        with mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", math.inf):
             return fn()
-        finally:
-            for m, flag in zip(modules, saved):
-                m.PARALLEL = flag
 
     return call
 
 
-THREADS_HEADER = ("| shape | threads=1 (ms) | default (ms) | workers everywhere (ms) | "
-                  "default / 1 | everywhere / 1 |", "|---|---|---|---|---|---|")
+THREADS_HEADER = ("| shape | threads=1 (ms) | default (ms) | BLAS-threaded (ms) | "
+                  "default / threads=1 | default / BLAS-threaded |", "|---|---|---|---|---|---|")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,11 +542,11 @@ def write_markdown(path: Path, results, gemm, threads, command: str, elapsed: fl
              "|" + "---|" * (HEADER.count("|") - 1),
              *(row(r) for r in results), "",
              "## Threads", "",
-             "npconv float32 forward plus backward: one worker thread (BLAS threads every "
-             "GEMM; copies, transforms and folds run on one core), the default (a worker per "
-             "core, BLAS on one thread each, for the algorithms whose `PARALLEL` is set: "
-             "winograd, depthwise, fft), and workers for every algorithm. Same alternating "
-             "protocol, fewer rounds.", "", *THREADS_HEADER, *threads, ""]
+             "npconv float32 forward plus backward on one core (`threads=1`), with the default "
+             "(a worker per core with BLAS on one thread, or serial with BLAS threads under "
+             "16 MiB of temporaries: docs/algorithms.md, \"Threads\") and with every "
+             "computation serial and BLAS-threaded, as the earlier design ran the GEMM-bound "
+             "algorithms. Same alternating protocol, fewer rounds.", "", *THREADS_HEADER, *threads, ""]
     path.write_text("\n".join(lines))
 
 

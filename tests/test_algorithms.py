@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npconv
-from npconv import algorithms, reference
+from npconv import _config, algorithms, reference
 from npconv.algorithms import _chunks
 from npconv.spec import conv_spec
 
@@ -167,23 +167,42 @@ def test_float32_error_against_float64_ground_truth(algorithm):
         assert got < 4 * base
 
 
-@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS
-                                       if algorithms.ALGORITHMS[a].module.PARALLEL])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("chunk_bytes", [_chunks.CHUNK_BYTES, 512])
 @given(data=st.data())
-def test_threads_agree_and_are_reproducible(algorithm, data):
-    """Algorithms that run chunks on workers: same results with one or two, run to run."""
+def test_threads_agree_and_are_reproducible(algorithm, chunk_bytes, data):
+    """Every algorithm runs its chunks on the workers: same results with one or two, run to
+    run, with chunks of whole images or (small chunks) of rows, which scatters deal by image."""
     x_shape, w_shape, kwargs = data.draw(geometry(algorithm))
     x, w, dy = _arrays(x_shape, w_shape, kwargs, np.float64)
     kwargs["algorithm"] = algorithm
     with npconv.config(threads=1):
-        one = npconv.conv_backward(dy, x, w, **kwargs)
-    with (npconv.config(threads=2, workspace=2**20),              # a chunk per image or rows
-          mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0)):
-        two = npconv.conv_backward(dy, x, w, **kwargs)
-        again = npconv.conv_backward(dy, x, w, **kwargs)
+        one = (npconv.conv(x, w, **kwargs), *npconv.conv_backward(dy, x, w, **kwargs))
+    with (npconv.config(threads=2, workspace=2**20),
+          mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0),
+          mock.patch.object(_chunks, "CHUNK_BYTES", chunk_bytes)):
+        two = (npconv.conv(x, w, **kwargs), *npconv.conv_backward(dy, x, w, **kwargs))
+        again = (npconv.conv(x, w, **kwargs), *npconv.conv_backward(dy, x, w, **kwargs))
     for a, b, c in zip(one, two, again):
         assert rel_err(b, a) < 1e-12
         assert np.array_equal(b, c)
+
+
+def test_plan_deals_image_rows_by_image():
+    """Chunks of image rows (an image exceeds the chunk size): for a scatter, every chunk of an
+    image goes to the same worker, in row order; for a gather, the rows are dealt round-robin."""
+    settings = _config.Settings(workspace=2**20, threads=2)
+    with (mock.patch.object(_chunks, "CHUNK_BYTES", 300),        # 3 of an image's 10 rows
+          mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0)):
+        scatter, workers = _chunks.plan(3, 10, 100, settings, whole_images=True)
+        gather, _ = _chunks.plan(3, 10, 100, settings)
+    assert workers == 2 and len(scatter) == len(gather) == 3 * 4
+    dealt = _chunks.run(lambda chunk, mine: mine.append(chunk), scatter, workers, list)
+    for i, mine in enumerate(dealt):
+        assert {batch.start for batch, _ in mine} == set(range(i, 3, 2))
+        assert mine == sorted(mine, key=lambda c: (c[0].start, c[1].start))
+    dealt = _chunks.run(lambda chunk, mine: mine.append(chunk), gather, 2, list)
+    assert dealt == [gather[0::2], gather[1::2]]
 
 
 # ---------------------------------------------------------------------------------------------

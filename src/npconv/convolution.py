@@ -27,6 +27,7 @@ float32 and returned as float16.
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 from typing import NamedTuple
 
 from npconv import _args, _backend, _config, _workspace, algorithms, kernels, windows
@@ -85,7 +86,8 @@ def _db(dy, spec: ConvSpec, dtype):
     xp = _backend.namespace(dy)
     f = dy.shape[-1]
     if dy.flags.c_contiguous:
-        db = xp.ones(dy.size // f, dtype=dy.dtype) @ dy.reshape(-1, f)  # (F,)
+        with algorithms.single_blas(xp):       # memory-bound; spinning BLAS threads would slow
+            db = xp.ones(dy.size // f, dtype=dy.dtype) @ dy.reshape(-1, f)  # the next op (F,)
     else:
         db = dy.sum(axis=tuple(range(spec.rank + 1)))            # (F,)
     return db.astype(dtype, copy=False)
@@ -134,10 +136,12 @@ def _pad_x(x, spec: ConvSpec, dtype):
 
 def _scoped(op):
     """Run the op inside a `_workspace.scope`: its padded copies and chunk buffers are reused
-    from call to call instead of page-faulted afresh (the results never come from there)."""
+    from call to call instead of page-faulted afresh (the results never come from there). With
+    `threads=1`, BLAS is held to one thread for the whole op: one core in all."""
     @functools.wraps(op)
     def call(*args, **kwargs):
-        with _workspace.scope():
+        one_core = _config.resolve(None).threads == 1
+        with _workspace.scope(), algorithms.single_blas() if one_core else nullcontext():
             return op(*args, **kwargs)
 
     return call

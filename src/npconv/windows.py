@@ -44,12 +44,13 @@ def pad(x, pads, mode: str = "zeros"):
 def pad_adjoint(dxp, pads, mode: str = "zeros"):
     """Reverse of `pad` for gradients: (N, *(S + lo + hi), C) -> (N, *S, C).
 
-    Zero padding just crops. For the other modes each padded position along an axis is a copy of
-    one source position (np.pad's index map, applied axis by axis), so its gradient is added to
-    that source; the axes are independent, so the order does not matter. The loop runs over the
-    padded positions only (lo + hi per axis), never over the image.
+    Zero padding just crops: the result is a view of dxp (callers copy it into the caller's
+    layout once, instead of twice for channels_first arrays). For the other modes each padded
+    position along an axis is a copy of one source position (np.pad's index map, applied axis
+    by axis), so its gradient is added to that source; the axes are independent, so the order
+    does not matter. The loop runs over the padded positions only (lo + hi per axis), never
+    over the image.
     """
-    xp = _backend.namespace(dxp)
     for axis, (lo, hi) in enumerate(pads, start=1):
         if not (lo or hi):
             continue
@@ -63,7 +64,7 @@ def pad_adjoint(dxp, pads, mode: str = "zeros"):
         for j in itertools.chain(range(lo), range(lo + size, lo + size + hi)):
             dx[_along(axis, source[j])] += dxp[_along(axis, j)]
         dxp = dx
-    return xp.ascontiguousarray(dxp)
+    return dxp
 
 
 def _along(axis: int, index) -> tuple:

@@ -22,6 +22,7 @@ from types import ModuleType
 
 from npconv._config import DEFAULT_WORKSPACE
 from npconv.algorithms import depthwise, fft, im2col, offsets, pointwise, winograd
+from npconv.algorithms._chunks import single_blas
 from npconv.spec import ConvSpec
 
 OPS = ("forward", "grad_input", "grad_weight")
@@ -124,4 +125,5 @@ __all__ = [
     "check_applies",
     "check_name",
     "choose",
+    "single_blas",
 ]

@@ -6,17 +6,28 @@ image when an image's temporaries exceed the chunk size; a chunk is a pair of sl
 window view), so one chunk is always a contiguous block of the output. `plan` sizes the chunks so
 that every worker's buffers fit in its share of the workspace limit, and `run` calls a task on
 every chunk from `threads` workers: the calling thread plus a shared pool. NumPy releases the GIL
-inside copies, ufuncs and BLAS calls, so the workers overlap; while they run, BLAS is held to one
-thread each (through threadpoolctl, when installed), which both keeps the two levels of threading
-from fighting over the cores and makes the per-worker GEMMs run where their data is. Without
-threadpoolctl, or on CuPy, chunks run one after another on the calling thread.
+inside copies, ufuncs and BLAS calls, so the workers overlap.
 
-Work is dealt to the workers round-robin in a fixed order and per-worker partial sums are added
-in worker order, so results are reproducible for a given thread count.
+While workers run, BLAS is held to one thread (through threadpoolctl, when installed): two
+levels of threads would oversubscribe the cores, and multi-threaded OpenBLAS has a worse side
+effect, its threads keep spinning for about 0.1 s after each call, waiting for more work, on
+the very cores the workers of the next step need (measured on the benchmark machine: a
+worker-run forward took 28 ms after a pause and 45 ms right after a two-threaded GEMM). So every
+algorithm, GEMM-bound or not, runs its chunks on the workers, and BLAS calls of an op outside
+`run` (the bias gradient) hold BLAS to one thread too (`single_blas`). Computations with under
+`MIN_PARALLEL_BYTES` of temporaries run serially instead, BLAS threading their GEMMs: waking a
+parked worker costs more than it saves there, while OpenBLAS's spinning threads answer at once.
+With `threads=1` BLAS is held to one thread throughout. Without threadpoolctl, or on CuPy,
+chunks run one after another on the calling thread and BLAS keeps its own threads.
+
+Work is dealt to the workers round-robin in a fixed order (by image, for plans whose chunks may
+not share an image between workers) and per-worker partial sums are added in worker order, so
+results are reproducible for a given thread count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +43,9 @@ CHUNK_BYTES = 4 * 2**20
 """Target size of one worker's temporaries per chunk: large enough to amortize Python overhead
 and keep GEMMs efficient, small enough to stay in the last-level cache."""
 
-MIN_PARALLEL_BYTES = 2 * 2**20
-"""Below this much temporary data in total, threads cost more than they save."""
+MIN_PARALLEL_BYTES = 16 * 2**20
+"""Below this much temporary data in total, workers cost more than they save (lenet-sized
+layers: 30% slower on two workers than serially with BLAS threads, docs/benchmarks.md)."""
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -41,7 +53,7 @@ _blas = {"controller": None, "depth": 0, "limiter": None, "lock": threading.Lock
 
 
 def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bool = False,
-         fixed_bytes: int = 0, parallel: bool = True):
+         fixed_bytes: int = 0):
     """Chunks (batch slice, row slice) and the number of workers for one op.
 
     Parameters
@@ -53,15 +65,13 @@ def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bo
     settings : _config.Settings
         Workspace limit and thread count.
     whole_images : bool
-        Chunks may not split an image (several workers scatter into the same image otherwise).
-        When an image alone exceeds the chunk size, the rows are chunked and run serially.
+        No two workers may write to the same image (scatters spill across chunk borders). When
+        an image alone exceeds the chunk size, its rows are chunked and all of an image's chunks
+        go to one worker, in order (images dealt round-robin).
     fixed_bytes : int
         Temporaries allocated once per worker whatever the chunk size (accumulators).
-    parallel : bool
-        False: one worker, BLAS keeping its own threads (for GEMM-bound algorithms, where
-        that measured faster than a worker per core; docs/benchmarks.md, "Threads").
     """
-    workers = settings.threads if parallel and _parallel_ok(xp) else 1
+    workers = settings.threads if _parallel_ok(xp) else 1
     total = n * rows * row_bytes
     if total < MIN_PARALLEL_BYTES:
         workers = 1
@@ -77,8 +87,16 @@ def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bo
         chunks = [(slice(i, i + 1), slice(r, min(r + per_chunk, rows)))
                   for i in range(n) for r in range(0, rows, per_chunk)]
         if whole_images:
-            workers = 1
+            return _ByImage(chunks), max(1, min(workers, n))
     return chunks, max(1, min(workers, len(chunks)))
+
+
+class _ByImage(list):
+    """Chunks of image rows to be dealt to workers by image: worker i takes every chunk of the
+    images i, i + workers, ..."""
+
+    def deal(self, i: int, workers: int) -> list:
+        return [c for c in self if c[0].start % workers == i]
 
 
 def rows_of(chunk, out_size) -> int:
@@ -101,7 +119,8 @@ def run(task, chunks, workers: int, make_state):
         return states
 
     def work(i):
-        for chunk in chunks[i::workers]:
+        mine = chunks.deal(i, workers) if isinstance(chunks, _ByImage) else chunks[i::workers]
+        for chunk in mine:
             task(chunk, states[i])
 
     pool = _executor(workers - 1)
@@ -136,9 +155,15 @@ def _controller():
     return _blas["controller"]
 
 
+def single_blas(xp=np):
+    """A context holding BLAS to one thread (see the module docstring), or doing nothing without
+    threadpoolctl or on CuPy. Nests: the original limits come back at the outermost exit."""
+    return _blas_single_thread() if _parallel_ok(xp) else contextlib.nullcontext()
+
+
 class _blas_single_thread:
-    """Hold BLAS to one thread while any npconv worker pool runs (reference counted, so that
-    overlapping calls from several user threads restore the original count once)."""
+    """Hold BLAS to one thread (reference counted, so that overlapping calls from several user
+    threads restore the original count once)."""
 
     def __enter__(self):
         with _blas["lock"]:

@@ -25,15 +25,10 @@ from npconv.algorithms import _chunks
 from npconv.algorithms._layout import chunk_windows, take
 from npconv.spec import ConvSpec
 
-PARALLEL = True
-"""Whether chunks run on worker threads (`_chunks.plan`): no BLAS here, so without workers the
-products run on one core."""
-
 
 def _plan(spec: ConvSpec, itemsize: int, settings, xp, **kw):
     row = math.prod(spec.out_size[1:]) * 2 * spec.out_channels * itemsize
-    chunks, workers = _chunks.plan(spec.batch, spec.out_size[0], row, settings, xp=xp,
-                                   parallel=PARALLEL, **kw)
+    chunks, workers = _chunks.plan(spec.batch, spec.out_size[0], row, settings, xp=xp, **kw)
     return chunks, workers, max(_chunks.rows_of(c, spec.out_size) for c in chunks)
 
 

@@ -26,10 +26,6 @@ from npconv import _backend
 from npconv.algorithms import _chunks, im2col
 from npconv.spec import ConvSpec
 
-PARALLEL = True
-"""Whether chunks run on worker threads (`_chunks.plan`): NumPy's FFTs run on one core, so
-workers transform chunks of images on every core."""
-
 MIN_TAPS = 100
 """`auto` picks FFT for stride-1 kernels with at least this many taps ..."""
 
@@ -135,7 +131,7 @@ def _spectrum(a, spec: ConvSpec, lengths, groups: int):
 def _plan(spec: ConvSpec, itemsize: int, settings, xp):
     _check_fits(spec, itemsize, settings)
     return _chunks.plan(spec.batch, 1, _image_bytes(spec, itemsize), settings, xp=xp,
-                        fixed_bytes=_fixed_bytes(spec, itemsize), parallel=PARALLEL)
+                        fixed_bytes=_fixed_bytes(spec, itemsize))
 
 
 def forward(xp_, w, spec: ConvSpec, settings):

@@ -36,11 +36,6 @@ from npconv.algorithms._layout import (
 )
 from npconv.spec import ConvSpec
 
-PARALLEL = False
-"""Whether chunks run on worker threads (`_chunks.plan`). im2col is GEMM-bound: one chunk at a
-time with BLAS threading each GEMM measured faster than a worker per core (docs/benchmarks.md,
-"Threads"); the gathers are a small part of the time."""
-
 NARROW_RUN = 16
 """Below this many contiguous elements per window row (K_last * C/G), windows are gathered one
 kernel offset at a time into the transposed window matrix, whose rows are whole output rows."""
@@ -137,8 +132,7 @@ def forward(xp_, w, spec: ConvSpec, settings):
     y = xp.empty((spec.batch, *spec.out_size, f), dtype=xp_.dtype)  # (N, *P, F)
     width = kc + (f if g > 1 else 0)
     chunks, workers = _chunks.plan(spec.batch, spec.out_size[0],
-                                   _row_bytes(spec, width, y.itemsize), settings, xp=xp,
-                                   parallel=PARALLEL)
+                                   _row_bytes(spec, width, y.itemsize), settings, xp=xp)
     most = max(_chunks.rows_of(c, spec.out_size) for c in chunks)
 
     def task(chunk, buf):
@@ -157,7 +151,7 @@ def grad_weight(xp_, dy, spec: ConvSpec, settings):
     acc_bytes = g * kcg * spec.group_out * dy.itemsize
     chunks, workers = _chunks.plan(
         spec.batch, spec.out_size[0], _row_bytes(spec, g * kcg, dy.itemsize), settings, xp=xp,
-        fixed_bytes=acc_bytes, parallel=PARALLEL)
+        fixed_bytes=acc_bytes)
     most = max(_chunks.rows_of(c, spec.out_size) for c in chunks)
 
     def task(chunk, state):
@@ -206,7 +200,7 @@ def scatter_grad_input(dy, w, spec: ConvSpec, settings):
     wt = grouped_w(w, spec).transpose(0, 2, 1)                   # (G, F/G, prodK*C/G)
     chunks, workers = _chunks.plan(spec.batch, spec.out_size[0],
                                    _row_bytes(spec, g * kcg, dy.itemsize), settings, xp=xp,
-                                   whole_images=True, parallel=PARALLEL)
+                                   whole_images=True)
     most = max(_chunks.rows_of(c_, spec.out_size) for c_ in chunks)
 
     if g == 1 and c < GATHER_MIN_CHANNELS:

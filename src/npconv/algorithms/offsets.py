@@ -22,10 +22,6 @@ from npconv.algorithms import _chunks
 from npconv.algorithms._layout import chunk_windows, grouped_rows, take
 from npconv.spec import ConvSpec
 
-PARALLEL = False
-"""Whether chunks run on worker threads (`_chunks.plan`): GEMM-bound like im2col, so BLAS
-threads each GEMM instead."""
-
 MIN_CHANNELS = 256
 """`auto` picks this algorithm when C/G and F/G are at least this wide (and the kernel is not
 1x1): its GEMMs are then about as efficient as im2col's, with a far smaller buffer."""
@@ -45,8 +41,7 @@ def _w_offsets(w, spec: ConvSpec):
 def _plan(spec: ConvSpec, itemsize: int, settings, xp, **kw):
     width = spec.in_channels + 2 * spec.out_channels
     row = math.prod(spec.out_size[1:]) * width * itemsize
-    chunks, workers = _chunks.plan(spec.batch, spec.out_size[0], row, settings, xp=xp,
-                                   parallel=PARALLEL, **kw)
+    chunks, workers = _chunks.plan(spec.batch, spec.out_size[0], row, settings, xp=xp, **kw)
     return chunks, workers, max(_chunks.rows_of(c, spec.out_size) for c in chunks)
 
 

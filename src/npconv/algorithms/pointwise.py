@@ -1,23 +1,21 @@
-"""Pointwise (1x1) convolutions as one direct GEMM, without a window matrix.
+"""Pointwise (1x1) convolutions as direct GEMMs, without a window matrix.
 
 A 1x1 kernel with stride 1 reads every pixel once: the padded input (N, *Sp, C) already is the
-window matrix (N*prod(P), C), so y = x @ w, dx = dy @ w^T and dw = x^T @ dy are single GEMMs on
-reshaped views, run by BLAS on all its threads. Arrays of a channels_first caller arrive as
-transposed views; they are multiplied in their own layout, y (N, F, S) = w^T @ x (N, C, S), with
-no copy in or out. Only the results are allocated (and, for dw of channels_first arrays, one
-(C, F) product per image of a batch chunk within the workspace). Strided 1x1 kernels, which
-read a subsampled grid, and grouped ones go through chunked im2col, whose window matrix for a
-1x1 kernel is just that grid.
+window matrix (N*prod(P), C), so y = x @ w, dx = dy @ w^T and dw = x^T @ dy are GEMMs on
+reshaped views, split into blocks of rows dealt to the workers (`_chunks`; dw adds one (C, F)
+partial sum per worker). Arrays of a channels_first caller arrive as transposed views; they are
+multiplied in their own layout, y (N, F, S) = w^T @ x (N, C, S), blocks of images per worker,
+with no copy in or out. Only the results and the per-worker (C, F) sums are allocated (and, for
+dw of channels_first arrays, one (C, F) product per image of a block). Strided 1x1 kernels,
+which read a subsampled grid, and grouped ones go through chunked im2col, whose window matrix
+for a 1x1 kernel is just that grid.
 """
 
 from __future__ import annotations
 
 from npconv import _backend
-from npconv.algorithms import im2col
+from npconv.algorithms import _chunks, im2col
 from npconv.spec import ConvSpec
-
-PARALLEL = False
-"""Its GEMMs run unchunked, threaded by BLAS (strided and grouped cases use im2col's setting)."""
 
 TAKES_VIEWS = True
 """`kernels` passes inputs as they come (channels_first arrays as transposed views)."""
@@ -46,17 +44,42 @@ def _last(a, shape):
     return _backend.namespace(a).moveaxis(a.reshape(shape[0], shape[-1], *shape[1:-1]), 1, -1)
 
 
+def _blocks(n: int, row_bytes: int, settings, xp):
+    """Blocks of the leading axis (length n) and the number of workers: `_chunks.plan` over
+    n rows of `row_bytes` each (one "image"), so every worker gets a share of the rows."""
+    chunks, workers = _chunks.plan(1, n, row_bytes, settings, xp=xp)
+    return [rows for _, rows in chunks], workers
+
+
+def _matmul_blocks(a, b, out, settings):
+    """out (M, F) = a (M, K) @ b (K, F), a block of rows per task."""
+    xp = _backend.namespace(a, b)
+    blocks, workers = _blocks(out.shape[0], a[0].nbytes + out[0].nbytes, settings, xp)
+
+    def task(rows, _):
+        xp.matmul(a[rows], b, out=out[rows])
+
+    _chunks.run(task, blocks, workers, lambda: None)
+    return out
+
+
 def forward(xp_, w, spec: ConvSpec, settings):
     """y (N, *P, F) = x (N*P, C) @ w (C, F), or w^T (F, C) @ x (N, C, P) channels_first."""
     if not _direct(spec):
         return im2col.forward(xp_, w, spec, settings)
     xp = _backend.namespace(xp_, w)
-    w2 = w.reshape(spec.in_channels, spec.out_channels)          # (C, F)
-    shape = (spec.batch, *spec.out_size, spec.out_channels)
+    c, f = spec.in_channels, spec.out_channels
+    w2 = w.reshape(c, f)                                         # (C, F)
+    shape = (spec.batch, *spec.out_size, f)
     x_cf = _channels_first(xp_)
     if x_cf is not None:
-        return _last(xp.matmul(w2.T, x_cf), shape)               # (N, F, P) -> (N, *P, F) view
-    return xp.matmul(_rows(xp_), w2).reshape(shape)              # (N*P, F) -> (N, *P, F)
+        y = xp.empty((spec.batch, f, x_cf.shape[2]), dtype=x_cf.dtype)  # (N, F, P)
+        _batched(lambda n: xp.matmul(w2.T, x_cf[n], out=y[n]), spec.batch, y[0].nbytes,
+                 settings, xp)
+        return _last(y, shape)                                   # (N, *P, F) view
+    x2 = _rows(xp_)                                              # (N*P, C)
+    y = xp.empty((x2.shape[0], f), dtype=x2.dtype)               # (N*P, F)
+    return _matmul_blocks(x2, w2, y, settings).reshape(shape)
 
 
 def grad_input(dy, w, spec: ConvSpec, settings):
@@ -64,33 +87,47 @@ def grad_input(dy, w, spec: ConvSpec, settings):
     if not _direct(spec):
         return im2col.scatter_grad_input(dy, w, spec, settings)
     xp = _backend.namespace(dy, w)
-    w2 = w.reshape(spec.in_channels, spec.out_channels)          # (C, F)
-    shape = (spec.batch, *spec.padded_size, spec.in_channels)
+    c = spec.in_channels
+    w2 = w.reshape(c, spec.out_channels)                         # (C, F)
+    shape = (spec.batch, *spec.padded_size, c)
     dy_cf = _channels_first(dy)
     if dy_cf is not None:
-        return _last(xp.matmul(w2, dy_cf), shape)                # (N, C, P) -> (N, *P, C) view
-    return xp.matmul(_rows(dy), w2.T).reshape(shape)             # (N*P, C) -> (N, *P, C)
+        dx = xp.empty((spec.batch, c, dy_cf.shape[2]), dtype=dy_cf.dtype)  # (N, C, P)
+        _batched(lambda n: xp.matmul(w2, dy_cf[n], out=dx[n]), spec.batch, dx[0].nbytes,
+                 settings, xp)
+        return _last(dx, shape)                                  # (N, *P, C) view
+    dy2 = _rows(dy)                                              # (N*P, F)
+    dx = xp.empty((dy2.shape[0], c), dtype=dy2.dtype)            # (N*P, C)
+    return _matmul_blocks(dy2, w2.T, dx, settings).reshape(shape)
 
 
 def grad_weight(xp_, dy, spec: ConvSpec, settings):
-    """dw (1.., C, F) = x^T (C, N*P) @ dy (N*P, F), or sum_n x_n (C, P) @ dy_n^T channels_first."""
+    """dw (1.., C, F) = x^T (C, N*P) @ dy (N*P, F), or sum_n x_n (C, P) @ dy_n^T channels_first;
+    one partial sum per worker, added in worker order."""
     if not _direct(spec):
         return im2col.grad_weight(xp_, dy, spec, settings)
     xp = _backend.namespace(xp_, dy)
+    c, f = spec.in_channels, spec.out_channels
     x_cf, dy_cf = _channels_first(xp_), _channels_first(dy)
     if x_cf is None or dy_cf is None:
-        dw = xp.matmul(_rows(xp_).T, _rows(dy))                  # (C, F)
+        x2, dy2 = _rows(xp_), _rows(dy)                          # (N*P, C), (N*P, F)
+        blocks, workers = _blocks(x2.shape[0], x2[0].nbytes + dy2[0].nbytes, settings, xp)
+
+        def task(rows, acc):
+            acc += x2[rows].T @ dy2[rows]                        # (C, F)
     else:
-        dw = _batched_sum(x_cf, dy_cf, settings)                 # (C, F)
-    return dw.reshape(*spec.kernel_size, spec.in_channels, spec.out_channels)  # (1.., C, F)
+        product = c * f * dy.itemsize                            # one image's (C, F) product
+        blocks, workers = _blocks(spec.batch, x_cf[0].nbytes + dy_cf[0].nbytes + product,
+                                  settings, xp)
+
+        def task(images, acc):                                   # sum_n x_n @ dy_n^T
+            acc += xp.matmul(x_cf[images], dy_cf[images].transpose(0, 2, 1)).sum(axis=0)
+
+    accs = _chunks.run(task, blocks, workers, lambda: xp.zeros((c, f), dtype=dy.dtype))
+    return sum(accs).reshape(*spec.kernel_size, c, f)            # (1.., C, F)
 
 
-def _batched_sum(x_cf, dy_cf, settings):
-    """sum_n x_n (C, P) @ dy_n^T (P, F), a batch chunk at a time within the workspace."""
-    xp = _backend.namespace(x_cf)
-    n, c, f = x_cf.shape[0], x_cf.shape[1], dy_cf.shape[1]
-    step = max(1, min(n, settings.workspace // (c * f * x_cf.itemsize)))
-    dw = xp.zeros((c, f), dtype=x_cf.dtype)                      # (C, F)
-    for i in range(0, n, step):                                  # memory chunks of the batch
-        dw += xp.matmul(x_cf[i:i + step], dy_cf[i:i + step].transpose(0, 2, 1)).sum(axis=0)
-    return dw
+def _batched(product, n: int, image_bytes: int, settings, xp) -> None:
+    """Call product(images) (a slice) on blocks of the batch, dealt to the workers."""
+    blocks, workers = _blocks(n, image_bytes, settings, xp)
+    _chunks.run(lambda images, _: product(images), blocks, workers, lambda: None)

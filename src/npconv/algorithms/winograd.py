@@ -34,11 +34,6 @@ from npconv.algorithms import _chunks, im2col
 from npconv.algorithms._layout import split, take
 from npconv.spec import ConvSpec
 
-PARALLEL = True
-"""Whether chunks run on worker threads (`_chunks.plan`): the transforms (NumPy ufuncs) take
-about half the time, and workers run them on every core (measured faster than BLAS threading
-alone: docs/benchmarks.md, "Threads")."""
-
 MIN_WIDTH = 24
 """`auto` picks Winograd when C/G * F/G / (C/G + F/G) reaches this: the GEMM it saves scales with
 C * F, the transforms it adds with C + F (measured: docs/benchmarks.md)."""
@@ -129,8 +124,7 @@ def forward(xp_, w, spec: ConvSpec, settings):
     u = transform_w(w, spec)                                     # (16, G, C/G, F/G)
     y = xp.empty((spec.batch, 2 * t0, 2 * t1, f), dtype=xp_.dtype)  # (N, 2T0, 2T1, F)
     width = 8 * 2 * t1 * c + t1 * (16 * c + 24 * f)              # per tile row, at most
-    chunks, workers = _chunks.plan(spec.batch, t0, width * y.itemsize, settings, xp=xp,
-                                   parallel=PARALLEL)
+    chunks, workers = _chunks.plan(spec.batch, t0, width * y.itemsize, settings, xp=xp)
     most = max((b.stop - b.start) * (r.stop - r.start) for b, r in chunks) * width
 
     def task(chunk, buf):
@@ -199,7 +193,7 @@ def grad_weight(xp_, dy, spec: ConvSpec, settings):
     width = 8 * 2 * t1 * c + t1 * (16 * c + 24 * f)              # per tile row, at most
     acc = (16, g, cg, fg)
     chunks, workers = _chunks.plan(spec.batch, t0, width * dy.itemsize, settings, xp=xp,
-                                   fixed_bytes=16 * cg * f * dy.itemsize, parallel=PARALLEL)
+                                   fixed_bytes=16 * cg * f * dy.itemsize)
     most = max((b.stop - b.start) * (r.stop - r.start) for b, r in chunks) * width
 
     def task(chunk, state):
