@@ -227,9 +227,9 @@ def conv(
     opts = _options(algorithm, workspace, spec)
     _check_bias(bias, spec.out_channels)
     dtype = _args.result_dtype(x, w, bias)
-    y = kernels.forward(_pad_x(x, spec, dtype), _w_in(w, spec, dtype), spec, **opts)  # (N, *P, F)
-    if bias is not None:
-        y += bias.astype(y.dtype, copy=False)
+    b = None if bias is None else bias.astype(_args.compute_dtype(dtype), copy=False)
+    y = kernels.forward(_pad_x(x, spec, dtype), _w_in(w, spec, dtype), spec, bias=b,
+                        **opts)                                  # (N, *P, F)
     return _x_out(y, spec, dtype)
 
 

@@ -34,15 +34,24 @@ from npconv import _backend, _config, algorithms, windows
 from npconv.spec import ConvSpec
 
 
-def forward(xp_, w, spec: ConvSpec, *, algorithm=None, workspace=None):
-    """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)), no bias."""
+def forward(xp_, w, spec: ConvSpec, *, bias=None, algorithm=None, workspace=None):
+    """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)) + bias (F,) when given.
+
+    Algorithms whose module sets `ADDS_BIAS` add it chunk by chunk, while the output rows are
+    still in cache and on every worker; for the others it is added here.
+    """
     if spec.batch == 0:                                          # no images: nothing to chunk
         return _zeros(xp_, (0, *spec.out_size, spec.out_channels))
     settings = _config.resolve(workspace)
     alg = algorithms.choose("forward", spec, algorithm, settings.workspace,
                             gpu=_backend.is_gpu(xp_), itemsize=xp_.itemsize)
     (xp_,) = _prepared(alg, xp_)
-    return alg.module.forward(xp_, w, spec, settings)
+    if bias is not None and getattr(alg.module, "ADDS_BIAS", False):
+        return alg.module.forward(xp_, w, spec, settings, bias=bias)
+    y = alg.module.forward(xp_, w, spec, settings)
+    if bias is not None:
+        y += bias
+    return y
 
 
 def grad_weight(xp_, dy, spec: ConvSpec, *, algorithm=None, workspace=None):

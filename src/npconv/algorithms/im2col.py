@@ -40,6 +40,9 @@ NARROW_RUN = 16
 """Below this many contiguous elements per window row (K_last * C/G), windows are gathered one
 kernel offset at a time into the transposed window matrix, whose rows are whole output rows."""
 
+ADDS_BIAS = True
+"""`forward` takes the bias and adds it chunk by chunk (`npconv.kernels.forward`)."""
+
 GATHER_MIN_CHANNELS = 8
 """Stride-1 input gradients of convolutions with at least this many input channels per group are
 computed as a full correlation (a gather); below it, the scatter's GEMM output is wider."""
@@ -122,8 +125,8 @@ def _multiply(cols, wg, y_rows, buf) -> None:
     y_rows.reshape(r, g, fg)[...] = out.transpose(1, 0, 2)       # (R, G, F/G)
 
 
-def forward(xp_, w, spec: ConvSpec, settings):
-    """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)), one GEMM per chunk."""
+def forward(xp_, w, spec: ConvSpec, settings, bias=None):
+    """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)) (+ bias (F,)), one GEMM per chunk."""
     xp = _backend.namespace(xp_, w)
     g, f = spec.groups, spec.out_channels
     kc = math.prod(spec.kernel_size) * spec.in_channels
@@ -137,7 +140,10 @@ def forward(xp_, w, spec: ConvSpec, settings):
 
     def task(chunk, buf):
         cols = chunk_cols(xp_, win, spec, chunk, buf)            # (G, R, prodK*C/G)
-        _multiply(cols, wg, y[chunk].reshape(-1, f), buf[most * kc:])
+        y_rows = y[chunk].reshape(-1, f)                         # (R, F) view
+        _multiply(cols, wg, y_rows, buf[most * kc:])
+        if bias is not None:
+            y_rows += bias
 
     _chunks.run(task, chunks, workers, lambda: scratch((most * width,), y.dtype, xp))
     return y

@@ -20,6 +20,9 @@ from npconv.spec import ConvSpec
 TAKES_VIEWS = True
 """`kernels` passes inputs as they come (channels_first arrays as transposed views)."""
 
+ADDS_BIAS = True
+"""`forward` takes the bias and adds it block by block (`npconv.kernels.forward`)."""
+
 
 def _direct(spec: ConvSpec) -> bool:
     """Ungrouped, and every padded pixel is read once (stride 1, not a transposed convolution's
@@ -51,22 +54,25 @@ def _blocks(n: int, row_bytes: int, settings, xp):
     return [rows for _, rows in chunks], workers
 
 
-def _matmul_blocks(a, b, out, settings):
-    """out (M, F) = a (M, K) @ b (K, F), a block of rows per task."""
+def _matmul_blocks(a, b, out, settings, bias=None):
+    """out (M, F) = a (M, K) @ b (K, F) (+ bias (F,)), a block of rows per task."""
     xp = _backend.namespace(a, b)
     blocks, workers = _blocks(out.shape[0], a[0].nbytes + out[0].nbytes, settings, xp)
 
     def task(rows, _):
         xp.matmul(a[rows], b, out=out[rows])
+        if bias is not None:
+            out[rows] += bias
 
     _chunks.run(task, blocks, workers, lambda: None)
     return out
 
 
-def forward(xp_, w, spec: ConvSpec, settings):
-    """y (N, *P, F) = x (N*P, C) @ w (C, F), or w^T (F, C) @ x (N, C, P) channels_first."""
+def forward(xp_, w, spec: ConvSpec, settings, bias=None):
+    """y (N, *P, F) = x (N*P, C) @ w (C, F), or w^T (F, C) @ x (N, C, P) channels_first
+    (+ bias (F,))."""
     if not _direct(spec):
-        return im2col.forward(xp_, w, spec, settings)
+        return im2col.forward(xp_, w, spec, settings, bias)
     xp = _backend.namespace(xp_, w)
     c, f = spec.in_channels, spec.out_channels
     w2 = w.reshape(c, f)                                         # (C, F)
@@ -74,12 +80,17 @@ def forward(xp_, w, spec: ConvSpec, settings):
     x_cf = _channels_first(xp_)
     if x_cf is not None:
         y = xp.empty((spec.batch, f, x_cf.shape[2]), dtype=x_cf.dtype)  # (N, F, P)
-        _batched(lambda n: xp.matmul(w2.T, x_cf[n], out=y[n]), spec.batch, y[0].nbytes,
-                 settings, xp)
+
+        def product(n):
+            xp.matmul(w2.T, x_cf[n], out=y[n])
+            if bias is not None:
+                y[n] += bias[:, None]
+
+        _batched(product, spec.batch, y[0].nbytes, settings, xp)
         return _last(y, shape)                                   # (N, *P, F) view
     x2 = _rows(xp_)                                              # (N*P, C)
     y = xp.empty((x2.shape[0], f), dtype=x2.dtype)               # (N*P, F)
-    return _matmul_blocks(x2, w2, y, settings).reshape(shape)
+    return _matmul_blocks(x2, w2, y, settings, bias).reshape(shape)
 
 
 def grad_input(dy, w, spec: ConvSpec, settings):
