@@ -151,7 +151,11 @@ def seed_calls(case: Case):
 
 
 def torch_calls(case: Case):
-    """PyTorch's conv{1,2,3}d on NC* tensors (converted once, outside the timing)."""
+    """PyTorch's conv{1,2,3}d (tensors made once, outside the timing), in the memory format a
+    PyTorch user with the same data would use: channels_last data as `torch.channels_last`
+    (`channels_last_3d`) tensors, which is what permuting an NHWC array gives and PyTorch's
+    fastest CPU path for them (the 1x1 forward: 3.8 ms against 20 ms on contiguous NCHW
+    copies); channels_first data, and 1-D, as contiguous NC* tensors."""
     if torch is None:
         return None
     s, r = case.shape, len(case.shape.k)
@@ -159,9 +163,15 @@ def torch_calls(case: Case):
     x = np.moveaxis(case.x, -1, 1) if to_first else case.x
     w = case.w.transpose(r + 1, r, *range(r)) if to_first else case.w
     dy = np.moveaxis(case.dy, -1, 1) if to_first else case.dy
-    tx, tw = (torch.from_numpy(np.ascontiguousarray(a)).requires_grad_() for a in (x, w))
+    fmt = {2: torch.channels_last, 3: torch.channels_last_3d}.get(r) if to_first else None
+    fmt = fmt or torch.contiguous_format
+
+    def tensor(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(memory_format=fmt)
+
+    tx, tw = (tensor(a).requires_grad_() for a in (x, w))
     tb = torch.from_numpy(case.b.copy()).requires_grad_()
-    tdy = torch.from_numpy(np.ascontiguousarray(dy))
+    tdy = tensor(dy)
     op = getattr(torch.nn.functional, f"conv{r}d")
     kw = dict(stride=s.stride, padding=s.pad, groups=s.groups)
 
