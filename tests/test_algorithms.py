@@ -254,3 +254,20 @@ def test_unknown_algorithm():
     with pytest.raises(TypeError, match="`algorithm` must be a str or None; got 3"):
         npconv.conv_backward(np.ones((1, 4, 4, 1)), np.ones((1, 4, 4, 1)),
                              np.ones((1, 1, 1, 1)), algorithm=3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_parallel_copies_equal_numpys(n):
+    """The workers' copies (transposing output copies, padded inputs) equal NumPy's."""
+    x = np.random.default_rng(n).standard_normal((n, 3, 4, 5))
+    view = np.moveaxis(x, 1, -1)                                 # (n, 4, 5, 3), not contiguous
+    with (npconv.config(threads=2), mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0)):
+        out = _chunks.contiguous(view)
+        padded = np.zeros((n, 6, 7, 3))
+        _chunks.copyto(padded[:, 1:5, 1:6], view)
+    assert out.flags.c_contiguous and out.flags.writeable and out.base is None
+    assert np.array_equal(out, view)
+    assert np.array_equal(padded[:, 1:5, 1:6], view)
+    padded[:, 1:5, 1:6] = 0
+    assert not padded.any()                                      # nothing written outside
+    assert _chunks.contiguous(out) is out

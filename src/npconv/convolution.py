@@ -65,7 +65,7 @@ def _x_out(y, spec: ConvSpec, dtype):
     xp = _backend.namespace(y)
     if spec.data_format == "channels_first":
         y = xp.moveaxis(y, -1, 1)                                # (N, *P, F) -> (N, F, *P)
-    return xp.ascontiguousarray(y.astype(dtype, copy=False))
+    return algorithms.contiguous(y.astype(dtype, copy=False))   # copied by the workers
 
 
 def _w_out(dw, spec: ConvSpec, dtype):

@@ -96,4 +96,4 @@ def _prepared(alg, *arrays):
     a channels_first array, seen channels_last through a transposed view, without a copy)."""
     if getattr(alg.module, "TAKES_VIEWS", False):
         return arrays
-    return tuple(_backend.namespace(a).ascontiguousarray(a) for a in arrays)
+    return tuple(algorithms.contiguous(a) for a in arrays)

@@ -15,6 +15,7 @@ import itertools
 import numpy as np
 
 from npconv import _backend, _workspace
+from npconv.algorithms import _chunks
 
 _NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
                    "circular": "wrap"}
@@ -34,7 +35,8 @@ def pad(x, pads, mode: str = "zeros"):
         return xp.pad(x, ((0, 0), *pads, (0, 0)), mode=_NUMPY_PAD_MODE[mode])
     size = tuple(s + lo + hi for s, (lo, hi) in zip(x.shape[1:-1], pads))
     out = _workspace.scratch((x.shape[0], *size, x.shape[-1]), x.dtype, xp)  # (N, *Sp, C)
-    out[(slice(None), *(slice(lo, lo + s) for s, (lo, _) in zip(x.shape[1:-1], pads)))] = x
+    inner = (slice(None), *(slice(lo, lo + s) for s, (lo, _) in zip(x.shape[1:-1], pads)))
+    _chunks.copyto(out[inner], x)                                # on the workers
     for axis, (lo, hi) in enumerate(pads, start=1):              # the border: 0
         out[_along(axis, slice(0, lo))] = 0
         out[_along(axis, slice(out.shape[axis] - hi, None))] = 0

@@ -22,7 +22,7 @@ from types import ModuleType
 
 from npconv._config import DEFAULT_WORKSPACE
 from npconv.algorithms import depthwise, fft, im2col, offsets, pointwise, winograd
-from npconv.algorithms._chunks import single_blas
+from npconv.algorithms._chunks import contiguous, single_blas
 from npconv.spec import ConvSpec
 
 OPS = ("forward", "grad_input", "grad_weight")
@@ -125,5 +125,6 @@ __all__ = [
     "check_applies",
     "check_name",
     "choose",
+    "contiguous",
     "single_blas",
 ]

@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from npconv import _backend, _config
+
 try:                                                             # optional dependency
     from threadpoolctl import ThreadpoolController
 except ImportError:                                              # pragma: no cover
@@ -53,7 +55,7 @@ _blas = {"controller": None, "depth": 0, "limiter": None, "lock": threading.Lock
 
 
 def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bool = False,
-         fixed_bytes: int = 0):
+         fixed_bytes: int = 0, chunk_bytes: int | None = None):
     """Chunks (batch slice, row slice) and the number of workers for one op.
 
     Parameters
@@ -70,6 +72,8 @@ def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bo
         go to one worker, in order (images dealt round-robin).
     fixed_bytes : int
         Temporaries allocated once per worker whatever the chunk size (accumulators).
+    chunk_bytes : int, optional
+        Target temporaries per chunk, at most `CHUNK_BYTES` (the default).
     """
     workers = settings.threads if _parallel_ok(xp) else 1
     total = n * rows * row_bytes
@@ -77,7 +81,8 @@ def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bo
         workers = 1
     workers = max(1, min(workers, n * rows, settings.workspace // max(row_bytes + fixed_bytes, 1)))
     share = max(settings.workspace // workers - fixed_bytes, row_bytes)
-    per_chunk = max(1, min(CHUNK_BYTES, share) // row_bytes)     # rows per chunk
+    target = CHUNK_BYTES if chunk_bytes is None else min(chunk_bytes, CHUNK_BYTES)
+    per_chunk = max(1, min(target, share) // row_bytes)          # rows per chunk
     if per_chunk >= rows:
         images = min(per_chunk // rows, -(-n // workers))
         chunks = [(slice(i, min(i + images, n)), slice(0, rows)) for i in range(0, n, images)]
@@ -132,6 +137,31 @@ def run(task, chunks, workers: int, make_state):
             for f in futures:                                    # wait for all, even on error
                 f.result()
     return states
+
+
+def contiguous(a):
+    """a itself when C-contiguous, else a C-contiguous copy made by the workers (NumPy copies,
+    the transposing ones of channels_first arrays above all, run on one core)."""
+    if a.flags.c_contiguous:
+        return a
+    out = _backend.namespace(a).empty(a.shape, dtype=a.dtype)
+    copyto(out, a)
+    return out
+
+
+def copyto(dst, src) -> None:
+    """dst[...] = src (same shape), split along the first axis among the workers when it is
+    large enough (`MIN_PARALLEL_BYTES`)."""
+    xp = _backend.namespace(dst)
+    n = dst.shape[0] if dst.ndim else 1
+    workers = _config.resolve(None).threads if _parallel_ok(xp) else 1
+    if dst.nbytes < MIN_PARALLEL_BYTES or min(workers, n) < 2:
+        xp.copyto(dst, src)
+        return
+    workers = min(workers, n)
+    step = -(-n // workers)
+    parts = [slice(i, min(i + step, n)) for i in range(0, n, step)]
+    run(lambda part, _: xp.copyto(dst[part], src[part]), parts, len(parts), lambda: None)
 
 
 def _parallel_ok(xp) -> bool:

@@ -39,7 +39,7 @@ def _channels_first(a):
 
 def _rows(a):
     """(N * prod(S), C), contiguous."""
-    return _backend.namespace(a).ascontiguousarray(a).reshape(-1, a.shape[-1])
+    return _chunks.contiguous(a).reshape(-1, a.shape[-1])
 
 
 def _last(a, shape):
