@@ -55,7 +55,10 @@ computed as a full correlation (a gather); below it, the scatter's GEMM output i
 
 
 def _chunk_bytes(spec: ConvSpec) -> int | None:
-    return STRIDE1_CHUNK_BYTES if all(s == 1 for s in spec.stride) else None
+    """1 MiB for stride-1 gathers of whole window rows; narrow windows (`gather_t`, one copy per
+    kernel offset per chunk) keep the default, fewer chunks costing fewer Python calls."""
+    stride1 = all(s == 1 for s in spec.stride)
+    return STRIDE1_CHUNK_BYTES if stride1 and not _narrow(spec) else None
 
 
 def _row_bytes(spec: ConvSpec, width: int, itemsize: int) -> int:
@@ -84,8 +87,9 @@ def gather_t(xp_, spec: ConvSpec, chunk, buf):
     c = spec.in_channels
     r = _chunks.rows_of(chunk, spec.out_size)
     cols_t = take(buf, (math.prod(spec.kernel_size), c, r))      # (prodK, C, R)
+    x_c = xp.moveaxis(xp_, -1, 0)                                # (C, N, *Sp) view
     for i, (_, index) in enumerate(chunk_windows(spec, chunk)):
-        part = xp.moveaxis(xp_[index], -1, 0)                    # (C, n, rows, *P') view
+        part = x_c[(slice(None), *index)]                        # (C, n, rows, *P') view
         xp.copyto(cols_t[i].reshape(part.shape), part)
     return cols_t.reshape(-1, r)                                 # (prodK*C, R)
 
