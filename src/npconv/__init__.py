@@ -11,6 +11,7 @@
 
 from npconv import nn, reference
 from npconv._config import config, get_config, set_config
+from npconv._workspace import release as release_workspace
 from npconv.algorithms import ALGORITHMS
 from npconv.convolution import (
     ConvGrads,
@@ -59,6 +60,7 @@ __all__ = [
     "nn",
     "pool_spec",
     "reference",
+    "release_workspace",
     "set_config",
 ]
 

@@ -114,8 +114,9 @@ def run(task, chunks, workers: int, make_state):
     """Call task(chunk, state) on every chunk; return the states, one per worker, in order.
 
     `make_state()` builds one worker's buffers and accumulators (in the calling thread, so that
-    scratch memory comes from its `_workspace.scope`); chunk i goes to worker i % workers,
-    which processes its chunks in order.
+    scratch memory comes from its `_workspace.scope`); chunk i goes to worker i % workers
+    (for `_ByImage` chunks, every chunk of image j to worker j % workers), and each worker
+    processes its chunks in order.
     """
     states = [make_state() for _ in range(workers)]
     if workers == 1:
