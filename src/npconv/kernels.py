@@ -30,7 +30,10 @@ the public ops copy them into the caller's layout.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from npconv import _backend, _config, algorithms, windows
+from npconv.algorithms import _chunks
 from npconv.spec import ConvSpec
 
 
@@ -42,7 +45,7 @@ def forward(xp_, w, spec: ConvSpec, *, bias=None, algorithm=None, workspace=None
     """
     if spec.batch == 0:                                          # no images: nothing to chunk
         return _zeros(xp_, (0, *spec.out_size, spec.out_channels))
-    settings = _config.resolve(workspace)
+    settings = _settings(spec, workspace, xp_.itemsize)
     alg = algorithms.choose("forward", spec, algorithm, settings.workspace,
                             gpu=_backend.is_gpu(xp_), itemsize=xp_.itemsize)
     (xp_,) = _prepared(alg, xp_)
@@ -58,7 +61,7 @@ def grad_weight(xp_, dy, spec: ConvSpec, *, algorithm=None, workspace=None):
     """dw (*K, C/G, F) from the padded input (N, *Sp, C) and dy (N, *P, F)."""
     if spec.batch == 0:                                          # an empty sum
         return _zeros(dy, (*spec.kernel_size, spec.group_in, spec.out_channels))
-    settings = _config.resolve(workspace)
+    settings = _settings(spec, workspace, dy.itemsize)
     alg = algorithms.choose("grad_weight", spec, algorithm, settings.workspace,
                             gpu=_backend.is_gpu(dy), itemsize=dy.itemsize)
     xp_, dy = _prepared(alg, xp_, dy)
@@ -76,7 +79,7 @@ def grad_input(dy, w, spec: ConvSpec, *, algorithm=None, workspace=None, unpad=F
     if spec.batch == 0:
         size = spec.in_size if unpad else spec.padded_size
         return _zeros(dy, (0, *size, spec.in_channels))
-    settings = _config.resolve(workspace)
+    settings = _settings(spec, workspace, dy.itemsize)
     alg = algorithms.choose("grad_input", spec, algorithm, settings.workspace,
                             gpu=_backend.is_gpu(dy), itemsize=dy.itemsize)
     (dy,) = _prepared(alg, dy)
@@ -84,6 +87,12 @@ def grad_input(dy, w, spec: ConvSpec, *, algorithm=None, workspace=None, unpad=F
         return alg.module.grad_input_interior(dy, w, spec, settings)
     dxp = alg.module.grad_input(dy, w, spec, settings)
     return windows.pad_adjoint(dxp, spec.pads, spec.padding_mode) if unpad else dxp
+
+
+def _settings(spec: ConvSpec, workspace, itemsize: int):
+    """The settings in force, on one worker for a small layer (`_chunks.serial_layer`)."""
+    settings = _config.resolve(workspace)
+    return replace(settings, threads=1) if _chunks.serial_layer(spec, itemsize) else settings
 
 
 def _zeros(like, shape):

@@ -14,9 +14,11 @@ effect, its threads keep spinning for about 0.1 s after each call, waiting for m
 the very cores the workers of the next step need (measured on the benchmark machine: a
 worker-run forward took 28 ms after a pause and 45 ms right after a two-threaded GEMM). So every
 algorithm, GEMM-bound or not, runs its chunks on the workers, and BLAS calls of an op outside
-`run` (the bias gradient) hold BLAS to one thread too (`single_blas`). Computations with under
-`MIN_PARALLEL_BYTES` of temporaries run serially instead, BLAS threading their GEMMs: waking a
-parked worker costs more than it saves there, while OpenBLAS's spinning threads answer at once.
+`run` (the bias gradient) hold BLAS to one thread too (`single_blas`). Small layers (window
+matrices under `MIN_PARALLEL_BYTES`; `serial_layer`, decided once for a layer's forward and
+both gradients, so that they never mix the two regimes) run serially instead, BLAS threading
+their GEMMs: waking a parked worker costs more than it saves there, while OpenBLAS's spinning
+threads answer at once.
 With `threads=1` BLAS is held to one thread throughout. Without threadpoolctl, or on CuPy,
 chunks run one after another on the calling thread and BLAS keeps its own threads.
 
@@ -46,8 +48,9 @@ CHUNK_BYTES = 4 * 2**20
 and keep GEMMs efficient, small enough to stay in the last-level cache."""
 
 MIN_PARALLEL_BYTES = 16 * 2**20
-"""Below this much temporary data in total, workers cost more than they save (lenet-sized
-layers: 30% slower on two workers than serially with BLAS threads, docs/benchmarks.md)."""
+"""Layers whose largest window matrix is smaller than this run serially, BLAS threading their
+GEMMs (`serial_layer`): workers cost more than they save there (LeNet-sized layers: 30% slower
+on two workers). Copies smaller than this stay on one thread too (`copyto`)."""
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -76,9 +79,6 @@ def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bo
         Target temporaries per chunk, at most `CHUNK_BYTES` (the default).
     """
     workers = settings.threads if _parallel_ok(xp) else 1
-    total = n * rows * row_bytes
-    if total < MIN_PARALLEL_BYTES:
-        workers = 1
     workers = max(1, min(workers, n * rows, settings.workspace // max(row_bytes + fixed_bytes, 1)))
     share = max(settings.workspace // workers - fixed_bytes, row_bytes)
     target = CHUNK_BYTES if chunk_bytes is None else min(chunk_bytes, CHUNK_BYTES)
@@ -94,6 +94,20 @@ def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bo
         if whole_images:
             return _ByImage(chunks), max(1, min(workers, n))
     return chunks, max(1, min(workers, len(chunks)))
+
+
+def serial_layer(spec, itemsize: int) -> bool:
+    """Whether all three computations of the layer `spec` run serially with BLAS threads.
+
+    Decided once per layer, from its largest window matrix (the forward's N*P x prod(K)*C or
+    the input gradient's N*Sp x prod(K)*F, whatever the algorithm), so that a layer's forward
+    and gradients never mix BLAS-threaded steps with worker-run ones: OpenBLAS's threads keep
+    spinning after a call, on the cores the workers need (see the module docstring).
+    """
+    taps = math.prod(spec.kernel_size)
+    windows = max(math.prod(spec.out_size) * spec.in_channels,
+                  math.prod(spec.padded_size) * spec.out_channels)
+    return spec.batch * taps * windows * itemsize < MIN_PARALLEL_BYTES
 
 
 class _ByImage(list):
