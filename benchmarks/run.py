@@ -568,10 +568,10 @@ def write_markdown(path: Path, results, gemm, threads, command: str, elapsed: fl
              *(row(r) for r in results), "",
              "## Threads", "",
              "npconv float32 forward plus backward on one core (`threads=1`), with the default "
-             "(a worker per core with BLAS on one thread, or serial with BLAS threads under "
-             "16 MiB of temporaries: docs/algorithms.md, \"Threads\") and with every "
-             "computation serial and BLAS-threaded, as the earlier design ran the GEMM-bound "
-             "algorithms. Same alternating protocol, fewer rounds.", "", *THREADS_HEADER, *threads, ""]
+             "(a worker per core with BLAS on one thread, or serial with BLAS threads for layers "
+             "whose window matrices are under 16 MiB: docs/algorithms.md, \"Threads\") and "
+             "with every layer serial and BLAS-threaded, as the earlier design ran the "
+             "GEMM-bound algorithms. Same alternating protocol, fewer rounds.", "", *THREADS_HEADER, *threads, ""]
     path.write_text("\n".join(lines))
 
 
