@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[test,demo,dask]"
+	$(BIN)/python -m pip install -q -e ".[test,demo,dask,threads]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -195,6 +195,7 @@ def test_threads_agree_and_are_reproducible(algorithm, chunk_bytes, data):
 def test_plan_deals_image_rows_by_image():
     """Chunks of image rows (an image exceeds the chunk size): for a scatter, every chunk of an
     image goes to the same worker, in row order; for a gather, the rows are dealt round-robin."""
+    pytest.importorskip("threadpoolctl")                         # workers need it
     settings = _config.Settings(workspace=2**20, threads=2)
     with (mock.patch.object(_chunks, "CHUNK_BYTES", 300),        # 3 of an image's 10 rows
           mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0)):
