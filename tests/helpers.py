@@ -23,3 +23,16 @@ def central_difference(f, a, eps=1e-6):
         a[i] = old
         grad[i] = (plus - minus) / (2 * eps)
     return grad
+
+
+def cupy_or_skip():
+    """The cupy module, or skip the calling test module when CuPy or a GPU is missing."""
+    import pytest
+
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("CuPy sees no GPU", allow_module_level=True)
+    except Exception as exc:                                     # no driver, no device
+        pytest.skip(f"CuPy sees no GPU: {exc}", allow_module_level=True)
+    return cp

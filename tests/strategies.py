@@ -52,7 +52,7 @@ def _padding(draw, form: str, rank: int):
     return form, None
 
 
-def _min_size(eff: int, pair, mode: str) -> int:
+def min_size(eff: int, pair, mode: str) -> int:
     """Smallest input size with output >= 1 that `mode` can pad by `pair`."""
     if pair is None:              # "valid", "same", "full": S >= the dilated kernel is enough
         return eff
@@ -91,7 +91,7 @@ def conv_geometry(
     padding, pairs = _padding(draw, draw(st.sampled_from(forms)), rank)
     size = []
     for i in range(rank):
-        low = _min_size(d[i] * (k[i] - 1) + 1, pairs[i] if pairs else None, mode)
+        low = min_size(d[i] * (k[i] - 1) + 1, pairs[i] if pairs else None, mode)
         size.append(draw(st.integers(low, low + (2 if small else 4))))
     g, c, f = _channels(draw, groups)
     n = draw(st.integers(1, 2))

@@ -13,6 +13,7 @@ import pytest
 from helpers import rel_err as shared_rel_err
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import min_size
 
 import npconv
 from npconv import _config, algorithms, reference
@@ -29,15 +30,6 @@ def rel_err(a, b) -> float:
     """Error relative to the largest entry, at least 1: inputs are standard normal, so a result
     that cancels to 0 is judged on the scale of its terms."""
     return shared_rel_err(a, b, floor=1.0)
-
-def _min_size(eff: int, lo: int, hi: int, mode: str) -> int:
-    need = max(1, eff - lo - hi)
-    if mode == "reflect":
-        need = max(need, max(lo, hi) + 1)
-    if mode == "circular":
-        need = max(need, max(lo, hi))
-    return need
-
 
 def _kernel(draw, algorithm: str, rank: int):
     """Kernel size, stride and dilation the algorithm handles."""
@@ -71,7 +63,7 @@ def geometry(draw, algorithm: str):
     pads = [(draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(rank)]
     extra = 2 if rank == 3 else 5
     size = [draw(st.integers(low, low + extra)) for low in
-            (_min_size(dd * (kk - 1) + 1, lo, hi, mode) for kk, dd, (lo, hi) in zip(k, d, pads))]
+            (min_size(dd * (kk - 1) + 1, (lo, hi), mode) for kk, dd, (lo, hi) in zip(k, d, pads))]
     g, c, f = _channels(draw, algorithm)
     n = draw(st.integers(1, 2))
     fmt = draw(st.sampled_from(["channels_last", "channels_first"]))

@@ -6,6 +6,7 @@ thread (no worker pool), so this also covers the single-worker path of every alg
 
 import numpy as np
 import pytest
+from helpers import cupy_or_skip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_algorithms import ALGORITHMS, geometry
@@ -13,12 +14,7 @@ from test_algorithms import ALGORITHMS, geometry
 import npconv
 from npconv.spec import conv_spec
 
-cp = pytest.importorskip("cupy")
-try:
-    if cp.cuda.runtime.getDeviceCount() < 1:
-        pytest.skip("CuPy sees no GPU", allow_module_level=True)
-except Exception as exc:                                         # no driver, no device
-    pytest.skip(f"CuPy sees no GPU: {exc}", allow_module_level=True)
+cp = cupy_or_skip()
 
 
 def same(gpu, cpu, tol):

@@ -8,24 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cupy_or_skip
 from hypothesis import given, settings
 from strategies import conv_geometry, transpose_bias_size, transpose_geometry
 
 import npconv
 from npconv.spec import conv_spec
 
-
-def _cupy_or_skip():
-    cp = pytest.importorskip("cupy")
-    try:
-        if cp.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("CuPy sees no GPU", allow_module_level=True)
-    except Exception as exc:   # no driver, no device
-        pytest.skip(f"CuPy sees no GPU: {exc}", allow_module_level=True)
-    return cp
-
-
-cp = _cupy_or_skip()
+cp = cupy_or_skip()
 SRC = Path(npconv.__file__).resolve().parent
 
 
