@@ -37,8 +37,8 @@ from npconv.algorithms._layout import (
 from npconv.spec import ConvSpec
 
 NARROW_RUN = 16
-"""Below this many contiguous elements per window row (K_last * C/G), windows are gathered one
-kernel offset at a time into the transposed window matrix, whose rows are whole output rows."""
+"""Below this many contiguous elements per window row (K_last * C/G), windows are gathered into
+the transposed window matrix, whose rows are whole output rows (`gather_t`)."""
 
 STRIDE1_CHUNK_BYTES = 2**20
 """Chunk size of the stride-1 gathers (forward, weight gradient, and so the full-correlation
@@ -55,8 +55,8 @@ computed as a full correlation (a gather); below it, the scatter's GEMM output i
 
 
 def _chunk_bytes(spec: ConvSpec) -> int | None:
-    """1 MiB for stride-1 gathers of whole window rows; narrow windows (`gather_t`, one copy per
-    kernel offset per chunk) keep the default, fewer chunks costing fewer Python calls."""
+    """1 MiB for stride-1 gathers of whole window rows; narrow windows (`gather_t`) keep the
+    default, fewer chunks costing fewer Python calls (their dx scatters once per offset)."""
     stride1 = all(s == 1 for s in spec.stride)
     return STRIDE1_CHUNK_BYTES if stride1 and not _narrow(spec) else None
 
@@ -81,17 +81,16 @@ def _narrow(spec: ConvSpec) -> bool:
     return spec.groups == 1 and spec.kernel_size[-1] * spec.in_channels < NARROW_RUN
 
 
-def gather_t(xp_, spec: ConvSpec, chunk, buf):
-    """The chunk's transposed window matrix (prod(K) * C, R), one strided copy per offset."""
-    xp = _backend.namespace(xp_)
-    c = spec.in_channels
-    r = _chunks.rows_of(chunk, spec.out_size)
-    cols_t = take(buf, (math.prod(spec.kernel_size), c, r))      # (prodK, C, R)
-    x_c = xp.moveaxis(xp_, -1, 0)                                # (C, N, *Sp) view
-    for i, (_, index) in enumerate(chunk_windows(spec, chunk)):
-        part = x_c[(slice(None), *index)]                        # (C, n, rows, *P') view
-        xp.copyto(cols_t[i].reshape(part.shape), part)
-    return cols_t.reshape(-1, r)                                 # (prodK*C, R)
+def gather_t(win, spec: ConvSpec, chunk, buf):
+    """The chunk's transposed window matrix (prod(K) * C, R), copied from the window view
+    transposed to (*K, C, n, rows, *P'): one copy whose inner loop runs along output rows."""
+    xp = _backend.namespace(buf)
+    r = spec.rank
+    part = win[chunk]                                            # (n, rows, *P', *K, C) view
+    part = part.transpose(*range(r + 1, 2 * r + 2), *range(r + 1))  # (*K, C, n, rows, *P')
+    cols_t = take(buf, part.shape)
+    xp.copyto(cols_t, part)
+    return cols_t.reshape(-1, _chunks.rows_of(chunk, spec.out_size))  # (prodK*C, R)
 
 
 def gather_offsets(xp_, spec: ConvSpec, chunk, buf):
@@ -122,7 +121,7 @@ def chunk_cols(xp_, win, spec: ConvSpec, chunk, buf):
     if win is None:
         return gather_offsets(xp_, spec, chunk, buf)
     if _narrow(spec):
-        return gather_t(xp_, spec, chunk, buf).T[None]           # (1, R, prodK*C) view
+        return gather_t(win, spec, chunk, buf).T[None]           # (1, R, prodK*C) view
     kcg = math.prod(spec.kernel_size) * spec.group_in
     return gather(win, chunk, spec.groups, kcg, buf)             # (G, R, prodK*C/G)
 
