@@ -1,8 +1,8 @@
 """Every algorithm, forced through the `algorithm=` override, against the naive reference.
 
 Each algorithm gets a hypothesis strategy that draws only the geometries it handles (1x1 kernels
-for pointwise, groups == in_channels for depthwise, 2-D 3x3 stride 1 for Winograd, stride 1 for
-FFT), built by construction like tests/strategies.py. Forward, dx and dw must match
+for pointwise, groups == in_channels for depthwise, 3x3 or 3x3x3 stride 1 for Winograd, stride 1
+for FFT), built by construction like tests/strategies.py. Forward, dx and dw must match
 `npconv.reference` to 1e-10 (float64) or 1e-4 (float32), relative to the largest entry.
 """
 
@@ -35,7 +35,7 @@ def _kernel(draw, algorithm: str, rank: int):
     """Kernel size, stride and dilation the algorithm handles."""
     small = rank == 3
     if algorithm == "winograd":
-        return [3, 3], [1, 1], [1, 1]
+        return [3] * rank, [1] * rank, [1] * rank
     if algorithm == "pointwise":
         k = [1] * rank
     else:
@@ -57,7 +57,7 @@ def _channels(draw, algorithm: str):
 @st.composite
 def geometry(draw, algorithm: str):
     """(x_shape, w_shape, kwargs) of a convolution `algorithm` handles, any layout and mode."""
-    rank = 2 if algorithm == "winograd" else draw(st.sampled_from([1, 2, 3]))
+    rank = draw(st.sampled_from([2, 3] if algorithm == "winograd" else [1, 2, 3]))
     k, s, d = _kernel(draw, algorithm, rank)
     mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
     pads = [(draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(rank)]
@@ -139,14 +139,17 @@ def test_transposed_convolution_matches_reference(algorithm, data):
         assert rel_err(got, want) < 1e-10
 
 
-@pytest.mark.parametrize("algorithm", ["winograd", "fft"])
-def test_float32_error_against_float64_ground_truth(algorithm):
+@pytest.mark.parametrize("algorithm, size", [("winograd", (20, 20)), ("fft", (20, 20)),
+                                             ("winograd", (6, 10, 10))])
+def test_float32_error_against_float64_ground_truth(algorithm, size):
     """Realistic widths (C = F = 64): the transform algorithms' float32 error stays within the
-    stated bound and within a small multiple of the direct method's."""
+    stated bound and within a small multiple of the direct method's, in 2-D and (Winograd's
+    depth sum adds three times as many products per output) 3-D."""
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((2, 20, 20, 64))
-    w = rng.standard_normal((3, 3, 64, 64)) / 24.0
-    dy = rng.standard_normal((2, 20, 20, 64))
+    k = (3,) * len(size)
+    x = rng.standard_normal((2, *size, 64))
+    w = rng.standard_normal((*k, 64, 64)) / (24.0 if len(size) == 2 else 40.0)
+    dy = rng.standard_normal((2, *size, 64))
     truth = (npconv.conv(x, w, padding=1, algorithm="im2col"),
              npconv.conv_grad_input(dy, w, x.shape, padding=1, algorithm="im2col"))
     x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
@@ -229,7 +232,7 @@ def test_every_algorithm_implements_the_three_computations(algorithm):
 
 
 @pytest.mark.parametrize("algorithm, w_shape, kwargs, match", [
-    ("winograd", (5, 5, 4, 4), {}, r"`algorithm`='winograd' needs a 2-D 3x3 kernel"),
+    ("winograd", (5, 5, 4, 4), {}, r"`algorithm`='winograd' needs a 3x3 or 3x3x3 kernel"),
     ("winograd", (3, 3, 4, 4), {"stride": 2}, "stride=\\(2, 2\\)"),
     ("pointwise", (3, 3, 4, 4), {}, "needs a 1x1 kernel"),
     ("depthwise", (3, 3, 2, 4), {"groups": 2}, "groups == in_channels"),

@@ -54,7 +54,7 @@ ALGORITHMS = {
                   lambda s: _ones(s.kernel_size)),
         Algorithm("depthwise", depthwise, "one input channel per group (groups == in_channels)",
                   lambda s: s.group_in == 1),
-        Algorithm("winograd", winograd, "a 2-D 3x3 kernel with stride 1 and dilation 1",
+        Algorithm("winograd", winograd, "a 3x3 or 3x3x3 kernel with stride 1 and dilation 1",
                   winograd.applies),
         Algorithm("fft", fft, "stride 1 in every dimension", lambda s: _ones(s.stride)),
     )

@@ -78,8 +78,8 @@ def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bo
     chunk_bytes : int, optional
         Target temporaries per chunk, at most `CHUNK_BYTES` (the default).
     """
-    workers = settings.threads if _parallel_ok(xp) else 1
-    workers = max(1, min(workers, n * rows, settings.workspace // max(row_bytes + fixed_bytes, 1)))
+    workers = max(1, min(worker_count(settings, xp), n * rows,
+                         settings.workspace // max(row_bytes + fixed_bytes, 1)))
     share = max(settings.workspace // workers - fixed_bytes, row_bytes)
     target = CHUNK_BYTES if chunk_bytes is None else min(chunk_bytes, CHUNK_BYTES)
     per_chunk = max(1, min(target, share) // row_bytes)          # rows per chunk
@@ -94,6 +94,12 @@ def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bo
         if whole_images:
             return _ByImage(chunks), max(1, min(workers, n))
     return chunks, max(1, min(workers, len(chunks)))
+
+
+def worker_count(settings, xp=np) -> int:
+    """Workers an op may use: the thread count in force, or 1 where chunks run serially
+    (without threadpoolctl, or on CuPy)."""
+    return settings.threads if _parallel_ok(xp) else 1
 
 
 def serial_layer(spec, itemsize: int) -> bool:

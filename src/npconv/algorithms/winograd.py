@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3): 2-D 3x3 stride-1 convolutions with 2.25x fewer multiplications.
+"""Winograd F(2x2, 3x3): 3x3 and 3x3x3 stride-1 convolutions with fewer multiplications.
 
 Each 2x2 block of outputs (a tile) reads a 4x4 block d of the padded input; with
 
@@ -15,18 +15,30 @@ gradient of a stride-1 convolution is a full correlation of dy with the flipped 
 (`_layout.full_correlation`), so it runs through the same code. The weight gradient is the
 forward pass's adjoint in the weights: dU = sum over tiles of V^T (A dy A^T), dw = G^T dU G.
 
+A 3x3x3 kernel is three 3x3 kernels, one per depth offset k: output plane d is
+sum_k conv2d(input plane d + k, w[k]). Every input plane is transformed once and serves the
+three output planes that read it, and the depth sum joins the channel sum: M(d) = sum_k
+V(d + k) U(k), three batched GEMMs per chunk of planes; 12 products per output and channel
+pair instead of 27. Internally a 2-D convolution is the 3-D one with one plane and one depth
+offset. Chunks are (images, planes, tile rows): several images of whole planes for 2-D; one
+image, several whole planes (or tile rows of one plane, when a plane is too large) for 3-D.
+
 Accuracy: the transforms only add, subtract and halve, so the float32 error stays a small multiple
 of the direct method's; docs/algorithms.md states the measured bound and tests/test_algorithms.py
 checks it against a float64 ground truth.
 
-Allocates per worker, for a chunk of R tiles of width T1: the column-transformed slab
-(4 x (R/T1 + 1) x 2 T1 x C), V (16 x R x C), the GEMM output M (16 x R x F) and the row sums of
-the output transform (8 x R x F); for dw, dM (16 x R x F) in M's place and dU (16 x C/G x F).
-Odd output sizes add a padded copy of the input (and of dy for dw) and an output one row or
-column larger, returned cropped as a view.
+Allocates per worker, for a chunk of R output tiles of width T1 reading Ri input tile rows (R
+plus the depth halo): the column-transformed slab (4 x (2 Ri/T1 + 2 planes) x T1 x C), V
+(16 x Ri x C), the GEMM output M (16 x R x F) and, for 3-D, a second one to add the depth
+offsets, and the row sums of the output transform (8 x R x F); for dw, dM and its row sums
+(24 x R x F) in M's place and dU (K_depth x 16 x C/G x F). Odd output sizes add a padded copy of
+the input (and of dy for dw) and an output one row or column larger, returned cropped as a
+view.
 """
 
 from __future__ import annotations
+
+import math
 
 from npconv import _backend, windows
 from npconv._workspace import scratch
@@ -38,19 +50,27 @@ MIN_WIDTH = 24
 """`auto` picks Winograd when C/G * F/G / (C/G + F/G) reaches this: the GEMM it saves scales with
 C * F, the transforms it adds with C + F (measured: docs/benchmarks.md)."""
 
+DEPTH_CHUNK_BYTES = 16 * 2**20
+"""Target temporaries of a 3-D chunk: a chunk of nd output planes transforms nd + 2 input
+planes, so small chunks repeat work (one plane per chunk: three times); 16 MiB holds a whole
+4x8x28x28x32 float32 image, 10 to 13% faster forward plus backward than 4 MiB chunks."""
+
 
 def applies(spec: ConvSpec) -> bool:
-    """A 2-D 3x3 kernel, stride 1, dilation 1."""
-    return (spec.rank == 2 and spec.kernel_size == (3, 3) and spec.stride == (1, 1)
-            and spec.dilation == (1, 1))
+    """A 2-D 3x3 or 3-D 3x3x3 kernel, stride 1, dilation 1."""
+    return (spec.rank in (2, 3) and spec.kernel_size == (3,) * spec.rank
+            and spec.stride == (1,) * spec.rank and spec.dilation == (1,) * spec.rank)
 
 
 def worthwhile(spec: ConvSpec, itemsize: int) -> bool:
-    """Whether `auto` should prefer Winograd to im2col: float64 only. In float32 the GEMM it
-    saves runs twice as fast as in float64 while the transforms cost as much, and forward plus
-    backward measured no faster than im2col (docs/algorithms.md, "Calibration")."""
+    """Whether `auto` should prefer Winograd to im2col: 2-D float64 only. In float32 the GEMM
+    it saves runs twice as fast as in float64 while the transforms cost as much, and forward
+    plus backward measured no faster than im2col; 3-D (4x8x28x28x32, 3x3x3 -> 32) measured 10
+    to 20% slower than im2col in both dtypes, its transforms costing more than the GEMM work
+    they save (docs/algorithms.md, "Calibration")."""
     c, f = spec.group_in, spec.group_out
-    return itemsize >= 8 and c * f / (c + f) >= MIN_WIDTH and min(spec.out_size) >= 8
+    return (spec.rank == 2 and itemsize >= 8 and c * f / (c + f) >= MIN_WIDTH
+            and min(spec.out_size) >= 8)
 
 
 def transform_w(w, spec: ConvSpec):
@@ -112,39 +132,115 @@ def _a_transform(m, out) -> None:
     out[1] -= m[3]
 
 
+def _planes(a, spec: ConvSpec):
+    """(N, *S, C) as (N, D, H, W, C): a 2-D array gets a depth axis of one plane (a view)."""
+    return a if spec.rank == 3 else a[:, None]
+
+
+def _depth_taps(spec: ConvSpec) -> int:
+    return 3 if spec.rank == 3 else 1
+
+
+def _tiles(spec: ConvSpec):
+    """(D, T0, T1): output planes, and tile rows and columns per plane."""
+    d = spec.out_size[0] if spec.rank == 3 else 1
+    return d, -(-spec.out_size[-2] // 2), -(-spec.out_size[-1] // 2)
+
+
+def _even(a, spec: ConvSpec, size):
+    """a (N, *S, C) zero-padded at the end of its last two axes to `size` (a when it fits)."""
+    extra = tuple((0, t - s) for t, s in zip(size, a.shape[-3:-1]))
+    if not any(e for _, e in extra):
+        return a
+    return windows.pad(a, ((0, 0),) * (spec.rank - 2) + extra)
+
+
+def _plan(spec: ConvSpec, itemsize: int, settings, xp, out_width: int, fixed_bytes: int = 0):
+    """Chunks (images, planes, tile rows) and workers. `out_width`: temporaries per output tile
+    and output channel (M and what goes with it)."""
+    d, t0, t1 = _tiles(spec)
+    kd, c, f = _depth_taps(spec), spec.in_channels, spec.out_channels
+
+    def elements(nd, nr):                                        # one image's chunk
+        inputs = (nd + kd - 1) * t1 * c * (4 * (2 * nr + 2) + 16 * nr)
+        return inputs + nd * nr * t1 * f * out_width
+
+    if spec.rank == 2:                                           # whole images or tile rows
+        chunks, workers = _chunks.plan(spec.batch, t0, elements(1, 2) // 2 * itemsize,
+                                       settings, xp=xp, fixed_bytes=fixed_bytes)
+        chunks = [(batch, slice(0, 1), rows) for batch, rows in chunks]
+    else:                                                        # one image: planes or rows
+        workers = _chunks.worker_count(settings, xp)
+        share = max(settings.workspace // workers - fixed_bytes, 0)
+        target = min(DEPTH_CHUNK_BYTES, share) // itemsize
+        nd = max((n for n in range(1, d + 1) if elements(n, t0) <= target), default=0)
+        nr = t0 if nd else max(1, max((r for r in range(1, t0 + 1)
+                                       if elements(1, r) <= target), default=1))
+        nd = max(nd, 1)
+        chunks = [(slice(i, i + 1), slice(p, min(p + nd, d)), slice(r, min(r + nr, t0)))
+                  for i in range(spec.batch) for p in range(0, d, nd) for r in range(0, t0, nr)]
+        workers = max(1, min(workers, len(chunks)))
+    most = max(elements(p.stop - p.start, r.stop - r.start) * (b.stop - b.start)
+               for b, p, r in chunks)
+    return chunks, workers, most
+
+
+def _slab_transform(x3, chunk, kd: int, t1: int, ub, vb):
+    """V (16, n * (nd + kd - 1), R0, T1, C) of the input planes and rows a chunk reads."""
+    batch, planes, rows = chunk
+    slab = x3[batch, planes.start:planes.stop + kd - 1, 2 * rows.start:2 * rows.stop + 2]
+    return _input_transform(slab.reshape(-1, *slab.shape[2:]), t1, ub, vb)
+
+
+def _depth_slices(v, chunk, kd: int):
+    """Per depth offset k, V of the planes read by the chunk's output planes: (16, R, C) views
+    (a chunk holds one image, or one plane per image when kd == 1)."""
+    n, nd = chunk[0].stop - chunk[0].start, chunk[1].stop - chunk[1].start
+    per_image = v.reshape(16, n, nd + kd - 1, -1)                # (16, n, planes, R0*T1*C)
+    c = v.shape[-1]
+    return [per_image[:, :, k:k + nd].reshape(16, -1, c) for k in range(kd)]
+
+
 def forward(xp_, w, spec: ConvSpec, settings):
-    """y (N, *P, F) = conv(xp (N, *Sp, C), w (3, 3, C/G, F)) with stride 1, tile by tile."""
+    """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)) with stride 1, tile by tile."""
     xp = _backend.namespace(xp_, w)
     g, c, f, cg, fg = (spec.groups, spec.in_channels, spec.out_channels, spec.group_in,
                        spec.group_out)
-    t0, t1 = (-(-p // 2) for p in spec.out_size)
-    extra = tuple(2 * t - p for t, p in zip((t0, t1), spec.out_size))
-    if any(extra):
-        xp_ = windows.pad(xp_, tuple((0, e) for e in extra))     # (N, 2T0 + 2, 2T1 + 2, C)
-    u = transform_w(w, spec)                                     # (16, G, C/G, F/G)
-    y = xp.empty((spec.batch, 2 * t0, 2 * t1, f), dtype=xp_.dtype)  # (N, 2T0, 2T1, F)
-    width = 8 * 2 * t1 * c + t1 * (16 * c + 24 * f)              # per tile row, at most
-    chunks, workers = _chunks.plan(spec.batch, t0, width * y.itemsize, settings, xp=xp)
-    most = max((b.stop - b.start) * (r.stop - r.start) for b, r in chunks) * width
+    d, t0, t1 = _tiles(spec)
+    kd = _depth_taps(spec)
+    x3 = _planes(_even(xp_, spec, (2 * t0 + 2, 2 * t1 + 2)), spec)  # (N, Dp, 2T0+2, 2T1+2, C)
+    w3 = w if spec.rank == 3 else w[None]                        # (kd, 3, 3, C/G, F)
+    u = [transform_w(w3[k], spec) for k in range(kd)]            # kd x (16, G, C/G, F/G)
+    y = xp.empty((spec.batch, d, 2 * t0, 2 * t1, f), dtype=xp_.dtype)  # (N, D, 2T0, 2T1, F)
+    chunks, workers, most = _plan(spec, y.itemsize, settings, xp, 24 + 16 * (kd > 1))
 
     def task(chunk, buf):
-        batch, rows = chunk
-        nr = (batch.stop - batch.start) * (rows.stop - rows.start)  # tile rows in the chunk
-        ub, vb, mb, sb = split(buf, 4 * (nr + batch.stop - batch.start) * 2 * t1 * c,
-                               16 * nr * t1 * c,
-                               16 * nr * t1 * f)
-        slab = xp_[batch, 2 * rows.start:2 * rows.stop + 2]      # (n, 2R0 + 2, Wp, C) view
-        v = _input_transform(slab, t1, ub, vb)                   # (16, n, R0, T1, C)
-        lead = v.shape[1:4]                                      # (n, R0, T1)
-        v = v.reshape(16, -1, g, cg).transpose(0, 2, 1, 3)       # (16, G, R, C/G) view
-        m = take(mb, (16, g, v.shape[2], fg))                    # (16, G, R, F/G)
-        xp.matmul(v, u, out=m)
-        m = xp.moveaxis(m.reshape(4, 4, g, *lead, fg), 2, -2)    # (4i, 4j, n, R0, T1, G, F/G)
-        y6 = y[batch, 2 * rows.start:2 * rows.stop].reshape(*lead[:2], 2, t1, 2, g, fg)
+        batch, planes, rows = chunk
+        n = batch.stop - batch.start
+        nd, nr = planes.stop - planes.start, rows.stop - rows.start
+        depth = n * (nd + kd - 1)                                # planes transformed
+        ub, vb, mb, tb, sb = split(buf, 4 * depth * (2 * nr + 2) * t1 * c,
+                                   16 * depth * nr * t1 * c, 16 * n * nd * nr * t1 * f,
+                                   16 * n * nd * nr * t1 * f * (kd > 1))
+        v = _slab_transform(x3, chunk, kd, t1, ub, vb)           # (16, depth, R0, T1, C)
+        lead = (n * nd, nr, t1)                                  # output (planes, R0, T1)
+        m = take(mb, (16, g, math.prod(lead), fg))               # (16, G, R, F/G)
+        for k, vk in enumerate(_depth_slices(v, chunk, kd)):
+            vk = vk.reshape(16, -1, g, cg).transpose(0, 2, 1, 3)  # (16, G, R, C/G) view
+            if k == 0:
+                xp.matmul(vk, u[k], out=m)
+            else:
+                tmp = take(tb, m.shape)
+                xp.matmul(vk, u[k], out=tmp)
+                m += tmp
+        m = xp.moveaxis(m.reshape(4, 4, g, *lead, fg), 2, -2)    # (4i, 4j, ..., G, F/G)
+        y6 = y[batch, planes, 2 * rows.start:2 * rows.stop].reshape(
+            *lead[:2], 2, t1, 2, g, fg)                          # (planes, R0, 2a, T1, 2b, ..)
         _output_transform(m, y6, sb)                             # fills y6, a view of y
 
     _chunks.run(task, chunks, workers, lambda: scratch((most,), y.dtype, xp))
-    return y[:, :spec.out_size[0], :spec.out_size[1]]            # (N, *P, F)
+    y = y[:, :, :spec.out_size[-2], :spec.out_size[-1]]          # (N, D, *P[-2:], F)
+    return y if spec.rank == 3 else y[:, 0]                      # (N, *P, F)
 
 
 def _dy_transform(dy6, buf):
@@ -180,39 +276,41 @@ def _untransform_dw(du, spec: ConvSpec):
 
 
 def grad_weight(xp_, dy, spec: ConvSpec, settings):
-    """dw (3, 3, C/G, F): the adjoint of `forward` in the weights. Per chunk of tiles,
-    dU += V^T dM with V = B^T d B and dM = A dy A^T (16 batched GEMMs); dw = G^T dU G."""
+    """dw (*K, C/G, F): the adjoint of `forward` in the weights. Per chunk of tiles and depth
+    offset k, dU[k] += V(d + k)^T dM(d) with V = B^T d B and dM = A dy A^T (16 batched GEMMs);
+    dw[k] = G^T dU[k] G."""
     xp = _backend.namespace(xp_, dy)
     g, c, f, cg, fg = (spec.groups, spec.in_channels, spec.out_channels, spec.group_in,
                        spec.group_out)
-    t0, t1 = (-(-p // 2) for p in spec.out_size)
-    extra = tuple((0, 2 * t - p) for t, p in zip((t0, t1), spec.out_size))
-    if any(e for _, e in extra):
-        xp_ = windows.pad(xp_, extra)                            # (N, 2T0 + 2, 2T1 + 2, C)
-        dy = windows.pad(dy, extra)                              # (N, 2T0, 2T1, F)
-    width = 8 * 2 * t1 * c + t1 * (16 * c + 24 * f)              # per tile row, at most
-    acc = (16, g, cg, fg)
-    chunks, workers = _chunks.plan(spec.batch, t0, width * dy.itemsize, settings, xp=xp,
-                                   fixed_bytes=16 * cg * f * dy.itemsize)
-    most = max((b.stop - b.start) * (r.stop - r.start) for b, r in chunks) * width
+    d, t0, t1 = _tiles(spec)
+    kd = _depth_taps(spec)
+    x3 = _planes(_even(xp_, spec, (2 * t0 + 2, 2 * t1 + 2)), spec)  # (N, Dp, 2T0+2, 2T1+2, C)
+    dy3 = _planes(_even(dy, spec, (2 * t0, 2 * t1)), spec)      # (N, D, 2T0, 2T1, F)
+    acc = (kd, 16, g, cg, fg)
+    chunks, workers, most = _plan(spec, dy.itemsize, settings, xp, 24,
+                                  fixed_bytes=math.prod(acc) * dy.itemsize)
 
     def task(chunk, state):
-        (batch, rows), (buf, du) = chunk, state
-        nr = (batch.stop - batch.start) * (rows.stop - rows.start)  # tile rows in the chunk
-        ub, vb, mb = split(buf, 4 * (nr + batch.stop - batch.start) * 2 * t1 * c,
-                           16 * nr * t1 * c)
-        v = _input_transform(xp_[batch, 2 * rows.start:2 * rows.stop + 2], t1, ub, vb)
-        v = v.reshape(16, -1, g, cg).transpose(0, 2, 3, 1)       # (16, G, C/G, R) view
-        dy6 = dy[batch, 2 * rows.start:2 * rows.stop].reshape(
-            -1, rows.stop - rows.start, 2, t1, 2, g, fg)         # (n, R0, 2a, T1, 2b, G, F/G)
+        (batch, planes, rows), (buf, du) = chunk, state
+        n = batch.stop - batch.start
+        nd, nr = planes.stop - planes.start, rows.stop - rows.start
+        depth = n * (nd + kd - 1)
+        ub, vb, mb = split(buf, 4 * depth * (2 * nr + 2) * t1 * c, 16 * depth * nr * t1 * c)
+        v = _slab_transform(x3, chunk, kd, t1, ub, vb)           # (16, depth, R0, T1, C)
+        dy6 = dy3[batch, planes, 2 * rows.start:2 * rows.stop].reshape(
+            n * nd, nr, 2, t1, 2, g, fg)                         # (planes, R0, 2a, T1, 2b, ..)
         dm = _dy_transform(dy6, mb).reshape(16, -1, g, fg)       # (16, R, G, F/G)
-        du += xp.matmul(v, dm.transpose(0, 2, 1, 3))             # (16, G, C/G, F/G)
+        dm = dm.transpose(0, 2, 1, 3)                            # (16, G, R, F/G)
+        for k, vk in enumerate(_depth_slices(v, chunk, kd)):
+            vk = vk.reshape(16, -1, g, cg).transpose(0, 2, 3, 1)  # (16, G, C/G, R) view
+            du[k] += xp.matmul(vk, dm)                           # (16, G, C/G, F/G)
 
     def state():
         return scratch((most,), dy.dtype, xp), xp.zeros(acc, dtype=dy.dtype)
 
-    du = sum(d for _, d in _chunks.run(task, chunks, workers, state))
-    return _untransform_dw(du, spec)
+    du = sum(d_ for _, d_ in _chunks.run(task, chunks, workers, state))
+    dw = xp.stack([_untransform_dw(du[k], spec) for k in range(kd)])  # (kd, 3, 3, C/G, F)
+    return dw if spec.rank == 3 else dw[0]
 
 
 def grad_input(dy, w, spec: ConvSpec, settings):
