@@ -17,7 +17,7 @@ from strategies import min_size
 
 import npconv
 from npconv import _config, algorithms, reference
-from npconv.algorithms import _chunks
+from npconv.algorithms import _chunks, winograd
 from npconv.spec import conv_spec
 
 ALGORITHMS = tuple(npconv.ALGORITHMS)
@@ -163,6 +163,30 @@ def test_float32_error_against_float64_ground_truth(algorithm, size):
     for got, base in zip(errors(algorithm), direct):
         assert got < WINOGRAD_F32_BOUND
         assert got < 4 * base
+
+
+@pytest.mark.parametrize("depth_chunk", [8 * 2**20, 100_000, 1])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_winograd_3d_chunks_of_planes_and_rows(depth_chunk, threads):
+    """3-D Winograd chunks: whole images, a few planes (each chunk transforms its two halo
+    planes again), or tile rows of one plane (a plane over the chunk size), odd sizes."""
+    x_shape, w_shape = (2, 5, 9, 7, 6), (3, 3, 3, 3, 4)
+    kwargs = dict(padding=((1, 1), (1, 0), (0, 1)), groups=2)
+    x, w, dy = _arrays(x_shape, w_shape, kwargs, np.float64)
+    want = (reference.conv(x, w, **kwargs), *reference.conv_backward(dy, x, w, bias=False,
+                                                                     **kwargs)[:2])
+    with (npconv.config(threads=threads), mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0),
+          mock.patch.object(winograd, "DEPTH_CHUNK_BYTES", depth_chunk)):
+        spec = conv_spec(x_shape, w_shape, **kwargs)
+        chunks = winograd._plan(spec, 8, _config.resolve(None), np, 40)[0]
+        got = (npconv.conv(x, w, algorithm="winograd", **kwargs),
+               *npconv.conv_backward(dy, x, w, bias=False, algorithm="winograd", **kwargs)[:2])
+    planes = {c[1].stop - c[1].start for c in chunks}
+    rows = {c[2].stop - c[2].start for c in chunks}
+    expected = {8 * 2**20: ({5}, {4}), 100_000: ({2, 1}, {4}), 1: ({1}, {1})}[depth_chunk]
+    assert (planes, rows) == expected                            # P = (5, 8, 6): T0 = 4
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-10
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
