@@ -562,14 +562,20 @@ def write_markdown(path: Path, results, gemm, threads, command: str, elapsed: fl
              "one fwd+bwd (outputs included; PyTorch's allocator is not visible to it). PyTorch "
              "runs channels_last data both as channels_last tensors and as contiguous NC* "
              "copies, and the faster counts ('torch layout'; fwd and fwd+bwd each keep their "
-             "faster).", "",
+             "faster). Both allocate through glibc's malloc with its default settings, which "
+             "maps large blocks afresh (page faults on every call) or reuses them depending on "
+             "what was freed before; PyTorch's times move most with that (depthwise float32 "
+             "fwd+bwd: 6 to 24 ms between runs). With MALLOC_MMAP_THRESHOLD_ and "
+             "MALLOC_TRIM_THRESHOLD_ set to 4 GiB in the environment, so that freed memory "
+             "is always reused, PyTorch is faster and more stable and npconv changes little "
+             "(docs/algorithms.md, \"Measuring\").", "",
              "## Summary", "", *summary(results), "", "## Results", "", HEADER,
              "|" + "---|" * (HEADER.count("|") - 1),
              *(row(r) for r in results), "",
              "## Threads", "",
              "npconv float32 forward plus backward on one core (`threads=1`), with the default "
              "(a worker per core with BLAS on one thread, or serial with BLAS threads for layers "
-             "whose window matrices are under 16 MiB: docs/algorithms.md, \"Threads\") and "
+             "whose forward window matrix is under 16 MiB: docs/algorithms.md, \"Threads\") and "
              "with every layer serial and BLAS-threaded, as the earlier design ran the "
              "GEMM-bound algorithms. Same alternating protocol, fewer rounds.", "", *THREADS_HEADER, *threads, ""]
     path.write_text("\n".join(lines))
