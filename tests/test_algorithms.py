@@ -165,28 +165,37 @@ def test_float32_error_against_float64_ground_truth(algorithm, size):
         assert got < 4 * base
 
 
-@pytest.mark.parametrize("depth_chunk", [8 * 2**20, 100_000, 1])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_winograd_3d_chunks_of_planes_and_rows(depth_chunk, threads):
-    """3-D Winograd chunks: whole images, a few planes (each chunk transforms its two halo
-    planes again), or tile rows of one plane (a plane over the chunk size), odd sizes."""
-    x_shape, w_shape = (2, 5, 9, 7, 6), (3, 3, 3, 3, 4)
+@pytest.mark.parametrize("depth_chunk, x_shape, planes, rows", [
+    (8 * 2**20, (2, 5, 9, 7, 6), {5}, {4}),      # whole images
+    (100_000, (2, 5, 9, 7, 6), {2, 1}, {4}),     # two planes per chunk, halo planes repeated
+    (40_000, (2, 5, 9, 7, 6), {1}, {2}),         # a plane is too large: two tile rows
+    (1, (2, 5, 9, 7, 6), {1}, {1}),              # nothing fits: one tile row
+    (8 * 2**20, (1, 5, 9, 7, 6), {3, 2}, {4}),   # one image, two workers: split its planes
+    (8 * 2**20, (1, 1, 9, 7, 6), {1}, {2}),      # one plane, two workers: split its rows
+])
+def test_winograd_3d_chunks(depth_chunk, x_shape, planes, rows):
+    """3-D Winograd's chunks, planned for two workers, give the reference's y, dx and dw on
+    one and two workers (odd sizes, groups). Output (5 or 1, 8, 6): T0 = 4 tile rows."""
+    w_shape = (3, 3, 3, 3, 4)
     kwargs = dict(padding=((1, 1), (1, 0), (0, 1)), groups=2)
     x, w, dy = _arrays(x_shape, w_shape, kwargs, np.float64)
     want = (reference.conv(x, w, **kwargs), *reference.conv_backward(dy, x, w, bias=False,
                                                                      **kwargs)[:2])
-    with (npconv.config(threads=threads), mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0),
+    spec = conv_spec(x_shape, w_shape, **kwargs)
+    with (mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0),
           mock.patch.object(winograd, "DEPTH_CHUNK_BYTES", depth_chunk)):
-        spec = conv_spec(x_shape, w_shape, **kwargs)
-        chunks = winograd._plan(spec, 8, _config.resolve(None), np, 40)[0]
-        got = (npconv.conv(x, w, algorithm="winograd", **kwargs),
-               *npconv.conv_backward(dy, x, w, bias=False, algorithm="winograd", **kwargs)[:2])
-    planes = {c[1].stop - c[1].start for c in chunks}
-    rows = {c[2].stop - c[2].start for c in chunks}
-    expected = {8 * 2**20: ({5}, {4}), 100_000: ({2, 1}, {4}), 1: ({1}, {1})}[depth_chunk]
-    assert (planes, rows) == expected                            # P = (5, 8, 6): T0 = 4
-    for a, b in zip(got, want):
-        assert rel_err(a, b) < 1e-10
+        for threads in (1, 2):
+            with npconv.config(threads=threads):
+                got = (npconv.conv(x, w, algorithm="winograd", **kwargs),
+                       *npconv.conv_backward(dy, x, w, bias=False, algorithm="winograd",
+                                             **kwargs)[:2])
+            for a, b in zip(got, want):
+                assert rel_err(a, b) < 1e-10
+        settings = _config.Settings(workspace=2**30, threads=2)
+        with mock.patch.object(_chunks, "_parallel_ok", lambda xp: True):
+            chunks = winograd._plan(spec, 8, settings, np, winograd._out_width(spec))[0]
+    assert {c[1].stop - c[1].start for c in chunks} == planes
+    assert {c[2].stop - c[2].start for c in chunks} == rows
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

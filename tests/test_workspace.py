@@ -41,11 +41,13 @@ def _nbytes(*arrays) -> int:
     return sum(a.nbytes for a in arrays if a is not None)
 
 
-CASES = {       # algorithm: (x shape, w shape, keywords); the full window matrix is >> limit
+CASES = {       # algorithm (its first word): (x shape, w shape, keywords); the full window
+                # matrix is >> limit
     "im2col": ((2, 40, 40, 4), (7, 7, 4, 4), {"padding": 3}),
     "offsets": ((2, 40, 40, 8), (5, 5, 8, 8), {"padding": 2}),
     "depthwise": ((2, 40, 40, 16), (5, 5, 1, 16), {"padding": 2, "groups": 16}),
     "winograd": ((2, 40, 40, 16), (3, 3, 16, 16), {"padding": 1}),
+    "winograd 3-D": ((2, 6, 20, 20, 8), (3, 3, 3, 8, 8), {"padding": 1}),
     "fft": ((8, 64, 64, 2), (15, 15, 2, 2), {"padding": 7}),   # one image's spectra < limit
     "pointwise": ((4, 80, 80, 8), (1, 1, 8, 8), {"stride": 2}),  # its "window matrix": the grid
 }
@@ -53,9 +55,10 @@ LIMIT = 128 * KIB
 LIMITS = {"fft": 2048 * KIB}
 
 
-@pytest.mark.parametrize("algorithm", sorted(CASES))
-def test_small_workspace_same_result_bounded_memory(algorithm, rng):
-    x_shape, w_shape, kw = CASES[algorithm]
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_small_workspace_same_result_bounded_memory(case, rng):
+    x_shape, w_shape, kw = CASES[case]
+    algorithm = case.split()[0]
     limit = LIMITS.get(algorithm, LIMIT)
     spec = conv_spec(x_shape, w_shape, **{k: v for k, v in kw.items()})
     x = rng.standard_normal(x_shape)
@@ -157,10 +160,11 @@ def test_per_call_workspace_error():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("algorithm", sorted(CASES))
-def test_results_never_share_pooled_memory(algorithm, rng):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_results_never_share_pooled_memory(case, rng):
     """Call after call reuses the pooled scratch; no earlier result may change."""
-    x_shape, w_shape, kw = CASES[algorithm]
+    x_shape, w_shape, kw = CASES[case]
+    algorithm = case.split()[0]
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     dy = rng.standard_normal(conv_spec(x_shape, w_shape, **kw).y_shape())
     first = (npconv.conv(x, w, algorithm=algorithm, **kw),

@@ -3,7 +3,8 @@
 Every chunked algorithm walks the output in chunks of whole images, or of output rows of one
 image when an image's temporaries exceed the chunk size; a chunk is a pair of slices
 `(batch, rows)` that indexes any array whose leading axes are (N, P0, ...) (the output, dy, the
-window view), so one chunk is always a contiguous block of the output. `plan` sizes the chunks so
+window view), so one chunk is always a contiguous block of the output. (Winograd's chunks are
+triples, (images, planes, tile rows), planned by `algorithms.winograd`; `run` takes any.) `plan` sizes the chunks so
 that every worker's buffers fit in its share of the workspace limit, and `run` calls a task on
 every chunk from `threads` workers: the calling thread plus a shared pool. NumPy releases the GIL
 inside copies, ufuncs and BLAS calls, so the workers overlap.
@@ -48,9 +49,9 @@ CHUNK_BYTES = 4 * 2**20
 and keep GEMMs efficient, small enough to stay in the last-level cache."""
 
 MIN_PARALLEL_BYTES = 16 * 2**20
-"""Layers whose largest window matrix is smaller than this run serially, BLAS threading their
-GEMMs (`serial_layer`): workers cost more than they save there (LeNet-sized layers: 30% slower
-on two workers). Copies smaller than this stay on one thread too (`copyto`)."""
+"""Layers whose forward window matrix is smaller than this run serially, BLAS threading their
+GEMMs (`serial_layer`): workers cost more than they save there (LeNet-sized layers: 20 to 40%
+slower on two workers). Copies smaller than this stay on one thread too (`copyto`)."""
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -108,8 +109,10 @@ def serial_layer(spec, itemsize: int) -> bool:
     Decided once per layer, from its forward window matrix (N*P x prod(K)*C, whatever the
     algorithm), so that a layer's forward and gradients never mix BLAS-threaded steps with
     worker-run ones: OpenBLAS's threads keep spinning after a call, on the cores the workers
-    need (see the module docstring). The input gradient's larger matrix (N*Sp x prod(K)*F)
-    used to count too; that put the LeNet layers on the workers, 20 to 40% slower.
+    need (see the module docstring). The forward's matrix is also the size of the input
+    gradient's scatter (dcols) and of the weight gradient's; only the stride-1 input gradient,
+    a full correlation, reads a larger one (N*Sp x prod(K)*F). Counting that one too put the
+    LeNet layers on the workers, 20 to 40% slower.
     """
     windows = math.prod(spec.out_size) * math.prod(spec.kernel_size) * spec.in_channels
     return spec.batch * windows * itemsize < MIN_PARALLEL_BYTES

@@ -1,7 +1,8 @@
 """Shared layout helpers of the algorithms: grouped views, chunk windows, the full correlation.
 
 Arrays are channels_last: padded input xp (N, *Sp, C), weight w (*K, C/G, F), output and dy
-(N, *P, F). A chunk is a pair (batch slice, row slice) over the output's leading axes (N, P0).
+(N, *P, F). A chunk is a pair (batch slice, row slice) over the output's leading axes (N, P0)
+(Winograd's are triples, see `algorithms.winograd`).
 """
 
 from __future__ import annotations
@@ -54,20 +55,20 @@ def chunk_windows(spec: ConvSpec, chunk):
     pixels that offset reads for the chunk's output positions: p * stride + k * dilation."""
     batch, rows = chunk
     s0 = spec.stride[0]
-    for k, start, rest in _offset_slices(spec):
+    for k, start, rest in _offset_slices(spec.kernel_size, spec.dilation, spec.stride,
+                                         spec.out_size):
         first = slice(rows.start * s0 + start, (rows.stop - 1) * s0 + start + 1, s0)
         yield k, (batch, first, *rest)
 
 
 @functools.lru_cache(maxsize=64)
-def _offset_slices(spec: ConvSpec):
+def _offset_slices(kernel_size, d, s, p):
     """Per kernel offset k: (k, k0 * d0, the slices of the other spatial axes), built once per
     geometry (LeNet-sized layers spent 6% of their time rebuilding them chunk by chunk)."""
-    d, p, s = spec.dilation, spec.out_size, spec.stride
     return tuple(
         (k, k[0] * d[0], tuple(slice(kk * dd, kk * dd + (pp - 1) * ss + 1, ss)
                                for kk, dd, pp, ss in zip(k[1:], d[1:], p[1:], s[1:])))
-        for k in itertools.product(*map(range, spec.kernel_size)))
+        for k in itertools.product(*map(range, kernel_size)))
 
 
 def full_correlation(spec: ConvSpec, interior: bool = False):

@@ -20,20 +20,21 @@ sum_k conv2d(input plane d + k, w[k]). Every input plane is transformed once and
 three output planes that read it, and the depth sum joins the channel sum: M(d) = sum_k
 V(d + k) U(k), three batched GEMMs per chunk of planes; 12 products per output and channel
 pair instead of 27. Internally a 2-D convolution is the 3-D one with one plane and one depth
-offset. Chunks are (images, planes, tile rows): several images of whole planes for 2-D; one
-image, several whole planes (or tile rows of one plane, when a plane is too large) for 3-D.
+offset. Chunks are (images, planes, tile rows): for 2-D, whole images or tile rows of one
+image (`_chunks.plan`); for 3-D, one image's output planes, or tile rows of one plane when a
+plane does not fit.
 
 Accuracy: the transforms only add, subtract and halve, so the float32 error stays a small multiple
 of the direct method's; docs/algorithms.md states the measured bound and tests/test_algorithms.py
 checks it against a float64 ground truth.
 
-Allocates per worker, for a chunk of R output tiles of width T1 reading Ri input tile rows (R
-plus the depth halo): the column-transformed slab (4 x (2 Ri/T1 + 2 planes) x T1 x C), V
-(16 x Ri x C), the GEMM output M (16 x R x F) and, for 3-D, a second one to add the depth
-offsets, and the row sums of the output transform (8 x R x F); for dw, dM and its row sums
-(24 x R x F) in M's place and dU (K_depth x 16 x C/G x F). Odd output sizes add a padded copy of
-the input (and of dy for dw) and an output one row or column larger, returned cropped as a
-view.
+Allocates per worker, for a chunk of R output tiles (T1 per tile row) that reads Ri input tiles
+(R plus, for 3-D, the tiles of the two halo planes): the column-transformed slab (4 x the input
+rows read x T1 x C), V (16 x Ri x C), the GEMM output M (16 x R x F) and the row sums of the
+output transform (8 x R x F), plus for 3-D a second M to add each depth offset's product into;
+for dw, dM and its row sums (24 x R x F) in M's place and dU (K_depth x 16 x C/G x F). Odd
+output sizes add a padded copy of the input (and of dy for dw) and an output one row or column
+larger, returned cropped as a view.
 """
 
 from __future__ import annotations
@@ -155,9 +156,19 @@ def _even(a, spec: ConvSpec, size):
     return windows.pad(a, ((0, 0),) * (spec.rank - 2) + extra)
 
 
+FORWARD_WIDTH, WEIGHT_WIDTH = 24, 24
+"""Temporaries per output tile and output channel: M (16) and the output transform's row sums
+(8) for the forward pass, dM (16) and its row sums (8) for dw; a 3-D forward adds a second M
+(16) to accumulate the depth offsets in (`_out_width`)."""
+
+
+def _out_width(spec: ConvSpec) -> int:
+    return FORWARD_WIDTH + 16 * (_depth_taps(spec) > 1)
+
+
 def _plan(spec: ConvSpec, itemsize: int, settings, xp, out_width: int, fixed_bytes: int = 0):
-    """Chunks (images, planes, tile rows) and workers. `out_width`: temporaries per output tile
-    and output channel (M and what goes with it)."""
+    """Chunks (images, planes, tile rows), workers, and the largest chunk's temporaries (in
+    elements). `out_width`: temporaries per output tile and output channel."""
     d, t0, t1 = _tiles(spec)
     kd, c, f = _depth_taps(spec), spec.in_channels, spec.out_channels
 
@@ -166,23 +177,36 @@ def _plan(spec: ConvSpec, itemsize: int, settings, xp, out_width: int, fixed_byt
         return inputs + nd * nr * t1 * f * out_width
 
     if spec.rank == 2:                                           # whole images or tile rows
-        chunks, workers = _chunks.plan(spec.batch, t0, elements(1, 2) // 2 * itemsize,
-                                       settings, xp=xp, fixed_bytes=fixed_bytes)
+        chunks, workers = _chunks.plan(spec.batch, t0, elements(1, 1) * itemsize, settings,
+                                       xp=xp, fixed_bytes=fixed_bytes)
         chunks = [(batch, slice(0, 1), rows) for batch, rows in chunks]
-    else:                                                        # one image: planes or rows
-        workers = _chunks.worker_count(settings, xp)
-        share = max(settings.workspace // workers - fixed_bytes, 0)
-        target = min(DEPTH_CHUNK_BYTES, share) // itemsize
-        nd = max((n for n in range(1, d + 1) if elements(n, t0) <= target), default=0)
-        nr = t0 if nd else max(1, max((r for r in range(1, t0 + 1)
-                                       if elements(1, r) <= target), default=1))
-        nd = max(nd, 1)
-        chunks = [(slice(i, i + 1), slice(p, min(p + nd, d)), slice(r, min(r + nr, t0)))
-                  for i in range(spec.batch) for p in range(0, d, nd) for r in range(0, t0, nr)]
-        workers = max(1, min(workers, len(chunks)))
+    else:
+        chunks, workers = _plan_planes(spec, d, t0, elements, itemsize, settings, xp,
+                                       fixed_bytes)
     most = max(elements(p.stop - p.start, r.stop - r.start) * (b.stop - b.start)
                for b, p, r in chunks)
     return chunks, workers, most
+
+
+def _plan_planes(spec: ConvSpec, d: int, t0: int, elements, itemsize: int, settings, xp,
+                 fixed_bytes: int):
+    """3-D chunks, one image each: as many whole output planes as fit in DEPTH_CHUNK_BYTES and
+    the worker's share of the workspace, else tile rows of one plane; split further when there
+    are fewer chunks than workers."""
+    smallest = elements(1, 1) * itemsize + fixed_bytes
+    workers = max(1, min(_chunks.worker_count(settings, xp), settings.workspace // smallest))
+    share = max(settings.workspace // workers - fixed_bytes, 0)
+    target = min(DEPTH_CHUNK_BYTES, share) // itemsize
+    need = -(-workers // spec.batch)                             # chunks per image, at least
+    nd = max((n for n in range(1, d + 1) if elements(n, t0) <= target), default=0)
+    nd = min(nd, -(-d // need))
+    if nd:
+        nr = t0 if -(-d // nd) >= need else -(-t0 // need)
+    else:
+        nd, nr = 1, max((r for r in range(1, t0 + 1) if elements(1, r) <= target), default=1)
+    chunks = [(slice(i, i + 1), slice(p, min(p + nd, d)), slice(r, min(r + nr, t0)))
+              for i in range(spec.batch) for p in range(0, d, nd) for r in range(0, t0, nr)]
+    return chunks, max(1, min(workers, len(chunks)))
 
 
 def _slab_transform(x3, chunk, kd: int, t1: int, ub, vb):
@@ -193,9 +217,11 @@ def _slab_transform(x3, chunk, kd: int, t1: int, ub, vb):
 
 
 def _depth_slices(v, chunk, kd: int):
-    """Per depth offset k, V of the planes read by the chunk's output planes: (16, R, C) views
-    (a chunk holds one image, or one plane per image when kd == 1)."""
+    """Per depth offset k, V of the planes read by the chunk's output planes: (16, R, C) views.
+    They (and the chunk's output planes, written through a reshaped view of y) stay views
+    because a chunk holds one image, or whole images of one plane (kd == 1)."""
     n, nd = chunk[0].stop - chunk[0].start, chunk[1].stop - chunk[1].start
+    assert n == 1 or kd == 1, "a 3-D chunk must hold one image"
     per_image = v.reshape(16, n, nd + kd - 1, -1)                # (16, n, planes, R0*T1*C)
     c = v.shape[-1]
     return [per_image[:, :, k:k + nd].reshape(16, -1, c) for k in range(kd)]
@@ -212,7 +238,7 @@ def forward(xp_, w, spec: ConvSpec, settings):
     w3 = w if spec.rank == 3 else w[None]                        # (kd, 3, 3, C/G, F)
     u = [transform_w(w3[k], spec) for k in range(kd)]            # kd x (16, G, C/G, F/G)
     y = xp.empty((spec.batch, d, 2 * t0, 2 * t1, f), dtype=xp_.dtype)  # (N, D, 2T0, 2T1, F)
-    chunks, workers, most = _plan(spec, y.itemsize, settings, xp, 24 + 16 * (kd > 1))
+    chunks, workers, most = _plan(spec, y.itemsize, settings, xp, _out_width(spec))
 
     def task(chunk, buf):
         batch, planes, rows = chunk
@@ -287,7 +313,7 @@ def grad_weight(xp_, dy, spec: ConvSpec, settings):
     x3 = _planes(_even(xp_, spec, (2 * t0 + 2, 2 * t1 + 2)), spec)  # (N, Dp, 2T0+2, 2T1+2, C)
     dy3 = _planes(_even(dy, spec, (2 * t0, 2 * t1)), spec)      # (N, D, 2T0, 2T1, F)
     acc = (kd, 16, g, cg, fg)
-    chunks, workers, most = _plan(spec, dy.itemsize, settings, xp, 24,
+    chunks, workers, most = _plan(spec, dy.itemsize, settings, xp, WEIGHT_WIDTH,
                                   fixed_bytes=math.prod(acc) * dy.itemsize)
 
     def task(chunk, state):
