@@ -3,10 +3,11 @@
 Every chunked algorithm walks the output in chunks of whole images, or of output rows of one
 image when an image's temporaries exceed the chunk size; a chunk is a pair of slices
 `(batch, rows)` that indexes any array whose leading axes are (N, P0, ...) (the output, dy, the
-window view), so one chunk is always a contiguous block of the output. (Winograd's chunks are
-triples, (images, planes, tile rows), planned by `algorithms.winograd`; `run` takes any.) `plan` sizes the chunks so
-that every worker's buffers fit in its share of the workspace limit, and `run` calls a task on
-every chunk from `threads` workers: the calling thread plus a shared pool. NumPy releases the GIL
+window view), so one chunk is always a contiguous block of the output (Winograd's chunks are
+triples, (images, planes, tile rows), planned by `algorithms.winograd`; `run` takes any).
+`plan` sizes the chunks so that every worker's buffers fit in its share of the workspace limit,
+and `run` calls a task on every chunk from `threads` workers: the calling thread plus a shared
+pool. NumPy releases the GIL
 inside copies, ufuncs and BLAS calls, so the workers overlap.
 
 While workers run, BLAS is held to one thread (through threadpoolctl, when installed): two
@@ -15,8 +16,8 @@ effect, its threads keep spinning for about 0.1 s after each call, waiting for m
 the very cores the workers of the next step need (measured on the benchmark machine: a
 worker-run forward took 28 ms after a pause and 45 ms right after a two-threaded GEMM). So every
 algorithm, GEMM-bound or not, runs its chunks on the workers, and BLAS calls of an op outside
-`run` (the bias gradient) hold BLAS to one thread too (`single_blas`). Small layers (window
-matrices under `MIN_PARALLEL_BYTES`; `serial_layer`, decided once for a layer's forward and
+`run` (the bias gradient) hold BLAS to one thread too (`single_blas`). Small layers (forward
+window matrix under `MIN_PARALLEL_BYTES`; `serial_layer`, decided once for a layer's forward and
 both gradients, so that they never mix the two regimes) run serially instead, BLAS threading
 their GEMMs: waking a parked worker costs more than it saves there, while OpenBLAS's spinning
 threads answer at once.
@@ -177,7 +178,7 @@ def copyto(dst, src) -> None:
     large enough (`MIN_PARALLEL_BYTES`)."""
     xp = _backend.namespace(dst)
     n = dst.shape[0] if dst.ndim else 1
-    workers = _config.resolve(None).threads if _parallel_ok(xp) else 1
+    workers = worker_count(_config.resolve(None), xp)
     if dst.nbytes < MIN_PARALLEL_BYTES or min(workers, n) < 2:
         xp.copyto(dst, src)
         return
