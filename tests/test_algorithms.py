@@ -17,7 +17,7 @@ from strategies import min_size
 
 import npconv
 from npconv import _config, algorithms, reference
-from npconv.algorithms import _chunks, winograd
+from npconv.algorithms import _chunks, im2col, winograd
 from npconv.spec import conv_spec
 
 ALGORITHMS = tuple(npconv.ALGORITHMS)
@@ -218,6 +218,57 @@ def test_threads_agree_and_are_reproducible(algorithm, chunk_bytes, data):
     for a, b, c in zip(one, two, again):
         assert rel_err(b, a) < 1e-12
         assert np.array_equal(b, c)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", [
+    ((2, 6, 5, 7, 8), (3, 3, 2, 8, 5), {"padding": 1}),
+    ((1, 9, 6, 5, 9), (3, 2, 2, 9, 4), {"stride": (2, 1, 2), "padding": ((1, 0), (0, 1), (1, 1))}),
+    ((3, 8, 7, 6, 6), (5, 3, 3, 6, 3), {"stride": (3, 2, 1), "dilation": (1, 2, 1), "padding": 2}),
+    ((1, 3, 6, 6, 16), (2, 1, 1, 16, 7), {}),                  # one window column per row
+])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_depth_ring(x_shape, w_shape, kwargs, dtype):
+    """3-D im2col through the depth ring (forced by a small chunk size): y, dx, dw and db equal
+    the reference on one and two workers, with spans that split images (N = 1, 3) or not."""
+    x, w, dy = _arrays(x_shape, w_shape, kwargs, dtype)
+    b = np.random.default_rng(1).standard_normal(w_shape[-1]).astype(dtype)
+    want = (reference.conv(x, w, b, **kwargs), *reference.conv_backward(dy, x, w, **kwargs))
+    rings = []
+    ring_task = im2col._ring_task
+
+    def spy(win, spec, step):
+        rings.append(spec.kernel_size)
+        return ring_task(win, spec, step)
+
+    with (mock.patch.object(_chunks, "CHUNK_BYTES", 64),
+          mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0),
+          mock.patch.object(im2col, "_ring_task", spy)):
+        for threads in (1, 2):
+            with npconv.config(threads=threads):
+                got = (npconv.conv(x, w, b, algorithm="im2col", **kwargs),
+                       *npconv.conv_backward(dy, x, w, algorithm="im2col", **kwargs))
+            for a, e in zip(got, want):
+                assert a.dtype == dtype and rel_err(a, e) < TOL[dtype]
+    assert len(rings) >= 4                                       # forward and dw, both times
+
+
+@pytest.mark.parametrize("n, rows, workers", [(4, 8, 2), (3, 8, 2), (1, 7, 2), (5, 3, 3), (2, 1, 2)])
+def test_plan_spans(n, rows, workers):
+    """`plan_spans` cuts the N * P0 rows, in order, into one contiguous span per worker (equal
+    to a row), each span into pieces of one image; the workspace bounds the worker count."""
+    pytest.importorskip("threadpoolctl")
+    settings = _config.Settings(workspace=2**20, threads=workers)
+    chunks, got = _chunks.plan_spans(n, rows, 100, settings)
+    assert got == min(workers, n * rows)
+    spans = [chunks.deal(i, got) for i in range(got)]
+    flat = [(c[0].start, r) for span in spans for c in span
+            for r in range(c[1].start, c[1].stop)]
+    assert flat == [(i, r) for i in range(n) for r in range(rows)]
+    assert list(chunks) == [c for span in spans for c in span]
+    sizes = [sum(c[1].stop - c[1].start for c in span) for span in spans]
+    assert max(sizes) - min(sizes) <= 1
+    assert all(c[0].stop - c[0].start == 1 for c in chunks)
+    assert _chunks.plan_spans(n, rows, 2**19, settings, fixed_bytes=2**18)[1] == 1
 
 
 def test_plan_deals_image_rows_by_image():

@@ -25,8 +25,9 @@ With `threads=1` BLAS is held to one thread throughout. Without threadpoolctl, o
 chunks run one after another on the calling thread and BLAS keeps its own threads.
 
 Work is dealt to the workers round-robin in a fixed order (by image, for plans whose chunks may
-not share an image between workers) and per-worker partial sums are added in worker order, so
-results are reproducible for a given thread count.
+not share an image between workers; as one contiguous span per worker for `plan_spans`) and
+per-worker partial sums are added in worker order, so results are reproducible for a given
+thread count.
 """
 
 from __future__ import annotations
@@ -127,6 +128,38 @@ class _ByImage(list):
         return [c for c in self if c[0].start % workers == i]
 
 
+def plan_spans(n: int, rows: int, row_bytes: int, settings, *, xp=np, fixed_bytes: int = 0):
+    """Chunks and workers for tasks whose temporaries do not grow with the chunk: the N * P0
+    output rows, in order, cut into one contiguous span per worker (equal to a row), and each
+    span into its pieces of one image, `(batch, rows)` pairs. A task that must load a halo at
+    the start of every chunk (`im2col`'s depth ring) loads as few as the images allow.
+    `row_bytes + fixed_bytes`: one worker's temporaries, which bound the worker count."""
+    workers = max(1, min(worker_count(settings, xp), n * rows,
+                         settings.workspace // max(row_bytes + fixed_bytes, 1)))
+    bounds = [n * rows * i // workers for i in range(workers + 1)]
+    spans = []
+    for start, stop in zip(bounds, bounds[1:]):
+        pieces = []
+        while start < stop:
+            image, first = divmod(start, rows)
+            end = min(stop, (image + 1) * rows)
+            pieces.append((slice(image, image + 1), slice(first, end - image * rows)))
+            start = end
+        spans.append(pieces)
+    return _Spans(spans), workers
+
+
+class _Spans(list):
+    """The chunks of `plan_spans`, in order; worker i takes the pieces of span i."""
+
+    def __init__(self, spans):
+        super().__init__(c for span in spans for c in span)
+        self.spans = spans
+
+    def deal(self, i: int, workers: int) -> list:
+        return self.spans[i]
+
+
 def rows_of(chunk, out_size) -> int:
     """Output positions in a chunk: images x rows x prod(P[1:])."""
     batch, rows = chunk
@@ -138,8 +171,8 @@ def run(task, chunks, workers: int, make_state):
 
     `make_state()` builds one worker's buffers and accumulators (in the calling thread, so that
     scratch memory comes from its `_workspace.scope`); chunk i goes to worker i % workers
-    (for `_ByImage` chunks, every chunk of image j to worker j % workers), and each worker
-    processes its chunks in order.
+    (for `_ByImage` chunks, every chunk of image j to worker j % workers; for `plan_spans`'
+    chunks, span i to worker i), and each worker processes its chunks in order.
     """
     states = [make_state() for _ in range(workers)]
     if workers == 1:
@@ -148,7 +181,7 @@ def run(task, chunks, workers: int, make_state):
         return states
 
     def work(i):
-        mine = chunks.deal(i, workers) if isinstance(chunks, _ByImage) else chunks[i::workers]
+        mine = chunks.deal(i, workers) if hasattr(chunks, "deal") else chunks[i::workers]
         for chunk in mine:
             task(chunk, states[i])
 

@@ -7,8 +7,13 @@ reach), so each worker fills a buffer of a few MiB with the windows of one chunk
 positions and multiplies it right away, while it is still in cache. Groups are a batch axis of
 the GEMM: one `matmul` over (G, rows, prod(K)*C/G), no Python loop over groups.
 
+3-D convolutions whose output planes each fill a chunk gather through a depth ring
+(`_ring_task`): consecutive output planes share all but s of their Kd input planes, so each
+plane copies in only the windows of the planes it adds.
+
 Allocates, per worker: forward, one cols buffer (rows x prod(K)*C) plus, with groups, an output
-buffer (rows x F); weight gradient, one cols buffer and a (prod(K)*C/G x F) accumulator; input
+buffer (rows x F); weight gradient, one cols buffer and a (prod(K)*C/G x F) accumulator (Kd of
+them through the depth ring); input
 gradient, one dcols buffer. The input gradient also allocates the padded dx (the output); with
 stride 1 and at least `GATHER_MIN_CHANNELS` channels it is computed instead as a forward
 convolution of dy, zero-padded, with the flipped kernel (`_layout.full_correlation`), which
@@ -146,6 +151,8 @@ def forward(xp_, w, spec: ConvSpec, settings, bias=None):
     win = _unfold(xp_, spec)                                     # (N, *P, *K, C) view
     wg = grouped_w(w, spec)                                      # (G, prodK*C/G, F/G)
     y = xp.empty((spec.batch, *spec.out_size, f), dtype=xp_.dtype)  # (N, *P, F)
+    if win is not None and _ring(spec, y.itemsize):
+        return _ring_forward(win, w, y, spec, settings, bias)
     width = kc + (f if g > 1 else 0)
     chunks, workers = _chunks.plan(spec.batch, spec.out_size[0],
                                    _row_bytes(spec, width, y.itemsize), settings, xp=xp,
@@ -168,6 +175,8 @@ def grad_weight(xp_, dy, spec: ConvSpec, settings):
     xp = _backend.namespace(xp_, dy)
     g, kcg = spec.groups, math.prod(spec.kernel_size) * spec.group_in
     win = _unfold(xp_, spec)                                     # (N, *P, *K, C) view
+    if win is not None and _ring(spec, dy.itemsize):
+        return _ring_grad_weight(win, dy, spec, settings)
     acc_bytes = g * kcg * spec.group_out * dy.itemsize
     chunks, workers = _chunks.plan(
         spec.batch, spec.out_size[0], _row_bytes(spec, g * kcg, dy.itemsize), settings, xp=xp,
@@ -186,6 +195,99 @@ def grad_weight(xp_, dy, spec: ConvSpec, settings):
 
     dw = sum(acc for _, acc in _chunks.run(task, chunks, workers, state))
     return ungrouped_dw(dw, spec)
+
+
+def _ring(spec: ConvSpec, itemsize: int) -> bool:
+    """Whether a 3-D convolution gathers its windows through a depth ring (`_ring_forward`):
+    ungrouped, wide window rows, depth dilation 1 and depth stride below the kernel depth (so
+    that neighbouring output planes share input planes), and one output plane's window matrix
+    at least a chunk, so that chunks would hold one plane each anyway and the ring makes no more
+    GEMM calls than they do."""
+    if spec.rank != 3 or spec.groups != 1 or _narrow(spec):
+        return False
+    kd, s, d = spec.kernel_size[0], spec.stride[0], spec.dilation[0]
+    kc = math.prod(spec.kernel_size) * spec.in_channels
+    target = min(_chunk_bytes(spec) or _chunks.CHUNK_BYTES, _chunks.CHUNK_BYTES)
+    return d == 1 and s < kd and _row_bytes(spec, kc, itemsize) >= target
+
+
+def _ring_slots(spec: ConvSpec):
+    """(P1, P2, Kd, K1, K2, C): the ring, one output plane's window matrix (P1*P2, prod(K)*C)
+    with the windows of input plane i in depth slot i % Kd."""
+    return (*spec.out_size[1:], *spec.kernel_size, spec.in_channels)
+
+
+def _ring_task(win, spec: ConvSpec, step):
+    """Task walking a chunk (one image, a run of output planes) through a depth ring.
+
+    Output plane d reads input planes d*s .. d*s + Kd - 1, in slots (d*s + k) % Kd for depth
+    offset k; the ring is filled with a chunk's first Kd planes, after which each output plane
+    gathers only the s planes it adds. The windows of input plane i are win[n, j, :, :, i - j*s]
+    for any output plane j that reads it. `step(n, d, cols, r, state)` then gets the plane's
+    window matrix cols (P1*P2, Kd*K1*K2*C), whose depth blocks are rotated by r = d*s % Kd.
+    """
+    kd, s, p0 = spec.kernel_size[0], spec.stride[0], spec.out_size[0]
+    shape = _ring_slots(spec)
+    rows = math.prod(shape[:2])
+
+    def task(chunk, state):
+        (batch, planes), buf = chunk, state[0]
+        n = batch.start
+        ring = take(buf, shape)                                  # (P1, P2, Kd, K1, K2, C)
+        cols = ring.reshape(rows, -1)                            # (P1*P2, prodK*C)
+        for d in range(planes.start, planes.stop):
+            first = d * s if d == planes.start else (d - 1) * s + kd
+            for i in range(first, d * s + kd):                   # the input planes d adds
+                j = min(i // s, p0 - 1)
+                ring[:, :, i % kd] = win[n, j, :, :, i - j * s]  # (P1, P2, K1, K2, C)
+            step(n, d, cols, d * s % kd, state)
+
+    return task
+
+
+def _ring_forward(win, w, y, spec: ConvSpec, settings, bias):
+    """y (N, *P, F) through the depth ring: per output plane, one GEMM of the ring against the
+    weight with its depth blocks rotated to match the slots."""
+    xp = _backend.namespace(y)
+    kd, f = spec.kernel_size[0], spec.out_channels
+    wk = w.reshape(kd, -1, f)                                    # (Kd, K1*K2*C, F)
+    rotated = [xp.roll(wk, r, axis=0).reshape(-1, f) for r in range(kd)]  # block j: w[j - r]
+    size = math.prod(_ring_slots(spec))
+
+    def step(n, d, cols, r, state):
+        y_rows = y[n, d].reshape(-1, f)                          # (P1*P2, F) view
+        xp.matmul(cols, rotated[r], out=y_rows)
+        if bias is not None:
+            y_rows += bias
+
+    chunks, workers = _chunks.plan_spans(spec.batch, spec.out_size[0], size * y.itemsize,
+                                         settings, xp=xp)
+    _chunks.run(_ring_task(win, spec, step), chunks, workers,
+                lambda: (scratch((size,), y.dtype, xp),))
+    return y
+
+
+def _ring_grad_weight(win, dy, spec: ConvSpec, settings):
+    """dw (*K, C, F) through the depth ring: per output plane, acc[r] += cols^T @ dy with one
+    accumulator per rotation r; dw's depth offset k is the sum over r of acc[r]'s block
+    (k + r) % Kd."""
+    xp = _backend.namespace(dy)
+    kd, f = spec.kernel_size[0], spec.out_channels
+    size = math.prod(_ring_slots(spec))
+    acc = (kd, size // math.prod(spec.out_size[1:]), f)          # (Kd, prodK*C, F)
+
+    def step(n, d, cols, r, state):
+        state[1][r] += cols.T @ dy[n, d].reshape(-1, f)          # (prodK*C, F)
+
+    chunks, workers = _chunks.plan_spans(spec.batch, spec.out_size[0], size * dy.itemsize,
+                                         settings, xp=xp,
+                                         fixed_bytes=math.prod(acc) * dy.itemsize)
+    states = _chunks.run(_ring_task(win, spec, step), chunks, workers,
+                         lambda: (scratch((size,), dy.dtype, xp),
+                                  xp.zeros(acc, dtype=dy.dtype)))
+    total = sum(state[1] for state in states)                    # (Kd, prodK*C, F)
+    dw = sum(xp.roll(total[r].reshape(kd, -1, f), -r, axis=0) for r in range(kd))
+    return dw.reshape(*spec.kernel_size, spec.in_channels, f)    # (*K, C, F)
 
 
 def grad_input(dy, w, spec: ConvSpec, settings):
