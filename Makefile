@@ -19,8 +19,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
+# The documented benchmark command: OpenBLAS picks its own kernels (docs/algorithms.md, "Measuring").
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/run.py
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python benchmarks/run.py
 
 lint: $(VENV)/.installed
 	$(BIN)/python -m pip install -q ruff

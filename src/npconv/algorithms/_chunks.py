@@ -33,6 +33,7 @@ thread count.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -138,7 +139,7 @@ def plan_spans(n: int, rows: int, row_bytes: int, settings, *, xp=np, fixed_byte
                          settings.workspace // max(row_bytes + fixed_bytes, 1)))
     bounds = [n * rows * i // workers for i in range(workers + 1)]
     spans = []
-    for start, stop in zip(bounds, bounds[1:]):
+    for start, stop in itertools.pairwise(bounds):
         pieces = []
         while start < stop:
             image, first = divmod(start, rows)

@@ -306,9 +306,8 @@ def grad_weight(xp_, dy, spec: ConvSpec, settings):
     offset k, dU[k] += V(d + k)^T dM(d) with V = B^T d B and dM = A dy A^T (16 batched GEMMs);
     dw[k] = G^T dU[k] G."""
     xp = _backend.namespace(xp_, dy)
-    g, c, f, cg, fg = (spec.groups, spec.in_channels, spec.out_channels, spec.group_in,
-                       spec.group_out)
-    d, t0, t1 = _tiles(spec)
+    g, c, cg, fg = spec.groups, spec.in_channels, spec.group_in, spec.group_out
+    _, t0, t1 = _tiles(spec)
     kd = _depth_taps(spec)
     x3 = _planes(_even(xp_, spec, (2 * t0 + 2, 2 * t1 + 2)), spec)  # (N, Dp, 2T0+2, 2T1+2, C)
     dy3 = _planes(_even(dy, spec, (2 * t0, 2 * t1)), spec)      # (N, D, 2T0, 2T1, F)
