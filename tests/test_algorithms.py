@@ -268,7 +268,7 @@ def test_plan_spans(n, rows, workers):
     sizes = [sum(c[1].stop - c[1].start for c in span) for span in spans]
     assert max(sizes) - min(sizes) <= 1
     assert all(c[0].stop - c[0].start == 1 for c in chunks)
-    assert _chunks.plan_spans(n, rows, 2**19, settings, fixed_bytes=2**18)[1] == 1
+    assert _chunks.plan_spans(n, rows, 2**19 + 1, settings)[1] == 1
 
 
 def test_plan_deals_image_rows_by_image():

@@ -129,14 +129,14 @@ class _ByImage(list):
         return [c for c in self if c[0].start % workers == i]
 
 
-def plan_spans(n: int, rows: int, row_bytes: int, settings, *, xp=np, fixed_bytes: int = 0):
+def plan_spans(n: int, rows: int, worker_bytes: int, settings, *, xp=np):
     """Chunks and workers for tasks whose temporaries do not grow with the chunk: the N * P0
     output rows, in order, cut into one contiguous span per worker (equal to a row), and each
     span into its pieces of one image, `(batch, rows)` pairs. A task that must load a halo at
     the start of every chunk (`im2col`'s depth ring) loads as few as the images allow.
-    `row_bytes + fixed_bytes`: one worker's temporaries, which bound the worker count."""
+    `worker_bytes`: one worker's temporaries, which bound the worker count."""
     workers = max(1, min(worker_count(settings, xp), n * rows,
-                         settings.workspace // max(row_bytes + fixed_bytes, 1)))
+                         settings.workspace // max(worker_bytes, 1)))
     bounds = [n * rows * i // workers for i in range(workers + 1)]
     spans = []
     for start, stop in itertools.pairwise(bounds):

@@ -279,9 +279,8 @@ def _ring_grad_weight(win, dy, spec: ConvSpec, settings):
     def step(n, d, cols, r, state):
         state[1][r] += cols.T @ dy[n, d].reshape(-1, f)          # (prodK*C, F)
 
-    chunks, workers = _chunks.plan_spans(spec.batch, spec.out_size[0], size * dy.itemsize,
-                                         settings, xp=xp,
-                                         fixed_bytes=math.prod(acc) * dy.itemsize)
+    chunks, workers = _chunks.plan_spans(spec.batch, spec.out_size[0],
+                                         (size + math.prod(acc)) * dy.itemsize, settings, xp=xp)
     states = _chunks.run(_ring_task(win, spec, step), chunks, workers,
                          lambda: (scratch((size,), dy.dtype, xp),
                                   xp.zeros(acc, dtype=dy.dtype)))
