@@ -271,6 +271,18 @@ def test_plan_spans(n, rows, workers):
     assert _chunks.plan_spans(n, rows, 2**19 + 1, settings)[1] == 1
 
 
+def test_gpu_chunks_fill_the_workspace_share():
+    """On CuPy (any array module but NumPy) a chunk is a worker's whole share of the workspace,
+    not the CPU's cache-sized target: a GPU pays kernel launches per chunk, not cache misses."""
+    settings = _config.Settings(workspace=2**20, threads=1)
+    gpu = object()                                               # stands in for cupy
+    cpu_chunks, _ = _chunks.plan(1, 1024, 1024, settings, chunk_bytes=4096)
+    gpu_chunks, _ = _chunks.plan(1, 1024, 1024, settings, xp=gpu, chunk_bytes=4096)
+    assert len(cpu_chunks) == 256 and len(gpu_chunks) == 1
+    assert _chunks.chunk_target(4096, 2**20, gpu) == 2**20
+    assert _chunks.chunk_target(4096, 2**20) == 4096
+
+
 def test_plan_deals_image_rows_by_image():
     """Chunks of image rows (an image exceeds the chunk size): for a scatter, every chunk of an
     image goes to the same worker, in row order; for a gather, the rows are dealt round-robin."""

@@ -196,7 +196,7 @@ def _plan_planes(spec: ConvSpec, d: int, t0: int, elements, itemsize: int, setti
     smallest = elements(1, 1) * itemsize + fixed_bytes
     workers = max(1, min(_chunks.worker_count(settings, xp), settings.workspace // smallest))
     share = max(settings.workspace // workers - fixed_bytes, 0)
-    target = min(DEPTH_CHUNK_BYTES, share) // itemsize
+    target = _chunks.chunk_target(DEPTH_CHUNK_BYTES, share, xp) // itemsize
     need = -(-workers // spec.batch)                             # chunks per image, at least
     nd = max((n for n in range(1, d + 1) if elements(n, t0) <= target), default=0)
     nd = min(nd, -(-d // need))
