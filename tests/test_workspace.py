@@ -12,6 +12,7 @@ import pytest
 
 import npconv
 from npconv import _workspace
+from npconv.algorithms import im2col
 from npconv.spec import conv_spec
 
 KIB = 2**10
@@ -44,6 +45,7 @@ def _nbytes(*arrays) -> int:
 CASES = {       # algorithm (its first word): (x shape, w shape, keywords); the full window
                 # matrix is >> limit
     "im2col": ((2, 40, 40, 4), (7, 7, 4, 4), {"padding": 3}),
+    "im2col 3-D": ((3, 16, 16, 16, 24), (3, 3, 3, 24, 32), {"padding": 1}),  # the depth ring
     "offsets": ((2, 40, 40, 8), (5, 5, 8, 8), {"padding": 2}),
     "depthwise": ((2, 40, 40, 16), (5, 5, 1, 16), {"padding": 2, "groups": 16}),
     "winograd": ((2, 40, 40, 16), (3, 3, 16, 16), {"padding": 1}),
@@ -52,14 +54,14 @@ CASES = {       # algorithm (its first word): (x shape, w shape, keywords); the 
     "pointwise": ((4, 80, 80, 8), (1, 1, 8, 8), {"stride": 2}),  # its "window matrix": the grid
 }
 LIMIT = 128 * KIB
-LIMITS = {"fft": 2048 * KIB}
+LIMITS = {"fft": 2048 * KIB, "im2col 3-D": 4096 * KIB}   # one plane's windows: 1.3 MiB
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_small_workspace_same_result_bounded_memory(case, rng):
     x_shape, w_shape, kw = CASES[case]
     algorithm = case.split()[0]
-    limit = LIMITS.get(algorithm, LIMIT)
+    limit = LIMITS.get(case, LIMITS.get(algorithm, LIMIT))
     spec = conv_spec(x_shape, w_shape, **{k: v for k, v in kw.items()})
     x = rng.standard_normal(x_shape)
     w = rng.standard_normal(w_shape)
@@ -83,6 +85,13 @@ def test_small_workspace_same_result_bounded_memory(case, rng):
                                           zip(spec.out_size, spec.kernel_size)]) * (
         spec.out_channels)
     assert peak <= limit + 3 * padded + dy_padded + _nbytes(*grads) + SLACK
+
+
+def test_3d_im2col_case_takes_the_depth_ring():
+    """The "im2col 3-D" case above exercises the depth ring, whose ring buffer, output rows and
+    dw accumulator must fit the workspace like any chunk's."""
+    x_shape, w_shape, kw = CASES["im2col 3-D"]
+    assert im2col._ring(conv_spec(x_shape, w_shape, **kw), 8)
 
 
 def test_fft_refuses_a_workspace_it_cannot_fit():

@@ -83,11 +83,9 @@ def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bo
         Target temporaries per chunk, at most `CHUNK_BYTES` (the default); on CuPy a worker's
         whole share of the workspace (`chunk_target`).
     """
-    workers = max(1, min(worker_count(settings, xp), n * rows,
-                         settings.workspace // max(row_bytes + fixed_bytes, 1)))
+    workers = _workers(settings, xp, n * rows, row_bytes + fixed_bytes)
     share = max(settings.workspace // workers - fixed_bytes, row_bytes)
-    target = CHUNK_BYTES if chunk_bytes is None else min(chunk_bytes, CHUNK_BYTES)
-    per_chunk = max(1, chunk_target(target, share, xp) // row_bytes)  # rows per chunk
+    per_chunk = max(1, chunk_target(target_bytes(chunk_bytes), share, xp) // row_bytes)
     if per_chunk >= rows:
         images = min(per_chunk // rows, -(-n // workers))
         chunks = [(slice(i, min(i + images, n)), slice(0, rows)) for i in range(0, n, images)]
@@ -99,6 +97,18 @@ def plan(n: int, rows: int, row_bytes: int, settings, *, xp=np, whole_images: bo
         if whole_images:
             return _ByImage(chunks), max(1, min(workers, n))
     return chunks, max(1, min(workers, len(chunks)))
+
+
+def _workers(settings, xp, units: int, unit_bytes: int) -> int:
+    """Workers for `units` pieces of work: the thread count in force, at most one per piece,
+    and as many as the workspace holds `unit_bytes` of temporaries for."""
+    return max(1, min(worker_count(settings, xp), units,
+                      settings.workspace // max(unit_bytes, 1)))
+
+
+def target_bytes(chunk_bytes: int | None = None) -> int:
+    """A chunk's target temporaries on the CPU: `chunk_bytes`, at most `CHUNK_BYTES`."""
+    return CHUNK_BYTES if chunk_bytes is None else min(chunk_bytes, CHUNK_BYTES)
 
 
 def chunk_target(target: int, share: int, xp=np) -> int:
@@ -140,12 +150,12 @@ class _ByImage(list):
 
 def plan_spans(n: int, rows: int, worker_bytes: int, settings, *, xp=np):
     """Chunks and workers for tasks whose temporaries do not grow with the chunk: the N * P0
-    output rows, in order, cut into one contiguous span per worker (equal to a row), and each
-    span into its pieces of one image, `(batch, rows)` pairs. A task that must load a halo at
-    the start of every chunk (`im2col`'s depth ring) loads as few as the images allow.
-    `worker_bytes`: one worker's temporaries, which bound the worker count."""
-    workers = max(1, min(worker_count(settings, xp), n * rows,
-                         settings.workspace // max(worker_bytes, 1)))
+    output rows, in order, cut into one contiguous span per worker (their lengths differ by at
+    most one), and each span into its pieces of one image, `(batch, rows)` pairs. A task that
+    loads a halo at the start of every chunk (`im2col`'s depth ring) loads it at every image
+    start and wherever a span starts inside an image, no more. `worker_bytes`: one worker's
+    temporaries, which bound the worker count."""
+    workers = _workers(settings, xp, n * rows, worker_bytes)
     bounds = [n * rows * i // workers for i in range(workers + 1)]
     spans = []
     for start, stop in itertools.pairwise(bounds):

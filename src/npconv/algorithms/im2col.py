@@ -12,12 +12,12 @@ the GEMM: one `matmul` over (G, rows, prod(K)*C/G), no Python loop over groups.
 plane copies in only the windows of the planes it adds.
 
 Allocates, per worker: forward, one cols buffer (rows x prod(K)*C) plus, with groups, an output
-buffer (rows x F); weight gradient, one cols buffer and a (prod(K)*C/G x F) accumulator (Kd of
-them through the depth ring); input
-gradient, one dcols buffer. The input gradient also allocates the padded dx (the output); with
-stride 1 and at least `GATHER_MIN_CHANNELS` channels it is computed instead as a forward
-convolution of dy, zero-padded, with the flipped kernel (`_layout.full_correlation`), which
-gathers rather than scatters and so runs on all workers; that allocates the padded dy.
+buffer (rows x F; through the depth ring, one plane's output rows); weight gradient, one cols
+buffer and a (prod(K)*C/G x F) accumulator; input gradient, one dcols buffer. The input
+gradient also allocates the padded dx (the output); with stride 1 and at least
+`GATHER_MIN_CHANNELS` channels it is computed instead as a forward convolution of dy,
+zero-padded, with the flipped kernel (`_layout.full_correlation`), which gathers rather than
+scatters and so runs on all workers; that allocates the padded dy.
 """
 
 from __future__ import annotations
@@ -199,16 +199,18 @@ def grad_weight(xp_, dy, spec: ConvSpec, settings):
 
 def _ring(spec: ConvSpec, itemsize: int) -> bool:
     """Whether a 3-D convolution gathers its windows through a depth ring (`_ring_forward`):
-    ungrouped, wide window rows, depth dilation 1 and depth stride below the kernel depth (so
-    that neighbouring output planes share input planes), and one output plane's window matrix
-    at least a chunk, so that chunks would hold one plane each anyway and the ring makes no more
-    GEMM calls than they do."""
+    ungrouped, wide window rows, several output planes, depth dilation 1 and depth stride below
+    the kernel depth (so that neighbouring output planes share input planes), one output plane's
+    window matrix at least a chunk (chunks would hold one plane each anyway, so the ring makes
+    no more GEMM calls than they do), and at least F positions per plane (so that dw's product
+    per plane, prod(K)*C x F, is no larger than the plane's window matrix)."""
     if spec.rank != 3 or spec.groups != 1 or _narrow(spec):
         return False
     kd, s, d = spec.kernel_size[0], spec.stride[0], spec.dilation[0]
     kc = math.prod(spec.kernel_size) * spec.in_channels
-    target = min(_chunk_bytes(spec) or _chunks.CHUNK_BYTES, _chunks.CHUNK_BYTES)
-    return d == 1 and s < kd and _row_bytes(spec, kc, itemsize) >= target
+    plane = math.prod(spec.out_size[1:])
+    return (d == 1 and s < kd and spec.out_size[0] > 1 and plane >= spec.out_channels
+            and _row_bytes(spec, kc, itemsize) >= _chunks.target_bytes(_chunk_bytes(spec)))
 
 
 def _ring_slots(spec: ConvSpec):
@@ -224,7 +226,9 @@ def _ring_task(win, spec: ConvSpec, step):
     offset k; the ring is filled with a chunk's first Kd planes, after which each output plane
     gathers only the s planes it adds. The windows of input plane i are win[n, j, :, :, i - j*s]
     for any output plane j that reads it. `step(n, d, cols, r, state)` then gets the plane's
-    window matrix cols (P1*P2, Kd*K1*K2*C), whose depth blocks are rotated by r = d*s % Kd.
+    window matrix cols (P1*P2, Kd*K1*K2*C), whose depth blocks are rotated by r = d*s % Kd:
+    block j holds depth offset (j - r) % Kd, so blocks r.. hold offsets 0.. Kd-r-1 and blocks
+    ..r-1 the offsets Kd-r.. Kd-1.
     """
     kd, s, p0 = spec.kernel_size[0], spec.stride[0], spec.out_size[0]
     shape = _ring_slots(spec)
@@ -246,46 +250,52 @@ def _ring_task(win, spec: ConvSpec, step):
 
 
 def _ring_forward(win, w, y, spec: ConvSpec, settings, bias):
-    """y (N, *P, F) through the depth ring: per output plane, one GEMM of the ring against the
-    weight with its depth blocks rotated to match the slots."""
+    """y (N, *P, F) through the depth ring: per output plane, the ring's blocks r.. against the
+    first Kd - r depth offsets of w, plus (when r > 0) its blocks ..r-1 against the last r, all
+    views of w (`_ring_task`)."""
     xp = _backend.namespace(y)
     kd, f = spec.kernel_size[0], spec.out_channels
-    wk = w.reshape(kd, -1, f)                                    # (Kd, K1*K2*C, F)
-    rotated = [xp.roll(wk, r, axis=0).reshape(-1, f) for r in range(kd)]  # block j: w[j - r]
-    size = math.prod(_ring_slots(spec))
+    w2 = w.reshape(-1, f)                                        # (Kd * B, F), B = K1*K2*C
+    b = w2.shape[0] // kd
+    rows, size = math.prod(spec.out_size[1:]), math.prod(_ring_slots(spec))
 
     def step(n, d, cols, r, state):
         y_rows = y[n, d].reshape(-1, f)                          # (P1*P2, F) view
-        xp.matmul(cols, rotated[r], out=y_rows)
+        xp.matmul(cols[:, r * b:], w2[:(kd - r) * b], out=y_rows)
+        if r:
+            tmp = take(state[0][size:], y_rows.shape)
+            xp.matmul(cols[:, :r * b], w2[(kd - r) * b:], out=tmp)
+            y_rows += tmp
         if bias is not None:
             y_rows += bias
 
-    chunks, workers = _chunks.plan_spans(spec.batch, spec.out_size[0], size * y.itemsize,
-                                         settings, xp=xp)
+    chunks, workers = _chunks.plan_spans(spec.batch, spec.out_size[0],
+                                         (size + rows * f) * y.itemsize, settings, xp=xp)
     _chunks.run(_ring_task(win, spec, step), chunks, workers,
-                lambda: (scratch((size,), y.dtype, xp),))
+                lambda: (scratch((size + rows * f,), y.dtype, xp),))
     return y
 
 
 def _ring_grad_weight(win, dy, spec: ConvSpec, settings):
-    """dw (*K, C, F) through the depth ring: per output plane, acc[r] += cols^T @ dy with one
-    accumulator per rotation r; dw's depth offset k is the sum over r of acc[r]'s block
-    (k + r) % Kd."""
+    """dw (*K, C, F) through the depth ring: per output plane, cols^T @ dy, whose block j is
+    added to depth offset (j - r) % Kd of one accumulator (`_ring_task`)."""
     xp = _backend.namespace(dy)
     kd, f = spec.kernel_size[0], spec.out_channels
     size = math.prod(_ring_slots(spec))
-    acc = (kd, size // math.prod(spec.out_size[1:]), f)          # (Kd, prodK*C, F)
+    acc = (kd, size // kd // math.prod(spec.out_size[1:]), f)   # (Kd, B, F)
 
     def step(n, d, cols, r, state):
-        state[1][r] += cols.T @ dy[n, d].reshape(-1, f)          # (prodK*C, F)
+        part = (cols.T @ dy[n, d].reshape(-1, f)).reshape(acc)  # block j: offset (j - r) % Kd
+        state[1][:kd - r] += part[r:]
+        state[1][kd - r:] += part[:r]
 
     chunks, workers = _chunks.plan_spans(spec.batch, spec.out_size[0],
-                                         (size + math.prod(acc)) * dy.itemsize, settings, xp=xp)
+                                         (size + 2 * math.prod(acc)) * dy.itemsize, settings,
+                                         xp=xp)
     states = _chunks.run(_ring_task(win, spec, step), chunks, workers,
                          lambda: (scratch((size,), dy.dtype, xp),
                                   xp.zeros(acc, dtype=dy.dtype)))
-    total = sum(state[1] for state in states)                    # (Kd, prodK*C, F)
-    dw = sum(xp.roll(total[r].reshape(kd, -1, f), -r, axis=0) for r in range(kd))
+    dw = sum(state[1] for state in states)                       # (Kd, B, F)
     return dw.reshape(*spec.kernel_size, spec.in_channels, f)    # (*K, C, F)
 
 
