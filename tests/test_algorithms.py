@@ -280,7 +280,7 @@ def test_depth_ring_matches_reference(geom, dtype):
     """Random geometries through the depth ring (narrow windows allowed, tiny chunks, two
     workers): y, dx, dw and db equal the reference, dtypes kept, inputs unchanged."""
     with (mock.patch.object(im2col, "NARROW_RUN", 0),
-          mock.patch.object(_chunks, "CHUNK_BYTES", 64),
+          mock.patch.object(_chunks, "CHUNK_BYTES", 1),              # every plane fills a chunk
           mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0),
           npconv.config(threads=2)):
         spec = conv_spec(geom[0], geom[1], **{k: v for k, v in geom[2].items()
