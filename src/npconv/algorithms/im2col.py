@@ -282,7 +282,7 @@ def _ring_grad_weight(win, dy, spec: ConvSpec, settings):
     xp = _backend.namespace(dy)
     kd, f = spec.kernel_size[0], spec.out_channels
     size = math.prod(_ring_slots(spec))
-    acc = (kd, size // kd // math.prod(spec.out_size[1:]), f)   # (Kd, B, F)
+    acc = (kd, math.prod(spec.kernel_size[1:]) * spec.in_channels, f)  # (Kd, B, F)
 
     def step(n, d, cols, r, state):
         part = (cols.T @ dy[n, d].reshape(-1, f)).reshape(acc)  # block j: offset (j - r) % Kd
