@@ -193,3 +193,53 @@ def test_docs_examples_run():
     code = weights_section_blocks()
     assert "io.load(" in code
     exec(compile(code, "docs/models.md", "exec"), {})
+
+
+def small_files(folder):
+    """One small, valid file of each format npconv reads (Keras ones where h5py is installed)."""
+    rng = np.random.default_rng(0)
+    state = {"conv.weight": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
+             "bn.num_batches_tracked": np.array(3)}
+    files = [io.save(folder / "w.safetensors", state), folder / "w.npz"]
+    np.savez(files[1], **state)
+    files.append(nn.save(model(), folder / "model.npz"))
+    with zipfile.ZipFile(folder / "w.pth", "w") as zf:        # torch.save's layout, by hand
+        zf.writestr("w/data.pkl", b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2"
+                                  b"\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00"
+                                  b"\x00\x000X\x03\x00\x00\x00cpuK\x06tQK\x00K\x02K\x03\x86K"
+                                  b"\x03K\x01\x86\x89ccollections\nOrderedDict\n)RtRs.")
+        zf.writestr("w/data/0", np.arange(6, dtype="<f4").tobytes())
+    files.append(folder / "w.pth")
+    assert io.load(files[-1])["w"].shape == (2, 3)
+    try:
+        import h5py
+    except ImportError:
+        return files
+    with h5py.File(folder / "w.weights.h5", "w") as f:
+        f.create_group("layers/conv2d/vars").create_dataset("0", data=state["conv.weight"])
+        f.create_group("vars")
+    with zipfile.ZipFile(folder / "m.keras", "w") as zf:
+        zf.writestr("config.json", b"{}")
+        zf.writestr("model.weights.h5", (folder / "w.weights.h5").read_bytes())
+    return [*files, folder / "w.weights.h5", folder / "m.keras"]
+
+
+def test_corrupt_or_truncated_files_give_arrays_or_a_value_error(tmp_path):
+    """64 bytes overwritten, or the file cut, at 24 or more places through each file: io.load
+    returns arrays (the damage hit array values) or raises ValueError naming the file."""
+    outcomes = {"ok": 0, "refused": 0}
+    for good in small_files(tmp_path):
+        blob = good.read_bytes()
+        bad = good.with_name("bad_" + good.name)
+        for start in range(0, len(blob), max(16, len(blob) // 24)):
+            damaged = bytearray(blob)
+            damaged[start:start + 64] = b"\xff" * len(damaged[start:start + 64])
+            for content in (bytes(damaged), blob[:start]):
+                bad.write_bytes(content)
+                try:
+                    io.load(bad)
+                    outcomes["ok"] += 1
+                except ValueError as e:
+                    assert str(bad) in str(e)
+                    outcomes["refused"] += 1
+    assert outcomes["ok"] and outcomes["refused"]

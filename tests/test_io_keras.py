@@ -157,6 +157,21 @@ def test_hostile_hdf5_files(tmp_path, build, match):
     assert "bad.weights.h5" in str(e.value)
 
 
+@pytest.mark.parametrize("signature", [b"HEAP", b"TREE", b"SNOD"])
+def test_damaged_hdf5_structures_are_a_value_error(tmp_path, signature):
+    path = keras3_file(tmp_path / "w.weights.h5", lambda g: g.create_dataset("0", data=np.ones(4)))
+    path.write_bytes(path.read_bytes().replace(signature, b"XXXX"))   # h5py opens, then fails
+    with pytest.raises(ValueError, match=r"w\.weights\.h5: not a readable HDF5 file \("):
+        io.load(path)
+
+
+def test_member_names_must_be_text(tmp_path):
+    with h5py.File(tmp_path / "n.weights.h5", "w") as f:
+        f.create_group("layers").create_group(b"\xff\xfe")
+    with pytest.raises(ValueError, match="/layers: member names must be UTF-8 text"):
+        io.load(tmp_path / "n.weights.h5")
+
+
 def test_datasets_outside_vars_and_unknown_layouts(tmp_path):
     with h5py.File(tmp_path / "a.weights.h5", "w") as f:
         f.create_dataset("layers/dense/kernel", data=np.ones(2))

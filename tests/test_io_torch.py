@@ -309,7 +309,7 @@ def test_code_in_the_pickle_is_refused_and_never_run(tmp_path, name, protocol):
     live = pickle.loads(blob)["w"]                           # plain pickle runs the payload...
     if name == "subprocess.Popen":
         live.wait()
-    assert marker.exists()                                   # ...which the refusal kept from running
+    assert marker.exists()                                   # ...which the refusal prevented
 
 
 def test_refused_inside_a_real_state_dict(tmp_path):
@@ -482,6 +482,18 @@ def test_corrupt_member_is_a_value_error(tmp_path):
     blob[at] ^= 0xFF                                         # the CRC no longer matches
     path.write_bytes(bytes(blob))
     with pytest.raises(ValueError, match=r"cannot read zip member 'archive/data/0'.*CRC"):
+        io.load(path)
+
+
+def test_encrypted_member_is_a_value_error(tmp_path):
+    path = archive(tmp_path / "w.pth", state_dict(w=tensor("0", 2, 0, (2,), (1,))),
+                   {"0": floats(2)})
+    blob = bytearray(path.read_bytes())
+    at = blob.index(b"PK\x01\x02")                         # data.pkl's central directory entry
+    blob[at + 8] |= 1                                        # flag bit 0: encrypted
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match=r"cannot read zip member 'archive/data\.pkl' "
+                                         r"\(RuntimeError: .*encrypted"):
         io.load(path)
 
 

@@ -108,6 +108,12 @@ def load_keras(path: str | os.PathLike, *,
     config (config.json of a .keras file, the `model_config` attribute of a legacy whole-model
     .h5 file), or None for a weights-only file (.weights.h5). ValueError for a file that is
     not a Keras file; ImportError without h5py.
+
+    Example (after `model.save("m.keras")` in Keras 3)::
+
+        weights, config = io.load_keras("m.keras")
+        weights["conv2d/vars/0"]                 # the first Conv2D's kernel, (*K, C, F)
+        config["config"]["layers"]               # the layers, in the model's order
     """
     path = _files.existing_file(path)
     kind = _files.detect(path)

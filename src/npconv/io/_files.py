@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,9 @@ REFUSED = {
 }
 _READABLE = ("npconv reads safetensors, PyTorch .pt/.pth, Keras .keras/.weights.h5/.h5 and .npz "
              "files")
+# What zipfile raises for a damaged or unsupported archive (RuntimeError: encrypted members)
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
+              RuntimeError, zlib.error)
 DEFAULT_FLOOR = 64 << 20                 # the default budget is max(DEFAULT_FLOOR, 64 x file size)
 _TORCH_PICKLE = re.compile(r"[^/]+/data\.pkl")
 _TORCHSCRIPT = re.compile(r"[^/]+/constants\.pkl")
@@ -136,7 +140,7 @@ def _zip_kind(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except ZIP_ERRORS:
         return "zip"
     if any(_TORCHSCRIPT.fullmatch(n) for n in names):
         return "torchscript"
@@ -153,7 +157,7 @@ def open_zip(path: Path) -> zipfile.ZipFile:
     """The archive at `path`, its member names checked unique (no two members one name)."""
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except ZIP_ERRORS as e:
         raise error(path, f"not a readable zip archive ({e})") from e
     names = zf.namelist()
     if len(set(names)) != len(names):
@@ -183,7 +187,7 @@ def read_member(path: Path, zf: zipfile.ZipFile, name: str, budget: Budget) -> b
         budget.take(info.file_size, f"inflating zip member {name!r}")
     try:
         return zf.read(info)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+    except ZIP_ERRORS as e:
         raise error(path, f"cannot read zip member {name!r} ({type(e).__name__}: {e})") from e
 
 

@@ -47,24 +47,19 @@ def read_with_config(path: Path, kind: str,
     """(weights, architecture): the config of a .keras file or a whole-model legacy .h5 file
     (parsed JSON), None for a weights-only file."""
     h5py = _h5py()
+    config, source, size = None, path, path.stat().st_size
     if kind == "keras":
         with open_zip(path) as zf:
             config = _json(path, read_member(path, zf, "config.json", budget), "config.json")
             data = read_member(path, zf, "model.weights.h5", budget)
-        with _open_h5(h5py, path, io.BytesIO(data)) as f:
-            return _weights(h5py, path, f, len(data), budget), config
-    with _open_h5(h5py, path, path) as f:
-        config = None
-        if "model_config" in f.attrs:
-            config = _json(path, f.attrs["model_config"], "the model_config attribute")
-        return _weights(h5py, path, f, path.stat().st_size, budget), config
-
-
-def _open_h5(h5py, path: Path, source):
+        source, size = io.BytesIO(data), len(data)
     try:
-        return h5py.File(source, "r")
-    except (OSError, ValueError) as e:
-        raise error(path, f"not a readable HDF5 file ({e})") from e
+        with h5py.File(source, "r") as f:
+            if kind == "hdf5" and "model_config" in f.attrs:
+                config = _json(path, f.attrs["model_config"], "the model_config attribute")
+            return _weights(h5py, path, f, size, budget), config
+    except (OSError, KeyError, RuntimeError) as e:           # what h5py raises for corrupt files
+        raise error(path, f"not a readable HDF5 file ({type(e).__name__}: {e})") from e
 
 
 def _json(path: Path, text, what: str) -> dict:
@@ -157,7 +152,11 @@ class _Reader:
 
     def _children(self, group) -> list[str]:
         """The group's members in natural name order, each a hard link inside this file."""
-        names = sorted(group.keys(), key=_natural)
+        names = list(group.keys())
+        if not all(isinstance(name, str) for name in names):
+            raise error(self.path, f"{group.name}: member names must be UTF-8 text; got "
+                                   f"{names!r:.80}")
+        names.sort(key=_natural)
         for name in names:
             self._child(group, name)
         return names

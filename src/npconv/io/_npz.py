@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npconv.io._files import Budget, check_stored, error, native, open_zip
+from npconv.io._files import ZIP_ERRORS, Budget, check_stored, error, native, open_zip
 
 MODEL_HEADER = "__npconv_model__"
 PREFIXES = ("params/", "buffers/")
@@ -34,7 +34,7 @@ def read(path: Path, budget: Budget) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {keys[name]: native(npz[name]) for name in names}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except ZIP_ERRORS as e:
         raise error(path, f"corrupt .npz archive ({type(e).__name__}: {e})") from e
 
 
@@ -57,7 +57,7 @@ def _checked_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
                            else np.lib.format.read_array_header_2_0)
             shape, _, dtype = read_header(f)
             header_size = f.tell()
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except ZIP_ERRORS as e:
         raise error(path, f"array {name!r}: unreadable .npy header ({e})") from e
     if name == MODEL_HEADER and dtype.kind == "U":
         return None
