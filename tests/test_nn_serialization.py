@@ -4,6 +4,7 @@ nothing overwritten) for corrupt, foreign or mismatched files."""
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,16 +18,16 @@ R = np.random.default_rng
 def every_layer_model(dtype="float32"):
     d = dict(dtype=dtype)
     return nn.Sequential(
-        nn.Conv(1, 4, (3, 3), stride=1, padding=((1, 1), (0, 2)), dilation=(1, 2),
+        nn.Conv2d(1, 4, 3, stride=1, padding=((1, 1), (0, 2)), dilation=(1, 2),
                 padding_mode="reflect", rng=R(0), **d),
-        nn.BatchNorm(4, momentum=0.3, **d), nn.LeakyReLU(0.05),
+        nn.BatchNorm2d(4, momentum=0.3, **d), nn.LeakyReLU(0.05),
         nn.ConvTranspose(4, 4, (2, 2), stride=2, groups=2, bias=False, rng=R(1), **d),
-        nn.MaxPool(2, ceil_mode=True), nn.Tanh(),
+        nn.MaxPool2d(2, ceil_mode=True), nn.Tanh(),
         nn.Sequential(nn.AvgPool((2, 2), stride=1, padding=1, count_include_pad=False),
                       nn.Sigmoid()),
-        nn.Dropout(0.25, rng=R(2)), nn.GlobalAvgPool(), nn.Flatten(),
-        nn.Dense(4, 3, init="glorot_uniform", rng=R(3), **d), nn.ReLU(),
-        nn.Dense(3, 2, bias=False, rng=R(4), **d))
+        nn.Dropout(0.25, rng=R(2)), nn.BatchNorm(4, momentum=None, **d), nn.GlobalAvgPool(), nn.Flatten(),
+        nn.Linear(4, 3, rng=R(3), **d), nn.ReLU(),
+        nn.Linear(3, 2, bias=False, rng=R(4), **d))
 
 
 def trained(model, x):
@@ -94,9 +95,9 @@ def test_failed_save_leaves_the_old_file(tmp_path):
 
 def write(path, header=None, arrays=None, model=None):
     """An .npz with the given header (dict -> JSON) and arrays; defaults from `model`."""
-    model = model or nn.Sequential(nn.Dense(3, 2, rng=R(0)))
+    model = model or nn.Sequential(nn.Linear(3, 2, rng=R(0)))
     if header is None:
-        header = {"format": "npconv.model", "version": 1,
+        header = {"format": "npconv.model", "version": 2,
                   "model": serialization.layer_spec(model), "metadata": {}}
     if arrays is None:
         arrays = {f"params/{k}": v for k, v in model.params.items()}
@@ -105,10 +106,9 @@ def write(path, header=None, arrays=None, model=None):
 
 
 def spec(**changes):
-    base = {"format": "npconv.model", "version": 1, "metadata": {},
-            "model": {"type": "Sequential", "layers": [{"type": "Dense", "config": {
-                "in_features": 3, "out_features": 2, "bias": True, "init": "he_normal",
-                "dtype": "float32"}}]}}
+    base = {"format": "npconv.model", "version": 2, "metadata": {},
+            "model": {"type": "Sequential", "layers": [{"type": "Linear", "config": {
+                "in_features": 3, "out_features": 2, "bias": True, "dtype": "float32"}}]}}
     base.update(changes)
     return base
 
@@ -129,25 +129,28 @@ BAD_FILES = [
     ("bad-json", lambda p: np.savez(p, __npconv_model__=np.array("{not json")),
      "corrupt npconv model file"),
     ("other-format", lambda p: write(p, header=spec(format="keras")), "format"),
-    ("newer-version", lambda p: write(p, header=spec(version=2)),
-     "format version 2; this npconv reads version 1"),
+    ("newer-version", lambda p: write(p, header=spec(version=3)),
+     "format version 3; this npconv reads versions 1 and 2"),
     ("unknown-layer", lambda p: write(p, header=spec(model={"type": "Attention"})),
      "invalid architecture: unknown layer type 'Attention'"),
-    ("bad-config", lambda p: write(p, header=spec(model={"type": "Dense", "config": {
-        "in_features": -3, "out_features": 2}})), r"invalid Dense config .* must be >= 1"),
+    ("bad-config", lambda p: write(p, header=spec(model={"type": "Linear", "config": {
+        "in_features": -3, "out_features": 2}})), r"invalid Linear config .* must be >= 1"),
+    ("old-name-in-v2", lambda p: write(p, header=spec(model={"type": "Dense", "config": {
+        "in_features": 3, "out_features": 2}})), "unknown layer type 'Dense'"),
     ("unknown-config-key", lambda p: write(p, header=spec(model={"type": "ReLU", "config": {
         "alpha": 1}})), "invalid ReLU config"),
-    ("missing-weight", lambda p: write(p, arrays={}), r"missing \['params/0.b', 'params/0.w'\]"),
-    ("extra-weight", lambda p: write(p, arrays={"params/0.w": np.zeros((3, 2), np.float32),
-                                                "params/0.b": np.zeros(2, np.float32),
-                                                "params/9.w": np.zeros(1)}),
-     r"unexpected \['params/9.w'\]"),
-    ("wrong-shape", lambda p: write(p, arrays={"params/0.w": np.zeros((2, 3), np.float32),
-                                               "params/0.b": np.zeros(2, np.float32)}),
-     r"params/0.w must be float32 of shape \(3, 2\); got float32 of shape \(2, 3\)"),
-    ("wrong-dtype", lambda p: write(p, arrays={"params/0.w": np.zeros((3, 2)),
-                                               "params/0.b": np.zeros(2, np.float32)}),
-     "params/0.w must be float32"),
+    ("missing-weight", lambda p: write(p, arrays={}),
+     r"missing \['params/0.bias', 'params/0.weight'\]"),
+    ("extra-weight", lambda p: write(p, arrays={"params/0.weight": np.zeros((3, 2), np.float32),
+                                                "params/0.bias": np.zeros(2, np.float32),
+                                                "params/9.weight": np.zeros(1)}),
+     r"unexpected \['params/9.weight'\]"),
+    ("wrong-shape", lambda p: write(p, arrays={"params/0.weight": np.zeros((2, 3), np.float32),
+                                               "params/0.bias": np.zeros(2, np.float32)}),
+     r"params/0.weight must be float32 of shape \(3, 2\); got float32 of shape \(2, 3\)"),
+    ("wrong-dtype", lambda p: write(p, arrays={"params/0.weight": np.zeros((3, 2)),
+                                               "params/0.bias": np.zeros(2, np.float32)}),
+     "params/0.weight must be float32"),
 ]
 
 
@@ -197,11 +200,11 @@ def test_load_weights_changes_nothing_unless_everything_fits(tmp_path):
     path = nn.save(source, tmp_path / "m.npz")
     target = every_layer_model()
     before = {k: v.copy() for k, v in target.params.items()}
-    other = nn.Sequential(nn.Dense(3, 2, rng=R(0)))
+    other = nn.Sequential(nn.Linear(3, 2, rng=R(0)))
     with pytest.raises(ValueError, match="the saved architecture differs"):
         nn.load_weights(other, path)
     write(tmp_path / "partial.npz", model=target, arrays={
-        k: v for k, v in serialization._arrays(source).items() if not k.endswith("10.b")})
+        k: v for k, v in serialization._arrays(source).items() if not k.endswith("11.bias")})
     with pytest.raises(ValueError, match="missing"):
         nn.load_weights(target, tmp_path / "partial.npz")
     for k, v in target.params.items():
@@ -216,3 +219,32 @@ def test_metadata_must_be_an_object(tmp_path):
     with pytest.raises(ValueError, match="metadata must be a JSON object"):
         nn.load_metadata(tmp_path / "m.npz")
     assert os.path.exists(tmp_path / "m.npz")
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_version_1_files_load_with_the_new_names(tmp_path):
+    """A file written by npconv 0.1 (tests/data/make_model_v1.py: Dense, "w"/"b"/"gamma"/"beta",
+    Dropout(rate=...), no num_batches_tracked) loads as Linear, "weight"/"bias", Dropout(p=...),
+    with num_batches_tracked 0, and gives the outputs that npconv 0.1 gave; saving it again
+    writes version 2."""
+    model = nn.load(DATA / "model_v1.npz")
+    io = np.load(DATA / "model_v1_io.npz")
+    np.testing.assert_array_equal(model.forward(io["x"]), io["y"])
+    assert [type(layer).__name__ for layer in model][-3:] == ["Linear", "ReLU", "Linear"]
+    assert model[7].p == 0.25 and model[1].momentum == 0.3
+    assert sorted(model.params) == ["0.bias", "0.weight", "1.bias", "1.weight", "10.bias",
+                                    "10.weight", "12.weight", "3.weight", "6.2.bias",
+                                    "6.2.weight"]
+    assert sorted(model.buffers) == [f"{p}.{k}" for p in ("1", "6.2") for k in (
+        "num_batches_tracked", "running_mean", "running_var")]
+    assert int(model.buffers["6.2.num_batches_tracked"]) == 0
+    assert nn.load_metadata(DATA / "model_v1.npz") == {"seed": 7}
+    assert nn.is_model_file(DATA / "model_v1.npz")
+    again = nn.load(nn.save(model, tmp_path / "m.npz"))
+    np.testing.assert_array_equal(again.forward(io["x"]), io["y"])
+    with np.load(tmp_path / "m.npz") as npz:
+        assert json.loads(str(npz["__npconv_model__"]))["version"] == 2
+    target = nn.load(DATA / "model_v1.npz")
+    nn.load_weights(target, DATA / "model_v1.npz")               # the converted spec matches

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def model():
     rng = np.random.default_rng(0)
     return nn.Sequential(nn.Conv(1, 4, (3, 3), padding="same", rng=rng), nn.BatchNorm(4),
-                         nn.ReLU(), nn.MaxPool(2), nn.Flatten(), nn.Dense(64, 10, rng=rng))
+                         nn.ReLU(), nn.MaxPool(2), nn.Flatten(), nn.Linear(64, 10, rng=rng))
 
 
 @pytest.fixture

@@ -168,7 +168,7 @@ def test_predict_proba_and_summary():
     assert p.shape == (7, 10)
     np.testing.assert_allclose(p.sum(axis=1), 1)
     table = training.summary(model, (8, 8, 1))
-    assert "Conv [w (3, 3, 1, 8)]" in table and "(N, 2, 2, 16)" in table
+    assert "Conv2d [weight (3, 3, 1, 8)]" in table and "(N, 2, 2, 16)" in table
     total = sum(v.size for v in model.params.values())
     assert table.splitlines()[-1].split()[-1] == str(total)
 
@@ -201,7 +201,7 @@ def test_fit_rejects_bad_arguments_before_training(change, error, match):
     from npconv import nn, training
 
     rng = np.random.default_rng(0)
-    model = nn.Sequential(nn.Flatten(), nn.Dense(4, 3, rng=rng, dtype="float64"))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3, rng=rng, dtype="float64"))
     x, y = rng.standard_normal((6, 2, 2, 1)), rng.integers(0, 3, 6)
     if change.pop("empty", False):
         x, y = x[:0], y[:0]

@@ -231,16 +231,22 @@ def _shard_step(spec, state, shard, start, stop, share, loss, seed, threads) -> 
         logits = model.forward(x, training=True)                 # (n, K)
         value, dlogits = loss(logits, y)
         model.backward(dlogits)
-    # the shard's loss is a mean over its n rows; times n / N it is its part of the batch mean
+    # the shard's loss is a mean over its n rows; times n / N it is its part of the batch mean.
+    # Integer buffers (batch norm's num_batches_tracked) are counters that every shard advances
+    # alike: they are kept, not weighted.
     return {"loss": value * share, "correct": int((logits.argmax(axis=1) == y).sum()),
             "grads": {k: g * share for k, g in model.grads.items()},
-            "buffers": {k: b * share for k, b in model.buffers.items()}}
+            "buffers": {k: b * share for k, b in model.buffers.items()
+                        if np.issubdtype(b.dtype, np.floating)},
+            "counters": {k: b for k, b in model.buffers.items()
+                         if not np.issubdtype(b.dtype, np.floating)}}
 
 
 def _add(a, b):
-    """a + b for two results of `_shard_step` (nested dicts of numbers and arrays)."""
+    """a + b for two results of `_shard_step` (nested dicts of numbers and arrays); the
+    counters, equal on every shard, are taken from a."""
     if isinstance(a, dict):
-        return {k: _add(a[k], b[k]) for k in a}
+        return {k: a[k] if k == "counters" else _add(a[k], b[k]) for k in a}
     return a + b
 
 
@@ -327,11 +333,12 @@ class DataParallel:
                     self.threads[w], workers=[address], allow_other_workers=False, pure=False))
         total = _tree_sum(self.client, parts)
         self.steps += 1
+        buffers = {**total["buffers"], **total["counters"]}
         for key, array in self.model.buffers.items():
-            array[...] = total["buffers"][key]
+            array[...] = buffers[key]
         return StepResult(float(total["loss"]), int(total["correct"]), n,
                           {k: g.astype(self.model.params[k].dtype, copy=False)
-                           for k, g in total["grads"].items()}, total["buffers"])
+                           for k, g in total["grads"].items()}, buffers)
 
     def step(self, placement: Placement, b: int, optimizer) -> StepResult:
         """`gradients` of batch b, then optimizer.step(model.params, grads) on the client."""
@@ -507,7 +514,7 @@ def predict_to_disk(model: L.Layer, src, dst, *, chunk_size: int = 65536,
 
     >>> import tempfile, os
     >>> from npconv import nn
-    >>> model = nn.Sequential(nn.Flatten(), nn.Dense(4, 3, rng=np.random.default_rng(0)))
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3, rng=np.random.default_rng(0)))
     >>> x = np.random.default_rng(1).random((10, 2, 2, 1))           # (N, *input_shape)
     >>> dst = predict_to_disk(model, x, os.path.join(tempfile.mkdtemp(), "p.npy"), chunk_size=4)
     >>> bool((np.load(dst) == model.forward(x).argmax(axis=1)).all())

@@ -101,7 +101,8 @@ def load_data(path=None, *, rng: np.random.Generator, test_fraction: float = 0.2
 def digits_cnn(*, rng: np.random.Generator, input_shape=(8, 8, 1), n_classes: int = 10,
                width: int = 16) -> L.Sequential:
     """The default CNN: two 3x3 conv blocks (width and 2 * width channels, batch norm, ReLU),
-    a 2x2 max pool after each, then a dense classifier; channels_last.
+    a 2x2 max pool after each, then a linear classifier; channels_last. The conv weights are
+    drawn from kaiming_normal, the classifier's from xavier_uniform (with a zero bias).
 
     For 8x8 digits: (N, 8, 8, 1) -> (N, 4, 4, w) -> (N, 2, 2, 2w) -> (N, 8w) -> (N, 10).
     """
@@ -110,12 +111,13 @@ def digits_cnn(*, rng: np.random.Generator, input_shape=(8, 8, 1), n_classes: in
         raise ValueError(f"`input_shape` must have a height and width divisible by 4 (two 2x2 "
                          f"pools); got {tuple(input_shape)}")
     return L.Sequential(
-        L.Conv(c, width, (3, 3), padding="same", bias=False, rng=rng),
-        L.BatchNorm(width), L.ReLU(), L.MaxPool(2),
-        L.Conv(width, 2 * width, (3, 3), padding="same", bias=False, rng=rng),
-        L.BatchNorm(2 * width), L.ReLU(), L.MaxPool(2),
+        L.Conv2d(c, width, 3, padding="same", bias=False, init="kaiming_normal", rng=rng),
+        L.BatchNorm2d(width), L.ReLU(), L.MaxPool2d(2),
+        L.Conv2d(width, 2 * width, 3, padding="same", bias=False, init="kaiming_normal",
+                 rng=rng),
+        L.BatchNorm2d(2 * width), L.ReLU(), L.MaxPool2d(2),
         L.Flatten(),
-        L.Dense(h // 4 * (w // 4) * 2 * width, n_classes, init="glorot_uniform", rng=rng),
+        L.Linear(h // 4 * (w // 4) * 2 * width, n_classes, init="xavier_uniform", rng=rng),
     )
 
 

@@ -2,13 +2,15 @@
 
 The file is a NumPy .npz (a zip of .npy arrays), read back with `allow_pickle=False`:
 
-    __npconv_model__   a 0-d string array holding JSON: {"format": "npconv.model", "version": 1,
+    __npconv_model__   a 0-d string array holding JSON: {"format": "npconv.model", "version": 2,
                        "model": <layer spec>, "metadata": {...}}
-    params/<key>       every array of model.params ("params/0.w", ...)
+    params/<key>       every array of model.params ("params/0.weight", ...)
     buffers/<key>      every array of model.buffers ("buffers/3.running_mean", ...)
 
-A layer spec is {"type": "Conv", "config": {...}} (the layer's `config()`), or
-{"type": "Sequential", "layers": [<layer spec>, ...]}. Arrays are stored bit for bit, so
+A layer spec is {"type": "Conv2d", "config": {...}} (the layer's `config()`), or
+{"type": "Sequential", "layers": [<layer spec>, ...]}. Version 1 files (npconv 0.1, before
+the PyTorch names: Dense, "w", "b", "gamma", "beta", Dropout's "rate", no num_batches_tracked)
+are converted on load. Arrays are stored bit for bit, so
 load(save(model)) gives the same outputs exactly. Saving writes a temporary file next to the
 target and renames it over the target only once it is complete, and refuses to replace a file
 that is not an npconv model; loading checks everything (format, architecture, every key, shape
@@ -44,8 +46,10 @@ __all__ = [
 ]
 
 FORMAT = "npconv.model"
-VERSION = 1
+VERSION = 2
 HEADER_KEY = "__npconv_model__"
+
+
 class _Foreign(Exception):
     """A readable .npz that is not an npconv model."""
 
@@ -74,8 +78,10 @@ def build(spec) -> Layer:
     config = spec.get("config")
     if not isinstance(config, dict):
         raise ValueError(f"a {cls.__name__} spec needs a dict under 'config'; got {config!r}")
+    # placeholder weights, overwritten on load, drawn from a local generator so that loading
+    # leaves the default generator's stream alone
     extra = {"rng": np.random.default_rng(0)} if "init" in inspect.signature(cls).parameters \
-        else {}                                       # placeholder weights, overwritten on load
+        else {}
     try:
         return cls(**config, **extra)
     except (TypeError, ValueError) as e:
@@ -96,7 +102,7 @@ def save(model: Layer, path, *, metadata: dict | None = None) -> Path:
 
     >>> import numpy as np, tempfile, os
     >>> from npconv import nn
-    >>> model = nn.Sequential(nn.Dense(3, 2, rng=np.random.default_rng(0)), nn.ReLU())
+    >>> model = nn.Sequential(nn.Linear(3, 2, rng=np.random.default_rng(0)), nn.ReLU())
     >>> path = nn.save(model, os.path.join(tempfile.mkdtemp(), "model.npz"))
     >>> again = nn.load(path)
     >>> all(np.array_equal(again.params[k], v) for k, v in model.params.items())
@@ -160,10 +166,57 @@ def _read(path, *, with_arrays: bool = True):
         raise ValueError(f"{path}: corrupt npconv model file ({type(e).__name__}: {e})") from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{path}: not an npconv model file (format {header!r:.60})")
+    if header.get("version") == 1:
+        return _upgrade_v1(header, arrays)
     if header.get("version") != VERSION:
         raise ValueError(f"{path}: npconv model format version {header.get('version')!r}; this "
-                         f"npconv reads version {VERSION}")
+                         f"npconv reads versions 1 and {VERSION}")
     return header, arrays
+
+
+# Version 1 (npconv 0.1) -> 2: PyTorch's class, argument and key names.
+_V1_TYPES = {"Dense": "Linear"}
+_V1_KEYS = {"w": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}
+
+
+def _upgrade_spec(spec, prefix: str, counters: list):
+    """A version-1 layer spec in version 2's names; the dotted prefixes of its BatchNorm layers
+    are appended to `counters` (they gain a num_batches_tracked buffer). Anything malformed is
+    left as it is, for `build` to report."""
+    if not isinstance(spec, dict):
+        return spec
+    if spec.get("type") == "Sequential" and isinstance(spec.get("layers"), list):
+        return {**spec, "layers": [_upgrade_spec(s, f"{prefix}{i}.", counters)
+                                   for i, s in enumerate(spec["layers"])]}
+    config = spec.get("config")
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k != "init"}
+        if spec.get("type") == "Dropout" and "rate" in config:
+            config["p"] = config.pop("rate")
+    if spec.get("type") == "BatchNorm":
+        counters.append(prefix)
+    return {**spec, "type": _V1_TYPES.get(spec.get("type"), spec.get("type")), "config": config}
+
+
+def _upgrade_key(key: str) -> str:
+    """"params/0.w" -> "params/0.weight", "params/gamma" -> "params/weight"; buffers keep
+    their names."""
+    kind, _, name = key.partition("/")
+    if kind != "params":
+        return key
+    prefix, dot, leaf = name.rpartition(".")
+    return f"params/{prefix}{dot}{_V1_KEYS.get(leaf, leaf)}"
+
+
+def _upgrade_v1(header: dict, arrays: dict):
+    """(header, arrays) of a version-1 file in version 2's names."""
+    counters: list = []
+    model = _upgrade_spec(header.get("model"), "", counters)
+    arrays = {_upgrade_key(k): v for k, v in arrays.items()}
+    if arrays:
+        arrays.update({f"buffers/{p}num_batches_tracked": np.zeros((), np.int64)
+                       for p in counters})
+    return {**header, "version": VERSION, "model": model}, arrays
 
 
 def is_model_file(path) -> bool:
