@@ -147,7 +147,7 @@ def test_fit_is_deterministic_with_batchnorm_and_dropout(client):
 def test_tree_sum_on_the_workers_equals_the_client_sum(client):
     parts = [{"loss": float(i), "grads": {"w": np.full(3, 0.1 * i)}} for i in range(5)]
     futures = client.scatter(parts, hash=False)
-    total = D._tree_sum(client, futures, on_client=1)              # every level on the workers
+    total = D.tree_sum(client, futures, on_client=1)              # every level on the workers
     assert total["loss"] == 10.0 and np.allclose(total["grads"]["w"], 1.0)
 
 

@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ["npconv.pooling", "npconv.nn", "npconv.nn.functional", "npconv.nn.init",
            "npconv.nn.layers", "npconv.nn.losses", "npconv.nn.optim", "npconv.nn.serialization",
-           "npconv.training"]
+           "npconv.training", "npconv.training.builders", "npconv.training.data",
+           "npconv.training.loop", "npconv.training.report"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -86,6 +86,36 @@ def test_fit_checks_labels_before_training(digits):
         np.testing.assert_array_equal(v, before[k])
 
 
+def test_run_epochs_is_the_loop_around_any_steps():
+    """The loop shared by fit and distributed.fit, on steps that report fixed numbers: the
+    cosine schedule step by step, the running means, the history, and the learning rate
+    restored at the end and after an error."""
+    lrs, seen = [], []
+
+    def steps_of(opt, last=lambda: (4.0, 0, 1)):
+        def step(value, hits, n):
+            lrs.append(opt.lr)
+            return value, hits, n
+        return lambda: [lambda: step(1.0, 1, 2), last]
+
+    opt = nn.SGD(lr=0.1)
+    history = training.run_epochs(small_model(), steps_of(opt), optimizer=opt, epochs=2,
+                                  steps_per_epoch=2, on_batch=lambda *a: seen.append(a))
+    assert lrs == [training.cosine_lr(0.1, s, 4) for s in (0, 2)] and opt.lr == 0.1
+    assert seen[:2] == [(0, 2, 1.0, 0.5), (1, 2, 2.0, 1 / 3)]
+    assert history.loss == [2.0, 2.0] and history.accuracy == [1 / 3, 1 / 3]
+    assert np.isnan(history.val_loss).all() and history.epoch == [1, 2]
+    with pytest.raises(ZeroDivisionError):
+        training.run_epochs(small_model(), steps_of(opt, lambda: 1 / 0), optimizer=opt,
+                            epochs=1, steps_per_epoch=2)
+    assert opt.lr == 0.1
+    lrs.clear()
+    constant = nn.SGD(lr=0.1)
+    training.run_epochs(small_model(), steps_of(constant, lambda: (opt.lr, 0, 1)),
+                        optimizer=constant, epochs=2, steps_per_epoch=2, schedule="constant")
+    assert lrs == [0.1, 0.1]
+
+
 def test_cosine_lr():
     assert training.cosine_lr(0.1, 0, 10) == 0.1
     assert training.cosine_lr(0.1, 5, 10) == pytest.approx(0.05)
