@@ -25,6 +25,7 @@ more than MAX_NESTING deep) raises one ValueError naming the file.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -32,7 +33,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -90,8 +91,8 @@ def build(spec) -> Layer:
         raise ValueError(f"a {cls.__name__} spec needs a dict under 'config'; got {config!r}")
     # placeholder weights, overwritten on load, drawn from a local generator so that loading
     # leaves the default generator's stream alone
-    extra = {"rng": np.random.default_rng(0)} if "init" in inspect.signature(cls).parameters \
-        else {}
+    extra: dict[str, Any] = {"rng": np.random.default_rng(0)} \
+        if "init" in inspect.signature(cls).parameters else {}
     try:
         return cls(**config, **extra)
     except (TypeError, ValueError, OverflowError) as e:
@@ -133,7 +134,8 @@ def save(model: Layer, path, *, metadata: dict | None = None) -> Path:
                              "metadata": dict(metadata or {})})
     except TypeError as e:
         raise TypeError(f"`metadata` must hold JSON values only: {e}") from e
-    atomic_write(path, lambda f: np.savez(f, **{HEADER_KEY: np.array(header)}, **_arrays(model)))
+    arrays: dict[str, Any] = {HEADER_KEY: np.array(header), **_arrays(model)}
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
 
 
@@ -219,9 +221,8 @@ def _stored(zf: zipfile.ZipFile, path) -> dict:
         if key != HEADER_KEY:
             where = f"{path}: {key}"
             shape, dtype, _ = _npyfile.member_header(zf, info, where)
-            stored[key] = Stored(shape, dtype,
-                                 lambda info=info, where=where: _npyfile.read_member(zf, info,
-                                                                                     where))
+            read = functools.partial(_npyfile.read_member, zf, info, where)
+            stored[key] = Stored(shape, dtype, read)
     return stored
 
 
@@ -253,7 +254,9 @@ def _upgrade_spec(spec, prefix: str, counters: list):
             config["p"] = config.pop("rate")
     if spec.get("type") == "BatchNorm":
         counters.append(prefix)
-    return {**spec, "type": _V1_TYPES.get(spec.get("type"), spec.get("type")), "config": config}
+    kind = spec.get("type")
+    return {**spec, "type": _V1_TYPES.get(kind, kind) if isinstance(kind, str) else kind,
+            "config": config}
 
 
 def _upgrade_key(key: str) -> str:
