@@ -20,7 +20,7 @@ architecture is built without memory (`npconv.nn.init.meta`), and every key, sha
 declares is checked against the stored arrays' .npy headers, and each of those against the bytes
 that hold it (`npconv._npyfile`), before any array is read or allocated. A damaged, truncated,
 foreign or hostile file (a huge declared shape, a non-.npy member, a pickle, Sequentials nested
-more than MAX_NESTING deep) raises one ValueError naming the file.
+more than MAX_NESTING deep, more than MAX_LAYERS layers) raises one ValueError naming the file.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ FORMAT = "npconv.model"
 VERSION = 2
 HEADER_KEY = "__npconv_model__"
 MAX_NESTING = 64                   # Sequentials within Sequentials, in a file's architecture
+MAX_LAYERS = 100_000               # layers in a file's architecture (ResNet-152 has about 500)
 MAX_HEADER_BYTES = 16 << 20        # the JSON header member
 
 
@@ -171,16 +172,19 @@ def _open(path) -> zipfile.ZipFile:
                          f"truncated one: {e})") from None
 
 
-def _depth(spec) -> int:
-    """How deep Sequentials nest in a spec, counted without recursion."""
-    deepest, todo = 0, [(spec, 0)]
+def _check_size(spec, path) -> None:
+    """At most MAX_NESTING levels of Sequentials and MAX_LAYERS layers, counted without
+    recursion (`build` and `layer_spec` recurse)."""
+    count, todo = 0, [(spec, 0)]
     while todo:
         node, depth = todo.pop()
-        deepest = max(deepest, depth)
-        if isinstance(node, dict) and isinstance(node.get("layers"), list) and \
-                depth <= MAX_NESTING:
+        count += 1
+        if depth > MAX_NESTING or count > MAX_LAYERS:
+            what = (f"Sequentials nested more than {MAX_NESTING} deep" if depth > MAX_NESTING
+                    else f"more than {MAX_LAYERS} layers")
+            raise ValueError(f"{path}: invalid architecture: {what}")
+        if isinstance(node, dict) and isinstance(node.get("layers"), list):
             todo.extend((sub, depth + 1) for sub in node["layers"])
-    return deepest
 
 
 def _read_header(zf: zipfile.ZipFile, path) -> dict:
@@ -207,9 +211,7 @@ def _read_header(zf: zipfile.ZipFile, path) -> dict:
     if header.get("version") not in (1, VERSION):
         raise ValueError(f"{path}: npconv model format version {header.get('version')!r}; this "
                          f"npconv reads versions 1 and {VERSION}")
-    if _depth(header.get("model")) > MAX_NESTING:
-        raise ValueError(f"{path}: invalid architecture: Sequentials nested more than "
-                         f"{MAX_NESTING} deep")
+    _check_size(header.get("model"), path)
     return header
 
 
@@ -284,7 +286,8 @@ def _upgrade_v1(header: dict, stored: dict) -> tuple[dict, dict]:
 def is_model_file(path) -> bool:
     """True if `path` is a readable npconv model file."""
     try:
-        load_metadata(path)
+        with _open(path) as zf:
+            _read_header(zf, path)
     except (ValueError, FileNotFoundError):
         return False
     return True
