@@ -1,36 +1,55 @@
-"""npconv.nn: layers, initializers, losses, optimizers and model files on top of the core ops.
+"""npconv.nn: layers, initializers, losses, optimizers and model files on top of the core ops,
+with PyTorch's names (torch.nn's classes, arguments and state_dict keys).
 
     >>> import numpy as np
     >>> from npconv import nn
     >>> rng = np.random.default_rng(0)
     >>> model = nn.Sequential(
-    ...     nn.Conv(1, 8, (3, 3), padding="same", rng=rng), nn.ReLU(), nn.MaxPool(2),
-    ...     nn.Flatten(), nn.Dense(4 * 4 * 8, 10, rng=rng))
+    ...     nn.Conv2d(1, 8, 3, padding="same", rng=rng), nn.ReLU(), nn.MaxPool2d(2),
+    ...     nn.Flatten(), nn.Linear(4 * 4 * 8, 10, rng=rng))
     >>> x, labels = rng.random((16, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, 16)
     >>> opt = nn.Adam(lr=1e-3)
     >>> loss, dlogits = nn.softmax_cross_entropy(model.forward(x, training=True), labels)
     >>> _ = model.backward(dlogits)
     >>> opt.step(model.params, model.grads)
 
-Modules: `layers` (Conv, ConvTranspose, MaxPool, AvgPool, GlobalAvgPool, Dense, Flatten, ReLU,
-LeakyReLU, Tanh, Sigmoid, Dropout, BatchNorm, Sequential), `functional` (the maths those layers
-call), `init`, `losses`, `optim` and `serialization` (save / load).
+Modules: `layers` (Conv, Conv1d/2d/3d, ConvTranspose, ConvTranspose1d/2d/3d, MaxPool,
+MaxPool1d/2d/3d, AvgPool, AvgPool1d/2d/3d, GlobalAvgPool, Linear, Flatten, ReLU, LeakyReLU,
+Tanh, Sigmoid, Dropout, BatchNorm, BatchNorm1d/2d/3d, Sequential), `functional` (the maths
+those layers call), `init` (initializers and the default generator: `manual_seed`), `losses`,
+`optim` and `serialization` (save / load).
 """
 
 from npconv.nn import functional, init
+from npconv.nn.init import manual_seed
 from npconv.nn.layers import (
     LAYERS,
     AvgPool,
+    AvgPool1d,
+    AvgPool2d,
+    AvgPool3d,
     BatchNorm,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
     Conv,
+    Conv1d,
+    Conv2d,
+    Conv3d,
     ConvTranspose,
-    Dense,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
     Dropout,
     Flatten,
     GlobalAvgPool,
     Layer,
     LeakyReLU,
+    Linear,
     MaxPool,
+    MaxPool1d,
+    MaxPool2d,
+    MaxPool3d,
     ReLU,
     Sequential,
     Sigmoid,
@@ -48,16 +67,31 @@ __all__ = [
     "Adam",
     "AdamW",
     "AvgPool",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
     "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
     "Conv",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
     "ConvTranspose",
-    "Dense",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
     "Dropout",
     "Flatten",
     "GlobalAvgPool",
     "Layer",
     "LeakyReLU",
+    "Linear",
     "MaxPool",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
     "Optimizer",
     "ReLU",
     "Sequential",
@@ -69,7 +103,19 @@ __all__ = [
     "load",
     "load_metadata",
     "load_weights",
+    "manual_seed",
     "mse",
     "save",
     "softmax_cross_entropy",
 ]
+
+# Names replaced by PyTorch's (README, "Changes"); no aliases are kept, so that one thing has
+# one name, but the old name says where it went.
+_RENAMED = {"Dense": "Linear"}
+
+
+def __getattr__(name: str):
+    if name in _RENAMED:
+        raise AttributeError(f"npconv.nn.{name} was renamed npconv.nn.{_RENAMED[name]} (PyTorch's "
+                             f"name); see the README's Changes section")
+    raise AttributeError(f"module 'npconv.nn' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The maths of the non-convolution layers: activations, dense, batch norm, dropout, softmax.
+"""The maths of the non-convolution layers: activations, linear, batch norm, dropout, softmax.
 
 Each op is a pair: a forward function, and a backward function that takes dy = dL/dy plus what
 the forward pass saw and returns the input (and parameter) gradients. Both are pure: they never
@@ -6,7 +6,7 @@ modify their inputs, and they return new arrays in the inputs' dtype. Convolutio
 live in `npconv.convolution` and `npconv.pooling`; the layers of `npconv.nn.layers` call these
 ops and hold no maths of their own. The gradient rules are derived in docs/training.md.
 
-Shape letters: N batch, C channels (features), S spatial size, D the feature size of a dense
+Shape letters: N batch, C channels (features), S spatial size, D the feature size of a linear
 layer's input and F of its output.
 """
 
@@ -24,12 +24,12 @@ __all__ = [
     "batch_norm_backward",
     "channel_axis",
     "check_channels",
-    "dense",
-    "dense_backward",
     "dropout",
     "dropout_backward",
     "leaky_relu",
     "leaky_relu_backward",
+    "linear",
+    "linear_backward",
     "log_softmax",
     "relu",
     "relu_backward",
@@ -52,6 +52,7 @@ def real_in(value, low: float, high: float, name: str, *, closed_high: bool = Fa
     """A real number in [low, high) (or [low, high]), as a float; TypeError / ValueError."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a real number; got {value!r}")
+    value = float(value)
     ok = low <= value <= high if closed_high else low <= value < high
     if not ok:
         bracket = "]" if closed_high else ")"
@@ -144,11 +145,11 @@ def log_softmax(z, axis: int = -1):
 
 
 # ---------------------------------------------------------------------------------------------
-# Dense: y = x @ w + b
+# Linear: y = x @ w + b
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_dense(x, w, b) -> None:
+def _check_linear(x, w, b) -> None:
     _args.float_array(x, "x")
     _args.float_array(w, "w")
     if w.ndim != 2:
@@ -163,22 +164,23 @@ def _check_dense(x, w, b) -> None:
         check_shape(b, (w.shape[1],), "b")
 
 
-def dense(x, w, b=None):
-    """Affine map x (N, D) @ w (D, F) + b (F,) -> y (N, F) (Keras' weight layout).
+def linear(x, w, b=None):
+    """Affine map x (N, D) @ w (D, F) + b (F,) -> y (N, F); w is the transpose of the weight
+    of PyTorch's F.linear.
 
-    >>> dense(np.ones((2, 3)), np.ones((3, 4)), np.arange(4.0))
+    >>> linear(np.ones((2, 3)), np.ones((3, 4)), np.arange(4.0))
     array([[3., 4., 5., 6.],
            [3., 4., 5., 6.]])
     """
-    _check_dense(x, w, b)
+    _check_linear(x, w, b)
     y = x @ w                                                      # (N, F)
     return y if b is None else y + b
 
 
-def dense_backward(dy, x, w, *, bias: bool = True):
-    """(dx, dw, db) of `dense`: dx = dy w^T (N, D), dw = x^T dy (D, F), db = sum_n dy (F,)
+def linear_backward(dy, x, w, *, bias: bool = True):
+    """(dx, dw, db) of `linear`: dx = dy w^T (N, D), dw = x^T dy (D, F), db = sum_n dy (F,)
     or None when `bias` is False."""
-    _check_dense(x, w, None)
+    _check_linear(x, w, None)
     _args.float_array(dy, "dy")
     check_shape(dy, (x.shape[0], w.shape[1]), "dy")
     dx = dy @ w.T                                                  # (N, D)
@@ -309,14 +311,14 @@ def batch_norm_backward(dy, x, gamma, running_mean=None, running_var=None, *, tr
 
 
 # ---------------------------------------------------------------------------------------------
-# Dropout (inverted: the kept values are scaled by 1 / (1 - rate) at training time)
+# Dropout (inverted: the kept values are scaled by 1 / (1 - p) at training time)
 # ---------------------------------------------------------------------------------------------
 
 
-def dropout(x, rate: float, *, rng: np.random.Generator):
-    """Zero each element with probability `rate`, scale the rest by 1 / (1 - rate).
+def dropout(x, p: float, *, rng: np.random.Generator):
+    """Zero each element with probability `p`, scale the rest by 1 / (1 - p).
 
-    Returns (y, mask), mask of x's shape and dtype holding 0 or 1 / (1 - rate), for
+    Returns (y, mask), mask of x's shape and dtype holding 0 or 1 / (1 - p), for
     `dropout_backward`. The expected value of y is x.
 
     >>> y, mask = dropout(np.ones((1, 4)), 0.5, rng=np.random.default_rng(0))
@@ -324,11 +326,11 @@ def dropout(x, rate: float, *, rng: np.random.Generator):
     True
     """
     _args.float_array(x, "x")
-    rate = real_in(rate, 0.0, 1.0, "rate")
+    p = real_in(p, 0.0, 1.0, "p")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"`rng` must be a numpy.random.Generator; got {type(rng).__name__}")
-    keep = rng.random(x.shape) >= rate                             # like x, bool
-    mask = (keep / (1 - rate)).astype(x.dtype)                     # like x
+    keep = rng.random(x.shape) >= p                                # like x, bool
+    mask = (keep / (1 - p)).astype(x.dtype)                        # like x
     return x * mask, mask
 
 

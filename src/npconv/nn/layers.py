@@ -2,24 +2,32 @@
 
 A layer holds no maths (tinygrad's rule): `forward(x, training=...)` checks the input, keeps
 what the backward pass needs and calls one functional op (`npconv.conv`, `npconv.max_pool`,
-`npconv.nn.functional.dense`, ...); `backward(dy)` calls that op's backward, stores the
+`npconv.nn.functional.linear`, ...); `backward(dy)` calls that op's backward, stores the
 parameter gradients in `grads` (the same keys as `params`) and returns dx. Non-trained state
 that is saved with a model (batch norm's running statistics) lives in `buffers`.
 
+Names follow PyTorch's `torch.nn`: the classes (Conv2d, MaxPool2d, BatchNorm2d, Linear, ...),
+their arguments (in_channels, out_channels, kernel_size, in_features, p, eps, momentum) and the
+keys of params and buffers ("weight", "bias", "running_mean", "running_var",
+"num_batches_tracked"), so a Sequential's keys ("0.weight", "1.running_var") are those of the
+same PyTorch Sequential's state_dict. The N-d classes Conv, ConvTranspose, MaxPool, AvgPool and
+BatchNorm take any rank; Conv1d ... BatchNorm3d fix it, as PyTorch's do.
+
 Every layer takes `data_format` where it matters ("channels_last": x (N, *S, C), the default;
 "channels_first": x (N, C, *S)), and its weights use the matching layout of `npconv.conv`:
-(*K, C/G, F) or PyTorch's (F, C/G, *K). A layer is rebuilt from `type(layer).__name__` and
-`layer.config()` (JSON-ready keyword arguments), which is how `npconv.nn.save` stores it.
+(*K, C/G, F) or PyTorch's (F, C/G, *K); a Linear weight is (in_features, out_features). A layer
+is rebuilt from `type(layer).__name__` and `layer.config()` (JSON-ready keyword arguments), which
+is how `npconv.nn.save` stores it.
 
 >>> import numpy as np
 >>> from npconv import nn
 >>> rng = np.random.default_rng(0)
->>> model = nn.Sequential(nn.Conv(1, 4, (3, 3), padding=1, rng=rng), nn.ReLU(),
-...                       nn.MaxPool(2), nn.Flatten(), nn.Dense(4 * 4 * 4, 10, rng=rng))
+>>> model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, rng=rng), nn.ReLU(),
+...                       nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 10, rng=rng))
 >>> logits = model.forward(np.zeros((2, 8, 8, 1), np.float32), training=True)   # (N, 10)
 >>> dx = model.backward(np.ones_like(logits))                                   # (N, 8, 8, 1)
->>> logits.shape, dx.shape, sorted(model.params) == sorted(model.grads)
-((2, 10), (2, 8, 8, 1), True)
+>>> logits.shape, dx.shape, sorted(model.params)
+((2, 10), (2, 8, 8, 1), ['0.bias', '0.weight', '4.bias', '4.weight'])
 """
 
 from __future__ import annotations
@@ -36,16 +44,31 @@ from npconv.spec import resolve_padding
 __all__ = [
     "LAYERS",
     "AvgPool",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
     "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
     "Conv",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
     "ConvTranspose",
-    "Dense",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
     "Dropout",
     "Flatten",
     "GlobalAvgPool",
     "Layer",
     "LeakyReLU",
+    "Linear",
     "MaxPool",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
     "ReLU",
     "Sequential",
     "Sigmoid",
@@ -66,24 +89,47 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
-def _kernel_tuple(kernel_size) -> tuple[int, ...]:
-    """A layer's kernel_size sets its rank, so it must be a tuple: (3, 3) for 2-D."""
-    if not isinstance(kernel_size, (tuple, list)) or not kernel_size:
-        raise TypeError(
-            f"`kernel_size` must be a tuple with one int per spatial dimension (its length sets "
-            f"the rank: (3, 3) for 2-D, (3,) for 1-D); got {kernel_size!r}"
-        )
-    return _args.positive_tuple(tuple(kernel_size), len(kernel_size), "kernel_size")
+def _frozen(value):
+    """Lists (from JSON) back to tuples, recursively."""
+    return tuple(map(_frozen, value)) if isinstance(value, (list, tuple)) else value
 
 
-def _pool_size(value, name: str, allow_none: bool = False):
-    """An int or a tuple of ints >= 1, kept as given (a pool's rank comes from its input)."""
+def _layer_rank(cls: type, rank) -> int | None:
+    """The rank of a layer: its class's (Conv2d: 2), else the `rank` argument (or None)."""
+    fixed = getattr(cls, "rank", None)
+    if rank is None:
+        return fixed
+    rank = _positive_int(rank, "rank")
+    if fixed is not None and rank != fixed:
+        raise ValueError(f"{cls.__name__} is {fixed}-d; got rank={rank}")
+    return rank
+
+
+def _kernel_size(kernel_size, rank: int | None, cls: type) -> tuple[int, ...]:
+    """kernel_size as a tuple: an int repeated `rank` times, or a tuple (of `rank` ints)."""
+    kernel_size = _frozen(kernel_size)
+    if _args.is_int(kernel_size):
+        if rank is None:
+            raise TypeError(
+                f"{cls.__name__}: an int `kernel_size` needs the rank: pass `rank=` (the number "
+                f"of spatial dimensions), a tuple with one int per spatial dimension ((3, 3) for "
+                f"2-D), or use {cls.__name__}1d/2d/3d; got kernel_size={kernel_size!r}")
+        return _args.positive_tuple(kernel_size, rank, "kernel_size")
+    if not isinstance(kernel_size, tuple) or not kernel_size:
+        raise TypeError(f"`kernel_size` must be an int or a tuple of ints; got {kernel_size!r}")
+    return _args.positive_tuple(kernel_size, rank or len(kernel_size), "kernel_size")
+
+
+def _pool_size(value, name: str, rank: int | None, allow_none: bool = False):
+    """An int or a tuple of ints >= 1 (of `rank` ints when the class fixes the rank), kept as
+    given: a pool's rank comes from its input."""
+    value = _frozen(value)
     if value is None and allow_none:
         return None
     if _args.is_int(value):
         return _args.positive_tuple(value, 1, name)[0]
-    if isinstance(value, (tuple, list)) and value:
-        return _args.positive_tuple(tuple(value), len(value), name)
+    if isinstance(value, tuple) and value:
+        return _args.positive_tuple(value, rank or len(value), name)
     raise TypeError(f"`{name}` must be an int or a tuple of ints; got {value!r}")
 
 
@@ -91,9 +137,8 @@ def _padding(padding, kernel_size, stride, dilation):
     """"valid", "same", "full" kept; ints and pairs resolved to explicit (lo, hi) pairs."""
     if isinstance(padding, str):
         return _args.choice(padding, ("valid", "same", "full"), "padding")
-    if isinstance(padding, list):
-        padding = tuple(tuple(p) if isinstance(p, list) else p for p in padding)
-    return resolve_padding(padding, (1,) * len(kernel_size), kernel_size, stride, dilation)
+    return resolve_padding(_frozen(padding), (1,) * len(kernel_size), kernel_size, stride,
+                           dilation)
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -106,11 +151,6 @@ def _float_dtype(dtype) -> np.dtype:
     return dt
 
 
-def _frozen(value):
-    """Lists (from JSON) back to tuples, recursively."""
-    return tuple(map(_frozen, value)) if isinstance(value, (list, tuple)) else value
-
-
 # ---------------------------------------------------------------------------------------------
 # Base class
 # ---------------------------------------------------------------------------------------------
@@ -119,19 +159,20 @@ def _frozen(value):
 class Layer:
     """Base of every layer.
 
-    Attributes
-    ----------
-    params : dict of str -> ndarray
-        Trained arrays; an optimizer updates them in place.
-    grads : dict of str -> ndarray
-        The same keys, filled by `backward` (zeros before the first one).
-    buffers : dict of str -> ndarray
-        Saved, not trained (batch norm's running statistics).
+    The contract every layer (and every composition of layers) keeps:
+
+    - `forward(x, training=False) -> y`, keeping what `backward` needs;
+    - `backward(dy) -> dx` for the input of the last forward, filling `grads`;
+    - `params` (trained arrays, updated in place by an optimizer), `grads` (the same keys),
+      `buffers` (saved, not trained: batch norm's running statistics);
+    - `config()`: the constructor's keyword arguments, JSON-ready, so that
+      `type(layer)(**layer.config())` builds the same architecture;
+    - `to(xp)`: move every array to the array module xp (numpy or cupy).
     """
 
     def __init__(self, params: dict | None = None, buffers: dict | None = None) -> None:
         self.params = dict(params or {})
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}  # like params
+        self.grads = {k: initializers.zeros_like(v) for k, v in self.params.items()}
         self.buffers = dict(buffers or {})
         self._cache = None
 
@@ -144,7 +185,8 @@ class Layer:
         raise NotImplementedError
 
     def config(self) -> dict:
-        """Constructor keyword arguments, JSON-ready (the random generator excluded)."""
+        """Constructor keyword arguments, JSON-ready (the initializer and generator excluded:
+        they only matter before the weights exist)."""
         return {}
 
     def __call__(self, x, training: bool = False):
@@ -153,8 +195,8 @@ class Layer:
     def to(self, xp):
         """Move params, grads and buffers to the array module `xp` (numpy or cupy); returns self.
 
-        >>> layer = Dense(3, 2, rng=np.random.default_rng(0)).to(np)
-        >>> type(layer.params["w"]).__name__
+        >>> layer = Linear(3, 2, rng=np.random.default_rng(0)).to(np)
+        >>> type(layer.params["weight"]).__name__
         'ndarray'
         """
         for attr in ("params", "grads", "buffers"):
@@ -177,15 +219,14 @@ class Layer:
         return self._cache
 
 
-def _check_rank(layer: Layer, x, rank: int, channels: int, data_format: str) -> None:
+def _check_rank(layer: Layer, x, ranks, data_format: str) -> None:
+    """x a float array with a batch axis, a channel axis and len(S) in `ranks` (None: any)."""
     _args.float_array(x, "x")
-    if x.ndim != rank + 2:
+    if ranks is not None and x.ndim - 2 not in ranks:
         layout = "(N, *S, C)" if data_format == "channels_last" else "(N, C, *S)"
-        raise ValueError(
-            f"{layer!r} expects `x` of shape {layout} with {rank} spatial dimension(s); "
-            f"got shape {tuple(x.shape)}"
-        )
-    F.check_channels(x, channels, data_format, repr(layer))
+        dims = " or ".join(map(str, ranks))
+        raise ValueError(f"{layer!r} expects `x` of shape {layout} with {dims} spatial "
+                         f"dimension(s); got shape {tuple(x.shape)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,11 +234,12 @@ def _check_rank(layer: Layer, x, rank: int, channels: int, data_format: str) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def _conv_args(in_channels, out_channels, kernel_size, groups, stride, dilation, padding):
+def _conv_args(cls, in_channels, out_channels, kernel_size, groups, stride, dilation, padding,
+               rank):
     """Checked (C, F, K) and the geometry keywords shared by Conv and ConvTranspose."""
     c = _positive_int(in_channels, "in_channels")
     f = _positive_int(out_channels, "out_channels")
-    k = _kernel_tuple(kernel_size)
+    k = _kernel_size(kernel_size, _layer_rank(cls, rank), cls)
     g = _positive_int(groups, "groups")
     if c % g or f % g:
         raise ValueError(f"`groups` must divide in_channels and out_channels; got groups={g}, "
@@ -208,106 +250,157 @@ def _conv_args(in_channels, out_channels, kernel_size, groups, stride, dilation,
     return c, f, k, dict(stride=stride, padding=padding, dilation=dilation, groups=g)
 
 
-def _with_bias(w, out_channels: int, bias: bool) -> dict:
-    """{"w": w} plus a zero bias (F,) in w's dtype when `bias`."""
-    return {"w": w, "b": np.zeros(out_channels, dtype=w.dtype)} if bias else {"w": w}  # b (F,)
-
-
 class Conv(Layer):
-    """N-d convolution layer; the rank is len(kernel_size).
+    """N-d convolution layer (`npconv.conv`): PyTorch's Conv1d/Conv2d/Conv3d for any rank.
 
-    Weight w (*K, C/G, F) channels_last or (F, C/G, *K) channels_first, bias b (F,); the other
-    arguments are those of `npconv.conv`. `init` names an `npconv.nn.init` initializer, drawn
-    from `rng` with fan_in = C/G * prod(K), fan_out = F/G * prod(K); the bias starts at zero.
-    Output size per dimension: P = floor((S + lo + hi - dilation * (K - 1) - 1) / stride) + 1.
+    The rank (number of spatial dimensions) is len(kernel_size) for a tuple; an int
+    kernel_size needs `rank`: Conv(3, 8, (3, 3)), Conv(3, 8, 3, rank=2) and Conv2d(3, 8, 3)
+    are the same layer.
+
+    params: weight (*K, C/G, F) channels_last or (F, C/G, *K) channels_first, bias (F,). The
+    other arguments are those of `npconv.conv`. Initialization (`npconv.nn.init`): with init
+    None, PyTorch's default, weight and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    fan_in = C/G * prod(K); or the named initializer for the weight and a zero bias. Drawn from
+    `rng` (the default generator when None). Output size per dimension:
+    P = floor((S + lo + hi - dilation * (K - 1) - 1) / stride) + 1.
 
     >>> conv = Conv(3, 8, (3, 3), stride=2, padding="same", rng=np.random.default_rng(0))
-    >>> conv.params["w"].shape, conv(np.zeros((2, 32, 32, 3), np.float32)).shape
+    >>> conv.params["weight"].shape, conv(np.zeros((2, 32, 32, 3), np.float32)).shape
     ((3, 3, 3, 8), (2, 16, 16, 8))
     """
+
+    rank: int | None = None                     # fixed by Conv1d, Conv2d, Conv3d
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, *, stride=1,
                  padding=0, dilation=1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", data_format: str = "channels_last",
-                 init: str = "he_normal", rng: np.random.Generator | None = None,
-                 dtype="float32") -> None:
-        c, f, k, self.kw = _conv_args(in_channels, out_channels, kernel_size, groups, stride,
-                                      dilation, padding)
+                 rank: int | None = None, init: str | None = None,
+                 rng: np.random.Generator | None = None, dtype="float32") -> None:
+        c, f, k, self.kw = _conv_args(type(self), in_channels, out_channels, kernel_size,
+                                      groups, stride, dilation, padding, rank)
         self.kw["data_format"] = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
         self.kw["padding_mode"] = _args.choice(padding_mode, _args.PADDING_MODES,
                                                "padding_mode")
         self.in_channels, self.out_channels, self.kernel_size = c, f, k
-        self.bias = pooling.check_flag(bias, "bias")
-        self.init, self.dtype = init, _float_dtype(dtype)
-        g = self.kw["groups"]
+        self.rank, self.has_bias = len(k), pooling.check_flag(bias, "bias")
+        self.dtype = _float_dtype(dtype)
+        g, n = self.kw["groups"], math.prod(k)
         w_shape = (*k, c // g, f) if data_format == "channels_last" else (f, c // g, *k)
-        w = initializers.get(init)(w_shape, c // g * math.prod(k), f // g * math.prod(k),
-                                   rng=rng, dtype=self.dtype)
-        super().__init__(_with_bias(w, f, self.bias))
+        super().__init__(initializers.default_parameters(
+            w_shape, (f,) if self.has_bias else None, c // g * n, f // g * n, init=init, rng=rng,
+            dtype=self.dtype))
 
     def config(self) -> dict:
         return dict(in_channels=self.in_channels, out_channels=self.out_channels,
-                    kernel_size=self.kernel_size, **self.kw, bias=self.bias, init=self.init,
+                    kernel_size=self.kernel_size, **self.kw, bias=self.has_bias,
                     dtype=self.dtype.name)
 
     def forward(self, x, training: bool = False):
-        _check_rank(self, x, len(self.kernel_size), self.in_channels, self.kw["data_format"])
+        _check_rank(self, x, (self.rank,), self.kw["data_format"])
+        F.check_channels(x, self.in_channels, self.kw["data_format"], repr(self))
         self._start(training, x)
-        return convolution.conv(x, self.params["w"], self.params.get("b"), **self.kw)
+        return convolution.conv(x, self.params["weight"], self.params.get("bias"), **self.kw)
 
     def backward(self, dy):
-        dx, dw, db = convolution.conv_backward(dy, self._saved(), self.params["w"],
-                                               bias=self.bias, **self.kw)
-        self.grads = {"w": dw, "b": db} if self.bias else {"w": dw}
+        dx, dw, db = convolution.conv_backward(dy, self._saved(), self.params["weight"],
+                                               bias=self.has_bias, **self.kw)
+        self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
 
 
-class ConvTranspose(Layer):
-    """N-d transposed convolution layer (PyTorch's ConvTransposeNd); rank = len(kernel_size).
+class Conv1d(Conv):
+    """`Conv` of rank 1: x (N, L, C) -> (N, P, F); kernel_size an int or a 1-tuple."""
 
-    Weight w (*K, F/G, C) channels_last or (C, F/G, *K) channels_first (C = in_channels,
-    F = out_channels), bias b (F,); the other arguments are those of `npconv.conv_transpose`.
-    fan_in = F/G * prod(K) as PyTorch counts it for this weight. Output size per dimension:
+    rank = 1
+
+
+class Conv2d(Conv):
+    """`Conv` of rank 2: x (N, H, W, C) -> (N, P1, P2, F) (channels_last).
+
+    >>> Conv2d(3, 8, 3, padding=1, rng=np.random.default_rng(0)).params["weight"].shape
+    (3, 3, 3, 8)
+    """
+
+    rank = 2
+
+
+class Conv3d(Conv):
+    """`Conv` of rank 3: x (N, D, H, W, C) -> (N, P1, P2, P3, F) (channels_last)."""
+
+    rank = 3
+
+
+class ConvTranspose(Layer):
+    """N-d transposed convolution layer (`npconv.conv_transpose`): PyTorch's
+    ConvTranspose1d/2d/3d for any rank; the rank as in `Conv`.
+
+    params: weight (*K, F/G, C) channels_last or (C, F/G, *K) channels_first (C = in_channels,
+    F = out_channels), bias (F,); the other arguments are those of `npconv.conv_transpose`.
+    Initialization as `Conv`, with fan_in = F/G * prod(K) as PyTorch counts it for this weight
+    (its second axis). Output size per dimension:
     O = (S - 1) * stride - lo - hi + dilation * (K - 1) + output_padding + 1.
 
-    >>> up = ConvTranspose(8, 3, (2, 2), stride=2, rng=np.random.default_rng(0))
+    >>> up = ConvTranspose2d(8, 3, 2, stride=2, rng=np.random.default_rng(0))
     >>> up(np.zeros((2, 16, 16, 8), np.float32)).shape              # (16 - 1) * 2 + 2
     (2, 32, 32, 3)
     """
 
+    rank: int | None = None                     # fixed by ConvTranspose1d/2d/3d
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, *, stride=1,
                  padding=0, output_padding=0, dilation=1, groups: int = 1, bias: bool = True,
-                 data_format: str = "channels_last", init: str = "he_normal",
-                 rng: np.random.Generator | None = None, dtype="float32") -> None:
-        c, f, k, self.kw = _conv_args(in_channels, out_channels, kernel_size, groups, stride,
-                                      dilation, padding)
+                 data_format: str = "channels_last", rank: int | None = None,
+                 init: str | None = None, rng: np.random.Generator | None = None,
+                 dtype="float32") -> None:
+        c, f, k, self.kw = _conv_args(type(self), in_channels, out_channels, kernel_size,
+                                      groups, stride, dilation, padding, rank)
         self.kw["output_padding"] = _args.int_tuple(_frozen(output_padding), len(k),
                                                     "output_padding")
         self.kw["data_format"] = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
         self.in_channels, self.out_channels, self.kernel_size = c, f, k
-        self.bias = pooling.check_flag(bias, "bias")
-        self.init, self.dtype = init, _float_dtype(dtype)
-        g = self.kw["groups"]
+        self.rank, self.has_bias = len(k), pooling.check_flag(bias, "bias")
+        self.dtype = _float_dtype(dtype)
+        g, n = self.kw["groups"], math.prod(k)
         w_shape = (*k, f // g, c) if data_format == "channels_last" else (c, f // g, *k)
-        w = initializers.get(init)(w_shape, f // g * math.prod(k), c // g * math.prod(k),
-                                   rng=rng, dtype=self.dtype)
-        super().__init__(_with_bias(w, f, self.bias))
+        super().__init__(initializers.default_parameters(
+            w_shape, (f,) if self.has_bias else None, f // g * n, c // g * n, init=init, rng=rng,
+            dtype=self.dtype))
 
     def config(self) -> dict:
         return dict(in_channels=self.in_channels, out_channels=self.out_channels,
-                    kernel_size=self.kernel_size, **self.kw, bias=self.bias, init=self.init,
+                    kernel_size=self.kernel_size, **self.kw, bias=self.has_bias,
                     dtype=self.dtype.name)
 
     def forward(self, x, training: bool = False):
-        _check_rank(self, x, len(self.kernel_size), self.in_channels, self.kw["data_format"])
+        _check_rank(self, x, (self.rank,), self.kw["data_format"])
+        F.check_channels(x, self.in_channels, self.kw["data_format"], repr(self))
         self._start(training, x)
-        return convolution.conv_transpose(x, self.params["w"], self.params.get("b"), **self.kw)
+        return convolution.conv_transpose(x, self.params["weight"], self.params.get("bias"),
+                                          **self.kw)
 
     def backward(self, dy):
-        dx, dw, db = convolution.conv_transpose_backward(dy, self._saved(), self.params["w"],
-                                                         bias=self.bias, **self.kw)
-        self.grads = {"w": dw, "b": db} if self.bias else {"w": dw}
+        dx, dw, db = convolution.conv_transpose_backward(dy, self._saved(), self.params["weight"],
+                                                         bias=self.has_bias, **self.kw)
+        self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
+
+
+class ConvTranspose1d(ConvTranspose):
+    """`ConvTranspose` of rank 1."""
+
+    rank = 1
+
+
+class ConvTranspose2d(ConvTranspose):
+    """`ConvTranspose` of rank 2."""
+
+    rank = 2
+
+
+class ConvTranspose3d(ConvTranspose):
+    """`ConvTranspose` of rank 3."""
+
+    rank = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,21 +409,24 @@ class ConvTranspose(Layer):
 
 
 class MaxPool(Layer):
-    """N-d max pooling (`npconv.max_pool`); the rank comes from the input.
+    """N-d max pooling (`npconv.max_pool`); the rank comes from the input (MaxPool1d/2d/3d
+    check it).
 
     y (N, *P, C): P = floor((S + lo + hi - dilation * (K - 1) - 1) / stride) + 1, or ceil.
 
     >>> x = np.zeros((2, 7, 7, 4))                                  # (N, H, W, C)
-    >>> MaxPool(2)(x).shape, MaxPool(2, ceil_mode=True)(x).shape
+    >>> MaxPool(2)(x).shape, MaxPool2d(2, ceil_mode=True)(x).shape
     ((2, 3, 3, 4), (2, 4, 4, 4))
     """
 
+    rank: int | None = None                     # fixed by MaxPool1d, MaxPool2d, MaxPool3d
+
     def __init__(self, kernel_size, *, stride=None, padding=0, dilation=1,
                  ceil_mode: bool = False, data_format: str = "channels_last") -> None:
-        self.kw = dict(kernel_size=_pool_size(_frozen(kernel_size), "kernel_size"),
-                       stride=_pool_size(_frozen(stride), "stride", allow_none=True),
-                       padding=_frozen(padding), dilation=_pool_size(_frozen(dilation),
-                                                                     "dilation"),
+        r = self.rank
+        self.kw = dict(kernel_size=_pool_size(kernel_size, "kernel_size", r),
+                       stride=_pool_size(stride, "stride", r, allow_none=True),
+                       padding=_frozen(padding), dilation=_pool_size(dilation, "dilation", r),
                        ceil_mode=pooling.check_flag(ceil_mode, "ceil_mode"),
                        data_format=_args.choice(data_format, _args.DATA_FORMATS, "data_format"))
         super().__init__()
@@ -339,6 +435,7 @@ class MaxPool(Layer):
         return dict(self.kw)
 
     def forward(self, x, training: bool = False):
+        _check_rank(self, x, self.rank and (self.rank,), self.kw["data_format"])
         self._start(training, x)
         return pooling.max_pool(x, **self.kw)
 
@@ -346,13 +443,35 @@ class MaxPool(Layer):
         return pooling.max_pool_backward(dy, self._saved(), **self.kw)
 
 
+class MaxPool1d(MaxPool):
+    """`MaxPool` for x (N, L, C) / (N, C, L)."""
+
+    rank = 1
+
+
+class MaxPool2d(MaxPool):
+    """`MaxPool` for x (N, H, W, C) / (N, C, H, W)."""
+
+    rank = 2
+
+
+class MaxPool3d(MaxPool):
+    """`MaxPool` for x (N, D, H, W, C) / (N, C, D, H, W)."""
+
+    rank = 3
+
+
 class AvgPool(Layer):
-    """N-d average pooling (`npconv.avg_pool`); the rank comes from the input."""
+    """N-d average pooling (`npconv.avg_pool`); the rank comes from the input (AvgPool1d/2d/3d
+    check it)."""
+
+    rank: int | None = None                     # fixed by AvgPool1d, AvgPool2d, AvgPool3d
 
     def __init__(self, kernel_size, *, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True, data_format: str = "channels_last") -> None:
-        self.kw = dict(kernel_size=_pool_size(_frozen(kernel_size), "kernel_size"),
-                       stride=_pool_size(_frozen(stride), "stride", allow_none=True),
+        r = self.rank
+        self.kw = dict(kernel_size=_pool_size(kernel_size, "kernel_size", r),
+                       stride=_pool_size(stride, "stride", r, allow_none=True),
                        padding=_frozen(padding),
                        ceil_mode=pooling.check_flag(ceil_mode, "ceil_mode"),
                        count_include_pad=pooling.check_flag(count_include_pad,
@@ -364,7 +483,7 @@ class AvgPool(Layer):
         return dict(self.kw)
 
     def forward(self, x, training: bool = False):
-        _args.float_array(x, "x")
+        _check_rank(self, x, self.rank and (self.rank,), self.kw["data_format"])
         self._start(training, x.shape)
         return pooling.avg_pool(x, **self.kw)
 
@@ -372,8 +491,27 @@ class AvgPool(Layer):
         return pooling.avg_pool_backward(dy, self._saved(), **self.kw)
 
 
+class AvgPool1d(AvgPool):
+    """`AvgPool` for x (N, L, C) / (N, C, L)."""
+
+    rank = 1
+
+
+class AvgPool2d(AvgPool):
+    """`AvgPool` for x (N, H, W, C) / (N, C, H, W)."""
+
+    rank = 2
+
+
+class AvgPool3d(AvgPool):
+    """`AvgPool` for x (N, D, H, W, C) / (N, C, D, H, W)."""
+
+    rank = 3
+
+
 class GlobalAvgPool(Layer):
-    """Mean over every spatial dimension: (N, *S, C) or (N, C, *S) -> (N, C)."""
+    """Mean over every spatial dimension: (N, *S, C) or (N, C, *S) -> (N, C) (PyTorch:
+    AdaptiveAvgPool2d(1) then Flatten)."""
 
     def __init__(self, *, data_format: str = "channels_last") -> None:
         self.data_format = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
@@ -392,35 +530,33 @@ class GlobalAvgPool(Layer):
 
 
 # ---------------------------------------------------------------------------------------------
-# Dense and reshaping
+# Linear and reshaping
 # ---------------------------------------------------------------------------------------------
 
 
-class Dense(Layer):
-    """Fully connected layer: x (N, D) @ w (D, F) + b (F,) -> (N, F).
+class Linear(Layer):
+    """Fully connected layer: x (N, D) @ weight (D, F) + bias (F,) -> (N, F).
 
-    `init` names an `npconv.nn.init` initializer (fan_in = D, fan_out = F); b starts at zero.
+    The weight is stored (in_features, out_features), the transpose of PyTorch's. Initialization
+    as `Conv`, with fan_in = D (PyTorch's default: U(-1/sqrt(D), 1/sqrt(D)) for both arrays).
 
-    >>> Dense(64, 10, rng=np.random.default_rng(0))(np.ones((5, 64), np.float32)).shape
+    >>> Linear(64, 10, rng=np.random.default_rng(0))(np.ones((5, 64), np.float32)).shape
     (5, 10)
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
-                 init: str = "he_normal", rng: np.random.Generator | None = None,
+                 init: str | None = None, rng: np.random.Generator | None = None,
                  dtype="float32") -> None:
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        self.bias, self.init = pooling.check_flag(bias, "bias"), init
+        self.in_features = d = _positive_int(in_features, "in_features")
+        self.out_features = f = _positive_int(out_features, "out_features")
+        self.has_bias = pooling.check_flag(bias, "bias")
         self.dtype = _float_dtype(dtype)
-        d, f = self.in_features, self.out_features
-        params = {"w": initializers.get(init)((d, f), d, f, rng=rng, dtype=self.dtype)}
-        if self.bias:
-            params["b"] = np.zeros(f, dtype=self.dtype)            # (F,)
-        super().__init__(params)
+        super().__init__(initializers.default_parameters(
+            (d, f), (f,) if self.has_bias else None, d, f, init=init, rng=rng, dtype=self.dtype))
 
     def config(self) -> dict:
         return dict(in_features=self.in_features, out_features=self.out_features,
-                    bias=self.bias, init=self.init, dtype=self.dtype.name)
+                    bias=self.has_bias, dtype=self.dtype.name)
 
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
@@ -429,11 +565,12 @@ class Dense(Layer):
             raise ValueError(f"{self!r} expects `x` of shape (N, {self.in_features}); got "
                              f"shape {tuple(x.shape)}{hint}")
         self._start(training, x)
-        return F.dense(x, self.params["w"], self.params.get("b"))
+        return F.linear(x, self.params["weight"], self.params.get("bias"))
 
     def backward(self, dy):
-        dx, dw, db = F.dense_backward(dy, self._saved(), self.params["w"], bias=self.bias)
-        self.grads = {"w": dw, "b": db} if self.bias else {"w": dw}
+        dx, dw, db = F.linear_backward(dy, self._saved(), self.params["weight"],
+                                       bias=self.has_bias)
+        self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
 
 
@@ -517,27 +654,27 @@ class Sigmoid(Layer):
 
 
 class Dropout(Layer):
-    """Inverted dropout: in training, zero each element with probability `rate` and scale the
-    rest by 1 / (1 - rate); in evaluation, the identity. Training needs `rng` (it may be set
-    later: `layer.rng = np.random.default_rng(seed)`; a loaded model has none)."""
+    """Inverted dropout: in training, zero each element with probability `p` and scale the
+    rest by 1 / (1 - p); in evaluation, the identity. The masks are drawn from `rng`, or from
+    npconv.nn.init's default generator when it is None (`nn.manual_seed` repeats them); it may
+    be set later: `layer.rng = np.random.default_rng(seed)`."""
 
-    def __init__(self, rate: float = 0.5, *, rng: np.random.Generator | None = None) -> None:
-        self.rate = F.real_in(rate, 0.0, 1.0, "rate")
+    def __init__(self, p: float = 0.5, *, rng: np.random.Generator | None = None) -> None:
+        self.p = F.real_in(p, 0.0, 1.0, "p")
+        if rng is not None:
+            initializers.generator(rng)                            # TypeError for a non-generator
         self.rng = rng
         super().__init__()
 
     def config(self) -> dict:
-        return dict(rate=self.rate)
+        return dict(p=self.p)
 
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
-        if not pooling.check_flag(training, "training") or self.rate == 0:
+        if not pooling.check_flag(training, "training") or self.p == 0:
             self._start(training, np.ones_like(x))                 # mask like x
             return x.copy()
-        if self.rng is None:
-            raise ValueError("Dropout needs a numpy.random.Generator to train: pass "
-                             "rng=np.random.default_rng(seed) or set layer.rng; got rng=None")
-        y, mask = F.dropout(x, self.rate, rng=self.rng)
+        y, mask = F.dropout(x, self.p, rng=initializers.generator(self.rng))
         self._start(training, mask)
         return y
 
@@ -551,42 +688,59 @@ class Dropout(Layer):
 
 
 class BatchNorm(Layer):
-    """Batch normalization over all axes but the channel axis (PyTorch's BatchNorm1d/2d/3d).
+    """Batch normalization over all axes but the channel axis, for x of any rank (PyTorch's
+    BatchNorm1d/2d/3d in one class; those three check the rank).
 
-    params gamma (C,) = 1 and beta (C,) = 0; buffers running_mean (C,) = 0 and running_var
-    (C,) = 1, updated in training as (1 - momentum) * old + momentum * batch statistic.
-    Training normalizes with the batch statistics, evaluation with the running ones.
+    params weight (C,) = 1 and bias (C,) = 0 (gamma and beta); buffers running_mean (C,) = 0,
+    running_var (C,) = 1 and num_batches_tracked () = 0. Training normalizes with the batch
+    statistics and updates the running ones as (1 - momentum) * old + momentum * batch (with
+    momentum None: the cumulative average, momentum = 1 / num_batches_tracked), counting the
+    batch in num_batches_tracked; evaluation normalizes with the running statistics.
 
-    >>> bn = BatchNorm(4)
+    >>> bn = BatchNorm2d(4)
     >>> y = bn(np.random.default_rng(0).normal(3, 2, (64, 5, 5, 4)), training=True)
     >>> bool(abs(y.mean()) < 1e-6), bn.buffers["running_mean"].round(2)  # 0.9 * 0 + 0.1 * 3
     (True, array([0.3, 0.3, 0.3, 0.3], dtype=float32))
     """
 
-    def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
+    ranks: tuple[int, ...] | None = None        # spatial ranks allowed by BatchNorm1d/2d/3d
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float | None = 0.1,
                  data_format: str = "channels_last", dtype="float32") -> None:
         self.num_features = c = _positive_int(num_features, "num_features")
-        self.momentum = F.real_in(momentum, 0.0, 1.0, "momentum", closed_high=True)
         self.eps = F.real_in(eps, 0.0, np.inf, "eps")
         if self.eps <= 0:
             raise ValueError(f"`eps` must be > 0; got {eps!r}")
+        self.momentum = None if momentum is None else F.real_in(momentum, 0.0, 1.0, "momentum",
+                                                                closed_high=True)
         self.data_format = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
         self.dtype = _float_dtype(dtype)
+        full = initializers.full                                   # placeholders in meta()
         super().__init__(
-            params=dict(gamma=np.ones(c, self.dtype), beta=np.zeros(c, self.dtype)),  # (C,)
-            buffers=dict(running_mean=np.zeros(c, self.dtype),                   # (C,)
-                         running_var=np.ones(c, self.dtype)))                    # (C,)
+            params=dict(weight=full(c, 1, self.dtype), bias=full(c, 0, self.dtype)),  # (C,)
+            buffers=dict(running_mean=full(c, 0, self.dtype),                      # (C,)
+                         running_var=full(c, 1, self.dtype),                       # (C,)
+                         num_batches_tracked=full((), 0, np.int64)))               # ()
 
     def config(self) -> dict:
-        return dict(num_features=self.num_features, momentum=self.momentum, eps=self.eps,
+        return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum,
                     data_format=self.data_format, dtype=self.dtype.name)
 
     def forward(self, x, training: bool = False):
+        _check_rank(self, x, self.ranks, self.data_format)
         F.check_channels(x, self.num_features, self.data_format, repr(self))
         self._start(training, (x, bool(training)))
-        y, mean, var = F.batch_norm(x, self.params["gamma"], self.params["beta"],
+        if not training:
+            return self._normalize(x, False, 0.0)
+        count = self.buffers["num_batches_tracked"]
+        count += 1                                                 # in place: views stay valid
+        momentum = 1 / float(count) if self.momentum is None else self.momentum
+        return self._normalize(x, True, momentum)
+
+    def _normalize(self, x, training: bool, momentum: float):
+        y, mean, var = F.batch_norm(x, self.params["weight"], self.params["bias"],
                                     self.buffers["running_mean"], self.buffers["running_var"],
-                                    training=training, momentum=self.momentum, eps=self.eps,
+                                    training=training, momentum=momentum, eps=self.eps,
                                     data_format=self.data_format)
         if training:
             self.buffers["running_mean"][...] = mean               # in place: views stay valid
@@ -596,11 +750,29 @@ class BatchNorm(Layer):
     def backward(self, dy):
         x, training = self._saved()
         dx, dgamma, dbeta = F.batch_norm_backward(
-            dy, x, self.params["gamma"], self.buffers["running_mean"],
+            dy, x, self.params["weight"], self.buffers["running_mean"],
             self.buffers["running_var"], training=training, eps=self.eps,
             data_format=self.data_format)
-        self.grads = {"gamma": dgamma, "beta": dbeta}
+        self.grads = {"weight": dgamma, "bias": dbeta}
         return dx
+
+
+class BatchNorm1d(BatchNorm):
+    """`BatchNorm` for x (N, C) or (N, L, C) / (N, C, L)."""
+
+    ranks = (0, 1)
+
+
+class BatchNorm2d(BatchNorm):
+    """`BatchNorm` for x (N, H, W, C) / (N, C, H, W)."""
+
+    ranks = (2,)
+
+
+class BatchNorm3d(BatchNorm):
+    """`BatchNorm` for x (N, D, H, W, C) / (N, C, D, H, W)."""
+
+    ranks = (3,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,8 +784,9 @@ class Sequential(Layer):
     """Layers applied in order; backward runs them in reverse.
 
     `params`, `grads` and `buffers` gather the layers' dicts under keys "i.name" (the layer's
-    index, then its own key: "0.w", "3.running_mean"); the arrays are the layers' own, so an
-    optimizer stepping `model.params` updates the layers.
+    index, then its own key: "0.weight", "3.running_mean"), as PyTorch's Sequential names its
+    state_dict; the arrays are the layers' own, so an optimizer stepping `model.params` updates
+    the layers.
     """
 
     def __init__(self, *layers: Layer) -> None:
@@ -664,5 +837,7 @@ class Sequential(Layer):
 
 
 LAYERS = {cls.__name__: cls for cls in (
-    AvgPool, BatchNorm, Conv, ConvTranspose, Dense, Dropout, Flatten, GlobalAvgPool,
-    LeakyReLU, MaxPool, ReLU, Sequential, Sigmoid, Tanh)}
+    AvgPool, AvgPool1d, AvgPool2d, AvgPool3d, BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d,
+    Conv, Conv1d, Conv2d, Conv3d, ConvTranspose, ConvTranspose1d, ConvTranspose2d,
+    ConvTranspose3d, Dropout, Flatten, GlobalAvgPool, LeakyReLU, Linear, MaxPool, MaxPool1d,
+    MaxPool2d, MaxPool3d, ReLU, Sequential, Sigmoid, Tanh)}
