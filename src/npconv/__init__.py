@@ -66,9 +66,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """`npconv.testing` loads on first use (it is not needed to run convolutions)."""
-    if name == "testing":
-        import npconv.testing
+    """`npconv.testing` and `npconv.io` load on first use (neither is needed to run convolutions)."""
+    if name in ("testing", "io"):
+        import importlib
 
-        return npconv.testing
+        return importlib.import_module(f"npconv.{name}")
     raise AttributeError(f"module 'npconv' has no attribute {name!r}")
