@@ -7,6 +7,7 @@ chunk border between every two rows; arrays above the parallel threshold run on 
 
 import numpy as np
 import pytest
+from helpers import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_pooling import draw_x, pool_geometry
@@ -59,7 +60,7 @@ def test_two_workers_give_the_same_result(fmt, rng):
 @given(pool_geometry("max"), st.integers(0, 2**32 - 1))
 def test_the_array_module_scatter_matches_add_at(geom, seed):
     """CuPy's max-pool backward (a strided `where` per kernel offset, no atomics), run here on
-    NumPy arrays, equals the `numpy.add.at` scatter."""
+    NumPy arrays, equals the `numpy.add.at` scatter (to rounding: it adds in another order)."""
     x_shape, kw = geom
     x = draw_x(x_shape, seed, True)
     y, idx = npconv.max_pool(x, **kw, return_indices=True)
@@ -68,5 +69,4 @@ def test_the_array_module_scatter_matches_add_at(geom, seed):
     fmt = kw["data_format"]
     dx = pooling._scatter_offsets(pooling._kernel_view(dy, fmt), pooling._kernel_view(idx, fmt),
                                   spec, np.float64, np)
-    np.testing.assert_allclose(dx.reshape(x.shape), npconv.max_pool_backward(dy, x, **kw),
-                               rtol=1e-15, atol=0)
+    assert rel_err(dx.reshape(x.shape), npconv.max_pool_backward(dy, x, **kw)) < 1e-13

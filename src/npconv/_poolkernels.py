@@ -46,7 +46,7 @@ class Tuning:
     `parallel_bytes` run on the calling thread (waking a worker costs more than it saves).
     """
 
-    chunk_bytes: int = 2 * 2**20
+    chunk_bytes: int = 4 * 2**20
     parallel_bytes: int = 2 * 2**20
 
 
@@ -107,29 +107,53 @@ def dim_spans(spec, dim: int, p_range=None, x_range=None) -> list[tuple[int, int
     return spans
 
 
-def _slices(p0: int, p1: int, x0: int, step: int, p_base: int, x_base: int):
-    """(window slice, input slice) of one span, relative to arrays starting at p_base, x_base."""
+def _slices(p0: int, p1: int, x0: int, step: int, p_base: int, x_base: int, phases: int = 1):
+    """(window slice, input index) of one span, relative to arrays starting at p_base, x_base.
+
+    The input index is a tuple: (slice,), or (phase, slice) into a `phase_split` array (phases
+    = stride), where the span's rows x0, x0 + stride, ... are contiguous."""
     x0 -= x_base
-    step = step if p1 - p0 > 1 else 1                            # any step reads one row
-    return slice(p0 - p_base, p1 - p_base), slice(x0, x0 + (p1 - p0 - 1) * step + 1, step)
+    n = p1 - p0
+    window = slice(p0 - p_base, p1 - p_base)
+    if phases > 1:
+        return window, (x0 % phases, slice(x0 // phases, x0 // phases + n))
+    step = step if n > 1 else 1                                  # any step reads one row
+    return window, (slice(x0, x0 + (n - 1) * step + 1, step),)
 
 
-def offsets(spec, p_range0=None, x_range0=None, p_base0: int = 0, x_base0: int = 0):
+def phase_split(src, phases: int, state: dict, xp=np):
+    """src (B', R, ..., S_last, C) -> (B', R, ..., phases, ceil(S_last / phases), C) with
+    [..., f, j, :] = src[..., j * phases + f, :]: the strided taps of the last dimension become
+    contiguous runs, so every later pass streams (one strided copy instead of one per offset).
+    Entries past the last row of a phase stay undefined; no tap reads them."""
+    size = src.shape[-2]
+    out = scratch(state, "phases", (*src.shape[:-2], phases, -(-size // phases), src.shape[-1]),
+                  src.dtype, xp)
+    for f in range(min(phases, size)):
+        part = src[..., f::phases, :]                            # (..., rows of phase f, C)
+        xp.copyto(out[..., f, :part.shape[-2], :], part)
+    return out
+
+
+def offsets(spec, p_range0=None, x_range0=None, p_base0: int = 0, x_base0: int = 0,
+            phases: int = 1):
     """Yield (r, box, view) for every kernel offset, r its raster index, in raster order: `box`
     indexes the windows (B, *P, C) whose tap r reads the input, `view` (B, *S, C) what they
     read. Along dim 0 only windows in p_range0 and input rows in x_range0 count, and both
-    indexes are relative to arrays starting at window p_base0 and input row x_base0."""
+    indexes are relative to arrays starting at window p_base0 and input row x_base0. With
+    `phases`, views index a `phase_split` input."""
     per_dim = []
     for dim in range(spec.rank):
         spans = dim_spans(spec, dim, *((p_range0, x_range0) if dim == 0 else (None, None)))
         bases = (p_base0, x_base0) if dim == 0 else (0, 0)
-        per_dim.append([(k, *_slices(p0, p1, x0, spec.stride[dim], *bases))
+        split = phases if dim == spec.rank - 1 else 1
+        per_dim.append([(k, *_slices(p0, p1, x0, spec.stride[dim], *bases, split))
                         for k, p0, p1, x0 in spans])
     every = slice(None)
     for combo in itertools.product(*per_dim):
         r = int(np.ravel_multi_index([k for k, _, _ in combo], spec.kernel_size))
         yield (r, (every, *(p for _, p, _ in combo), every),
-               (every, *(x for _, _, x in combo), every))
+               (every, *itertools.chain.from_iterable(x for _, _, x in combo), every))
 
 
 def window_rows(spec, x_range) -> tuple[int, int]:
@@ -155,12 +179,12 @@ def input_rows(spec, p_range) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _along(axis: int, index) -> tuple:
-    return (slice(None),) * axis + (index,)
+def _along(axis: int, index: tuple) -> tuple:
+    return (slice(None),) * axis + index
 
 
 def _fold_axis(src, dst, axis: int, spans, op, identity, xp) -> None:
-    """dst = op over the taps `spans` (pairs of dst, src slices along `axis`) of src.
+    """dst = op over the taps `spans` of src: pairs (dst slice, src index tuple) along `axis`.
 
     Taps covering all of dst start it (op of two, or a copy of one) instead of a fill. Sums
     run in dst's dtype (float16 input, float32 sums)."""
@@ -177,23 +201,26 @@ def _fold_axis(src, dst, axis: int, spans, op, identity, xp) -> None:
     else:
         dst[...] = identity
     for p, x in rest:
-        part = dst[_along(axis, p)]
+        part = dst[_along(axis, (p,))]
         op(src[_along(axis, x)], part, out=part, **kw)
 
 
-def reduce(src, dst, spec, p_range0, x_base0: int, op, identity, state: dict, xp=np) -> None:
+def reduce(src, dst, spec, p_range0, x_base0: int, op, identity, state: dict, xp=np,
+           phases: int = 1) -> None:
     """dst (B', R, *P[1:], C) = op over the windows p_range0 (along dim 0) of src (B', rows
-    from x_base0, *S[1:], C), one spatial dimension at a time (dim 0 first)."""
+    from x_base0, *S[1:], C), or of its `phase_split` with `phases`), one spatial dimension at
+    a time (dim 0 first)."""
     cur, rank = src, spec.rank
-    nb, rows, c = dst.shape[0], p_range0[1] - p_range0[0], dst.shape[-1]
+    nb, rows = dst.shape[0], p_range0[1] - p_range0[0]
     for dim in range(rank):
         if dim == rank - 1:
             out = dst
         else:                                                    # (B', R, P1..Pd, Sd+1.., C)
-            shape = (nb, rows, *spec.out_size[1:dim + 1], *spec.in_size[dim + 1:], c)
+            shape = (nb, rows, *spec.out_size[1:dim + 1], *cur.shape[dim + 2:])
             out = scratch(state, ("reduce", dim), shape, dst.dtype, xp)
         p_range, bases = (p_range0, (p_range0[0], x_base0)) if dim == 0 else (None, (0, 0))
-        spans = [_slices(p0, p1, x0, spec.stride[dim], *bases)
+        split = phases if dim == rank - 1 else 1
+        spans = [_slices(p0, p1, x0, spec.stride[dim], *bases, split)
                  for _, p0, p1, x0 in dim_spans(spec, dim, p_range)]
         _fold_axis(cur, out, dim + 1, spans, op, identity, xp)
         cur = out
@@ -208,11 +235,11 @@ def _spread_axis(src, dst, axis: int, spans, xp) -> None:
     if first is None:
         dst[...] = 0
     else:
-        p, x = spans.pop(first)
-        xp.copyto(dst, src[_along(axis, p)])
+        p, _ = spans.pop(first)
+        xp.copyto(dst, src[_along(axis, (p,))])
     for p, x in spans:
-        part = dst[_along(axis, x)]
-        xp.add(part, src[_along(axis, p)], out=part)
+        part = dst[_along(axis, (x,))]
+        xp.add(part, src[_along(axis, (p,))], out=part)
 
 
 def spread(src, dst, spec, p_base0: int, x_range0, state: dict, xp=np) -> None:
@@ -229,8 +256,9 @@ def spread(src, dst, spec, p_base0: int, x_range0, state: dict, xp=np) -> None:
             out = scratch(state, ("spread", dim), shape, dst.dtype, xp)
         x_range, bases = (x_range0, (p_base0, x_range0[0])) if dim == 0 else (None, (0, 0))
         p_range = (p_base0, p_base0 + cur.shape[1]) if dim == 0 else None
-        spans = [_slices(p0, p1, x0, spec.stride[dim], *bases)
-                 for _, p0, p1, x0 in dim_spans(spec, dim, p_range, x_range)]
+        spans = [(p, x) for p, (x,) in (_slices(p0, p1, x0, spec.stride[dim], *bases)
+                                         for _, p0, p1, x0 in dim_spans(spec, dim, p_range,
+                                                                        x_range))]
         _spread_axis(cur, out, dim + 1, spans, xp)
         cur = out
 
@@ -247,40 +275,46 @@ def code_dtype(spec) -> np.dtype:
                          if taps <= np.iinfo(t).max))
 
 
-def argmax_codes(x, y, codes, spec, p_range0, state: dict, xp=np) -> None:
+def argmax_codes(x, y, codes, spec, p_range0, state: dict, xp=np, x_base0: int = 0,
+                 phases: int = 1) -> None:
     """codes (B', R, *P[1:], C) = prod(K) - r for the first tap r (raster order) of each window
     whose value equals the window's max y; a NaN window's last NaN tap; 0 for a window that
-    reads no input. x: (B', *S, C), the whole input rows of these images."""
+    reads no input. x: (B', input rows from x_base0, *S[1:], C), or its `phase_split`."""
     taps, dtype = math.prod(spec.kernel_size), codes.dtype
     codes[...] = 0
     eq = scratch(state, "eq", y.shape, np.bool_, xp)
     hit = scratch(state, "hit", y.shape, dtype, xp)
-    for r, box, view in offsets(spec, p_range0, None, p_range0[0], 0):
+    where = (p_range0, None, p_range0[0], x_base0, phases)
+    for r, box, view in offsets(spec, *where):
         e = xp.equal(x[view], y[box], out=eq[box])               # (B', *box) the tap is the max
         h = xp.multiply(e.view(np.uint8), dtype.type(taps - r), out=hit[box])
         xp.maximum(codes[box], h, out=codes[box])                # the first tap keeps the max
     if x.dtype.kind == "f" and (xp is not np or not codes.all()):
-        for r, box, view in offsets(spec, p_range0, None, p_range0[0], 0):
+        for r, box, view in offsets(spec, *where):
             xp.copyto(codes[box], dtype.type(taps - r), where=xp.isnan(x[view]))  # last NaN
 
 
-def scatter_indices(dy, idx, dx, plane: int, size: int, overlap: bool) -> None:
+def scatter_indices(dy, idx, dx, plane: int, size: int, overlap: bool, dead: bool,
+                    state: dict) -> None:
     """dx.flat[plane_of(b, c) + idx[b, .., c]] += dy[b, .., c] for every window: the max-pool
     gradient from PyTorch-style indices (flat into *S, -1 for none). With `overlap` (windows
     may share an element) by `numpy.add.at`, which adds every contribution, else by a plain
-    scatter (twice as fast); either way a NaN in dy reaches only its element. dy, idx:
-    (B', *P', C); dx: (B', *S, C), C-contiguous, zeros; `size` = prod(S); `plane` = C
-    (channels_last) or 1."""
-    lo, hi = int(idx.min()), int(idx.max())
+    scatter (faster); either way a NaN in dy reaches only its element. `dead`: some windows
+    read no input (index -1). dy, idx: (B', *P', C); dx: (B', *S, C), C-contiguous, zeros;
+    `size` = prod(S); `plane` = C (channels_last) or 1."""
+    if dead:
+        lo, hi = int(idx.min()), int(idx.max())
+    else:                                                        # -1 wraps to 2**64 - 1
+        lo, hi = 0, int(idx.view(np.uint64).max()) if idx.size else 0
     if lo < -1 or hi >= size:
+        lo, hi = int(idx.min()), int(idx.max())
         raise ValueError(
             f"`indices` must be flat indices into the spatial dimensions, in [0, {size}) (or -1 "
             f"for a window that reads only padding); got values in [{lo}, {hi}]"
         )
-    nb, c = idx.shape[0], idx.shape[-1]
-    where = np.multiply(idx, plane, dtype=np.int64)              # (B', *P', C): (idx * C) ...
-    start = np.arange(nb, dtype=np.int64) * size * plane         # ... + b * prod(S) * C + c
-    where += (start[:, None] + np.arange(c)).reshape(nb, *(1,) * (idx.ndim - 2), c)
+    where = scratch(state, "where", idx.shape, np.int64)        # (B', *P', C): idx * C
+    np.multiply(idx, plane, out=where)                           # + b * prod(S) * C + c
+    np.add(where, _plane_starts(idx.shape, plane, size, state), out=where)
     values = dy
     if lo == -1:                                                 # windows on padding only
         keep = idx >= 0
@@ -289,6 +323,18 @@ def scatter_indices(dy, idx, dx, plane: int, size: int, overlap: bool) -> None:
         np.add.at(dx.reshape(-1), where.reshape(-1), values.reshape(-1))
     else:
         dx.reshape(-1)[where.reshape(-1)] = values.reshape(-1)
+
+
+def _plane_starts(shape, plane: int, size: int, state: dict):
+    """b * prod(S) * C + c for every element of a (B', *P', C) chunk, kept per worker and shape
+    (adding a contiguous array is twice as fast as a broadcast one)."""
+    key = ("planes", shape)
+    if key not in state:
+        nb, c = shape[0], shape[-1]
+        start = np.arange(nb, dtype=np.int64)[:, None] * size * plane + np.arange(c)  # (B', C)
+        state[key] = np.ascontiguousarray(
+            np.broadcast_to(start.reshape(nb, *(1,) * (len(shape) - 2), c), shape))
+    return state[key]
 
 
 def scatter_max(dy, keys, key_of, dx, spec, p_base0: int, x_range0, state: dict, xp) -> None:

@@ -149,6 +149,20 @@ def _index_tables(spec: PoolSpec, xp):
     return xp.asarray(base), wrapped
 
 
+def _split_rows(xk, spec: PoolSpec, bs: slice, p_range, state, xp):
+    """(src, first row, phases) for a chunk's prod(K) equality passes: when windows overlap
+    along a strided last dimension (3x3 stride 2), the input rows the windows p_range read,
+    phase-split, so that the passes stream (13% less time for the 3x3 stride-2 max pool with
+    indices, 15% in channels_first); else the images as they are (a 2x2 stride-2 pool reads
+    each column once: the split cost 6% more there)."""
+    s = spec.stride[-1]
+    if s == 1 or spec.out_size[-1] == 1 or effective_kernel(spec.kernel_size[-1],
+                                                            spec.dilation[-1]) <= s:
+        return xk[bs], 0, 1
+    xa, xb = kernels.input_rows(spec, p_range)
+    return kernels.phase_split(xk[bs, xa:max(xa, xb)], s, state, xp), xa, s
+
+
 def _codes_to_indices(codes, out, base, table, xp) -> None:
     """out = the flat index of the tap each code names (table[code] + base), -1 for code 0."""
     if xp is np:
@@ -176,11 +190,14 @@ def _max_forward(xk, spec: PoolSpec, with_indices: bool):
         bs, rows = chunk
         p_range = (rows.start, rows.stop)
         yc = y[bs, rows]                                         # (B', R, *P[1:], C)
-        kernels.reduce(xk[bs], yc, spec, p_range, 0, xp.maximum, lowest, state, xp)
-        if with_indices:
-            codes = kernels.scratch(state, "codes", yc.shape, ctype, xp)
-            kernels.argmax_codes(xk[bs], yc, codes, spec, p_range, state, xp)
-            _codes_to_indices(codes, idx[bs, rows], base[:, rows], table, xp)
+        if not with_indices:
+            kernels.reduce(xk[bs], yc, spec, p_range, 0, xp.maximum, lowest, state, xp)
+            return
+        src, xa, phases = _split_rows(xk, spec, bs, p_range, state, xp)
+        kernels.reduce(src, yc, spec, p_range, xa, xp.maximum, lowest, state, xp, phases)
+        codes = kernels.scratch(state, "codes", yc.shape, ctype, xp)
+        kernels.argmax_codes(src, yc, codes, spec, p_range, state, xp, xa, phases)
+        _codes_to_indices(codes, idx[bs, rows], base[:, rows], table, xp)
 
     per_window = 16 if with_indices else 0                       # codes, masks, int64 index
     kernels.parallel(task, shape[0], spec.out_size[0], _row_bytes(spec, xk.itemsize, per_window),
@@ -312,10 +329,12 @@ def max_pool_backward(
         size, plane = math.prod(spec.in_size), dx.shape[-1]
         overlap = any(s < effective_kernel(k, d)
                       for s, k, d in zip(spec.stride, spec.kernel_size, spec.dilation))
+        dead = any(spec.live_windows(d) < p for d, p in enumerate(spec.out_size))
 
         def task(chunk, state):
             bs, rows = chunk
-            kernels.scatter_indices(dyk[bs, rows], ik[bs, rows], dx[bs], plane, size, overlap)
+            kernels.scatter_indices(dyk[bs, rows], ik[bs, rows], dx[bs], plane, size, overlap,
+                                    dead, state)
 
         kernels.parallel(task, dx.shape[0], spec.out_size[0], _row_bytes(spec, 4, 16),
                          whole_images=overlap)
