@@ -121,14 +121,15 @@ def _slices(p0: int, p1: int, x0: int, step: int, p_base: int, x_base: int, phas
     return window, (slice(x0, x0 + (n - 1) * step + 1, step),)
 
 
-def phase_split(src, phases: int, state: dict, xp=np):
+def phase_split(src, phases: int, state: dict, xp=np, dtype=None):
     """src (B', R, ..., S_last, C) -> (B', R, ..., phases, ceil(S_last / phases), C) with
-    [..., f, j, :] = src[..., j * phases + f, :]: the strided taps of the last dimension become
-    contiguous runs, so every later pass streams (one strided copy instead of one per offset).
-    Entries past the last row of a phase stay undefined; no tap reads them."""
+    [..., f, j, :] = src[..., j * phases + f, :], in `dtype` (default src's): the strided taps
+    of the last dimension become contiguous runs, so every later pass streams (one strided copy
+    instead of one per offset). Entries past the last row of a phase stay undefined; no tap
+    reads them."""
     size = src.shape[-2]
     out = scratch(state, "phases", (*src.shape[:-2], phases, -(-size // phases), src.shape[-1]),
-                  src.dtype, xp)
+                  src.dtype if dtype is None else dtype, xp)
     for f in range(min(phases, size)):
         part = src[..., f::phases, :]                            # (..., rows of phase f, C)
         xp.copyto(out[..., f, :part.shape[-2], :], part)
@@ -150,8 +151,9 @@ def offsets(spec, p_range0=None, x_range0=None, p_base0: int = 0, x_base0: int =
         per_dim.append([(k, *_slices(p0, p1, x0, spec.stride[dim], *bases, split))
                         for k, p0, p1, x0 in spans])
     every = slice(None)
+    raster = [math.prod(spec.kernel_size[d + 1:]) for d in range(spec.rank)]
     for combo in itertools.product(*per_dim):
-        r = int(np.ravel_multi_index([k for k, _, _ in combo], spec.kernel_size))
+        r = sum(k * m for (k, _, _), m in zip(combo, raster))
         yield (r, (every, *(p for _, p, _ in combo), every),
                (every, *itertools.chain.from_iterable(x for _, _, x in combo), every))
 
@@ -315,7 +317,7 @@ def scatter_indices(dy, idx, dx, plane: int, size: int, overlap: bool, dead: boo
     where = scratch(state, "where", idx.shape, np.int64)        # (B', *P', C): idx * C
     np.multiply(idx, plane, out=where)                           # + b * prod(S) * C + c
     np.add(where, _plane_starts(idx.shape, plane, size, state), out=where)
-    values = dy
+    values = dy.astype(dx.dtype, copy=False)                    # add.at casts 10x slower
     if lo == -1:                                                 # windows on padding only
         keep = idx >= 0
         where, values = where[keep], dy[keep]

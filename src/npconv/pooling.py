@@ -149,18 +149,28 @@ def _index_tables(spec: PoolSpec, xp):
     return xp.asarray(base), wrapped
 
 
-def _split_rows(xk, spec: PoolSpec, bs: slice, p_range, state, xp):
-    """(src, first row, phases) for a chunk's prod(K) equality passes: when windows overlap
-    along a strided last dimension (3x3 stride 2), the input rows the windows p_range read,
-    phase-split, so that the passes stream (13% less time for the 3x3 stride-2 max pool with
-    indices, 15% in channels_first); else the images as they are (a 2x2 stride-2 pool reads
-    each column once: the split cost 6% more there)."""
+def _chunk_input(xk, spec: PoolSpec, bs: slice, p_range, state, xp, split: bool):
+    """(src, first row, phases): what a chunk's passes read for the windows p_range.
+
+    The images as they are, except: float16 rows are widened to float32 (NumPy's float16 loops
+    are 5-20x slower, and a max, a sum of float16 values are exact or better in float32); with
+    `split`, when windows overlap along a strided last dimension (3x3 stride 2), the rows are
+    phase-split so that the prod(K) equality passes stream (13% less time for the 3x3 stride-2
+    max pool with indices, 15% in channels_first; a 2x2 stride-2 pool reads each column once,
+    and the split cost 6% more there)."""
     s = spec.stride[-1]
-    if s == 1 or spec.out_size[-1] == 1 or effective_kernel(spec.kernel_size[-1],
-                                                            spec.dilation[-1]) <= s:
+    split = split and s > 1 and spec.out_size[-1] > 1 and s < effective_kernel(
+        spec.kernel_size[-1], spec.dilation[-1])
+    wide = np.float32 if xk.dtype == np.float16 else None
+    if not (split or wide):
         return xk[bs], 0, 1
     xa, xb = kernels.input_rows(spec, p_range)
-    return kernels.phase_split(xk[bs, xa:max(xa, xb)], s, state, xp), xa, s
+    rows = xk[bs, xa:max(xa, xb)]                                # (B', rows read, *S[1:], C)
+    if split:
+        return kernels.phase_split(rows, s, state, xp, wide), xa, s
+    out = kernels.scratch(state, "wide", rows.shape, wide, xp)
+    xp.copyto(out, rows)
+    return out, xa, 1
 
 
 def _codes_to_indices(codes, out, base, table, xp) -> None:
@@ -174,13 +184,14 @@ def _codes_to_indices(codes, out, base, table, xp) -> None:
         xp.copyto(out, -1, where=codes == 0)
 
 
-def _max_forward(xk, spec: PoolSpec, with_indices: bool):
-    """y and, when asked, PyTorch's indices (or None), in the kernels' layout."""
+def _max_forward(xk, spec: PoolSpec, *, values: bool = True, indices: bool = False):
+    """(y, PyTorch's indices) in the kernels' layout, each None unless asked for (without
+    `values` the maximum stays in per-chunk scratch)."""
     xp = _backend.namespace(xk)
     shape = _kernel_shape(spec, spec.out_size)                   # (B, *P, C)
-    y = xp.empty(shape, dtype=xk.dtype)
-    idx = xp.empty(shape, dtype=np.int64) if with_indices else None
-    if with_indices:
+    y = xp.empty(shape, dtype=xk.dtype) if values else None
+    idx = xp.empty(shape, dtype=np.int64) if indices else None
+    if indices:
         base, offsets = _index_tables(spec, xp)
         ctype = kernels.code_dtype(spec)
         table = xp.asarray(np.concatenate([[0], offsets[::-1]]))  # table[taps - r] = offset[r]
@@ -189,17 +200,20 @@ def _max_forward(xk, spec: PoolSpec, with_indices: bool):
     def task(chunk, state):
         bs, rows = chunk
         p_range = (rows.start, rows.stop)
-        yc = y[bs, rows]                                         # (B', R, *P[1:], C)
-        if not with_indices:
-            kernels.reduce(xk[bs], yc, spec, p_range, 0, xp.maximum, lowest, state, xp)
-            return
-        src, xa, phases = _split_rows(xk, spec, bs, p_range, state, xp)
-        kernels.reduce(src, yc, spec, p_range, xa, xp.maximum, lowest, state, xp, phases)
-        codes = kernels.scratch(state, "codes", yc.shape, ctype, xp)
-        kernels.argmax_codes(src, yc, codes, spec, p_range, state, xp, xa, phases)
-        _codes_to_indices(codes, idx[bs, rows], base[:, rows], table, xp)
+        src, xa, phases = _chunk_input(xk, spec, bs, p_range, state, xp, indices)
+        part = (bs.stop - bs.start, rows.stop - rows.start, *shape[2:])  # (B', R, *P[1:], C)
+        yc = y[bs, rows] if values else None
+        out = yc if values and src.dtype == yc.dtype else kernels.scratch(state, "y", part,
+                                                                          src.dtype, xp)
+        kernels.reduce(src, out, spec, p_range, xa, xp.maximum, lowest, state, xp, phases)
+        if indices:
+            codes = kernels.scratch(state, "codes", part, ctype, xp)
+            kernels.argmax_codes(src, out, codes, spec, p_range, state, xp, xa, phases)
+            _codes_to_indices(codes, idx[bs, rows], base[:, rows], table, xp)
+        if values and out is not yc:
+            xp.copyto(yc, out, casting="same_kind")              # exact: a float16 value
 
-    per_window = 16 if with_indices else 0                       # codes, masks, int64 index
+    per_window = 16 if indices else 0                            # codes, masks, int64 index
     kernels.parallel(task, shape[0], spec.out_size[0], _row_bytes(spec, xk.itemsize, per_window),
                      xp)
     return y, idx
@@ -257,7 +271,7 @@ def max_pool(
     spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     return_indices = check_flag(return_indices, "return_indices")
-    y, idx = _max_forward(_kernel_view(x, data_format), spec, return_indices)
+    y, idx = _max_forward(_kernel_view(x, data_format), spec, indices=return_indices)
     if return_indices:
         return y.reshape(spec.y_shape()), idx.reshape(spec.y_shape())
     return y.reshape(spec.y_shape())
@@ -315,7 +329,7 @@ def max_pool_backward(
                      ceil_mode=ceil_mode, data_format=data_format)
     check_shape(dy, spec.y_shape(), "dy")
     if indices is None:
-        _, ik = _max_forward(_kernel_view(x, data_format), spec, True)
+        _, ik = _max_forward(_kernel_view(x, data_format), spec, values=False, indices=True)
     else:
         ik = _kernel_view(_indices_arg(indices, spec.y_shape()), data_format)
     dyk = _kernel_view(dy, data_format)                          # (B, *P, C)
@@ -424,7 +438,9 @@ def avg_pool(
         bs, rows = chunk
         out = y[bs, rows]
         total = out if acc == x.dtype else kernels.scratch(state, "sum", out.shape, acc, xp)
-        kernels.reduce(xk[bs], total, spec, (rows.start, rows.stop), 0, xp.add, 0, state, xp)
+        p_range = (rows.start, rows.stop)
+        src, xa, _ = _chunk_input(xk, spec, bs, p_range, state, xp, False)
+        kernels.reduce(src, total, spec, p_range, xa, xp.add, 0, state, xp)
         with np.errstate(invalid="ignore"):                      # 0 / 0: a window on padding
             xp.divide(total, _rows(div, rows), out=out, casting="same_kind")
 
