@@ -7,6 +7,9 @@ Inputs are drawn either from a normal distribution or from a few integers, so th
 first-maximum rule) are exercised.
 """
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import central_difference, rel_err
@@ -548,6 +551,13 @@ def test_onnx_pooling_gaps_are_closed():
     assert npconv.max_pool(x.astype(np.uint8), 2).dtype == np.uint8
     assert npconv.global_max_pool(x).ravel().tolist() == [25.0]
     assert npconv.lp_pool(x, 1, 5).ravel().tolist() == [325.0]
+
+
+@pytest.mark.parametrize("block", re.findall(
+    r"```python\n(.*?)```", (Path(__file__).parents[1] / "docs" / "pooling.md").read_text(),
+    flags=re.S))
+def test_docs_examples_run(block):
+    exec(compile(block, "docs/pooling.md", "exec"), {})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,16 +13,20 @@ neither is ever transposed. Which input coordinate a window's tap reads comes fr
 - `argmax_codes`: which tap holds each window's maximum, as a small code (`K - r` for the tap of
   raster index r, 0 for none): one equality pass per kernel offset against the finished maximum,
   keeping the first match in raster order (PyTorch's first maximum); NaN windows take their last
-  NaN tap, PyTorch's rule, in a second loop run only when a NaN is present.
-- `scatter_max`: dx from dy and each window's code (or PyTorch-style flat indices): per kernel
-  offset, the windows that chose it add their dy into a strided view of dx.
+  NaN tap, PyTorch's rule, in a second loop run only when a NaN is present. `phase_split` first
+  makes the strided taps of the last dimension contiguous, where that pays.
+- `scatter_indices`: the max-pool gradient from PyTorch-style indices, one `numpy.add.at` (or a
+  plain scatter, for windows that cannot overlap) per chunk; `scatter_max` is its form for other
+  array modules (CuPy): per kernel offset, the windows whose index names that tap add their dy
+  into a strided view of dx.
 - `spread`: the transpose of the separable sum (average and Lp backward), last dimension first.
 
 Work is cut into chunks of a few output rows (forward) or input rows (backward) so that one
 chunk's passes stay in the cache, and the chunks run on npconv's worker threads: NumPy releases
-the GIL inside ufunc loops, and one pass holds one core. A backward chunk owns its rows of dx,
-reading the dy rows of every window that reaches them, so no two workers write one element.
-`parallel` is the one place that talks to the worker pool.
+the GIL inside ufunc loops, and one pass holds one core. No two workers write one element: a
+`spread` chunk owns its rows of dx (it reads the dy rows of every window that reaches them), and
+the max-pool scatter, chunked by windows, keeps all chunks of an image on one worker when windows
+overlap. `parallel` is the one place that talks to the worker pool.
 """
 
 from __future__ import annotations
