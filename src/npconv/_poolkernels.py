@@ -192,8 +192,9 @@ def _along(axis: int, index: tuple) -> tuple:
 def _fold_axis(src, dst, axis: int, spans, op, identity, xp) -> None:
     """dst = op over the taps `spans` of src: pairs (dst slice, src index tuple) along `axis`.
 
-    Taps covering all of dst start it (op of two, or a copy of one) instead of a fill. Sums
-    run in dst's dtype (float16 input, float32 sums)."""
+    The first pass writes dst instead of updating it: op of two taps that cover all of dst, or
+    of one that does and the next one over that one's windows (the rest a copy), else a fill.
+    Sums run in dst's dtype (float16 input, float32 sums)."""
     kw = {"dtype": dst.dtype} if op is xp.add else {}
     size = dst.shape[axis]
     full = [(p, x) for p, x in spans if p.start == 0 and p.stop == size]
@@ -202,6 +203,14 @@ def _fold_axis(src, dst, axis: int, spans, op, identity, xp) -> None:
         (_, x0), (_, x1) = full[:2]                              # tie np.maximum keeps the
         op(src[_along(axis, x1)], src[_along(axis, x0)], out=dst, **kw)  # second, the earlier
         rest = full[2:] + rest
+    elif full and rest:                                          # e.g. 3 taps, stride 1, pad 1
+        (_, xf), (p, x) = full[0], rest.pop(0)
+        op(src[_along(axis, x)], src[_along(axis, _windows(xf, p.start, p.stop))],
+           out=dst[_along(axis, (p,))], **kw)
+        for a, b in ((0, p.start), (p.stop, size)):
+            if b > a:
+                xp.copyto(dst[_along(axis, (slice(a, b),))],
+                          src[_along(axis, _windows(xf, a, b))], casting="same_kind")
     elif full:
         xp.copyto(dst, src[_along(axis, full[0][1])], casting="same_kind")
     else:
@@ -209,6 +218,13 @@ def _fold_axis(src, dst, axis: int, spans, op, identity, xp) -> None:
     for p, x in rest:
         part = dst[_along(axis, (p,))]
         op(src[_along(axis, x)], part, out=part, **kw)
+
+
+def _windows(index: tuple, a: int, b: int) -> tuple:
+    """The part of a span's src index (from `_slices`) that windows a..b-1 of it read."""
+    *lead, rows = index
+    step = rows.step or 1
+    return (*lead, slice(rows.start + a * step, rows.start + (b - 1) * step + 1, step))
 
 
 def reduce(src, dst, spec, p_range0, x_base0: int, op, identity, state: dict, xp=np,
@@ -234,15 +250,25 @@ def reduce(src, dst, spec, p_range0, x_base0: int, op, identity, state: dict, xp
 
 def _spread_axis(src, dst, axis: int, spans, xp) -> None:
     """dst = the transpose of a sum over `spans` along `axis`: every src row added to the dst
-    row its tap reads. A tap that reads every dst row with step 1 starts dst as a copy."""
+    row its tap reads. A tap f that reads every dst row with step 1 (stride 1: every tap then
+    has step 1) starts dst: f's rows plus the next tap's where that one reads, copies elsewhere;
+    without one, dst starts at zero."""
     size = dst.shape[axis]
     first = next((i for i, (_, x) in enumerate(spans)
                   if x.start == 0 and x.stop == size and x.step == 1), None)
     if first is None:
         dst[...] = 0
+    elif len(spans) == 1:
+        xp.copyto(dst, src[_along(axis, (spans.pop()[0],))])
     else:
-        p, _ = spans.pop(first)
-        xp.copyto(dst, src[_along(axis, (p,))])
+        f, _ = spans.pop(first)                                  # dst row i <- src row f.start + i
+        p, x = spans.pop(0)
+        xp.add(src[_along(axis, (slice(f.start + x.start, f.start + x.stop),))],
+               src[_along(axis, (p,))], out=dst[_along(axis, (x,))])
+        for a, b in ((0, x.start), (x.stop, size)):
+            if b > a:
+                xp.copyto(dst[_along(axis, (slice(a, b),))],
+                          src[_along(axis, (slice(f.start + a, f.start + b),))])
     for p, x in spans:
         part = dst[_along(axis, (x,))]
         xp.add(part, src[_along(axis, (p,))], out=part)
