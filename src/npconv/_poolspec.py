@@ -16,13 +16,14 @@ only padding has the maximum -inf, the sum 0, and the average 0 / divisor.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from npconv import _args
-from npconv.spec import Pads, effective_kernel, out_size, resolve_padding
+from npconv.spec import Pads, out_size, resolve_padding
 
 __all__ = ["PoolSpec", "check_flag", "pool_out_size", "pool_spec", "split_x"]
 
@@ -98,6 +99,25 @@ class PoolSpec:
                 c[p0:p1] += 1
             counts.append(c)
         return functools.reduce(np.multiply.outer, counts)      # (*P)
+
+    def index_parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(base, offsets): PyTorch's flat index into *S of tap r of window p is base[p] +
+        offsets[r], both int64.
+
+        base (1, *P, 1) = sum_d (p_d * stride_d - lo_d) * M_d and offsets[r] = sum_d k_d *
+        dilation_d * M_d, the tap formula weighted by M_d = prod(S[d+1:]). int64 arithmetic is
+        exact modulo 2**64 and the index of a tap inside the input fits, so a base that wraps
+        for a window deep in the padding still adds up to the right index."""
+        m = [math.prod(self.in_size[d + 1:]) for d in range(self.rank)]
+        base = np.zeros((1,) * (self.rank + 2), dtype=np.int64)  # broadcasts to (1, *P, 1)
+        for d in range(self.rank):
+            shape = [1] * (self.rank + 2)
+            shape[d + 1] = -1
+            p = np.arange(self.out_size[d], dtype=np.int64) * self.stride[d] - self.pads[d][0]
+            base = base + (p * m[d]).reshape(shape)              # (1, *P, 1) after the loop
+        ks = np.indices(self.kernel_size).reshape(self.rank, -1)  # (rank, prod(K))
+        offsets = (sum(int(k) * d * w for k, d, w in zip(col, self.dilation, m)) for col in ks.T)
+        return base, np.array([(v + 2**63) % 2**64 - 2**63 for v in offsets], dtype=np.int64)
 
     def live_windows(self, dim: int) -> int:
         """Windows along `dim` that read at least one input coordinate."""
@@ -215,8 +235,3 @@ def pool_spec(
     spec = PoolSpec(n, c, s, k, p, stride_, dilation_, pads, ceil_mode, data_format)
     _check_out_size(spec)
     return spec
-
-
-def effective_size(spec: PoolSpec, dim: int) -> int:
-    """dilation * (K - 1) + 1 along `dim`: the extent of one window."""
-    return effective_kernel(spec.kernel_size[dim], spec.dilation[dim])

@@ -40,9 +40,6 @@ __all__ = [
     "pool_spec",
 ]
 
-check_flag = check_flag                                          # used by npconv.nn
-
-
 # ---------------------------------------------------------------------------------------------
 # Arguments and the kernels' layout
 # ---------------------------------------------------------------------------------------------
@@ -129,26 +126,6 @@ def _lowest(dtype: np.dtype):
 # ---------------------------------------------------------------------------------------------
 
 
-def _index_tables(spec: PoolSpec, xp):
-    """PyTorch's flat index into *S of tap r of window p is base[p] + offset[r]:
-
-    base (1, *P, 1) int64 = sum_d (p_d * stride_d - lo_d) * M_d, offset[r] = sum_d k_d *
-    dilation_d * M_d, with M_d = prod(S[d+1:]). Returns (base, offsets as int64). int64
-    arithmetic is exact modulo 2**64 and an index of a real tap fits, so a base that wraps for
-    a window deep in the padding still gives the right index."""
-    m = [math.prod(spec.in_size[d + 1:]) for d in range(spec.rank)]
-    base = np.zeros((1,) * (spec.rank + 2), dtype=np.int64)      # broadcasts to (1, *P, 1)
-    for d in range(spec.rank):
-        shape = [1] * (spec.rank + 2)
-        shape[d + 1] = -1
-        p = np.arange(spec.out_size[d], dtype=np.int64) * spec.stride[d] - spec.pads[d][0]
-        base = base + (p * m[d]).reshape(shape)                  # (1, *P, 1) after the loop
-    ks = np.indices(spec.kernel_size).reshape(spec.rank, -1)     # (rank, prod(K))
-    offsets = [sum(int(k) * spec.dilation[d] * m[d] for d, k in enumerate(col)) for col in ks.T]
-    wrapped = np.array([(v + 2**63) % 2**64 - 2**63 for v in offsets], dtype=np.int64)
-    return xp.asarray(base), wrapped
-
-
 def _chunk_input(xk, spec: PoolSpec, bs: slice, p_range, state, xp, split: bool):
     """(src, first row, phases): what a chunk's passes read for the windows p_range.
 
@@ -192,7 +169,8 @@ def _max_forward(xk, spec: PoolSpec, *, values: bool = True, indices: bool = Fal
     y = xp.empty(shape, dtype=xk.dtype) if values else None
     idx = xp.empty(shape, dtype=np.int64) if indices else None
     if indices:
-        base, offsets = _index_tables(spec, xp)
+        base, offsets = spec.index_parts()
+        base = xp.asarray(base)
         ctype = kernels.code_dtype(spec)
         table = xp.asarray(np.concatenate([[0], offsets[::-1]]))  # table[taps - r] = offset[r]
     lowest = _lowest(xk.dtype)
@@ -358,9 +336,9 @@ def max_pool_backward(
 def _scatter_offsets(dyk, ik, spec: PoolSpec, acc, xp):
     """The max-pool gradient without `add.at` (CuPy): per kernel offset, the windows whose
     index minus its window's base equals that offset's add their dy into a strided view."""
-    base, offsets = _index_tables(spec, xp)
+    base, offsets = spec.index_parts()
     dx = xp.empty(_kernel_shape(spec, spec.in_size), dtype=acc)  # (B, *S, C)
-    kernels.scatter_max(dyk, ik - base, lambda r: offsets[r], dx, spec, 0,
+    kernels.scatter_max(dyk, ik - xp.asarray(base), lambda r: offsets[r], dx, spec, 0,
                         (0, spec.in_size[0]), {}, xp)
     return dx
 
