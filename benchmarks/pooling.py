@@ -159,8 +159,10 @@ def _peak_mib(call) -> float:
         tracemalloc.stop()
 
 
-def run(reps: int = 15, rows=ROWS) -> list[Result]:
-    """Time every row: npconv and PyTorch alternate, `reps` rounds after two warm-up calls."""
+def run(reps: int = 15, rows=ROWS, pause: float = 0.02) -> list[Result]:
+    """Time every row: npconv and PyTorch alternate, `reps` rounds after two warm-up calls,
+    with `pause` seconds after each call (idle threads of the one stop spinning before the
+    other runs)."""
     threads = _config.resolve(None).threads
     if torch is not None:
         torch.set_num_threads(threads)
@@ -177,6 +179,7 @@ def run(reps: int = 15, rows=ROWS) -> list[Result]:
                 start = time.perf_counter()
                 call()
                 times[name].append(time.perf_counter() - start)
+                time.sleep(pause)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         results.append(Result(row, med["npconv"], med.get("torch"),
                               _floor(x, 1 + row.backward, reps), _peak_mib(calls["npconv"])))
@@ -208,9 +211,10 @@ def markdown(results: list[Result]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15, help="alternating rounds per row")
+    parser.add_argument("--pause", type=float, default=0.02, help="seconds after each call")
     parser.add_argument("--write", type=Path, help="also write the markdown table to this file")
     args = parser.parse_args(argv)
-    text = markdown(run(args.reps))
+    text = markdown(run(args.reps, pause=args.pause))
     print(text)
     if args.write:
         args.write.write_text("# Pooling benchmark\n\n" + text)
