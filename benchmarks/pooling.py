@@ -186,11 +186,12 @@ def run(reps: int = 15, rows=ROWS, pause: float = 0.02) -> list[Result]:
     return results
 
 
-def markdown(results: list[Result]) -> str:
-    """The table, with the geometric mean of the ratios."""
+def markdown(results: list[Result], load: float | None = None) -> str:
+    """The table, with the geometric mean of the ratios (and the load average, when given)."""
     threads = _config.resolve(None).threads
+    busy = "" if load is None else f" Load average at the start: {load:.1f}."
     lines = [f"float32, channels_last, {threads} threads (npconv workers = torch threads); "
-             "medians of alternating calls.", "",
+             f"medians of alternating calls.{busy}", "",
              "| op | x shape | npconv ms | PyTorch ms | ratio | NumPy floor ms | npconv peak MiB |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -214,10 +215,12 @@ def main(argv=None) -> None:
     parser.add_argument("--pause", type=float, default=0.02, help="seconds after each call")
     parser.add_argument("--write", type=Path, help="also write the markdown table to this file")
     args = parser.parse_args(argv)
-    text = markdown(run(args.reps, pause=args.pause))
+    load = os.getloadavg()[0]
+    text = markdown(run(args.reps, pause=args.pause), load)
     print(text)
     if args.write:
-        args.write.write_text("# Pooling benchmark\n\n" + text)
+        command = f"python benchmarks/pooling.py --reps {args.reps} --write {args.write}"
+        args.write.write_text(f"# Pooling benchmark\n\n`{command}`\n\n{text}")
 
 
 if __name__ == "__main__":

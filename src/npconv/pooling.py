@@ -24,6 +24,9 @@ from npconv import _poolkernels as kernels
 from npconv._poolspec import PoolSpec, check_flag, pool_out_size, pool_spec, split_x
 from npconv.spec import check_shape, effective_kernel
 
+Size = int | tuple[int, ...]
+Padding = int | str | tuple[int, ...] | tuple[tuple[int, int], ...]
+
 __all__ = [
     "PoolSpec",
     "avg_pool",
@@ -199,15 +202,15 @@ def _max_forward(xk, spec: PoolSpec, *, values: bool = True, indices: bool = Fal
 
 def max_pool(
     x: np.ndarray,
-    kernel_size,
+    kernel_size: Size,
     *,
-    stride=None,
-    padding=0,
-    dilation=1,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
     ceil_mode: bool = False,
     data_format: str = "channels_last",
     return_indices: bool = False,
-):
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """N-d max pooling (PyTorch's MaxPoolNd, ONNX's MaxPool).
 
     Parameters
@@ -257,16 +260,16 @@ def max_pool(
 
 def max_pool_backward(
     dy: np.ndarray,
-    x,
-    kernel_size,
+    x: np.ndarray | tuple[int, ...],
+    kernel_size: Size,
     *,
-    stride=None,
-    padding=0,
-    dilation=1,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
     ceil_mode: bool = False,
     data_format: str = "channels_last",
-    indices=None,
-):
+    indices: np.ndarray | None = None,
+) -> np.ndarray:
     """dx = dL/dx of `max_pool`, given dy = dL/dy; same keywords as `max_pool`.
 
     Each window's dy goes to the input element its maximum came from (the first one in a tie,
@@ -366,15 +369,15 @@ def _rows(div, rows: slice):
 
 def avg_pool(
     x: np.ndarray,
-    kernel_size,
+    kernel_size: Size,
     *,
-    stride=None,
-    padding=0,
-    dilation=1,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
     ceil_mode: bool = False,
     count_include_pad: bool = True,
     data_format: str = "channels_last",
-):
+) -> np.ndarray:
     """N-d average pooling (PyTorch's AvgPoolNd, ONNX's AveragePool).
 
     Parameters
@@ -428,16 +431,16 @@ def avg_pool(
 
 def avg_pool_backward(
     dy: np.ndarray,
-    x_shape,
-    kernel_size,
+    x_shape: tuple[int, ...],
+    kernel_size: Size,
     *,
-    stride=None,
-    padding=0,
-    dilation=1,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
     ceil_mode: bool = False,
     count_include_pad: bool = True,
     data_format: str = "channels_last",
-):
+) -> np.ndarray:
     """dx = dL/dx of `avg_pool`, from dy alone (the op is linear); `x_shape` is x's shape.
 
     Every input tap of window p receives dy[p] / divisor[p]; dx has dy's dtype.
@@ -502,7 +505,7 @@ def _global_shape(x_shape, data_format: str, name: str = "x"):
     return split_x(x_shape, data_format, name)
 
 
-def global_avg_pool(x: np.ndarray, *, data_format: str = "channels_last"):
+def global_avg_pool(x: np.ndarray, *, data_format: str = "channels_last") -> np.ndarray:
     """Mean over every spatial dimension: (N, *S, C) or (N, C, *S) -> (N, C).
 
     Sums run in float32 for float16 input. An empty spatial axis raises ValueError.
@@ -530,7 +533,8 @@ def global_avg_pool(x: np.ndarray, *, data_format: str = "channels_last"):
     return y.reshape(n, c)
 
 
-def global_avg_pool_backward(dy: np.ndarray, x_shape, *, data_format: str = "channels_last"):
+def global_avg_pool_backward(dy: np.ndarray, x_shape: tuple[int, ...], *,
+                             data_format: str = "channels_last") -> np.ndarray:
     """dx = dL/dx of `global_avg_pool`: dy (N, C) / prod(S), spread over x_shape.
 
     Examples
@@ -568,7 +572,7 @@ def _global_argmax(x3, y, idx, bs, xp) -> None:
 
 
 def global_max_pool(x: np.ndarray, *, data_format: str = "channels_last",
-                    return_indices: bool = False):
+                    return_indices: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Maximum over every spatial dimension: (N, *S, C) or (N, C, *S) -> (N, C) (ONNX's
     GlobalMaxPool, PyTorch's adaptive_max_pool to 1, flattened).
 
@@ -603,8 +607,9 @@ def global_max_pool(x: np.ndarray, *, data_format: str = "channels_last",
     return y.reshape(n, c)
 
 
-def global_max_pool_backward(dy: np.ndarray, x, *, data_format: str = "channels_last",
-                             indices=None):
+def global_max_pool_backward(dy: np.ndarray, x: np.ndarray | tuple[int, ...], *,
+                             data_format: str = "channels_last",
+                             indices: np.ndarray | None = None) -> np.ndarray:
     """dx = dL/dx of `global_max_pool`: dy (N, C) at each plane's maximum, zeros elsewhere.
 
     x is the forward's input, or only its shape when `indices` (from
@@ -677,14 +682,14 @@ def _lp_window_sums(xk, out, spec: PoolSpec, p: float, bs, rows: slice, state, x
 def lp_pool(
     x: np.ndarray,
     p: float,
-    kernel_size,
+    kernel_size: Size,
     *,
-    stride=None,
-    padding=0,
-    dilation=1,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
     ceil_mode: bool = False,
     data_format: str = "channels_last",
-):
+) -> np.ndarray:
     """N-d power-average (Lp) pooling: y = (sum over the window of |x|^p)^(1/p).
 
     ONNX's LpPool (padding adds zeros to the sum) and PyTorch's LPPoolNd (no padding or
@@ -735,14 +740,14 @@ def lp_pool_backward(
     dy: np.ndarray,
     x: np.ndarray,
     p: float,
-    kernel_size,
+    kernel_size: Size,
     *,
-    stride=None,
-    padding=0,
-    dilation=1,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
     ceil_mode: bool = False,
     data_format: str = "channels_last",
-):
+) -> np.ndarray:
     """dx = dL/dx of `lp_pool`, given dy = dL/dy; same arguments as `lp_pool`.
 
     dx[i] = sign(x[i]) |x[i]|^(p-1) * sum over windows q containing i of dy[q] / y[q]^(p-1); a
