@@ -124,11 +124,6 @@ def _lowest(dtype: np.dtype):
     return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
-# ---------------------------------------------------------------------------------------------
-# Max pooling
-# ---------------------------------------------------------------------------------------------
-
-
 def _chunk_input(xk, spec: PoolSpec, bs: slice, p_range, state, xp, split: bool):
     """(src, first row, phases): what a chunk's passes read for the windows p_range.
 
@@ -151,6 +146,11 @@ def _chunk_input(xk, spec: PoolSpec, bs: slice, p_range, state, xp, split: bool)
     out = kernels.scratch(state, "wide", rows.shape, wide, xp)
     xp.copyto(out, rows)
     return out, xa, 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Max pooling
+# ---------------------------------------------------------------------------------------------
 
 
 def _codes_to_indices(codes, out, base, table, xp) -> None:
@@ -282,8 +282,9 @@ def max_pool_backward(
         The forward's input. Without `indices` the argmax is recomputed from x.
     indices : ndarray of y's shape, integer, optional
         What `max_pool(..., return_indices=True)` returned with the same arguments: the
-        backward then reads no x and recomputes nothing. Indices that are not a tap of their
-        window raise ValueError (checked on NumPy arrays).
+        backward then reads no x and recomputes nothing. An index outside [0, prod(S)) (other
+        than -1, a window on padding) raises ValueError (checked on NumPy arrays): indices from
+        another call can give a wrong gradient, but never write outside their image and channel.
 
     Returns
     -------
@@ -317,23 +318,27 @@ def max_pool_backward(
     xp = _backend.namespace(dyk, ik)
     dtype = _grad_dtype(dy, x)
     acc = _args.compute_dtype(dtype)
-    if xp is not np:
-        dx = _scatter_offsets(dyk, ik, spec, acc, xp)
-    else:
-        dx = np.zeros(_kernel_shape(spec, spec.in_size), dtype=acc)  # (B, *S, C)
-        size, plane = math.prod(spec.in_size), dx.shape[-1]
-        overlap = any(s < effective_kernel(k, d)
-                      for s, k, d in zip(spec.stride, spec.kernel_size, spec.dilation))
-        dead = any(spec.live_windows(d) < p for d, p in enumerate(spec.out_size))
+    scatter = _scatter_indices if xp is np else _scatter_offsets
+    return scatter(dyk, ik, spec, acc, xp).astype(dtype, copy=False).reshape(x_shape)
 
-        def task(chunk, state):
-            bs, rows = chunk
-            kernels.scatter_indices(dyk[bs, rows], ik[bs, rows], dx[bs], plane, size, overlap,
-                                    dead, state)
 
-        kernels.parallel(task, dx.shape[0], spec.out_size[0], _row_bytes(spec, 4, 16),
-                         whole_images=overlap)
-    return dx.astype(dtype, copy=False).reshape(x_shape)
+def _scatter_indices(dyk, ik, spec: PoolSpec, acc, xp):
+    """The max-pool gradient on NumPy: per chunk of windows, one `numpy.add.at` (a plain
+    scatter when windows cannot overlap) of dy at the elements the indices name."""
+    dx = np.zeros(_kernel_shape(spec, spec.in_size), dtype=acc)  # (B, *S, C)
+    size, plane = math.prod(spec.in_size), dx.shape[-1]
+    overlap = any(s < effective_kernel(k, d)
+                  for s, k, d in zip(spec.stride, spec.kernel_size, spec.dilation))
+    dead = any(spec.live_windows(d) < p for d, p in enumerate(spec.out_size))
+
+    def task(chunk, state):
+        bs, rows = chunk
+        kernels.scatter_indices(dyk[bs, rows], ik[bs, rows], dx[bs], plane, size, overlap,
+                                dead, state)
+
+    kernels.parallel(task, dx.shape[0], spec.out_size[0], _row_bytes(spec, 4, 16),
+                     whole_images=overlap)
+    return dx
 
 
 def _scatter_offsets(dyk, ik, spec: PoolSpec, acc, xp):
@@ -478,11 +483,14 @@ def avg_pool_backward(
     return dx.reshape(x_shape)
 
 
-def _spread_into(g, out, spec: PoolSpec, pa: int, rows: slice, state, xp) -> None:
-    """out = spread(g), through a compute-dtype scratch when out is float16."""
+def _spread_into(g, out, spec: PoolSpec, pa: int, rows: slice, state, xp, finish=None) -> None:
+    """out = spread(g), then finish(out) if given, in g's dtype (a scratch when out is
+    float16)."""
     acc = g.dtype
     dxc = out if out.dtype == acc else kernels.scratch(state, "dx", out.shape, acc, xp)
     kernels.spread(g, dxc, spec, pa, (rows.start, rows.stop), state, xp)
+    if finish is not None:
+        finish(dxc)
     if dxc is not out:
         xp.copyto(out, dxc, casting="same_kind")
 
@@ -777,26 +785,26 @@ def lp_pool_backward(
     def task(chunk, state):
         bs, rows = chunk
         pa, pb = kernels.window_rows(spec, (rows.start, rows.stop))
-        out = dx[bs, rows]
-        dxc = out if acc == dtype else kernels.scratch(state, "dx", out.shape, acc, xp)
-        kernels.spread(g[bs, pa:pb], dxc, spec, pa, (rows.start, rows.stop), state, xp)
-        xr = xk[bs, rows]
-        if p == 1:
-            xp.multiply(dxc, xp.sign(xr), out=dxc)
-        elif p == 2:
-            xp.multiply(dxc, xr, out=dxc)
-        else:                                                    # sign(x) |x|^(p-1)
-            f = kernels.scratch(state, "factor", xr.shape, acc, xp)
-            xp.abs(xr, out=f, dtype=acc)
-            xp.power(f, p - 1, out=f)
-            xp.multiply(f, xp.sign(xr), out=f)
-            xp.multiply(dxc, f, out=dxc)
-        if dxc is not out:
-            xp.copyto(out, dxc, casting="same_kind")
+        _spread_into(g[bs, pa:pb], dx[bs, rows], spec, pa, rows, state, xp,
+                     lambda d: _times_lp_factor(d, xk[bs, rows], p, state, xp))
 
     kernels.parallel(task, dx.shape[0], spec.in_size[0], _in_row_bytes(spec, 2 * acc.itemsize),
                      xp)
     return dx.reshape(x.shape)
+
+
+def _times_lp_factor(d, xr, p: float, state, xp) -> None:
+    """d *= sign(x) |x|^(p-1), the derivative of |x|^p / p (0 at x = 0)."""
+    if p == 1:
+        xp.multiply(d, xp.sign(xr), out=d)
+    elif p == 2:
+        xp.multiply(d, xr, out=d)
+    else:
+        f = kernels.scratch(state, "factor", xr.shape, d.dtype, xp)
+        xp.abs(xr, out=f, dtype=d.dtype)
+        xp.power(f, p - 1, out=f)
+        xp.multiply(f, xp.sign(xr), out=f)
+        xp.multiply(d, f, out=d)
 
 
 def _lp_window_grads(xk, dyk, spec: PoolSpec, p: float, acc, xp):
