@@ -63,12 +63,3 @@ __all__ = [
     "release_workspace",
     "set_config",
 ]
-
-
-def __getattr__(name: str):
-    """`npconv.testing` loads on first use (it is not needed to run convolutions)."""
-    if name == "testing":
-        import npconv.testing
-
-        return npconv.testing
-    raise AttributeError(f"module 'npconv' has no attribute {name!r}")

@@ -20,7 +20,34 @@ import numpy as np
 from npconv.testing.layout import Layout
 
 KIND = {"y": "x", "dx": "x", "dy": "x", "x": "x", "dw": "w", "w": "w", "db": "b", "b": "b"}
-STATUSES = ("ok", "wrong", "shape", "not finite", "missing")
+STATUSES = ("ok", "wrong", "shape", "not finite", "missing", "type")
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """An output that is not an array of numbers, described in a few words."""
+
+    text: str
+
+
+def portable(raw):
+    """A copy of a user's output that can cross processes: an ndarray, None, or `Opaque`.
+
+    Examples
+    --------
+    >>> portable([[1.0, 2.0]]).shape, portable(None), portable("dx")
+    ((1, 2), None, Opaque(text="a str ('dx')"))
+    """
+    if raw is None:
+        return None
+    try:
+        a = np.array(raw)                         # a copy, detached from the code's memory
+    except (TypeError, ValueError):               # ragged lists, odd objects
+        a = None
+    if a is None or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        text = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:37] + "..."
+        return Opaque(f"a {type(raw).__name__} ({text})")
+    return a
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,8 @@ class OutputCheck:
             return f"{self.name}: shape {self.shape}, expected {self.expected_shape}"
         if self.status == "not finite":
             return f"{self.name}: contains NaN or inf ({self.where})"
+        if self.status == "type":
+            return f"{self.name}: not an array of numbers: {self.where}"
         idx = ", ".join(map(str, self.worst))
         return (f"{self.name}: wrong {self.where}; max abs error {self.max_abs:.3g}, "
                 f"max rel error {self.max_rel:.3g}, worst at {self.name}[{idx}]: "
@@ -99,6 +128,8 @@ class OutputCheck:
             return f"{self.name} shape {self.shape}"
         if self.status == "wrong":
             return f"{self.name} {'wrong' if self.where == 'everywhere' else 'partly wrong'}"
+        if self.status == "type":
+            return f"{self.name} not an array"
         return f"{self.name} {self.status}"
 
 
@@ -124,6 +155,8 @@ def compare(name: str, raw, expected: np.ndarray, layout: Layout, tol: Tolerance
     user_shape = expected.transpose(layout.perm(kind, rank)).shape
     if raw is None:
         return OutputCheck(name, "missing", None, user_shape), None
+    if isinstance(raw, Opaque):
+        return OutputCheck(name, "type", None, user_shape, where=raw.text), None
     try:
         got = as_canonical(raw, name, expected, layout)
     except (TypeError, ValueError):               # not convertible to a float array
