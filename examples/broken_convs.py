@@ -290,7 +290,7 @@ class ConvTranspose2D:
 
     def forward(self, x):
         self.x = x
-        n, h, w, c = x.shape
+        n, h, w, _ = x.shape
         full = np.zeros((n, *self.full_size(h, w), self.w.shape[2]))   # (N, Of, Of', F)
         for (a, b), sl in self.offsets(h, w):
             full[sl] += x @ self.kernel()[a, b].T                     # (N, H, W, F)
@@ -301,7 +301,7 @@ class ConvTranspose2D:
         return full[:, top:full.shape[1] - bottom, left:full.shape[2] - right]
 
     def backward(self, dy):
-        n, h, w, c = self.x.shape
+        n, h, w, _ = self.x.shape
         full = np.zeros((n, *self.full_size(h, w), dy.shape[3]))    # (N, Of, Of', F)
         (top, _), (left, _) = self.pads
         full[:, top:top + dy.shape[1], left:left + dy.shape[2]] = dy

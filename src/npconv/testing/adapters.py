@@ -75,6 +75,7 @@ ORDERS = {
              "backward": ("dy", "x", "kernel_size", "stride", "padding")},
 }
 INT_ARGS = ("stride", "padding", "dilation", "kernel_size", "output_padding")
+PARAM_KEYS = {"conv": {"stride", "padding"}, "pool": {"stride", "kernel_size"}}
 
 W_NAMES = ("w", "W", "weight", "weights", "kernel", "filters")
 B_NAMES = ("b", "bias", "biases")
@@ -128,11 +129,12 @@ def _normalize(name: str) -> str:
 
 
 def user_frame(frames: list[traceback.FrameSummary]) -> str:
-    """"file.py:12 in fn" for the deepest frame outside NumPy, the standard library and
-    npconv ("" when there is none)."""
+    """"file.py:12 in fn" for the deepest frame of Python code outside NumPy, the standard
+    library and npconv ("" when there is none)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # npconv/
     skip = (package, os.path.dirname(np.__file__), os.path.dirname(os.__file__))
-    mine = [f for f in frames if not os.path.abspath(f.filename).startswith(skip)]
+    mine = [f for f in frames if f.filename.endswith(".py") and
+            not os.path.abspath(f.filename).startswith(skip)]
     if not mine:
         return ""
     f = mine[-1]
@@ -303,9 +305,13 @@ class Adapter:
         return None
 
     def supports(self, feature: str, kind: str = "conv") -> bool | None:
-        """Whether the code takes argument `feature` ("dilation", ...); None when unknown."""
+        """Whether the code takes argument `feature` ("dilation", ...); None when unknown. A
+        CS231n-style `conv_param` / `pool_param` dict carries the stride (and a conv's pad)."""
         target = self.signature_target()
-        return None if target is None else feature in accepted(target, kind)
+        if target is None:
+            return None
+        takes = accepted(target, kind)
+        return feature in takes or ("param" in takes and feature in PARAM_KEYS[kind])
 
     def int_only(self, kind: str = "conv") -> dict[str, str]:
         """{canonical: parameter name} of the size arguments the code's signature declares
@@ -395,9 +401,9 @@ class LayerAdapter(Adapter):
     ('Conv', False)
     """
 
-    def __init__(self, factory: Callable, *, w: str | None | bool = None,
-                 b: str | None | bool = None, dw: str | None | bool = None,
-                 db: str | None | bool = None, dx: str | None | bool = None,
+    def __init__(self, factory: Callable, *, w: str | bool | None = None,
+                 b: str | bool | None = None, dw: str | bool | None = None,
+                 db: str | bool | None = None, dx: str | bool | None = None,
                  forward: str = "forward", backward: str | None = "backward",
                  data_format: str = "channels_last", weight_layout: str | None = None,
                  name: str | None = None) -> None:

@@ -119,6 +119,10 @@ RELATED = {
 }
 
 
+DERIVED = {"non-square output", "output size 1"}
+"""Tags of the output's shape, which follow from the others: they may change along with any."""
+
+
 @dataclass(frozen=True)
 class Case:
     """One convolution geometry, channels_last: x (N, *S, C) -> y (N, *P, F).
@@ -465,7 +469,8 @@ _TRANSPOSED_RECIPES = (
 
 
 def _expand(value, rank: int) -> tuple:
-    """A 2-D per-axis recipe value as `rank` axes: rank 1 keeps the last, rank 3 repeats the first."""
+    """A 2-D per-axis recipe value as `rank` axes: rank 1 keeps the last, rank 3 repeats the
+    first."""
     pair = value if isinstance(value, tuple) else (value, value)
     if rank == 1:
         return (pair[1],)
@@ -561,6 +566,8 @@ class SweepOptions:
         reasons = (
             (case.transposed != self.transposed, "transposed" if case.transposed
              else "a forward convolution"),
+            (case.padding_mode not in ("zeros", *self.padding_modes),
+             f"padding_mode={case.padding_mode!r}"),
             (max(case.stride) > self.max_stride, f"stride > {self.max_stride}"),
             (_padding_kind(case) not in self.padding, f"{_padding_kind(case)} padding"),
             (self.square_only and bool(tags & {"non-square kernel", "non-square input"}),
@@ -568,8 +575,6 @@ class SweepOptions:
             (bool(tuples), tuples and tuple_reason(tuples[0])),
             (not self.dilation and "dilation" in tags, "dilation"),
             (not self.groups and "groups" in tags, "groups"),
-            (case.padding_mode not in ("zeros", *self.padding_modes),
-             f"padding_mode={case.padding_mode!r}"),
         )
         return next((text for hit, text in reasons if hit), None)
 
@@ -635,9 +640,9 @@ class SweepOptions:
 def nearest_variation(case, tag: str, present: bool, candidates, related: set[str],
                       skip_reason) -> object | None:
     """The first of `candidates` that is valid, allowed (`skip_reason` None), has `tag` as
-    `present` says and changes no tag but `tag` and `related` ones (fewest changes win; one
-    that changes only `tag` and its complement ends the search)."""
-    allowed, best = {tag} | related, None
+    `present` says and changes no tag but `tag`, `related` ones and those of the output's shape
+    (fewest changes win; one that changes only `tag` and its complement ends the search)."""
+    allowed, best = {tag} | related | (DERIVED - {tag}), None
     for cand in candidates:
         if cand == case or not cand.valid() or (tag in cand.tags) != present:
             continue
@@ -671,7 +676,12 @@ def _draw_pads(rng, options: SweepOptions, eff: tuple[int, ...],
         if all(lo == hi for lo, hi in pads):
             pads[-1] = (pads[-1][0], pads[-1][0] + 1)
         return tuple(pads)
-    p = _axes(rng, rank, 1, top, "padding" not in options.int_only and rng.random() < 0.4)
+    if "padding" not in options.int_only and rng.random() < 0.5:    # per axis, some 0
+        p = [int(rng.integers(1, top + 1)) if rng.random() < 0.5 else 0 for _ in range(rank)]
+        if not any(p):
+            p[int(rng.integers(rank))] = int(rng.integers(1, top + 1))
+    else:
+        p = [int(rng.integers(1, top + 1))] * rank
     return tuple((v, v) for v in p)
 
 

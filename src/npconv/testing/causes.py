@@ -29,6 +29,8 @@ Runner = Callable[[list], list[CaseResult]]
 
 _SAMPLES = 3          # failing and passing configurations varied per candidate cause
 _CANDIDATES = 4       # candidate causes tried (verified) per kind of explanation
+_SUPPORT = 3          # configurations with a feature needed before it is called sufficient
+_NEEDS_SHARE = 0.3    # a "needs" feature: at least this share of the configurations with it fail
 
 
 @dataclass
@@ -130,9 +132,9 @@ def _unless(failing, passing, tags, verifier: _Verifier) -> Group | None:
 
 
 def _sufficient(results, tagset: tuple[str, ...]) -> bool:
-    """Every result with all of `tagset` fails (and there is one)."""
+    """Every result with all of `tagset` fails, and there are `_SUPPORT` of them at least."""
     having = [r for r in results if _has(r, tagset)]
-    return bool(having) and not any(r.passed for r in having)
+    return len(having) >= _SUPPORT and not any(r.passed for r in having)
 
 
 def _single_tags(results, failing, passing, tags, verifier: _Verifier):
@@ -181,7 +183,9 @@ def _necessary_tags(results, left, tags, verifier: _Verifier):
     some configurations with it pass too (the failure depends on the data as well): "needs".
 
     Tried per kind of failure, the tag that most members have first (then the one fewest
-    passing configurations have); the members it covers form a group, the rest go on.
+    passing configurations have), if at least `_NEEDS_SHARE` of the configurations with it fail
+    (a rare failure stops under almost any change, so its removal alone tells little); the
+    members it covers form a group, the rest go on.
     """
     groups, rest = [], []
     passing = [r for r in results if r.passed]
@@ -192,6 +196,9 @@ def _necessary_tags(results, left, tags, verifier: _Verifier):
                                            sum(t in r.case.tags for r in passing)))
             for tag in ranked[:_CANDIDATES]:
                 having = [r for r in todo if tag in r.case.tags]
+                with_tag = [r for r in results if tag in r.case.tags]
+                if sum(not r.passed for r in with_tag) < _NEEDS_SHARE * len(with_tag):
+                    continue                      # mostly passes with it: not telling
                 extra = verifier.confirm((tag,), having, [])
                 if extra is not None:
                     groups.append(Group("needs", (tag,), having, len(extra), extra))

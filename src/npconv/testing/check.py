@@ -25,11 +25,9 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from npconv.testing.adapters import Adapter, adapt
-from npconv.testing.causes import Group, explain
-from npconv.testing.compare import Tolerance
 from npconv.testing.cases import (
     PADDING_KINDS,
     PADDING_MODES,
@@ -38,6 +36,8 @@ from npconv.testing.cases import (
     SweepOptions,
     tuple_reason,
 )
+from npconv.testing.causes import Group, explain
+from npconv.testing.compare import Tolerance
 from npconv.testing.layout import DATA_FORMATS, WEIGHT_LAYOUTS, Layout
 from npconv.testing.memory import PLACEMENTS
 from npconv.testing.pool_cases import POOL_OPS, POOL_TAGS, PoolCase, PoolOptions
@@ -60,7 +60,7 @@ class Settings:
     """How to run a check (the parts that do not depend on conv or pooling)."""
 
     seed: int = 0
-    tol: Tolerance = Tolerance()
+    tol: Tolerance = field(default_factory=Tolerance)
     shrink: bool = True
     random: int = 200
     random_seed: int | None = None
@@ -109,7 +109,8 @@ class Session:
                 judge(i)
 
         self.sandbox.run([Job(cases[i], p, layout) for i, p in jobs], other)
-        self.not_run += len(cases) - len(judged)
+        if phase in ("sweep", "random"):
+            self.not_run += len(cases) - len(judged)
         return [judged[i] for i in sorted(judged)]
 
     def consistency(self, case) -> str:
@@ -202,9 +203,10 @@ def layout_hint(session: Session, results: list[CaseResult]) -> str:
         tried = session.run(cases, placements=("plain",), phase="extra", layout=layout)
         if len(tried) == len(cases) and all(r.passed for r in tried):
             flags = layout_flags(layout, session.kind)
-            return (f"with {flags} the {len(cases)} configurations tried pass: the code "
-                    f"expects x as {layout.describe(session.kind == 'conv').split(' ', 1)[1]}"
-                    f" ({layout.data_format}); check it with that option")
+            return (f"every configuration of the sweep fails, but with {flags} the "
+                    f"{len(cases)} configurations tried pass: the code expects "
+                    f"{layout.describe(session.kind == 'conv').split(' ', 1)[1]}; check it "
+                    f"with that option")
     return ""
 
 
@@ -331,13 +333,12 @@ def run_check(adapter: Adapter, kind: str, options, reasons: dict[str, str],
         groups = explain(results + extra, tags, options.vary,
                          lambda cs: session.run(cs, placements=placements, phase="extra"))
         findings = [finding(session, options, g, settings) for g in groups]
-        for f in findings:
-            f.layout_hint = hint if f.mode == "all" else ""
         crashes = box.exhausted
     return CheckReport(adapter.name, adapter, kind, options, settings.tol, settings.seed,
                        results, findings, reasons, swept=cases is None, random=phase,
                        random_results=extra, isolated=settings.isolate,
-                       timeout=settings.timeout, not_run=session.not_run, stopped=crashes)
+                       timeout=settings.timeout, not_run=session.not_run, stopped=crashes,
+                       layout_hint=hint)
 
 
 # ---------------------------------------------------------------------------------------------

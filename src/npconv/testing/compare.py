@@ -175,8 +175,9 @@ def compare(name: str, raw, expected: np.ndarray, layout: Layout, tol: Tolerance
                         max_abs=float(err.max(initial=0.0)),
                         max_rel=_relative(float(err.max(initial=0.0)), scale),
                         worst=layout.user_index(kind, tuple(int(i) for i in worst)),
-                        got=float(got[worst]) if err.size else float("nan"),
-                        want=float(expected[worst]) if err.size else float("nan"), bad=bad)
+                        got=float(got[worst]) + 0.0 if err.size else float("nan"),  # no -0
+                        want=float(expected[worst]) + 0.0 if err.size else float("nan"),
+                        bad=bad)
     return check, got
 
 

@@ -154,7 +154,8 @@ def _crop_minus_zero(ctx: Context, name: str, raw, got):
 
 @hypothesis("padding-not-cropped", ("dx",))
 def _not_cropped(ctx: Context, name: str, raw, got):
-    if got is not None or not isinstance(raw, np.ndarray) or not ctx.plain_conv or not any(lo or hi for lo, hi in ctx.case.pads):
+    if got is not None or not isinstance(raw, np.ndarray) or not ctx.plain_conv or \
+            not any(lo or hi for lo, hi in ctx.case.pads):
         return None
     padded = ctx.layout.to_user("x", _padded_dx(ctx))
     if np.shape(raw) != padded.shape or not ctx.tol.close(raw, padded):

@@ -1,9 +1,10 @@
 """Array layouts of the code under test, and the axis names used in reports.
 
 The checker computes everything channels_last: x, dx, y, dy are (N, *S, C) and w, dw are
-(*K, C/G, F) (for a transposed convolution (*K, F/G, C)), npconv's channels_last layouts. A `Layout` turns those into the user's layout and back,
-and names axes in the user's order ("dw comes back as (F, C, kh, kw)") so a report speaks the
-user's language. Array kinds: "x" (x, dx, y, dy), "w" (w, dw), "b" (b, db).
+(*K, C/G, F) (for a transposed convolution (*K, F/G, C)), npconv's channels_last layouts. A
+`Layout` turns those into the user's layout and back, and names axes in the user's order ("dw
+comes back as (F, C, kh, kw)") so a report speaks the user's language. Array kinds: "x" (x,
+dx, y, dy), "w" (w, dw), "b" (b, db).
 """
 
 from __future__ import annotations

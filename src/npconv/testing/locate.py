@@ -172,7 +172,8 @@ def _axes(name: str, rank: int):
     return tuple(range(1, rank + 1)), rank + 1, 0       # (N, *S, C)
 
 
-def _channel_phrases(bad, name: str, case: Case | PoolCase, channel_axis: int, other: int) -> list[str]:
+def _channel_phrases(bad, name: str, case: Case | PoolCase, channel_axis: int,
+                     other: int) -> list[str]:
     out = []
     filters = name == "dw" or (name == "y" and case.kind == "conv")
     for axis, noun in ((channel_axis, "filters" if filters else "channels"),

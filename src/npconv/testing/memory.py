@@ -16,12 +16,13 @@ with its inputs placed three ways (`place`):
 
 Where the guarded result differs from the plain one, the code depends on memory outside its
 arrays; where the strided one differs from the guarded one (same poisoned memory, other
-layout), it depends on their layout. `ViewWatch` also checks every ``numpy.lib.stride_tricks.as_strided`` call made while the
-code runs: a view that reaches outside the memory its array owns is reported with the file and
-line of the call, whether or not the result happened to come out right, and is made over a
-copy of the array surrounded by NaN (`padded_view`), so that what it reads outside is the same
-on every run; a view reaching gigabytes away is left as asked (it usually crashes the process,
-which the child process running the code turns into a finding).
+layout), it depends on their layout. `ViewWatch` also checks every
+``numpy.lib.stride_tricks.as_strided`` call made while the code runs: a view that reaches
+outside the memory its array owns is reported with the file and line of the call, whether or
+not the result happened to come out right, and is made over a copy of the array surrounded by
+NaN (`padded_view`), so that what it reads outside is the same on every run; a view reaching
+gigabytes away is left as asked (it usually crashes the process, which the child process
+running the code turns into a finding).
 
 Everything here runs in the process that runs the user's code (a child process by default).
 """
@@ -183,7 +184,8 @@ class ViewWatch:
 
     `install` replaces ``numpy.lib.stride_tricks.as_strided`` and every name bound to it in
     the given namespaces (the globals of the user's code, where ``from numpy.lib.stride_tricks
-    import as_strided`` put it) by a checking wrapper; it is meant for the child process that runs user code and is never undone there.
+    import as_strided`` put it) by a checking wrapper; it is meant for the child process that
+    runs user code and is never undone there.
     In the checker's own process use `watching`, which restores everything.
     """
 

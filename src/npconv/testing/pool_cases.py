@@ -23,7 +23,9 @@ import npconv
 from npconv.spec import effective_kernel, out_size
 from npconv.testing.cases import (
     INT_ARG_ORDER,
-    _check_int, _minus, _replaced,
+    _check_int,
+    _minus,
+    _replaced,
     _simplest,
     _size,
     _unique,

@@ -55,6 +55,7 @@ class CheckReport:
     timeout: float = 2.0
     not_run: int = 0
     stopped: bool = False                   # too many crashes: the rest was not run
+    layout_hint: str = ""                   # the layout option that makes the sweep pass
 
     @property
     def checks(self) -> tuple[str, ...]:
@@ -144,7 +145,8 @@ def when_line(finding: Finding, texts: dict[str, str]) -> str:
     if finding.mode == "needs":
         return (f"- every failure of this kind ({finding.first.summary()}: {members}) has "
                 f"{_tags_phrase(finding, texts)}, and removing it alone makes it pass"
-                f"{_confirmed(finding)}; some configurations with it pass (the data matters)")
+                f"{_confirmed(finding)}; not every configuration with it fails (other features "
+                f"or the data matter too)")
     return (f"- {members} ({finding.first.summary()}): no feature or pair of features "
             f"separates these from the passing configurations; the cause is a combination, "
             f"see the smallest case below")
@@ -247,13 +249,11 @@ def finding_lines(number: int, finding: Finding, report: CheckReport) -> list[st
             f"#{r.index} {r.summary()}" for r in others[:4]) + more, "  ")
     if finding.consistency:
         lines += _wrap("consistency: " + finding.consistency, "    ", "  ")
-    if finding.layout_hint:
-        lines += _wrap("Layout: " + finding.layout_hint, "  ")
     hints = TAG_HINTS if report.kind == "conv" else POOL_TAG_HINTS
     for tag in finding.tags if finding.mode in ("tags", "needs") else ():
         if tag in hints:
-            lines += _wrap(f"Typical cause when {texts[tag]} fails (a hint, not tested): "
-                           f"{hints[tag]}", "  ")
+            lines += _wrap(f"Typical cause of failures with {texts[tag]} (a hint, not "
+                           f"tested): {hints[tag]}", "  ")
     return lines
 
 
@@ -288,7 +288,8 @@ def header_lines(report: CheckReport) -> list[str]:
 
 
 def _left_out(reason: str, count: int, why: str | None, first: bool) -> str:
-    what = f"configurations with {reason}" if first else f"with {reason}"
+    noun = "configuration" if count == 1 else "configurations"
+    what = f"{noun} with {reason}" if first else f"with {reason}"
     head = f"{count} {what}" if count else f"those with {reason}"
     return head + (f" ({why})" if why else "")
 
@@ -310,13 +311,16 @@ def format_report(report: CheckReport) -> str:
     lines = [*header_lines(report), "", *table(report.results, report.kind), ""]
     if report.random is not None:
         lines += [*random_line(report), ""]
+    if report.layout_hint:
+        lines += [*_wrap("Layout: " + report.layout_hint, ""), ""]
     if report.findings:
         lines += [*when_lines(report), ""]
     for i, finding in enumerate(report.findings, 1):
         lines += [*finding_lines(i, finding, report), ""]
     if report.stopped:
-        lines += _wrap(f"Stopped after repeated crashes or timeouts: {report.not_run} "
-                       f"configurations were not run.", "")
+        n = report.not_run
+        lines += _wrap(f"Stopped after repeated crashes or timeouts: {n} configuration"
+                       f"{' was' if n == 1 else 's were'} not run.", "")
     lines.append(_result_line(report))
     return "\n".join(lines)
 

@@ -131,4 +131,3 @@ class Finding:
     first: CaseResult
     verified: int = 0                            # extra configurations that confirmed it
     consistency: str = ""
-    layout_hint: str = ""

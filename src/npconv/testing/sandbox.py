@@ -150,7 +150,7 @@ class Sandbox:
             return
         os.close(self.request)
         os.close(self.results)
-        _, status = os.waitpid(self.pid, 0)
+        os.waitpid(self.pid, 0)
         self.output.close()
         self.pid = None
 
@@ -170,7 +170,7 @@ class Sandbox:
     def _spawn(self) -> None:
         request_r, request_w = os.pipe()
         results_r, results_w = os.pipe()
-        self.output = tempfile.TemporaryFile()
+        self.output = tempfile.TemporaryFile()          # noqa: SIM115 (closed with the child)
         sys.stdout.flush()
         sys.stderr.flush()
         with warnings.catch_warnings():
@@ -190,6 +190,8 @@ class Sandbox:
     def _serve(self, request: int, results: int) -> None:
         os.dup2(self.output.fileno(), 1)
         os.dup2(self.output.fileno(), 2)
+        sys.stdout = sys.stderr = open(self.output.fileno(), "w", buffering=1,  # noqa: SIM115
+                                       closefd=False)            # (print() may be redirected)
         faulthandler.enable(file=self.output, all_threads=False)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         _limit_memory(self.memory_limit)
