@@ -2,7 +2,6 @@
 configurations, confirmed on configurations that vary it alone; otherwise the report says the
 cause is a combination and shows the smallest failing case."""
 
-import numpy as np
 
 import npconv
 from npconv.testing import check_conv

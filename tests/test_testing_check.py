@@ -131,7 +131,7 @@ def test_correct_transposed_and_padding_mode_layers_pass(broken):
      "scatters each x pixel times w as it is"),
 ])
 def test_each_known_bug_is_caught_and_diagnosed(broken, name, mode, tags, output, cause, words):
-    report = check_conv(getattr(broken, name), **QUICK)
+    report = check_conv(getattr(broken, name), shrink=False, **QUICK)
     assert not report
     finding = report.findings[0]
     if mode is not None:
@@ -315,9 +315,9 @@ def test_the_seed_answer_as_written_reads_past_the_end(seed):
 
 
 def test_reports_are_stable_and_readable(seed):
-    report = check_conv(seed.SeedConv2D, random=30, random_seed=4)
+    report = check_conv(seed.SeedConv2D, random=20, random_seed=4, isolate=False)
     words = str(report)
-    assert words == str(check_conv(seed.SeedConv2D, random=30, random_seed=4))
+    assert words == str(check_conv(seed.SeedConv2D, random=20, random_seed=4, isolate=False))
     table = [line for line in words.splitlines() if line.startswith("  ") and "  FAIL  " in line]
     assert len(table) == 12
     assert all(len(line) <= 96 for line in words.splitlines() if line not in table)

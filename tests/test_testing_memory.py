@@ -55,16 +55,16 @@ def test_an_overreaching_view_is_reported_and_reads_nan_outside():
     notes = []
     watch = ViewWatch(notes.append)
     a = np.arange(10.0)
-    v = watch.as_strided(a, (3, 4), (32, 8))
+    v = watch.checked(a, (3, 4), (32, 8))
     np.testing.assert_array_equal(v[2], [8, 9, np.nan, np.nan])
     assert not v.flags.writeable
     (note,) = notes
     assert note.startswith("an as_strided view made at test_testing_memory.py:")
     assert note.endswith(" in test_an_overreaching_view_is_reported_and_reads_nan_outside "
                          "reaches 16 bytes past the end of its array (80 bytes)")
-    fine = watch.as_strided(a, (2, 5), (40, 8), writeable=True)
+    fine = watch.checked(a, (2, 5), (40, 8), writeable=True)
     assert fine.flags.writeable and len(notes) == 1
-    ints = watch.as_strided(np.arange(4), (5,), (8,))
+    ints = watch.checked(np.arange(4), (5,), (8,))
     assert list(ints[:4]) == [0, 1, 2, 3] and ints[4] == -1      # 0xFF bytes outside
 
 

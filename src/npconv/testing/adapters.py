@@ -262,7 +262,7 @@ def split_grads(ret) -> dict[str, object]:
     return {"dx": ret}
 
 
-def call_values(case, inputs: dict[str, np.ndarray]) -> dict[str, object]:
+def call_values(case, inputs: dict[str, Any]) -> dict[str, object]:
     """Everything a user's function or constructor may ask for, by canonical name."""
     values = dict(case.arguments())
     values.update(x=inputs.get("x"), w=inputs.get("w"), b=inputs.get("b"))
@@ -333,7 +333,7 @@ class Adapter:
         copy.layout = layout
         return copy
 
-    def run(self, case, inputs: dict[str, np.ndarray], before: Hook | None = None) -> Run:
+    def run(self, case: Any, inputs: dict[str, np.ndarray], before: Hook | None = None) -> Run:
         """y, dx (dw, db) for `case`; `inputs` ("x", "dy", and "w", "b" for a convolution)
         are in the user's layout and may be kept; `before(stage)` runs before each call."""
         run = Run()
@@ -443,8 +443,8 @@ class LayerAdapter(Adapter):
         run.outputs["y"] = y if y is not None else get_attr(obj, find_attr(obj, Y_NAMES) or "_")
         if not self.has_backward:
             return
-        grads = split_grads(capture("backward", getattr(obj, self.methods[1]), inputs["dy"],
-                                    before=before))
+        grads = split_grads(capture("backward", getattr(obj, str(self.methods[1])),
+                                    inputs["dy"], before=before))
         if "dx" not in grads:
             grads["dx"] = self._read(obj, "dx", DX_NAMES)
         if case.kind == "conv":
@@ -457,9 +457,10 @@ class LayerAdapter(Adapter):
         name = self.names[key]
         if name is False:
             return None
-        return get_attr(obj, name) if name else get_attr(obj, find_attr(obj, names) or "_")
+        return get_attr(obj, name) if isinstance(name, str) else \
+            get_attr(obj, find_attr(obj, names) or "_")
 
-    def _build(self, case, inputs: dict, before: Hook | None):
+    def _build(self, case, inputs: dict[str, Any], before: Hook | None):
         """Construct the layer; assign w and b when a conv factory did not take them."""
         kind = case.kind
         takes = accepted(self.factory, kind)
@@ -474,7 +475,8 @@ class LayerAdapter(Adapter):
         return obj, bias
 
     def _assign(self, obj, key: str, names, value, required: bool = True) -> bool:
-        name = self.names[key] or find_attr(obj, names)
+        given = self.names[key]
+        name = given if isinstance(given, str) else find_attr(obj, names)
         if name is None:
             if required:
                 raise UserCodeFailed(UserError(
@@ -594,12 +596,13 @@ def adapt(obj: Any, backward: Callable | None = None, *, data_format: str | None
             raise ValueError("pass backward, data_format and weight_layout to the adapter "
                              f"itself; got an adapter ({type(obj).__name__}) together with them")
         return obj
-    layout = {"data_format": data_format or "channels_last", "weight_layout": weight_layout}
+    data_format = data_format or "channels_last"
     if inspect.isclass(obj):
         if backward is not None:
             raise TypeError(f"`backward` must be None for a layer class ({obj.__name__}), "
                             f"whose objects have a backward method; got {backward!r}")
-        return LayerAdapter(obj, **layout)
+        return LayerAdapter(obj, data_format=data_format, weight_layout=weight_layout)
     if callable(obj):
-        return FunctionsAdapter(obj, backward, **layout)
+        return FunctionsAdapter(obj, backward, data_format=data_format,
+                                weight_layout=weight_layout)
     raise TypeError(f"`forward` must be a layer class, a function or an Adapter; got {obj!r}")

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 
@@ -30,6 +31,7 @@ import npconv
 from npconv.spec import effective_kernel
 from npconv.testing.layout import Layout
 
+_C = TypeVar("_C")
 PADDING_KINDS = ("zero", "symmetric", "asymmetric")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 PER_AXIS_ARGS = frozenset({"stride", "padding", "dilation", "output_padding"})
@@ -222,7 +224,7 @@ class Case:
 
     def arguments(self) -> dict[str, object]:
         """The hyperparameters a user's code may ask for, by canonical name."""
-        values = {"stride": self.stride_arg, "padding": self.padding_arg,
+        values: dict[str, object] = {"stride": self.stride_arg, "padding": self.padding_arg,
                   "dilation": self.dilation_arg, "groups": self.groups,
                   "in_channels": self.in_channels, "out_channels": self.out_channels,
                   "kernel_size": self.kernel_size_arg, "padding_mode": self.padding_mode,
@@ -572,7 +574,7 @@ class SweepOptions:
             (_padding_kind(case) not in self.padding, f"{_padding_kind(case)} padding"),
             (self.square_only and bool(tags & {"non-square kernel", "non-square input"}),
              "non-square"),
-            (bool(tuples), tuples and tuple_reason(tuples[0])),
+            (bool(tuples), tuple_reason(tuples[0]) if tuples else ""),
             (not self.dilation and "dilation" in tags, "dilation"),
             (not self.groups and "groups" in tags, "groups"),
         )
@@ -633,8 +635,9 @@ class SweepOptions:
         """A case allowed by these options that differs from `case` in `tag` alone (or in
         tags that cannot change without it, `RELATED`), with `tag` present or not; None when
         there is none nearby."""
-        return nearest_variation(case, tag, present, _variations(case, tag, present),
-                                 RELATED.get(tag, set()), self.skip_reason)
+        found = nearest_variation(case, tag, present, _variations(case, tag, present),
+                                  RELATED.get(tag, set()), self.skip_reason)
+        return found if isinstance(found, Case) else None
 
 
 def nearest_variation(case, tag: str, present: bool, candidates, related: set[str],
@@ -672,7 +675,8 @@ def _draw_pads(rng, options: SweepOptions, eff: tuple[int, ...],
     if top < 1:
         return ((0, 0),) * rank
     if kind == "asymmetric" and "padding" not in options.int_only:
-        pads = [tuple(int(v) for v in rng.integers(0, top + 1, size=2)) for _ in range(rank)]
+        pads = [(int(rng.integers(0, top + 1)), int(rng.integers(0, top + 1)))
+                for _ in range(rank)]
         if all(lo == hi for lo, hi in pads):
             pads[-1] = (pads[-1][0], pads[-1][0] + 1)
         return tuple(pads)
@@ -891,8 +895,8 @@ _TAG_CHANGES = {
 }
 
 
-def _unique(cases) -> list[Case]:
-    out: list[Case] = []
+def _unique(cases: Iterable[_C]) -> list[_C]:
+    out: list[_C] = []
     for case in cases:
         if case not in out:
             out.append(case)

@@ -26,6 +26,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from npconv.testing.adapters import Adapter, adapt
 from npconv.testing.cases import (
@@ -155,6 +156,8 @@ def refusals(results: list[CaseResult], takes: Callable[[str], bool]
 
 def _refusal_reason(name: str, result: CaseResult, adapter: Adapter) -> str:
     e = result.error
+    if e is None:                                 # (refusals are results with an error)
+        return ""
     where = f" at {e.location}" if e.location else ""
     value = "a tuple" if "=" not in name else "it"
     return f"{adapter.name} refuses {value}: {e.type_name}{where}"
@@ -288,7 +291,7 @@ def shrink(session: Session, options, result: CaseResult,
     return current
 
 
-def _keeper(group: Group) -> Callable[[object], bool]:
+def _keeper(group: Group) -> Callable[[Any], bool]:
     if group.mode in ("tags", "needs"):
         return lambda case: all(t in case.tags for t in group.tags)
     if group.mode == "unless":
@@ -325,7 +328,8 @@ def run_check(adapter: Adapter, kind: str, options, reasons: dict[str, str],
             options, results = _apply_refusals(options, results, refusals(results, takes),
                                                adapter, reasons)
         hint = layout_hint(session, results)
-        extra, phase = [], None
+        extra: list[CaseResult] = []
+        phase = None
         if cases is None and settings.random > 0:
             extra, phase = random_phase(session, options, settings, [r.case for r in results])
         tags = TAGS if kind == "conv" else POOL_TAGS

@@ -206,6 +206,8 @@ def _import(name: str):
             sys.path.insert(0, directory)             # so the file's own imports work
         spec = importlib.util.spec_from_file_location(stem[:-3] if stem.endswith(".py")
                                                       else stem, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {name} as a Python module")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from npconv.testing.layout import Layout
 
@@ -77,7 +78,7 @@ class Tolerance:
         scale = float(np.abs(expected).max(initial=0.0))
         return ~(np.abs(got - expected) <= self.atol + self.rtol * scale)
 
-    def close(self, got, expected) -> bool:
+    def close(self, got: ArrayLike, expected: ArrayLike) -> bool:
         """Same shape and every element within tolerance."""
         got, expected = np.asarray(got, dtype=float), np.asarray(expected, dtype=float)
         return got.shape == expected.shape and not self.bad(got, expected).any()
@@ -117,7 +118,7 @@ class OutputCheck:
             return f"{self.name}: contains NaN or inf ({self.where})"
         if self.status == "type":
             return f"{self.name}: not an array of numbers: {self.where}"
-        idx = ", ".join(map(str, self.worst))
+        idx = ", ".join(map(str, self.worst or ()))
         return (f"{self.name}: wrong {self.where}; max abs error {self.max_abs:.3g}, "
                 f"max rel error {self.max_rel:.3g}, worst at {self.name}[{idx}]: "
                 f"got {self.got:.6g}, expected {self.want:.6g}")

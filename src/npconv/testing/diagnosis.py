@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,11 +30,11 @@ from npconv.testing.layout import Layout, axis_nouns
 class Context:
     """Everything a hypothesis may use: the case and its canonical inputs and outputs."""
 
-    case: object                      # a `Case` or a `PoolCase`
+    case: Any                         # a `Case` or a `PoolCase`
     layout: Layout
     tol: Tolerance
     x: np.ndarray                     # (N, *S, C)
-    w: np.ndarray | None              # conv: (*K, C/G, F) (transposed (*K, F/G, C))
+    w: Any                            # conv: (*K, C/G, F) (transposed (*K, F/G, C)); pool: None
     b: np.ndarray | None              # (F,), None when the user's code took no bias
     dy: np.ndarray                    # (N, *P, F)
     expected: dict                    # canonical y, dx (dw, db)
@@ -347,13 +348,14 @@ def pad_adjoint(dxp: np.ndarray, case, numpy_mode: str) -> np.ndarray:
     """The gradient of ``np.pad(x, case.pads, mode=numpy_mode)`` given the padded one: every
     padded position's gradient added to the input pixel it copies. (N, *Sp, C) -> (N, *S, C)."""
     size = case.in_size
-    extra = {"constant_values": -1} if numpy_mode == "constant" else {}
-    index = np.pad(np.arange(int(np.prod(size))).reshape(size), case.pads, mode=numpy_mode,
-                   **extra).ravel()                                  # (prod(Sp),)
+    source = np.arange(int(np.prod(size))).reshape(size)               # (*S)
+    mode: Any = numpy_mode                      # (np.pad's stubs list the modes as literals)
+    index = (np.pad(source, case.pads, constant_values=-1) if numpy_mode == "constant" else
+             np.pad(source, case.pads, mode=mode)).ravel()               # (prod(Sp),)
     keep = index >= 0
     dx = np.zeros((dxp.shape[0], int(np.prod(size)), dxp.shape[-1]))   # (N, prod(S), C)
-    np.add.at(dx, (slice(None), index[keep]), dxp.reshape(dxp.shape[0], -1, dxp.shape[-1])[
-        :, keep])
+    flat = dxp.reshape(dxp.shape[0], -1, dxp.shape[-1])                # (N, prod(Sp), C)
+    np.add.at(dx, (slice(None), index[keep]), flat[:, keep])  # type: ignore[arg-type]
     return dx.reshape(dxp.shape[0], *size, dxp.shape[-1])              # (N, *S, C)
 
 

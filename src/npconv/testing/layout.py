@@ -74,7 +74,7 @@ class Layout:
         if kind == "w":
             k = tuple(range(r))
             return {"HWIO": (*k, r, r + 1), "OIHW": (r + 1, r, *k),
-                    "OHWI": (r + 1, *k, r), "IOHW": (r, r + 1, *k)}[self.weight_layout]
+                    "OHWI": (r + 1, *k, r), "IOHW": (r, r + 1, *k)}[str(self.weight_layout)]
         return (0,)
 
     def to_user(self, kind: str, a: np.ndarray) -> np.ndarray:

@@ -89,8 +89,8 @@ def index_phrase(indices: list[int], size: int, noun: str) -> str:
 def ranges(indices) -> str:
     """[0, 1, 2, 5] -> "0-2, 5"."""
     parts = []
-    for _, run in itertools.groupby(enumerate(indices), lambda t: t[1] - t[0]):
-        run = [v for _, v in run]
+    for _, group in itertools.groupby(enumerate(indices), lambda t: t[1] - t[0]):
+        run = [v for _, v in group]
         parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
     return ", ".join(parts)
 
@@ -154,7 +154,8 @@ def describe(bad: np.ndarray, name: str, case: Case | PoolCase) -> str:
     if name == "db":
         return f"in filters {ranges(np.nonzero(bad)[0].tolist())} of {bad.size}"
     spatial_axes, channel_axis, other = _axes(name, case.rank)
-    spatial = bad.any(axis=tuple(a for a in range(bad.ndim) if a not in spatial_axes))
+    spatial = np.asarray(bad.any(axis=tuple(a for a in range(bad.ndim)
+                                            if a not in spatial_axes)))
     parts = []
     if not spatial.all():
         nouns = axis_nouns(case.rank)

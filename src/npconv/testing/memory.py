@@ -34,6 +34,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ from npconv.testing.adapters import user_frame
 try:
     from numpy.lib.array_utils import byte_bounds
 except ImportError:                           # NumPy < 2
-    byte_bounds = np.byte_bounds
+    byte_bounds = np.byte_bounds              # type: ignore[attr-defined]
 
 PLACEMENTS = ("plain", "guarded", "strided")
 GUARD = 64                                    # elements of NaN before and after a guarded array
@@ -103,7 +104,7 @@ def _geometric(low: int, high: int) -> Iterator[int]:
 def _allocation(a: np.ndarray) -> tuple[int, int] | None:
     """(first, last + 1) byte address of the memory block that `a`'s data lies in, when an
     array owning it can be found through the `base` chain; None otherwise."""
-    obj = a
+    obj: Any = a
     for _ in range(64):
         if isinstance(obj, np.ndarray) and obj.flags.owndata:
             return byte_bounds(obj)
@@ -160,10 +161,11 @@ def overreach(a, shape, strides) -> Reach | None:
     return Reach(low, high, block)
 
 
-def padded_view(a: np.ndarray, shape, strides, reach: Reach, as_strided) -> np.ndarray:
-    """The view `as_strided(a, shape, strides)` made over a copy of `a`'s memory block that
-    NaN (for other dtypes, 0xFF bytes) surrounds: what lies outside the block reads the same on
-    every run, and nothing outside it can be overwritten (the view is read-only)."""
+def padded_view(a: np.ndarray, shape, strides, reach: Reach, make_view) -> np.ndarray:
+    """The view of `a` with `shape` and `strides` (`make_view` is NumPy's as_strided) made over
+    a copy of `a`'s memory block that NaN (for other dtypes, 0xFF bytes) surrounds: what lies
+    outside the block reads the same on every run, and nothing outside it can be overwritten
+    (the view is read-only)."""
     first, last = min(reach.low, reach.block[0]), max(reach.high, reach.block[1])
     nbytes = last - first
     if a.dtype.kind in "fc":
@@ -176,7 +178,7 @@ def padded_view(a: np.ndarray, shape, strides, reach: Reach, as_strided) -> np.n
     ctypes.memmove(base + reach.block[0] - first, reach.block[0], block)
     offset = a.__array_interface__["data"][0] - first
     anchor = np.ndarray((1,), dtype=a.dtype, buffer=buf, offset=offset)  # a[0] in the copy
-    return as_strided(anchor, shape=shape, strides=strides, writeable=False)
+    return make_view(anchor, shape=shape, strides=strides, writeable=False)
 
 
 class ViewWatch:
@@ -196,7 +198,7 @@ class ViewWatch:
         self.tricks = tricks
         self.original = tricks.as_strided
 
-    def as_strided(self, x, shape=None, strides=None, subok=False, writeable=True):
+    def checked(self, x, shape=None, strides=None, subok=False, writeable=True):
         """``numpy.lib.stride_tricks.as_strided``, reporting a view outside x's memory and
         making it over a NaN-surrounded copy instead (`padded_view`)."""
         reach = overreach(x, shape, strides)
@@ -218,7 +220,7 @@ class ViewWatch:
         for space in [vars(self.tricks), *namespaces]:
             for name, value in list(space.items()):
                 if value is self.original:
-                    space[name] = self.as_strided
+                    space[name] = self.checked
                     replaced.append((space, name))
         return replaced
 

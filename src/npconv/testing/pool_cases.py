@@ -307,7 +307,8 @@ class Windows:
         dx = np.zeros((x_shape[0], self.in_count, x_shape[-1]))          # (N, prod(S), C)
         for k in range(self.taps.shape[1]):
             ok = self.taps[:, k] >= 0
-            np.add.at(dx, (slice(None), self.taps[ok, k]), contrib[:, ok, k])
+            np.add.at(dx, (slice(None), self.taps[ok, k]),  # type: ignore[arg-type]
+                      contrib[:, ok, k])
         return dx.reshape(x_shape)
 
     def last_writer(self) -> np.ndarray:
@@ -458,7 +459,7 @@ class PoolOptions:
             (not self.dilation and "dilation" in tags, "dilation"),
             (case.count_include_pad not in self.count_include_pad,
              f"count_include_pad={case.count_include_pad}"),
-            (bool(tuples), tuples and tuple_reason(tuples[0])),
+            (bool(tuples), tuple_reason(tuples[0]) if tuples else ""),
         )
         return next((text for hit, text in reasons if hit), None)
 
@@ -504,8 +505,8 @@ class PoolOptions:
         ceil = self.ceil_mode and rng.random() < 0.3
         sizes = []
         for s, e, (lo, hi) in zip(stride, eff, pads):
-            p, r = int(rng.integers(1, 5)), int(rng.integers(0, s))
-            sizes.append(max(e, (p - 1) * s + e + r - lo - hi))
+            out, r = int(rng.integers(1, 5)), int(rng.integers(0, s))
+            sizes.append(max(e, (out - 1) * s + e + r - lo - hi))
         cip = bool(rng.choice(self.count_include_pad))
         return PoolCase(self.op, int(rng.integers(1, 4)), int(rng.integers(1, 4)),
                         tuple(sizes), kernel, stride, pads, dilation, ceil, cip,
@@ -513,8 +514,9 @@ class PoolOptions:
 
     def vary(self, case: PoolCase, tag: str, present: bool) -> PoolCase | None:
         """As `SweepOptions.vary`, for pooling tags."""
-        return nearest_variation(case, tag, present, _variations(case, tag, present),
-                                 POOL_RELATED.get(tag, set()), self.skip_reason)
+        found = nearest_variation(case, tag, present, _variations(case, tag, present),
+                                  POOL_RELATED.get(tag, set()), self.skip_reason)
+        return found if isinstance(found, PoolCase) else None
 
 
 def _axes(rng, rank: int, low: int, high: int, per_axis: bool) -> tuple[int, ...]:

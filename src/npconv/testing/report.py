@@ -13,11 +13,16 @@ import textwrap
 from dataclasses import dataclass, field
 
 from npconv.testing.adapters import Adapter
-from npconv.testing.cases import COLUMN_DEFAULTS, TABLE_COLUMNS, TAG_TEXT
+from npconv.testing.cases import COLUMN_DEFAULTS, TABLE_COLUMNS, TAG_TEXT, SweepOptions
 from npconv.testing.compare import Tolerance
 from npconv.testing.diagnosis import TAG_HINTS
 from npconv.testing.locate import ascii_map
-from npconv.testing.pool_cases import POOL_COLUMN_DEFAULTS, POOL_COLUMNS, POOL_TAG_TEXT
+from npconv.testing.pool_cases import (
+    POOL_COLUMN_DEFAULTS,
+    POOL_COLUMNS,
+    POOL_TAG_TEXT,
+    PoolOptions,
+)
 from npconv.testing.pool_diagnosis import POOL_TAG_HINTS
 from npconv.testing.problems import OUTPUTS
 from npconv.testing.results import CaseResult, Finding
@@ -42,7 +47,7 @@ class CheckReport:
     name: str
     adapter: Adapter
     kind: str                               # "conv" or "pool"
-    options: object                         # SweepOptions or PoolOptions
+    options: SweepOptions | PoolOptions
     tol: Tolerance
     seed: int
     results: list[CaseResult]               # the fixed sweep (or the given cases)
@@ -258,7 +263,7 @@ def finding_lines(number: int, finding: Finding, report: CheckReport) -> list[st
 
 
 def _what(report: CheckReport) -> str:
-    if report.kind == "pool":
+    if isinstance(report.options, PoolOptions):
         return f"{report.options.op} pooling"
     return "transposed convolution" if report.options.transposed else "convolution"
 
@@ -266,8 +271,8 @@ def _what(report: CheckReport) -> str:
 def header_lines(report: CheckReport) -> list[str]:
     """What was checked, how, and what was left out."""
     a, tol = report.adapter, report.tol
-    layout = a.layout.describe(report.kind == "conv", report.kind == "conv" and
-                               report.options.transposed)
+    transposed = isinstance(report.options, SweepOptions) and report.options.transposed
+    layout = a.layout.describe(report.kind == "conv", transposed)
     lines = [f"npconv check: {report.name} ({_what(report)}; {layout})"]
     where = (f"in a child process (timeout {report.timeout:g} s per run)" if report.isolated
              else "in this process")

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from npconv.testing.adapters import UserError
+from npconv.testing.cases import Case
 from npconv.testing.compare import OutputCheck
+from npconv.testing.pool_cases import PoolCase
 
 SIGNALS = {4: "SIGILL (illegal instruction)", 6: "SIGABRT (abort)", 7: "SIGBUS (bus error)",
            8: "SIGFPE (arithmetic error)", 9: "SIGKILL (killed, e.g. out of memory)",
@@ -68,7 +70,7 @@ class CaseResult:
     """The outcome of one configuration."""
 
     index: int                                   # 1-based position in the fixed sweep; 0 if not
-    case: object                                 # a `Case` or a `PoolCase`
+    case: Case | PoolCase
     outputs: dict[str, OutputCheck] = field(default_factory=dict)
     error: UserError | None = None
     modified: tuple[str, ...] = ()               # inputs the user's code changed in place

@@ -36,9 +36,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from npconv.testing.adapters import Adapter, Run, UserError, user_frame
+from npconv.testing.cases import Case
 from npconv.testing.compare import Tolerance, portable
 from npconv.testing.layout import Layout
 from npconv.testing.memory import ViewWatch, place, poison_heap, watching
+from npconv.testing.pool_cases import PoolCase
 from npconv.testing.problems import consistency, inputs, user_inputs
 from npconv.testing.results import SIGNALS, Crash
 
@@ -50,7 +52,7 @@ class Job:
     """One run of the user's code: a case, a memory placement, optionally another layout;
     `task` "consistency" runs `problems.consistency` (the user's code many times) instead."""
 
-    case: object
+    case: Case | PoolCase
     placement: str = "plain"
     layout: Layout | None = None
     task: str = "run"
@@ -126,8 +128,9 @@ class Sandbox:
         report = on_done or (lambda i, result: None)
         if not self.isolate:
             for i, job in enumerate(jobs):
-                out[i] = self._here(job)
-                report(i, out[i])
+                run = self._here(job)
+                out[i] = run
+                report(i, run)
             return out
         todo = list(range(len(jobs)))
         while todo and not self.exhausted:
@@ -228,7 +231,8 @@ class Sandbox:
             crashed = self._crash(todo[0], "", [], None, out)
             report(crashed, out[crashed])
             return crashed
-        current, stage, notes, started = todo[0], "", [], time.monotonic()
+        notes: list[str] = []
+        current, stage, started = todo[0], "", time.monotonic()
         finished = 0
         while finished < len(todo):
             left = self.timeout - (time.monotonic() - started)
@@ -250,9 +254,10 @@ class Sandbox:
         return None
 
     def _crash(self, key: int, stage: str, notes: list[str], why, out: list) -> int:
+        pid = int(self.pid or 0)
         if why == "timeout":
-            os.kill(self.pid, signal.SIGKILL)
-        _, status = os.waitpid(self.pid, 0)
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
         os.close(self.request)
         os.close(self.results)
         self.pid = None
