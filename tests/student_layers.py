@@ -9,12 +9,27 @@ time, as students get it wrong, and checks that each change is caught.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pathlib
 import sys
+from types import ModuleType
 
 import numpy as np
 
 import npconv
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """examples/`name` (a .py file) as a module, registered so that its classes pickle."""
+    spec = importlib.util.spec_from_file_location(f"_npconv_example_{name[:-3]}",
+                                                  EXAMPLES / name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _pair(value) -> tuple[int, int]:

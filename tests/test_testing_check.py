@@ -6,27 +6,14 @@ patterns are written here as plain functions on top of npconv. The seed answer's
 in this process and without the random phase (`QUICK`), which other test files cover.
 """
 
-import importlib.util
-import pathlib
-import sys
-
 import numpy as np
 import pytest
+from student_layers import load_example
 
 import npconv
 from npconv.testing import Case, FunctionsAdapter, LayerAdapter, all_cases, check_conv
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 QUICK = {"random": 0, "isolate": False}
-
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"_npconv_example_{name[:-3]}",
-                                                  EXAMPLES / name)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,12 @@
 """docs/checking.md shows real reports: every report and excerpt is what the command prints
 today, and the gradcheck example runs and fails as shown."""
 
-import importlib.util
 import pathlib
 import re
 import shlex
-import sys
 
 import pytest
+from student_layers import load_example
 
 from npconv.cli import main
 
@@ -39,11 +38,7 @@ def test_reports_in_the_doc_are_what_the_command_prints(capsys, monkeypatch, kin
 
 
 def test_the_gradcheck_example_runs_and_fails_as_shown(capsys):
-    spec = importlib.util.spec_from_file_location("_npconv_docs_broken",
-                                                  ROOT / "examples" / "broken_convs.py")
-    broken = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = broken
-    spec.loader.exec_module(broken)
+    broken = load_example("broken_convs.py")
 
     class MyConv2D(broken.Conv2D):                              # dx misses its last row
         def backward(self, dy):

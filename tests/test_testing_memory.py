@@ -1,26 +1,16 @@
 """npconv.testing memory checks: placements, out-of-bounds views, reads outside the arrays."""
 
-import importlib.util
-import pathlib
-import sys
-
 import numpy as np
 import pytest
+from student_layers import load_example
 
 from npconv.testing import Case, check_conv
 from npconv.testing.memory import ViewWatch, overreach, place, poison_heap, watching
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-
 
 @pytest.fixture(scope="module")
 def broken():
-    spec = importlib.util.spec_from_file_location("_npconv_memory_broken",
-                                                  EXAMPLES / "broken_convs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example("broken_convs.py")
 
 
 @pytest.mark.parametrize("how", ["plain", "guarded", "strided"])

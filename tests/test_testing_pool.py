@@ -5,30 +5,21 @@ with one classic pooling bug each. The checker's right answers are npconv's pool
 they are also held against the naive loops of `npconv.reference` on every fixed case.
 """
 
-import importlib.util
-import pathlib
-import sys
-
 import numpy as np
 import pytest
+from student_layers import load_example
 
 import npconv
 from npconv import reference
 from npconv.testing import PoolCase, PoolOptions, check_pool
 from npconv.testing.problems import expected, inputs
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 QUICK = {"random": 0, "isolate": False}
 
 
 @pytest.fixture(scope="module")
 def pools():
-    spec = importlib.util.spec_from_file_location("_npconv_example_broken_pools",
-                                                  EXAMPLES / "broken_pools.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example("broken_pools.py")
 
 
 def text(report) -> str:

@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -498,8 +498,45 @@ def _transposed_case(recipe, rank: int) -> Case:
                 transposed=True, output_padding=_expand(out_pad, rank))
 
 
+class Sweep(Generic[_C]):
+    """What the options of a convolution sweep and of a pooling sweep share: the checked fixed
+    cases, what is left out and why, random draws. Subclasses give `fixed_cases`,
+    `skip_reason` and `_draw`; `HIDDEN` are reasons not reported (another kind of op)."""
+
+    HIDDEN: tuple[str, ...] = ()
+
+    def fixed_cases(self) -> list[_C]:
+        raise NotImplementedError
+
+    def skip_reason(self, case: _C) -> str | None:
+        raise NotImplementedError
+
+    def _draw(self, rng: np.random.Generator) -> _C:
+        raise NotImplementedError
+
+    def cases(self) -> list[_C]:
+        """The checked cases, easy to hard, without duplicates."""
+        return [c for c in self.fixed_cases() if self.skip_reason(c) is None]
+
+    def skipped(self) -> dict[str, int]:
+        """How many cases each reason leaves out: {"dilation": 3, ...}, in sweep order."""
+        counts: dict[str, int] = {}
+        for case in self.fixed_cases():
+            reason = self.skip_reason(case)
+            if reason is not None and not reason.startswith(self.HIDDEN):
+                counts[reason] = counts.get(reason, 0) + 1
+        return counts
+
+    def random_case(self, rng: np.random.Generator) -> _C:
+        """A random case that these options allow, built valid by construction."""
+        while True:
+            case = self._draw(rng)
+            if case.valid() and self.skip_reason(case) is None:     # type: ignore[attr-defined]
+                return case
+
+
 @dataclass(frozen=True)
-class SweepOptions:
+class SweepOptions(Sweep[Case]):
     """Which convolutions to check: leave out what the code under test does not support.
 
     Parameters
@@ -544,6 +581,8 @@ class SweepOptions:
     transposed: bool = False
     padding_modes: tuple[str, ...] = ()
 
+    HIDDEN = ("transposed", "a forward", "padding_mode")
+
     def __post_init__(self) -> None:
         _check_int(self.rank, "rank", 1, 3)
         _check_int(self.max_stride, "max_stride", 1, None)
@@ -587,27 +626,6 @@ class SweepOptions:
         modes = [_recipe_case(r, self.rank, m) for m in PADDING_MODES[1:]
                  for r in _MODE_RECIPES]
         return _unique([*(_recipe_case(r, self.rank) for r in _RECIPES), *modes])
-
-    def cases(self) -> list[Case]:
-        """The checked cases, easy to hard, without duplicates."""
-        return [c for c in self.fixed_cases() if self.skip_reason(c) is None]
-
-    def skipped(self) -> dict[str, int]:
-        """How many cases each reason leaves out: {"dilation": 3, ...}, in sweep order."""
-        counts: dict[str, int] = {}
-        for case in self.fixed_cases():
-            reason = self.skip_reason(case)
-            if reason is not None and not reason.startswith(("transposed", "a forward",
-                                                             "padding_mode")):
-                counts[reason] = counts.get(reason, 0) + 1
-        return counts
-
-    def random_case(self, rng: np.random.Generator) -> Case:
-        """A random case that these options allow, built valid by construction."""
-        while True:
-            case = self._draw(rng)
-            if case.valid() and self.skip_reason(case) is None:
-                return case
 
     def _draw(self, rng: np.random.Generator) -> Case:
         def per_axis(name: str) -> bool:

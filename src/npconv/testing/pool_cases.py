@@ -23,6 +23,7 @@ import npconv
 from npconv.spec import effective_kernel, out_size
 from npconv.testing.cases import (
     INT_ARG_ORDER,
+    Sweep,
     _check_int,
     _minus,
     _replaced,
@@ -398,7 +399,7 @@ def _recipe(op: str, recipe, rank: int) -> PoolCase:
 
 
 @dataclass(frozen=True)
-class PoolOptions:
+class PoolOptions(Sweep[PoolCase]):
     """Which poolings to check: leave out what the code under test does not support.
 
     Parameters
@@ -468,23 +469,6 @@ class PoolOptions:
         if len(self.count_include_pad) == 1:
             cases = [c.with_(count_include_pad=self.count_include_pad[0]) for c in cases]
         return _unique(c for c in cases if c.valid())
-
-    def cases(self) -> list[PoolCase]:
-        return [c for c in self.fixed_cases() if self.skip_reason(c) is None]
-
-    def skipped(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for case in self.fixed_cases():
-            reason = self.skip_reason(case)
-            if reason is not None:
-                counts[reason] = counts.get(reason, 0) + 1
-        return counts
-
-    def random_case(self, rng: np.random.Generator) -> PoolCase:
-        while True:
-            case = self._draw(rng)
-            if case.valid() and self.skip_reason(case) is None:
-                return case
 
     def _draw(self, rng: np.random.Generator) -> PoolCase:
         rank = self.rank
