@@ -399,3 +399,18 @@ def test_check_conv_rejects_code_it_cannot_call():
         check_conv(lambda a, b, c, d, e, f, g, h: 0)
     with pytest.raises(TypeError, match=r"`cases` must be a list of npconv\.testing\.Case"):
         check_conv(_forward, cases=[Case(1, 1, 1, (3,), (3,), (1,), ((0, 0),), (1,)), 2])
+
+
+def test_the_random_phase_keeps_to_its_time_budget():
+    import time
+
+    def slow(x, w, b, stride, padding):
+        time.sleep(0.005)
+        return _forward(x, w, b, stride, padding)
+
+    start = time.monotonic()
+    report = check_conv(slow, random=500, random_seed=0, budget=0.3, isolate=False)
+    assert time.monotonic() - start < 5
+    assert report.random.exhausted and 0 < report.random.count < 500
+    assert f"Random phase: {report.random.count} configurations (--random-seed 0 replays them, " \
+           f"stopped by the 0.3 s budget): all pass." in text(report)
