@@ -89,7 +89,8 @@ def test_gradcheck_checks_only_wrt(xw):
 
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"f": 3}, TypeError, "`f` must be callable; got int"),
-    ({"arrays": (np.ones(2), [1.0])}, TypeError, r"`arrays\[1\]` must be a numpy.ndarray; got list"),
+    ({"arrays": (np.ones(2), [1.0])}, TypeError,
+     r"`arrays\[1\]` must be a numpy.ndarray; got list"),
     ({"eps": 0.0}, ValueError, r"`eps` must be a number > 0; got 0.0"),
     ({"arrays": ()}, ValueError, "`arrays` must hold at least one array; got none"),
     ({"wrt": [2]}, ValueError, r"`wrt` must hold indices of `arrays` in \[0, 2\); got \[2\]"),

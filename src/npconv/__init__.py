@@ -71,12 +71,3 @@ __all__ = [
     "release_workspace",
     "set_config",
 ]
-
-
-def __getattr__(name: str):
-    """`npconv.testing` and `npconv.io` load on first use (neither is needed to run convolutions)."""
-    if name in ("testing", "io"):
-        import importlib
-
-        return importlib.import_module(f"npconv.{name}")
-    raise AttributeError(f"module 'npconv' has no attribute {name!r}")

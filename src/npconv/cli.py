@@ -16,7 +16,7 @@ COMMANDS = {
     "train": ("npconv.commands.train", "train a CNN (default: a small CNN on the built-in digits)"),
     "evaluate": ("npconv.commands.evaluate", "evaluate a saved model on a data set"),
     "predict": ("npconv.commands.predict", "predict classes for images with a saved model"),
-    "check": ("npconv.testing.check_cli", "check a hand-written convolution against npconv"),
+    "check": ("npconv.testing.check_cli", "check a hand-written conv or pool layer against npconv"),
 }
 
 DESCRIPTION = """\

@@ -1,20 +1,21 @@
-"""Adapters: how to call a user's convolution for one configuration, whatever its call style.
+"""Adapters: how to call a user's convolution or pooling for one configuration.
 
-`check_conv` only ever asks an adapter one thing: "for this `Case`, with these x, w, b and dy in
-your layout, what are y, dx, dw and db?". Two adapters cover the common styles:
+The checker only ever asks an adapter one thing: "for this case, with these x (w, b) and dy in
+your layout, what are y, dx (dw, db)?". Two adapters cover the common styles:
 
-- `Layer`: a class (or factory) whose objects have ``forward(x) -> y`` and ``backward(dy)``
-  returning dx, with the weights and their gradients as attributes (the seed answer's style,
-  ``w``/``b``/``dw``/``db``; also ``W``/``weight``, ``dW``, ``grads["w"]``, ...).
-- `Functions`: ``forward(x, w, b, stride, pad) -> y`` and ``backward(dy, x, w, b, stride, pad)
-  -> (dx, dw, db)``; also CS231n's ``forward(x, w, b, conv_param) -> (y, cache)`` with
-  ``backward(dy, cache)``.
+- `LayerAdapter`: a class (or factory) whose objects have ``forward(x) -> y`` and
+  ``backward(dy)`` returning dx, with the weights and their gradients as attributes (the seed
+  answer's style, ``w``/``b``/``dw``/``db``; also ``W``/``weight``, ``dW``, ``grads["w"]``...).
+- `FunctionsAdapter`: ``forward(x, w, b, stride, pad) -> y`` and ``backward(dy, x, w, b,
+  stride, pad) -> (dx, dw, db)``; also CS231n's ``forward(x, w, b, conv_param) -> (y, cache)``
+  with ``backward(dy, cache)``, and the pooling forms ``forward(x, pool_param)``,
+  ``forward(x, kernel_size, stride, padding)``.
 
 Arguments are passed by name when every required parameter has a recognised name (``x``,
-``input``, ``A_prev``; ``w``, ``W``, ``weight``, ``kernel``; ``pad``, ``padding``; ``dout``,
-``dZ`` ...), and in the documented order otherwise. Anything else is one lambda away: wrap the
-code in a function whose parameters have these names. Exceptions raised by user code are caught and returned as a `UserError`, a finding
-of the check rather than a crash.
+``input``, ``A_prev``; ``w``, ``W``, ``weight``, ``kernel``; ``pad``, ``padding``; ``pool_h``;
+``dout``, ``dZ`` ...), and in the documented order otherwise. Anything else is one lambda away:
+wrap the code in a function whose parameters have these names. An exception raised by user code
+(even ``SystemExit``) becomes a `UserError`, a finding of the check rather than a crash.
 """
 
 from __future__ import annotations
@@ -25,35 +26,56 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from npconv.testing.cases import Case
 from npconv.testing.layout import Layout
 
 # canonical name -> accepted parameter names, compared lower-case without underscores
-_ALIASES = {
+_COMMON = {
     "x": ("x", "inp", "input", "inputs", "aprev", "xin", "img", "image", "images", "a"),
-    "w": ("w", "weight", "weights", "kernel", "kernels", "filters", "filter", "filt"),
-    "b": ("b", "bias", "biases"),
     "stride": ("stride", "strides", "s", "step"),
     "padding": ("padding", "pad", "pads", "padsize", "p", "paddingsize", "padwidth"),
     "dilation": ("dilation", "dilations", "dilationrate", "d", "rate"),
+    "dy": ("dy", "dout", "dz", "grad", "gradout", "gradoutput", "delta", "doutdescendant",
+           "upstream", "gout", "dyout", "grady", "dupstream"),
+    "param": ("convparam", "convparams", "poolparam", "poolparams", "params", "hparams",
+              "hyperparams"),
+    "cache": ("cache", "ctx"),
+}
+_CONV = {
+    "w": ("w", "weight", "weights", "kernel", "kernels", "filters", "filter", "filt"),
+    "b": ("b", "bias", "biases"),
     "groups": ("groups", "group", "g", "numgroups", "ngroups"),
     "in_channels": ("inchannels", "cin", "nin", "inputchannels", "channelsin", "nc"),
     "out_channels": ("outchannels", "cout", "nout", "numfilters", "nfilters",
                      "outputchannels", "channelsout", "nf"),
     "kernel_size": ("kernelsize", "ksize", "filtersize", "fsize", "kernelshape"),
-    "dy": ("dy", "dout", "dz", "grad", "gradout", "gradoutput", "delta", "doutdescendant",
-           "upstream", "gout", "dyout", "grady"),
-    "conv_param": ("convparam", "convparams", "params", "hparams", "hyperparams"),
-    "cache": ("cache", "ctx"),
+    "padding_mode": ("paddingmode", "padmode", "mode"),
+    "output_padding": ("outputpadding", "outpadding", "outpad", "opad"),
 }
-_LOOKUP = {alias: name for name, aliases in _ALIASES.items() for alias in aliases}
-_ALL = dict.fromkeys(_ALIASES)          # every name bound: for checking a signature early
-FORWARD_ORDER = ("x", "w", "b", "stride", "padding", "dilation", "groups")
-BACKWARD_ORDER = ("dy", "x", "w", "b", "stride", "padding", "dilation", "groups")
-FACTORY_ORDER = ("w", "b", "stride", "padding", "dilation", "groups")
+_POOL = {
+    "kernel_size": ("kernelsize", "ksize", "poolsize", "pool", "size", "window", "windowsize",
+                    "kernel", "k", "f", "filtersize", "fsize", "poolshape", "kernelshape"),
+    "kernel_h": ("poolh", "poolheight", "kh", "kernelh", "fh", "filterh", "hh", "ph"),
+    "kernel_w": ("poolw", "poolwidth", "kw", "kernelw", "fw", "filterw", "ww", "pw"),
+    "ceil_mode": ("ceilmode", "ceil"),
+    "count_include_pad": ("countincludepad", "includepad", "countpad"),
+}
+_LOOKUP = {kind: {alias: name for table in (_COMMON, extra) for name, aliases in table.items()
+                  for alias in aliases}
+           for kind, extra in (("conv", _CONV), ("pool", _POOL))}
+ORDERS = {
+    "conv": {"factory": ("w", "b", "stride", "padding", "dilation", "groups"),
+             "forward": ("x", "w", "b", "stride", "padding", "dilation", "groups"),
+             "backward": ("dy", "x", "w", "b", "stride", "padding", "dilation", "groups")},
+    "pool": {"factory": ("kernel_size", "stride", "padding"),
+             "forward": ("x", "kernel_size", "stride", "padding"),
+             "backward": ("dy", "x", "kernel_size", "stride", "padding")},
+}
+INT_ARGS = ("stride", "padding", "dilation", "kernel_size", "output_padding")
+PARAM_KEYS = {"conv": {"stride", "padding"}, "pool": {"stride", "kernel_size"}}
 
 W_NAMES = ("w", "W", "weight", "weights", "kernel", "filters")
 B_NAMES = ("b", "bias", "biases")
@@ -62,6 +84,8 @@ DW_NAMES = ("dw", "dW", "dweight", "dweights", "grad_w", "grad_weight", "weight_
 DB_NAMES = ("db", "dB", "dbias", "grad_b", "grad_bias", "bias_grad", "grads.b", "grads.bias")
 DX_NAMES = ("dx", "dX", "dinput", "dinputs", "dA_prev", "grad_x", "dout")
 Y_NAMES = ("out", "y", "output", "outputs", "Z")      # read when forward returns None
+
+Hook = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,8 @@ class UserError:
 
     def __str__(self) -> str:
         where = f" at {self.location}" if self.location else ""
+        if self.type_name == "SystemExit":
+            return f"{self.stage} called sys.exit({self.message}){where}"
         return f"{self.stage} raised {self.type_name}{where}: {self.message}"
 
 
@@ -88,53 +114,50 @@ class UserCodeFailed(Exception):
 
 @dataclass
 class Run:
-    """What one call of the user's code produced: raw arrays in the user's layout."""
+    """What one call of the user's code produced: raw outputs in the user's layout."""
 
-    outputs: dict[str, object] = field(default_factory=dict)    # "y", "dx", "dw", "db"
+    outputs: dict[str, Any] = field(default_factory=dict)   # "y", "dx", "dw", "db"
     error: UserError | None = None
     bias: bool = True                    # whether the user's code was given a bias
+    modified: tuple[str, ...] = ()       # inputs changed in place
+    notes: tuple[str, ...] = ()          # out-of-bounds views seen while it ran
+    text: str = ""                       # the answer of a job that is not a plain run
 
 
 def _normalize(name: str) -> str:
     return name.lower().replace("_", "")
 
 
-def _user_frame(tb) -> str:
-    """The deepest traceback frame outside NumPy, the standard library and npconv."""
+def user_frame(frames: list[traceback.FrameSummary]) -> str:
+    """"file.py:12 in fn" for the deepest frame of Python code outside NumPy, the standard
+    library and npconv ("" when there is none)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # npconv/
     skip = (package, os.path.dirname(np.__file__), os.path.dirname(os.__file__))
-    frames = [f for f in traceback.extract_tb(tb)
-              if not os.path.abspath(f.filename).startswith(skip)]
-    if not frames:
+    mine = [f for f in frames if f.filename.endswith(".py") and
+            not os.path.abspath(f.filename).startswith(skip)]
+    if not mine:
         return ""
-    f = frames[-1]
+    f = mine[-1]
     return f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}"
 
 
-def capture(stage: str, fn: Callable, *args, **kwargs):
-    """Call user code; any exception becomes `UserCodeFailed` with a `UserError`."""
+def capture(stage: str, fn: Callable, *args, before: Hook | None = None, **kwargs):
+    """Call user code; an exception (or sys.exit) becomes `UserCodeFailed` with a `UserError`.
+
+    `before(stage)` runs first (the checker uses it to prepare memory and to record where a
+    crash happened).
+    """
+    if before is not None:
+        before(stage)
     try:
         return fn(*args, **kwargs)
-    except Exception as exc:                # user code may raise anything: that is a finding
-        message = str(exc).splitlines()[0] if str(exc) else ""
+    except (Exception, SystemExit) as exc:      # user code may raise anything: a finding
+        code = exc.code if isinstance(exc, SystemExit) else None
+        text = str(code if isinstance(exc, SystemExit) else exc)
+        message = text.splitlines()[0] if text else ""
+        where = user_frame(traceback.extract_tb(sys.exc_info()[2]))
         raise UserCodeFailed(UserError(stage, type(exc).__name__, message[:300],
-                                       _user_frame(sys.exc_info()[2]))) from None
-
-
-def call_values(case: Case, x, w, b) -> dict[str, object]:
-    """Every value a user's function or constructor may ask for, by canonical name."""
-    values = {"x": x, "w": w, "b": b, "stride": case.stride_arg, "padding": case.padding_arg,
-              "dilation": case.dilation_arg, "groups": case.groups,
-              "in_channels": case.in_channels, "out_channels": case.out_channels,
-              "kernel_size": _simplest(case.kernel_size)}
-    values["conv_param"] = {"stride": case.stride_arg, "pad": case.padding_arg,
-                            "padding": case.padding_arg, "dilation": case.dilation_arg,
-                            "groups": case.groups}
-    return values
-
-
-def _simplest(values):
-    return values[0] if len(set(values)) == 1 else values
+                                       where)) from None
 
 
 def _parameters(fn: Callable) -> list[inspect.Parameter] | None:
@@ -146,13 +169,28 @@ def _parameters(fn: Callable) -> list[inspect.Parameter] | None:
                                             p.KEYWORD_ONLY)]
 
 
-def accepted(fn: Callable) -> set[str]:
+def accepted(fn: Callable, kind: str = "conv") -> set[str]:
     """Canonical names of the parameters `fn` takes (empty when unknown)."""
-    names = {_LOOKUP.get(_normalize(p.name)): p for p in _parameters(fn) or ()}
+    lookup = _LOOKUP[kind]
+    names = {lookup.get(_normalize(p.name)): p for p in _parameters(fn) or ()}
+    if {"kernel_h", "kernel_w"} <= set(names):
+        names["kernel_size"] = names["kernel_h"]
     return {name for name, p in names.items() if name and not _is_flag(p, name)}
 
 
-def bind(fn: Callable, values: dict[str, object], order: tuple[str, ...]):
+def annotated_int(fn: Callable, kind: str = "conv") -> dict[str, str]:
+    """{canonical name: parameter name} of `fn`'s size arguments annotated as plain ``int``."""
+    lookup = _LOOKUP[kind]
+    out = {}
+    for p in _parameters(fn) or ():
+        name = lookup.get(_normalize(p.name))
+        if name in INT_ARGS and p.annotation in (int, "int"):
+            out[name] = p.name
+    return out
+
+
+def bind(fn: Callable, values: dict[str, object], order: tuple[str, ...],
+         kind: str = "conv") -> tuple[tuple, dict]:
     """(args, kwargs) for calling `fn` with `values`: by name when possible, else by position.
 
     Examples
@@ -163,9 +201,9 @@ def bind(fn: Callable, values: dict[str, object], order: tuple[str, ...]):
     """
     params = _parameters(fn)
     if params is not None:
-        kwargs, complete = {}, True
+        lookup, kwargs, complete = _LOOKUP[kind], {}, True
         for p in params:
-            name = _LOOKUP.get(_normalize(p.name))
+            name = lookup.get(_normalize(p.name))
             if name is not None and name in values and not _is_flag(p, name):
                 kwargs[p.name] = values[name]
             elif name == "b" and _is_flag(p, name):
@@ -183,6 +221,11 @@ def bind(fn: Callable, values: dict[str, object], order: tuple[str, ...]):
                 f"these names")
         order = order[:len(positional)]
     return tuple(values.get(name) for name in order), {}
+
+
+def _every_value(kind: str) -> dict[str, object]:
+    """Every canonical name bound: for checking a signature early."""
+    return dict.fromkeys(set(_LOOKUP[kind].values()))
 
 
 def _is_flag(p: inspect.Parameter, name: str) -> bool:
@@ -219,34 +262,88 @@ def split_grads(ret) -> dict[str, object]:
     return {"dx": ret}
 
 
-class Adapter:
-    """Base class: calls the code under test for one `Case`.
+def call_values(case, inputs: dict[str, Any]) -> dict[str, object]:
+    """Everything a user's function or constructor may ask for, by canonical name."""
+    values = dict(case.arguments())
+    values.update(x=inputs.get("x"), w=inputs.get("w"), b=inputs.get("b"))
+    return values
 
-    Subclasses set `name`, `layout`, `has_backward`, `has_bias` and implement `_run`; `run`
-    wraps it so that an exception in user code ends the run with a `UserError` and keeps the
-    outputs produced before it.
+
+def namespaces(*objs) -> list[dict]:
+    """The global namespaces of the functions in `objs` (of a class: its methods, in MRO)."""
+    spaces: dict[int, dict] = {}
+    for obj in objs:
+        items = [obj]
+        if inspect.isclass(obj):
+            items = [v for cls in obj.__mro__ if cls is not object for v in vars(cls).values()]
+        for item in items:
+            found = getattr(getattr(item, "__func__", item), "__globals__", None)
+            if isinstance(found, dict):
+                spaces[id(found)] = found
+    return list(spaces.values())
+
+
+class Adapter:
+    """Base class: calls the code under test for one case.
+
+    Subclasses set `name`, `layout`, `has_backward` and `skip` (outputs not to check) and
+    implement `_run`; `run` wraps it so that an exception in user code ends the run with a
+    `UserError` and keeps the outputs produced before it.
     """
 
     name: str = "conv"
     layout: Layout = Layout()
     has_backward: bool = True
-    has_bias: bool = True
-    checks: tuple[str, ...] = ("y", "dx", "dw", "db")
+    skip: frozenset[str] = frozenset()
 
-    def supports(self, feature: str) -> bool | None:
-        """Whether the code takes `feature` ("dilation", "groups"); None when unknown."""
+    def checks(self, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        """The outputs among `outputs` ("y", "dx", ...) that this adapter can check."""
+        return tuple(k for k in outputs if k == "y" or (self.has_backward and k not in self.skip))
+
+    def signature_target(self) -> Callable | None:
+        """The callable whose parameters say what the code takes (None when unknown)."""
         return None
 
-    def run(self, case: Case, x, w, b, dy) -> Run:
-        """y, dx, dw, db for `case`; inputs are in the user's layout and may be kept."""
+    def supports(self, feature: str, kind: str = "conv") -> bool | None:
+        """Whether the code takes argument `feature` ("dilation", ...); None when unknown. A
+        CS231n-style `conv_param` / `pool_param` dict carries the stride (and a conv's pad)."""
+        target = self.signature_target()
+        if target is None:
+            return None
+        takes = accepted(target, kind)
+        return feature in takes or ("param" in takes and feature in PARAM_KEYS[kind])
+
+    def int_only(self, kind: str = "conv") -> dict[str, str]:
+        """{canonical: parameter name} of the size arguments the code's signature declares
+        as a plain ``int``."""
+        target = self.signature_target()
+        return {} if target is None else annotated_int(target, kind)
+
+    def validate(self, kind: str) -> None:
+        """Raise TypeError now when the code cannot be called for `kind` ("conv"/"pool")."""
+
+    def namespaces(self) -> list[dict]:
+        """The global namespaces of the code under test (where the view check is installed)."""
+        return []
+
+    def with_layout(self, layout: Layout) -> Adapter:
+        """The same adapter for another layout."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.layout = layout
+        return copy
+
+    def run(self, case: Any, inputs: dict[str, np.ndarray], before: Hook | None = None) -> Run:
+        """y, dx (dw, db) for `case`; `inputs` ("x", "dy", and "w", "b" for a convolution)
+        are in the user's layout and may be kept; `before(stage)` runs before each call."""
         run = Run()
         try:
-            self._run(case, x, w, b, dy, run)
+            self._run(case, inputs, run, before)
         except UserCodeFailed as failed:
             run.error = failed.error
         return run
 
-    def _run(self, case: Case, x, w, b, dy, run: Run) -> None:
+    def _run(self, case, inputs: dict, run: Run, before: Hook | None) -> None:
         raise NotImplementedError
 
 
@@ -260,14 +357,19 @@ def _default_name(obj) -> str:
     return getattr(obj, "__name__", None) or type(obj).__name__
 
 
-class Layer(Adapter):
+class LayerAdapter(Adapter):
     """A layer class (or factory) with ``forward(x) -> y`` and ``backward(dy) -> dx``.
 
     For each configuration the checker calls ``factory(...)``, binding its parameters by name
-    (w, b, stride, padding, dilation, groups, in_channels, out_channels, kernel_size and their
-    usual spellings), then ``forward(x)`` and ``backward(dy)``, and reads dw and db from the
-    object. A factory that does not take the weights gets them assigned to its weight and bias
+    (conv: w, b, stride, padding, dilation, groups, in_channels, out_channels, kernel_size,
+    padding_mode, output_padding; pooling: kernel_size (or pool_h and pool_w), stride,
+    padding, dilation, ceil_mode, count_include_pad; and their usual spellings), then
+    ``forward(x)`` and ``backward(dy)``, and reads dw and db from the object. A convolution
+    factory that does not take the weights gets them assigned to its weight and bias
     attributes after construction.
+
+    (Called ``npconv.testing.Layer`` before; renamed so as not to be confused with the base
+    class of npconv's own layers, `npconv.nn.Layer`.)
 
     Parameters
     ----------
@@ -282,6 +384,8 @@ class Layer(Adapter):
         Method names; backward=None checks the forward pass only.
     data_format, weight_layout : str
         See `Layout`.
+    name : str, optional
+        The name reports use (default: the factory's).
 
     Examples
     --------
@@ -292,12 +396,14 @@ class Layer(Adapter):
     ...     def forward(self, x):
     ...         self.x = x
     ...         return npconv.conv(x, self.w, self.b, stride=self.stride, padding=self.pad)
-    >>> layer = Layer(Conv, backward=None)
+    >>> layer = LayerAdapter(Conv, backward=None)
     >>> layer.name, layer.supports("dilation")
     ('Conv', False)
     """
 
-    def __init__(self, factory, *, w=None, b=None, dw=None, db=None, dx=None,
+    def __init__(self, factory: Callable, *, w: str | bool | None = None,
+                 b: str | bool | None = None, dw: str | bool | None = None,
+                 db: str | bool | None = None, dx: str | bool | None = None,
                  forward: str = "forward", backward: str | None = "backward",
                  data_format: str = "channels_last", weight_layout: str | None = None,
                  name: str | None = None) -> None:
@@ -314,55 +420,63 @@ class Layer(Adapter):
             if missing:
                 raise TypeError(f"`factory` {factory.__name__} must have a `{missing[0]}` "
                                 f"method; got one without it")
-        bind(factory, _ALL, FACTORY_ORDER)             # fails early on an unusable signature
         self.factory, self.names = factory, {"w": w, "b": b, "dw": dw, "db": db, "dx": dx}
         self.methods = (forward, backward)
         self.layout = Layout(data_format, weight_layout)
         self.has_backward = backward is not None
         self.name = name or _default_name(factory)
-        if b is False:
-            self.names["db"] = False                    # no bias, no bias gradient
-        self.checks = tuple(k for k in ("y", "dx", "dw", "db")
-                            if k == "y" or (self.has_backward and self.names.get(k) is not False))
+        self.skip = frozenset(k for k in ("dw", "db") if self.names[k] is False or
+                              (k == "db" and b is False))
 
-    def supports(self, feature: str) -> bool | None:
-        return feature in accepted(self.factory)
+    def signature_target(self) -> Callable:
+        return self.factory
 
-    def _run(self, case: Case, x, w, b, dy, run: Run) -> None:
-        obj, run.bias = self._build(case, w, b)
-        y = capture("forward", lambda: getattr(obj, self.methods[0])(x))
+    def namespaces(self) -> list[dict]:
+        return namespaces(self.factory)
+
+    def validate(self, kind: str) -> None:
+        bind(self.factory, _every_value(kind), ORDERS[kind]["factory"], kind)
+
+    def _run(self, case, inputs: dict, run: Run, before: Hook | None) -> None:
+        obj, run.bias = self._build(case, inputs, before)
+        y = capture("forward", getattr(obj, self.methods[0]), inputs["x"], before=before)
         run.outputs["y"] = y if y is not None else get_attr(obj, find_attr(obj, Y_NAMES) or "_")
         if not self.has_backward:
             return
-        grads = split_grads(capture("backward", lambda: getattr(obj, self.methods[1])(dy)))
+        grads = split_grads(capture("backward", getattr(obj, str(self.methods[1])),
+                                    inputs["dy"], before=before))
         if "dx" not in grads:
             grads["dx"] = self._read(obj, "dx", DX_NAMES)
-        for key, names in (("dw", DW_NAMES), ("db", DB_NAMES)):
-            found = self._read(obj, key, names)
-            grads[key] = found if found is not None else grads.get(key)
+        if case.kind == "conv":
+            for key, names in (("dw", DW_NAMES), ("db", DB_NAMES)):
+                found = self._read(obj, key, names)
+                grads[key] = found if found is not None else grads.get(key)
         run.outputs.update(grads)
 
     def _read(self, obj, key: str, names: tuple[str, ...]):
         name = self.names[key]
         if name is False:
             return None
-        return get_attr(obj, name) if name else get_attr(obj, find_attr(obj, names) or "_")
+        return get_attr(obj, name) if isinstance(name, str) else \
+            get_attr(obj, find_attr(obj, names) or "_")
 
-    def _build(self, case: Case, w, b):
-        """Construct the layer; assign w and b when the factory did not take them."""
-        takes = accepted(self.factory)
-        bias = self.names["b"] is not False
-        values = call_values(case, None, w, b if bias else None)
-        args, kwargs = bind(self.factory, values, FACTORY_ORDER)
-        obj = capture("init", self.factory, *args, **kwargs)
-        if "w" not in takes:
-            self._assign(obj, "w", W_NAMES, w)
+    def _build(self, case, inputs: dict[str, Any], before: Hook | None):
+        """Construct the layer; assign w and b when a conv factory did not take them."""
+        kind = case.kind
+        takes = accepted(self.factory, kind)
+        bias = kind == "conv" and self.names["b"] is not False
+        values = call_values(case, {"w": inputs.get("w"), "b": inputs.get("b") if bias else None})
+        args, kwargs = bind(self.factory, values, ORDERS[kind]["factory"], kind)
+        obj = capture("init", self.factory, *args, before=before, **kwargs)
+        if kind == "conv" and "w" not in takes:
+            self._assign(obj, "w", W_NAMES, inputs["w"])
         if bias and "b" not in takes:
-            bias = self._assign(obj, "b", B_NAMES, b, required=False)
+            bias = self._assign(obj, "b", B_NAMES, inputs["b"], required=False)
         return obj, bias
 
     def _assign(self, obj, key: str, names, value, required: bool = True) -> bool:
-        name = self.names[key] or find_attr(obj, names)
+        given = self.names[key]
+        name = given if isinstance(given, str) else find_attr(obj, names)
         if name is None:
             if required:
                 raise UserCodeFailed(UserError(
@@ -391,88 +505,104 @@ def _set_attr(obj, name: str, value) -> None:
         setattr(obj, name, value)
 
 
-class Functions(Adapter):
-    """Plain functions: ``forward(x, w, b, stride, pad) -> y`` and a backward.
+class FunctionsAdapter(Adapter):
+    """Plain functions: ``forward(x, w, b, stride, pad) -> y`` (or a pooling's
+    ``forward(x, kernel_size, stride, pad)``) and a backward.
 
     The backward is called as ``backward(dy, cache)`` when the forward returns ``(y, cache)``
     (CS231n style), otherwise with dy and the forward's arguments by name
     (``backward(dout, x, w, b, stride, pad)``). It returns dx, ``(dx, dw, db)``, ``(dx, dw)``
     or a dict with those keys.
 
+    (Called ``npconv.testing.Functions`` before.)
+
     Parameters
     ----------
     forward : callable
         Its parameters are bound by name (x, w, b, stride, padding, dilation, groups,
-        conv_param, and their usual spellings); when some name is not recognised, by position
-        in the order x, w, b, stride, padding, dilation, groups.
+        conv_param / pool_param, kernel_size, pool_height..., and their usual spellings); when
+        some name is not recognised, by position in the order x, w, b, stride, padding,
+        dilation, groups (pooling: x, kernel_size, stride, padding).
     backward : callable, optional
         None checks the forward pass only.
     data_format, weight_layout : str
         See `Layout`.
+    name : str, optional
+        The name reports use (default: the forward function's).
 
     Examples
     --------
     >>> import npconv
     >>> def forward(x, w, b, stride, pad):
     ...     return npconv.conv(x, w, b, stride=stride, padding=pad)
-    >>> adapter = Functions(forward)
-    >>> adapter.name, adapter.checks, adapter.supports("groups")
+    >>> adapter = FunctionsAdapter(forward)
+    >>> adapter.name, adapter.checks(("y", "dx", "dw", "db")), adapter.supports("groups")
     ('forward', ('y',), False)
     """
 
-    def __init__(self, forward, backward=None, *, data_format: str = "channels_last",
-                 weight_layout: str | None = None, name: str | None = None) -> None:
+    def __init__(self, forward: Callable, backward: Callable | None = None, *,
+                 data_format: str = "channels_last", weight_layout: str | None = None,
+                 name: str | None = None) -> None:
         for fn, arg in ((forward, "forward"), (backward, "backward")):
             if (fn is not None and not callable(fn)) or (arg == "forward" and fn is None):
                 raise TypeError(f"`{arg}` must be a function; got {fn!r}")
-        bind(forward, _ALL, FORWARD_ORDER)              # fails early on an unusable signature
         self.forward, self.backward = forward, backward
         self.layout = Layout(data_format, weight_layout)
         self.has_backward = backward is not None
         self.name = name or _default_name(forward)
-        self.checks = ("y", "dx", "dw", "db") if backward is not None else ("y",)
 
-    def supports(self, feature: str) -> bool | None:
-        return feature in accepted(self.forward)
+    def signature_target(self) -> Callable:
+        return self.forward
 
-    def _run(self, case: Case, x, w, b, dy, run: Run) -> None:
-        values = call_values(case, x, w, b)
-        args, kwargs = bind(self.forward, values, FORWARD_ORDER)
-        run.bias = len(args) > 2 or bool({"b", "conv_param"} & accepted(self.forward))
-        ret = capture("forward", self.forward, *args, **kwargs)
+    def namespaces(self) -> list[dict]:
+        return namespaces(self.forward, self.backward)
+
+    def validate(self, kind: str) -> None:
+        bind(self.forward, _every_value(kind), ORDERS[kind]["forward"], kind)
+
+    def _run(self, case, inputs: dict, run: Run, before: Hook | None) -> None:
+        kind = case.kind
+        values = call_values(case, inputs)
+        args, kwargs = bind(self.forward, values, ORDERS[kind]["forward"], kind)
+        run.bias = kind == "conv" and (len(args) > 2 or bool(
+            {"b", "param"} & accepted(self.forward, kind)))
+        ret = capture("forward", self.forward, *args, before=before, **kwargs)
         cache = None
         if isinstance(ret, (tuple, list)):
             ret, cache = ret[0], (ret[1] if len(ret) == 2 else tuple(ret[1:]))
         run.outputs["y"] = ret
         if self.backward is None:
             return
-        values.update(dy=dy, cache=cache)
-        order = ("dy", "cache") if cache is not None else BACKWARD_ORDER
-        args, kwargs = bind(self.backward, values, order)
-        run.outputs.update(split_grads(capture("backward", self.backward, *args, **kwargs)))
+        values.update(dy=inputs["dy"], cache=cache)
+        order = ("dy", "cache") if cache is not None else ORDERS[kind]["backward"]
+        args, kwargs = bind(self.backward, values, order, kind)
+        run.outputs.update(split_grads(capture("backward", self.backward, *args, before=before,
+                                               **kwargs)))
 
 
-def adapt(obj, backward=None, *, data_format: str | None = None,
+def adapt(obj: Any, backward: Callable | None = None, *, data_format: str | None = None,
           weight_layout: str | None = None) -> Adapter:
-    """The adapter for `obj`: itself if it is one, `Layer` for a class, `Functions` otherwise.
+    """The adapter for `obj`: itself if it is one, `LayerAdapter` for a class,
+    `FunctionsAdapter` otherwise.
 
     Examples
     --------
     >>> import npconv
     >>> type(adapt(npconv.conv)).__name__
-    'Functions'
+    'FunctionsAdapter'
     """
     if isinstance(obj, Adapter):
         if data_format is not None or weight_layout is not None or backward is not None:
             raise ValueError("pass backward, data_format and weight_layout to the adapter "
                              f"itself; got an adapter ({type(obj).__name__}) together with them")
         return obj
-    layout = {"data_format": data_format or "channels_last", "weight_layout": weight_layout}
+    data_format = data_format or "channels_last"
     if inspect.isclass(obj):
         if backward is not None:
             raise TypeError(f"`backward` must be None for a layer class ({obj.__name__}), "
                             f"whose objects have a backward method; got {backward!r}")
-        return Layer(obj, **layout)
+        return LayerAdapter(obj, data_format=data_format, weight_layout=weight_layout)
     if callable(obj):
-        return Functions(obj, backward, **layout)
+        return FunctionsAdapter(obj, backward, data_format=data_format,
+                                weight_layout=weight_layout)
     raise TypeError(f"`forward` must be a layer class, a function or an Adapter; got {obj!r}")

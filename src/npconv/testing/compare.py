@@ -16,11 +16,39 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from npconv.testing.layout import Layout
 
 KIND = {"y": "x", "dx": "x", "dy": "x", "x": "x", "dw": "w", "w": "w", "db": "b", "b": "b"}
-STATUSES = ("ok", "wrong", "shape", "not finite", "missing")
+STATUSES = ("ok", "wrong", "shape", "not finite", "missing", "type")
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """An output that is not an array of numbers, described in a few words."""
+
+    text: str
+
+
+def portable(raw):
+    """A copy of a user's output that can cross processes: an ndarray, None, or `Opaque`.
+
+    Examples
+    --------
+    >>> portable([[1.0, 2.0]]).shape, portable(None), portable("dx")
+    ((1, 2), None, Opaque(text="a str ('dx')"))
+    """
+    if raw is None:
+        return None
+    try:
+        a = np.array(raw)                         # a copy, detached from the code's memory
+    except (TypeError, ValueError):               # ragged lists, odd objects
+        a = None
+    if a is None or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        text = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:37] + "..."
+        return Opaque(f"a {type(raw).__name__} ({text})")
+    return a
 
 
 @dataclass(frozen=True)
@@ -50,7 +78,7 @@ class Tolerance:
         scale = float(np.abs(expected).max(initial=0.0))
         return ~(np.abs(got - expected) <= self.atol + self.rtol * scale)
 
-    def close(self, got, expected) -> bool:
+    def close(self, got: ArrayLike, expected: ArrayLike) -> bool:
         """Same shape and every element within tolerance."""
         got, expected = np.asarray(got, dtype=float), np.asarray(expected, dtype=float)
         return got.shape == expected.shape and not self.bad(got, expected).any()
@@ -88,7 +116,9 @@ class OutputCheck:
             return f"{self.name}: shape {self.shape}, expected {self.expected_shape}"
         if self.status == "not finite":
             return f"{self.name}: contains NaN or inf ({self.where})"
-        idx = ", ".join(map(str, self.worst))
+        if self.status == "type":
+            return f"{self.name}: not an array of numbers: {self.where}"
+        idx = ", ".join(map(str, self.worst or ()))
         return (f"{self.name}: wrong {self.where}; max abs error {self.max_abs:.3g}, "
                 f"max rel error {self.max_rel:.3g}, worst at {self.name}[{idx}]: "
                 f"got {self.got:.6g}, expected {self.want:.6g}")
@@ -99,6 +129,8 @@ class OutputCheck:
             return f"{self.name} shape {self.shape}"
         if self.status == "wrong":
             return f"{self.name} {'wrong' if self.where == 'everywhere' else 'partly wrong'}"
+        if self.status == "type":
+            return f"{self.name} not an array"
         return f"{self.name} {self.status}"
 
 
@@ -124,6 +156,8 @@ def compare(name: str, raw, expected: np.ndarray, layout: Layout, tol: Tolerance
     user_shape = expected.transpose(layout.perm(kind, rank)).shape
     if raw is None:
         return OutputCheck(name, "missing", None, user_shape), None
+    if isinstance(raw, Opaque):
+        return OutputCheck(name, "type", None, user_shape, where=raw.text), None
     try:
         got = as_canonical(raw, name, expected, layout)
     except (TypeError, ValueError):               # not convertible to a float array
@@ -142,8 +176,9 @@ def compare(name: str, raw, expected: np.ndarray, layout: Layout, tol: Tolerance
                         max_abs=float(err.max(initial=0.0)),
                         max_rel=_relative(float(err.max(initial=0.0)), scale),
                         worst=layout.user_index(kind, tuple(int(i) for i in worst)),
-                        got=float(got[worst]) if err.size else float("nan"),
-                        want=float(expected[worst]) if err.size else float("nan"), bad=bad)
+                        got=float(got[worst]) + 0.0 if err.size else float("nan"),  # no -0
+                        want=float(expected[worst]) + 0.0 if err.size else float("nan"),
+                        bad=bad)
     return check, got
 
 

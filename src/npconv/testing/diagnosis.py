@@ -17,11 +17,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 import npconv
-from npconv.testing.cases import Case
 from npconv.testing.compare import KIND, Tolerance
 from npconv.testing.layout import Layout, axis_nouns
 
@@ -30,14 +30,14 @@ from npconv.testing.layout import Layout, axis_nouns
 class Context:
     """Everything a hypothesis may use: the case and its canonical inputs and outputs."""
 
-    case: Case
+    case: Any                         # a `Case` or a `PoolCase`
     layout: Layout
     tol: Tolerance
     x: np.ndarray                     # (N, *S, C)
-    w: np.ndarray                     # (*K, C/G, F)
+    w: Any                            # conv: (*K, C/G, F) (transposed (*K, F/G, C)); pool: None
     b: np.ndarray | None              # (F,), None when the user's code took no bias
     dy: np.ndarray                    # (N, *P, F)
-    expected: dict                    # canonical y, dx, dw, db
+    expected: dict                    # canonical y, dx (dw, db)
 
     @property
     def conv_kwargs(self) -> dict:
@@ -45,21 +45,42 @@ class Context:
         return {"stride": c.stride, "padding": c.pads, "dilation": c.dilation,
                 "groups": c.groups}
 
+    @property
+    def plain_conv(self) -> bool:
+        """A forward convolution with zero padding: what most hypotheses below model."""
+        c = self.case
+        return c.kind == "conv" and not c.transposed and c.padding_mode == "zeros"
+
+    def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, **changes) -> np.ndarray:
+        """The case's forward op (conv or conv_transpose, its padding mode) on other data."""
+        c = self.case
+        kwargs = {**self.conv_kwargs, **changes}
+        if c.transposed:
+            return npconv.conv_transpose(x, w, b, output_padding=c.output_padding or 0,
+                                         **kwargs)
+        return npconv.conv(x, w, b, padding_mode=c.padding_mode, **kwargs)
+
     def matches(self, got, candidate, name: str) -> bool:
         """`got` equals the candidate and the candidate is not the right answer."""
         return (got is not None and candidate is not None and got.shape == candidate.shape
                 and self.tol.close(got, candidate)
                 and not self.tol.close(candidate, self.expected[name]))
 
+    def labels(self, name: str) -> tuple[str, ...]:
+        """Axis names of output `name` in the user's layout."""
+        kind, rank = KIND[name], self.case.rank
+        return self.layout.labels(kind, rank, "F" if name == "y" and self.case.kind == "conv"
+                                  else "C", transposed=self.case.transposed)
+
 
 Hypothesis = Callable[[Context, str, object, "np.ndarray | None"], "str | None"]
-_REGISTRY: list[tuple[str, tuple[str, ...], Hypothesis]] = []
+_REGISTRY: list[tuple[str, tuple[str, ...], tuple[str, ...], Hypothesis]] = []
 
 
-def hypothesis(key: str, outputs: tuple[str, ...]):
-    """Register a hypothesis `fn(ctx, name, raw, got) -> message or None` for `outputs`."""
+def hypothesis(key: str, outputs: tuple[str, ...], kinds: tuple[str, ...] = ("conv",)):
+    """Register `fn(ctx, name, raw, got) -> message or None` for `outputs` of `kinds`."""
     def register(fn: Hypothesis) -> Hypothesis:
-        _REGISTRY.append((key, outputs, fn))
+        _REGISTRY.append((key, outputs, kinds, fn))
         return fn
     return register
 
@@ -71,15 +92,33 @@ def diagnose(ctx: Context, name: str, raw, got) -> list[tuple[str, str]]:
     when the shape is wrong.
     """
     found = []
-    for key, outputs, fn in _REGISTRY:
-        if name in outputs:
-            message = fn(ctx, name, raw, got)
+    for key, outputs, kinds, fn in _REGISTRY:
+        if name in outputs and ctx.case.kind in kinds:
+            try:
+                message = fn(ctx, name, raw, got)
+            except ValueError:                  # the bug's geometry is impossible here
+                message = None
             if message:
                 found.append((key, message))
     keys = {key for key, _ in found}
-    if "crop-offset" in keys:                    # the same fact, said from the crop's side
-        found = [(k, m) for k, m in found if k != "shifted"]
+    if keys & _SPECIFIC:
+        found = [(k, m) for k, m in found if k not in ("shifted", "scaled")]
     return found
+
+
+_SPECIFIC = {"crop-offset", "ceil-windows-dropped", "max-zero-padding", "avg-divisor",
+             "avg-divisor-full", "avg-not-divided"}
+"""Hypotheses that say more than a generic one ("scaled", "shifted") that matches too."""
+
+
+def grad_input(dy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], **kwargs) -> np.ndarray:
+    """dx of `npconv.conv` for an input of `x_shape` (which dx does not depend on)."""
+    return npconv.conv_backward(dy, np.zeros(x_shape), w, bias=False, **kwargs).dx
+
+
+def grad_weight(dy: np.ndarray, x: np.ndarray, w_shape: tuple[int, ...], **kwargs) -> np.ndarray:
+    """dw of `npconv.conv` for a weight of `w_shape` (which dw does not depend on)."""
+    return npconv.conv_backward(dy, x, np.zeros(w_shape), bias=False, **kwargs).dw
 
 
 def _flip(w: np.ndarray, rank: int) -> np.ndarray:
@@ -91,8 +130,8 @@ def _padded_dx(ctx: Context) -> np.ndarray:
     """The input gradient before cropping the padding: (N, *Sp, C)."""
     c = ctx.case
     shape = (c.batch, *c.padded_size, c.in_channels)
-    return npconv.conv_grad_input(ctx.dy, ctx.w, shape, stride=c.stride, dilation=c.dilation,
-                                  groups=c.groups)
+    return grad_input(ctx.dy, ctx.w, shape, stride=c.stride, dilation=c.dilation,
+                      groups=c.groups)
 
 
 def _crop(a: np.ndarray, starts, sizes) -> np.ndarray:
@@ -106,7 +145,7 @@ def _crop(a: np.ndarray, starts, sizes) -> np.ndarray:
 
 @hypothesis("crop-minus-zero", ("dx",))
 def _crop_minus_zero(ctx: Context, name: str, raw, got):
-    shape = np.shape(raw) if raw is not None else ()
+    shape = np.shape(raw) if isinstance(raw, np.ndarray) else ()
     if got is not None or 0 not in shape or not any(hi == 0 for _, hi in ctx.case.pads):
         return None
     return (f"{name} is empty (shape {tuple(shape)}): padding cropped with `-0`. "
@@ -116,7 +155,8 @@ def _crop_minus_zero(ctx: Context, name: str, raw, got):
 
 @hypothesis("padding-not-cropped", ("dx",))
 def _not_cropped(ctx: Context, name: str, raw, got):
-    if got is not None or raw is None or not any(lo or hi for lo, hi in ctx.case.pads):
+    if got is not None or not isinstance(raw, np.ndarray) or not ctx.plain_conv or \
+            not any(lo or hi for lo, hi in ctx.case.pads):
         return None
     padded = ctx.layout.to_user("x", _padded_dx(ctx))
     if np.shape(raw) != padded.shape or not ctx.tol.close(raw, padded):
@@ -129,6 +169,8 @@ def _not_cropped(ctx: Context, name: str, raw, got):
 @hypothesis("crop-offset", ("dx",))
 def _crop_offset(ctx: Context, name: str, raw, got):
     c = ctx.case
+    if got is None or not ctx.plain_conv:
+        return None
     dxp = _padded_dx(ctx)
     right = tuple(lo for lo, _ in c.pads)
     options = [sorted({0, lo, hi, lo + hi}) for lo, hi in c.pads]
@@ -141,21 +183,20 @@ def _crop_offset(ctx: Context, name: str, raw, got):
     return None
 
 
-def _kernel_note(case: Case) -> str:
+def _kernel_note(case) -> str:
     if len(set(case.kernel_size)) == 1:
         return ""
     k = " and ".join(f"k{n[0]} - 1" for n in ("h", "w")) if case.rank == 2 else "K - 1"
     return f" (with a non-square kernel, dy is padded by {k} on the respective axes)"
 
 
-@hypothesis("axes-permuted", ("y", "dx", "dw"))
+@hypothesis("axes-permuted", ("y", "dx", "dw"), ("conv", "pool"))
 def _axes_permuted(ctx: Context, name: str, raw, got):
     kind, expected = KIND[name], ctx.expected[name]
-    if raw is None or np.ndim(raw) != expected.ndim:
+    if not isinstance(raw, np.ndarray) or raw.ndim != expected.ndim:
         return None
-    rank = expected.ndim - 2
     want = ctx.layout.to_user(kind, expected)
-    labels = ctx.layout.labels(kind, rank, "F" if name == "y" else "C")
+    labels = ctx.labels(name)
     raw = np.asarray(raw, dtype=float)
     for perm in itertools.permutations(range(raw.ndim)):
         if perm == tuple(range(raw.ndim)) or raw.transpose(perm).shape != want.shape:
@@ -188,11 +229,11 @@ def _swap_note(got: list[str], want: tuple[str, ...]) -> str:
 @hypothesis("dy-not-dilated", ("dx",))
 def _dy_not_dilated(ctx: Context, name: str, raw, got):
     c = ctx.case
-    if got is None or max(c.stride) == 1:
+    if got is None or max(c.stride) == 1 or not ctx.plain_conv:
         return None
     full = tuple(p + d * (k - 1) for p, k, d in zip(c.out_size, c.kernel_size, c.dilation))
-    dxf = npconv.conv_grad_input(ctx.dy, ctx.w, (c.batch, *full, c.in_channels),
-                                 dilation=c.dilation, groups=c.groups)  # stride 1: (N, *E, C)
+    dxf = grad_input(ctx.dy, ctx.w, (c.batch, *full, c.in_channels),
+                     dilation=c.dilation, groups=c.groups)              # stride 1: (N, *E, C)
     dxp = np.zeros((c.batch, *c.padded_size, c.in_channels))            # (N, *Sp, C)
     fit = tuple(slice(0, min(e, s)) for e, s in zip(full, c.padded_size))
     dxp[(slice(None), *fit)] = dxf[(slice(None), *fit)]
@@ -207,10 +248,10 @@ def _dy_not_dilated(ctx: Context, name: str, raw, got):
 @hypothesis("kernel-not-rotated", ("dx",))
 def _kernel_not_rotated(ctx: Context, name: str, raw, got):
     c = ctx.case
-    if got is None:
+    if got is None or c.transposed:
         return None
-    candidate = npconv.conv_grad_input(ctx.dy, _flip(ctx.w, c.rank), c.x_shape,
-                                       **ctx.conv_kwargs)
+    candidate = grad_input(ctx.dy, _flip(ctx.w, c.rank), c.x_shape, **ctx.conv_kwargs,
+                           padding_mode=c.padding_mode)
     if not ctx.matches(got, candidate, name):
         return None
     return (f"the kernel was not rotated: {name} equals the correlation of the padded, "
@@ -225,9 +266,13 @@ def _kernel_not_rotated(ctx: Context, name: str, raw, got):
 
 @hypothesis("forward-flips-kernel", ("y",))
 def _forward_flips(ctx: Context, name: str, raw, got):
-    candidate = npconv.conv(ctx.x, _flip(ctx.w, ctx.case.rank), ctx.b, **ctx.conv_kwargs)
+    candidate = ctx.forward(ctx.x, _flip(ctx.w, ctx.case.rank), ctx.b)
     if not ctx.matches(got, candidate, name):
         return None
+    if ctx.case.transposed:
+        return ("y is computed with the kernel rotated by 180 degrees: a transposed "
+                "convolution (PyTorch's ConvTranspose, npconv.conv_transpose) scatters each x "
+                "pixel times w as it is, being the gradient of a cross-correlation")
     return ("y is a true convolution (the kernel rotated by 180 degrees), but conv layers "
             "(npconv, PyTorch, Keras, the seed) compute a cross-correlation: use w unflipped "
             "in the forward pass")
@@ -237,7 +282,7 @@ def _forward_flips(ctx: Context, name: str, raw, got):
 def _bias_missing(ctx: Context, name: str, raw, got):
     if ctx.b is None or not ctx.b.any():
         return None
-    if not ctx.matches(got, npconv.conv(ctx.x, ctx.w, **ctx.conv_kwargs), name):
+    if not ctx.matches(got, ctx.forward(ctx.x, ctx.w, None), name):
         return None
     return "y lacks the bias: add b to every output position (broadcast over the channel axis)"
 
@@ -253,12 +298,12 @@ def _dw_rotated(ctx: Context, name: str, raw, got):
 @hypothesis("dw-windows-stride-1", ("dw",))
 def _dw_stride_one(ctx: Context, name: str, raw, got):
     c = ctx.case
-    if got is None or max(c.stride) == 1:
+    if got is None or max(c.stride) == 1 or not ctx.plain_conv:
         return None
     xp = np.pad(ctx.x, ((0, 0), *c.pads, (0, 0)))                       # (N, *Sp, C)
     span = tuple(p + d * (k - 1) for p, k, d in zip(c.out_size, c.kernel_size, c.dilation))
-    candidate = npconv.conv_grad_weight(ctx.dy, _crop(xp, [0] * c.rank, span), c.w_shape,
-                                        dilation=c.dilation, groups=c.groups)
+    candidate = grad_weight(ctx.dy, _crop(xp, [0] * c.rank, span), c.w_shape,
+                            dilation=c.dilation, groups=c.groups)
     if not ctx.matches(got, candidate, name):
         return None
     return (f"dw is built from windows of x that step by 1 instead of the stride "
@@ -267,24 +312,126 @@ def _dw_stride_one(ctx: Context, name: str, raw, got):
 
 @hypothesis("bias-wrong-axes", ("db",))
 def _bias_axes(ctx: Context, name: str, raw, got):
-    if raw is None or (got is not None and ctx.tol.close(got, ctx.expected["db"])):
+    if not isinstance(raw, np.ndarray) or (got is not None and
+                                           ctx.tol.close(got, ctx.expected["db"])):
         return None
     dy = ctx.layout.to_user("x", ctx.dy)
     labels = ctx.layout.labels("x", ctx.case.rank, "F")
     right = tuple(i for i, lab in enumerate(labels) if lab != "F")
     raw = np.squeeze(np.asarray(raw, dtype=float))
-    for r in range(1, dy.ndim + 1):
-        for axes, op in itertools.product(itertools.combinations(range(dy.ndim), r),
-                                          ("sum", "mean")):
-            if (axes, op) == (right, "sum"):
-                continue
-            candidate = np.squeeze(getattr(dy, op)(axis=axes))
-            if candidate.shape == raw.shape and ctx.tol.close(raw, candidate):
-                over = ", ".join(labels[i] for i in axes)
-                want = ", ".join(labels[i] for i in right)
-                return (f"db is dy {'summed' if op == 'sum' else 'averaged'} over ({over}); "
-                        f"it must be summed over every axis but the channel axis: ({want})")
+    channel = labels.index("F")
+    sets = [a for r in range(dy.ndim, 0, -1) for a in itertools.combinations(range(dy.ndim), r)]
+    sets.sort(key=lambda a: channel in a)     # with size-1 axes several sets match: the most
+    for axes, op in itertools.product(sets, ("sum", "mean")):   # axes, not the channel, first
+        candidate = np.squeeze(getattr(dy, op)(axis=axes))
+        if (axes, op) != (right, "sum") and candidate.shape == raw.shape and \
+                ctx.tol.close(raw, candidate):
+            over = ", ".join(labels[i] for i in axes)
+            want = ", ".join(labels[i] for i in right)
+            return (f"db is dy {'summed' if op == 'sum' else 'averaged'} over ({over}); "
+                    f"it must be summed over every axis but the channel axis: ({want})")
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding modes and transposed convolutions
+# ---------------------------------------------------------------------------------------------
+
+NUMPY_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
+               "circular": "wrap"}
+_MODE_WORDS = {"constant": "zeros", "reflect": "mirrored without repeating the edge pixel",
+               "symmetric": "mirrored with the edge pixel repeated",
+               "edge": "the edge pixel repeated", "wrap": "wrapped around"}
+
+
+def pad_adjoint(dxp: np.ndarray, case, numpy_mode: str) -> np.ndarray:
+    """The gradient of ``np.pad(x, case.pads, mode=numpy_mode)`` given the padded one: every
+    padded position's gradient added to the input pixel it copies. (N, *Sp, C) -> (N, *S, C)."""
+    size = case.in_size
+    source = np.arange(int(np.prod(size))).reshape(size)               # (*S)
+    mode: Any = numpy_mode                      # (np.pad's stubs list the modes as literals)
+    index = (np.pad(source, case.pads, constant_values=-1) if numpy_mode == "constant" else
+             np.pad(source, case.pads, mode=mode)).ravel()               # (prod(Sp),)
+    keep = index >= 0
+    dx = np.zeros((dxp.shape[0], int(np.prod(size)), dxp.shape[-1]))   # (N, prod(S), C)
+    flat = dxp.reshape(dxp.shape[0], -1, dxp.shape[-1])                # (N, prod(Sp), C)
+    np.add.at(dx, (slice(None), index[keep]), flat[:, keep])  # type: ignore[arg-type]
+    return dx.reshape(dxp.shape[0], *size, dxp.shape[-1])              # (N, *S, C)
+
+
+def _other_modes(ctx: Context):
+    c = ctx.case
+    if c.kind != "conv" or c.transposed or not any(map(any, c.pads)):
+        return []
+    right = NUMPY_MODES[c.padding_mode]
+    return [m for m in ("constant", "reflect", "symmetric", "edge", "wrap") if m != right]
+
+
+def _mode_message(ctx: Context, name: str, mode: str) -> str:
+    right = NUMPY_MODES[ctx.case.padding_mode]
+    return (f"{name} is computed on x padded like np.pad(mode={mode!r}) ({_MODE_WORDS[mode]}), "
+            f"but padding_mode={ctx.case.padding_mode!r} pads like np.pad(mode={right!r}) "
+            f"({_MODE_WORDS[right]})")
+
+
+@hypothesis("padding-mode-confused", ("y", "dx"))
+def _mode_confused(ctx: Context, name: str, raw, got):
+    c = ctx.case
+    kw = {"stride": c.stride, "dilation": c.dilation, "groups": c.groups}
+    for mode in _other_modes(ctx) if got is not None else ():
+        if name == "dx" and mode == "constant":
+            continue                              # `padding-gradient-dropped` says it
+        xp = np.pad(ctx.x, ((0, 0), *c.pads, (0, 0)), mode=mode)            # (N, *Sp, C)
+        if name == "y":
+            candidate = npconv.conv(xp, ctx.w, ctx.b, **kw)                  # (N, *P, F)
+        else:
+            dxp = grad_input(ctx.dy, ctx.w, xp.shape, **kw)                  # (N, *Sp, C)
+            candidate = pad_adjoint(dxp, c, mode)                            # (N, *S, C)
+        if ctx.matches(got, candidate, name):
+            return _mode_message(ctx, name, mode)
+    return None
+
+
+@hypothesis("padding-gradient-dropped", ("dx",))
+def _mode_gradient_dropped(ctx: Context, name: str, raw, got):
+    c = ctx.case
+    if got is None or c.transposed or c.padding_mode == "zeros":
+        return None
+    candidate = grad_input(ctx.dy, ctx.w, c.x_shape, **ctx.conv_kwargs)
+    if not ctx.matches(got, candidate, name):
+        return None
+    return (f"dx misses the gradient that flows through the padding: with "
+            f"padding_mode={c.padding_mode!r} every padded position copies an input pixel, "
+            f"whose gradient must receive it too; dx is the padded gradient cropped, as for "
+            f"zero padding")
+
+
+@hypothesis("transposed-not-cropped", ("y",))
+def _transposed_not_cropped(ctx: Context, name: str, raw, got):
+    c = ctx.case
+    if not c.transposed or got is not None or not isinstance(raw, np.ndarray) or \
+            not any(map(any, c.pads)):
+        return None
+    full = ctx.layout.to_user("x", ctx.forward(ctx.x, ctx.w, ctx.b, padding=0))
+    if raw.shape != full.shape or not ctx.tol.close(raw, full):
+        return None
+    return (f"y still includes the rows that `padding` removes: a transposed convolution "
+            f"crops lo rows at the start and hi at the end of every axis of its full output "
+            f"(shape {full.shape} here)")
+
+
+@hypothesis("output-padding-ignored", ("y",))
+def _output_padding_ignored(ctx: Context, name: str, raw, got):
+    c = ctx.case
+    if not c.transposed or not any(c.output_padding) or got is not None or \
+            not isinstance(raw, np.ndarray):
+        return None
+    short = ctx.layout.to_user("x", npconv.conv_transpose(
+        ctx.x, ctx.w, ctx.b, output_padding=0, **ctx.conv_kwargs))
+    if raw.shape != short.shape or not ctx.tol.close(raw, short):
+        return None
+    return (f"output_padding={c.output_padding_arg} was ignored: y is the output without the "
+            f"extra rows at the end of each axis that output_padding adds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,14 +439,14 @@ def _bias_axes(ctx: Context, name: str, raw, got):
 # ---------------------------------------------------------------------------------------------
 
 
-@hypothesis("all-zeros", ("y", "dx", "dw", "db"))
+@hypothesis("all-zeros", ("y", "dx", "dw", "db"), ("conv", "pool"))
 def _zeros(ctx: Context, name: str, raw, got):
     if got is None or got.any() or not ctx.expected[name].any():
         return None
     return f"{name} is all zeros: nothing was written or accumulated into it"
 
 
-@hypothesis("scaled", ("y", "dx", "dw", "db"))
+@hypothesis("scaled", ("y", "dx", "dw", "db"), ("conv", "pool"))
 def _scaled(ctx: Context, name: str, raw, got):
     e = ctx.expected[name]
     if got is None or not got.any() or not e.any():
@@ -307,17 +454,28 @@ def _scaled(ctx: Context, name: str, raw, got):
     factor = float(np.vdot(got, e) / np.vdot(e, e))
     if not ctx.matches(got, factor * e, name):
         return None
-    n, positions = ctx.case.batch, int(np.prod(ctx.case.out_size))
-    for value, text in ((1 / n, f"divided by the batch size N={n} (a mean over the batch "
-                         f"instead of a sum)"), (-1, "the wrong sign"),
-                        (1 / positions, "divided by the number of output positions (a mean "
-                         "instead of a sum)"), (n, f"multiplied by the batch size N={n}")):
+    for value, text in _known_factors(ctx):
         if value != 1 and abs(factor - value) <= 1e-6 * abs(value):
-            return f"{name} is the right answer with {text}"
+            return f"{name} is the right answer {text}"
     return f"{name} is the right answer scaled by {factor:.6g}"
 
 
-@hypothesis("shifted", ("y", "dx", "dw"))
+def _known_factors(ctx: Context) -> list[tuple[float, str]]:
+    c = ctx.case
+    factors = [(-1.0, "with the wrong sign")]
+    if c.kind == "pool":
+        k = int(np.prod(c.kernel_size))
+        return [*factors, (float(k), f"multiplied by the window size {k} (dy not divided by "
+                                     f"it)"),
+                (1 / k, f"divided by the window size {k} once more")]
+    n, positions = c.batch, int(np.prod(c.out_size))
+    return [(1 / n, f"divided by the batch size N={n} (a mean over the batch instead of a "
+                    f"sum)"), *factors,
+            (1 / positions, "divided by the number of output positions (a mean instead of a "
+                            "sum)"), (float(n), f"multiplied by the batch size N={n}")]
+
+
+@hypothesis("shifted", ("y", "dx", "dw"), ("conv", "pool"))
 def _shifted(ctx: Context, name: str, raw, got):
     if got is None:
         return None
@@ -387,6 +545,18 @@ TAG_HINTS = {
                 "gradients",
     "groups": "channel groups: filter f sees only the C/G channels of its group, and dw is "
               "(*K, C/G, F)",
+    "output padding": "output_padding: the extra rows at the end of each axis of a transposed "
+                      "convolution's output (zero before the bias is added)",
+    "non-square output": "one axis's output size used for both axes (e.g. dy reshaped or "
+                         "padded with the height's size on the width)",
+    "reflect padding": "the gradient of the padding: every mirrored position sends its "
+                       "gradient back to the pixel it copies",
+    "replicate padding": "the gradient of the padding: every repeated edge position sends its "
+                         "gradient back to the edge pixel",
+    "circular padding": "the gradient of the padding: every wrapped position sends its "
+                        "gradient back to the pixel on the other side",
     "batch 1": "a squeeze() or reshape that drops the batch axis when N == 1",
+    "batch > 1": "the batch axis: a reshape that mixes images, or a sum or index that takes "
+                 "only the first image",
     "one channel": "a squeeze() that drops a channel axis of size 1",
 }

@@ -1,9 +1,10 @@
 """Array layouts of the code under test, and the axis names used in reports.
 
 The checker computes everything channels_last: x, dx, y, dy are (N, *S, C) and w, dw are
-(*K, C/G, F), as in `npconv.kernels`. A `Layout` turns those into the user's layout and back,
-and names axes in the user's order ("dw comes back as (F, C, kh, kw)") so a report speaks the
-user's language. Array kinds: "x" (x, dx, y, dy), "w" (w, dw), "b" (b, db).
+(*K, C/G, F) (for a transposed convolution (*K, F/G, C)), npconv's channels_last layouts. A
+`Layout` turns those into the user's layout and back, and names axes in the user's order ("dw
+comes back as (F, C, kh, kw)") so a report speaks the user's language. Array kinds: "x" (x,
+dx, y, dy), "w" (w, dw), "b" (b, db).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Layout:
         if kind == "w":
             k = tuple(range(r))
             return {"HWIO": (*k, r, r + 1), "OIHW": (r + 1, r, *k),
-                    "OHWI": (r + 1, *k, r), "IOHW": (r, r + 1, *k)}[self.weight_layout]
+                    "OHWI": (r + 1, *k, r), "IOHW": (r, r + 1, *k)}[str(self.weight_layout)]
         return (0,)
 
     def to_user(self, kind: str, a: np.ndarray) -> np.ndarray:
@@ -86,11 +87,14 @@ class Layout:
         rank = a.ndim - 2 if kind in ("x", "w") else 0
         return a.transpose(np.argsort(self.perm(kind, rank)))
 
-    def labels(self, kind: str, rank: int, channel: str = "C") -> tuple[str, ...]:
-        """Axis names in the user's order; `channel` names an activation's channel axis."""
+    def labels(self, kind: str, rank: int, channel: str = "C",
+               transposed: bool = False) -> tuple[str, ...]:
+        """Axis names in the user's order; `channel` names an activation's channel axis; a
+        transposed convolution's weight is (*K, F, C) in npconv's layout."""
         sp = spatial_names(rank)
+        io = ("F", "C") if transposed else ("C", "F")
         canonical = {"x": ("N", *sp, channel),
-                     "w": (*(f"k{s.lower()}" for s in sp), "C", "F"),
+                     "w": (*(f"k{s.lower()}" for s in sp), *io),
                      "b": ("F",)}[kind]
         return tuple(canonical[i] for i in self.perm(kind, rank))
 
@@ -98,8 +102,10 @@ class Layout:
         """A canonical index, written in the user's axis order."""
         return tuple(index[i] for i in self.perm(kind, len(index) - 2 if kind != "b" else 0))
 
-    def describe(self) -> str:
-        """E.g. "channels_last x (N, H, W, C), w (kh, kw, C, F)"."""
+    def describe(self, weights: bool = True, transposed: bool = False) -> str:
+        """E.g. "channels_last x (N, H, W, C), w (kh, kw, C, F)"; only x without `weights`."""
         x = ", ".join(self.labels("x", 2))
-        w = ", ".join(self.labels("w", 2))
+        if not weights:
+            return f"{self.data_format} x ({x})"
+        w = ", ".join(self.labels("w", 2, transposed=transposed))
         return f"{self.data_format} x ({x}), w ({w})"

@@ -17,9 +17,10 @@ import numpy as np
 from npconv.spec import effective_kernel
 from npconv.testing.cases import Case
 from npconv.testing.layout import axis_nouns
+from npconv.testing.pool_cases import PoolCase
 
 
-def read_mask(case: Case) -> np.ndarray:
+def read_mask(case: Case | PoolCase) -> np.ndarray:
     """(*S,) True where some window reads the input pixel (ignoring zero padding)."""
     axes = []
     for s, k, st, d, (lo, _), p in zip(case.in_size, case.kernel_size, case.stride,
@@ -31,7 +32,7 @@ def read_mask(case: Case) -> np.ndarray:
     return _outer_and(axes)
 
 
-def padding_band(case: Case) -> np.ndarray:
+def padding_band(case: Case | PoolCase) -> np.ndarray:
     """(*S,) True for input pixels within the padding distance of a padded edge."""
     axes = []
     for s, (lo, hi) in zip(case.in_size, case.pads):
@@ -40,7 +41,7 @@ def padding_band(case: Case) -> np.ndarray:
     return _outer_or(axes)
 
 
-def overlaps_padding(case: Case) -> np.ndarray:
+def overlaps_padding(case: Case | PoolCase) -> np.ndarray:
     """(*P,) True for output positions whose window reads some padding."""
     axes = []
     for s, k, st, d, (lo, _), p in zip(case.in_size, case.kernel_size, case.stride,
@@ -88,8 +89,8 @@ def index_phrase(indices: list[int], size: int, noun: str) -> str:
 def ranges(indices) -> str:
     """[0, 1, 2, 5] -> "0-2, 5"."""
     parts = []
-    for _, run in itertools.groupby(enumerate(indices), lambda t: t[1] - t[0]):
-        run = [v for _, v in run]
+    for _, group in itertools.groupby(enumerate(indices), lambda t: t[1] - t[0]):
+        run = [v for _, v in group]
         parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
     return ", ".join(parts)
 
@@ -119,23 +120,25 @@ def _edge_distance(mask: np.ndarray) -> int | None:
     return e if 2 * e < min(mask.shape) else None
 
 
-def _region_reason(mask: np.ndarray, name: str, case: Case) -> str:
+def _region_reason(mask: np.ndarray, name: str, case: Case | PoolCase) -> str:
     """Why the wrong positions matter, when they all lie in a meaningful region."""
     nouns = axis_nouns(case.rank)
+    if case.transposed:
+        return ""
     if name == "dx" and not (mask & read_mask(case)).any():
         tail = any(r for r in case.remainders)
         what = f"the remainder {nouns[0]}s/{nouns[-1]}s" if tail else "the pixels"
         if case.rank == 1:
             what = "the remainder positions" if tail else "the positions"
         return f": {what} the forward never reads (their gradient must be 0)"
-    if name == "dx" and not (mask & ~padding_band(case)).any():
+    if name == "dx" and case.kind == "conv" and not (mask & ~padding_band(case)).any():
         return ": pixels within the padding distance of the edge"
     if name == "y" and not (mask & ~overlaps_padding(case)).any():
         return ": output positions whose windows overlap the padding"
     return ""
 
 
-def describe(bad: np.ndarray, name: str, case: Case) -> str:
+def describe(bad: np.ndarray, name: str, case: Case | PoolCase) -> str:
     """One sentence on where `bad` (canonical mask of output `name`) is True.
 
     Examples
@@ -151,7 +154,8 @@ def describe(bad: np.ndarray, name: str, case: Case) -> str:
     if name == "db":
         return f"in filters {ranges(np.nonzero(bad)[0].tolist())} of {bad.size}"
     spatial_axes, channel_axis, other = _axes(name, case.rank)
-    spatial = bad.any(axis=tuple(a for a in range(bad.ndim) if a not in spatial_axes))
+    spatial = np.asarray(bad.any(axis=tuple(a for a in range(bad.ndim)
+                                            if a not in spatial_axes)))
     parts = []
     if not spatial.all():
         nouns = axis_nouns(case.rank)
@@ -169,9 +173,11 @@ def _axes(name: str, rank: int):
     return tuple(range(1, rank + 1)), rank + 1, 0       # (N, *S, C)
 
 
-def _channel_phrases(bad, name: str, case: Case, channel_axis: int, other: int) -> list[str]:
+def _channel_phrases(bad, name: str, case: Case | PoolCase, channel_axis: int,
+                     other: int) -> list[str]:
     out = []
-    for axis, noun in ((channel_axis, "filters" if name in ("y", "dw") else "channels"),
+    filters = name == "dw" or (name == "y" and case.kind == "conv")
+    for axis, noun in ((channel_axis, "filters" if filters else "channels"),
                        (other, "input channels" if name == "dw" else "batch items")):
         hit = bad.any(axis=tuple(a for a in range(bad.ndim) if a != axis))
         if not hit.all():
@@ -180,13 +186,14 @@ def _channel_phrases(bad, name: str, case: Case, channel_axis: int, other: int) 
     return out
 
 
-def _group_note(hit: np.ndarray, case: Case, noun: str) -> str:
-    if case.groups == 1 or noun not in ("filters", "channels"):
+def _group_note(hit: np.ndarray, case: Case | PoolCase, noun: str) -> str:
+    groups = getattr(case, "groups", 1)
+    if groups == 1 or noun not in ("filters", "channels"):
         return ""
-    per = hit.size // case.groups
-    groups = sorted({int(i) // per for i in np.nonzero(hit)[0]})
-    whole = all(hit[g * per:(g + 1) * per].all() for g in groups)
-    return f" (group {ranges(groups)} of {case.groups})" if whole else ""
+    per = hit.size // groups
+    hit_groups = sorted({int(i) // per for i in np.nonzero(hit)[0]})
+    whole = all(hit[g * per:(g + 1) * per].all() for g in hit_groups)
+    return f" (group {ranges(hit_groups)} of {groups})" if whole else ""
 
 
 def ascii_map(mask: np.ndarray, max_size: int = 16) -> list[str]:
