@@ -132,8 +132,9 @@ class Scratch:
         return self._get(("b", i), bool)[:n]
 
     def load(self, i, a):
-        """Float temporary `i` holding a copy of the block `a` (cast to the compute dtype)."""
-        buf = self.float(("load", i), a.size)
+        """Float temporary `i` holding a copy of the block `a` (cast to the compute dtype),
+        shaped like a."""
+        buf = self.float(("load", i), a.size).reshape(a.shape)
         buf[...] = a
         return buf
 

@@ -12,10 +12,12 @@ worker threads (`_blocks.map_blocks`); float16 is computed in float32 and rounde
 
 PyTorch's conventions at the kinks and for NaN, checked against torch 2.13 autograd: relu'(0) = 0;
 relu6' = 0 at 0 and at 6; leaky_relu'(0) = negative_slope; hardswish' = 0 at -3 and 1 at 3;
-hardsigmoid' = 0 at -3 and at 3; a NaN input gives a NaN output, and its gradient is dy for relu,
-relu6 and hardswish, dy * negative_slope for leaky_relu, 0 for hardsigmoid, NaN for the rest. A
-gradient zeroed by the rule is 0 even where dy is inf or NaN (a select, not a multiplication by
-0), as in PyTorch. The rules are derived in docs/layer_ops.md.
+hardsigmoid' = 0 at -3 and at 3. A NaN input gives a NaN output, and its gradient is dy for relu,
+dy * negative_slope for leaky_relu, 0 for relu6 and hardsigmoid, NaN for the rest: PyTorch's
+vectorized CPU kernels, which every tensor of more than a few elements goes through (its scalar
+loop for the last few elements passes dy through relu6 and hardswish at NaN instead). A gradient
+zeroed by the rule is 0 even where dy is inf or NaN (a select, not a multiplication by 0), as in
+PyTorch. The rules are derived in docs/layer_ops.md.
 """
 
 from __future__ import annotations
@@ -119,16 +121,15 @@ def relu6(x, *, out=None):
 
 
 def _relu6_backward(o, dy, y, s) -> None:
-    drop, high = s.bool(0, dy.size), s.bool(1, dy.size)
-    np.less_equal(y, 0, out=drop)                                # PyTorch: 0 where y <= 0
-    np.greater_equal(y, 6, out=high)                             # or y >= 6; NaN passes dy
-    np.logical_or(drop, high, out=drop)
-    np.logical_not(drop, out=drop)
-    _select(o, dy, drop)
+    keep, below = s.bool(0, dy.size), s.bool(1, dy.size)
+    np.greater(y, 0, out=keep)
+    np.less(y, 6, out=below)
+    np.logical_and(keep, below, out=keep)                        # NaN: False
+    _select(o, dy, keep)
 
 
 def relu6_backward(dy, y, *, out=None):
-    """dx = dy where 0 < y < 6 (or y is NaN), else 0; y is relu6's output (or its input x).
+    """dx = dy where 0 < y < 6, else 0 (NaN included); y is relu6's output (or its input x).
 
     >>> relu6_backward(np.ones(4), np.array([0.0, 3.0, 6.0, 6.0]))
     array([0., 1., 0., 0.])
@@ -186,7 +187,8 @@ def _hardswish(o, x, s) -> None:
     t = s.float(0, x.size)
     np.add(x, 3, out=t)
     np.clip(t, 0, 6, out=t)
-    np.multiply(x, t, out=t)                                     # PyTorch's order: x * r / 6
+    with np.errstate(invalid="ignore"):                          # x = -inf: -inf * 0 (NaN)
+        np.multiply(x, t, out=t)                                 # PyTorch's order: x * r / 6
     np.divide(t, 6, out=o)
 
 
@@ -201,21 +203,21 @@ def hardswish(x, *, out=None):
 
 def _hardswish_backward(o, dy, x, s) -> None:
     n = x.size
-    factor, mid, high = s.float(0, n), s.bool(0, n), s.bool(1, n)
+    factor, keep, high = s.float(0, n), s.bool(0, n), s.bool(1, n)
     np.divide(x, 3, out=factor)
     np.add(factor, 0.5, out=factor)                              # x / 3 + 1/2 on (-3, 3)
-    np.greater(x, -3, out=mid)
-    np.less(x, 3, out=high)
-    np.logical_and(mid, high, out=mid)
-    np.logical_not(high, out=high)                               # x >= 3 or NaN: factor 1
-    np.multiply(factor, mid, out=factor)
-    np.add(factor, high, out=factor)
+    np.less_equal(x, -3, out=keep)
+    np.greater_equal(x, 3, out=high)
+    np.logical_or(keep, high, out=keep)
+    np.logical_not(keep, out=keep)                               # -3 < x < 3, or NaN
+    _select(factor, factor, keep)                                # (a select: x may be inf)
+    np.add(factor, high, out=factor)                             # x >= 3: factor 1
     np.multiply(dy, factor, out=o)
 
 
 def hardswish_backward(dy, x, *, out=None):
-    """dx = dy * (0 for x <= -3, x / 3 + 1/2 for -3 < x < 3, 1 for x >= 3 or NaN); x is the
-    forward's input.
+    """dx = dy * (0 for x <= -3, x / 3 + 1/2 for -3 < x < 3, 1 for x >= 3; NaN for NaN); x is
+    the forward's input.
 
     >>> hardswish_backward(np.ones(4), np.array([-3.0, 0.0, 1.5, 3.0]))
     array([0. , 0.5, 1. , 1. ])
@@ -252,7 +254,7 @@ def hardsigmoid_backward(dy, x, *, out=None):
         np.less(x, 3, out=high)
         np.logical_and(keep, high, out=keep)
         t = s.float(0, x.size)
-        np.multiply(dy, dy.dtype.type(1 / 6), out=t)             # PyTorch: dy * (1/6)
+        np.divide(dy, 6, out=t)
         _select(o, t, keep)
 
     return _backward(kernel, dy, x, "x", out)
@@ -262,7 +264,7 @@ def _sigmoid_into(t, x) -> None:
     """t = 1 / (1 + exp(-x)) (t may be x); exp overflows to inf for x below about -88
     (float32), giving 0 where the exact value is below the smallest normal number."""
     np.negative(x, out=t)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         np.exp(t, out=t)
     np.add(t, 1, out=t)
     np.reciprocal(t, out=t)
@@ -278,7 +280,7 @@ def silu(x, *, out=None):
     def kernel(o, x, s):
         t = s.float(0, x.size)
         np.negative(x, out=t)
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             np.exp(t, out=t)
             np.add(t, 1, out=t)
             np.divide(x, t, out=o)                               # PyTorch: x / (1 + exp(-x))
@@ -297,7 +299,7 @@ def silu_backward(dy, x, *, out=None):
         sig, t = s.float(0, x.size), s.float(1, x.size)
         _sigmoid_into(sig, x)
         np.subtract(1, sig, out=t)
-        with np.errstate(invalid="ignore"):                      # x = -inf: -inf * 0
+        with np.errstate(invalid="ignore", under="ignore"):      # x = -inf: -inf * 0
             np.multiply(t, x, out=t)
             np.add(t, 1, out=t)
             np.multiply(t, sig, out=t)

@@ -76,6 +76,15 @@ def _vector(v, size: int, name: str, *, optional: bool = False):
     return v
 
 
+def _length(v, name: str) -> int:
+    """C, after checking that v is a float vector (C,)."""
+    _args.float_array(v, name)
+    if v.ndim != 1:
+        raise ValueError(f"`{name}` must have shape (C,), one entry per channel; "
+                         f"got {tuple(v.shape)}")
+    return v.shape[0]
+
+
 def _eps(eps) -> float:
     eps = real_in(eps, 0.0, math.inf, "eps")
     if eps <= 0:
@@ -170,12 +179,11 @@ def batch_norm_scale_shift(gamma, beta, mean, var, eps: float = 1e-5):
     -------
     a, b : (C,), float64
 
-    >>> batch_norm_scale_shift(None, None, np.array([2.0]), np.array([4.0]), eps=0.0 + 1e-300)
+    >>> a, b = batch_norm_scale_shift(None, None, np.array([2.0]), np.array([4.0]), eps=1e-12)
+    >>> a.round(6), b.round(6)
     (array([0.5]), array([-1.]))
     """
-    _args.float_array(mean, "mean")
-    size = mean.shape[0] if mean.ndim == 1 else -1
-    _vector(mean, size, "mean")
+    size = _length(mean, "mean")
     _vector(var, size, "var")
     gamma = _vector(gamma, size, "gamma", optional=True)
     beta = _vector(beta, size, "beta", optional=True)
@@ -278,8 +286,7 @@ def running_stats_update(running_mean, running_var, mean, var, count: int, *,
     >>> running_stats_update(np.zeros(1), np.ones(1), np.array([2.0]), np.array([1.0]), 2)
     (array([0.2]), array([1.1]))
     """
-    c = _vector(running_mean, running_mean.shape[0] if running_mean.ndim == 1 else -1,
-                "running_mean").shape[0]
+    c = _length(running_mean, "running_mean")
     for v, name in ((running_var, "running_var"), (mean, "mean"), (var, "var")):
         _vector(v, c, name)
     _args.choice(convention, CONVENTIONS, "convention")
@@ -460,7 +467,7 @@ class _Rows(_blocks.Scratch):
 
     def block(self, i, b):
         """b itself, or a float32 copy of a float16 block."""
-        return b if b.dtype == self.dtype else self.load(i, b).reshape(b.shape)
+        return b if b.dtype == self.dtype else self.load(i, b)
 
     def moments(self, xb):
         """Per-row mean and biased variance of xb (k, D), float64: each row centred on its
