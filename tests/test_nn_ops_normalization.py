@@ -166,6 +166,7 @@ def test_running_stats_conventions(torch, rng):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")        # Keras' torch backend
 def test_running_stats_keras_layer(rng):
     """Keras' own BatchNormalization, when installed (KERAS_BACKEND=torch)."""
     import os
@@ -247,7 +248,7 @@ def test_float16_kept_and_computed_in_float32(fmt, rng):
     dy = rng.standard_normal(x.shape).astype(np.float16)
     g = np.ones(3, np.float32)
     y, mean, var = N.batch_norm_train(x, g, None, data_format=fmt)
-    dx, dgamma, dbeta = N.batch_norm_backward(dy, x, g, mean, var, data_format=fmt)
+    dx, dgamma, _ = N.batch_norm_backward(dy, x, g, mean, var, data_format=fmt)
     assert y.dtype == dx.dtype == np.float16 and mean.dtype == np.float32
     assert dgamma.dtype == np.float32
     y32, m32, v32 = N.batch_norm_train(x.astype(np.float32), g, None, data_format=fmt)
@@ -421,7 +422,7 @@ def test_layer_norm_nan_float16_in_place_and_no_affine(rng):
 def test_batch_norm_errors(rng):
     x = rng.standard_normal((2, 3, 4))
     v = np.ones(4)
-    with pytest.raises(TypeError, match="`x` must be a numpy.ndarray"):
+    with pytest.raises(TypeError, match=r"`x` must be a numpy\.ndarray"):
         N.batch_norm_train([[1.0]])
     with pytest.raises(ValueError, match=r"batch_norm_train expects `x` of shape \(N, C\)"):
         N.batch_norm_train(np.ones(3))
@@ -461,12 +462,12 @@ def test_running_stats_errors():
         N.running_stats_update(v, v, v, v, 4, convention="jax")
     with pytest.raises(TypeError, match="`count` must be an int"):
         N.running_stats_update(v, v, v, v, 4.0)
-    with pytest.raises(ValueError, match="`count` must be >= 2 .* got 1"):
+    with pytest.raises(ValueError, match=r"`count` must be >= 2 .* got 1"):
         N.running_stats_update(v, v, v, v, 1)
     assert N.running_stats_update(v, v, v, v, 1, convention="keras")[0].shape == (3,)
     with pytest.raises(ValueError, match=r"`momentum` must be in \[0.0, 1.0\]"):
         N.running_stats_update(v, v, v, v, 4, momentum=1.5)
-    with pytest.raises(ValueError, match="may be None .* only with convention='torch'"):
+    with pytest.raises(ValueError, match=r"may be None .* only with convention='torch'"):
         N.running_stats_update(v, v, v, v, 4, momentum=None, convention="keras")
     with pytest.raises(ValueError, match="`num_batches_tracked` must be an int >= 1"):
         N.running_stats_update(v, v, v, v, 4, momentum=None)

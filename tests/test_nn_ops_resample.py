@@ -37,7 +37,7 @@ def source(p: int, n_in: int, n_out: int, scale, mode: str, align: bool, dtype):
         f32 = np.float32
         ratio = f32(1 / scale) if scale else f32(n_in) / f32(n_out)
         shift = f32(0.5) if mode == "nearest-exact" else f32(0)
-        return [(min(int(math.floor((f32(p) + shift) * ratio)), n_in - 1), 1.0)]
+        return [(min(math.floor((f32(p) + shift) * ratio), n_in - 1), 1.0)]
     t = np.dtype(dtype).type
     if n_in == n_out:
         return [(p, 1.0), (p, 0.0)]
@@ -46,7 +46,7 @@ def source(p: int, n_in: int, n_out: int, scale, mode: str, align: bool, dtype):
     else:
         ratio = t(1 / scale) if scale else t(n_in) / t(n_out)
         src = max(ratio * (t(p) + t(0.5)) - t(0.5), t(0))
-    i0 = min(int(math.floor(src)), n_in - 1)
+    i0 = min(math.floor(src), n_in - 1)
     l1 = min(max(src - t(i0), t(0)), t(1))
     return [(i0, t(1) - l1), (i0 + (i0 < n_in - 1), l1)]
 
@@ -217,7 +217,7 @@ def test_bands_cover_each_destination_once():
 
 def test_errors(rng):
     x = rng.standard_normal((2, 4, 4, 3))
-    with pytest.raises(TypeError, match="`x` must be a numpy.ndarray"):
+    with pytest.raises(TypeError, match=r"`x` must be a numpy\.ndarray"):
         R.upsample(x.tolist(), scale_factor=2)
     with pytest.raises(ValueError, match="exactly one of `size` and `scale_factor`"):
         R.upsample(x)

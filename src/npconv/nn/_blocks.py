@@ -66,9 +66,19 @@ def contiguous(x):
 # ---------------------------------------------------------------------------------------------
 
 
+def float_array(a, name: str):
+    """`_args.float_array`, NumPy only: these ops run NumPy's ufuncs and BLAS on the CPU (on
+    a GPU, npconv.nn.functional's ops take CuPy arrays)."""
+    _args.float_array(a, name)
+    if _backend.is_gpu(a):
+        raise TypeError(f"`{name}` must be a numpy.ndarray (these layer ops run on the CPU); "
+                        "got a CuPy array")
+    return a
+
+
 def check_like(a, ref, name: str, ref_name: str = "x") -> None:
     """TypeError / ValueError unless `a` is a float array of ref's shape and dtype."""
-    _args.float_array(a, name)
+    float_array(a, name)
     if tuple(a.shape) != tuple(ref.shape):
         raise ValueError(f"`{name}` must have the shape of `{ref_name}`, {tuple(ref.shape)}; "
                          f"got {tuple(a.shape)}")

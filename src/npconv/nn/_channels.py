@@ -31,7 +31,7 @@ import numpy as np
 
 from npconv.nn import _blocks
 
-FOLD_WIDTH = 2048
+FOLD_WIDTH = 16384
 """channels_last rows are folded to about this many values (`ChannelLayout`)."""
 
 

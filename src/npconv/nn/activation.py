@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from npconv import _args
 from npconv.nn import _blocks
 from npconv.nn.functional import real_in
 
@@ -52,14 +51,14 @@ _INT = {2: np.int16, 4: np.int32, 8: np.int64}                 # same-size integ
 
 def _forward(kernel, x, out, *, exact: bool = False):
     """Check x and out, then y = kernel(x) block by block."""
-    _args.float_array(x, "x")
+    _blocks.float_array(x, "x")
     x = _blocks.contiguous(x)
     return _blocks.map_blocks(kernel, (x,), _blocks.output(out, x, (x,)), exact=exact)
 
 
 def _backward(kernel, dy, v, v_name: str, out, *, exact: bool = False):
     """Check dy, v (the saved x or y) and out, then dx = kernel(dy, v) block by block."""
-    _args.float_array(dy, "dy")
+    _blocks.float_array(dy, "dy")
     _blocks.check_like(v, dy, v_name, "dy")
     dy, v = _blocks.contiguous(dy), _blocks.contiguous(v)
     return _blocks.map_blocks(kernel, (dy, v), _blocks.output(out, dy, (dy, v)), exact=exact)

@@ -11,6 +11,7 @@ threads (NumPy copies and adds run on one core); `add` may write into one of its
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ def _arrays(xs, name: str) -> list:
     if isinstance(xs, np.ndarray) or not isinstance(xs, Sequence) or len(xs) == 0:
         raise TypeError(f"`{name}` must be a non-empty sequence of arrays; got {type(xs).__name__}")
     for i, x in enumerate(xs):
-        _args.float_array(x, f"{name}[{i}]")
+        _blocks.float_array(x, f"{name}[{i}]")
     return list(xs)
 
 
@@ -67,7 +68,7 @@ def add_backward(dy, n: int = 2) -> tuple:
     >>> all(g is dy for g in add_backward(dy, 2))
     True
     """
-    _args.float_array(dy, "dy")
+    _blocks.float_array(dy, "dy")
     if not _args.is_int(n) or n < 1:
         raise ValueError(f"`n` must be an int >= 1 (the number of summed arrays); got {n!r}")
     return (dy,) * int(n)
@@ -131,7 +132,7 @@ def concat_backward(dy, sizes: Sequence[int], *, axis: int | None = None,
     >>> [g.shape for g in concat_backward(np.zeros((1, 2, 3)), [1, 2])]
     [(1, 2, 1), (1, 2, 2)]
     """
-    _args.float_array(dy, "dy")
+    _blocks.float_array(dy, "dy")
     ax = _concat_axis(dy.ndim, axis, data_format)
     if (isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence)
             or not all(_args.is_int(s) and s >= 0 for s in sizes)
@@ -140,4 +141,4 @@ def concat_backward(dy, sizes: Sequence[int], *, axis: int | None = None,
                          f"{dy.shape[ax]} on axis {ax}; got {sizes!r}")
     offsets = np.cumsum([0, *sizes])
     return tuple(dy[(slice(None),) * ax + (slice(int(lo), int(hi)),)]
-                 for lo, hi in zip(offsets[:-1], offsets[1:]))
+                 for lo, hi in itertools.pairwise(offsets))

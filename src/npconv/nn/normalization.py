@@ -56,7 +56,7 @@ Keras' (momentum 0.99 weighs the old value, biased variance)."""
 
 def _layout(x, data_format: str, op: str) -> _channels.ChannelLayout:
     """Check x (N, C, ...) and data_format; the x's channel layout."""
-    _args.float_array(x, "x")
+    _blocks.float_array(x, "x")
     _args.choice(data_format, _args.DATA_FORMATS, "data_format")
     if x.ndim < 2:
         raise ValueError(f"{op} expects `x` of shape (N, C), (N, *S, C) or (N, C, *S); "
@@ -69,7 +69,7 @@ def _vector(v, size: int, name: str, *, optional: bool = False):
     """A float vector of `size` entries (or None when optional), as given."""
     if v is None and optional:
         return None
-    _args.float_array(v, name)
+    _blocks.float_array(v, name)
     if v.shape != (size,):
         raise ValueError(f"`{name}` must have shape ({size},), one entry per channel; "
                          f"got {tuple(v.shape)}")
@@ -78,7 +78,7 @@ def _vector(v, size: int, name: str, *, optional: bool = False):
 
 def _length(v, name: str) -> int:
     """C, after checking that v is a float vector (C,)."""
-    _args.float_array(v, name)
+    _blocks.float_array(v, name)
     if v.ndim != 1:
         raise ValueError(f"`{name}` must have shape (C,), one entry per channel; "
                          f"got {tuple(v.shape)}")
@@ -93,7 +93,7 @@ def _eps(eps) -> float:
 
 
 def _dy(dy, x):
-    _args.float_array(dy, "dy")
+    _blocks.float_array(dy, "dy")
     _blocks.check_like(dy, x, "dy")
     return _blocks.contiguous(dy)
 
@@ -394,7 +394,7 @@ def group_norm_backward(dy, x, num_groups: int, gamma, mean, var, *, eps: float 
     g = _groups(num_groups, layout.c)
     gamma = _vector(gamma, layout.c, "gamma", optional=True)
     for v, name in ((mean, "mean"), (var, "var")):
-        _args.float_array(v, name)
+        _blocks.float_array(v, name)
         if v.shape != (layout.n, g):
             raise ValueError(f"`{name}` must have shape (N, G) = {(layout.n, g)}; "
                              f"got {tuple(v.shape)}")
@@ -438,12 +438,12 @@ def _normalized(x, normalized_shape) -> tuple[int, ...]:
 
 def _check_layer_norm(x, normalized_shape, gamma, beta):
     """x's leading shape, D = prod(normalized_shape), and gamma, beta flattened to (D,)."""
-    _args.float_array(x, "x")
+    _blocks.float_array(x, "x")
     shape = _normalized(x, normalized_shape)
     params = []
     for v, name in ((gamma, "gamma"), (beta, "beta")):
         if v is not None:
-            _args.float_array(v, name)
+            _blocks.float_array(v, name)
             if tuple(v.shape) != shape:
                 raise ValueError(f"`{name}` must have shape normalized_shape = {shape}; "
                                  f"got {tuple(v.shape)}")
@@ -552,7 +552,7 @@ def layer_norm_backward(dy, x, normalized_shape, gamma, mean, var, *, eps: float
     """
     lead, d, (gamma, _) = _check_layer_norm(x, normalized_shape, gamma, None)
     for v, name in ((mean, "mean"), (var, "var")):
-        _args.float_array(v, name)
+        _blocks.float_array(v, name)
         if tuple(v.shape) != tuple(lead):
             raise ValueError(f"`{name}` must have shape {tuple(lead)} (x's shape without "
                              f"normalized_shape); got {tuple(v.shape)}")

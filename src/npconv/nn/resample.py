@@ -379,7 +379,7 @@ def upsample(x, size=None, scale_factor=None, *, mode: str = "nearest",
     >>> upsample(np.array([[[1.0], [2.0]]]), scale_factor=2, mode="linear")[0, :, 0]
     array([1.  , 1.25, 1.75, 2.  ])
     """
-    _args.float_array(x, "x")
+    _blocks.float_array(x, "x")
     in_size, out_size, scales = _check(x.shape, size, scale_factor, mode, align_corners,
                                        recompute_scale_factor, data_format)
     work = _blocks.compute_dtype(x.dtype)
@@ -416,7 +416,7 @@ def upsample_backward(dy, x_shape: tuple, size=None, scale_factor=None, *, mode:
     >>> upsample_backward(np.ones((1, 4, 1)), (1, 2, 1), scale_factor=2)[0, :, 0]
     array([2., 2.])
     """
-    _args.float_array(dy, "dy")
+    _blocks.float_array(dy, "dy")
     x_shape = tuple(x_shape)
     in_size, out_size, scales = _check(x_shape, size, scale_factor, mode, align_corners,
                                        recompute_scale_factor, data_format)
