@@ -254,3 +254,21 @@ def test_out_errors(rng):
     big = np.zeros(30)
     with pytest.raises(ValueError, match="share no memory with them; got an array that overlaps"):
         A.relu(big[:24].reshape(4, 6), out=big[6:].reshape(4, 6))
+
+
+def test_silu_keeping_its_sigmoid(rng):
+    """silu(keep_sigmoid=True) returns s = sigmoid(x); silu_backward from it gives the
+    gradient of recomputing it (float16: within the rounding of s to float16)."""
+    for dtype in (np.float16, np.float32, np.float64):
+        x = rng.uniform(-10, 10, (3, 50)).astype(dtype)
+        x[0, :3] = [np.nan, np.inf, -np.inf]
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        y, s = A.silu(x, keep_sigmoid=True)
+        assert y.dtype == s.dtype == dtype
+        np.testing.assert_array_equal(s, A.sigmoid(x))
+        np.testing.assert_allclose(y, A.silu(x), rtol=2e-7 if dtype != np.float16 else 1e-3)
+        dx = A.silu_backward(dy, x, sigmoid=s)
+        np.testing.assert_allclose(dx, A.silu_backward(dy, x), rtol=4e-3 if dtype == np.float16
+                                   else 1e-15, equal_nan=True)
+    with pytest.raises(ValueError, match=r"`sigmoid` must have the shape of `x`"):
+        A.silu_backward(dy, x, sigmoid=s[:1])

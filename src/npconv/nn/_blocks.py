@@ -158,27 +158,30 @@ def map_blocks(kernel, inputs: tuple, out, *, exact: bool = False):
     """out = kernel(*inputs), elementwise, in flat blocks of `BLOCK_BYTES` on the workers.
 
     `kernel(o, *ins, scratch)` writes block o from the input blocks (1-D, of one length) and
-    may use `scratch` (a `Scratch`). The inputs are C-contiguous arrays of out's shape and
-    dtype; out may be one of them. float16 blocks are computed in float32 and rounded once into
-    out, unless `exact` (the kernel only selects or compares values: computing in float16
-    gives the same bits).
+    may use `scratch` (a `Scratch`); `out` may also be a tuple of arrays, the kernel then
+    takes one block of each first, kernel(o1, o2, ..., *ins, scratch). The inputs are
+    C-contiguous arrays of out's shape and dtype; an output may be one of them. float16
+    blocks are computed in float32 and rounded once into out, unless `exact` (the kernel only
+    selects or compares values: computing in float16 gives the same bits). Returns out.
     """
-    xp = _backend.namespace(out)
-    half = out.dtype == np.float16 and not exact
-    work = compute_dtype(out.dtype) if half else out.dtype
+    outs = out if isinstance(out, tuple) else (out,)
+    xp = _backend.namespace(outs[0])
+    half = outs[0].dtype == np.float16 and not exact
+    work = compute_dtype(outs[0].dtype) if half else outs[0].dtype
     flat = [a.reshape(-1) for a in inputs]                       # (size,) views
-    o = out.reshape(-1)                                          # (size,) view
-    step = max(1, BLOCK_BYTES // work.itemsize) if xp is np else max(o.size, 1)
-    blocks = spans(o.size, 1, step)
+    flat_out = [o.reshape(-1) for o in outs]                     # (size,) views
+    size = flat_out[0].size
+    step = max(1, BLOCK_BYTES // work.itemsize) if xp is np else max(size, 1)
 
     def task(s, scratch):
         if not half:
-            kernel(o[s], *(a[s] for a in flat), scratch)
+            kernel(*(o[s] for o in flat_out), *(a[s] for a in flat), scratch)
             return
-        res = scratch.float("out", s.stop - s.start)
-        kernel(res, *(scratch.load(i, a[s]) for i, a in enumerate(flat)), scratch)
-        o[s] = res                                               # rounded once to float16
+        res = [scratch.float(("out", i), s.stop - s.start) for i in range(len(outs))]
+        kernel(*res, *(scratch.load(i, a[s]) for i, a in enumerate(flat)), scratch)
+        for o, r in zip(flat_out, res):
+            o[s] = r                                             # rounded once to float16
 
-    run(task, blocks, o.size * work.itemsize,
-        lambda: Scratch(work, min(step, max(o.size, 1)), xp), xp)
+    run(task, spans(size, 1, step), size * work.itemsize,
+        lambda: Scratch(work, min(step, max(size, 1)), xp), xp)
     return out

@@ -56,12 +56,13 @@ def _forward(kernel, x, out, *, exact: bool = False):
     return _blocks.map_blocks(kernel, (x,), _blocks.output(out, x, (x,)), exact=exact)
 
 
-def _backward(kernel, dy, v, v_name: str, out, *, exact: bool = False):
-    """Check dy, v (the saved x or y) and out, then dx = kernel(dy, v) block by block."""
+def _backward(kernel, dy, v, v_name: str, out, *, exact: bool = False, extra: tuple = ()):
+    """Check dy, v (the saved x or y) and out, then dx = kernel(dy, v, *extra) block by block
+    (extra: more saved arrays like v, already checked)."""
     _blocks.float_array(dy, "dy")
     _blocks.check_like(v, dy, v_name, "dy")
-    dy, v = _blocks.contiguous(dy), _blocks.contiguous(v)
-    return _blocks.map_blocks(kernel, (dy, v), _blocks.output(out, dy, (dy, v)), exact=exact)
+    ins = tuple(_blocks.contiguous(a) for a in (dy, v, *extra))
+    return _blocks.map_blocks(kernel, ins, _blocks.output(out, ins[0], ins), exact=exact)
 
 
 def _select(o, dy, keep) -> None:
@@ -269,8 +270,12 @@ def _sigmoid_into(t, x) -> None:
     np.reciprocal(t, out=t)
 
 
-def silu(x, *, out=None):
+def silu(x, *, out=None, keep_sigmoid: bool = False):
     """y = x * sigmoid(x) (also called swish), elementwise.
+
+    With `keep_sigmoid`, returns (y, s), s = sigmoid(x) a new array like x: give it to
+    `silu_backward`, whose pass then skips the exponential (5 passes instead of 9, for one
+    more array kept between forward and backward).
 
     >>> silu(np.array([0.0, 1.0])).round(4)
     array([0.    , 0.7311])
@@ -284,27 +289,49 @@ def silu(x, *, out=None):
             np.add(t, 1, out=t)
             np.divide(x, t, out=o)                               # PyTorch: x / (1 + exp(-x))
 
-    return _forward(kernel, x, out)
+    def kernel_keeping(o, sig, x, s):
+        _sigmoid_into(sig, x)
+        with np.errstate(invalid="ignore"):                      # x = -inf: -inf * 0
+            np.multiply(x, sig, out=o)
+
+    if not keep_sigmoid:
+        return _forward(kernel, x, out)
+    _blocks.float_array(x, "x")
+    x = _blocks.contiguous(x)
+    y, sig = _blocks.output(out, x, (x,)), np.empty(x.shape, dtype=x.dtype)
+    return _blocks.map_blocks(kernel_keeping, (x,), (y, sig))
 
 
-def silu_backward(dy, x, *, out=None):
-    """dx = dy * s * (1 + x * (1 - s)) with s = sigmoid(x); x is the forward's input.
+def silu_backward(dy, x, *, sigmoid=None, out=None):
+    """dx = dy * s * (1 + x * (1 - s)) with s = sigmoid(x); x is the forward's input, and
+    `sigmoid` the s that `silu(x, keep_sigmoid=True)` returned (else it is recomputed).
 
     >>> silu_backward(np.ones(1), np.zeros(1))
     array([0.5])
     """
 
-    def kernel(o, dy, x, s):
-        sig, t = s.float(0, x.size), s.float(1, x.size)
-        _sigmoid_into(sig, x)
+    def factor(t, x, sig) -> None:
         np.subtract(1, sig, out=t)
         with np.errstate(invalid="ignore", under="ignore"):      # x = -inf: -inf * 0
             np.multiply(t, x, out=t)
             np.add(t, 1, out=t)
             np.multiply(t, sig, out=t)
+
+    def kernel(o, dy, x, s):
+        sig, t = s.float(0, x.size), s.float(1, x.size)
+        _sigmoid_into(sig, x)
+        factor(t, x, sig)
         np.multiply(dy, t, out=o)
 
-    return _backward(kernel, dy, x, "x", out)
+    def kernel_kept(o, dy, x, sig, s):
+        t = s.float(0, x.size)
+        factor(t, x, sig)
+        np.multiply(dy, t, out=o)
+
+    if sigmoid is None:
+        return _backward(kernel, dy, x, "x", out)
+    _blocks.check_like(sigmoid, x, "sigmoid")
+    return _backward(kernel_kept, dy, x, "x", out, extra=(sigmoid,))
 
 
 # ---------------------------------------------------------------------------------------------
