@@ -272,3 +272,9 @@ def test_silu_keeping_its_sigmoid(rng):
                                    else 1e-15, equal_nan=True)
     with pytest.raises(ValueError, match=r"`sigmoid` must have the shape of `x`"):
         A.silu_backward(dy, x, sigmoid=s[:1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_arrays(name):
+    y, dx = run(name, np.ones((0, 3)), np.ones((0, 3)))
+    assert y.shape == dx.shape == (0, 3)

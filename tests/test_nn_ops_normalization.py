@@ -493,3 +493,19 @@ def test_group_and_layer_norm_errors(rng):
     with pytest.raises(TypeError, match="`dy` must have the dtype of `x`"):
         N.layer_norm_backward(x.astype(np.float32), x, 4, None, np.ones((2, 3)),
                               np.ones((2, 3)))
+
+
+def test_empty_arrays(rng):
+    """No values per channel is an error for batch and group norm (PyTorch's too); layer norm
+    of no samples is an empty result."""
+    with pytest.raises(ValueError, match="batch_norm_train needs at least one value per "
+                                         r"channel; got `x` of shape \(0, 3, 2\)"):
+        N.batch_norm_train(np.ones((0, 3, 2)))
+    with pytest.raises(ValueError, match="group_norm needs at least one value per channel"):
+        N.group_norm(np.ones((2, 0, 4)), 2)
+    y, mean, var = N.layer_norm(np.ones((0, 4)), 4)
+    assert y.shape == (0, 4) and mean.shape == var.shape == (0,)
+    dx, dg, db = N.layer_norm_backward(np.ones((0, 4)), np.ones((0, 4)), 4, np.ones(4), mean, var)
+    assert dx.shape == (0, 4) and (dg == 0).all() and (db == 0).all()
+    with pytest.raises(ValueError, match="sizes >= 1"):
+        N.layer_norm(np.ones((2, 0)), 0)

@@ -249,3 +249,10 @@ def test_errors(rng):
         R.upsample_backward(np.ones((2, 8, 7, 3)), x.shape, scale_factor=2)
     with pytest.raises(TypeError, match="`dy` must have dtype float16, float32 or float64"):
         R.upsample_backward(np.ones((2, 8, 8, 3), int), x.shape, scale_factor=2)
+
+
+def test_empty_batch():
+    y = R.upsample(np.ones((0, 3, 3, 2)), scale_factor=2, mode="bilinear")
+    assert y.shape == (0, 6, 6, 2)
+    assert R.upsample_backward(y, (0, 3, 3, 2), scale_factor=2, mode="bilinear").shape == (
+        0, 3, 3, 2)

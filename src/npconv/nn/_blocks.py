@@ -18,9 +18,11 @@ from npconv import _args, _backend, _config
 from npconv.algorithms import _chunks
 
 BLOCK_BYTES = 2**20
-"""Bytes of the largest operand per block: an op's two or three block-sized operands and
-temporaries stay in a core's L2 cache (measured: 64 KiB blocks ran 10-20% slower from Python
-overhead; 1 MiB blocks left the cache)."""
+"""Bytes of the largest operand per block. ReLU's backward over 25 MiB of float32 on two
+workers (2-core machine, under load): 64 KiB blocks 2.5x slower than 1 MiB (Python and the GIL
+between ufunc calls), 256 KiB to 4 MiB within 15% of each other. A pass over a block in cache
+costs about what a memory-bound pass costs there (NumPy's loops are the bound), so larger
+blocks lose little and save calls."""
 
 PARALLEL_MIN_BYTES = 2**20
 """Operands smaller than this run on the calling thread."""
@@ -36,17 +38,18 @@ def spans(n: int, unit_bytes: int, block_bytes: int = BLOCK_BYTES) -> list[slice
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def run(task, chunks: list, nbytes: int, make_state=lambda: None, xp=np) -> list:
+def run(task, chunks: list, nbytes: int, make_state=lambda: None) -> list:
     """Call task(chunk, state) on every chunk; return the per-worker states, in order.
 
     On the worker threads when the op's largest operand has `nbytes` >= `PARALLEL_MIN_BYTES`
-    (and there are workers: `npconv.set_config(threads=...)`, threadpoolctl installed, NumPy
-    arrays), else on the calling thread. Chunk i goes to worker i % workers, and each worker
-    processes its chunks in order, so results do not depend on timing.
+    (and there are workers: `npconv.set_config(threads=...)`, threadpoolctl installed), else
+    on the calling thread. Chunk i goes to worker i % workers, and each worker processes its
+    chunks in order, so results do not depend on timing. The one call into
+    `npconv.algorithms._chunks` (its `worker_count` and `run`).
     """
     workers = 1
     if nbytes >= PARALLEL_MIN_BYTES:
-        workers = max(1, min(_chunks.worker_count(_config.resolve(None), xp), len(chunks)))
+        workers = max(1, min(_chunks.worker_count(_config.resolve(None)), len(chunks)))
     return _chunks.run(task, chunks, workers, make_state)
 
 
@@ -58,7 +61,7 @@ def compute_dtype(dtype) -> np.dtype:
 
 def contiguous(x):
     """x when C-contiguous, else a C-contiguous copy (blocks are flat slices of memory)."""
-    return x if x.flags.c_contiguous else _backend.namespace(x).ascontiguousarray(x)
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,17 +97,16 @@ def output(out, ref, inputs: tuple = ()):
     `inputs` (the op then works in place: each block is read before it is written) or share no
     memory with them.
     """
-    xp = _backend.namespace(ref)
     if out is None:
-        return xp.empty(ref.shape, dtype=ref.dtype)
-    if not _backend.is_array(out):
+        return np.empty(ref.shape, dtype=ref.dtype)
+    if not isinstance(out, np.ndarray):
         raise TypeError(f"`out` must be a numpy.ndarray; got {type(out).__name__}")
     check_like(out, ref, "out")
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError("`out` must be a writeable C-contiguous array; got one that is "
                          f"{'not C-contiguous' if out.flags.writeable else 'read-only'}")
     for a in inputs:
-        if a is not out and xp.may_share_memory(a, out) and not _same_memory(a, out):
+        if a is not out and np.may_share_memory(a, out) and not _same_memory(a, out):
             raise ValueError("`out` must be one of the inputs or share no memory with them; "
                              "got an array that overlaps an input")
     return out
@@ -113,11 +115,7 @@ def output(out, ref, inputs: tuple = ()):
 def _same_memory(a, b) -> bool:
     """a and b view the same bytes in the same layout (b is C-contiguous, like a's shape)."""
     return (a.flags.c_contiguous and a.shape == b.shape and a.dtype == b.dtype
-            and _data_pointer(a) == _data_pointer(b))
-
-
-def _data_pointer(a) -> int:
-    return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,8 +127,8 @@ class Scratch:
     """One worker's temporaries: block-sized float buffers (in the compute dtype) and bool
     buffers, made on first use and reused for every block the worker takes."""
 
-    def __init__(self, dtype, size: int, xp=np) -> None:
-        self.dtype, self.size, self.xp = dtype, size, xp
+    def __init__(self, dtype, size: int) -> None:
+        self.dtype, self.size = dtype, size
         self._bufs: dict = {}
 
     def float(self, i, n: int):
@@ -150,7 +148,7 @@ class Scratch:
 
     def _get(self, key, dtype):
         if key not in self._bufs:
-            self._bufs[key] = self.xp.empty(self.size, dtype=dtype)  # (block,)
+            self._bufs[key] = np.empty(self.size, dtype=dtype)   # (block,)
         return self._bufs[key]
 
 
@@ -165,13 +163,12 @@ def map_blocks(kernel, inputs: tuple, out, *, exact: bool = False):
     selects or compares values: computing in float16 gives the same bits). Returns out.
     """
     outs = out if isinstance(out, tuple) else (out,)
-    xp = _backend.namespace(outs[0])
     half = outs[0].dtype == np.float16 and not exact
     work = compute_dtype(outs[0].dtype) if half else outs[0].dtype
     flat = [a.reshape(-1) for a in inputs]                       # (size,) views
     flat_out = [o.reshape(-1) for o in outs]                     # (size,) views
     size = flat_out[0].size
-    step = max(1, BLOCK_BYTES // work.itemsize) if xp is np else max(size, 1)
+    step = max(1, BLOCK_BYTES // work.itemsize)
 
     def task(s, scratch):
         if not half:
@@ -183,5 +180,5 @@ def map_blocks(kernel, inputs: tuple, out, *, exact: bool = False):
             o[s] = r                                             # rounded once to float16
 
     run(task, spans(size, 1, step), size * work.itemsize,
-        lambda: Scratch(work, min(step, max(size, 1)), xp), xp)
+        lambda: Scratch(work, min(step, max(size, 1))))
     return out

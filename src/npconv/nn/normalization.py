@@ -61,6 +61,9 @@ def _layout(x, data_format: str, op: str) -> _channels.ChannelLayout:
     if x.ndim < 2:
         raise ValueError(f"{op} expects `x` of shape (N, C), (N, *S, C) or (N, C, *S); "
                          f"got shape {tuple(x.shape)}")
+    if x.size == 0:
+        raise ValueError(f"{op} needs at least one value per channel; got `x` of shape "
+                         f"{tuple(x.shape)}")
     return _channels.ChannelLayout(x.shape, data_format,
                                    _blocks.compute_dtype(x.dtype).itemsize)
 
@@ -430,9 +433,10 @@ def _normalized(x, normalized_shape) -> tuple[int, ...]:
     else:
         raise TypeError("`normalized_shape` must be an int or a tuple of ints; "
                         f"got {normalized_shape!r}")
-    if not shape or len(shape) > x.ndim or tuple(x.shape[x.ndim - len(shape):]) != shape:
-        raise ValueError(f"`normalized_shape` must end x's shape {tuple(x.shape)}; "
-                         f"got {normalized_shape!r}")
+    if (not shape or len(shape) > x.ndim or tuple(x.shape[x.ndim - len(shape):]) != shape
+            or 0 in shape):
+        raise ValueError(f"`normalized_shape` must end x's shape {tuple(x.shape)}, sizes "
+                         f">= 1; got {normalized_shape!r}")
     return shape
 
 

@@ -399,7 +399,7 @@ def upsample(x, size=None, scale_factor=None, *, mode: str = "nearest",
         if a.dtype != y.dtype:
             y3[images] = a                                       # float16: rounded once
 
-    image = max(y3[0].size * work.itemsize, 1)
+    image = max(math.prod(y3.shape[1:]) * work.itemsize, 1)
     _blocks.run(task, _blocks.spans(y3.shape[0], image, CHUNK_BYTES), y3.size * work.itemsize)
     return y
 
@@ -438,7 +438,7 @@ def upsample_backward(dy, x_shape: tuple, size=None, scale_factor=None, *, mode:
         if g.dtype != dx.dtype:
             dx3[images] = g                                      # float16: rounded once
 
-    image = max(dy3[0].size * work.itemsize, 1)
+    image = max(math.prod(dy3.shape[1:]) * work.itemsize, 1)
     _blocks.run(task, _blocks.spans(dy3.shape[0], image, CHUNK_BYTES), dy3.size * work.itemsize)
     return dx
 
