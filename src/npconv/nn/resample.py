@@ -120,8 +120,8 @@ wider band does more multiplications by zero; a narrower one makes more, smaller
 (x2 bilinear on 8x28x28x64, one thread: 0.9 ms forward with 8, 1.1 with 16, 1.7 with 32)."""
 
 CHUNK_BYTES = 4 * 2**20
-"""Output bytes (forward) or dy bytes (backward) per task: whole images, batched into each
-band's GEMM (smaller chunks only add calls; the GEMMs do not need the data in cache)."""
+"""Bytes per task (of the larger of the input and the output): whole images, batched into
+each band's GEMM (smaller chunks only add calls; the GEMMs do not need the data in cache)."""
 
 
 def _make_axis(n_in: int, terms: list, dtype) -> _Axis:
@@ -388,19 +388,10 @@ def upsample(x, size=None, scale_factor=None, *, mode: str = "nearest",
     x3, y3 = _images(_blocks.contiguous(x), data_format), _images(y, data_format)
 
     nearest = mode.startswith("nearest")                        # copies: exact in any dtype
-
     gemm = not nearest and _finite(x)
-
-    def task(images, _):
-        a = x3[images] if nearest else x3[images].astype(work, copy=False)  # (k, *S, Cl)
-        for axis in range(len(maps), 0, -1):                    # the last (innermost) first
-            into = y3[images] if axis == 1 and a.dtype == y.dtype else None
-            a = _forward_axis(a, axis, maps[axis - 1], into, gemm=gemm)
-        if a.dtype != y.dtype:
-            y3[images] = a                                       # float16: rounded once
-
-    image = max(math.prod(y3.shape[1:]) * work.itemsize, 1)
-    _blocks.run(task, _blocks.spans(y3.shape[0], image, CHUNK_BYTES), y3.size * work.itemsize)
+    axes = [(axis, maps[axis - 1]) for axis in range(len(maps), 0, -1)]  # the innermost first
+    _map_images(x3, y3, None if nearest else work, axes,
+                lambda a, axis, ax, into: _forward_axis(a, axis, ax, into, gemm=gemm))
     return y
 
 
@@ -429,18 +420,29 @@ def upsample_backward(dy, x_shape: tuple, size=None, scale_factor=None, *, mode:
     dy3, dx3 = _images(_blocks.contiguous(dy), data_format), _images(dx, data_format)
 
     gemm = _finite(dy)                                           # nearest too: sums of dy
+    axes = [(axis, maps[axis - 1]) for axis in range(1, len(maps) + 1)]  # the forward's, reversed
+    _map_images(dy3, dx3, work, axes,
+                lambda g, axis, ax, into: _backward_axis(g, axis, ax, into, gemm=gemm))
+    return dx
+
+
+def _map_images(src3, dst3, work, axes: list, apply) -> None:
+    """dst3[images] = apply(..., axis, ax, into) over `axes` in turn, starting from
+    src3[images] (cast to `work` unless None), for blocks of whole images on the workers; the
+    last step writes into dst3 itself unless its result still needs rounding to float16."""
 
     def task(images, _):
-        g = dy3[images].astype(work, copy=False)                 # (k, *P, Cl)
-        for axis in range(1, len(maps) + 1):                    # the forward's order, reversed
-            into = dx3[images] if axis == len(maps) and g.dtype == dx.dtype else None
-            g = _backward_axis(g, axis, maps[axis - 1], into, gemm=gemm)
-        if g.dtype != dx.dtype:
-            dx3[images] = g                                      # float16: rounded once
+        a = src3[images] if work is None else src3[images].astype(work, copy=False)
+        for i, (axis, ax) in enumerate(axes):                    # a (k, *S or *P, Cl)
+            into = dst3[images] if i == len(axes) - 1 and a.dtype == dst3.dtype else None
+            a = apply(a, axis, ax, into)
+        if a.dtype != dst3.dtype:
+            dst3[images] = a                                     # float16: rounded once
 
-    image = max(math.prod(dy3.shape[1:]) * work.itemsize, 1)
-    _blocks.run(task, _blocks.spans(dy3.shape[0], image, CHUNK_BYTES), dy3.size * work.itemsize)
-    return dx
+    itemsize = dst3.itemsize if work is None else np.dtype(work).itemsize
+    image = max(math.prod(src3.shape[1:]), math.prod(dst3.shape[1:]), 1) * itemsize
+    _blocks.run(task, _blocks.spans(src3.shape[0], image, CHUNK_BYTES),
+                max(src3.size, dst3.size) * itemsize)
 
 
 def _finite(a) -> bool:
