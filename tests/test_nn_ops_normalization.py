@@ -352,7 +352,7 @@ def test_group_norm_nan_float16_and_no_affine(fmt, rng):
 
 
 @pytest.mark.parametrize("shape, normalized", [((4, 6), 6), ((2, 3, 4, 5), (4, 5)),
-                                               ((3, 2, 5), (3, 2, 5))])
+                                               ((3, 2, 5), (3, 2, 5)), ((4, 1), 1)])
 def test_layer_norm_matches_definition_and_central_differences(shape, normalized, rng):
     x = rng.normal(1, 2, shape)
     ns = (normalized,) if isinstance(normalized, int) else normalized
@@ -370,10 +370,10 @@ def test_layer_norm_matches_definition_and_central_differences(shape, normalized
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape, normalized", [((3, 7, 16), (16,)), ((2, 3, 40000), (40000,)),
+@pytest.mark.parametrize("shape, normalized", [((3, 7, 16), (16,)), ((3, 300000), (300000,)),
                                                ((300, 64), (64,))])
 def test_layer_norm_matches_torch(torch, dtype, shape, normalized, rng):
-    """Short rows in blocks, and rows longer than a block (one row each)."""
+    """Short rows in blocks, and rows longer than a block (one row each, float32 1.2 MB)."""
     x = rng.normal(3, 2, shape).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     gamma = rng.standard_normal(normalized).astype(dtype)

@@ -64,6 +64,20 @@ def contiguous(x):
     return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
+def sum_last(a, ones):
+    """a's sums over its last axis, a BLAS product with `ones` (at least that long); for an
+    axis of one entry, that entry (a view): NumPy's matmul does not call BLAS for one column
+    or one row (200K values: 390 us against 50 for a copy)."""
+    n = a.shape[-1]
+    return a[..., 0] if n == 1 else np.matmul(a, ones[:n])
+
+
+def sum_rows(a, ones):
+    """a's sums over its second-to-last axis (ones @ a), like `sum_last`."""
+    k = a.shape[-2]
+    return a[..., 0, :] if k == 1 else np.matmul(ones[None, :k], a)[..., 0, :]
+
+
 # ---------------------------------------------------------------------------------------------
 # Arguments shared by the ops: arrays of one shape and dtype, and an optional `out`
 # ---------------------------------------------------------------------------------------------

@@ -109,9 +109,9 @@ class ChannelLayout:
     def sum_positions(self, b, ones):
         """(k, C): b's sums over its positions, as BLAS products with `ones`."""
         if self.last:
-            sums = np.matmul(ones[None, : b.shape[1]], b)[:, 0]  # (k, r * C)
+            sums = _blocks.sum_rows(b, ones)                     # (k, r * C)
             return sums.reshape(-1, self.r, self.c).sum(axis=1) if self.r > 1 else sums
-        return np.matmul(b, ones[: b.shape[2]])                 # (k, C)
+        return _blocks.sum_last(b, ones)                         # (k, C)
 
     def positions(self, b) -> int:
         """Positions per image in the block b."""

@@ -460,10 +460,11 @@ class _Rows(_blocks.Scratch):
     """A worker's scratch for blocks of rows of length d, with vectors of ones for the row
     sums (x @ ones_d) and the column sums (ones_k @ x)."""
 
-    def __init__(self, rows: list, d: int, dtype) -> None:
+    def __init__(self, rows: list, d: int, dtype, accumulate: bool = False) -> None:
         most = max(r.stop - r.start for r in rows)
         super().__init__(dtype, most * d)
         self.ones_d, self.ones_k = np.ones(d, dtype=dtype), np.ones(most, dtype=dtype)
+        self.acc = np.zeros((2, d)) if accumulate else None      # (2, D) float64
 
     def like(self, i, b):
         """Float temporary i shaped like the block b (rows, D)."""
@@ -477,12 +478,12 @@ class _Rows(_blocks.Scratch):
         """Per-row mean and biased variance of xb (k, D), float64: each row centred on its
         sum's mean, the rounding left in it summed again (as `_channels.moments`)."""
         d = xb.shape[1]
-        center = (xb @ self.ones_d) / d                          # (k,)
+        center = _blocks.sum_last(xb, self.ones_d) / d           # (k,)
         t = self.like("centred", xb)
         np.subtract(xb, center[:, None], out=t)
-        rest = (t @ self.ones_d).astype(np.float64)              # (k,)
+        rest = _blocks.sum_last(t, self.ones_d).astype(np.float64)  # (k,)
         np.multiply(t, t, out=t)
-        return center + rest / d, (t @ self.ones_d - rest * rest / d) / d
+        return center + rest / d, (_blocks.sum_last(t, self.ones_d) - rest * rest / d) / d
 
 
 def _row_blocks(r: int, d: int, dtype) -> list[tuple[int, slice]]:
@@ -490,11 +491,36 @@ def _row_blocks(r: int, d: int, dtype) -> list[tuple[int, slice]]:
     return list(enumerate(_blocks.spans(r, d * dtype.itemsize)))
 
 
-def _rows_run(task, blocks: list, d: int, dtype) -> None:
-    """task((index, rows), state) on every block of rows, on the workers for large arrays."""
+def _rows_run(task, blocks: list, d: int, dtype, *, accumulate: bool = False) -> list:
+    """task((index, rows), state) on every block of rows, on the workers for large arrays;
+    returns the per-worker states (with `acc`, (2, D) float64 zeros to add to, when
+    `accumulate`)."""
     rows = [r for _, r in blocks]
     size = (rows[-1].stop if rows else 0) * d * dtype.itemsize
-    _blocks.run(task, blocks, size, lambda: _Rows(rows or [slice(0, 1)], d, dtype))
+    return _blocks.run(task, blocks, size,
+                       lambda: _Rows(rows or [slice(0, 1)], d, dtype, accumulate))
+
+
+def _rows_backward(r, xb, dyb, mean, inv, w, st) -> None:
+    """r = dx of one block of rows, (k, D), from mean, inv (k, 1) and w (D,) or None; adds the
+    block's sum(dy) and sum(dy xhat) to st.acc."""
+    d = xb.shape[1]
+    xhat = st.like("xhat", xb)
+    np.subtract(xb, mean, out=xhat)
+    np.multiply(xhat, inv, out=xhat)
+    g = dyb if w is None else np.multiply(dyb, w, out=st.like("g", xb))  # dy gamma
+    t = st.like("t", xb)
+    np.multiply(dyb, xhat, out=t)
+    st.acc[0] += _blocks.sum_rows(dyb, st.ones_k)                # (D,)
+    st.acc[1] += _blocks.sum_rows(t, st.ones_k)
+    if w is not None:
+        np.multiply(g, xhat, out=t)                              # g xhat
+    a = _blocks.sum_last(g, st.ones_d) / d                       # (k,): the row means
+    b = _blocks.sum_last(t, st.ones_d) / d
+    np.multiply(xhat, b[:, None], out=xhat)
+    np.subtract(g, xhat, out=r)
+    np.subtract(r, a[:, None], out=r)
+    np.multiply(r, inv, out=r)
 
 
 def layer_norm(x, normalized_shape, gamma=None, beta=None, *, eps: float = 1e-5, out=None):
@@ -567,30 +593,16 @@ def layer_norm_backward(dy, x, normalized_shape, gamma, mean, var, *, eps: float
     x2, dy2, dx2 = (a.reshape(-1, d) for a in (x, dy, dx))      # (R, D) views
     mean, inv = mean.reshape(-1).astype(work), _inv_std(var.reshape(-1), eps).astype(work)
     w = None if gamma is None else gamma.astype(work)
-    blocks = _row_blocks(x2.shape[0], d, work)
-    grads = np.zeros((len(blocks), 2, d))                        # (blocks, 2, D) float64
 
     def task(block, st):
-        i, rs = block
+        rs = block[1]
         xb, dyb = st.block("x", x2[rs]), st.block("dy", dy2[rs])  # (k, D) each
-        xhat = st.like("xhat", xb)
-        np.subtract(xb, mean[rs, None], out=xhat)
-        np.multiply(xhat, inv[rs, None], out=xhat)
-        g = dyb if w is None else np.multiply(dyb, w, out=st.like("g", xb))
-        t = st.like("t", xb)
-        np.multiply(dyb, xhat, out=t)
-        grads[i] = st.ones_k[: xb.shape[0]] @ dyb, st.ones_k[: xb.shape[0]] @ t  # (D,) each
-        if w is not None:
-            np.multiply(g, xhat, out=t)
-        a, b = (g @ st.ones_d) / d, (t @ st.ones_d) / d          # (k,) each
-        np.multiply(xhat, b[:, None], out=xhat)
         r = st.like("dx", xb) if dx.dtype != work else dx2[rs]
-        np.subtract(g, xhat, out=r)
-        np.subtract(r, a[:, None], out=r)
-        np.multiply(r, inv[rs, None], out=r)
+        _rows_backward(r, xb, dyb, mean[rs, None], inv[rs, None], w, st)
         if r.dtype != dx.dtype:
             dx2[rs] = r                                          # float16: rounded once
 
-    _rows_run(task, blocks, d, work)
-    dbeta, dgamma = grads.sum(axis=0).reshape(2, *x.shape[len(lead):])  # normalized_shape each
+    states = _rows_run(task, _row_blocks(x2.shape[0], d, work), d, work, accumulate=True)
+    sums = np.sum([st.acc for st in states], axis=0)             # (2, D), workers in order
+    dbeta, dgamma = sums.reshape(2, *x.shape[len(lead):])        # normalized_shape each
     return dx, _param_grad(dgamma, gamma), _param_grad(dbeta, gamma)
