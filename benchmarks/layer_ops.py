@@ -1,7 +1,7 @@
 """The ops between the convolutions, side by side: npconv's layer ops, PyTorch CPU and npconv's
 previous `nn.functional` path, in one run.
 
-    python benchmarks/layer_ops.py [--rounds 15] [--threads 2]
+    python benchmarks/layer_ops.py [--rounds 15] [--threads 2] [--only NAME]
 
 Rows (float32, channels_last, issue 18's shapes): BatchNorm train forward + backward (with the
 running-statistics update) and eval forward on 32x56x56x64; ReLU, ReLU6, Hardswish and SiLU
@@ -162,13 +162,13 @@ def _time(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(rounds: int = 15, threads: int = 2) -> list[dict]:
+def measure(rounds: int = 15, threads: int = 2, only: str = "") -> list[dict]:
     """Median ms per row for npconv, PyTorch and the old path (None where absent), alternating
-    the implementations in every round."""
+    the implementations in every round; `only`: the rows whose name contains it."""
     if torch is not None:
         torch.set_num_threads(threads)
     with npconv.config(threads=threads):
-        table = rows()
+        table = [r for r in rows() if only.lower() in r[0].lower()]
         times = {name: ([], [], []) for name, *_ in table}
         for _, *calls in table:                                  # warm-up
             for call in calls:
@@ -224,8 +224,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default="", help="rows whose name contains this")
     args = parser.parse_args(argv)
-    results = measure(args.rounds, args.threads)
+    results = measure(args.rounds, args.threads, args.only)
     print("\n".join(report(results, floor(args.rounds, args.threads))))
 
 
