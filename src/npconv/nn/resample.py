@@ -345,7 +345,7 @@ def _backward_axis(g, axis: int, ax: _Axis, out=None, *, gemm: bool = False):
     return r
 
 
-def upsample(x, size=None, scale_factor=None, *, mode: str = "nearest",
+def upsample(x, *, size=None, scale_factor=None, mode: str = "nearest",
              align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
              data_format: str = "channels_last"):
     """Upsample (or resample) the spatial axes of x, as torch.nn.functional.interpolate.
@@ -395,11 +395,12 @@ def upsample(x, size=None, scale_factor=None, *, mode: str = "nearest",
     return y
 
 
-def upsample_backward(dy, x_shape: tuple, size=None, scale_factor=None, *, mode: str = "nearest",
-                      align_corners: bool | None = None,
+def upsample_backward(dy, x_shape: tuple, *, size=None, scale_factor=None,
+                      mode: str = "nearest", align_corners: bool | None = None,
                       recompute_scale_factor: bool | None = None,
                       data_format: str = "channels_last"):
-    """dx (x_shape) of `upsample(x, size, scale_factor, ...)` from dy, the same options.
+    """dx (x_shape) of `upsample(x, size=..., scale_factor=..., ...)` from dy and the same
+    options.
 
     dx[i] = sum over the output positions p that read i of weight(p, i) * dy[p], per axis
     (nearest: weight 1).
