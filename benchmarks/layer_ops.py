@@ -7,21 +7,22 @@ Rows (float32, channels_last, issue 18's shapes): BatchNorm train forward + back
 running-statistics update) and eval forward on 32x56x56x64; ReLU, ReLU6, Hardswish and SiLU
 forward + backward on the same array (SiLU twice: its backward recomputing the sigmoid, and
 from the sigmoid its forward kept); bilinear upsampling x2 (align_corners=False) forward +
-backward on 8x28x28x64. In every round
-each implementation of a row runs once, in turn (npconv, PyTorch, the old path), after one
-untimed warm-up call each; the table reports the median over rounds and the ratio to PyTorch.
-PyTorch runs on `--threads` threads with channels_last tensors, npconv's workers likewise
-(`npconv.config(threads=...)`). A "floor" row times one elementwise pass alone (y = x + 1 into
-an existing array, on one thread and on the workers): no op that reads x and writes y can beat
-it in NumPy.
+backward on 8x28x28x64. Each implementation runs in a process of its own; every round asks
+each, in turn, to time one call of every row, after a warm-up round. The table reports medians
+over rounds, and the ratio to PyTorch as the median of the per-round ratios. PyTorch runs on
+`--threads` threads with channels_last tensors, npconv's workers likewise. Two "floor" rows
+time one elementwise pass alone (y = x + 1 into an existing array, on one thread and on the
+workers): no op that reads x and writes y once beats it in NumPy.
 
-`measure(rounds, threads)` returns the rows as dicts, for `benchmarks/run.py`.
+`measure(rounds, threads, only)` returns the rows as dicts (ms), and `report(rows)` the
+Markdown table, for `benchmarks/run.py`.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import statistics
 import sys
 import time
@@ -152,8 +153,12 @@ def rows() -> list:
 def _floor_calls() -> dict:
     x = np.random.default_rng(3).standard_normal(SHAPE, dtype=np.float32)
     y = np.empty_like(x)
-    return {"one thread": lambda: np.add(x, 1, out=y),
-            "workers": lambda: _blocks.map_blocks(lambda o, a, s: np.add(a, 1, out=o), (x,), y)}
+    return {"floor: one thread": lambda: np.add(x, 1, out=y),
+            "floor: workers": lambda: _blocks.map_blocks(lambda o, a, s: np.add(a, 1, out=o),
+                                                         (x,), y)}
+
+
+IMPLS = ("npconv", "torch", "old")
 
 
 def _time(fn) -> float:
@@ -162,33 +167,59 @@ def _time(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(rounds: int = 15, threads: int = 2, only: str = "") -> list[dict]:
-    """Median ms per row for npconv, PyTorch and the old path (None where absent), alternating
-    the implementations in every round; `only`: the rows whose name contains it."""
+def _worker(conn, impl: str, threads: int) -> None:
+    """One implementation's process: build its calls, then time the one named in each
+    request (None ends it)."""
     if torch is not None:
         torch.set_num_threads(threads)
-    with npconv.config(threads=threads):
-        table = [r for r in rows() if only.lower() in r[0].lower()]
-        times = {name: ([], [], []) for name, *_ in table}
-        for _, *calls in table:                                  # warm-up
-            for call in calls:
-                if call is not None:
-                    call()
-        for _ in range(rounds):
-            for name, *calls in table:
-                for acc, call in zip(times[name], calls):
-                    if call is not None:
-                        acc.append(_time(call))
-    return [dict(name=name, npconv=_median(a), torch=_median(b), old=_median(c))
-            for name, (a, b, c) in times.items()]
+    npconv.set_config(threads=threads)
+    i = IMPLS.index(impl)
+    calls = {name: c[i] for name, *c in rows() if c[i] is not None}
+    if impl == "npconv":
+        calls.update(_floor_calls())
+    conn.send(list(calls))
+    while (name := conn.recv()) is not None:
+        conn.send(_time(calls[name]))
 
 
-def floor(rounds: int = 15, threads: int = 2) -> dict:
-    """Median ms of one elementwise pass over SHAPE (read x, write y): NumPy's floor."""
-    with npconv.config(threads=threads):
-        calls = _floor_calls()
-        return {name: _median([_time(call) for _ in range(rounds)]) for name, call in
-                calls.items()}
+def measure(rounds: int = 15, threads: int = 2, only: str = "") -> list[dict]:
+    """Median ms per row for npconv, PyTorch and the old path (None where absent), and the
+    floor rows ("floor: ..."). Each implementation runs in a process of its own (so that no
+    library's allocations or spinning threads change another's page faults or cores), and
+    every round asks each in turn; `ratio` is the median over rounds of npconv / PyTorch in
+    the same round (steadier than the ratio of medians when other work shares the machine).
+    `only`: the rows whose name contains it."""
+    ctx = multiprocessing.get_context("spawn")
+    workers = {}
+    for impl in IMPLS:
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(there, impl, threads), daemon=True)
+        proc.start()
+        workers[impl] = (here, proc, here.recv())
+    names = [n for n in workers["npconv"][2] if only.lower() in n.lower() or
+             n.startswith("floor")]
+    times = {name: {impl: [] for impl in IMPLS} for name in names}
+    try:
+        for r in range(rounds + 1):                              # round 0: warm-up
+            for name in names:
+                for impl, (conn, _, known) in workers.items():
+                    if name in known:
+                        conn.send(name)
+                        if r:
+                            times[name][impl].append(conn.recv())
+                        else:
+                            conn.recv()
+    finally:
+        for conn, proc, _ in workers.values():
+            conn.send(None)
+            proc.join()
+    return [_summary(name, t) for name, t in times.items()]
+
+
+def _summary(name: str, t: dict) -> dict:
+    a, b = t["npconv"], t["torch"]
+    return dict(name=name, npconv=_median(a), torch=_median(b), old=_median(t["old"]),
+                ratio=statistics.median(x / y for x, y in zip(a, b)) if b else None)
 
 
 def _median(times) -> float | None:
@@ -199,13 +230,18 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
-def report(results: list[dict], floors: dict) -> list[str]:
-    """The table as Markdown lines, with the geometric mean of the fwd+bwd ratios."""
+def report(results: list[dict]) -> list[str]:
+    """The table as Markdown lines, with the geometric mean of the fwd+bwd ratios and the
+    floor."""
     lines = ["| op | npconv ms | PyTorch ms | ratio | old path ms | old / new |",
              "|---|---|---|---|---|---|"]
     ratios = []
+    floors = {r["name"][len("floor: "):]: r["npconv"] for r in results
+              if r["name"].startswith("floor")}
     for r in results:
-        ratio = r["npconv"] / r["torch"] if r["torch"] else None
+        if r["name"].startswith("floor"):
+            continue
+        ratio = r["ratio"]
         if ratio is not None and "bwd" in r["name"] and "recomputed" not in r["name"]:
             ratios.append(ratio)
         gain = r["old"] / r["npconv"] if r["old"] else None
@@ -226,8 +262,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default="", help="rows whose name contains this")
     args = parser.parse_args(argv)
-    results = measure(args.rounds, args.threads, args.only)
-    print("\n".join(report(results, floor(args.rounds, args.threads))))
+    print("\n".join(report(measure(args.rounds, args.threads, args.only))))
 
 
 if __name__ == "__main__":
