@@ -275,8 +275,11 @@ def silu(x, *, out=None, keep_sigmoid: bool = False):
     """y = x * sigmoid(x) (also called swish), elementwise.
 
     With `keep_sigmoid`, returns (y, s), s = sigmoid(x) a new array like x: give it to
-    `silu_backward`, whose pass then skips the exponential (5 passes instead of 9, for one
-    more array kept between forward and backward).
+    `silu_backward`, whose pass then skips the exponential. One more array kept between
+    forward and backward, and a pass more forward, for four fewer backward (one thread, 25 MiB
+    of float32 written into existing arrays: forward 6.5 -> 8.4 ms, backward 10.2 -> 5.6 ms;
+    a fresh 25 MiB array costs up to 5 ms of page faults more on the 2-core VM when the
+    allocator cannot reuse memory).
 
     >>> silu(np.array([0.0, 1.0])).round(4)
     array([0.    , 0.7311])
