@@ -1,7 +1,7 @@
 """The ops between the convolutions, side by side: npconv's layer ops, PyTorch CPU and npconv's
 previous `nn.functional` path, in one run.
 
-    python benchmarks/layer_ops.py [--rounds 15] [--threads 2] [--only NAME]
+    python benchmarks/layer_ops.py [--rounds 15] [--threads 2] [--only NAME] [--clock wall|cpu]
 
 Rows (float32, channels_last, issue 18's shapes): BatchNorm train forward + backward (with the
 running-statistics update) and eval forward on 32x56x56x64; ReLU, ReLU6, Hardswish and SiLU
@@ -161,13 +161,16 @@ def _floor_calls() -> dict:
 IMPLS = ("npconv", "torch", "old")
 
 
-def _time(fn) -> float:
-    start = time.perf_counter()
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _time(fn, clock=time.perf_counter) -> float:
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def _worker(conn, impl: str, threads: int) -> None:
+def _worker(conn, impl: str, threads: int, clock: str) -> None:
     """One implementation's process: build its calls, then time the one named in each
     request (None ends it)."""
     if torch is not None:
@@ -179,21 +182,22 @@ def _worker(conn, impl: str, threads: int) -> None:
         calls.update(_floor_calls())
     conn.send(list(calls))
     while (name := conn.recv()) is not None:
-        conn.send(_time(calls[name]))
+        conn.send(_time(calls[name], CLOCKS[clock]))
 
 
-def measure(rounds: int = 15, threads: int = 2, only: str = "") -> list[dict]:
+def measure(rounds: int = 15, threads: int = 2, only: str = "", clock: str = "wall") -> list[dict]:
     """Median ms per row for npconv, PyTorch and the old path (None where absent), and the
     floor rows ("floor: ..."). Each implementation runs in a process of its own (so that no
     library's allocations or spinning threads change another's page faults or cores), and
     every round asks each in turn; `ratio` is the median over rounds of npconv / PyTorch in
     the same round (steadier than the ratio of medians when other work shares the machine).
-    `only`: the rows whose name contains it."""
+    `only`: the rows whose name contains it. `clock`: "wall", or "cpu" (the process's CPU
+    time: with threads=1, a proxy that other work on the machine disturbs less)."""
     ctx = multiprocessing.get_context("spawn")
     workers = {}
     for impl in IMPLS:
         here, there = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(there, impl, threads), daemon=True)
+        proc = ctx.Process(target=_worker, args=(there, impl, threads, clock), daemon=True)
         proc.start()
         workers[impl] = (here, proc, here.recv())
     names = [n for n in workers["npconv"][2] if only.lower() in n.lower() or
@@ -261,8 +265,11 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default="", help="rows whose name contains this")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="cpu: process CPU time, a steadier proxy on a busy machine "
+                             "(with --threads 1)")
     args = parser.parse_args(argv)
-    print("\n".join(report(measure(args.rounds, args.threads, args.only))))
+    print("\n".join(report(measure(args.rounds, args.threads, args.only, args.clock))))
 
 
 if __name__ == "__main__":
