@@ -55,7 +55,7 @@ Keras' (momentum 0.99 weighs the old value, biased variance)."""
 
 
 def _layout(x, data_format: str, op: str) -> _channels.ChannelLayout:
-    """Check x (N, C, ...) and data_format; the x's channel layout."""
+    """Check x (N, C, ...) and data_format; return x's channel layout."""
     _blocks.float_array(x, "x")
     _args.choice(data_format, _args.DATA_FORMATS, "data_format")
     if x.ndim < 2:
