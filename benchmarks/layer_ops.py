@@ -8,8 +8,9 @@ running-statistics update) and eval forward on 32x56x56x64; ReLU, ReLU6, Hardswi
 forward + backward on the same array (SiLU twice: its backward recomputing the sigmoid, and
 from the sigmoid its forward kept); bilinear upsampling x2 (align_corners=False) forward +
 backward on 8x28x28x64. Each implementation runs in a process of its own; every round asks
-each, in turn, to time one call of every row, after a warm-up round. The table reports medians
-over rounds, and the ratio to PyTorch as the median of the per-round ratios. PyTorch runs on
+each, in turn, for every row: one untimed call, then the best of a short burst (as
+benchmarks/run.py does). The table reports medians over rounds, and the ratio to PyTorch as
+the median of the per-round ratios. PyTorch runs on
 `--threads` threads with channels_last tensors, npconv's workers likewise. Two "floor" rows
 time one elementwise pass alone (y = x + 1 into an existing array, on one thread and on the
 workers): no op that reads x and writes y once beats it in NumPy.
@@ -170,9 +171,14 @@ def _time(fn, clock=time.perf_counter) -> float:
     return clock() - start
 
 
+BURST = 3
+"""Timed calls per implementation and round, after an untimed one; the best counts (as in
+benchmarks/run.py: the data are in cache, as a layer's input is after the layer before)."""
+
+
 def _worker(conn, impl: str, threads: int, clock: str) -> None:
-    """One implementation's process: build its calls, then time the one named in each
-    request (None ends it)."""
+    """One implementation's process: build its calls, then, for each request, one untimed
+    call of the named row and the best of a burst of `BURST` timed ones (None ends it)."""
     if torch is not None:
         torch.set_num_threads(threads)
     npconv.set_config(threads=threads)
@@ -182,7 +188,8 @@ def _worker(conn, impl: str, threads: int, clock: str) -> None:
         calls.update(_floor_calls())
     conn.send(list(calls))
     while (name := conn.recv()) is not None:
-        conn.send(_time(calls[name], CLOCKS[clock]))
+        calls[name]()
+        conn.send(min(_time(calls[name], CLOCKS[clock]) for _ in range(BURST)))
 
 
 def measure(rounds: int = 15, threads: int = 2, only: str = "", clock: str = "wall") -> list[dict]:
@@ -204,15 +211,12 @@ def measure(rounds: int = 15, threads: int = 2, only: str = "", clock: str = "wa
              n.startswith("floor")]
     times = {name: {impl: [] for impl in IMPLS} for name in names}
     try:
-        for r in range(rounds + 1):                              # round 0: warm-up
+        for _ in range(rounds):
             for name in names:
                 for impl, (conn, _, known) in workers.items():
                     if name in known:
                         conn.send(name)
-                        if r:
-                            times[name][impl].append(conn.recv())
-                        else:
-                            conn.recv()
+                        times[name][impl].append(conn.recv())
     finally:
         for conn, proc, _ in workers.values():
             conn.send(None)
