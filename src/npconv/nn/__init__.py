@@ -21,9 +21,14 @@ those layers call), `init` (initializers and the default generator: `manual_seed
 """
 
 from npconv.nn import functional, init
+from npconv.nn.combine import Add, Concat, Identity, ZeroPad, add, concat
 from npconv.nn.init import manual_seed
 from npconv.nn.layers import (
     LAYERS,
+    AdaptiveAvgPool,
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AdaptiveAvgPool3d,
     AvgPool,
     AvgPool1d,
     AvgPool2d,
@@ -56,16 +61,31 @@ from npconv.nn.layers import (
     Tanh,
 )
 from npconv.nn.losses import LOSSES, mse, softmax_cross_entropy
+from npconv.nn.module import (
+    MODULES,
+    IncompatibleKeys,
+    Module,
+    can_overwrite,
+    enable_grad,
+    grad_enabled,
+    no_grad,
+)
 from npconv.nn.optim import OPTIMIZERS, SGD, Adam, AdamW, Optimizer
 from npconv.nn.serialization import is_model_file, load, load_metadata, load_weights, save
 
 __all__ = [
     "LAYERS",
     "LOSSES",
+    "MODULES",
     "OPTIMIZERS",
     "SGD",
     "Adam",
     "AdamW",
+    "AdaptiveAvgPool",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "Add",
     "AvgPool",
     "AvgPool1d",
     "AvgPool2d",
@@ -74,6 +94,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "Concat",
     "Conv",
     "Conv1d",
     "Conv2d",
@@ -85,6 +106,8 @@ __all__ = [
     "Dropout",
     "Flatten",
     "GlobalAvgPool",
+    "Identity",
+    "IncompatibleKeys",
     "Layer",
     "LeakyReLU",
     "Linear",
@@ -92,12 +115,19 @@ __all__ = [
     "MaxPool1d",
     "MaxPool2d",
     "MaxPool3d",
+    "Module",
     "Optimizer",
     "ReLU",
     "Sequential",
     "Sigmoid",
     "Tanh",
+    "ZeroPad",
+    "add",
+    "can_overwrite",
+    "concat",
+    "enable_grad",
     "functional",
+    "grad_enabled",
     "init",
     "is_model_file",
     "load",
@@ -105,6 +135,7 @@ __all__ = [
     "load_weights",
     "manual_seed",
     "mse",
+    "no_grad",
     "save",
     "softmax_cross_entropy",
 ]

@@ -16,16 +16,20 @@ import numbers
 
 import numpy as np
 
-from npconv import _args
+from npconv import _args, _backend
 from npconv.spec import check_shape
 
 __all__ = [
+    "adaptive_avg_pool",
+    "adaptive_avg_pool_backward",
+    "adaptive_windows",
     "batch_norm",
     "batch_norm_backward",
     "channel_axis",
     "check_channels",
     "dropout",
     "dropout_backward",
+    "fold_batch_norm",
     "leaky_relu",
     "leaky_relu_backward",
     "linear",
@@ -307,6 +311,130 @@ def batch_norm_backward(dy, x, gamma, running_mean=None, running_var=None, *, tr
     dx = g * (dy - _per_channel(dbeta / m, nd, data_format)
               - xhat * _per_channel(dgamma / m, nd, data_format))  # like x
     return dx.astype(dy.dtype, copy=False), dgamma, dbeta
+
+
+def fold_batch_norm(w, b, gamma, beta, running_mean, running_var, *, eps: float, axis: int):
+    """(w', b'): a convolution (or linear map) with weight w and bias b (None: zero) followed by
+    an evaluation-mode batch norm, as one convolution; `axis` is w's output-channel axis (-1 for
+    a channels_last kernel (*K, C/G, F), 0 for (F, C/G, *K)).
+
+    With scale = gamma / sqrt(running_var + eps): BN(conv(x, w) + b) = conv(x, w * scale)
+    + (b - running_mean) * scale + beta, since the convolution is linear in w and the scale is
+    per output channel. Computed in float64 and rounded once to w's dtype, so the folded
+    network equals the unfolded one to rounding.
+
+    >>> w, b = fold_batch_norm(np.ones((1, 1, 2)), None, np.array([2.0, 1.0]), np.zeros(2),
+    ...                        np.array([1.0, 0.0]), np.array([3.0, 0.0]), eps=1.0, axis=-1)
+    >>> w.ravel(), b                                                # scales 1 and 1
+    (array([1., 1.]), array([-1.,  0.]))
+    """
+    f64 = np.float64
+    scale = gamma.astype(f64) / np.sqrt(running_var.astype(f64) + eps)        # (F,)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    w_folded = (w * scale.reshape(shape)).astype(w.dtype)          # like w
+    b0 = 0.0 if b is None else b.astype(f64)
+    b_folded = ((b0 - running_mean) * scale + beta).astype(w.dtype)            # (F,)
+    return w_folded, b_folded
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive average pooling: output cell i of a dimension averages inputs
+# floor(i * S / P) <= s < ceil((i + 1) * S / P), PyTorch's rule
+# ---------------------------------------------------------------------------------------------
+
+
+def adaptive_windows(s: int, p: int):
+    """(indicator (P, S) of 0/1, counts (P,)): which inputs each of the P output cells of one
+    dimension of size S averages.
+
+    >>> m, counts = adaptive_windows(5, 3)          # windows [0, 2), [1, 4), [3, 5)
+    >>> m.astype(int).tolist(), counts.tolist()
+    ([[1, 1, 0, 0, 0], [0, 1, 1, 1, 0], [0, 0, 0, 1, 1]], [2, 3, 2])
+    """
+    i = np.arange(p)
+    start, end = (i * s) // p, -((-(i + 1) * s) // p)               # floor, ceil; (P,) each
+    cols = np.arange(s)                                              # (S,)
+    m = (cols >= start[:, None]) & (cols < end[:, None])             # (P, S)
+    return m, end - start
+
+
+def _adaptive_sizes(x_shape, output_size, data_format: str):
+    """The spatial axes of x and the output sizes, one per spatial dimension (None: kept)."""
+    axes = range(1, len(x_shape) - 1) if data_format == "channels_last" else \
+        range(2, len(x_shape))
+    rank = len(axes)
+    sizes = (output_size,) * rank if output_size is None or _args.is_int(output_size) else \
+        tuple(output_size)
+    if len(sizes) != rank or not all(v is None or (_args.is_int(v) and v >= 1) for v in sizes):
+        raise ValueError(f"`output_size` must be an int >= 1 or a tuple of {rank} of them (None "
+                         f"keeps a size), for x of shape {tuple(x_shape)}; got {output_size!r}")
+    return [(a, x_shape[a] if p is None else int(p)) for a, p in zip(axes, sizes)]
+
+
+def _contract(xp, x, m, axis: int):
+    """Apply the (P, S) matrix m along `axis` of x: (.., S, ..) -> (.., P, ..)."""
+    y = xp.tensordot(m, x, axes=([1], [axis]))                       # (P, ..)
+    return xp.moveaxis(y, 0, axis)                                   # (.., P, ..)
+
+
+def adaptive_avg_pool(x, output_size, *, data_format: str = "channels_last"):
+    """PyTorch's adaptive average pooling, any rank: x (N, *S, C) or (N, C, *S) -> P given by
+    `output_size` (an int for every dimension, or one per dimension; None keeps S).
+
+    Per dimension, output cell i averages inputs floor(i * S / P) <= s < ceil((i + 1) * S / P):
+    a 0/1 window matrix contracted along that axis (one GEMM), then divided by the counts.
+    P = 1 everywhere is the global mean. Allocates the output and, per pooled dimension, one
+    intermediate of the output's size along the dimensions done so far.
+
+    >>> adaptive_avg_pool(np.arange(5.0).reshape(1, 5, 1), 3).ravel()      # (N, L, C)
+    array([0.5, 2. , 3.5])
+    """
+    _args.float_array(x, "x")
+    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+    if x.ndim < 3:
+        raise ValueError(f"adaptive_avg_pool expects `x` with a batch, a channel and at least "
+                         f"one spatial axis; got shape {tuple(x.shape)}")
+    plan = _adaptive_sizes(x.shape, output_size, data_format)
+    xp, dtype = _backend.namespace(x), x.dtype
+    y = x.astype(_args.compute_dtype(dtype), copy=False)
+    if all(p == 1 for _, p in plan):
+        return y.mean(axis=tuple(a for a, _ in plan), keepdims=True).astype(dtype, copy=False)
+    for axis, p in plan:
+        if p == x.shape[axis]:
+            continue                                                 # cell i averages input i
+        m, counts = adaptive_windows(x.shape[axis], p)
+        y = _contract(xp, y, xp.asarray(m, y.dtype), axis)          # sums: (.., P, ..)
+        y /= _per_axis(xp.asarray(counts, y.dtype), y.ndim, axis)
+    return y.astype(dtype, copy=False) if y is not x else y.copy()
+
+
+def adaptive_avg_pool_backward(dy, x_shape, output_size, *,
+                               data_format: str = "channels_last"):
+    """dx of `adaptive_avg_pool`: dy divided by the counts, spread back over each window (the
+    transposed window matrices)."""
+    _args.float_array(dy, "dy")
+    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+    plan = _adaptive_sizes(tuple(x_shape), output_size, data_format)
+    want = list(x_shape)
+    for axis, p in plan:
+        want[axis] = p
+    check_shape(dy, tuple(want), "dy")
+    xp, dtype = _backend.namespace(dy), dy.dtype
+    dx = dy.astype(_args.compute_dtype(dtype), copy=True)
+    for axis, p in plan:
+        if p == x_shape[axis]:
+            continue
+        m, counts = adaptive_windows(x_shape[axis], p)
+        dx /= _per_axis(xp.asarray(counts, dx.dtype), dx.ndim, axis)
+        dx = _contract(xp, dx, xp.asarray(m.T, dx.dtype), axis)     # (.., S, ..)
+    return xp.ascontiguousarray(dx).astype(dtype, copy=False)       # like x
+
+
+def _per_axis(v, ndim: int, axis: int):
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)                                          # (1, .., P, .., 1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,13 +36,19 @@ import math
 
 import numpy as np
 
-from npconv import _args, convolution, pooling
+from npconv import _args, _backend, convolution, pooling
 from npconv.nn import functional as F
 from npconv.nn import init as initializers
+from npconv.nn.combine import Add, Concat, Identity, ZeroPad
+from npconv.nn.module import Layer, Sequential
 from npconv.spec import resolve_padding
 
 __all__ = [
     "LAYERS",
+    "AdaptiveAvgPool",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
     "AvgPool",
     "AvgPool1d",
     "AvgPool2d",
@@ -151,74 +157,6 @@ def _float_dtype(dtype) -> np.dtype:
     return dt
 
 
-# ---------------------------------------------------------------------------------------------
-# Base class
-# ---------------------------------------------------------------------------------------------
-
-
-class Layer:
-    """Base of every layer.
-
-    The contract every layer (and every composition of layers) keeps:
-
-    - `forward(x, training=False) -> y`, keeping what `backward` needs;
-    - `backward(dy) -> dx` for the input of the last forward, filling `grads`;
-    - `params` (trained arrays, updated in place by an optimizer), `grads` (the same keys),
-      `buffers` (saved, not trained: batch norm's running statistics);
-    - `config()`: the constructor's keyword arguments, JSON-ready, so that
-      `type(layer)(**layer.config())` builds the same architecture;
-    - `to(xp)`: move every array to the array module xp (numpy or cupy).
-    """
-
-    def __init__(self, params: dict | None = None, buffers: dict | None = None) -> None:
-        self.params = dict(params or {})
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}  # like params
-        self.buffers = dict(buffers or {})
-        self._cache = None
-
-    def forward(self, x, training: bool = False):
-        """y = layer(x); `training` selects batch statistics and dropout."""
-        raise NotImplementedError
-
-    def backward(self, dy):
-        """dx from dy = dL/dy, for the input of the last `forward`; fills `grads`."""
-        raise NotImplementedError
-
-    def config(self) -> dict:
-        """Constructor keyword arguments, JSON-ready (the initializer and generator excluded:
-        they only matter before the weights exist)."""
-        return {}
-
-    def __call__(self, x, training: bool = False):
-        return self.forward(x, training=training)
-
-    def to(self, xp):
-        """Move params, grads and buffers to the array module `xp` (numpy or cupy); returns self.
-
-        >>> layer = Linear(3, 2, rng=np.random.default_rng(0)).to(np)
-        >>> type(layer.params["weight"]).__name__
-        'ndarray'
-        """
-        for attr in ("params", "grads", "buffers"):
-            setattr(self, attr, {k: xp.asarray(v) for k, v in getattr(self, attr).items()})
-        self._cache = None
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-        return f"{type(self).__name__}({args})"
-
-    def _start(self, training, cache) -> None:
-        """Check the mode flag and keep what backward needs."""
-        pooling.check_flag(training, "training")
-        self._cache = cache
-
-    def _saved(self):
-        if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        return self._cache
-
-
 def _check_rank(layer: Layer, x, ranks, data_format: str) -> None:
     """x a float array with a batch axis, a channel axis and len(S) in `ranks` (None: any)."""
     _args.float_array(x, "x")
@@ -227,6 +165,16 @@ def _check_rank(layer: Layer, x, ranks, data_format: str) -> None:
         dims = " or ".join(map(str, ranks))
         raise ValueError(f"{layer!r} expects `x` of shape {layout} with {dims} spatial "
                          f"dimension(s); got shape {tuple(x.shape)}")
+
+
+def _weight_to_torch(w, rank: int):
+    """A channels_last kernel (*K, A, B) as PyTorch's (B, A, *K) (a view)."""
+    return w.transpose(rank + 1, rank, *range(rank))               # (B, A, *K)
+
+
+def _weight_from_torch(w, rank: int):
+    """PyTorch's (B, A, *K) as a channels_last kernel (*K, A, B) (a view)."""
+    return w.transpose(*range(2, rank + 2), 1, 0)                  # (*K, A, B)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,10 +243,17 @@ class Conv(Layer):
                     kernel_size=self.kernel_size, **self.kw, bias=self.has_bias,
                     dtype=self.dtype.name)
 
+    _fold = _folded_bn = _fold_out = None       # set by eval() (Layer.eval)
+
     def forward(self, x, training: bool = False):
         _check_rank(self, x, (self.rank,), self.kw["data_format"])
         F.check_channels(x, self.in_channels, self.kw["data_format"], repr(self))
         self._start(training, x)
+        if self._fold is not None and self._cache is None:
+            y = self._fold_out = convolution.conv(x, *self._fold, **self.kw)
+            return y                                               # batch norm included
+        if self._fold is not None:
+            self._unfold()                                         # weights may change now
         return convolution.conv(x, self.params["weight"], self.params.get("bias"), **self.kw)
 
     def backward(self, dy):
@@ -306,6 +261,39 @@ class Conv(Layer):
                                                bias=self.has_bias, **self.kw)
         self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
+
+    def _to_torch(self, key: str, array):
+        return _weight_to_torch(array, self.rank) if self._kernel_last(key) else array
+
+    def _from_torch(self, key: str, array):
+        return _weight_from_torch(array, self.rank) if self._kernel_last(key) else array
+
+    def _kernel_last(self, key: str) -> bool:
+        return key == "weight" and self.kw["data_format"] == "channels_last"
+
+    def _fold_batch_norm(self, bn) -> None:
+        """Fold `bn`, the layer after this one, into this one's weights for evaluation-mode
+        forwards (`Layer.eval`); nothing when bn is not a BatchNorm of out_channels in the
+        same layout."""
+        if (isinstance(bn, BatchNorm) and bn.num_features == self.out_channels
+                and bn.data_format == self.kw["data_format"]):
+            self._unfold()
+            self._folded_bn, bn._folded_into = bn, self
+            self._refold_batch_norm()
+
+    def _refold_batch_norm(self) -> None:
+        bn = self._folded_bn
+        if bn is not None:
+            axis = -1 if self.kw["data_format"] == "channels_last" else 0
+            self._fold = F.fold_batch_norm(
+                self.params["weight"], self.params.get("bias"), bn.params["weight"],
+                bn.params["bias"], bn.buffers["running_mean"], bn.buffers["running_var"],
+                eps=bn.eps, axis=axis)
+
+    def _unfold(self) -> None:
+        if self._folded_bn is not None:
+            self._folded_bn._folded_into = None
+        self._fold = self._folded_bn = self._fold_out = None
 
 
 class Conv1d(Conv):
@@ -383,6 +371,15 @@ class ConvTranspose(Layer):
                                                          bias=self.has_bias, **self.kw)
         self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
+
+    def _to_torch(self, key: str, array):
+        return _weight_to_torch(array, self.rank) if self._kernel_last(key) else array
+
+    def _from_torch(self, key: str, array):
+        return _weight_from_torch(array, self.rank) if self._kernel_last(key) else array
+
+    def _kernel_last(self, key: str) -> bool:
+        return key == "weight" and self.kw["data_format"] == "channels_last"
 
 
 class ConvTranspose1d(ConvTranspose):
@@ -529,6 +526,65 @@ class GlobalAvgPool(Layer):
         return pooling.global_avg_pool_backward(dy, self._saved(), data_format=self.data_format)
 
 
+class AdaptiveAvgPool(Layer):
+    """PyTorch's adaptive average pooling to a fixed output size, any rank
+    (`functional.adaptive_avg_pool`; AdaptiveAvgPool1d/2d/3d check the rank): output cell i of
+    a dimension averages inputs floor(i * S / P) <= s < ceil((i + 1) * S / P).
+
+    >>> AdaptiveAvgPool2d((7, 7))(np.zeros((2, 13, 13, 8))).shape        # (N, H, W, C)
+    (2, 7, 7, 8)
+    """
+
+    rank: int | None = None                     # fixed by AdaptiveAvgPool1d/2d/3d
+
+    def __init__(self, output_size, *, data_format: str = "channels_last") -> None:
+        size = _frozen(output_size)
+        if not (_args.is_int(size) or (isinstance(size, tuple) and size)):
+            raise TypeError(f"`output_size` must be an int or a tuple of ints (None keeps a "
+                            f"size); got {output_size!r}")
+        if isinstance(size, tuple) and self.rank is not None and len(size) != self.rank:
+            raise ValueError(f"{type(self).__name__} takes an `output_size` of {self.rank} "
+                             f"sizes; got {output_size!r}")
+        for v in size if isinstance(size, tuple) else (size,):
+            if v is not None and not (_args.is_int(v) and v >= 1):
+                raise ValueError(f"`output_size` entries must be ints >= 1 or None; got "
+                                 f"{output_size!r}")
+        self.output_size = size
+        self.data_format = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+        super().__init__()
+
+    def config(self) -> dict:
+        return dict(output_size=self.output_size, data_format=self.data_format)
+
+    def forward(self, x, training: bool = False):
+        _check_rank(self, x, self.rank and (self.rank,), self.data_format)
+        self._start(training, x.shape)
+        return F.adaptive_avg_pool(x, self.output_size, data_format=self.data_format)
+
+    def backward(self, dy):
+        return F.adaptive_avg_pool_backward(dy, self._saved(), self.output_size,
+                                            data_format=self.data_format)
+
+
+class AdaptiveAvgPool1d(AdaptiveAvgPool):
+    """`AdaptiveAvgPool` for x (N, L, C) / (N, C, L)."""
+
+    rank = 1
+
+
+class AdaptiveAvgPool2d(AdaptiveAvgPool):
+    """`AdaptiveAvgPool` for x (N, H, W, C) / (N, C, H, W): torchvision's ResNet ends with
+    AdaptiveAvgPool2d((1, 1)), its VGG with AdaptiveAvgPool2d((7, 7))."""
+
+    rank = 2
+
+
+class AdaptiveAvgPool3d(AdaptiveAvgPool):
+    """`AdaptiveAvgPool` for x (N, D, H, W, C) / (N, C, D, H, W)."""
+
+    rank = 3
+
+
 # ---------------------------------------------------------------------------------------------
 # Linear and reshaping
 # ---------------------------------------------------------------------------------------------
@@ -573,9 +629,35 @@ class Linear(Layer):
         self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
 
+    def _to_torch(self, key: str, array):
+        return array.T if key == "weight" else array               # (out_features, in_features)
+
+    _from_torch = _to_torch
+
 
 class Flatten(Layer):
-    """(N, ...) -> (N, prod(...)), in the input's memory order (C order)."""
+    """(N, ...) -> (N, prod(...)).
+
+    data_format None flattens in the input's memory order (C order). "channels_last" flattens
+    an (N, *S, C) input in PyTorch's order for the same data, (C, *S), so that a Linear after it
+    takes PyTorch's weights unchanged (torchvision's VGG flattens a 7x7x512 map that way);
+    "channels_first" is the memory order of an (N, C, *S) input.
+
+    >>> x = np.arange(4.0).reshape(1, 2, 1, 2)                       # (N, H, W, C)
+    >>> Flatten()(x), Flatten(data_format="channels_last")(x)
+    (array([[0., 1., 2., 3.]]), array([[0., 2., 1., 3.]]))
+    """
+
+    def __init__(self, *, data_format: str | None = None) -> None:
+        self.data_format = None if data_format is None else _args.choice(
+            data_format, _args.DATA_FORMATS, "data_format")
+        super().__init__()
+
+    def config(self) -> dict:
+        return {} if self.data_format is None else dict(data_format=self.data_format)
+
+    def _channels_moved(self, ndim: int) -> bool:
+        return self.data_format == "channels_last" and ndim > 2
 
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
@@ -583,6 +665,8 @@ class Flatten(Layer):
             raise ValueError(f"Flatten expects `x` with a batch axis and at least one more; got "
                              f"shape {tuple(x.shape)}")
         self._start(training, x.shape)
+        if self._channels_moved(x.ndim):
+            x = _backend.namespace(x).moveaxis(x, -1, 1)            # (N, C, *S), a view
         return x.reshape(x.shape[0], -1)                           # (N, prod(...))
 
     def backward(self, dy):
@@ -591,6 +675,9 @@ class Flatten(Layer):
         if dy.shape != (shape[0], math.prod(shape[1:])):
             raise ValueError(f"`dy` must have shape {(shape[0], math.prod(shape[1:]))}; got "
                              f"{tuple(dy.shape)}")
+        if self._channels_moved(len(shape)):
+            dx = dy.reshape(shape[0], shape[-1], *shape[1:-1])     # (N, C, *S)
+            return _backend.namespace(dy).moveaxis(dx, 1, -1)      # (N, *S, C), a view
         return dy.reshape(shape)                                   # like x
 
 
@@ -725,16 +812,33 @@ class BatchNorm(Layer):
         return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum,
                     data_format=self.data_format, dtype=self.dtype.name)
 
+    _folded_into = None                         # the Conv that eval() folded this layer into
+
     def forward(self, x, training: bool = False):
         _check_rank(self, x, self.ranks, self.data_format)
         F.check_channels(x, self.num_features, self.data_format, repr(self))
         self._start(training, (x, bool(training)))
+        if self._folded_into is not None:
+            if not training and self._cache is None:
+                return self._folded(x)
+            self._folded_into._unfold()                            # weights may change now
         if not training:
             return self._normalize(x, False, 0.0)
         count = self.buffers["num_batches_tracked"]
         count += 1                                                 # in place: views stay valid
         momentum = 1 / float(count) if self.momentum is None else self.momentum
         return self._normalize(x, True, momentum)
+
+    def _folded(self, x):
+        """x itself: the folded convolution before this layer normalized it already."""
+        conv = self._folded_into
+        if x is not conv._fold_out:
+            raise RuntimeError(
+                f"{self!r} was folded into the convolution before it by eval(), but its input "
+                f"is not that convolution's output: this forward does not feed one into the "
+                f"other; call model.train() to undo the folding")
+        conv._fold_out = None
+        return x
 
     def _normalize(self, x, training: bool, momentum: float):
         y, mean, var = F.batch_norm(x, self.params["weight"], self.params["bias"],
@@ -774,69 +878,9 @@ class BatchNorm3d(BatchNorm):
     ranks = (3,)
 
 
-# ---------------------------------------------------------------------------------------------
-# Containers
-# ---------------------------------------------------------------------------------------------
-
-
-class Sequential(Layer):
-    """Layers applied in order; backward runs them in reverse.
-
-    `params`, `grads` and `buffers` gather the layers' dicts under keys "i.name" (the layer's
-    index, then its own key: "0.weight", "3.running_mean"), as PyTorch's Sequential names its
-    state_dict; the arrays are the layers' own, so an optimizer stepping `model.params` updates
-    the layers.
-    """
-
-    def __init__(self, *layers: Layer) -> None:
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"Sequential takes Layer instances; argument {i} is "
-                                f"{type(layer).__name__}")
-        self.layers = tuple(layers)
-        self._cache = None
-
-    def _gather(self, attr: str) -> dict:
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
-                for k, v in getattr(layer, attr).items()}
-
-    params = property(lambda self: self._gather("params"), doc="All layers' params.")
-    grads = property(lambda self: self._gather("grads"), doc="All layers' grads.")
-    buffers = property(lambda self: self._gather("buffers"), doc="All layers' buffers.")
-
-    def to(self, xp):
-        """Move every layer's arrays to the array module `xp` (numpy or cupy); returns self."""
-        for layer in self.layers:
-            layer.to(xp)
-        return self
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __getitem__(self, i: int) -> Layer:
-        return self.layers[i]
-
-    def __iter__(self):
-        return iter(self.layers)
-
-    def __repr__(self) -> str:
-        inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
-        return f"Sequential(\n{inner}\n)"
-
-    def forward(self, x, training: bool = False):
-        pooling.check_flag(training, "training")
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
-        return x
-
-    def backward(self, dy):
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
-        return dy
-
-
 LAYERS = {cls.__name__: cls for cls in (
-    AvgPool, AvgPool1d, AvgPool2d, AvgPool3d, BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d,
+    AdaptiveAvgPool, AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, Add, Concat,
+    Identity, ZeroPad, AvgPool, AvgPool1d, AvgPool2d, AvgPool3d, BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d,
     Conv, Conv1d, Conv2d, Conv3d, ConvTranspose, ConvTranspose1d, ConvTranspose2d,
     ConvTranspose3d, Dropout, Flatten, GlobalAvgPool, LeakyReLU, Linear, MaxPool, MaxPool1d,
     MaxPool2d, MaxPool3d, ReLU, Sequential, Sigmoid, Tanh)}
