@@ -1,8 +1,11 @@
 """Model files: an exact round trip for every layer type, no pickle, and a clear ValueError (with
 nothing overwritten) for corrupt, foreign or mismatched files."""
 
+import io
 import json
 import os
+import time
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -125,7 +128,7 @@ BAD_FILES = [
     ("foreign-npz", lambda p: np.savez(p, x_train=np.ones(3)),
      "an .npz without the '__npconv_model__' entry"),
     ("pickled", lambda p: np.savez(p, __npconv_model__=np.array([{"a": 1}], dtype=object)),
-     "corrupt npconv model file"),
+     "holds Python objects .*never pickles"),
     ("bad-json", lambda p: np.savez(p, __npconv_model__=np.array("{not json")),
      "corrupt npconv model file"),
     ("other-format", lambda p: write(p, header=spec(format="keras")), "format"),
@@ -180,7 +183,7 @@ def test_truncated_and_damaged_files(tmp_path):
     damaged = bytearray(good)
     damaged[200:230] = b"x" * 30                                   # inside the first member
     (tmp_path / "bad.npz").write_bytes(bytes(damaged))
-    with pytest.raises(ValueError, match="corrupt npconv model file"):
+    with pytest.raises(ValueError, match=r"corrupt member .*Bad CRC-32"):
         nn.load(tmp_path / "bad.npz")
 
 
@@ -250,3 +253,100 @@ def test_version_1_files_load_with_the_new_names(tmp_path):
         assert json.loads(str(npz["__npconv_model__"]))["version"] == 2
     target = nn.load(DATA / "model_v1.npz")
     nn.load_weights(target, DATA / "model_v1.npz")               # the converted spec matches
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile files: checked before anything is allocated, one ValueError naming the file
+# ---------------------------------------------------------------------------------------------
+
+
+def npy_bytes(a=None, *, header=None, tail=b"") -> bytes:
+    """An .npy of `a`, or an .npy header declaring `header` followed by `tail`."""
+    f = io.BytesIO()
+    if header is None:
+        np.save(f, a)
+    else:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(tail)
+    return f.getvalue()
+
+
+def linear_header(d: int, f: int, nest: int = 0) -> bytes:
+    model = {"type": "Linear", "config": {"in_features": d, "out_features": f}}
+    for _ in range(nest):
+        model = {"type": "Sequential", "layers": [model]}
+    header = {"format": "npconv.model", "version": 2, "model": model, "metadata": {}}
+    return npy_bytes(np.array(json.dumps(header)))
+
+
+def write_zip(path, members: dict) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+SMALL = {"params/weight.npy": npy_bytes(np.zeros((3, 2), np.float32)),
+         "params/bias.npy": npy_bytes(np.zeros(2, np.float32))}
+
+HOSTILE = [
+    ("declares-Linear(20000, 10000)", lambda: {"__npconv_model__.npy": linear_header(
+        20000, 10000), **SMALL}, r"params/weight must be float32 of shape \(20000, 10000\); got "
+     r"float32 of shape \(3, 2\)"),
+    ("declares-Linear(2**20, 2**20)", lambda: {"__npconv_model__.npy": linear_header(
+        2**20, 2**20), **SMALL}, r"shape \(1048576, 1048576\); got float32 of shape \(3, 2\)"),
+    ("declares-Linear(2**40, 2**40)", lambda: {"__npconv_model__.npy": linear_header(
+        2**40, 2**40), **SMALL}, r"invalid architecture: invalid Linear config .*: an array of shape \(1099511627776, "
+     r"1099511627776\) is too large for any machine"),
+    ("member-declares-2**40", lambda: {"__npconv_model__.npy": linear_header(3, 2), **SMALL,
+                                       "params/weight.npy": npy_bytes(header={
+                                           "descr": "<f4", "fortran_order": False,
+                                           "shape": (2**40,)}, tail=b"\0" * 1000)},
+     r"params/weight: declares shape \(1099511627776,\) of float32 \(4398046511104 bytes of "
+     r"data\) but holds 1000 bytes"),
+    ("member-not-npy", lambda: {"__npconv_model__.npy": linear_header(3, 2), **SMALL,
+                                "params/bias": b"not an array"},
+     "member 'params/bias' is not an .npy array"),
+    ("member-bad-magic", lambda: {"__npconv_model__.npy": linear_header(3, 2), **SMALL,
+                                  "params/bias.npy": b"\x93NUMPY garbage"},
+     "params/bias: not an .npy array"),
+    ("member-pickled", lambda: {"__npconv_model__.npy": linear_header(3, 2), **SMALL,
+                                "params/bias.npy": npy_bytes(np.array([{}], dtype=object))},
+     "params/bias: holds Python objects"),
+    ("400-nested-Sequentials", lambda: {"__npconv_model__.npy": linear_header(3, 2, nest=400),
+                                        **SMALL}, "Sequentials nested more than 64 deep"),
+    ("header-not-a-string", lambda: {"__npconv_model__.npy": npy_bytes(np.zeros(3)), **SMALL},
+     "the header is float64 of shape \\(3,\\), not a JSON string"),
+    ("deeply-nested-json", lambda: {"__npconv_model__.npy": npy_bytes(np.array(
+        "[" * 100000 + "]" * 100000)), **SMALL}, "header: RecursionError"),
+]
+
+
+@pytest.mark.parametrize("name, members, match", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_files_fail_fast_without_allocating(tmp_path, name, members, match):
+    """Before the fix: Linear(20000, 10000) in a 1 KB file cost seconds and gigabytes before its
+    ValueError, 2**20 x 2**20 and a member declaring (2**40,) a MemoryError, a non-.npy member
+    an AttributeError, 400 nested Sequentials a RecursionError."""
+    path = tmp_path / "model.npz"
+    write_zip(path, members())
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ValueError, match=match) as info:
+            nn.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value)
+    assert peak < 8 << 20 and time.perf_counter() - start < 2.0, (peak, name)
+
+
+def test_load_reads_each_array_once_without_drawing_weights(tmp_path, monkeypatch):
+    """A legitimate file: the architecture is built in nn.init.meta() (nothing drawn), then
+    the stored arrays are the model's own."""
+    model = nn.Sequential(nn.Linear(300, 200, rng=R(0)), nn.BatchNorm1d(200))
+    path = nn.save(model, tmp_path / "m.npz")
+    monkeypatch.setattr(nn.init, "kaiming_uniform", None)          # any draw would fail
+    again = nn.load(path)
+    assert again[0].params["weight"].flags.writeable
+    np.testing.assert_array_equal(again[0].params["weight"], model[0].params["weight"])
+    assert again[0].grads["weight"].shape == (300, 200) and not again[0].grads["weight"].any()

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npconv import _args
+from npconv import _args, _npyfile
 from npconv._config import config, cpu_count
 from npconv.nn import layers as L
 from npconv.nn.losses import softmax_cross_entropy
@@ -433,14 +433,14 @@ def _source(src):
         path = Path(src)
         if not path.is_file():
             raise FileNotFoundError(f"`src` file not found: {path}")
-        head = np.load(path, mmap_mode="r")
-        if not isinstance(head, np.ndarray):
-            raise ValueError(f"`src` must be an .npy file of images; got {path}")
+        with open(path, "rb") as f:                # its header checked against its size
+            shape, _, _ = _npyfile.read_header(f, os.fstat(f.fileno()).st_size,
+                                               f"`src` {path}: must be an .npy file of images")
 
         def read(a, b):                  # a fresh map per chunk: its pages leave with it
             return np.load(path, mmap_mode="r")[a:b]
 
-        return head.shape, read
+        return shape, read
     if not isinstance(src, np.ndarray):
         raise TypeError(f"`src` must be an .npy path, a numpy.memmap or an ndarray; got "
                         f"{type(src).__name__}")

@@ -17,10 +17,17 @@ for a transposed convolution, whose weight holds F/G outputs per input channel, 
 `default_parameters` is what Conv*, ConvTranspose* and Linear layers draw when no `init` is named:
 PyTorch's `reset_parameters`, a weight from kaiming_uniform with a = sqrt(5), which is
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and a bias from the same interval.
+
+Inside `with meta():` layers are built without memory (PyTorch's meta device): every array a
+layer makes through `default_parameters`, `full` and `zeros_like` is a read-only zero-stride
+placeholder of the right shape and dtype, and nothing is drawn. `npconv.nn.load` builds a file's
+architecture this way to check its shapes against the stored arrays before allocating anything.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
@@ -31,17 +38,63 @@ __all__ = [
     "INITIALIZERS",
     "default_generator",
     "default_parameters",
+    "full",
     "generator",
     "get",
+    "is_meta",
     "kaiming_normal",
     "kaiming_uniform",
     "manual_seed",
+    "meta",
     "xavier_normal",
     "xavier_uniform",
     "zeros",
+    "zeros_like",
 ]
 
 _default: np.random.Generator | None = None
+_meta = contextvars.ContextVar("npconv_nn_meta", default=False)
+
+
+@contextlib.contextmanager
+def meta():
+    """Build layers without memory inside this block: their params, grads and buffers are
+    read-only zero-stride placeholders of the right shapes and dtypes (to be replaced before
+    use), and no random numbers are drawn.
+
+    >>> from npconv import nn
+    >>> with meta():
+    ...     big = nn.Linear(2**20, 2**20)                            # 4 TiB if it were real
+    >>> big.params["weight"].shape, big.params["weight"].strides
+    ((1048576, 1048576), (0, 0))
+    """
+    token = _meta.set(True)
+    try:
+        yield
+    finally:
+        _meta.reset(token)
+
+
+def is_meta() -> bool:
+    """True inside `meta()`: a layer or model that initializes its own weights draws nothing."""
+    return _meta.get()
+
+
+def _placeholder(shape, dtype) -> np.ndarray:
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    if math.prod(shape) * np.dtype(dtype).itemsize >= 2**63:
+        raise ValueError(f"an array of shape {shape} is too large for any machine")
+    return np.broadcast_to(np.zeros((), dtype), shape)                    # (*shape), no memory
+
+
+def full(shape, value, dtype) -> np.ndarray:
+    """np.full(shape, value, dtype), or its placeholder inside `meta()`."""
+    return _placeholder(shape, dtype) if _meta.get() else np.full(shape, value, dtype)
+
+
+def zeros_like(a) -> np.ndarray:
+    """np.zeros_like(a), or a placeholder inside `meta()`."""
+    return _placeholder(a.shape, a.dtype) if _meta.get() else np.zeros_like(a)
 
 
 def default_generator() -> np.random.Generator:
@@ -161,7 +214,10 @@ def default_parameters(weight_shape, bias_shape, fan_in: int, fan_out: int, *,
     >>> bool(np.abs(p["weight"]).max() <= 1 / 3), p["bias"].shape
     (True, (8,))
     """
-    rng = generator(rng)
+    initializer, rng = None if init is None else get(init), generator(rng)
+    if _meta.get():
+        shapes = {"weight": weight_shape, "bias": bias_shape}
+        return {k: _placeholder(v, dtype) for k, v in shapes.items() if v is not None}
     if init is None:
         weight = kaiming_uniform(weight_shape, fan_in, fan_out, a=math.sqrt(5), rng=rng,
                                  dtype=dtype)
@@ -169,6 +225,6 @@ def default_parameters(weight_shape, bias_shape, fan_in: int, fan_out: int, *,
         bias = None if bias_shape is None else \
             rng.uniform(-bound, bound, size=bias_shape).astype(dtype)              # (F,)
     else:
-        weight = get(init)(weight_shape, fan_in, fan_out, rng=rng, dtype=dtype)
+        weight = initializer(weight_shape, fan_in, fan_out, rng=rng, dtype=dtype)
         bias = None if bias_shape is None else np.zeros(bias_shape, dtype)          # (F,)
     return {"weight": weight} if bias is None else {"weight": weight, "bias": bias}

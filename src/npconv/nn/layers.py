@@ -802,11 +802,12 @@ class BatchNorm(Layer):
                                                                 closed_high=True)
         self.data_format = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
         self.dtype = _float_dtype(dtype)
+        full = initializers.full                                   # placeholders in meta()
         super().__init__(
-            params=dict(weight=np.ones(c, self.dtype), bias=np.zeros(c, self.dtype)),  # (C,)
-            buffers=dict(running_mean=np.zeros(c, self.dtype),                     # (C,)
-                         running_var=np.ones(c, self.dtype),                       # (C,)
-                         num_batches_tracked=np.zeros((), np.int64)))              # ()
+            params=dict(weight=full(c, 1, self.dtype), bias=full(c, 0, self.dtype)),  # (C,)
+            buffers=dict(running_mean=full(c, 0, self.dtype),                      # (C,)
+                         running_var=full(c, 1, self.dtype),                       # (C,)
+                         num_batches_tracked=full((), 0, np.int64)))               # ()
 
     def config(self) -> dict:
         return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum,

@@ -41,6 +41,7 @@ import contextlib
 import functools
 import inspect
 import itertools
+import json
 import weakref
 from collections import namedtuple
 from contextvars import ContextVar
@@ -48,6 +49,7 @@ from contextvars import ContextVar
 import numpy as np
 
 from npconv import _backend, pooling
+from npconv.nn import init as initializers
 
 __all__ = [
     "MODULES",
@@ -310,7 +312,7 @@ class Layer:
 
     def __init__(self, params: dict | None = None, buffers: dict | None = None) -> None:
         self.params = dict(params or {})
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}  # like params
+        self.grads = {k: initializers.zeros_like(v) for k, v in self.params.items()}
         self.buffers = dict(buffers or {})
         self._cache = None
 
@@ -678,6 +680,59 @@ class Module(Layer):
                 layer.grads = {k: _backend.namespace(v).zeros_like(v)
                                for k, v in layer.params.items()}
         return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# Model files: a Module by its class, config() and its children's specs
+# ---------------------------------------------------------------------------------------------
+
+
+def module_spec(module: Module, layer_spec) -> dict:
+    """{"type": "Module", "class": ..., "config": ..., "children": {name: spec}} for
+    `npconv.nn.save`; `layer_spec` describes the children. TypeError when the class could not
+    be rebuilt: defined inside a function, or config() missing constructor arguments."""
+    cls = type(module)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    config = module.config()
+    try:
+        inspect.signature(cls).bind(**config)
+        ok = "<locals>" not in cls.__qualname__
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(
+            f"{name} cannot be saved by architecture: a saved Module is rebuilt as "
+            f"cls(**config()), so its class must be defined at module level and its config() "
+            f"must return the constructor's arguments (got {config!r:.100}); or save the "
+            f"weights alone: npconv.io.save(path, model.state_dict())")
+    return {"type": "Module", "class": name, "config": config,
+            "children": {k: layer_spec(child) for k, child in module.named_children()}}
+
+
+def build_module(spec: dict, build, layer_spec) -> Module:
+    """The Module of a `module_spec` (its class must be defined in this process: nothing is
+    imported by name), its children rebuilt with `build` where their specs differ from
+    `layer_spec` of the ones its constructor makes (a replaced head); ValueError for anything
+    unknown or invalid."""
+    cls, config, children = MODULES.get(spec.get("class")), spec.get("config"), \
+        spec.get("children")
+    if cls is None:
+        raise ValueError(f"unknown Module class {spec.get('class')!r:.100}: define (import) it "
+                         f"before loading; known: {sorted(MODULES)[:20]}")
+    if not isinstance(config, dict) or not isinstance(children, dict):
+        raise ValueError(f"a Module spec needs a dict under 'config' and one under 'children'; "
+                         f"got {config!r:.100}, {children!r:.100}")
+    rng = {"rng": np.random.default_rng(0)} if "rng" in inspect.signature(cls).parameters \
+        else {}
+    try:
+        module = cls(**config, **rng)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"invalid {cls.__name__} config {config!r:.200}: {e}") from e
+    for name, child_spec in children.items():
+        current = module._children.get(name) if isinstance(name, str) else None
+        if current is None or child_spec != json.loads(json.dumps(layer_spec(current))):
+            setattr(module, str(name), build(child_spec))
+    return module
 
 
 class Sequential(Module):

@@ -2,7 +2,7 @@
 
 - `npconv.training.data`: seeds (`seed_streams`), the data splits of the `npconv` commands
   (`load_data`, `DataSplits`), batch order (`batch_indices`), augmentation (`random_shift`) and
-  images read for prediction (`read_images`, `prepare_images`);
+  images read for prediction (`read_images`, `prepare_images`, `out_of_range`);
 - `npconv.training.builders`: the default digits CNN (`digits_cnn`) and `make_optimizer`;
 - `npconv.training.loop`: `fit`, the epoch loop it shares with `npconv.distributed.fit`
   (`run_epochs`, `train_step`), `evaluate`, `predict_logits`, `predict_proba`;
@@ -19,6 +19,7 @@ from npconv.training.data import (
     DataSplits,
     batch_indices,
     load_data,
+    out_of_range,
     prepare_images,
     random_shift,
     read_images,
@@ -52,6 +53,7 @@ __all__ = [
     "fit",
     "load_data",
     "make_optimizer",
+    "out_of_range",
     "plot_history",
     "predict_logits",
     "predict_proba",

@@ -7,17 +7,19 @@ seed gives the same data split, weights, batch order and therefore the same run.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from npconv import _args, _backend, datasets
+from npconv import _args, _backend, _npyfile, datasets
 
 __all__ = [
     "DataSplits",
     "batch_indices",
     "load_data",
+    "out_of_range",
     "prepare_images",
     "random_shift",
     "read_images",
@@ -52,13 +54,26 @@ class DataSplits:
                 f"{len(self.y_test)} test")
 
 
+MAX_CLASSES = 100_000      # the classifier gets one output per class up to the largest label
+
+
+def _check_classes(y, source) -> None:
+    """Labels in [0, MAX_CLASSES), so that one absurd label cannot size the classifier."""
+    if y.size and (y.min() < 0 or y.max() >= MAX_CLASSES):
+        bad = y[(y < 0) | (y >= MAX_CLASSES)]
+        raise ValueError(f"{source}: labels must be in [0, {MAX_CLASSES}) (the classifier "
+                         f"gets one output per class up to the largest label); got "
+                         f"{bad.size} outside, e.g. {int(bad[0])}")
+
+
 def load_data(path=None, *, rng: np.random.Generator, test_fraction: float = 0.2,
               val_fraction: float = 0.1) -> DataSplits:
     """The embedded 8x8 digits (path None), split into train / validation / test by `rng`; or
     MNIST / Fashion-MNIST files at `path` (an IDX directory or an .npz), whose own test set is
     kept and whose training set gives the validation split.
 
-    The test split is drawn first, so it depends on the seed and test_fraction only.
+    The test split is drawn first, so it depends on the seed and test_fraction only. Labels
+    must lie in [0, MAX_CLASSES); each fraction must leave both sets of its split non-empty.
     """
     if path is None:
         x, y = datasets.load_digits()                              # (1797, 8, 8, 1), (1797,)
@@ -69,6 +84,9 @@ def load_data(path=None, *, rng: np.random.Generator, test_fraction: float = 0.2
         x_tr, y_tr = datasets.load_mnist(path, kind="train")      # (N, 28, 28, 1), (N,)
         x_te, y_te = datasets.load_mnist(path, kind="test")
         name, pixel_max = Path(path).name or str(path), 255.0
+        _check_classes(y_tr, path)
+        _check_classes(y_te, path)
+    datasets.check_fraction(val_fraction, len(y_tr), "val_fraction")
     x_tr, x_va, y_tr, y_va = datasets.train_test_split(x_tr, y_tr, test_fraction=val_fraction,
                                                        rng=rng)
     return DataSplits(name, x_tr, y_tr, x_va, y_va, x_te, y_te, pixel_max)
@@ -108,42 +126,86 @@ def random_shift(x, rng: np.random.Generator, *, max_shift: int = 1):
 
 
 def read_images(path) -> np.ndarray:
-    """The array stored at `path`: .npy, .npz (key "x", or its only array) or an IDX file."""
+    """The array stored at `path`: .npy, .npz (key "x", or its only array) or an IDX file
+    (gzipped or not).
+
+    Every file is read header first, its declared shape checked against the bytes that hold it
+    before anything is allocated. FileNotFoundError for a missing path; ValueError naming the
+    file for a directory, a file that is not what its name says (not an .npy, a pickle), a
+    damaged (bad CRC) or truncated one.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return _npyfile.read_npy(path)
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            if "x" in npz.files or len(npz.files) == 1:
-                return npz["x" if "x" in npz.files else npz.files[0]]
-            raise ValueError(f"{path}: an .npz of images needs a key 'x' or a single array; "
-                             f"found keys {sorted(npz.files)}")
+        return _npz_images(path)
     return datasets.load_idx(path)
 
 
+def _npz_images(path: Path) -> np.ndarray:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, *_npyfile.READ_ERRORS) as e:
+        raise ValueError(f"{path}: not an .npz archive, or a truncated one ({e})") from None
+    with zf:
+        members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
+        if "x" not in members and len(members) != 1:
+            raise ValueError(f"{path}: an .npz of images needs a key 'x' or a single array; "
+                             f"found keys {sorted(members)}")
+        key = "x" if "x" in members else next(iter(members))
+        return _npyfile.read_member(zf, members[key], f"{path}: {key}")
+
+
 def prepare_images(a, input_shape, pixel_max: float) -> np.ndarray:
-    """Images as the model wants them: float32 (N, *input_shape).
+    """Images as the model wants them: float32 (N, *input_shape), N >= 1, every pixel finite.
 
     Accepts (N, *input_shape), one image (*input_shape), and both without the channel axis when
     it is 1; integer pixels are divided by `pixel_max` (16 for the digits, 255 for MNIST),
-    float pixels are taken as already scaled.
+    float pixels are taken as already scaled. NaN or infinite pixels are a ValueError: a model
+    has no meaningful answer for them.
+
+    >>> prepare_images(np.full((2, 8, 8), 16, np.uint8), (8, 8, 1), 16.0).shape
+    (2, 8, 8, 1)
     """
     shape = tuple(input_shape)
     if not isinstance(a, np.ndarray) or not (np.issubdtype(a.dtype, np.integer)
                                              or np.issubdtype(a.dtype, np.floating)):
         raise TypeError(f"images must be an integer or float array; got "
                         f"{getattr(a, 'dtype', type(a).__name__)}")
-    forms = {shape: True, shape[:-1]: True} if shape[-1] == 1 else {shape: True}
+    forms = [shape, shape[:-1]] if shape[-1] == 1 else [shape]
     if a.shape[1:] in forms:
         x = a.reshape(a.shape[0], *shape)                          # (N, *input_shape)
     elif a.shape in forms:
         x = a.reshape(1, *shape)                                   # (1, *input_shape)
     else:
-        accepted = ", ".join(f"(N, {', '.join(map(str, f))})" for f in forms)
-        raise ValueError(f"images must have shape {accepted} or one image without N; got "
-                         f"{a.shape}")
-    if np.issubdtype(a.dtype, np.integer):
-        return (x / pixel_max).astype(np.float32)
-    return x.astype(np.float32)
+        accepted = " or ".join(f"(N, {', '.join(map(str, f))})" for f in forms)
+        raise ValueError(f"images must have shape {accepted} (the model's input), or be one "
+                         f"such image; got {a.shape}")
+    if len(x) == 0:
+        raise ValueError(f"no images to predict: got shape {a.shape}")
+    x = (x / pixel_max).astype(np.float32) if np.issubdtype(a.dtype, np.integer) else \
+        x.astype(np.float32)                                       # (N, *input_shape)
+    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)          # (N,)
+    if bad.any():
+        raise ValueError(f"images must be finite: {int(bad.sum())} of {len(x)} hold NaN or "
+                         f"infinite pixels (the first is image {int(np.argmax(bad))})")
+    return x
+
+
+def out_of_range(x, low: float, high: float) -> str | None:
+    """A warning when the pixels of x lie far outside [low, high], the range of the training
+    images (more than that range's width beyond it: raw 0..255 pixels into a model trained on
+    0..1), else None.
+
+    >>> print(out_of_range(np.array([0.0, 255.0]), 0.0, 1.0))
+    pixel values span [0, 255], far outside the training images' [0, 1]
+    """
+    lo, hi, width = float(x.min()), float(x.max()), high - low
+    if lo < low - width or hi > high + width:
+        return f"pixel values span [{lo:g}, {hi:g}], far outside the training images' " \
+               f"[{low:g}, {high:g}]"
+    return None

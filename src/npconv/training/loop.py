@@ -90,6 +90,13 @@ def check_labelled(model: Layer, x, y, name: str = "") -> None:
     check_labels(y, len(y), n_classes)
 
 
+def _check_count(value, name: str) -> None:
+    if not _args.is_int(value):
+        raise TypeError(f"`{name}` must be an int >= 1; got {value!r}")
+    if value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1; got {value!r}")
+
+
 def _check_validation(model: Layer, validation) -> None:
     if not isinstance(validation, (tuple, list)) or len(validation) != 2:
         got = type(validation).__name__
@@ -102,11 +109,8 @@ def _check_validation(model: Layer, validation) -> None:
 def check_fit_args(model: Layer, x, y, validation, epochs, batch_size, schedule, rng,
                    optimizer) -> None:
     """Every argument of `fit` (and `npconv.distributed.fit`), each error naming it."""
-    for value, name in ((epochs, "epochs"), (batch_size, "batch_size")):
-        if not _args.is_int(value):
-            raise TypeError(f"`{name}` must be an int >= 1; got {value!r}")
-        if value < 1:
-            raise ValueError(f"`{name}` must be an int >= 1; got {value!r}")
+    _check_count(epochs, "epochs")
+    _check_count(batch_size, "batch_size")
     _args.choice(schedule, ("cosine", "constant"), "schedule")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"`rng` must be a numpy.random.Generator; got {type(rng).__name__}")
@@ -221,8 +225,10 @@ def fit(model: Layer, x, y, *, optimizer, epochs: int, batch_size: int,
 
 
 def predict_logits(model: Layer, x, *, batch_size: int = 512):
-    """Evaluation-mode outputs of `model` for x (N, ...), batch by batch -> (N, K)."""
+    """Evaluation-mode outputs of `model` for x (N, ...), batch_size images at a time ->
+    (N, K); (0, 0) for no images."""
     _args.float_array(x, "x")
+    _check_count(batch_size, "batch_size")
     xp = _backend.namespace(x)
     parts = [model.forward(x[i:i + batch_size], training=False)   # (B, K) each
              for i in range(0, len(x), batch_size)]
