@@ -147,7 +147,8 @@ def _padding(padding, kernel_size, stride, dilation):
                            dilation)
 
 
-def _float_dtype(dtype) -> np.dtype:
+def float_dtype(dtype) -> np.dtype:
+    """np.dtype of float16, float32 or float64; TypeError naming `dtype` otherwise."""
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -231,7 +232,7 @@ class Conv(Layer):
                                                "padding_mode")
         self.in_channels, self.out_channels, self.kernel_size = c, f, k
         self.rank, self.has_bias = len(k), pooling.check_flag(bias, "bias")
-        self.dtype = _float_dtype(dtype)
+        self.dtype = float_dtype(dtype)
         g, n = self.kw["groups"], math.prod(k)
         w_shape = (*k, c // g, f) if data_format == "channels_last" else (f, c // g, *k)
         super().__init__(initializers.default_parameters(
@@ -347,7 +348,7 @@ class ConvTranspose(Layer):
         self.kw["data_format"] = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
         self.in_channels, self.out_channels, self.kernel_size = c, f, k
         self.rank, self.has_bias = len(k), pooling.check_flag(bias, "bias")
-        self.dtype = _float_dtype(dtype)
+        self.dtype = float_dtype(dtype)
         g, n = self.kw["groups"], math.prod(k)
         w_shape = (*k, f // g, c) if data_format == "channels_last" else (c, f // g, *k)
         super().__init__(initializers.default_parameters(
@@ -606,7 +607,7 @@ class Linear(Layer):
         self.in_features = d = _positive_int(in_features, "in_features")
         self.out_features = f = _positive_int(out_features, "out_features")
         self.has_bias = pooling.check_flag(bias, "bias")
-        self.dtype = _float_dtype(dtype)
+        self.dtype = float_dtype(dtype)
         super().__init__(initializers.default_parameters(
             (d, f), (f,) if self.has_bias else None, d, f, init=init, rng=rng, dtype=self.dtype))
 
@@ -687,7 +688,16 @@ class Flatten(Layer):
 
 
 class ReLU(Layer):
-    """max(x, 0)."""
+    """max(x, 0). With inplace=True (PyTorch's argument), the result is written into x when
+    the running Module forward made x and nothing else uses it (`nn.can_overwrite`); never into
+    an array the caller passed in."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        self.inplace = pooling.check_flag(inplace, "inplace")
+        super().__init__()
+
+    def config(self) -> dict:
+        return dict(inplace=True) if self.inplace else {}
 
     def forward(self, x, training: bool = False):
         self._start(training, x)
@@ -801,7 +811,7 @@ class BatchNorm(Layer):
         self.momentum = None if momentum is None else F.real_in(momentum, 0.0, 1.0, "momentum",
                                                                 closed_high=True)
         self.data_format = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-        self.dtype = _float_dtype(dtype)
+        self.dtype = float_dtype(dtype)
         full = initializers.full                                   # placeholders in meta()
         super().__init__(
             params=dict(weight=full(c, 1, self.dtype), bias=full(c, 0, self.dtype)),  # (C,)

@@ -422,8 +422,9 @@ class Layer:
     def _state_items(self):
         """(name, array) of everything state_dict holds, own arrays first, then the children's
         under "child." prefixes, as PyTorch orders them (a shared layer under every name)."""
-        for k, v in (*self.params.items(), *self.buffers.items()):
-            yield k, self, k, v
+        if not isinstance(self, Module):                # a Module's dicts gather its children's
+            for k, v in (*self.params.items(), *self.buffers.items()):
+                yield k, self, k, v
         for name, child in self.named_children():
             for full, layer, key, v in child._state_items():
                 yield f"{name}.{full}", layer, key, v
@@ -441,6 +442,12 @@ class Layer:
         ((3, 3, 3, 8), (8, 3, 3, 3))
         """
         return {full: layer._to_torch(key, v) for full, layer, key, v in self._state_items()}
+
+    def named_grads(self) -> dict:
+        """The gradients of the last backward under state_dict's names and in PyTorch's
+        layouts (what torch leaves in each parameter's .grad)."""
+        return {full: layer._to_torch(key, layer.grads[key])
+                for full, layer, key, _ in self._state_items() if key in layer.grads}
 
     def load_state_dict(self, state_dict: dict, strict: bool = True) -> IncompatibleKeys:
         """Copy the arrays of `state_dict` (PyTorch's names and layouts, as `state_dict` gives
@@ -462,9 +469,9 @@ class Layer:
         if not isinstance(state_dict, dict):
             raise TypeError(f"`state_dict` must be a dict of arrays; got "
                             f"{type(state_dict).__name__}")
-        pybool = pooling.check_flag(strict, "strict")
+        strict = pooling.check_flag(strict, "strict")
         targets = {full: (layer, key, v) for full, layer, key, v in self._state_items()}
-        values, problems = _check_state(targets, state_dict, pybool)
+        values, problems = _check_state(targets, state_dict, strict)
         if problems:
             raise ValueError(f"load_state_dict: the state_dict does not fit "
                              f"{type(self).__name__}:\n  " + "\n  ".join(problems))

@@ -1,0 +1,141 @@
+"""npconv.models against the same networks in PyTorch (tests/torch_reference.py, torchvision's
+module names): state_dict keys, outputs in evaluation and training mode, running statistics,
+and the gradients with respect to the input and every parameter, in float64 (1e-10 relative)
+and float32 (1e-4), both layouts; weights moved both ways by name."""
+
+import numpy as np
+import pytest
+from helpers import rel_err
+from torch_reference import reference
+
+from npconv import models
+
+R = np.random.default_rng
+
+# builder -> (small-size keywords, input (N, C, H, W)); the torch reference takes the same
+# keywords (its own names for them)
+CASES = {
+    "resnet18": (dict(width=4), (2, 3, 36, 33)),
+    "resnet50": (dict(width=2), (2, 2, 36, 33)),
+    "vgg11": (dict(width=2, hidden=12, pool_size=2, dropout=0.0), (2, 3, 32, 32)),
+    "unet": (dict(width=2, depth=2), (2, 3, 13, 14)),
+}
+TORCH_KW = {"width": "width", "hidden": "hidden", "pool_size": "pool_size", "depth": "depth",
+            "dropout": "dropout", "bilinear": "bilinear", "width_mult": "width_mult"}
+
+
+def build(name, fmt="channels_last", dtype="float64", in_channels=None):
+    """(npconv model, its keywords, x (N, C, H, W)) with batch-norm statistics and affine
+    parameters drawn away from 1 and 0, so evaluation mode is not an identity."""
+    kw, shape = CASES[name]
+    model = getattr(models, name)(num_classes=5, in_channels=shape[1], data_format=fmt,
+                                  dtype=dtype, rng=R(0), **kw)
+    rng = R(1)
+    state = {}
+    for key, v in model.state_dict().items():
+        if key.endswith(("running_var", ".weight")) and v.ndim == 1:
+            state[key] = rng.uniform(0.5, 1.5, v.shape)
+        elif key.endswith(("running_mean", ".bias")) and v.ndim == 1:
+            state[key] = rng.uniform(-0.3, 0.3, v.shape)
+    model.load_state_dict(state, strict=False)
+    return model, kw, R(2).standard_normal(shape)
+
+
+def torch_twin(torch, name, model, kw, in_channels, dtype):
+    """The reference network with the npconv model's weights, in torch's dtype."""
+    tkw = {TORCH_KW[k]: v for k, v in kw.items()}
+    net = getattr(reference(torch), name)(5, in_channels=in_channels, **tkw)
+    net = net.double() if dtype == "float64" else net.float()
+    state = {k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}
+    net.load_state_dict(state, strict=True)
+    return net
+
+
+def to_fmt(x, fmt):
+    """(N, C, H, W) data in the model's layout."""
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1)) if fmt == "channels_last" else x
+
+
+def from_fmt(y, fmt):
+    """A model output in PyTorch's layout ((N, K) unchanged)."""
+    return np.moveaxis(y, -1, 1) if fmt == "channels_last" and y.ndim > 2 else y
+
+
+def compare(torch, name, fmt, dtype, tol):
+    model, kw, x = build(name, fmt, dtype)
+    x = x.astype(dtype)
+    net = torch_twin(torch, name, model, kw, x.shape[1], dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    # evaluation mode, folded (eval()) and not
+    y_eval = model.forward(to_fmt(x, fmt))
+    y_ref = net.eval()(xt).detach().numpy()
+    assert rel_err(from_fmt(y_eval, fmt), y_ref) < tol, "eval"
+    assert rel_err(from_fmt(model.eval().forward(to_fmt(x, fmt)), fmt), y_ref) < tol, "folded"
+    model.train()
+    # training mode: outputs, every gradient, running statistics
+    y = model.forward(to_fmt(x, fmt), training=True)
+    yt = net.train()(xt)
+    assert rel_err(from_fmt(y, fmt), yt.detach().numpy()) < tol, "train"
+    dy = R(3).standard_normal(yt.shape).astype(dtype)
+    dx = model.backward(to_fmt(dy, fmt) if dy.ndim > 2 else dy)
+    yt.backward(torch.from_numpy(dy))
+    assert rel_err(from_fmt(dx, fmt), xt.grad.numpy()) < tol, "dx"
+    grads = model.named_grads()
+    params = dict(net.named_parameters())
+    assert sorted(grads) == sorted(params)
+    worst = max(rel_err(grads[k], p.grad.numpy()) for k, p in params.items())
+    assert worst < tol, "parameter gradients"
+    state = model.state_dict()
+    for key, v in net.state_dict().items():
+        assert rel_err(state[key], v.numpy()) < tol, key
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_builder_matches_torch_float64(torch, name):
+    compare(torch, name, "channels_last", "float64", 1e-10)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "unet"])
+def test_builder_matches_torch_channels_first(torch, name):
+    compare(torch, name, "channels_first", "float64", 1e-10)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11"])
+def test_builder_matches_torch_float32(torch, name):
+    compare(torch, name, "channels_last", "float32", 1e-4)
+
+
+def test_torch_weights_load_by_name(torch):
+    """A state_dict made in torch (its own initialization) loads into the npconv model and
+    gives torch's outputs; missing and unexpected keys name themselves."""
+    net = reference(torch).resnet18(7, in_channels=2, width=4).double().eval()
+    model = models.resnet18(num_classes=7, in_channels=2, width=4, dtype="float64")
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    assert list(state) == list(model.state_dict())                 # the same keys, in order
+    model.load_state_dict(state)
+    x = R(4).standard_normal((3, 2, 24, 24))
+    y_ref = net(torch.from_numpy(x)).detach().numpy()
+    assert rel_err(model.forward(to_fmt(x, "channels_last")), y_ref) < 1e-10
+
+
+@pytest.mark.slow
+def test_resnet18_224_matches_torch(torch):
+    """Full-size ResNet-18 at 224x224, float32, evaluation and one training step."""
+    model = models.resnet18(rng=R(0))
+    net = reference(torch).resnet18(1000).float()
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+                         model.state_dict().items()})
+    x = R(1).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    assert rel_err(model.eval().forward(to_fmt(x, "channels_last")),
+                   net.eval()(xt).detach().numpy()) < 1e-4
+    y = model.train().forward(to_fmt(x, "channels_last"), training=True)
+    yt = net.train()(xt)
+    assert rel_err(y, yt.detach().numpy()) < 1e-4
+    dy = R(2).standard_normal(y.shape).astype(np.float32)
+    dx = model.backward(dy)
+    yt.backward(torch.from_numpy(dy))
+    assert rel_err(from_fmt(dx, "channels_last"), xt.grad.numpy()) < 1e-4
+    grads = model.named_grads()
+    for key, p in net.named_parameters():
+        assert rel_err(grads[key], p.grad.numpy()) < 1e-4, key
