@@ -68,14 +68,14 @@ def real_in(value, low: float, high: float, name: str, *, closed_high: bool = Fa
 # ---------------------------------------------------------------------------------------------
 
 
-def relu(x):
-    """max(x, 0), elementwise; any shape.
+def relu(x, *, out=None):
+    """max(x, 0), elementwise; any shape; written into `out` when given (x itself: in place).
 
     >>> relu(np.array([-1.0, 0.0, 2.0]))
     array([0., 0., 2.])
     """
     _args.float_array(x, "x")
-    return np.maximum(x, 0)
+    return _backend.namespace(x).maximum(x, 0, out=out)
 
 
 def relu_backward(dy, x):

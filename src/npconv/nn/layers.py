@@ -40,7 +40,7 @@ from npconv import _args, _backend, convolution, pooling
 from npconv.nn import functional as F
 from npconv.nn import init as initializers
 from npconv.nn.combine import Add, Concat, Identity, ZeroPad
-from npconv.nn.module import Layer, Sequential
+from npconv.nn.module import Layer, Sequential, can_overwrite
 from npconv.spec import resolve_padding
 
 __all__ = [
@@ -700,11 +700,13 @@ class ReLU(Layer):
         return dict(inplace=True) if self.inplace else {}
 
     def forward(self, x, training: bool = False):
-        self._start(training, x)
-        return F.relu(x)
+        _args.float_array(x, "x")
+        y = F.relu(x, out=x if self.inplace and can_overwrite(x) else None)
+        self._start(training, y)
+        return y
 
     def backward(self, dy):
-        return F.relu_backward(dy, self._saved())
+        return F.relu_backward(dy, self._saved())                  # y > 0 where x > 0
 
 
 class LeakyReLU(Layer):

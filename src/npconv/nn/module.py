@@ -209,11 +209,15 @@ class _Tape:
             base = getattr(base, "base", None)
         return _set_writeable(x, True)
 
-    def finish(self, y):
-        """Check and return the forward's result; it becomes the seed of backward."""
+    def finish(self, y, nested: bool):
+        """Check and return the forward's result; it becomes the seed of backward. Returned
+        to a recorded parent forward, it stays read-only (the parent records it); returned to
+        the caller, it is writeable, a copy if a layer keeps it for backward."""
         if id(y) not in self.known:
             raise ValueError(_untraced(self.owner, "the result of forward", y))
         self.output = y
+        if nested or any(y is x for x in self.inputs):
+            return y
         if id(y) in self.kept or not _set_writeable(y, True):
             y = y.copy()                                # a layer keeps it: the caller gets a copy
         return y
@@ -663,7 +667,10 @@ class Module(Layer):
             if grad is not None:
                 _GRAD.reset(grad)
         self._cache = tape if keep else None
-        return tape.finish(y) if keep else y
+        if not keep:
+            return y
+        parent = _RECORDING.get()
+        return tape.finish(y, nested=parent is not None and parent.keep)
 
     def _state(self):
         return self._cache
