@@ -1,0 +1,169 @@
+"""The layers the architectures add: every backward against central differences (float64, both
+layouts), every forward and gradient against PyTorch, and every error."""
+
+import numpy as np
+import pytest
+from helpers import central_difference, rel_err
+
+from npconv import nn
+from npconv.nn import functional as F
+
+R = np.random.default_rng
+FORMATS = ("channels_last", "channels_first")
+
+
+def image(rng, n, size, c, fmt):
+    x = rng.standard_normal((n, *size, c))
+    return np.ascontiguousarray(np.moveaxis(x, -1, 1)) if fmt == "channels_first" else x
+
+
+def first(a, fmt):
+    """An (N, *S, C) array in PyTorch's (N, C, *S) layout."""
+    return np.ascontiguousarray(np.moveaxis(a, -1, 1)) if fmt == "channels_last" else a
+
+
+def cases(fmt):
+    """(name, layer, inputs) for every new layer, float64."""
+    f = dict(data_format=fmt)
+    yield "identity", nn.Identity(), (image(R(0), 2, (3,), 2, fmt),)
+    yield "add", nn.Add(), tuple(image(R(i), 2, (3, 2), 3, fmt) for i in (1, 2))
+    yield "add3", nn.Add(), tuple(image(R(i), 2, (3,), 2, fmt) for i in (3, 4, 5))
+    yield "concat", nn.Concat(**f), (image(R(6), 2, (3, 2), 2, fmt),
+                                     image(R(7), 2, (3, 2), 3, fmt))
+    yield "concat-axis1", nn.Concat(1), (R(8).standard_normal((2, 3, 4)),
+                                         R(9).standard_normal((2, 1, 4)))
+    yield "zeropad", nn.ZeroPad(((1, 0), (2, 3)), **f), (image(R(10), 2, (3, 2), 2, fmt),)
+    yield "zeropad-int", nn.ZeroPad(1, **f), (image(R(11), 1, (2, 2, 2), 2, fmt),)
+    yield "adaptive-2d", nn.AdaptiveAvgPool2d((3, 2), **f), (image(R(12), 2, (7, 5), 2, fmt),)
+    yield "adaptive-1d-up", nn.AdaptiveAvgPool1d(5, **f), (image(R(13), 2, (3,), 2, fmt),)
+    yield "adaptive-3d-none", nn.AdaptiveAvgPool3d((None, 1, 2), **f), \
+        (image(R(14), 1, (2, 3, 5), 2, fmt),)
+    yield "adaptive-global", nn.AdaptiveAvgPool(1, **f), (image(R(15), 2, (4, 3), 2, fmt),)
+    yield "flatten-torch-order", nn.Flatten(**f), (image(R(16), 2, (2, 3), 4, fmt),)
+
+
+CASES = [(fmt, name) for fmt in FORMATS for name, *_ in cases(fmt)]
+
+
+def case(fmt, name):
+    return next((layer, xs) for n, layer, xs in cases(fmt) if n == name)
+
+
+@pytest.mark.parametrize("fmt, name", CASES)
+def test_backward_matches_central_differences(fmt, name):
+    layer, xs = case(fmt, name)
+    dy = R(100).standard_normal(layer.forward(*xs).shape)
+    layer.forward(*xs, training=True)
+    dxs = layer.backward(dy)
+    dxs = dxs if isinstance(dxs, tuple) else (dxs,)
+    for x, dx in zip(xs, dxs, strict=True):
+        assert dx.shape == x.shape
+        num = central_difference(lambda: float(np.sum(dy * layer.forward(*xs))), x)
+        assert rel_err(dx, num) < 1e-8
+
+
+def torch_twin(torch, name, fmt):
+    """The PyTorch op of each case, on (N, C, *S) tensors."""
+    tf = torch.nn.functional
+    return {
+        "identity": lambda x: x,
+        "add": lambda a, b: a + b,
+        "add3": lambda a, b, c: a + b + c,
+        "concat": lambda a, b: torch.cat([a, b], dim=1),
+        "zeropad": lambda x: tf.pad(x, [2, 3, 1, 0]),
+        "zeropad-int": lambda x: tf.pad(x, [1] * 6),
+        "adaptive-2d": lambda x: tf.adaptive_avg_pool2d(x, (3, 2)),
+        "adaptive-1d-up": lambda x: tf.adaptive_avg_pool1d(x, 5),
+        "adaptive-3d-none": lambda x: tf.adaptive_avg_pool3d(x, (None, 1, 2)),
+        "adaptive-global": lambda x: tf.adaptive_avg_pool2d(x, 1),
+        "flatten-torch-order": lambda x: torch.flatten(x, 1),
+    }[name]
+
+
+@pytest.mark.parametrize("fmt, name", [c for c in CASES if c[1] != "concat-axis1"])
+def test_matches_torch(torch, fmt, name):
+    layer, xs = case(fmt, name)
+    ts = [torch.tensor(first(x, fmt), requires_grad=True) for x in xs]
+    yt = torch_twin(torch, name, fmt)(*ts)
+    y = layer.forward(*xs, training=True)
+    y_first = y if y.ndim == 2 else first(y, fmt)
+    assert rel_err(y_first, yt.detach().numpy()) < 1e-12
+    dy = R(1).standard_normal(yt.shape)
+    yt.backward(torch.tensor(dy))
+    dxs = layer.backward(dy if y.ndim == 2 or fmt == "channels_first" else np.moveaxis(dy, 1, -1))
+    for t, dx in zip(ts, dxs if isinstance(dxs, tuple) else (dxs,), strict=True):
+        assert rel_err(first(dx, fmt), t.grad.numpy()) < 1e-12
+
+
+def test_adaptive_windows_follow_pytorch_rule():
+    """Cell i averages floor(i S / P) <= s < ceil((i + 1) S / P): overlapping windows when S is
+    not a multiple of P, repeated inputs when P > S."""
+    m, counts = F.adaptive_windows(10, 4)                          # [0,3) [2,5) [5,8) [7,10)
+    assert [np.flatnonzero(r).tolist() for r in m] == [[0, 1, 2], [2, 3, 4], [5, 6, 7],
+                                                       [7, 8, 9]]
+    assert counts.tolist() == [3, 3, 3, 3]
+    m, _ = F.adaptive_windows(2, 3)
+    assert m.astype(int).tolist() == [[1, 0], [1, 1], [0, 1]]
+
+
+def test_merges_never_modify_their_inputs_outside_a_forward():
+    a, b = R(0).standard_normal((2, 3)), R(1).standard_normal((2, 3))
+    a0, b0 = a.copy(), b.copy()
+    y = nn.Add()(a, b)
+    assert y is not a and y is not b and np.array_equal(a, a0) and np.array_equal(b, b0)
+    assert np.array_equal(nn.add(a, b), a0 + b0)
+    assert np.array_equal(nn.concat(a, b, axis=0), np.concatenate([a0, b0]))
+
+
+def test_float32_kept():
+    a = R(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
+    for layer, xs in ((nn.Add(), (a, a)), (nn.Concat(), (a, a)), (nn.ZeroPad(1), (a,)),
+                      (nn.AdaptiveAvgPool2d(3), (a,)), (nn.Identity(), (a,))):
+        assert layer.forward(*xs).dtype == np.float32, layer
+
+
+A = np.zeros((2, 3, 3, 2))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: nn.Add()(A), TypeError, r"Add\(\) takes two or more arrays; got 1"),
+    (lambda: nn.Add()(A, A[:, :2]), ValueError, r"arrays of one shape .* x1 is float64 "
+                                                r"\(2, 2, 3, 2\)"),
+    (lambda: nn.Add()(A, A.astype(np.float32)), ValueError, "one dtype"),
+    (lambda: nn.Add()(A, [1.0]), TypeError, "`x1` must be a numpy.ndarray"),
+    (lambda: nn.Concat()(A, A[:, :2, :2]), ValueError, "one shape but along axis 3"),
+    (lambda: nn.Concat(axis=5)(A, A), ValueError, r"`axis` must be in \[-4, 4\)"),
+    (lambda: nn.Concat(axis=1.0), TypeError, "`axis` must be None"),
+    (lambda: nn.Concat(data_format="NHWC"), ValueError, "`data_format` must be one of"),
+    (lambda: nn.ZeroPad(-1), ValueError, "`padding` must be >= 0"),
+    (lambda: nn.ZeroPad((1, 2)), TypeError, r"\(lo, hi\) int pairs"),
+    (lambda: nn.ZeroPad(((1, 1),))(A), ValueError, r"has 1 \(lo, hi\) pairs for an input with "
+                                                    r"2 spatial"),
+    (lambda: nn.ZeroPad(1)(np.zeros((2, 3))), ValueError, "at least one spatial axis"),
+    (lambda: nn.AdaptiveAvgPool2d((2, 2, 2)), ValueError, "takes an `output_size` of 2"),
+    (lambda: nn.AdaptiveAvgPool2d(0), ValueError, "ints >= 1 or None"),
+    (lambda: nn.AdaptiveAvgPool2d("7"), TypeError, "`output_size` must be an int"),
+    (lambda: nn.AdaptiveAvgPool((2, 2))(np.zeros((2, 3, 4))), ValueError,
+     "`output_size` must be an int >= 1 or a tuple of 1"),
+    (lambda: nn.AdaptiveAvgPool2d(2)(np.zeros((2, 3, 4))), ValueError, "with 2 spatial"),
+    (lambda: F.adaptive_avg_pool(np.zeros((2, 3)), 1), ValueError, "at least one spatial"),
+    (lambda: F.adaptive_avg_pool_backward(np.zeros((2, 2, 2, 2)), (2, 4, 4, 2), 3),
+     ValueError, r"`dy` must have shape \(2, 3, 3, 2\)"),
+    (lambda: nn.Flatten(data_format="NHWC"), ValueError, "`data_format` must be one of"),
+    (lambda: nn.Identity().backward(A), RuntimeError, "without a recorded forward"),
+    (lambda: _trained(nn.Add(), A, A).backward(A[:1]), ValueError, "`dy` must have shape"),
+    (lambda: _trained(nn.Concat(), A, A).backward(A), ValueError,
+     r"`dy` must have shape \(2, 3, 3, 4\)"),
+    (lambda: _trained(nn.ZeroPad(1), A).backward(A), ValueError,
+     r"`dy` must have shape \(2, 5, 5, 2\)"),
+    (lambda: _trained(nn.Flatten(data_format="channels_last"), A).backward(A), ValueError,
+     r"`dy` must have shape \(2, 18\)"),
+])
+def test_errors_name_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def _trained(layer, *xs):
+    layer.forward(*xs, training=True)
+    return layer
