@@ -12,6 +12,7 @@ Builders take (num_classes, in_channels, data_format="channels_last") and keywor
 `vgg16`, `unet`. `BUILDERS` maps their names to them (the CLI's --arch).
 """
 
+from npconv.models.keras import load_keras
 from npconv.models.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from npconv.models.unet import UNet, unet
 from npconv.models.vgg import VGG, vgg11, vgg16
@@ -25,6 +26,7 @@ __all__ = [
     "Bottleneck",
     "ResNet",
     "UNet",
+    "load_keras",
     "resnet18",
     "resnet34",
     "resnet50",
