@@ -139,3 +139,37 @@ def test_resnet18_224_matches_torch(torch):
     grads = model.named_grads()
     for key, p in net.named_parameters():
         assert rel_err(grads[key], p.grad.numpy()) < 1e-4, key
+
+
+def test_finetuned_model_goes_back_to_torch_through_safetensors(torch, tmp_path):
+    """Train an npconv ResNet a few steps, write its state_dict with npconv.io.save, read the
+    file with the safetensors library into the torch network: the same outputs."""
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    from npconv import io, nn, training
+
+    model = models.resnet18(num_classes=10, width=4, rng=R(0))
+    x = R(1).standard_normal((32, 24, 24, 3)).astype(np.float32)
+    y = R(2).integers(0, 10, 32)
+    training.fit(model, x, y, optimizer=nn.Adam(lr=1e-2), epochs=2, batch_size=8, rng=R(3))
+    path = io.save(tmp_path / "tuned.safetensors", model.state_dict())
+    net = reference(torch).resnet18(10, width=4).float().eval()
+    net.load_state_dict(safetensors_torch.load_file(str(path)))
+    with torch.no_grad():
+        ref = net(torch.from_numpy(np.moveaxis(x, -1, 1).copy())).numpy()
+    assert rel_err(model.forward(x), ref) < 1e-4
+
+
+def test_example_runs(torch, tmp_path, capsys):
+    """examples/resnet18_finetune.py, small: the PyTorch file in, the same logits, a fine-tuning
+    epoch, the safetensors file back in PyTorch with the same logits."""
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "resnet18_finetune.py"
+    example = runpy.run_path(str(path))
+    example["main"](["--width", "4", "--limit", "48", "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    errors = [float(line.rsplit("= ", 1)[1].split()[0]) for line in out.splitlines()
+              if "max |npconv - PyTorch|" in line]
+    assert len(errors) == 2 and max(errors) < 1e-5, out
+    assert (tmp_path / "resnet18.pth").is_file() and (tmp_path / "finetuned.safetensors").is_file()
