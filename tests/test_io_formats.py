@@ -97,7 +97,7 @@ def test_missing_h5py_says_which_extra(tmp_path, monkeypatch):
 def model():
     rng = np.random.default_rng(0)
     return nn.Sequential(nn.Conv(2, 3, (3, 3), rng=rng), nn.BatchNorm(3), nn.ReLU(),
-                         nn.GlobalAvgPool(), nn.Flatten(), nn.Dense(3, 2, rng=rng))
+                         nn.GlobalAvgPool(), nn.Flatten(), nn.Linear(3, 2, rng=rng))
 
 
 def test_npconv_model_file_gives_its_params_and_buffers(tmp_path):
