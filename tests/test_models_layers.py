@@ -40,6 +40,9 @@ def cases(fmt):
         (image(R(14), 1, (2, 3, 5), 2, fmt),)
     yield "adaptive-global", nn.AdaptiveAvgPool(1, **f), (image(R(15), 2, (4, 3), 2, fmt),)
     yield "flatten-torch-order", nn.Flatten(**f), (image(R(16), 2, (2, 3), 4, fmt),)
+    yield "global-max", nn.GlobalMaxPool(**f), (image(R(17), 2, (3, 4), 3, fmt),)
+    yield "max-pool-indices", nn.MaxPool2d(3, stride=2, padding=1, **f), \
+        (image(R(18), 2, (5, 6), 3, fmt),)
 
 
 CASES = [(fmt, name) for fmt in FORMATS for name, *_ in cases(fmt)]
@@ -77,6 +80,8 @@ def torch_twin(torch, name, fmt):
         "adaptive-3d-none": lambda x: tf.adaptive_avg_pool3d(x, (None, 1, 2)),
         "adaptive-global": lambda x: tf.adaptive_avg_pool2d(x, 1),
         "flatten-torch-order": lambda x: torch.flatten(x, 1),
+        "global-max": lambda x: torch.flatten(tf.adaptive_max_pool2d(x, 1), 1),
+        "max-pool-indices": lambda x: tf.max_pool2d(x, 3, 2, 1),
     }[name]
 
 
@@ -167,3 +172,20 @@ def test_errors_name_the_argument(call, error, match):
 def _trained(layer, *xs):
     layer.forward(*xs, training=True)
     return layer
+
+
+def test_max_pools_keep_the_argmax_not_the_input():
+    """MaxPool and GlobalMaxPool backward from the forward's indices (issue 18): the input is
+    not kept (changing it after the forward changes nothing), and an evaluation forward
+    computes no indices at all."""
+    for layer in (nn.MaxPool2d(2), nn.GlobalMaxPool()):
+        x = R(0).permutation(64).reshape(1, 4, 4, 4).astype(np.float64)
+        y = layer.forward(x, training=True)
+        dy = R(1).standard_normal(y.shape)
+        shape, indices = layer._cache
+        assert shape == x.shape and indices.dtype == np.int64
+        x[...] = x[:, ::-1]                                         # another argmax
+        dx = layer.backward(dy)
+        assert np.count_nonzero(dx) == dy.size and dx.sum() == pytest.approx(dy.sum())
+        layer.forward(x)
+        assert layer._cache is None

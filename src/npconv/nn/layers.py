@@ -40,7 +40,7 @@ from npconv import _args, _backend, convolution, pooling
 from npconv.nn import functional as F
 from npconv.nn import init as initializers
 from npconv.nn.combine import Add, Concat, Identity, ZeroPad
-from npconv.nn.module import Layer, Sequential, can_overwrite
+from npconv.nn.module import Layer, Sequential, can_overwrite, grad_enabled
 from npconv.spec import resolve_padding
 
 __all__ = [
@@ -68,6 +68,7 @@ __all__ = [
     "Dropout",
     "Flatten",
     "GlobalAvgPool",
+    "GlobalMaxPool",
     "Layer",
     "LeakyReLU",
     "Linear",
@@ -434,11 +435,16 @@ class MaxPool(Layer):
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, self.rank and (self.rank,), self.kw["data_format"])
-        self._start(training, x)
-        return pooling.max_pool(x, **self.kw)
+        if grad_enabled(pooling.check_flag(training, "training")):
+            y, indices = pooling.max_pool(x, **self.kw, return_indices=True)
+        else:
+            y, indices = pooling.max_pool(x, **self.kw), None
+        self._start(training, (x.shape, indices))                  # the argmax, not x
+        return y
 
     def backward(self, dy):
-        return pooling.max_pool_backward(dy, self._saved(), **self.kw)
+        shape, indices = self._saved()
+        return pooling.max_pool_backward(dy, shape, **self.kw, indices=indices)
 
 
 class MaxPool1d(MaxPool):
@@ -584,6 +590,36 @@ class AdaptiveAvgPool3d(AdaptiveAvgPool):
     """`AdaptiveAvgPool` for x (N, D, H, W, C) / (N, C, D, H, W)."""
 
     rank = 3
+
+
+class GlobalMaxPool(Layer):
+    """Maximum over every spatial dimension: (N, *S, C) or (N, C, *S) -> (N, C) (PyTorch:
+    AdaptiveMaxPool2d(1) then Flatten; Keras: GlobalMaxPooling2D). The backward sends dy to the
+    first maximum of each (n, c), from the forward's indices.
+
+    >>> GlobalMaxPool()(np.arange(8.0).reshape(1, 2, 2, 2))               # (N, H, W, C)
+    array([[6., 7.]])
+    """
+
+    def __init__(self, *, data_format: str = "channels_last") -> None:
+        self.data_format = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+        super().__init__()
+
+    def config(self) -> dict:
+        return dict(data_format=self.data_format)
+
+    def forward(self, x, training: bool = False):
+        _args.float_array(x, "x")
+        keep = grad_enabled(pooling.check_flag(training, "training"))
+        out = pooling.global_max_pool(x, data_format=self.data_format, return_indices=keep)
+        y, indices = out if keep else (out, None)
+        self._start(training, (x.shape, indices))
+        return y
+
+    def backward(self, dy):
+        shape, indices = self._saved()
+        return pooling.global_max_pool_backward(dy, shape, data_format=self.data_format,
+                                                indices=indices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -892,8 +928,8 @@ class BatchNorm3d(BatchNorm):
 
 
 LAYERS = {cls.__name__: cls for cls in (
-    AdaptiveAvgPool, AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, Add, Concat,
-    Identity, ZeroPad, AvgPool, AvgPool1d, AvgPool2d, AvgPool3d, BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d,
+    AdaptiveAvgPool, AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, Add, AvgPool,
+    AvgPool1d, AvgPool2d, AvgPool3d, BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, Concat,
     Conv, Conv1d, Conv2d, Conv3d, ConvTranspose, ConvTranspose1d, ConvTranspose2d,
-    ConvTranspose3d, Dropout, Flatten, GlobalAvgPool, LeakyReLU, Linear, MaxPool, MaxPool1d,
-    MaxPool2d, MaxPool3d, ReLU, Sequential, Sigmoid, Tanh)}
+    ConvTranspose3d, Dropout, Flatten, GlobalAvgPool, GlobalMaxPool, Identity, LeakyReLU, Linear,
+    MaxPool, MaxPool1d, MaxPool2d, MaxPool3d, ReLU, Sequential, Sigmoid, Tanh, ZeroPad)}
