@@ -516,3 +516,17 @@ def test_to_moves_every_array():
     x = image(R(0), 1, (16, 16), 3).astype(np.float32)
     y = model.forward(x)
     assert model.to(np) is model and np.array_equal(model.forward(x), y)
+
+
+def test_docs_models_examples_run(capsys):
+    """The python blocks of docs/models.md outside "Weights in and out" (npconv.io's section,
+    run by its own tests), joined in order: later blocks use earlier names."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    head, rest = text.split("## Weights in and out", 1)
+    text = head + rest.split("\n## ", 1)[1]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
+    assert "class BasicBlock" in code and "load_state_dict" in code
+    exec(compile(code, "docs/models.md", "exec"), {})
+    assert "missing keys (1): fc.bias" in capsys.readouterr().out
