@@ -340,6 +340,18 @@ def test_hostile_files_fail_fast_without_allocating(tmp_path, name, members, mat
     assert peak < 8 << 20 and time.perf_counter() - start < 2.0, (peak, name)
 
 
+def test_too_many_layers_are_refused_before_building(tmp_path):
+    spec = {"format": "npconv.model", "version": 2, "metadata": {},
+            "model": {"type": "Sequential", "layers": [{"type": "Tanh"}] * 120_000}}
+    write_zip(tmp_path / "m.npz", {"__npconv_model__.npy": npy_bytes(np.array(json.dumps(
+        spec, separators=(",", ":"))))})
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"m\.npz: invalid architecture: more than 100000 "
+                                         r"layers"):
+        nn.load(tmp_path / "m.npz")
+    assert time.perf_counter() - start < 2.0
+
+
 def test_load_reads_each_array_once_without_drawing_weights(tmp_path, monkeypatch):
     """A legitimate file: the architecture is built in nn.init.meta() (nothing drawn), then
     the stored arrays are the model's own."""

@@ -18,6 +18,7 @@ import zlib
 from importlib import resources
 from numbers import Real
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from npconv import _npyfile
 __all__ = ["check_fraction", "load_digits", "load_idx", "load_mnist", "train_test_split"]
 
 # IDX type codes (third magic byte) -> element dtype; multi-byte types are big-endian.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -276,7 +277,8 @@ def _mnist_from_npz(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
                 f"{path}: expected keys x_train, y_train, x_test, y_test (Keras mnist.npz "
                 f"layout); missing {missing}, found {sorted(members)}"
             )
-        return tuple(_npyfile.read_member(zf, members[k], f"{path}: {k}") for k in keys)
+        x, y = (_npyfile.read_member(zf, members[k], f"{path}: {k}") for k in keys)
+        return x, y  # (N, 28, 28), (N,)
 
 
 def _check_mnist_arrays(images: np.ndarray, labels: np.ndarray, source: Path) -> None:
@@ -361,9 +363,9 @@ def check_fraction(fraction: object, n: int, name: str = "test_fraction") -> Non
     """
     if isinstance(fraction, bool) or not isinstance(fraction, Real):
         raise TypeError(f"`{name}` must be a float; got {type(fraction).__name__}")
-    if not 0.0 < fraction < 1.0:
+    if not 0.0 < float(fraction) < 1.0:
         raise ValueError(f"`{name}` must be strictly between 0 and 1; got {fraction}")
-    n_test = round(n * fraction)
+    n_test = round(n * float(fraction))
     if not 0 < n_test < n:
         raise ValueError(
             f"`{name}` must leave both sets non-empty; got {name}={fraction} with N={n} "
@@ -371,7 +373,7 @@ def check_fraction(fraction: object, n: int, name: str = "test_fraction") -> Non
         )
 
 
-def _check_split_args(x: object, y: object, test_fraction: object, rng: object) -> None:
+def _check_split_args(x: Any, y: Any, test_fraction: object, rng: object) -> None:
     """Validate train_test_split's arguments once, at the boundary."""
     for name, value in (("x", x), ("y", y)):
         if not isinstance(value, np.ndarray):

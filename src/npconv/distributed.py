@@ -409,7 +409,8 @@ def fit(model: L.Layer, x, y, *, client, optimizer, epochs: int, batch_size: int
         return result.loss, result.correct, result.n
 
     def epoch_steps() -> list[Step]:
-        placement = trainer.place(*_epoch_data(x, y, batch_size, rng, augment), batch_size)
+        xe, ye = _epoch_data(x, y, batch_size, rng, augment)        # (N, ...), (N,)
+        placement = trainer.place(xe, ye, batch_size)
         return [functools.partial(step, placement, b) for b in range(placement.n_batches)]
 
     return run_epochs(model, epoch_steps, optimizer=optimizer, epochs=epochs,

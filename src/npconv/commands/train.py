@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from npconv.commands import (
     FAILURE,
@@ -74,7 +75,9 @@ class Reporter:
     """Progress bar (tqdm, when installed) and one summary line per epoch."""
 
     def __init__(self, epochs: int, progress: bool) -> None:
-        self.epochs, self.epoch, self.bar, self.tqdm = epochs, 0, None, None
+        self.epochs, self.epoch = epochs, 0
+        self.bar: Any = None                   # a tqdm bar while an epoch runs
+        self.tqdm: Any = None
         if progress:
             try:
                 from tqdm import tqdm

@@ -56,6 +56,7 @@ def real_in(value, low: float, high: float, name: str, *, closed_high: bool = Fa
     """A real number in [low, high) (or [low, high]), as a float; TypeError / ValueError."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a real number; got {value!r}")
+    value = float(value)
     ok = low <= value <= high if closed_high else low <= value < high
     if not ok:
         bracket = "]" if closed_high else ")"

@@ -218,7 +218,7 @@ def default_parameters(weight_shape, bias_shape, fan_in: int, fan_out: int, *,
     if _meta.get():
         shapes = {"weight": weight_shape, "bias": bias_shape}
         return {k: _placeholder(v, dtype) for k, v in shapes.items() if v is not None}
-    if init is None:
+    if initializer is None:
         weight = kaiming_uniform(weight_shape, fan_in, fan_out, a=math.sqrt(5), rng=rng,
                                  dtype=dtype)
         bound = 1 / math.sqrt(fan_in)

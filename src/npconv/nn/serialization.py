@@ -24,11 +24,12 @@ architecture is built without memory (`npconv.nn.init.meta`), and every key, sha
 declares is checked against the stored arrays' .npy headers, and each of those against the bytes
 that hold it (`npconv._npyfile`), before any array is read or allocated. A damaged, truncated,
 foreign or hostile file (a huge declared shape, a non-.npy member, a pickle, Sequentials nested
-more than MAX_NESTING deep) raises one ValueError naming the file.
+more than MAX_NESTING deep, more than MAX_LAYERS layers) raises one ValueError naming the file.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -36,7 +37,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -62,6 +63,7 @@ FORMAT = "npconv.model"
 VERSION = 2
 HEADER_KEY = "__npconv_model__"
 MAX_NESTING = 64                   # Sequentials within Sequentials, in a file's architecture
+MAX_LAYERS = 100_000               # layers in a file's architecture (ResNet-152 has about 500)
 MAX_HEADER_BYTES = 16 << 20        # the JSON header member
 
 
@@ -99,8 +101,8 @@ def build(spec) -> Layer:
         raise ValueError(f"a {cls.__name__} spec needs a dict under 'config'; got {config!r}")
     # placeholder weights, overwritten on load, drawn from a local generator so that loading
     # leaves the default generator's stream alone
-    extra = {"rng": np.random.default_rng(0)} if "init" in inspect.signature(cls).parameters \
-        else {}
+    extra: dict[str, Any] = {"rng": np.random.default_rng(0)} \
+        if "init" in inspect.signature(cls).parameters else {}
     try:
         return cls(**config, **extra)
     except (TypeError, ValueError, OverflowError) as e:
@@ -142,7 +144,8 @@ def save(model: Layer, path, *, metadata: dict | None = None) -> Path:
                              "metadata": dict(metadata or {})})
     except TypeError as e:
         raise TypeError(f"`metadata` must hold JSON values only: {e}") from e
-    atomic_write(path, lambda f: np.savez(f, **{HEADER_KEY: np.array(header)}, **_arrays(model)))
+    arrays: dict[str, Any] = {HEADER_KEY: np.array(header), **_arrays(model)}
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
 
 
@@ -178,19 +181,21 @@ def _open(path) -> zipfile.ZipFile:
                          f"truncated one: {e})") from None
 
 
-def _depth(spec) -> int:
-    """How deep Sequentials nest in a spec, counted without recursion."""
-    deepest, todo = 0, [(spec, 0)]
+def _check_size(spec, path) -> None:
+    """At most MAX_NESTING levels of Sequentials (and Modules) and MAX_LAYERS layers, counted
+    without recursion (`build` and `layer_spec` recurse)."""
+    count, todo = 0, [(spec, 0)]
     while todo:
         node, depth = todo.pop()
-        deepest = max(deepest, depth)
-        if isinstance(node, dict) and isinstance(node.get("layers"), list) and \
-                depth <= MAX_NESTING:
+        count += 1
+        if depth > MAX_NESTING or count > MAX_LAYERS:
+            what = (f"Sequentials nested more than {MAX_NESTING} deep" if depth > MAX_NESTING
+                    else f"more than {MAX_LAYERS} layers")
+            raise ValueError(f"{path}: invalid architecture: {what}")
+        if isinstance(node, dict) and isinstance(node.get("layers"), list):
             todo.extend((sub, depth + 1) for sub in node["layers"])
-        if isinstance(node, dict) and isinstance(node.get("children"), dict) and \
-                depth <= MAX_NESTING:                                 # a Module's children
-            todo.extend((sub, depth + 1) for sub in node["children"].values())
-    return deepest
+        if isinstance(node, dict) and isinstance(node.get("children"), dict):
+            todo.extend((sub, depth + 1) for sub in node["children"].values())   # a Module's
 
 
 def _read_header(zf: zipfile.ZipFile, path) -> dict:
@@ -217,9 +222,7 @@ def _read_header(zf: zipfile.ZipFile, path) -> dict:
     if header.get("version") not in (1, VERSION):
         raise ValueError(f"{path}: npconv model format version {header.get('version')!r}; this "
                          f"npconv reads versions 1 and {VERSION}")
-    if _depth(header.get("model")) > MAX_NESTING:
-        raise ValueError(f"{path}: invalid architecture: Sequentials nested more than "
-                         f"{MAX_NESTING} deep")
+    _check_size(header.get("model"), path)
     return header
 
 
@@ -231,9 +234,8 @@ def _stored(zf: zipfile.ZipFile, path) -> dict:
         if key != HEADER_KEY:
             where = f"{path}: {key}"
             shape, dtype, _ = _npyfile.member_header(zf, info, where)
-            stored[key] = Stored(shape, dtype,
-                                 lambda info=info, where=where: _npyfile.read_member(zf, info,
-                                                                                     where))
+            read = functools.partial(_npyfile.read_member, zf, info, where)
+            stored[key] = Stored(shape, dtype, read)
     return stored
 
 
@@ -265,7 +267,9 @@ def _upgrade_spec(spec, prefix: str, counters: list):
             config["p"] = config.pop("rate")
     if spec.get("type") == "BatchNorm":
         counters.append(prefix)
-    return {**spec, "type": _V1_TYPES.get(spec.get("type"), spec.get("type")), "config": config}
+    kind = spec.get("type")
+    return {**spec, "type": _V1_TYPES.get(kind, kind) if isinstance(kind, str) else kind,
+            "config": config}
 
 
 def _upgrade_key(key: str) -> str:
@@ -293,7 +297,8 @@ def _upgrade_v1(header: dict, stored: dict) -> tuple[dict, dict]:
 def is_model_file(path) -> bool:
     """True if `path` is a readable npconv model file."""
     try:
-        load_metadata(path)
+        with _open(path) as zf:
+            _read_header(zf, path)
     except (ValueError, FileNotFoundError):
         return False
     return True

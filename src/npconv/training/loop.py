@@ -10,6 +10,7 @@ data-parallel step on the cluster).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -103,7 +104,8 @@ def _check_validation(model: Layer, validation) -> None:
         if isinstance(validation, (tuple, list)):
             got += f" of length {len(validation)}"
         raise TypeError(f"`validation` must be a pair (x_val, y_val); got {got}")
-    check_labelled(model, *validation, "val")
+    x_val, y_val = validation
+    check_labelled(model, x_val, y_val, "val")
 
 
 def check_fit_args(model: Layer, x, y, validation, epochs, batch_size, schedule, rng,
@@ -212,7 +214,7 @@ def fit(model: Layer, x, y, *, optimizer, epochs: int, batch_size: int,
         return (*train_step(model, xb, y[idx], optimizer, loss), len(idx))
 
     def epoch_steps() -> list[Step]:
-        return [lambda idx=idx: step(idx) for idx in batch_indices(len(y), batch_size, rng)]
+        return [functools.partial(step, idx) for idx in batch_indices(len(y), batch_size, rng)]
 
     return run_epochs(model, epoch_steps, optimizer=optimizer, epochs=epochs,
                       steps_per_epoch=math.ceil(len(y) / batch_size), schedule=schedule,
