@@ -9,27 +9,41 @@ PyTorch checkpoint loads by name (`model.load_state_dict(npconv.io.load(path))`)
 
 Builders take (num_classes, in_channels, data_format="channels_last") and keywords for the size
 (width, ...), dtype and rng: `resnet18`, `resnet34`, `resnet50`, `mobilenet_v2`, `vgg11`,
-`vgg16`, `unet`. `BUILDERS` maps their names to them (the CLI's --arch).
+`vgg16`, `unet`. `BUILDERS` maps their names to them (the CLI's --arch), and
+`from_state_dict(name, state_dict)` builds one with the sizes the arrays imply and loads them.
 """
 
 from npconv.models.keras import load_keras
+from npconv.models.loading import (
+    BUILDERS,
+    CLASSIFIERS,
+    from_state_dict,
+    prepare_images,
+    sizes,
+)
+from npconv.models.mobilenet import InvertedResidual, MobileNetV2, mobilenet_v2
 from npconv.models.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from npconv.models.unet import UNet, unet
 from npconv.models.vgg import VGG, vgg11, vgg16
 
-BUILDERS = {f.__name__: f for f in (resnet18, resnet34, resnet50, vgg11, vgg16, unet)}
-
 __all__ = [
     "BUILDERS",
+    "CLASSIFIERS",
     "VGG",
     "BasicBlock",
     "Bottleneck",
+    "InvertedResidual",
+    "MobileNetV2",
     "ResNet",
     "UNet",
+    "from_state_dict",
     "load_keras",
+    "mobilenet_v2",
+    "prepare_images",
     "resnet18",
     "resnet34",
     "resnet50",
+    "sizes",
     "unet",
     "vgg11",
     "vgg16",
