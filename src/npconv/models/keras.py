@@ -84,13 +84,15 @@ def _config_order(config: dict | None) -> list | None:
             stem = _snake(entry["class_name"])
             n = counts[stem] = counts.get(stem, -1) + 1
             path = prefix + (stem if n == 0 else f"{stem}_{n}")
-            inner = entry.get("config") if isinstance(entry.get("config"), dict) else {}
-            if isinstance(inner.get("layers"), list):
-                walk(inner, path + "/layers/")
+            layer = entry.get("config")
+            layer = layer if isinstance(layer, dict) else {}
+            if isinstance(layer.get("layers"), list):
+                walk(layer, path + "/layers/")
             else:
-                out.append((path, inner))
+                out.append((path, layer))
 
-    walk(config.get("config", config), "")
+    top = config.get("config")
+    walk(top if isinstance(top, dict) else config, "")
     return out
 
 
@@ -99,7 +101,9 @@ def _natural(path: str):
 
 
 def _stem(path: str) -> str:
-    return _SUFFIX.match(path.rsplit("/", 1)[-1]).group(1)
+    """conv2d_3 -> conv2d (the pattern matches every string)."""
+    match = _SUFFIX.match(path.rsplit("/", 1)[-1])
+    return match.group(1) if match else path
 
 
 def _file_layers(groups: dict, config) -> list:

@@ -25,7 +25,7 @@ from npconv.models._common import (
 from npconv.nn import combine
 from npconv.nn import functional as F
 from npconv.nn import layers as L
-from npconv.nn.module import Module, Sequential
+from npconv.nn.module import Layer, Module, Sequential
 
 __all__ = ["SETTING", "Conv2dNormActivation", "InvertedResidual", "MobileNetV2",
            "make_divisible", "mobilenet_v2"]
@@ -81,8 +81,8 @@ class InvertedResidual(Module):
                        expand_ratio=expand_ratio, **f)
         hidden = round(in_channels * expand_ratio)
         self.use_res_connect = stride == 1 and in_channels == out_channels
-        layers = [Conv2dNormActivation(in_channels, hidden, 1, **f)] if expand_ratio != 1 \
-            else []
+        layers: list[Layer] = [Conv2dNormActivation(in_channels, hidden, 1, **f)] \
+            if expand_ratio != 1 else []
         layers += [Conv2dNormActivation(hidden, hidden, 3, stride, groups=hidden, **f),
                    L.Conv2d(hidden, out_channels, 1, bias=False, init="zeros", **f),
                    L.BatchNorm2d(out_channels, **f)]
@@ -115,7 +115,7 @@ class MobileNetV2(Module):
         f = dict(data_format=data_format, dtype=dtype)
         c = make_divisible(32 * width_mult, round_nearest)
         last = make_divisible(1280 * max(1.0, width_mult), round_nearest)
-        blocks = [Conv2dNormActivation(in_channels, c, 3, 2, **f)]
+        blocks: list[Layer] = [Conv2dNormActivation(in_channels, c, 3, 2, **f)]
         for t, channels, n, s in SETTING:
             out = make_divisible(channels * width_mult, round_nearest)
             for i in range(n):

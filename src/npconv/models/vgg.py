@@ -25,7 +25,7 @@ from npconv.models._common import (
 )
 from npconv.nn import functional as F
 from npconv.nn import layers as L
-from npconv.nn.module import Module, Sequential
+from npconv.nn.module import Layer, Module, Sequential
 
 __all__ = ["CONFIGS", "VGG", "vgg11", "vgg16"]
 
@@ -38,7 +38,8 @@ CONFIGS = {
 
 def _features(cfg, in_channels: int, width: int, batch_norm: bool, fmt, dtype) -> Sequential:
     """torchvision's make_layers: 3x3 convolutions (with batch norm), ReLUs and max pools."""
-    out, c = [], in_channels
+    out: list[Layer] = []
+    c = in_channels
     for v in cfg:
         if v == "M":
             out.append(L.MaxPool2d(2, stride=2, data_format=fmt))

@@ -33,6 +33,7 @@ is how `npconv.nn.save` stores it.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -245,7 +246,9 @@ class Conv(Layer):
                     kernel_size=self.kernel_size, **self.kw, bias=self.has_bias,
                     dtype=self.dtype.name)
 
-    _fold = _folded_bn = _fold_out = None       # set by eval() (Layer.eval)
+    _fold: tuple | None = None                  # (weight, bias) with the batch norm, eval()
+    _folded_bn: BatchNorm | None = None         # the batch norm eval() folded in
+    _fold_out: Any = None                       # the last folded output, until it reaches it
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, (self.rank,), self.kw["data_format"])
@@ -265,10 +268,12 @@ class Conv(Layer):
         return dx
 
     def _to_torch(self, key: str, array):
-        return _weight_to_torch(array, self.rank) if self._kernel_last(key) else array
+        rank = len(self.kernel_size)
+        return _weight_to_torch(array, rank) if self._kernel_last(key) else array
 
     def _from_torch(self, key: str, array):
-        return _weight_from_torch(array, self.rank) if self._kernel_last(key) else array
+        rank = len(self.kernel_size)
+        return _weight_from_torch(array, rank) if self._kernel_last(key) else array
 
     def _kernel_last(self, key: str) -> bool:
         return key == "weight" and self.kw["data_format"] == "channels_last"
@@ -375,10 +380,12 @@ class ConvTranspose(Layer):
         return dx
 
     def _to_torch(self, key: str, array):
-        return _weight_to_torch(array, self.rank) if self._kernel_last(key) else array
+        rank = len(self.kernel_size)
+        return _weight_to_torch(array, rank) if self._kernel_last(key) else array
 
     def _from_torch(self, key: str, array):
-        return _weight_from_torch(array, self.rank) if self._kernel_last(key) else array
+        rank = len(self.kernel_size)
+        return _weight_from_torch(array, rank) if self._kernel_last(key) else array
 
     def _kernel_last(self, key: str) -> bool:
         return key == "weight" and self.kw["data_format"] == "channels_last"
@@ -861,7 +868,7 @@ class BatchNorm(Layer):
         return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum,
                     data_format=self.data_format, dtype=self.dtype.name)
 
-    _folded_into = None                         # the Conv that eval() folded this layer into
+    _folded_into: Conv | None = None            # the Conv that eval() folded this layer into
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, self.ranks, self.data_format)

@@ -44,7 +44,9 @@ import itertools
 import json
 import weakref
 from collections import namedtuple
+from collections.abc import Callable
 from contextvars import ContextVar
+from typing import Any
 
 import numpy as np
 
@@ -143,7 +145,7 @@ def _array_ids(state) -> set[int]:
     return {id(state)} if _backend.is_array(state) else set()
 
 
-def _weak(x):
+def _weak(x) -> weakref.ref | None:
     try:
         return weakref.ref(x)
     except TypeError:                                   # an array type without weak references
@@ -171,7 +173,7 @@ class _Tape:
         self.owner, self.inputs, self.training, self.keep = owner, inputs, training, keep
         self.records: list[tuple] = []                  # (layer, inputs, output, state)
         self.known = {id(x): x for x in inputs}         # arrays the tape can trace a gradient to
-        self.produced: dict[int, object] = {}           # id -> weakref of a call's output
+        self.produced: dict[int, weakref.ref] = {}      # id -> weakref of a call's output
         self.consumed: set[int] = set()                 # ids used as an input by a call
         self.kept: set[int] = set()                     # ids held by the calls' saved states
         self.output = None
@@ -312,7 +314,8 @@ class Layer:
     forward is running (and that Module's training flag when `training` is not given).
     """
 
-    _grad_pass = None                       # the backward pass that last filled grads
+    _grad_pass: object = None               # the backward pass that last filled grads
+    _cache: Any = None                      # what the last forward kept for backward
 
     def __init__(self, params: dict | None = None, buffers: dict | None = None) -> None:
         self.params = dict(params or {})
@@ -337,7 +340,8 @@ class Layer:
         tape = _RECORDING.get()
         if training is None:
             training = tape.training if tape is not None else False
-        y = self.forward(*inputs, training=training)
+        forward: Callable[..., Any] = self.forward                # one input or several
+        y = forward(*inputs, training=training)
         if tape is not None:
             tape.record(self, inputs, y)
         return y
@@ -593,6 +597,8 @@ class Module(Layer):
     arguments must return, plus the specs of its children.
     """
 
+    _children: dict[str, Layer]
+
     def __init__(self) -> None:
         object.__setattr__(self, "_children", {})
         self._cache = None
@@ -601,7 +607,7 @@ class Module(Layer):
         super().__init_subclass__(**kwargs)
         user = cls.__dict__.get("forward")
         if user is not None and not getattr(user, "_recorded", False):
-            cls.forward = _recorded(user)
+            cls.forward = _recorded(user)                        # type: ignore[method-assign]
         MODULES[f"{cls.__module__}.{cls.__qualname__}"] = cls
 
     def forward(self, *inputs, training: bool = False):
@@ -728,7 +734,7 @@ def build_module(spec: dict, build, layer_spec) -> Module:
     imported by name), its children rebuilt with `build` where their specs differ from
     `layer_spec` of the ones its constructor makes (a replaced head); ValueError for anything
     unknown or invalid."""
-    cls, config, children = MODULES.get(spec.get("class")), spec.get("config"), \
+    cls, config, children = MODULES.get(str(spec.get("class"))), spec.get("config"), \
         spec.get("children")
     if cls is None:
         raise ValueError(f"unknown Module class {spec.get('class')!r:.100}: define (import) it "
