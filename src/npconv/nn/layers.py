@@ -42,7 +42,7 @@ from npconv.nn import functional as F
 from npconv.nn import init as initializers
 from npconv.nn.combine import Add, Concat, Identity, ZeroPad
 from npconv.nn.module import Layer, Sequential, can_overwrite, grad_enabled
-from npconv.spec import resolve_padding
+from npconv.spec import check_shape, resolve_padding
 
 __all__ = [
     "LAYERS",
@@ -814,14 +814,19 @@ class Dropout(Layer):
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
         if not pooling.check_flag(training, "training") or self.p == 0:
-            self._start(training, np.ones_like(x))                 # mask like x
+            self._start(training, x.shape)                         # the identity: no mask
             return x.copy()
         y, mask = F.dropout(x, self.p, rng=initializers.generator(self.rng))
         self._start(training, mask)
         return y
 
     def backward(self, dy):
-        return F.dropout_backward(dy, self._saved())
+        mask = self._saved()
+        if isinstance(mask, tuple):                                # x's shape: the identity
+            _args.float_array(dy, "dy")
+            check_shape(dy, mask, "dy")
+            return dy.copy()
+        return F.dropout_backward(dy, mask)
 
 
 # ---------------------------------------------------------------------------------------------
