@@ -16,10 +16,10 @@ import math
 from npconv import _args
 from npconv.nn import init
 from npconv.nn import layers as L
-from npconv.nn.module import Layer
+from npconv.nn.module import Layer, Module
 
-__all__ = ["check_builder_args", "check_positive", "init_convolutions", "init_linears",
-           "spatial_shape"]
+__all__ = ["Classifier", "check_builder_args", "check_positive", "init_convolutions",
+           "init_linears", "spatial_shape"]
 
 
 def init_convolutions(model: Layer, rng) -> None:
@@ -71,3 +71,22 @@ def spatial_shape(x, data_format: str) -> tuple[int, ...]:
     return tuple(x.shape[1:-1] if data_format == "channels_last" else x.shape[2:])
 
 
+
+
+class Classifier(Module):
+    """torchvision's image classifiers' shape (MobileNetV2, VGG): `features`, an adaptive
+    average pool, a flatten and a `classifier`, built by the subclass, which keeps its
+    constructor's arguments in `kw`; `_initialize` gives the convolutions and the Linear
+    layers torchvision's initialization."""
+
+    kw: dict
+
+    def config(self) -> dict:
+        return dict(self.kw)
+
+    def _initialize(self, rng) -> None:
+        init_convolutions(self, rng)
+        init_linears(self, rng)
+
+    def forward(self, x):
+        return self.classifier(self.flatten(self.avgpool(self.features(x))))

@@ -17,10 +17,9 @@ and the channels stay, else `conv(x)`; its ReLU6s run in place on their batch no
 from __future__ import annotations
 
 from npconv.models._common import (
+    Classifier,
     check_builder_args,
     check_positive,
-    init_convolutions,
-    init_linears,
 )
 from npconv.nn import combine
 from npconv.nn import functional as F
@@ -95,7 +94,7 @@ class InvertedResidual(Module):
         return combine.add(x, self.conv(x)) if self.use_res_connect else self.conv(x)
 
 
-class MobileNetV2(Module):
+class MobileNetV2(Classifier):
     """torchvision's MobileNetV2: features (a stem, 17 inverted residuals, a 1x1 block to
     `last_channel`), a global average pool, classifier (Dropout, Linear). Use `mobilenet_v2`."""
 
@@ -127,14 +126,7 @@ class MobileNetV2(Module):
         self.flatten = L.Flatten()
         self.classifier = Sequential(L.Dropout(dropout),
                                      L.Linear(last, num_classes, dtype=dtype, init="zeros"))
-        init_convolutions(self, rng)
-        init_linears(self, rng)
-
-    def config(self) -> dict:
-        return dict(self.kw)
-
-    def forward(self, x):
-        return self.classifier(self.flatten(self.avgpool(self.features(x))))
+        self._initialize(rng)
 
 
 def mobilenet_v2(num_classes: int = 1000, in_channels: int = 3,

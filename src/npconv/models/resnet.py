@@ -31,13 +31,40 @@ def _conv(c, f, k, stride, fmt, dtype, groups=1):
                     data_format=fmt, dtype=dtype, init="zeros")
 
 
-def _downsample(c, f, stride, fmt, dtype) -> Sequential:
-    """The shortcut's 1x1 convolution and batch norm (keys downsample.0, downsample.1)."""
-    return Sequential(_conv(c, f, 1, stride, fmt, dtype),
-                      L.BatchNorm2d(f, data_format=fmt, dtype=dtype))
+class _Block(Module):
+    """What BasicBlock and Bottleneck share: the arguments (config), the shortcut's
+    `downsample` (1x1 convolution and batch norm, or None), the residual sum and the ReLU."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, channels: int, stride: int, downsample: bool,
+                 data_format: str, dtype) -> None:
+        super().__init__()
+        self.kw = dict(in_channels=in_channels, channels=channels, stride=stride,
+                       downsample=downsample, data_format=data_format, dtype=dtype)
+
+    def config(self) -> dict:
+        return dict(self.kw)
+
+    def _shortcut(self) -> Sequential | None:
+        """The 1x1 convolution and batch norm of the shortcut (keys downsample.0, .1), or
+        None; assigned last, so that the keys come in torchvision's order."""
+        kw = self.kw
+        if not kw["downsample"]:
+            return None
+        return Sequential(
+            _conv(kw["in_channels"], kw["channels"] * self.expansion, 1, kw["stride"],
+                  kw["data_format"], kw["dtype"]),
+            L.BatchNorm2d(kw["channels"] * self.expansion, data_format=kw["data_format"],
+                          dtype=kw["dtype"]))
+
+    def _merge(self, out, x):
+        """relu(out + x), x through downsample when there is one."""
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(combine.add(out, identity))
 
 
-class BasicBlock(Module):
+class BasicBlock(_Block):
     """Two 3x3 convolutions and a shortcut: relu(bn2(conv2(relu(bn1(conv1(x))))) + x), with x
     through `downsample` (1x1 convolution and batch norm) when `downsample` is True.
 
@@ -49,29 +76,21 @@ class BasicBlock(Module):
     def __init__(self, in_channels: int, channels: int, stride: int = 1, *,
                  downsample: bool = False, data_format: str = "channels_last",
                  dtype="float32") -> None:
-        super().__init__()
-        fmt, f = data_format, channels * self.expansion
-        self.kw = dict(in_channels=in_channels, channels=channels, stride=stride,
-                       downsample=downsample, data_format=fmt, dtype=dtype)
+        super().__init__(in_channels, channels, stride, downsample, data_format, dtype)
+        fmt = data_format
         self.conv1 = _conv(in_channels, channels, 3, stride, fmt, dtype)
         self.bn1 = L.BatchNorm2d(channels, data_format=fmt, dtype=dtype)
         self.relu = L.ReLU(inplace=True)
-        self.conv2 = _conv(channels, f, 3, 1, fmt, dtype)
-        self.bn2 = L.BatchNorm2d(f, data_format=fmt, dtype=dtype)
-        self.downsample = _downsample(in_channels, f, stride, fmt, dtype) if downsample \
-            else None
-
-    def config(self) -> dict:
-        return dict(self.kw)
+        self.conv2 = _conv(channels, channels, 3, 1, fmt, dtype)
+        self.bn2 = L.BatchNorm2d(channels, data_format=fmt, dtype=dtype)
+        self.downsample = self._shortcut()
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(combine.add(out, identity))
+        return self._merge(self.bn2(self.conv2(out)), x)
 
 
-class Bottleneck(Module):
+class Bottleneck(_Block):
     """1x1 (reduce), 3x3 (stride), 1x1 (expand by 4) convolutions and a shortcut
     (torchvision's ResNet v1.5: the stride sits on the 3x3).
 
@@ -83,29 +102,21 @@ class Bottleneck(Module):
     def __init__(self, in_channels: int, channels: int, stride: int = 1, *,
                  downsample: bool = False, data_format: str = "channels_last",
                  dtype="float32") -> None:
-        super().__init__()
-        fmt, f = data_format, channels * self.expansion
-        self.kw = dict(in_channels=in_channels, channels=channels, stride=stride,
-                       downsample=downsample, data_format=fmt, dtype=dtype)
+        super().__init__(in_channels, channels, stride, downsample, data_format, dtype)
+        fmt = data_format
         self.conv1 = _conv(in_channels, channels, 1, 1, fmt, dtype)
         self.bn1 = L.BatchNorm2d(channels, data_format=fmt, dtype=dtype)
         self.conv2 = _conv(channels, channels, 3, stride, fmt, dtype)
         self.bn2 = L.BatchNorm2d(channels, data_format=fmt, dtype=dtype)
-        self.conv3 = _conv(channels, f, 1, 1, fmt, dtype)
-        self.bn3 = L.BatchNorm2d(f, data_format=fmt, dtype=dtype)
+        self.conv3 = _conv(channels, channels * 4, 1, 1, fmt, dtype)
+        self.bn3 = L.BatchNorm2d(channels * 4, data_format=fmt, dtype=dtype)
         self.relu = L.ReLU(inplace=True)
-        self.downsample = _downsample(in_channels, f, stride, fmt, dtype) if downsample \
-            else None
-
-    def config(self) -> dict:
-        return dict(self.kw)
+        self.downsample = self._shortcut()
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(combine.add(out, identity))
+        return self._merge(self.bn3(self.conv3(out)), x)
 
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 from npconv import pooling
 from npconv.models._common import (
+    Classifier,
     check_builder_args,
     check_positive,
-    init_convolutions,
-    init_linears,
 )
 from npconv.nn import functional as F
 from npconv.nn import layers as L
-from npconv.nn.module import Layer, Module, Sequential
+from npconv.nn.module import Layer, Sequential
 
 __all__ = ["CONFIGS", "VGG", "vgg11", "vgg16"]
 
@@ -53,7 +52,7 @@ def _features(cfg, in_channels: int, width: int, batch_norm: bool, fmt, dtype) -
     return Sequential(*out)
 
 
-class VGG(Module):
+class VGG(Classifier):
     """torchvision's VGG; use the builders (`vgg11`, `vgg16`). features -> avgpool
     (AdaptiveAvgPool2d(pool_size)) -> flatten -> classifier. Initialization as torchvision's:
     convolutions kaiming_normal(fan_out) with zero biases, Linear N(0, 0.01^2) with zero
@@ -84,14 +83,7 @@ class VGG(Module):
             L.Dropout(dropout), L.Linear(hidden, hidden, dtype=dtype, init="zeros"),
             L.ReLU(inplace=True), L.Dropout(dropout),
             L.Linear(hidden, num_classes, dtype=dtype, init="zeros"))
-        init_convolutions(self, rng)
-        init_linears(self, rng)
-
-    def config(self) -> dict:
-        return dict(self.kw)
-
-    def forward(self, x):
-        return self.classifier(self.flatten(self.avgpool(self.features(x))))
+        self._initialize(rng)
 
 
 def vgg11(num_classes: int = 1000, in_channels: int = 3, data_format: str = "channels_last",

@@ -170,14 +170,26 @@ def _check_rank(layer: Layer, x, ranks, data_format: str) -> None:
                          f"dimension(s); got shape {tuple(x.shape)}")
 
 
-def _weight_to_torch(w, rank: int):
-    """A channels_last kernel (*K, A, B) as PyTorch's (B, A, *K) (a view)."""
-    return w.transpose(rank + 1, rank, *range(rank))               # (B, A, *K)
+class _Kernel(Layer):
+    """A layer with a convolution kernel: PyTorch's layout (B, A, *K) in state_dict, whatever
+    the layer's (a channels_last kernel is (*K, A, B)); views both ways."""
 
+    kernel_size: tuple[int, ...]
+    kw: dict
 
-def _weight_from_torch(w, rank: int):
-    """PyTorch's (B, A, *K) as a channels_last kernel (*K, A, B) (a view)."""
-    return w.transpose(*range(2, rank + 2), 1, 0)                  # (*K, A, B)
+    def _to_torch(self, key: str, array):
+        if not self._kernel_last(key):
+            return array
+        rank = len(self.kernel_size)
+        return array.transpose(rank + 1, rank, *range(rank))       # (B, A, *K)
+
+    def _from_torch(self, key: str, array):
+        if not self._kernel_last(key):
+            return array
+        return array.transpose(*range(2, len(self.kernel_size) + 2), 1, 0)   # (*K, A, B)
+
+    def _kernel_last(self, key: str) -> bool:
+        return key == "weight" and self.kw["data_format"] == "channels_last"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +213,7 @@ def _conv_args(cls, in_channels, out_channels, kernel_size, groups, stride, dila
     return c, f, k, dict(stride=stride, padding=padding, dilation=dilation, groups=g)
 
 
-class Conv(Layer):
+class Conv(_Kernel):
     """N-d convolution layer (`npconv.conv`): PyTorch's Conv1d/Conv2d/Conv3d for any rank.
 
     The rank (number of spatial dimensions) is len(kernel_size) for a tuple; an int
@@ -267,17 +279,6 @@ class Conv(Layer):
         self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
 
-    def _to_torch(self, key: str, array):
-        rank = len(self.kernel_size)
-        return _weight_to_torch(array, rank) if self._kernel_last(key) else array
-
-    def _from_torch(self, key: str, array):
-        rank = len(self.kernel_size)
-        return _weight_from_torch(array, rank) if self._kernel_last(key) else array
-
-    def _kernel_last(self, key: str) -> bool:
-        return key == "weight" and self.kw["data_format"] == "channels_last"
-
     def _fold_batch_norm(self, bn) -> None:
         """Fold `bn`, the layer after this one, into this one's weights for evaluation-mode
         forwards (`Layer.eval`); nothing when bn is not a BatchNorm of out_channels in the
@@ -325,7 +326,7 @@ class Conv3d(Conv):
     rank = 3
 
 
-class ConvTranspose(Layer):
+class ConvTranspose(_Kernel):
     """N-d transposed convolution layer (`npconv.conv_transpose`): PyTorch's
     ConvTranspose1d/2d/3d for any rank; the rank as in `Conv`.
 
@@ -378,17 +379,6 @@ class ConvTranspose(Layer):
                                                          bias=self.has_bias, **self.kw)
         self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
-
-    def _to_torch(self, key: str, array):
-        rank = len(self.kernel_size)
-        return _weight_to_torch(array, rank) if self._kernel_last(key) else array
-
-    def _from_torch(self, key: str, array):
-        rank = len(self.kernel_size)
-        return _weight_from_torch(array, rank) if self._kernel_last(key) else array
-
-    def _kernel_last(self, key: str) -> bool:
-        return key == "weight" and self.kw["data_format"] == "channels_last"
 
 
 class ConvTranspose1d(ConvTranspose):
@@ -520,9 +510,8 @@ class AvgPool3d(AvgPool):
     rank = 3
 
 
-class GlobalAvgPool(Layer):
-    """Mean over every spatial dimension: (N, *S, C) or (N, C, *S) -> (N, C) (PyTorch:
-    AdaptiveAvgPool2d(1) then Flatten)."""
+class _Global(Layer):
+    """A pool over every spatial dimension: only a data_format to configure."""
 
     def __init__(self, *, data_format: str = "channels_last") -> None:
         self.data_format = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
@@ -530,6 +519,11 @@ class GlobalAvgPool(Layer):
 
     def config(self) -> dict:
         return dict(data_format=self.data_format)
+
+
+class GlobalAvgPool(_Global):
+    """Mean over every spatial dimension: (N, *S, C) or (N, C, *S) -> (N, C) (PyTorch:
+    AdaptiveAvgPool2d(1) then Flatten)."""
 
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
@@ -599,7 +593,7 @@ class AdaptiveAvgPool3d(AdaptiveAvgPool):
     rank = 3
 
 
-class GlobalMaxPool(Layer):
+class GlobalMaxPool(_Global):
     """Maximum over every spatial dimension: (N, *S, C) or (N, C, *S) -> (N, C) (PyTorch:
     AdaptiveMaxPool2d(1) then Flatten; Keras: GlobalMaxPooling2D). The backward sends dy to the
     first maximum of each (n, c), from the forward's indices.
@@ -607,13 +601,6 @@ class GlobalMaxPool(Layer):
     >>> GlobalMaxPool()(np.arange(8.0).reshape(1, 2, 2, 2))               # (N, H, W, C)
     array([[6., 7.]])
     """
-
-    def __init__(self, *, data_format: str = "channels_last") -> None:
-        self.data_format = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-        super().__init__()
-
-    def config(self) -> dict:
-        return dict(data_format=self.data_format)
 
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
