@@ -71,7 +71,8 @@ def test_keras_archive_gives_keras_predictions(keras_model, fmt):
     where = models.load_keras(net, folder / "m.keras")
     assert where == {"stem": "conv2d", "bn": "batch_normalization", "dw": "depthwise_conv2d",
                      "bn2": "batch_normalization_1", "up": "conv2d_transpose", "fc": "dense"}
-    assert net.bn2.eps == 1e-2 and net.bn2.momentum == pytest.approx(0.1)   # from the config
+    assert net.bn2.eps == 1e-2 and net.bn2.momentum == 0.9                  # from the config
+    assert net.bn.convention == "keras" and net.bn.momentum == 0.99
     x = X if fmt == "channels_last" else np.ascontiguousarray(np.moveaxis(X, -1, 1))
     assert rel_err(net.forward(x), model.predict(X, verbose=0)) < 1e-5
     assert rel_err(net.eval().forward(x), model.predict(X, verbose=0)) < 1e-5
@@ -114,3 +115,20 @@ def test_another_architecture_is_refused(keras_model):
     grouped.dw = nn.Conv2d(4, 4, 3, padding=1, groups=2)
     with pytest.raises(ValueError, match="dw \\(Conv2d\\): no Keras layer kind"):
         models.load_keras(grouped, folder / "m.keras")
+
+
+def test_training_continues_as_in_keras(keras_model):
+    """After load_keras, a training pass updates the batch norms' moving statistics as Keras'
+    BatchNormalization does (momentum * old + (1 - momentum) * batch, biased variance)."""
+    import keras
+
+    model, folder = keras_model
+    net = Net()
+    models.load_keras(net, folder / "m.keras")
+    net.forward(X, training=True)
+    clone = keras.models.clone_model(model)                        # the fixture stays as is
+    clone.set_weights(model.get_weights())
+    bn = clone.get_layer("bn")
+    keras.Model(clone.inputs, bn.output)(X, training=True)         # Keras' own update
+    for ours, theirs in (("running_mean", bn.moving_mean), ("running_var", bn.moving_variance)):
+        assert rel_err(net.bn.buffers[ours], np.asarray(theirs)) < 1e-5, ours

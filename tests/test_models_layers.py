@@ -41,6 +41,23 @@ def cases(fmt):
     yield "adaptive-global", nn.AdaptiveAvgPool(1, **f), (image(R(15), 2, (4, 3), 2, fmt),)
     yield "flatten-torch-order", nn.Flatten(**f), (image(R(16), 2, (2, 3), 4, fmt),)
     yield "global-max", nn.GlobalMaxPool(**f), (image(R(17), 2, (3, 4), 3, fmt),)
+    yield "relu6", nn.ReLU6(), (image(R(19), 2, (3,), 4, fmt) * 4 + 3,)
+    yield "hardswish", nn.Hardswish(), (image(R(20), 2, (3,), 4, fmt) * 3,)
+    yield "hardsigmoid", nn.Hardsigmoid(), (image(R(21), 2, (3,), 4, fmt) * 3,)
+    yield "silu", nn.SiLU(), (image(R(22), 2, (3,), 4, fmt) * 2,)
+    yield "leaky", nn.LeakyReLU(0.2), (image(R(23), 2, (3,), 4, fmt),)
+    yield "upsample-nearest", nn.Upsample(scale_factor=2, **f), (image(R(24), 2, (2, 3), 2, fmt),)
+    yield "upsample-bilinear", nn.Upsample(size=(5, 7), mode="bilinear", **f), \
+        (image(R(25), 2, (3, 4), 2, fmt),)
+    yield "upsample-bilinear-corners", nn.Upsample(scale_factor=2, mode="bilinear",
+                                                   align_corners=True, **f), \
+        (image(R(26), 1, (3, 2), 2, fmt),)
+    yield "upsample-linear", nn.Upsample(scale_factor=1.5, mode="linear", **f), \
+        (image(R(27), 2, (4,), 3, fmt),)
+    yield "layernorm", nn.LayerNorm((3, 4) if fmt == "channels_last" else (4, 3),
+                                    dtype="float64"), (image(R(28), 2, (3,), 4, fmt),)
+    yield "groupnorm", nn.GroupNorm(2, 4, **f, dtype="float64"), \
+        (image(R(29), 2, (3, 2), 4, fmt),)
     yield "max-pool-indices", nn.MaxPool2d(3, stride=2, padding=1, **f), \
         (image(R(18), 2, (5, 6), 3, fmt),)
 
@@ -81,6 +98,19 @@ def torch_twin(torch, name, fmt):
         "adaptive-global": lambda x: tf.adaptive_avg_pool2d(x, 1),
         "flatten-torch-order": lambda x: torch.flatten(x, 1),
         "global-max": lambda x: torch.flatten(tf.adaptive_max_pool2d(x, 1), 1),
+        "relu6": tf.relu6,
+        "hardswish": tf.hardswish,
+        "hardsigmoid": tf.hardsigmoid,
+        "silu": tf.silu,
+        "leaky": lambda x: tf.leaky_relu(x, 0.2),
+        "upsample-nearest": lambda x: tf.interpolate(x, scale_factor=2),
+        "upsample-bilinear": lambda x: tf.interpolate(x, size=(5, 7), mode="bilinear"),
+        "upsample-bilinear-corners": lambda x: tf.interpolate(x, scale_factor=2, mode="bilinear",
+                                                              align_corners=True),
+        "upsample-linear": lambda x: tf.interpolate(x, scale_factor=1.5, mode="linear"),
+        "layernorm": lambda x: tf.layer_norm(x, (4, 3)) if fmt == "channels_first"
+        else tf.layer_norm(x.permute(0, 2, 1), (3, 4)).permute(0, 2, 1),
+        "groupnorm": lambda x: tf.group_norm(x, 2),
         "max-pool-indices": lambda x: tf.max_pool2d(x, 3, 2, 1),
     }[name]
 
@@ -96,8 +126,10 @@ def test_matches_torch(torch, fmt, name):
     dy = R(1).standard_normal(yt.shape)
     yt.backward(torch.tensor(dy))
     dxs = layer.backward(dy if y.ndim == 2 or fmt == "channels_first" else np.moveaxis(dy, 1, -1))
+    # PyTorch's hardsigmoid backward multiplies by float32(1/6) even in float64
+    tol = 1e-7 if name == "hardsigmoid" else 1e-12
     for t, dx in zip(ts, dxs if isinstance(dxs, tuple) else (dxs,), strict=True):
-        assert rel_err(first(dx, fmt), t.grad.numpy()) < 1e-12
+        assert rel_err(first(dx, fmt), t.grad.numpy()) < tol
 
 
 def test_adaptive_windows_follow_pytorch_rule():
@@ -189,3 +221,65 @@ def test_max_pools_keep_the_argmax_not_the_input():
         assert np.count_nonzero(dx) == dy.size and dx.sum() == pytest.approx(dy.sum())
         layer.forward(x)
         assert layer._cache is None
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_norm_parameter_gradients_match_torch(torch, fmt):
+    """LayerNorm's and GroupNorm's weight and bias gradients, with affine parameters away
+    from 1 and 0, against torch autograd and central differences (float64)."""
+    x = image(R(0), 2, (3, 2), 4, fmt)
+    shape = x.shape[1:]
+    for layer, twin in ((nn.LayerNorm(shape, dtype="float64"),
+                         lambda t, w, b: torch.nn.functional.layer_norm(t, shape, w, b)),
+                        (nn.GroupNorm(2, 4, data_format=fmt, dtype="float64"),
+                         lambda t, w, b: torch.nn.functional.group_norm(t, 2, w, b))):
+        for key in ("weight", "bias"):
+            layer.params[key][...] = R(1).uniform(0.5, 1.5, layer.params[key].shape)
+        dy = R(2).standard_normal(x.shape)
+        layer.forward(x, training=True)
+        layer.backward(dy)
+        tensors = {k: torch.tensor(v, requires_grad=True) for k, v in layer.params.items()}
+        if isinstance(layer, nn.GroupNorm):
+            xt = torch.tensor(first(x, fmt))
+            twin(xt, tensors["weight"], tensors["bias"]).backward(torch.tensor(first(dy, fmt)))
+        else:
+            twin(torch.tensor(x), tensors["weight"], tensors["bias"]).backward(torch.tensor(dy))
+        for key, t in tensors.items():
+            assert rel_err(layer.grads[key], t.grad.numpy()) < 1e-12, (layer, key)
+            num = central_difference(lambda lay=layer, d=dy: float(np.sum(d * lay.forward(x))),
+                                     layer.params[key])
+            assert rel_err(layer.grads[key], num) < 1e-7, (layer, key)
+
+
+def test_batch_norm_keras_convention():
+    """convention="keras": running statistics momentum * old + (1 - momentum) * batch with the
+    biased batch variance (Keras' rule), checked against the formula."""
+    bn = nn.BatchNorm2d(3, momentum=0.9, eps=1e-3, convention="keras", dtype="float64")
+    x = R(0).standard_normal((4, 5, 5, 3)) * 2 + 1
+    bn.forward(x, training=True)
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))                   # biased
+    assert rel_err(bn.buffers["running_mean"], 0.1 * mean) < 1e-12
+    assert rel_err(bn.buffers["running_var"], 0.9 + 0.1 * var) < 1e-12
+    assert bn.config()["convention"] == "keras" and "convention" not in nn.BatchNorm(3).config()
+    with pytest.raises(ValueError, match="convention='keras' needs a number"):
+        nn.BatchNorm(3, momentum=None, convention="keras")
+    with pytest.raises(ValueError, match="`convention` must be one of"):
+        nn.BatchNorm(3, convention="tf")
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: nn.Upsample(), ValueError, "exactly one of `size` and `scale_factor`"),
+    (lambda: nn.Upsample(size=2, scale_factor=2), ValueError, "exactly one of"),
+    (lambda: nn.Upsample(scale_factor=2, mode="cubic"), ValueError, "`mode` must be one of"),
+    (lambda: nn.GroupNorm(3, 4), ValueError, "`num_groups` must divide num_channels"),
+    (lambda: nn.GroupNorm(2, 4)(np.zeros((2, 3, 3))), ValueError, "expects `x` with 4 channels"),
+    (lambda: nn.LayerNorm(0), ValueError, "`normalized_shape` must be >= 1"),
+    (lambda: nn.LayerNorm(3, eps=0), ValueError, "`eps` must be > 0"),
+    (lambda: nn.ReLU6(inplace="yes"), TypeError, "`inplace` must be True or False"),
+    (lambda: _trained(nn.ReLU6(), A).backward(A[:1]), ValueError,
+     r"`dy` must have shape \(2, 3, 3, 2\)"),
+    (lambda: nn.SiLU().backward(A), RuntimeError, "without a recorded forward"),
+])
+def test_new_layer_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -199,9 +199,9 @@ def load_keras(model: Layer, source, config: dict | None = None) -> dict:
 
     `source`: a `.keras` / `.weights.h5` / legacy `.h5` path (read with `npconv.io.load_keras`,
     which gives the config of a .keras file too), or the dict `npconv.io.load` returns. The
-    config orders nested sub-models and sets each BatchNorm's eps and momentum (Keras'
-    momentum m is npconv's 1 - m); without it, BatchNorm layers keep theirs: build them with
-    Keras' eps=1e-3. ValueError, naming every mismatch, for a file of another architecture;
+    config orders nested sub-models and gives each BatchNorm Keras' convention with its
+    layer's epsilon and momentum (`nn.BatchNorm(convention="keras")`: training continues as in
+    Keras); without it, BatchNorm layers keep theirs: build them with Keras' eps=1e-3. ValueError, naming every mismatch, for a file of another architecture;
     `model` is unchanged then.
 
     Example (after `keras_model.save("m.keras")`)::
@@ -222,8 +222,9 @@ def load_keras(model: Layer, source, config: dict | None = None) -> dict:
         for key, array in arrays.items():
             target = layer.params.get(key, layer.buffers.get(key))
             target[...] = array
-        if isinstance(layer, L.BatchNorm) and cfg:
-            layer.eps = float(cfg.get("epsilon", layer.eps))
-            layer.momentum = 1.0 - float(cfg.get("momentum", 1.0 - (layer.momentum or 0.1)))
+        if isinstance(layer, L.BatchNorm) and cfg:                 # Keras' statistics rule
+            layer.eps = float(cfg.get("epsilon", 1e-3))
+            layer.momentum = float(cfg.get("momentum", 0.99))
+            layer.convention = "keras"
     model._refold()
     return {name: path for _, name, path, _, _ in pairs}

@@ -13,11 +13,15 @@ with PyTorch's names (torch.nn's classes, arguments and state_dict keys).
     >>> _ = model.backward(dlogits)
     >>> opt.step(model.params, model.grads)
 
-Modules: `layers` (Conv, Conv1d/2d/3d, ConvTranspose, ConvTranspose1d/2d/3d, MaxPool,
-MaxPool1d/2d/3d, AvgPool, AvgPool1d/2d/3d, GlobalAvgPool, Linear, Flatten, ReLU, LeakyReLU,
-Tanh, Sigmoid, Dropout, BatchNorm, BatchNorm1d/2d/3d, Sequential), `functional` (the maths
-those layers call), `init` (initializers and the default generator: `manual_seed`), `losses`,
-`optim` and `serialization` (save / load).
+Modules: `module` (Layer, Module: composition by forward code with a derived backward,
+Sequential, enable_grad / no_grad), `layers` (Conv, Conv1d/2d/3d, ConvTranspose,
+ConvTranspose1d/2d/3d, MaxPool, MaxPool1d/2d/3d, AvgPool, AvgPool1d/2d/3d, AdaptiveAvgPool,
+AdaptiveAvgPool1d/2d/3d, GlobalAvgPool, GlobalMaxPool, Linear, Flatten, ReLU, ReLU6, LeakyReLU,
+Hardswish, Hardsigmoid, SiLU, Tanh, Sigmoid, Dropout, BatchNorm, BatchNorm1d/2d/3d, LayerNorm,
+GroupNorm, Upsample), `combine` (Identity, Add, Concat, ZeroPad, add, concat), `functional`,
+`activation`, `normalization`, `resample` and `merge` (the maths those layers call), `init`
+(initializers and the default generator: `manual_seed`), `losses`, `optim` and
+`serialization` (save / load).
 """
 
 from npconv.nn import functional, init
@@ -49,7 +53,11 @@ from npconv.nn.layers import (
     Flatten,
     GlobalAvgPool,
     GlobalMaxPool,
+    GroupNorm,
+    Hardsigmoid,
+    Hardswish,
     Layer,
+    LayerNorm,
     LeakyReLU,
     Linear,
     MaxPool,
@@ -57,9 +65,12 @@ from npconv.nn.layers import (
     MaxPool2d,
     MaxPool3d,
     ReLU,
+    ReLU6,
     Sequential,
     Sigmoid,
+    SiLU,
     Tanh,
+    Upsample,
 )
 from npconv.nn.losses import LOSSES, mse, softmax_cross_entropy
 from npconv.nn.module import (
@@ -108,9 +119,13 @@ __all__ = [
     "Flatten",
     "GlobalAvgPool",
     "GlobalMaxPool",
+    "GroupNorm",
+    "Hardsigmoid",
+    "Hardswish",
     "Identity",
     "IncompatibleKeys",
     "Layer",
+    "LayerNorm",
     "LeakyReLU",
     "Linear",
     "MaxPool",
@@ -120,9 +135,12 @@ __all__ = [
     "Module",
     "Optimizer",
     "ReLU",
+    "ReLU6",
     "Sequential",
+    "SiLU",
     "Sigmoid",
     "Tanh",
+    "Upsample",
     "ZeroPad",
     "add",
     "can_overwrite",

@@ -4,6 +4,7 @@
 They are what forward code uses to merge branches (a residual sum, a U-Net skip connection),
 so that the merge is a recorded call and its gradient follows: Add's backward gives dy to every
 input (the same array, no copy), Concat's gives each input its slice of dy (views, no copies).
+The maths is npconv.nn.merge's (threaded for NumPy arrays); CuPy arrays take array-module ops.
 Add writes its sum into one of its inputs when the running forward made that array and nothing
 else uses it (`npconv.nn.can_overwrite`): a residual block's sum then costs no new activation.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from npconv import _args, _backend
+from npconv.nn import merge
 from npconv.nn.module import Layer, can_overwrite
 from npconv.spec import check_shape
 
@@ -71,13 +73,12 @@ class Add(Layer):
     def forward(self, *xs, training: bool = False):
         _check_inputs(self, xs, same_shape=True)
         self._start(training, (xs[0].shape, len(xs)))
-        xp = _backend.namespace(*xs)
-        into = next((i for i, x in enumerate(xs) if can_overwrite(x)), None)
-        if into is None:
-            y, rest = xp.add(xs[0], xs[1]), xs[2:]                 # like x0
-        else:
-            y, rest = xs[into], xs[:into] + xs[into + 1:]
-        for x in rest:
+        into = next((x for x in xs if can_overwrite(x)), None)
+        if all(isinstance(x, np.ndarray) for x in xs):
+            return merge.add(*xs, out=into)                        # threaded; like x0
+        xp = _backend.namespace(*xs)                               # CuPy
+        y = xp.add(xs[0], xs[1], out=into)                         # like x0
+        for x in xs[2:]:
             xp.add(y, x, out=y)
         return y
 
@@ -85,7 +86,7 @@ class Add(Layer):
         shape, n = self._saved()
         _args.float_array(dy, "dy")
         check_shape(dy, shape, "dy")
-        return (dy,) * n
+        return (dy,) * n                                           # merge.add_backward's rule
 
 
 class Concat(Layer):
@@ -121,6 +122,8 @@ class Concat(Layer):
         _check_inputs(self, xs, same_shape=False, axis=axis)
         sizes = tuple(x.shape[axis] for x in xs)
         self._start(training, (axis, sizes, xs[0].shape))
+        if all(isinstance(x, np.ndarray) for x in xs):
+            return merge.concat(list(xs), axis=axis)               # threaded per image
         return _backend.namespace(*xs).concatenate(xs, axis=axis)   # (.., sum(sizes), ..)
 
     def backward(self, dy):
@@ -129,6 +132,8 @@ class Concat(Layer):
         want = list(shape)
         want[axis] = sum(sizes)
         check_shape(dy, tuple(want), "dy")
+        if isinstance(dy, np.ndarray):
+            return merge.concat_backward(dy, list(sizes), axis=axis)       # views of dy
         edges = np.cumsum(sizes)[:-1].tolist()
         return tuple(_backend.namespace(dy).split(dy, edges, axis=axis))   # views of dy
 

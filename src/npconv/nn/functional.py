@@ -29,13 +29,14 @@ __all__ = [
     "check_channels",
     "dropout",
     "dropout_backward",
-    "fold_batch_norm",
     "leaky_relu",
     "leaky_relu_backward",
     "linear",
     "linear_backward",
     "log_softmax",
     "relu",
+    "relu6",
+    "relu6_backward",
     "relu_backward",
     "sigmoid",
     "sigmoid_backward",
@@ -83,6 +84,24 @@ def relu_backward(dy, x):
     """dy where x > 0, else 0 (the subgradient at 0 is 0, as in PyTorch)."""
     _check_pair(dy, x)
     return np.where(x > 0, dy, 0).astype(dy.dtype, copy=False)  # like x
+
+
+def relu6(x, *, out=None):
+    """min(max(x, 0), 6), elementwise, in x's array module (npconv.nn.activation has the
+    threaded NumPy kernel; this is the CuPy path of nn.ReLU6).
+
+    >>> relu6(np.array([-1.0, 3.0, 7.0]))
+    array([0., 3., 6.])
+    """
+    _args.float_array(x, "x")
+    return _backend.namespace(x).clip(x, 0, 6, out=out)
+
+
+def relu6_backward(dy, y):
+    """dy where 0 < y < 6 (the output, or x: the same set), else 0."""
+    _check_pair(dy, y, "y")
+    xp = _backend.namespace(dy, y)
+    return xp.where((y > 0) & (y < 6), dy, 0).astype(dy.dtype, copy=False)   # like y
 
 
 def leaky_relu(x, negative_slope: float = 0.01):
@@ -312,31 +331,6 @@ def batch_norm_backward(dy, x, gamma, running_mean=None, running_var=None, *, tr
     dx = g * (dy - _per_channel(dbeta / m, nd, data_format)
               - xhat * _per_channel(dgamma / m, nd, data_format))  # like x
     return dx.astype(dy.dtype, copy=False), dgamma, dbeta
-
-
-def fold_batch_norm(w, b, gamma, beta, running_mean, running_var, *, eps: float, axis: int):
-    """(w', b'): a convolution (or linear map) with weight w and bias b (None: zero) followed by
-    an evaluation-mode batch norm, as one convolution; `axis` is w's output-channel axis (-1 for
-    a channels_last kernel (*K, C/G, F), 0 for (F, C/G, *K)).
-
-    With scale = gamma / sqrt(running_var + eps): BN(conv(x, w) + b) = conv(x, w * scale)
-    + (b - running_mean) * scale + beta, since the convolution is linear in w and the scale is
-    per output channel. Computed in float64 and rounded once to w's dtype, so the folded
-    network equals the unfolded one to rounding.
-
-    >>> w, b = fold_batch_norm(np.ones((1, 1, 2)), None, np.array([2.0, 1.0]), np.zeros(2),
-    ...                        np.array([1.0, 0.0]), np.array([3.0, 0.0]), eps=1.0, axis=-1)
-    >>> w.ravel(), b                                                # scales 1 and 1
-    (array([1., 1.]), array([-1.,  0.]))
-    """
-    f64 = np.float64
-    scale = gamma.astype(f64) / np.sqrt(running_var.astype(f64) + eps)        # (F,)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    w_folded = (w * scale.reshape(shape)).astype(w.dtype)          # like w
-    b0 = 0.0 if b is None else b.astype(f64)
-    b_folded = ((b0 - running_mean) * scale + beta).astype(w.dtype)            # (F,)
-    return w_folded, b_folded
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from npconv import _args, _backend, convolution, pooling
+from npconv.nn import activation, normalization, resample
 from npconv.nn import functional as F
 from npconv.nn import init as initializers
 from npconv.nn.combine import Add, Concat, Identity, ZeroPad
@@ -290,13 +291,25 @@ class Conv(_Kernel):
             self._refold_batch_norm()
 
     def _refold_batch_norm(self) -> None:
+        """weight * a and bias * a + b per output channel, with a, b the folded batch norm's
+        evaluation-mode scale and shift (npconv.nn.normalization.batch_norm_scale_shift, in
+        float64): conv(x, w) + bias is linear in (w, bias), and the batch norm scales and
+        shifts each output channel, so BN(conv(x)) = conv(x, w * a) + bias * a + b. Rounded
+        once to the weight's dtype: the folded model equals the unfolded one to rounding."""
         bn = self._folded_bn
-        if bn is not None:
-            axis = -1 if self.kw["data_format"] == "channels_last" else 0
-            self._fold = F.fold_batch_norm(
-                self.params["weight"], self.params.get("bias"), bn.params["weight"],
-                bn.params["bias"], bn.buffers["running_mean"], bn.buffers["running_var"],
-                eps=bn.eps, axis=axis)
+        if bn is None:
+            return
+        w, bias = self.params["weight"], self.params.get("bias")
+        host = [_backend.to_numpy(v) for v in (bn.params["weight"], bn.params["bias"],
+                                               bn.buffers["running_mean"],
+                                               bn.buffers["running_var"])]
+        a, b = normalization.batch_norm_scale_shift(*host, eps=bn.eps)           # (F,) twice
+        if bias is not None:
+            b = b + a * _backend.to_numpy(bias).astype(np.float64)
+        xp = _backend.namespace(w)
+        shape = (-1,) if self.kw["data_format"] == "channels_last" else (-1, *(1,) * (w.ndim - 1))
+        self._fold = ((w * xp.asarray(a.reshape(shape))).astype(w.dtype),          # like w
+                      xp.asarray(b.astype(w.dtype)))                                 # (F,)
 
     def _unfold(self) -> None:
         if self._folded_bn is not None:
@@ -717,10 +730,22 @@ class Flatten(Layer):
 # ---------------------------------------------------------------------------------------------
 
 
-class ReLU(Layer):
-    """max(x, 0). With inplace=True (PyTorch's argument), the result is written into x when
-    the running Module forward made x and nothing else uses it (`nn.can_overwrite`); never into
-    an array the caller passed in."""
+def _cpu(*arrays) -> bool:
+    """True when every array is a NumPy array: npconv.nn.activation, normalization, resample
+    and merge (the fast kernels on the worker threads) take NumPy arrays only; CuPy arrays go
+    to nn.functional's array-module ops where it has them."""
+    return all(isinstance(a, np.ndarray) for a in arrays)
+
+
+class _Activation(Layer):
+    """y = f(x) elementwise. Backward reads what the subclass keeps: the output y
+    (`keeps_output`: ReLU, ReLU6, LeakyReLU, Sigmoid, Tanh) or the input x (Hardswish,
+    Hardsigmoid, SiLU, whose derivative y does not give). With inplace=True (PyTorch's
+    argument) y is written into x when the running Module forward made x and nothing else uses
+    it (`nn.can_overwrite`), never into an array the caller passed in; a layer that keeps x
+    does so only when no backward will follow."""
+
+    keeps_output = True
 
     def __init__(self, inplace: bool = False) -> None:
         self.inplace = pooling.check_flag(inplace, "inplace")
@@ -731,55 +756,139 @@ class ReLU(Layer):
 
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
-        y = F.relu(x, out=x if self.inplace and can_overwrite(x) else None)
-        self._start(training, y)
+        keep = grad_enabled(pooling.check_flag(training, "training"))
+        overwrite = self.inplace and (self.keeps_output or not keep) and can_overwrite(x)
+        y = self._f(x, x if overwrite else None)
+        self._start(training, y if self.keeps_output else x)
         return y
 
     def backward(self, dy):
-        return F.relu_backward(dy, self._saved())                  # y > 0 where x > 0
+        kept = self._saved()
+        _args.float_array(dy, "dy")
+        check_shape(dy, (kept[0] if isinstance(kept, tuple) else kept).shape, "dy")
+        return self._df(dy, kept)
+
+    def _f(self, x, out):
+        """y = f(x), written into `out` when given."""
+        raise NotImplementedError
+
+    def _df(self, dy, kept):
+        """dx from dy and what forward kept."""
+        raise NotImplementedError
 
 
-class LeakyReLU(Layer):
-    """x if x > 0 else negative_slope * x."""
+class ReLU(_Activation):
+    """max(x, 0); backward from y (y > 0 exactly where x > 0)."""
 
-    def __init__(self, negative_slope: float = 0.01) -> None:
+    def _f(self, x, out):
+        return activation.relu(x, out=out) if _cpu(x) else F.relu(x, out=out)
+
+    def _df(self, dy, y):
+        return activation.relu_backward(dy, y) if _cpu(dy, y) else F.relu_backward(dy, y)
+
+
+class ReLU6(_Activation):
+    """min(max(x, 0), 6) (MobileNetV2's activation); backward from y."""
+
+    def _f(self, x, out):
+        return activation.relu6(x, out=out) if _cpu(x) else F.relu6(x, out=out)
+
+    def _df(self, dy, y):
+        return activation.relu6_backward(dy, y) if _cpu(dy, y) else F.relu6_backward(dy, y)
+
+
+class LeakyReLU(_Activation):
+    """x if x > 0 else negative_slope * x; backward from y (negative_slope >= 0 keeps signs)."""
+
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         self.negative_slope = F.real_in(negative_slope, 0.0, 1.0, "negative_slope",
                                         closed_high=True)
-        super().__init__()
+        super().__init__(inplace)
 
     def config(self) -> dict:
-        return dict(negative_slope=self.negative_slope)
+        return dict(negative_slope=self.negative_slope, **super().config())
 
-    def forward(self, x, training: bool = False):
-        self._start(training, x)
+    def _f(self, x, out):
+        if _cpu(x):
+            return activation.leaky_relu(x, self.negative_slope, out=out)
         return F.leaky_relu(x, self.negative_slope)
 
-    def backward(self, dy):
-        return F.leaky_relu_backward(dy, self._saved(), self.negative_slope)
+    def _df(self, dy, y):
+        if _cpu(dy, y):
+            return activation.leaky_relu_backward(dy, y, self.negative_slope)
+        return F.leaky_relu_backward(dy, y, self.negative_slope)
 
 
-class Tanh(Layer):
-    """tanh(x); backward uses the saved output."""
+class Tanh(_Activation):
+    """tanh(x); backward from y: dy (1 - y^2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def _f(self, x, out):
+        return activation.tanh(x) if _cpu(x) else F.tanh(x)
+
+    def _df(self, dy, y):
+        return activation.tanh_backward(dy, y) if _cpu(dy, y) else F.tanh_backward(dy, y)
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)); backward from y: dy y (1 - y)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def _f(self, x, out):
+        return activation.sigmoid(x) if _cpu(x) else F.sigmoid(x)
+
+    def _df(self, dy, y):
+        return activation.sigmoid_backward(dy, y) if _cpu(dy, y) else F.sigmoid_backward(dy, y)
+
+
+class Hardswish(_Activation):
+    """x * relu6(x + 3) / 6 (MobileNetV3's activation); backward from x. NumPy arrays only."""
+
+    keeps_output = False
+
+    def _f(self, x, out):
+        return activation.hardswish(x, out=out)
+
+    def _df(self, dy, x):
+        return activation.hardswish_backward(dy, x)
+
+
+class Hardsigmoid(_Activation):
+    """relu6(x + 3) / 6; backward from x. NumPy arrays only."""
+
+    keeps_output = False
+
+    def _f(self, x, out):
+        return activation.hardsigmoid(x, out=out)
+
+    def _df(self, dy, x):
+        return activation.hardsigmoid_backward(dy, x)
+
+
+class SiLU(_Activation):
+    """x * sigmoid(x) (swish); backward from x, and from the forward's sigmoid when training
+    keeps it (one more array kept, about half the backward's passes). NumPy arrays only."""
+
+    keeps_output = False
 
     def forward(self, x, training: bool = False):
-        y = F.tanh(x)
-        self._start(training, y)
+        _args.float_array(x, "x")
+        if not grad_enabled(pooling.check_flag(training, "training")):
+            return super().forward(x, training)
+        y, s = activation.silu(x, keep_sigmoid=True)
+        self._start(training, (x, s))
         return y
 
-    def backward(self, dy):
-        return F.tanh_backward(dy, self._saved())
+    def _f(self, x, out):
+        return activation.silu(x, out=out)
 
-
-class Sigmoid(Layer):
-    """1 / (1 + exp(-x)); backward uses the saved output."""
-
-    def forward(self, x, training: bool = False):
-        y = F.sigmoid(x)
-        self._start(training, y)
-        return y
-
-    def backward(self, dy):
-        return F.sigmoid_backward(dy, self._saved())
+    def _df(self, dy, kept):
+        x, s = kept
+        return activation.silu_backward(dy, x, sigmoid=s)
 
 
 class Dropout(Layer):
@@ -827,9 +936,18 @@ class BatchNorm(Layer):
 
     params weight (C,) = 1 and bias (C,) = 0 (gamma and beta); buffers running_mean (C,) = 0,
     running_var (C,) = 1 and num_batches_tracked () = 0. Training normalizes with the batch
-    statistics and updates the running ones as (1 - momentum) * old + momentum * batch (with
-    momentum None: the cumulative average, momentum = 1 / num_batches_tracked), counting the
-    batch in num_batches_tracked; evaluation normalizes with the running statistics.
+    statistics (biased variance) and counts the batch in num_batches_tracked; evaluation
+    normalizes with the running statistics. The running statistics follow `convention`:
+
+    - "torch" (PyTorch's): (1 - momentum) * old + momentum * batch, the batch variance unbiased;
+      momentum None: the cumulative average (momentum = 1 / num_batches_tracked);
+    - "keras" (Keras' BatchNormalization): momentum * old + (1 - momentum) * batch, the batch
+      variance biased; Keras' defaults are momentum=0.99, eps=1e-3.
+
+    The maths is npconv.nn.normalization's (one read of x for the statistics, float32 sums
+    kept at two-pass accuracy); CuPy arrays take nn.functional.batch_norm (PyTorch's
+    convention only). An evaluation forward that keeps nothing for backward writes into x when
+    the running Module forward owns it (`nn.can_overwrite`).
 
     >>> bn = BatchNorm2d(4)
     >>> y = bn(np.random.default_rng(0).normal(3, 2, (64, 5, 5, 4)), training=True)
@@ -840,13 +958,16 @@ class BatchNorm(Layer):
     ranks: tuple[int, ...] | None = None        # spatial ranks allowed by BatchNorm1d/2d/3d
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float | None = 0.1,
-                 data_format: str = "channels_last", dtype="float32") -> None:
+                 convention: str = "torch", data_format: str = "channels_last",
+                 dtype="float32") -> None:
         self.num_features = c = _positive_int(num_features, "num_features")
-        self.eps = F.real_in(eps, 0.0, np.inf, "eps")
-        if self.eps <= 0:
-            raise ValueError(f"`eps` must be > 0; got {eps!r}")
+        self.eps = _eps(eps)
         self.momentum = None if momentum is None else F.real_in(momentum, 0.0, 1.0, "momentum",
                                                                 closed_high=True)
+        self.convention = _args.choice(convention, normalization.CONVENTIONS, "convention")
+        if momentum is None and convention == "keras":
+            raise ValueError("`momentum` None (a cumulative average) is PyTorch's convention; "
+                             "convention='keras' needs a number (Keras' default is 0.99)")
         self.data_format = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
         self.dtype = float_dtype(dtype)
         full = initializers.full                                   # placeholders in meta()
@@ -857,30 +978,35 @@ class BatchNorm(Layer):
                          num_batches_tracked=full((), 0, np.int64)))               # ()
 
     def config(self) -> dict:
+        """The constructor's arguments; `convention` only when not "torch" (files written
+        before it existed hold the same config)."""
+        extra = {} if self.convention == "torch" else dict(convention=self.convention)
         return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum,
-                    data_format=self.data_format, dtype=self.dtype.name)
+                    **extra, data_format=self.data_format, dtype=self.dtype.name)
 
     _folded_into: Conv | None = None            # the Conv that eval() folded this layer into
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, self.ranks, self.data_format)
         F.check_channels(x, self.num_features, self.data_format, repr(self))
-        self._start(training, (x, bool(training)))
+        training = pooling.check_flag(training, "training")
+        keep = grad_enabled(training)
         if self._folded_into is not None:
-            if not training and self._cache is None:
+            if not training and not keep:
                 return self._folded(x)
             self._folded_into._unfold()                            # weights may change now
-        if not training:
-            return self._normalize(x, False, 0.0)
-        count = self.buffers["num_batches_tracked"]
-        count += 1                                                 # in place: views stay valid
-        momentum = 1 / float(count) if self.momentum is None else self.momentum
-        return self._normalize(x, True, momentum)
+        if training:
+            count = self.buffers["num_batches_tracked"]
+            count += 1                                             # in place: views stay valid
+        y, cache = self._normalize(x, training, keep) if _cpu(x) else \
+            self._normalize_xp(x, training)
+        self._start(training, cache)
+        return y
 
     def _folded(self, x):
         """x itself: the folded convolution before this layer normalized it already."""
         conv = self._folded_into
-        if x is not conv._fold_out:
+        if conv is None or x is not conv._fold_out:
             raise RuntimeError(
                 f"{self!r} was folded into the convolution before it by eval(), but its input "
                 f"is not that convolution's output: this forward does not feed one into the "
@@ -888,22 +1014,47 @@ class BatchNorm(Layer):
         conv._fold_out = None
         return x
 
-    def _normalize(self, x, training: bool, momentum: float):
-        y, mean, var = F.batch_norm(x, self.params["weight"], self.params["bias"],
-                                    self.buffers["running_mean"], self.buffers["running_var"],
+    def _normalize(self, x, training: bool, keep: bool):
+        """(y, what backward needs) through npconv.nn.normalization (NumPy arrays)."""
+        w, b = self.params["weight"], self.params["bias"]
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        kw = dict(eps=self.eps, data_format=self.data_format)
+        if not training:
+            out = x if not keep and can_overwrite(x) else None
+            y = normalization.batch_norm_eval(x, w, b, rm, rv, **kw, out=out)
+            return y, (x, rm.copy(), rv.copy(), False)
+        y, mean, var = normalization.batch_norm_train(x, w, b, **kw)
+        new = normalization.running_stats_update(
+            rm, rv, mean, var, x.size // self.num_features, momentum=self.momentum,
+            convention=self.convention, num_batches_tracked=int(self.buffers[
+                "num_batches_tracked"]))
+        rm[...], rv[...] = new                                     # in place: views stay valid
+        return y, (x, mean, var, True)
+
+    def _normalize_xp(self, x, training: bool):
+        """(y, what backward needs) through nn.functional (CuPy arrays, PyTorch's convention)."""
+        if self.convention != "torch":
+            raise TypeError(f"{self!r}: convention='keras' runs on NumPy arrays only")
+        count = float(self.buffers["num_batches_tracked"])
+        momentum = (1 / count if self.momentum is None else self.momentum) if training else 0.0
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        y, mean, var = F.batch_norm(x, self.params["weight"], self.params["bias"], rm, rv,
                                     training=training, momentum=momentum, eps=self.eps,
                                     data_format=self.data_format)
         if training:
-            self.buffers["running_mean"][...] = mean               # in place: views stay valid
-            self.buffers["running_var"][...] = var
-        return y
+            rm[...], rv[...] = mean, var                           # the running statistics
+        return y, (x, None if training else rm.copy(), None if training else rv.copy(),
+                   training)
 
     def backward(self, dy):
-        x, training = self._saved()
-        dx, dgamma, dbeta = F.batch_norm_backward(
-            dy, x, self.params["weight"], self.buffers["running_mean"],
-            self.buffers["running_var"], training=training, eps=self.eps,
-            data_format=self.data_format)
+        x, mean, var, training = self._saved()
+        w, kw = self.params["weight"], dict(eps=self.eps, data_format=self.data_format)
+        if _cpu(dy, x):
+            dx, dgamma, dbeta = normalization.batch_norm_backward(dy, x, w, mean, var, **kw,
+                                                                  training=training)
+        else:
+            dx, dgamma, dbeta = F.batch_norm_backward(dy, x, w, mean, var, **kw,
+                                                      training=training)
         self.grads = {"weight": dgamma, "bias": dbeta}
         return dx
 
@@ -926,9 +1077,157 @@ class BatchNorm3d(BatchNorm):
     ranks = (3,)
 
 
+def _affine(shape, affine: bool, dtype) -> dict:
+    """weight (ones) and bias (zeros) of `shape` when affine, else none."""
+    full = initializers.full                                       # placeholders in meta()
+    return dict(weight=full(shape, 1, dtype), bias=full(shape, 0, dtype)) if affine else {}
+
+
+class LayerNorm(Layer):
+    """PyTorch's LayerNorm: each sample normalized by the mean and (biased) variance of its
+    trailing `normalized_shape` values, then weight * xhat + bias elementwise (params of shape
+    normalized_shape, 1 and 0; none with elementwise_affine=False, no bias with bias=False).
+    The trailing axes of the array as given: normalized_shape=(C,) on channels_last images
+    normalizes each pixel's channels (ConvNeXt's layer norm). npconv.nn.normalization's
+    maths; NumPy arrays only.
+
+    >>> LayerNorm(3)(np.array([[1.0, 2.0, 6.0]])).round(3)
+    array([[-0.926, -0.463,  1.389]])
+    """
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, *, dtype="float32") -> None:
+        shape = _frozen(normalized_shape)
+        self.normalized_shape = (_positive_int(shape, "normalized_shape"),) if \
+            _args.is_int(shape) else _args.positive_tuple(shape, len(shape), "normalized_shape") \
+            if isinstance(shape, tuple) and shape else _positive_int(shape, "normalized_shape")
+        self.eps = _eps(eps)
+        self.elementwise_affine = pooling.check_flag(elementwise_affine, "elementwise_affine")
+        self.has_bias = pooling.check_flag(bias, "bias")
+        self.dtype = float_dtype(dtype)
+        params = _affine(self.normalized_shape, self.elementwise_affine, self.dtype)
+        if not self.has_bias:
+            params.pop("bias", None)
+        super().__init__(params)
+
+    def config(self) -> dict:
+        return dict(normalized_shape=self.normalized_shape, eps=self.eps,
+                    elementwise_affine=self.elementwise_affine, bias=self.has_bias,
+                    dtype=self.dtype.name)
+
+    def forward(self, x, training: bool = False):
+        y, mean, var = normalization.layer_norm(x, self.normalized_shape,
+                                                self.params.get("weight"),
+                                                self.params.get("bias"), eps=self.eps)
+        self._start(training, (x, mean, var))
+        return y
+
+    def backward(self, dy):
+        x, mean, var = self._saved()
+        dx, dw, db = normalization.layer_norm_backward(
+            dy, x, self.normalized_shape, self.params.get("weight"), mean, var, eps=self.eps)
+        self.grads = {k: g for k, g in (("weight", dw), ("bias", db)) if k in self.params}
+        return dx
+
+
+class GroupNorm(Layer):
+    """PyTorch's GroupNorm: each image's channels split into num_groups groups, each group
+    normalized by its mean and (biased) variance over its channels and every spatial position,
+    then weight * xhat + bias per channel (params (C,), 1 and 0; none with affine=False).
+    npconv.nn.normalization's maths; NumPy arrays only.
+
+    >>> GroupNorm(2, 4)(np.arange(8.0).reshape(1, 2, 4)).round(2)      # (N, L, C)
+    array([[[-1.21, -0.73, -1.21, -0.73],
+            [ 0.73,  1.21,  0.73,  1.21]]])
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, *, data_format: str = "channels_last",
+                 dtype="float32") -> None:
+        self.num_groups = _positive_int(num_groups, "num_groups")
+        self.num_channels = c = _positive_int(num_channels, "num_channels")
+        if c % self.num_groups:
+            raise ValueError(f"`num_groups` must divide num_channels; got num_groups="
+                             f"{num_groups}, num_channels={num_channels}")
+        self.eps = _eps(eps)
+        self.affine = pooling.check_flag(affine, "affine")
+        self.data_format = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+        self.dtype = float_dtype(dtype)
+        super().__init__(_affine((c,), self.affine, self.dtype))
+
+    def config(self) -> dict:
+        return dict(num_groups=self.num_groups, num_channels=self.num_channels, eps=self.eps,
+                    affine=self.affine, data_format=self.data_format, dtype=self.dtype.name)
+
+    def forward(self, x, training: bool = False):
+        F.check_channels(x, self.num_channels, self.data_format, repr(self))
+        y, mean, var = normalization.group_norm(
+            x, self.num_groups, self.params.get("weight"), self.params.get("bias"),
+            eps=self.eps, data_format=self.data_format)
+        self._start(training, (x, mean, var))
+        return y
+
+    def backward(self, dy):
+        x, mean, var = self._saved()
+        dx, dw, db = normalization.group_norm_backward(
+            dy, x, self.num_groups, self.params.get("weight"), mean, var, eps=self.eps,
+            data_format=self.data_format)
+        self.grads = {"weight": dw, "bias": db} if self.affine else {}
+        return dx
+
+
+def _eps(eps) -> float:
+    value = F.real_in(eps, 0.0, np.inf, "eps")
+    if value <= 0:
+        raise ValueError(f"`eps` must be > 0; got {eps!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Resampling
+# ---------------------------------------------------------------------------------------------
+
+
+class Upsample(Layer):
+    """PyTorch's Upsample (F.interpolate): the spatial axes resized to `size`, or scaled by
+    `scale_factor` (exactly one of them), with mode "nearest", "nearest-exact", "linear" (1-D),
+    "bilinear" (2-D) or "trilinear" (3-D), and PyTorch's `align_corners` (linear modes only;
+    None means False) and `recompute_scale_factor`. npconv.nn.resample's maths (PyTorch's
+    index rules exactly); NumPy arrays only.
+
+    >>> Upsample(scale_factor=2, mode="bilinear", align_corners=True)(
+    ...     np.zeros((1, 3, 5, 8))).shape                               # (N, H, W, C)
+    (1, 6, 10, 8)
+    """
+
+    def __init__(self, size=None, scale_factor=None, mode: str = "nearest",
+                 align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
+                 *, data_format: str = "channels_last") -> None:
+        if (size is None) == (scale_factor is None):
+            raise ValueError(f"Upsample takes exactly one of `size` and `scale_factor`; got "
+                             f"size={size!r}, scale_factor={scale_factor!r}")
+        self.kw = dict(size=_frozen(size), scale_factor=_frozen(scale_factor),
+                       mode=_args.choice(mode, resample.MODES, "mode"),
+                       align_corners=align_corners, recompute_scale_factor=recompute_scale_factor,
+                       data_format=_args.choice(data_format, _args.DATA_FORMATS, "data_format"))
+        super().__init__()
+
+    def config(self) -> dict:
+        return dict(self.kw)
+
+    def forward(self, x, training: bool = False):
+        y = resample.upsample(x, **self.kw)
+        self._start(training, x.shape)
+        return y
+
+    def backward(self, dy):
+        return resample.upsample_backward(dy, self._saved(), **self.kw)
+
+
 LAYERS = {cls.__name__: cls for cls in (
     AdaptiveAvgPool, AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, Add, AvgPool,
     AvgPool1d, AvgPool2d, AvgPool3d, BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, Concat,
     Conv, Conv1d, Conv2d, Conv3d, ConvTranspose, ConvTranspose1d, ConvTranspose2d,
-    ConvTranspose3d, Dropout, Flatten, GlobalAvgPool, GlobalMaxPool, Identity, LeakyReLU, Linear,
-    MaxPool, MaxPool1d, MaxPool2d, MaxPool3d, ReLU, Sequential, Sigmoid, Tanh, ZeroPad)}
+    ConvTranspose3d, Dropout, Flatten, GlobalAvgPool, GlobalMaxPool, GroupNorm, Hardsigmoid,
+    Hardswish, Identity, LayerNorm, LeakyReLU, Linear, MaxPool, MaxPool1d, MaxPool2d, MaxPool3d,
+    ReLU, ReLU6, Sequential, Sigmoid, SiLU, Tanh, Upsample, ZeroPad)}
