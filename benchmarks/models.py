@@ -180,8 +180,8 @@ def run(cases=CASES, rounds: int = 5, threads: int = 2) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """The rows as a markdown table."""
-    def f(v, fmt):
-        return "n/a" if v is None else format(v, fmt)
+    def f(v, fmt, unit=""):
+        return "n/a" if v is None else format(v, fmt) + unit
 
     lines = ["| case | npconv | PyTorch | ratio | npconv peak (inference) |",
              "|---|---|---|---|---|"]
@@ -189,9 +189,9 @@ def table(rows: list[dict]) -> str:
         peak = "" if r["peak_mb"] is None else (
             f"{r['peak_mb']:.0f} MB (weights {r['weights_mb']:.0f} MB, largest activation "
             f"{r['activation_mb']:.1f} MB)")
-        lines.append(f"| {r['case']} | {f(r['npconv_s'] * 1e3, '.0f')} ms | "
-                     f"{f(r['torch_s'] and r['torch_s'] * 1e3, '.0f')} ms | "
-                     f"{f(r['ratio'], '.2f')}x | {peak} |")
+        torch_ms = None if r["torch_s"] is None else r["torch_s"] * 1e3
+        lines.append(f"| {r['case']} | {f(r['npconv_s'] * 1e3, '.0f', ' ms')} | "
+                     f"{f(torch_ms, '.0f', ' ms')} | {f(r['ratio'], '.2f', 'x')} | {peak} |")
     return "\n".join(lines)
 
 
