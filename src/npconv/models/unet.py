@@ -83,6 +83,7 @@ class Up(Module):
                        bilinear=pooling.check_flag(bilinear, "bilinear"),
                        data_format=data_format, dtype=dtype)
         f = dict(data_format=data_format, dtype=dtype)
+        self.up: L.Layer
         if bilinear:
             self.up = L.Upsample(scale_factor=2, mode="bilinear", align_corners=True,
                                  data_format=data_format)

@@ -300,10 +300,10 @@ class Conv(_Kernel):
         if bn is None:
             return
         w, bias = self.params["weight"], self.params.get("bias")
-        host = [_backend.to_numpy(v) for v in (bn.params["weight"], bn.params["bias"],
-                                               bn.buffers["running_mean"],
-                                               bn.buffers["running_var"])]
-        a, b = normalization.batch_norm_scale_shift(*host, eps=bn.eps)           # (F,) twice
+        gamma, beta, mean, var = (_backend.to_numpy(v) for v in (
+            bn.params["weight"], bn.params["bias"], bn.buffers["running_mean"],
+            bn.buffers["running_var"]))
+        a, b = normalization.batch_norm_scale_shift(gamma, beta, mean, var, eps=bn.eps)  # (F,)
         if bias is not None:
             b = b + a * _backend.to_numpy(bias).astype(np.float64)
         xp = _backend.namespace(w)
@@ -1018,7 +1018,7 @@ class BatchNorm(Layer):
         """(y, what backward needs) through npconv.nn.normalization (NumPy arrays)."""
         w, b = self.params["weight"], self.params["bias"]
         rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
-        kw = dict(eps=self.eps, data_format=self.data_format)
+        kw: dict[str, Any] = dict(eps=self.eps, data_format=self.data_format)
         if not training:
             out = x if not keep and can_overwrite(x) else None
             y = normalization.batch_norm_eval(x, w, b, rm, rv, **kw, out=out)
