@@ -129,6 +129,6 @@ def test_training_continues_as_in_keras(keras_model):
     clone = keras.models.clone_model(model)                        # the fixture stays as is
     clone.set_weights(model.get_weights())
     bn = clone.get_layer("bn")
-    keras.Model(clone.inputs, bn.output)(X, training=True)         # Keras' own update
+    keras.Model(clone.inputs, bn.output)([X], training=True)       # Keras' own update
     for ours, theirs in (("running_mean", bn.moving_mean), ("running_var", bn.moving_variance)):
         assert rel_err(net.bn.buffers[ours], np.asarray(theirs)) < 1e-5, ours
