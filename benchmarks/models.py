@@ -13,7 +13,8 @@ Inference peak memory is tracemalloc's count for npconv (every NumPy allocation,
 workspaces included), next to the weights' size and the largest activation's.
 
 `run()` returns the rows (dicts) for benchmarks/run.py or any other caller; `main()` prints
-them as a markdown table.
+them as a markdown table. `--profile` prints instead where npconv's time goes in each case,
+per layer type, forward and backward apart, and what the composition itself costs.
 """
 
 from __future__ import annotations
@@ -171,6 +172,40 @@ def measure(case: Case, rounds: int, threads: int, seed: int = 0) -> dict:
             "activation_mb": largest_activation(model.eval(), x) / 2**20}
 
 
+def profile(case: Case, threads: int = 2, seed: int = 0) -> dict:
+    """Seconds per layer type (forward and backward apart) in one npconv call of the case,
+    after an untimed one, and "composition": the rest of the call (the tape, the Python
+    between layers). Every leaf layer's call and backward is timed."""
+    from npconv.nn import module
+
+    rng = np.random.default_rng(seed)
+    model, _ = build(case.model, rng)
+    fn = calls(case, model, None, rng)["npconv"]
+    spent: dict = {}
+    call, back = module.Layer.__call__, module._layer_backward
+
+    def timed(kind, f, layer, *args, **kwargs):
+        start = time.perf_counter()
+        out = f(layer, *args, **kwargs)
+        if not isinstance(layer, module.Module):
+            key = f"{type(layer).__name__} {kind}"
+            spent[key] = spent.get(key, 0.0) + time.perf_counter() - start
+        return out
+
+    with npconv.config(threads=threads):
+        fn()
+        module.Layer.__call__ = lambda self, *a, **k: timed("fwd", call, self, *a, **k)
+        module._layer_backward = lambda layer, dy, token: timed("bwd", back, layer, dy, token)
+        try:
+            start = time.perf_counter()
+            fn()
+            total = time.perf_counter() - start
+        finally:
+            module.Layer.__call__, module._layer_backward = call, back
+    spent["composition and the rest"] = total - sum(spent.values())
+    return dict(sorted(spent.items(), key=lambda kv: -kv[1]))
+
+
 def run(cases=CASES, rounds: int = 5, threads: int = 2) -> list[dict]:
     """Every case's row; torch (when installed) on `threads` threads, npconv too."""
     if torch is not None:
@@ -200,9 +235,19 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per case (5)")
     parser.add_argument("--threads", type=int, default=2, help="threads for both (2)")
     parser.add_argument("--only", default=None, help="run the cases whose name contains this")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: npconv's time per layer type in each case")
     args = parser.parse_args(argv)
     cases = [c for c in CASES if args.only is None or args.only in c.name]
-    print(table(run(cases, args.rounds, args.threads)))
+    if not args.profile:
+        print(table(run(cases, args.rounds, args.threads)))
+        return
+    for case in cases:
+        spent = profile(case, args.threads)
+        total = sum(spent.values())
+        print(f"{case.name}: {total * 1e3:.0f} ms")
+        for key, t in spent.items():
+            print(f"  {key:32s} {t * 1e3:8.1f} ms  {100 * t / total:5.1f}%")
 
 
 if __name__ == "__main__":
