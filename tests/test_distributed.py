@@ -106,6 +106,26 @@ def test_batchnorm_uses_per_shard_statistics(client):
     assert rel_err(result.grads["0.weight"], whole.grads["0.weight"]) > 1e-6   # not the batch's
 
 
+def test_a_residual_module_trains_data_parallel(client):
+    """npconv.models' ResNet (a Module: rebuilt on the workers from its class and config):
+    one step gives the share-weighted sum of the shards' own gradients (its batch norms use
+    per-shard statistics), as for a Sequential."""
+    from npconv import models
+
+    x, y = digits(30)                                            # shards of 15 and 15 rows
+
+    def model():
+        return models.resnet18(num_classes=10, in_channels=1, width=2, dtype="float64",
+                               rng=np.random.default_rng(4))
+
+    shards = [whole_batch(model(), x[s], y[s]) for s in (slice(0, 15), slice(15, 30))]
+    result = D.data_parallel_step(model(), x, y, client=client)
+    assert sorted(result.grads) == sorted(shards[0][1])
+    for k in result.grads:
+        want = 0.5 * shards[0][1][k] + 0.5 * shards[1][1][k]
+        assert rel_err(result.grads[k], want) < 1e-10, k
+
+
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------

@@ -57,8 +57,9 @@ def test_training_guide_synopsis_lists_every_flag():
     synopsis = next(b for b in blocks(GUIDE, "") if b.startswith("npconv train"))
     _, subparsers = build_parser()
     for command in ("train", "evaluate", "predict"):
-        part = synopsis.split(f"npconv {command}")[1].split("npconv ")[0]
-        documented = set(re.findall(r"--[a-z-]+", part))
+        parts = synopsis.split(f"npconv {command}")[1:]            # predict has two forms
+        documented = {f for part in parts for f in
+                      re.findall(r"--[a-z-]+", part.split("npconv ")[0])}
         real = {o for a in subparsers[command]._actions for o in a.option_strings
                 if o.startswith("--") and o != "--help"}
         assert documented == real, command

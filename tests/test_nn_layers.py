@@ -87,7 +87,8 @@ def test_backward_matches_central_differences(fmt, name):
 
     dy = R(100).standard_normal(run().shape)
     loss = lambda: float(np.sum(dy * run()))           # noqa: E731
-    run()
+    with nn.enable_grad():                             # evaluation mode keeps nothing otherwise
+        run()
     dx = layer.backward(dy)
     assert sorted(layer.grads) == sorted(layer.params)
     assert grad_close(dx, central_difference(loss, x)), "dx"
@@ -419,7 +420,9 @@ ERRORS = [
      r"\(N, C, \*S\) with 1 spatial"),
     (lambda: nn.BatchNorm1d(3).forward(X4), ValueError, "with 0 or 1 spatial dimension"),
     (lambda: nn.BatchNorm3d(3).forward(X4), ValueError, "with 3 spatial dimension"),
-    (lambda: nn.ReLU().backward(X4), RuntimeError, "backward called before forward"),
+    (lambda: nn.ReLU().backward(X4), RuntimeError, "backward called without a recorded forward"),
+    (lambda: _after_forward_eval(nn.ReLU(), X4).backward(X4), RuntimeError,
+     "enable_grad"),
     (lambda: _after_forward(nn.Flatten(), X4).backward(np.zeros((2, 5), np.float32)),
      ValueError, r"`dy` must have shape \(2, 192\)"),
     (lambda: _after_forward(nn.ReLU(), X4).backward(np.zeros((2, 5), np.float32)),
@@ -437,7 +440,12 @@ ERRORS = [
 
 
 def _after_forward(layer, x):
-    layer.forward(x)
+    layer.forward(x, training=True)
+    return layer
+
+
+def _after_forward_eval(layer, x):
+    layer.forward(x)                                   # evaluation mode: nothing kept
     return layer
 
 

@@ -236,7 +236,9 @@ def test_version_1_files_load_with_the_new_names(tmp_path):
     writes version 2."""
     model = nn.load(DATA / "model_v1.npz")
     io = np.load(DATA / "model_v1_io.npz")
-    np.testing.assert_array_equal(model.forward(io["x"]), io["y"])
+    # equal to float32 rounding: batch norm's fused evaluation pass (npconv.nn.normalization)
+    # rounds differently from npconv 0.1's
+    np.testing.assert_allclose(model.forward(io["x"]), io["y"], rtol=0, atol=1e-6)
     assert [type(layer).__name__ for layer in model][-3:] == ["Linear", "ReLU", "Linear"]
     assert model[7].p == 0.25 and model[1].momentum == 0.3
     assert sorted(model.params) == ["0.bias", "0.weight", "1.bias", "1.weight", "10.bias",
@@ -248,7 +250,7 @@ def test_version_1_files_load_with_the_new_names(tmp_path):
     assert nn.load_metadata(DATA / "model_v1.npz") == {"seed": 7}
     assert nn.is_model_file(DATA / "model_v1.npz")
     again = nn.load(nn.save(model, tmp_path / "m.npz"))
-    np.testing.assert_array_equal(again.forward(io["x"]), io["y"])
+    np.testing.assert_array_equal(again.forward(io["x"]), model.forward(io["x"]))
     with np.load(tmp_path / "m.npz") as npz:
         assert json.loads(str(npz["__npconv_model__"]))["version"] == 2
     target = nn.load(DATA / "model_v1.npz")

@@ -15,7 +15,8 @@ import sys
 COMMANDS = {
     "train": ("npconv.commands.train", "train a CNN (default: a small CNN on the built-in digits)"),
     "evaluate": ("npconv.commands.evaluate", "evaluate a saved model on a data set"),
-    "predict": ("npconv.commands.predict", "predict classes for images with a saved model"),
+    "predict": ("npconv.commands.predict", "predict classes for images with a saved model, or "
+                "with an architecture and a PyTorch / safetensors weights file"),
     "check": ("npconv.testing.check_cli", "check a hand-written conv or pool layer against npconv"),
 }
 
@@ -29,6 +30,8 @@ examples:
   npconv train --data ~/fashion-mnist       ... on MNIST-format files you have
   npconv evaluate                           the held-out accuracy of runs/digits/model.npz
   npconv predict images.npy --output p.csv  a class and its probability for each image
+  npconv predict --arch resnet18 --weights resnet18.pth images.npy
+                                            ... with a PyTorch ResNet-18's weights
   npconv check mylayers.py:MyConv2D         find the bugs in your own conv layer
 
 `npconv COMMAND --help` describes a command's options. Exit status: 0 success, 2 a usage error

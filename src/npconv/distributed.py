@@ -220,11 +220,7 @@ def _replica(thread: int, spec: str) -> L.Layer:
 
 
 def _dropouts(layer: L.Layer):
-    if isinstance(layer, L.Sequential):
-        for sub in layer:
-            yield from _dropouts(sub)
-    elif isinstance(layer, L.Dropout):
-        yield layer
+    return (sub for sub in layer.modules() if isinstance(sub, L.Dropout))
 
 
 def _shard_step(spec, state, shard, start, stop, share, loss, seed, threads) -> dict:

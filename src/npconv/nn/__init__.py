@@ -13,17 +13,26 @@ with PyTorch's names (torch.nn's classes, arguments and state_dict keys).
     >>> _ = model.backward(dlogits)
     >>> opt.step(model.params, model.grads)
 
-Modules: `layers` (Conv, Conv1d/2d/3d, ConvTranspose, ConvTranspose1d/2d/3d, MaxPool,
-MaxPool1d/2d/3d, AvgPool, AvgPool1d/2d/3d, GlobalAvgPool, Linear, Flatten, ReLU, LeakyReLU,
-Tanh, Sigmoid, Dropout, BatchNorm, BatchNorm1d/2d/3d, Sequential), `functional` (the maths
-those layers call), `init` (initializers and the default generator: `manual_seed`), `losses`,
-`optim` and `serialization` (save / load).
+Modules: `module` (Layer, Module: composition by forward code with a derived backward,
+Sequential, enable_grad / no_grad), `layers` (Conv, Conv1d/2d/3d, ConvTranspose,
+ConvTranspose1d/2d/3d, MaxPool, MaxPool1d/2d/3d, AvgPool, AvgPool1d/2d/3d, AdaptiveAvgPool,
+AdaptiveAvgPool1d/2d/3d, GlobalAvgPool, GlobalMaxPool, Linear, Flatten, ReLU, ReLU6, LeakyReLU,
+Hardswish, Hardsigmoid, SiLU, Tanh, Sigmoid, Dropout, BatchNorm, BatchNorm1d/2d/3d, LayerNorm,
+GroupNorm, Upsample), `combine` (Identity, Add, Concat, ZeroPad, add, concat), `functional`,
+`activation`, `normalization`, `resample` and `merge` (the maths those layers call), `init`
+(initializers and the default generator: `manual_seed`), `losses`, `optim` and
+`serialization` (save / load).
 """
 
 from npconv.nn import functional, init
+from npconv.nn.combine import Add, Concat, Identity, ZeroPad, add, concat
 from npconv.nn.init import manual_seed
 from npconv.nn.layers import (
     LAYERS,
+    AdaptiveAvgPool,
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AdaptiveAvgPool3d,
     AvgPool,
     AvgPool1d,
     AvgPool2d,
@@ -43,7 +52,12 @@ from npconv.nn.layers import (
     Dropout,
     Flatten,
     GlobalAvgPool,
+    GlobalMaxPool,
+    GroupNorm,
+    Hardsigmoid,
+    Hardswish,
     Layer,
+    LayerNorm,
     LeakyReLU,
     Linear,
     MaxPool,
@@ -51,21 +65,39 @@ from npconv.nn.layers import (
     MaxPool2d,
     MaxPool3d,
     ReLU,
+    ReLU6,
     Sequential,
     Sigmoid,
+    SiLU,
     Tanh,
+    Upsample,
 )
 from npconv.nn.losses import LOSSES, mse, softmax_cross_entropy
+from npconv.nn.module import (
+    MODULES,
+    IncompatibleKeys,
+    Module,
+    can_overwrite,
+    enable_grad,
+    grad_enabled,
+    no_grad,
+)
 from npconv.nn.optim import OPTIMIZERS, SGD, Adam, AdamW, Optimizer
 from npconv.nn.serialization import is_model_file, load, load_metadata, load_weights, save
 
 __all__ = [
     "LAYERS",
     "LOSSES",
+    "MODULES",
     "OPTIMIZERS",
     "SGD",
     "Adam",
     "AdamW",
+    "AdaptiveAvgPool",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "Add",
     "AvgPool",
     "AvgPool1d",
     "AvgPool2d",
@@ -74,6 +106,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "Concat",
     "Conv",
     "Conv1d",
     "Conv2d",
@@ -85,19 +118,36 @@ __all__ = [
     "Dropout",
     "Flatten",
     "GlobalAvgPool",
+    "GlobalMaxPool",
+    "GroupNorm",
+    "Hardsigmoid",
+    "Hardswish",
+    "Identity",
+    "IncompatibleKeys",
     "Layer",
+    "LayerNorm",
     "LeakyReLU",
     "Linear",
     "MaxPool",
     "MaxPool1d",
     "MaxPool2d",
     "MaxPool3d",
+    "Module",
     "Optimizer",
     "ReLU",
+    "ReLU6",
     "Sequential",
+    "SiLU",
     "Sigmoid",
     "Tanh",
+    "Upsample",
+    "ZeroPad",
+    "add",
+    "can_overwrite",
+    "concat",
+    "enable_grad",
     "functional",
+    "grad_enabled",
     "init",
     "is_model_file",
     "load",
@@ -105,6 +155,7 @@ __all__ = [
     "load_weights",
     "manual_seed",
     "mse",
+    "no_grad",
     "save",
     "softmax_cross_entropy",
 ]

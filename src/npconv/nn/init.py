@@ -41,6 +41,7 @@ __all__ = [
     "full",
     "generator",
     "get",
+    "is_meta",
     "kaiming_normal",
     "kaiming_uniform",
     "manual_seed",
@@ -72,6 +73,11 @@ def meta():
         yield
     finally:
         _meta.reset(token)
+
+
+def is_meta() -> bool:
+    """True inside `meta()`: a layer or model that initializes its own weights draws nothing."""
+    return _meta.get()
 
 
 def _placeholder(shape, dtype) -> np.ndarray:

@@ -7,8 +7,12 @@ The file is a NumPy .npz (a zip of .npy arrays), read back with `allow_pickle=Fa
     params/<key>       every array of model.params ("params/0.weight", ...)
     buffers/<key>      every array of model.buffers ("buffers/3.running_mean", ...)
 
-A layer spec is {"type": "Conv2d", "config": {...}} (the layer's `config()`), or
-{"type": "Sequential", "layers": [<layer spec>, ...]}. Version 1 files (npconv 0.1, before
+A layer spec is {"type": "Conv2d", "config": {...}} (the layer's `config()`),
+{"type": "Sequential", "layers": [<layer spec>, ...]}, or for any other Module (a ResNet of
+`npconv.models`, a user's subclass) {"type": "Module", "class": "package.module.ClassName",
+"config": {...}, "children": {name: <layer spec>, ...}}, rebuilt as ClassName(**config) with
+the children whose specs differ replaced; the class must be defined when the file is loaded
+(nothing is imported by name, see `npconv.nn.module.build_module`). Version 1 files (npconv 0.1, before
 the PyTorch names: Dense, "w", "b", "gamma", "beta", Dropout's "rate", no num_batches_tracked)
 are converted on load. Arrays are stored bit for bit, so
 load(save(model)) gives the same outputs exactly. Saving writes a temporary file next to the
@@ -40,6 +44,7 @@ import numpy as np
 from npconv import _backend, _npyfile
 from npconv.nn import init
 from npconv.nn.layers import LAYERS, Layer, Sequential
+from npconv.nn.module import Module, build_module, module_spec
 
 __all__ = [
     "FORMAT",
@@ -71,14 +76,18 @@ class Stored(NamedTuple):
 
 
 def layer_spec(layer: Layer) -> dict:
-    """The JSON-ready description of a layer (recursively for Sequential)."""
-    if isinstance(layer, Sequential):
+    """The JSON-ready description of a layer (recursively for Sequential and Module)."""
+    if type(layer) is Sequential:
         return {"type": "Sequential", "layers": [layer_spec(sub) for sub in layer]}
+    if isinstance(layer, Module):
+        return module_spec(layer, layer_spec)
     return {"type": type(layer).__name__, "config": layer.config()}
 
 
 def build(spec) -> Layer:
     """A fresh layer from `layer_spec`'s output; ValueError for anything unknown or invalid."""
+    if isinstance(spec, dict) and spec.get("type") == "Module":
+        return build_module(spec, build, layer_spec)
     if not isinstance(spec, dict) or spec.get("type") not in LAYERS:
         kind = spec.get("type") if isinstance(spec, dict) else type(spec).__name__
         raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYERS)}")
@@ -173,8 +182,8 @@ def _open(path) -> zipfile.ZipFile:
 
 
 def _check_size(spec, path) -> None:
-    """At most MAX_NESTING levels of Sequentials and MAX_LAYERS layers, counted without
-    recursion (`build` and `layer_spec` recurse)."""
+    """At most MAX_NESTING levels of Sequentials (and Modules) and MAX_LAYERS layers, counted
+    without recursion (`build` and `layer_spec` recurse)."""
     count, todo = 0, [(spec, 0)]
     while todo:
         node, depth = todo.pop()
@@ -185,6 +194,8 @@ def _check_size(spec, path) -> None:
             raise ValueError(f"{path}: invalid architecture: {what}")
         if isinstance(node, dict) and isinstance(node.get("layers"), list):
             todo.extend((sub, depth + 1) for sub in node["layers"])
+        if isinstance(node, dict) and isinstance(node.get("children"), dict):
+            todo.extend((sub, depth + 1) for sub in node["children"].values())   # a Module's
 
 
 def _read_header(zf: zipfile.ZipFile, path) -> dict:
@@ -307,13 +318,11 @@ def _check_arrays(model: Layer, stored: dict, path) -> None:
                              f"got {got.dtype} of shape {got.shape}")
 
 
-def _leaves(layer: Layer, prefix: str = ""):
+def _leaves(layer: Layer):
     """(key prefix, layer) of every layer that is not a container, as the keys name them."""
-    if isinstance(layer, Sequential):
-        for i, sub in enumerate(layer):
-            yield from _leaves(sub, f"{prefix}{i}.")
-    else:
-        yield prefix, layer
+    for name, sub in layer.named_modules():
+        if not isinstance(sub, Module):
+            yield f"{name}." if name else "", sub
 
 
 def _adopt(model: Layer, arrays: dict) -> None:
