@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from strategies import conv_geometry, transpose_bias_size, transpose_geometry
 
 import npconv
-from npconv import reference, windows
+from npconv import _windows as windows
+from npconv import reference
 from npconv.spec import conv_spec, conv_transpose_spec
 
 
@@ -172,7 +173,7 @@ def test_batch_items_are_independent(rng):
         np.testing.assert_allclose(y[i:i + 1], npconv.conv(x[i:i + 1], w, **kw), rtol=1e-13)
 
 
-@pytest.mark.parametrize("algorithm", [None, "im2col", "offsets", "pointwise", "fft"])
+@pytest.mark.parametrize("algorithm", [None, "im2col", "pointwise"])
 def test_an_empty_batch_gives_empty_results(algorithm):
     """N = 0: empty outputs and gradients, zero dw and db, for every op and algorithm."""
     k = (1, 1) if algorithm == "pointwise" else (3, 3)

@@ -6,7 +6,8 @@
     >>> y = npconv.conv(x, w, stride=2, padding="same")
     >>> dx, dw, db = npconv.conv_backward(np.ones_like(y), x, w, stride=2, padding="same")
 
-`npconv.reference` holds the same ops as naive loops, the oracle the fast ones are tested against.
+`npconv.reference` holds the same ops as naive loops, the oracle the fast ones are tested against;
+`npconv.dask` the same ops on dask arrays, chunk by chunk.
 """
 
 from npconv import nn, reference
@@ -14,7 +15,6 @@ from npconv._config import config, get_config, set_config
 from npconv._workspace import release as release_workspace
 from npconv.algorithms import ALGORITHMS
 from npconv.convolution import (
-    ConvGrads,
     conv,
     conv_backward,
     conv_grad_input,
@@ -32,7 +32,7 @@ from npconv.pooling import (
     max_pool_backward,
     pool_spec,
 )
-from npconv.spec import ConvSpec, conv_spec, conv_transpose_spec
+from npconv.spec import ConvGrads, ConvSpec, conv_spec, conv_transpose_spec
 
 __version__ = "0.1.0"
 
@@ -65,10 +65,10 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """`npconv.testing` loads on first use (it is not needed to run convolutions)."""
-    if name == "testing":
-        import npconv.testing
+def __getattr__(name: str) -> object:
+    """`npconv.testing` and `npconv.dask` load on first use (convolutions need neither)."""
+    if name in ("testing", "dask"):
+        import importlib
 
-        return npconv.testing
+        return importlib.import_module(f"npconv.{name}")
     raise AttributeError(f"module 'npconv' has no attribute {name!r}")

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npconv import _args, _backend, windows
+from npconv import _args, _backend
+from npconv import _windows as windows
 from npconv.spec import Pads, check_shape, effective_kernel, out_size, resolve_padding
 
 __all__ = [

@@ -2,9 +2,11 @@
 
 Slow on purpose. Every function loops over output elements one at a time (the seed question's
 nested loops, generalized to every option) and shares nothing with the fast kernels except the
-argument checks and size formulas of `npconv.spec`. Padding is applied through an explicit
-index map (which source pixel each padded position copies), and the transposed convolution is
-written in its own scatter form, so a bug in the kernels cannot hide in the oracle.
+argument checks, size and window formulas of `npconv.spec` and the layout views of
+`npconv._layout` (both pinned by hand-computed cases and PyTorch's NCHW). Padding is applied
+through an explicit index map (which source pixel each padded position copies), and the
+transposed convolution is written in its own scatter form, so a bug in the kernels cannot hide
+in the oracle. It imports no fast convolution op.
 
 Same signatures and layouts as `npconv.conv`, `conv_backward`, `conv_transpose` and
 `conv_transpose_backward`; results are float64 and cast to the inputs' dtype at the end.
@@ -16,9 +18,8 @@ import itertools
 
 import numpy as np
 
-from npconv import _args
-from npconv.convolution import ConvGrads
-from npconv.spec import ConvSpec, check_shape, conv_spec, conv_transpose_spec
+from npconv import _args, _layout
+from npconv.spec import ConvGrads, ConvSpec, check_shape, conv_spec, conv_transpose_spec
 
 
 def source_index(i: int, size: int, lo: int, mode: str) -> int:
@@ -39,27 +40,20 @@ def source_index(i: int, size: int, lo: int, mode: str) -> int:
     return -j if j < 0 else 2 * (size - 1) - j                   # reflect
 
 
-def _to_last(a, spec: ConvSpec):
-    a = np.asarray(a, dtype=np.float64)
-    return np.moveaxis(a, 1, -1) if spec.data_format == "channels_first" else a
+def _to_last(a, spec):
+    return _layout.to_last(np.asarray(a, dtype=np.float64), spec.data_format)
 
 
 def _w_to_last(w, spec: ConvSpec):
-    w = np.asarray(w, dtype=np.float64)
-    r = spec.rank
-    return w.transpose(*range(2, r + 2), 1, 0) if spec.data_format == "channels_first" else w
+    return _layout.w_to_last(np.asarray(w, dtype=np.float64), spec.data_format)
 
 
-def _from_last(a, spec: ConvSpec, dtype):
-    a = np.moveaxis(a, -1, 1) if spec.data_format == "channels_first" else a
-    return np.ascontiguousarray(a, dtype=dtype)
+def _from_last(a, spec, dtype):
+    return np.ascontiguousarray(_layout.from_last(a, spec.data_format), dtype=dtype)
 
 
 def _w_from_last(w, spec: ConvSpec, dtype):
-    r = spec.rank
-    if spec.data_format == "channels_first":
-        w = w.transpose(r + 1, r, *range(r))
-    return np.ascontiguousarray(w, dtype=dtype)
+    return np.ascontiguousarray(_layout.w_from_last(w, spec.data_format), dtype=dtype)
 
 
 def _padded(x, spec: ConvSpec):
@@ -86,8 +80,7 @@ def _unpadded_grad(dxp, spec: ConvSpec):
 
 def _window(spec: ConvSpec, p) -> tuple:
     """Index of the window that output position p reads from the padded input."""
-    return tuple(slice(pi * s, pi * s + d * (k - 1) + 1, d)
-                 for pi, s, d, k in zip(p, spec.stride, spec.dilation, spec.kernel_size))
+    return spec.window(tuple(p))
 
 
 def _group_channels(spec: ConvSpec, f: int) -> slice:
