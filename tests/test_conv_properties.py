@@ -186,3 +186,39 @@ def test_an_empty_batch_gives_empty_results(algorithm):
     assert np.array_equal(db, np.zeros(4))
     t = npconv.conv_transpose(np.zeros((0, 3, 3, 4)), w, stride=2)
     assert t.shape[0] == 0 and t.shape[-1] == 2
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", [
+    ((2, 5, 6, 0), (3, 3, 0, 4), {"padding": 1}),                       # C = 0
+    ((2, 5, 6, 3), (3, 3, 3, 0), {}),                                   # F = 0
+    ((2, 5, 6, 0), (3, 3, 0, 4), {"groups": 2}),                        # groups 2, C = 0
+    ((0, 5, 6, 3), (3, 3, 3, 0), {"stride": 2}),                        # N = 0, F = 0
+    ((1, 0, 5, 2), (1, 3, 2, 3), {"padding": 1, "padding_mode": "replicate"}),  # S = 0
+    ((1, 0, 5, 2), (2, 3, 2, 3), {"padding": 1}),                       # S = 0, zeros
+])
+def test_zero_size_dimensions_give_the_references_results(x_shape, w_shape, kwargs, rng):
+    """Empty or zero results where the definition gives them, never a reshape error."""
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[-1])
+    y = npconv.conv(x, w, b, **kwargs)
+    want = reference.conv(x, w, b, **kwargs)
+    assert y.shape == want.shape and np.array_equal(y, want)
+    dy = rng.standard_normal(y.shape)
+    for got, ref in zip(npconv.conv_backward(dy, x, w, **kwargs),
+                        reference.conv_backward(dy, x, w, **kwargs)):
+        assert got.shape == ref.shape and rel_err(got, ref) < 1e-12
+
+
+@pytest.mark.parametrize("x_shape, w_shape", [((1, 0, 4, 3), (3, 3, 2, 3)),
+                                              ((1, 2, 4, 0), (3, 3, 2, 0)),
+                                              ((1, 2, 4, 3), (3, 3, 0, 3))])
+def test_zero_size_transposed_convolutions(x_shape, w_shape, rng):
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[-2])
+    y = npconv.conv_transpose(x, w, b, stride=2)
+    want = reference.conv_transpose(x, w, b, stride=2)
+    assert y.shape == want.shape and rel_err(y, want) < 1e-12
+    dy = rng.standard_normal(y.shape)
+    for got, ref in zip(npconv.conv_transpose_backward(dy, x, w, stride=2),
+                        reference.conv_transpose_backward(dy, x, w, stride=2)):
+        assert got.shape == ref.shape and rel_err(got, ref) < 1e-12
