@@ -31,7 +31,6 @@ import time
 import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
@@ -42,8 +41,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from seed_method import seed_backward, seed_forward  # noqa: E402
 
 import npconv  # noqa: E402
-from npconv import _workspace, algorithms  # noqa: E402
-from npconv.algorithms import _chunks  # noqa: E402
+from npconv import _config, _kernels, _workspace  # noqa: E402
 from npconv.spec import conv_spec  # noqa: E402
 
 try:
@@ -346,9 +344,13 @@ class Result:
 
 
 def chosen_algorithms(case: Case) -> str:
-    spec = case.spec()
-    names = [algorithms.choose(op, spec, itemsize=case.x.itemsize).name for op in algorithms.OPS]
-    return "/".join(dict.fromkeys(names))
+    """The algorithm of the forward pass and the weight gradient, and the input gradient's form
+    when it is not the same algorithm on the transposed geometry: "winograd", "im2col, dx
+    scatter"."""
+    names = _kernels.choices(case.spec(), case.x.itemsize, _config.resolve())
+    if names["grad_input"] == f"{names['forward']} (transposed)":
+        return names["forward"]
+    return f"{names['forward']}, dx {names['grad_input']}"
 
 
 def measure(shape: Shape, dtype, rounds: int, pause: float, duty: float) -> Result:
@@ -414,7 +416,7 @@ def _blas_threaded(fn):
     """fn with every computation run as the small ones are: chunks one after another, BLAS
     threading each GEMM (the earlier design's way for GEMM-bound algorithms)."""
     def call():
-        with mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", math.inf):
+        with _config.tuned(min_parallel_bytes=sys.maxsize):
             return fn()
 
     return call

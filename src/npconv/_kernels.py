@@ -79,7 +79,8 @@ def grad_input(dy: Any, w: Any, spec: ConvSpec, settings: Settings, *,
     with _workspace.scope(settings):
         if alg is not None:
             corr, pads = spec.transposed(interior)
-            dyp = _layout.padded(dy, pads, "zeros", w.dtype, settings)  # (N, *(P + 2e), F)
+            dyp = _layout.padded(dy, pads, "zeros", w.dtype, settings,
+                                 not alg.takes_views)            # (N, *(P + 2e), F)
             dx = forward(dyp, flipped_w(w, spec), corr, settings, algorithm=alg.name)
         else:
             dy = _layout.padded(dy, ((0, 0),) * spec.rank, "zeros", w.dtype, settings)

@@ -44,16 +44,19 @@ def w_from_last(w: Any, data_format: str) -> Any:
     return w.transpose(r + 1, r, *range(r))                      # (F, C/G, *K)
 
 
-def padded(a: Any, pads: Pads, mode: str, dtype: Any, settings: Settings) -> Any:
+def padded(a: Any, pads: Pads, mode: str, dtype: Any, settings: Settings,
+           contiguous: bool = True) -> Any:
     """a (N, *S, C), any strides, padded by (lo, hi) per axis (negative amounts crop), as a
-    C-contiguous array of `dtype`: `a` itself when it already is one, else one copy in pooled
-    scratch (`_workspace`), made by the workers."""
+    C-contiguous array of `dtype`: `a` itself when it already is one (or, without
+    `contiguous`, when there is nothing to pad or convert), else one copy in pooled scratch
+    (`_workspace`), made by the workers."""
     xp = _backend.namespace(a)
     if any(lo < 0 or hi < 0 for lo, hi in pads):
         crop = tuple(slice(max(-lo, 0), s - max(-hi, 0)) for s, (lo, hi) in zip(a.shape[1:], pads))
         a = a[(slice(None), *crop)]                              # (N, *S', C) view
         pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
-    if not any(lo or hi for lo, hi in pads) and a.dtype == dtype and a.flags.c_contiguous:
+    if not any(lo or hi for lo, hi in pads) and a.dtype == dtype and (
+            a.flags.c_contiguous or not contiguous):
         return a
     size = tuple(s + lo + hi for s, (lo, hi) in zip(a.shape[1:-1], pads))
     out = _workspace.scratch((a.shape[0], *size, a.shape[-1]), dtype, xp)  # (N, *Sp, C)

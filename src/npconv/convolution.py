@@ -105,16 +105,27 @@ def _call(spec: ConvSpec, algorithm: Any, workspace: Any, dtype: Any) -> Iterato
         yield settings
 
 
-def _x_in(x: Any, spec: ConvSpec, dtype: Any, settings: Settings) -> Any:
-    """The caller's x as the padded channels_last input (N, *Sp, C) of `dtype` (one copy)."""
+def _x_in(x: Any, spec: ConvSpec, dtype: Any, settings: Settings, views: bool) -> Any:
+    """The caller's x as the padded channels_last input (N, *Sp, C) of `dtype` (one copy), or,
+    for an algorithm that reads `views`, a transposed view when there is nothing to pad."""
     x = _layout.to_last(x, spec.data_format)                     # (N, *S, C) view
-    return _layout.padded(x, spec.pads, spec.padding_mode, dtype, settings)
+    return _layout.padded(x, spec.pads, spec.padding_mode, dtype, settings, not views)
 
 
-def _dy_in(dy: Any, spec: ConvSpec, dtype: Any, settings: Settings) -> Any:
-    """The caller's dy as a contiguous channels_last (N, *P, F) of `dtype` (at most one copy)."""
+def _dy_in(dy: Any, spec: ConvSpec, dtype: Any, settings: Settings, views: bool) -> Any:
+    """The caller's dy as a channels_last (N, *P, F) of `dtype`: converted once, shared by the
+    computations that read it (a view for an algorithm that reads `views`)."""
     dy = _layout.to_last(dy, spec.data_format)                   # (N, *P, F) view
-    return _layout.padded(dy, ((0, 0),) * spec.rank, "zeros", dtype, settings)
+    return _layout.padded(dy, ((0, 0),) * spec.rank, "zeros", dtype, settings, not views)
+
+
+def _views(spec: ConvSpec, algorithm: str | None, like: Any, dtype: Any,
+           settings: Settings) -> bool:
+    """Whether the op's algorithm reads channels_first arrays as transposed views, so that
+    no converted copy is made for it (pointwise)."""
+    alg = algorithms.choose(spec, algorithm, itemsize=dtype.itemsize, settings=settings,
+                            gpu=_backend.is_gpu(like))
+    return alg.takes_views
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,8 +195,9 @@ def conv(
     cdt = _args.compute_dtype(dtype)
     with _call(spec, algorithm, workspace, cdt) as settings:
         b = None if bias is None else bias.astype(cdt, copy=False)
-        y = _kernels.forward(_x_in(x, spec, cdt, settings), _layout.weight(w, data_format, cdt),
-                             spec, settings, algorithm=algorithm, bias=b)  # (N, *P, F)
+        xp_ = _x_in(x, spec, cdt, settings, _views(spec, algorithm, x, cdt, settings))
+        y = _kernels.forward(xp_, _layout.weight(w, data_format, cdt), spec, settings,
+                             algorithm=algorithm, bias=b)        # (N, *P, F)
         return _layout.result(y, data_format, dtype, settings)
 
 
@@ -228,11 +240,12 @@ def conv_backward(
     dtype = _args.result_dtype(dy, x, w)
     cdt = _args.compute_dtype(dtype)
     with _call(spec, algorithm, workspace, cdt) as settings:
-        dy_ = _dy_in(dy, spec, cdt, settings)                    # (N, *P, F)
+        views = _views(spec, algorithm, x, cdt, settings)
+        dy_ = _dy_in(dy, spec, cdt, settings, views)             # (N, *P, F)
         w_ = _layout.weight(w, data_format, cdt)                 # (*K, C/G, F)
         dx = _kernels.grad_input(dy_, w_, spec, settings, algorithm=algorithm, unpad=True)
         dx = _layout.result(dx, data_format, dtype, settings)   # (N, *S, C) caller's layout
-        dw = _kernels.grad_weight(_x_in(x, spec, cdt, settings), dy_, spec, settings,
+        dw = _kernels.grad_weight(_x_in(x, spec, cdt, settings, views), dy_, spec, settings,
                                   algorithm=algorithm)           # (*K, C/G, F)
         db = _kernels.grad_bias(dy_, dtype) if bias else None
         return ConvGrads(dx, _layout.weight_result(dw, data_format, dtype), db)
@@ -310,8 +323,10 @@ def conv_grad_weight(
     dtype = _args.result_dtype(dy, x)
     cdt = _args.compute_dtype(dtype)
     with _call(spec, algorithm, workspace, cdt) as settings:
-        dw = _kernels.grad_weight(_x_in(x, spec, cdt, settings), _dy_in(dy, spec, cdt, settings),
-                                  spec, settings, algorithm=algorithm)  # (*K, C/G, F)
+        views = _views(spec, algorithm, x, cdt, settings)
+        dw = _kernels.grad_weight(_x_in(x, spec, cdt, settings, views),
+                                  _dy_in(dy, spec, cdt, settings, views), spec, settings,
+                                  algorithm=algorithm)           # (*K, C/G, F)
         return _layout.weight_result(dw, data_format, dtype)
 
 
@@ -419,11 +434,12 @@ def conv_transpose_backward(
     dtype = _args.result_dtype(dy, x, w)
     cdt = _args.compute_dtype(dtype)
     with _call(spec, algorithm, workspace, cdt) as settings:
-        dyp = _x_in(dy, spec, cdt, settings)                     # (N, *Op, F)
+        views = _views(spec, algorithm, x, cdt, settings)
+        dyp = _x_in(dy, spec, cdt, settings, views)              # (N, *Op, F)
         w_ = _layout.weight(w, data_format, cdt)                 # (*K, F/G, C)
         dx = _kernels.forward(dyp, w_, spec, settings, algorithm=algorithm)  # (N, *S, C)
         dx = _layout.result(dx, data_format, dtype, settings)
-        dw = _kernels.grad_weight(dyp, _dy_in(x, spec, cdt, settings), spec, settings,
+        dw = _kernels.grad_weight(dyp, _dy_in(x, spec, cdt, settings, views), spec, settings,
                                   algorithm=algorithm)           # (*K, F/G, C)
         db = _kernels.grad_bias(_layout.to_last(dy, data_format), dtype) if bias else None
         return ConvGrads(dx, _layout.weight_result(dw, data_format, dtype), db)
