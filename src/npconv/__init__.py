@@ -67,8 +67,12 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     """`npconv.testing` and `npconv.dask` load on first use (convolutions need neither)."""
-    if name in ("testing", "dask"):
-        import importlib
+    if name == "testing":
+        import npconv.testing
 
-        return importlib.import_module(f"npconv.{name}")
+        return npconv.testing
+    if name == "dask":
+        import npconv.dask
+
+        return npconv.dask
     raise AttributeError(f"module 'npconv' has no attribute {name!r}")
