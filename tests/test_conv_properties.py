@@ -222,3 +222,19 @@ def test_zero_size_transposed_convolutions(x_shape, w_shape, rng):
     for got, ref in zip(npconv.conv_transpose_backward(dy, x, w, stride=2),
                         reference.conv_transpose_backward(dy, x, w, stride=2)):
         assert got.shape == ref.shape and rel_err(got, ref) < 1e-12
+
+
+def test_backward_ops_take_the_forwards_bias(rng):
+    """The forward op's arguments, bias included, with dy in front: the bias array gives db,
+    None none; True and False say the same without the array."""
+    x, w, b = rng.standard_normal((2, 6, 6, 3)), rng.standard_normal((3, 3, 3, 4)), np.zeros(4)
+    dy = rng.standard_normal((2, 4, 4, 4))
+    with_array = npconv.conv_backward(dy, x, w, b)
+    assert np.array_equal(with_array.db, npconv.conv_backward(dy, x, w).db)
+    np.testing.assert_allclose(with_array.db, dy.sum(axis=(0, 1, 2)), rtol=1e-13)
+    assert npconv.conv_backward(dy, x, w, None).db is None
+    assert npconv.conv_backward(dy, x, w, bias=False).db is None
+    t = npconv.conv_transpose_backward(rng.standard_normal((2, 6, 6, 3)), dy, w, np.zeros(3))
+    assert t.db.shape == (3,)
+    assert npconv.conv_transpose_backward(rng.standard_normal((2, 6, 6, 3)), dy, w,
+                                          None).db is None

@@ -3,8 +3,9 @@
     >>> import numpy as np, npconv
     >>> x = np.random.default_rng(0).normal(size=(8, 28, 28, 3))    # (N, H, W, C)
     >>> w = np.random.default_rng(1).normal(size=(3, 3, 3, 16))     # (kh, kw, C, F)
-    >>> y = npconv.conv(x, w, stride=2, padding="same")
-    >>> dx, dw, db = npconv.conv_backward(np.ones_like(y), x, w, stride=2, padding="same")
+    >>> b = np.zeros(16)
+    >>> y = npconv.conv(x, w, b, stride=2, padding="same")
+    >>> dx, dw, db = npconv.conv_backward(np.ones_like(y), x, w, b, stride=2, padding="same")
 
 `npconv.reference` holds the same ops as naive loops, the oracle the fast ones are tested against;
 `npconv.dask` the same ops on dask arrays, chunk by chunk.

@@ -15,9 +15,10 @@ Output size per spatial dimension:
     conv:            P = floor((S + lo + hi - dilation * (K - 1) - 1) / stride) + 1
     conv_transpose:  O = (S - 1) * stride - lo - hi + dilation * (K - 1) + output_padding + 1
 
-The bias: the forward ops (`conv`, `conv_transpose`) take the bias array, `bias=None` for none;
-the backward ops take `bias=True/False`, whether to return its gradient db (they never need its
-values). Algorithms and memory: every op takes `algorithm=None` (automatic choice by shape) or
+The bias: the backward ops (`conv_backward`, `conv_transpose_backward`) take the forward op's
+arguments with dy in front, `bias` included: the forward's bias array (F,) or None, as given to
+`conv`, returns db or None. They need no value of it, so True and False (the bias exists or not;
+True is the default) are accepted too, for callers that do not hold the array. Algorithms and memory: every op takes `algorithm=None` (automatic choice by shape) or
 the name of one of `npconv.ALGORITHMS` ("im2col", "pointwise", "depthwise", "winograd";
 docs/algorithms.md), and `workspace=None` (the limit in force, 256 MiB by default, see
 `npconv.set_config`) or a limit in bytes for this call. Besides its inputs and outputs, an op
@@ -68,10 +69,16 @@ def _check_bias(bias: Any, channels: int) -> None:
     check_shape(bias, (channels,), "bias")
 
 
-def _check_bias_flag(bias: Any) -> bool:
-    if not isinstance(bias, bool):
-        raise TypeError(f"`bias` must be True or False (whether to return db); got {bias!r}")
-    return bias
+def wants_db(bias: Any, channels: int) -> bool:
+    """Whether a backward op returns db: its `bias` is the forward's bias array (checked like
+    the forward op checks it) or None, or True / False."""
+    if isinstance(bias, bool):
+        return bias
+    if bias is not None and not _backend.is_array(bias):
+        raise TypeError(f"`bias` must be the bias array of shape ({channels},), None, True or "
+                        f"False; got {type(bias).__name__}")
+    _check_bias(bias, channels)
+    return bias is not None
 
 
 def _shape_arg(shape: Any, name: str) -> tuple[int, ...]:
@@ -165,10 +172,10 @@ def conv(
     data_format : "channels_last" or "channels_first"
     padding_mode : "zeros", "reflect", "replicate" or "circular" (PyTorch's semantics)
     algorithm : str, optional
-        Force one of `npconv.ALGORITHMS` ("im2col", "offsets", "pointwise", "depthwise",
-        "winograd", "fft") for every computation of the call instead of the automatic choice;
-        ValueError if it cannot run this geometry. Every op of this module takes `algorithm`
-        and `workspace`.
+        Force one of `npconv.ALGORITHMS` ("im2col", "pointwise", "depthwise", "winograd")
+        instead of the automatic choice, for the forward pass, the weight gradient and the
+        input gradient's forward correlation (docs/algorithms.md); ValueError if it cannot run
+        this geometry. Every op of this module takes `algorithm` and `workspace`.
     workspace : int, optional
         Bytes of temporaries this call may allocate (default: `npconv.get_config()`).
 
@@ -205,6 +212,7 @@ def conv_backward(
     dy: Array,
     x: Array,
     w: Array,
+    bias: Array | bool | None = True,
     *,
     stride: int | tuple[int, ...] = 1,
     padding: Padding = 0,
@@ -212,31 +220,32 @@ def conv_backward(
     groups: int = 1,
     data_format: str = "channels_last",
     padding_mode: str = "zeros",
-    bias: bool = True,
     algorithm: str | None = None,
     workspace: int | None = None,
 ) -> ConvGrads:
-    """Gradients of `conv` with respect to x, w and the bias, given dy = dL/dy.
+    """Gradients of `conv(x, w, bias, ...)` with respect to x, w and the bias, given dy = dL/dy.
 
-    Takes the same keywords as `conv`; `bias=False` returns db = None. dx has x's shape (zero at
-    pixels the forward pass never read, such as remainder rows when P was floored), dw has w's,
-    db is (F,). Padding of any mode is differentiated too: a reflected, replicated or wrapped
-    pixel sends its gradient back to the pixel it copies.
+    Takes `conv`'s arguments with dy in front. dx has x's shape (zero at pixels the forward
+    pass never read, such as remainder rows when P was floored), dw has w's, db is (F,), or
+    None when `bias` is None or False. Padding of any mode is differentiated too: a reflected,
+    replicated or wrapped pixel sends its gradient back to the pixel it copies.
 
     Examples
     --------
     >>> import numpy as np, npconv
-    >>> x, w = np.ones((2, 7, 7, 3)), np.ones((2, 2, 3, 4))
+    >>> x, w, b = np.ones((2, 7, 7, 3)), np.ones((2, 2, 3, 4)), np.zeros(4)
     >>> dy = np.ones((2, 3, 3, 4))                # y is 3x3: 7 = 2*3 + 1 leaves a remainder
-    >>> dx, dw, db = npconv.conv_backward(dy, x, w, stride=2)
+    >>> dx, dw, db = npconv.conv_backward(dy, x, w, b, stride=2)
     >>> float(dx[0, 6, 6, 0]), dw.shape, db.shape  # the last row is never read
     (0.0, (2, 2, 3, 4), (4,))
+    >>> npconv.conv_backward(dy, x, w, None, stride=2).db is None
+    True
     """
     _check_arrays("conv_backward", dy=dy, x=x, w=w)
     spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                      groups=groups, data_format=data_format, padding_mode=padding_mode)
     check_shape(dy, spec.y_shape(), "dy")
-    bias = _check_bias_flag(bias)
+    with_db = wants_db(bias, spec.out_channels)
     dtype = _args.result_dtype(dy, x, w)
     cdt = _args.compute_dtype(dtype)
     with _call(spec, algorithm, workspace, cdt) as settings:
@@ -247,7 +256,7 @@ def conv_backward(
         dx = _layout.result(dx, data_format, dtype, settings)   # (N, *S, C) caller's layout
         dw = _kernels.grad_weight(_x_in(x, spec, cdt, settings, views), dy_, spec, settings,
                                   algorithm=algorithm)           # (*K, C/G, F)
-        db = _kernels.grad_bias(dy_, dtype) if bias else None
+        db = _kernels.grad_bias(dy_, dtype) if with_db else None
         return ConvGrads(dx, _layout.weight_result(dw, data_format, dtype), db)
 
 
@@ -371,7 +380,7 @@ def conv_transpose(
     Notes
     -----
     conv_transpose(x, w) is the gradient of conv(., w) with respect to its input, evaluated at
-    dy = x: it is computed by the same scatter-add kernel as `conv_backward`'s dx.
+    dy = x: it is computed by the same transpose rule as `conv_backward`'s dx.
 
     Examples
     --------
@@ -401,6 +410,7 @@ def conv_transpose_backward(
     dy: Array,
     x: Array,
     w: Array,
+    bias: Array | bool | None = True,
     *,
     stride: int | tuple[int, ...] = 1,
     padding: Padding = 0,
@@ -408,11 +418,11 @@ def conv_transpose_backward(
     dilation: int | tuple[int, ...] = 1,
     groups: int = 1,
     data_format: str = "channels_last",
-    bias: bool = True,
     algorithm: str | None = None,
     workspace: int | None = None,
 ) -> ConvGrads:
-    """Gradients of `conv_transpose` with respect to x, w and the bias, given dy = dL/dy.
+    """Gradients of `conv_transpose(x, w, bias, ...)` with respect to x, w and the bias, given
+    dy = dL/dy; db is (F,), or None when `bias` is None or False.
 
     The transposed convolution's input gradient is a forward convolution of dy, and its weight
     gradient is the forward convolution's weight gradient with the roles of x and dy swapped.
@@ -420,8 +430,8 @@ def conv_transpose_backward(
     Examples
     --------
     >>> import numpy as np, npconv
-    >>> x, w = np.ones((1, 3, 3, 4)), np.ones((3, 3, 2, 4))
-    >>> dx, dw, db = npconv.conv_transpose_backward(np.ones((1, 7, 7, 2)), x, w, stride=2)
+    >>> x, w, b = np.ones((1, 3, 3, 4)), np.ones((3, 3, 2, 4)), np.zeros(2)
+    >>> dx, dw, db = npconv.conv_transpose_backward(np.ones((1, 7, 7, 2)), x, w, b, stride=2)
     >>> dx.shape, dw.shape, db.shape
     ((1, 3, 3, 4), (3, 3, 2, 4), (2,))
     """
@@ -430,7 +440,7 @@ def conv_transpose_backward(
                                output_padding=output_padding, dilation=dilation, groups=groups,
                                data_format=data_format)
     check_shape(dy, spec.x_shape(), "dy")
-    bias = _check_bias_flag(bias)
+    with_db = wants_db(bias, spec.in_channels)
     dtype = _args.result_dtype(dy, x, w)
     cdt = _args.compute_dtype(dtype)
     with _call(spec, algorithm, workspace, cdt) as settings:
@@ -441,5 +451,5 @@ def conv_transpose_backward(
         dx = _layout.result(dx, data_format, dtype, settings)
         dw = _kernels.grad_weight(dyp, _dy_in(x, spec, cdt, settings, views), spec, settings,
                                   algorithm=algorithm)           # (*K, F/G, C)
-        db = _kernels.grad_bias(_layout.to_last(dy, data_format), dtype) if bias else None
+        db = _kernels.grad_bias(_layout.to_last(dy, data_format), dtype) if with_db else None
         return ConvGrads(dx, _layout.weight_result(dw, data_format, dtype), db)

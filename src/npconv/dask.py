@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from npconv import _args, _backend, _layout
-from npconv.convolution import check_options
+from npconv.convolution import check_options, wants_db
 from npconv.convolution import conv as _conv
 from npconv.convolution import conv_grad_input as _grad_input
 from npconv.convolution import conv_grad_weight as _grad_weight
@@ -190,6 +190,7 @@ def conv_backward(
     dy: Any,
     x: Any,
     w: Any,
+    bias: Any = True,
     *,
     stride: int | tuple[int, ...] = 1,
     padding: Padding = 0,
@@ -197,27 +198,26 @@ def conv_backward(
     groups: int = 1,
     data_format: str = "channels_last",
     padding_mode: str = "zeros",
-    bias: bool = True,
     algorithm: str | None = None,
     workspace: int | None = None,
 ) -> ConvGrads:
     """`npconv.conv_backward` for dask (or NumPy) dy and x: dask arrays dx chunk by chunk, dw
-    and db as tree sums. Same arguments as `npconv.conv_backward`.
+    and db (unless `bias` is None or False) as tree sums. Same arguments as
+    `npconv.conv_backward`.
 
     Examples
     --------
     >>> import numpy as np, dask.array as da, npconv.dask
-    >>> x = da.ones((8, 16, 16, 3), chunks=2)
-    >>> dx, dw, db = npconv.dask.conv_backward(np.ones((8, 14, 14, 4)), x, np.ones((3, 3, 3, 4)))
+    >>> x, w, b = da.ones((8, 16, 16, 3), chunks=2), np.ones((3, 3, 3, 4)), np.zeros(4)
+    >>> dx, dw, db = npconv.dask.conv_backward(np.ones((8, 14, 14, 4)), x, w, b)
     >>> dw.shape, float(db.compute()[0])
     ((3, 3, 3, 4), 1568.0)
     """
-    if not isinstance(bias, bool):
-        raise TypeError(f"`bias` must be True or False (whether to return db); got {bias!r}")
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                     data_format=data_format, padding_mode=padding_mode)
     options = dict(algorithm=algorithm, workspace=workspace)
     spec, x = _check(x, w, geometry, options)
+    with_db = wants_db(bias, spec.out_channels)
     if not _backend.is_dask(dy):
         _args.float_array(dy, "dy")
     check_shape(dy, spec.y_shape(), "dy")
@@ -228,8 +228,8 @@ def conv_backward(
         dx = dy.map_blocks(_dx_of_batch_chunk, x, w, dtype=dtype, chunks=x.chunks,
                            **geometry, **options)
         dw = _chunk_sum(x, dy, w.shape, {**geometry, **options}, dtype)
-        return ConvGrads(dx, dw, _db(dy, spec) if bias else None)
-    return _backward_spatial(dy, x, w, spec, bias, options, dtype)
+        return ConvGrads(dx, dw, _db(dy, spec) if with_db else None)
+    return _backward_spatial(dy, x, w, spec, with_db, options, dtype)
 
 
 def _dx_of_batch_chunk(dy: Any, x: Any, w: Any, **kwargs: Any) -> Any:
@@ -252,7 +252,7 @@ def _db(dy: Any, spec: ConvSpec) -> Any:
     return _layout.to_last(dy, spec.data_format).sum(axis=tuple(range(dy.ndim - 1)))
 
 
-def _backward_spatial(dy: Any, x: Any, w: Any, spec: ConvSpec, bias: bool,
+def _backward_spatial(dy: Any, x: Any, w: Any, spec: ConvSpec, with_db: bool,
                       options: dict[str, Any], dtype: Any) -> ConvGrads:
     import dask.array as da
 
@@ -271,7 +271,7 @@ def _backward_spatial(dy: Any, x: Any, w: Any, spec: ConvSpec, bias: bool,
     crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(spec.pads, spec.in_size))
     dx = _layout.from_last(dxp[(slice(None), *crop)], spec.data_format)
     return ConvGrads(dx, _layout.w_from_last(dw, spec.data_format),
-                     _db(dy, spec) if bias else None)
+                     _db(dy, spec) if with_db else None)
 
 
 def _dw_of_chunk(x_chunk: Any, dy_chunk: Any, w_shape: tuple[int, ...],

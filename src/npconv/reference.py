@@ -19,7 +19,20 @@ import itertools
 import numpy as np
 
 from npconv import _args, _layout
-from npconv.spec import ConvGrads, ConvSpec, check_shape, conv_spec, conv_transpose_spec
+from npconv._backend import Array
+from npconv.spec import (
+    ConvGrads,
+    ConvSpec,
+    Padding,
+    check_shape,
+    conv_spec,
+    conv_transpose_spec,
+)
+
+
+def _db(bias: Array | bool | None) -> bool:
+    """Whether a backward op returns db (`npconv.conv_backward`'s `bias`)."""
+    return bias if isinstance(bias, bool) else bias is not None
 
 
 def source_index(i: int, size: int, lo: int, mode: str) -> int:
@@ -111,8 +124,9 @@ def _backward(dy, xp, w, spec: ConvSpec):
     return dxp, dw
 
 
-def conv(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-         data_format="channels_last", padding_mode="zeros"):
+def conv(x: Array, w: Array, bias: Array | None = None, *, stride: int | tuple[int, ...] = 1,
+         padding: Padding = 0, dilation: int | tuple[int, ...] = 1, groups: int = 1,
+         data_format: str = "channels_last", padding_mode: str = "zeros") -> Array:
     """Naive `npconv.conv`."""
     spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                      groups=groups, data_format=data_format, padding_mode=padding_mode)
@@ -122,8 +136,10 @@ def conv(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     return _from_last(y, spec, _args.result_dtype(x, w, bias))
 
 
-def conv_backward(dy, x, w, *, stride=1, padding=0, dilation=1, groups=1,
-                  data_format="channels_last", padding_mode="zeros", bias=True) -> ConvGrads:
+def conv_backward(dy: Array, x: Array, w: Array, bias: Array | bool | None = True, *,
+                  stride: int | tuple[int, ...] = 1, padding: Padding = 0,
+                  dilation: int | tuple[int, ...] = 1, groups: int = 1,
+                  data_format: str = "channels_last", padding_mode: str = "zeros") -> ConvGrads:
     """Naive `npconv.conv_backward`."""
     spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                      groups=groups, data_format=data_format, padding_mode=padding_mode)
@@ -131,7 +147,7 @@ def conv_backward(dy, x, w, *, stride=1, padding=0, dilation=1, groups=1,
     dy_ = _to_last(dy, spec)
     dxp, dw = _backward(dy_, _padded(_to_last(x, spec), spec), _w_to_last(w, spec), spec)
     dtype = _args.result_dtype(dy, x, w)
-    db = dy_.sum(axis=tuple(range(spec.rank + 1))).astype(dtype) if bias else None
+    db = dy_.sum(axis=tuple(range(spec.rank + 1))).astype(dtype) if _db(bias) else None
     dx = _unpadded_grad(dxp, spec)
     return ConvGrads(_from_last(dx, spec, dtype), _w_from_last(dw, spec, dtype), db)
 
@@ -151,8 +167,11 @@ def _transpose_scatter(x, w, spec: ConvSpec):
     return y[(slice(None), *lo_hi)]
 
 
-def conv_transpose(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1,
-                   groups=1, data_format="channels_last"):
+def conv_transpose(x: Array, w: Array, bias: Array | None = None, *,
+                   stride: int | tuple[int, ...] = 1, padding: Padding = 0,
+                   output_padding: int | tuple[int, ...] = 0,
+                   dilation: int | tuple[int, ...] = 1, groups: int = 1,
+                   data_format: str = "channels_last") -> Array:
     """Naive `npconv.conv_transpose`, written in scatter form (not as a conv gradient)."""
     spec = conv_transpose_spec(x.shape, w.shape, stride=stride, padding=padding,
                                output_padding=output_padding, dilation=dilation, groups=groups,
@@ -163,8 +182,11 @@ def conv_transpose(x, w, bias=None, *, stride=1, padding=0, output_padding=0, di
     return _from_last(y, spec, _args.result_dtype(x, w, bias))
 
 
-def conv_transpose_backward(dy, x, w, *, stride=1, padding=0, output_padding=0, dilation=1,
-                            groups=1, data_format="channels_last", bias=True) -> ConvGrads:
+def conv_transpose_backward(dy: Array, x: Array, w: Array, bias: Array | bool | None = True, *,
+                            stride: int | tuple[int, ...] = 1, padding: Padding = 0,
+                            output_padding: int | tuple[int, ...] = 0,
+                            dilation: int | tuple[int, ...] = 1, groups: int = 1,
+                            data_format: str = "channels_last") -> ConvGrads:
     """Naive `npconv.conv_transpose_backward`: the scatter loop run backwards."""
     spec = conv_transpose_spec(x.shape, w.shape, stride=stride, padding=padding,
                                output_padding=output_padding, dilation=dilation, groups=groups,
@@ -179,7 +201,7 @@ def conv_transpose_backward(dy, x, w, *, stride=1, padding=0, output_padding=0, 
         dx[(n, *i, c)] = np.sum(dyp[window] * w_[..., c])
         dw[..., c] += dyp[window] * x_[(n, *i, c)]
     dtype = _args.result_dtype(dy, x, w)
-    db = dy_.sum(axis=tuple(range(spec.rank + 1))).astype(dtype) if bias else None
+    db = dy_.sum(axis=tuple(range(spec.rank + 1))).astype(dtype) if _db(bias) else None
     return ConvGrads(_from_last(dx, spec, dtype), _w_from_last(dw, spec, dtype), db)
 
 
