@@ -4,16 +4,18 @@
 
 For every shape and dtype the three implementations run alternately, each in a worker process
 of its own (so that no library's allocations change the page faults another pays), and a plain
-NumPy GEMM runs in the same rounds, in the driver, as the yardstick for GFLOP/s. In each round every implementation makes
-an untimed call and then a short burst of timed ones, back to back (its best counts), followed
-by a pause (at least `--pause` seconds, and `--duty` times the time just spent): idle worker
-threads of the previous library (OpenBLAS and OpenMP spin for a while after a parallel call)
-must not steal cores from the next, and a virtual machine whose CPU time is throttled after
-bursts stays out of the throttle. The table reports medians over rounds. It times the
-forward pass alone and forward plus backward (y, dx, dw, db), prints times, ratios, GFLOP/s
-(direct-method FLOPs, 2 per multiply-add, three passes for forward plus backward) next to the
-GEMM's, and the peak memory each NumPy implementation allocates (tracemalloc), and writes
-docs/benchmarks.md. PyTorch is optional; the seed's method (benchmarks/seed_method.py) handles
+NumPy GEMM runs in the same rounds, in the driver, as the yardstick for GFLOP/s. In each round
+every implementation makes an untimed call and then a short burst of timed ones, back to back
+(its best counts), followed by a pause (at least `--pause` seconds, and `--duty` times the time
+just spent): idle worker threads of the previous library (OpenBLAS and OpenMP spin for a while
+after a parallel call) must not steal cores from the next, and a virtual machine whose CPU time
+is throttled after bursts stays out of the throttle. The table reports medians over rounds and
+the algorithm of each row (and the form of its input gradient when that is not the same
+algorithm on the transposed geometry). It times the forward pass alone and forward plus
+backward (y, dx, dw, db), prints times, ratios, GFLOP/s (direct-method FLOPs, 2 per
+multiply-add, three passes for forward plus backward) next to the GEMM's, and the peak memory
+each NumPy implementation allocates (tracemalloc), and writes docs/benchmarks.md. PyTorch is
+optional; the seed's method (benchmarks/seed_method.py) handles
 2-D channels_last ungrouped shapes only.
 """
 
@@ -579,7 +581,8 @@ def write_markdown(path: Path, results, gemm, threads, command: str, elapsed: fl
              "(a worker per core with BLAS on one thread, or serial with BLAS threads for layers "
              "whose forward window matrix is under 16 MiB: docs/algorithms.md, \"Threads\") and "
              "with every layer serial and BLAS-threaded, as the earlier design ran the "
-             "GEMM-bound algorithms. Same alternating protocol, fewer rounds.", "", *THREADS_HEADER, *threads, ""]
+             "GEMM-bound algorithms. Same alternating protocol, fewer rounds.", "",
+             *THREADS_HEADER, *threads, ""]
     path.write_text("\n".join(lines))
 
 

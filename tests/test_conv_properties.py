@@ -132,7 +132,8 @@ def test_conv_transpose_is_the_input_gradient_of_conv(geom):
 
 @given(conv_geometry(modes=("zeros",)))
 def test_fold_is_the_adjoint_of_unfold(geom):
-    spec = conv_spec(geom.x_shape, geom.w_shape, **{**geom.kwargs, "data_format": "channels_last"}) \
+    last = {**geom.kwargs, "data_format": "channels_last"}
+    spec = conv_spec(geom.x_shape, geom.w_shape, **last) \
         if geom.kwargs["data_format"] == "channels_last" else None
     if spec is None:
         return

@@ -101,7 +101,7 @@ def test_numpy_dy_is_chunked_like_x(rng):
 
 def test_a_numpy_dy_of_the_wrong_batch_is_named(rng):
     xd = da.zeros((4, 8, 8, 3), chunks=2)
-    with pytest.raises(ValueError, match=r"`dy` must have shape \(4, 6, 6, 2\); got \(3, 6, 6, 2\)"):
+    with pytest.raises(ValueError, match=r"`dy` must have shape \(4, 6, 6, 2\); got \(3, 6,"):
         chunked.conv_backward(np.zeros((3, 6, 6, 2)), xd, np.zeros((3, 3, 3, 2)))
 
 

@@ -17,9 +17,11 @@ Output size per spatial dimension:
 
 The bias: the backward ops (`conv_backward`, `conv_transpose_backward`) take the forward op's
 arguments with dy in front, `bias` included: the forward's bias array (F,) or None, as given to
-`conv`, returns db or None. They need no value of it, so True and False (the bias exists or not;
-True is the default) are accepted too, for callers that do not hold the array. Algorithms and memory: every op takes `algorithm=None` (automatic choice by shape) or
-the name of one of `npconv.ALGORITHMS` ("im2col", "pointwise", "depthwise", "winograd";
+`conv`, returns db or None. They need no value of it, so True and False (the bias exists or
+not; True is the default) are accepted too, for callers that do not hold the array.
+
+Algorithms and memory: every op takes `algorithm=None` (automatic choice by shape) or the name
+of one of `npconv.ALGORITHMS` ("im2col", "pointwise", "depthwise", "winograd";
 docs/algorithms.md), and `workspace=None` (the limit in force, 256 MiB by default, see
 `npconv.set_config`) or a limit in bytes for this call. Besides its inputs and outputs, an op
 allocates one converted copy of each array it reads (channels_last, padded, in the compute

@@ -15,6 +15,7 @@ Same signatures and layouts as `npconv.conv`, `conv_backward`, `conv_transpose` 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 
@@ -69,9 +70,9 @@ def _w_from_last(w, spec: ConvSpec, dtype):
     return np.ascontiguousarray(_layout.w_from_last(w, spec.data_format), dtype=dtype)
 
 
-def _padded(x, spec: ConvSpec):
+def _padded(x: Any, spec: ConvSpec) -> Any:
     """x (N, *S, C) -> (N, *Sp, C) by the index map of `source_index`."""
-    out = np.zeros((x.shape[0], *spec.padded_size, x.shape[-1]))
+    out: Any = np.zeros((x.shape[0], *spec.padded_size, x.shape[-1]))
     for pos in itertools.product(*map(range, spec.padded_size)):
         src = [source_index(i, s, lo, spec.padding_mode)
                for i, s, (lo, _) in zip(pos, spec.in_size, spec.pads)]
@@ -80,9 +81,9 @@ def _padded(x, spec: ConvSpec):
     return out
 
 
-def _unpadded_grad(dxp, spec: ConvSpec):
+def _unpadded_grad(dxp: Any, spec: ConvSpec) -> Any:
     """Send each padded position's gradient to the input pixel it copied."""
-    dx = np.zeros((dxp.shape[0], *spec.in_size, dxp.shape[-1]))
+    dx: Any = np.zeros((dxp.shape[0], *spec.in_size, dxp.shape[-1]))
     for pos in itertools.product(*map(range, spec.padded_size)):
         src = [source_index(i, s, lo, spec.padding_mode)
                for i, s, (lo, _) in zip(pos, spec.in_size, spec.pads)]
@@ -238,7 +239,7 @@ def _input_taps(spec, p) -> list[tuple[int, ...]]:
     return [pos for pos in _pool_taps(spec, p) if _inside(pos, [0] * spec.rank, spec.in_size)]
 
 
-def _argmax_tap(plane, spec, p) -> tuple[int, ...]:
+def _argmax_tap(plane, spec, p) -> tuple[int, ...] | None:
     """PyTorch's scan: start at -inf, take a tap if strictly greater or NaN (first max wins)."""
     best, arg = -np.inf, None
     for pos in _input_taps(spec, p):

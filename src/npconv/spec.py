@@ -345,7 +345,8 @@ def conv_spec(
     dilation = _args.positive_tuple(dilation, rank, "dilation")
     pads = resolve_padding(padding, s, k, stride, dilation)
     _check_padding_mode(padding_mode, pads, s)
-    p = tuple(out_size(*a, lo, hi) for *a, (lo, hi) in zip(s, k, stride, dilation, pads))
+    p = tuple(out_size(si, ki, st, d, lo, hi)
+              for si, ki, st, d, (lo, hi) in zip(s, k, stride, dilation, pads))
     if any(v < 1 for v in p):
         raise ValueError(
             f"output size must be >= 1; got output size {p} from input size {s}, kernel size "
@@ -421,8 +422,8 @@ def conv_transpose_spec(
         pads = tuple(map(same_pads, (si * st for si, st in zip(s, stride)), k, stride, dilation))
     else:
         pads = resolve_padding(padding, s, k, stride, dilation)
-        o = tuple(transpose_out_size(*a, lo, hi, e)
-                  for *a, (lo, hi), e in zip(s, k, stride, dilation, pads, extra))
+        o = tuple(transpose_out_size(si, ki, st, d, lo, hi, e)
+                  for si, ki, st, d, (lo, hi), e in zip(s, k, stride, dilation, pads, extra))
     if any(v < 1 for v in o):
         raise ValueError(
             f"output size must be >= 1; got output size {o} from input size {s}, kernel size "
