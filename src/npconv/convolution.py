@@ -35,6 +35,7 @@ Dask arrays have their own front end, `npconv.dask`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,7 +109,7 @@ def _call(spec: ConvSpec, algorithm: Any, workspace: Any, dtype: Any) -> Iterato
     settings = _config.resolve(workspace)
     one_core = settings.threads == 1
     if _chunks.serial_layer(spec, dtype.itemsize, settings):
-        settings = _config.Settings(settings.workspace, 1, settings.tuning)
+        settings = dataclasses.replace(settings, threads=1)
     blas = _chunks.single_blas() if one_core else contextlib.nullcontext()
     with _workspace.scope(settings), blas:
         yield settings
