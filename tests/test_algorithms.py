@@ -198,10 +198,12 @@ def test_rows_larger_than_the_workspace_split_kernel_offsets(x_shape, w_shape, k
     (scatter); results equal the reference's on one and two workers."""
     x, w, dy = _arrays(x_shape, w_shape, kwargs, np.float64)
     spec = conv_spec(x_shape, w_shape, **kwargs)
-    row = spec.out_size[1] * np.prod(spec.kernel_size) * spec.in_channels * 8
-    workspace = row // 4
+    nk, row = int(np.prod(spec.kernel_size)), spec.out_size[1] * 8   # bytes per value per row
+    accumulator = nk * spec.group_in * spec.out_channels * 8
+    workspace = row * (2 * spec.out_channels + 3 * spec.in_channels) + accumulator
+    assert workspace < row * nk * spec.in_channels               # a row's windows do not fit
     settings = _config.Settings(workspace=workspace, threads=threads)
-    assert algorithms.im2col.plan(spec, 8, settings, np).most_taps() < np.prod(w_shape[:-2])
+    assert algorithms.im2col.plan(spec, 8, settings, np).most_taps() < nk
     want = (reference.conv(x, w, **kwargs), *reference.conv_backward(dy, x, w, **kwargs)[:2])
     with npconv.config(threads=threads), _config.tuned(min_parallel_bytes=0):
         got = (npconv.conv(x, w, algorithm="im2col", workspace=workspace, **kwargs),

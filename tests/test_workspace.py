@@ -51,7 +51,8 @@ CASES = {       # algorithm (its first word): (x shape, w shape, keywords); the 
     "pointwise": ((4, 80, 80, 8), (1, 1, 8, 8), {}),
 }
 LIMIT = 128 * KIB
-LIMITS = {"im2col 3-D": 4096 * KIB}   # one plane's windows: 1.3 MiB
+LIMITS = {"im2col 3-D": 4096 * KIB,   # one plane's windows: 1.3 MiB
+          "winograd": 256 * KIB}      # one tile row's transforms: 143 KiB
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -248,6 +249,15 @@ def test_config_errors(kwargs, error, match):
         npconv.set_config(**kwargs)
     with pytest.raises(error, match=match), npconv.config(**kwargs):
         pass
+
+
+def test_a_limit_below_one_output_row_warns(rng):
+    """Depthwise products need one output row at least: a smaller limit cannot apply."""
+    x, w = rng.standard_normal((1, 4, 64, 32)), rng.standard_normal((3, 3, 1, 32))
+    with pytest.warns(RuntimeWarning, match=r"the workspace limit \(1024 bytes\) is smaller "
+                                            r"than this computation's least temporaries"):
+        y = npconv.conv(x, w, groups=32, workspace=1024)
+    np.testing.assert_allclose(y, npconv.conv(x, w, groups=32), rtol=1e-12)
 
 
 def test_per_call_workspace_error():

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -103,6 +104,11 @@ def plan(n: int, rows: int, settings: Settings, *, row_bytes: int, tap_bytes: in
     full_row = row_bytes + taps * tap_bytes
     split = tap_bytes and full_row + fixed_bytes > settings.workspace   # rows need tap blocks
     smallest = row_bytes + tap_bytes if split else full_row
+    if smallest + fixed_bytes > settings.workspace:
+        warnings.warn(f"the workspace limit ({settings.workspace} bytes) is smaller than this "
+                      f"computation's least temporaries ({smallest + fixed_bytes} bytes: one "
+                      f"output row's and the accumulators); it uses those", RuntimeWarning,
+                      stacklevel=4)
     workers = _workers(settings, xp, n * rows, smallest + fixed_bytes)
     share = max(settings.workspace // workers - fixed_bytes, 1)
     target = chunk_target(min(chunk_bytes or math.inf, settings.tuning.chunk_bytes), share, xp)

@@ -127,22 +127,16 @@ def _a_transform(m, out) -> None:
     out[1] -= m[3]
 
 
-def _quiet(xp: ModuleType) -> Any:
-    """Decorator silencing NumPy's overflow and invalid-value warnings in a task (on whichever
-    worker thread runs it): a transform that overflows is recomputed by im2col, whose own
-    arithmetic then warns where the definition's does."""
-    def wrap(task: Callable[..., None]) -> Callable[..., None]:
-        if xp is not np:
-            return task
+def _quiet(task: Callable[..., None]) -> Callable[..., None]:
+    """The task without NumPy's overflow and invalid-value warnings (set in the thread that
+    runs it): a chunk whose transforms overflow is recomputed by im2col, which warns where the
+    definition's arithmetic does."""
+    @functools.wraps(task)
+    def quiet(*args: Any) -> None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            task(*args)
 
-        @functools.wraps(task)
-        def quiet(*args: Any) -> None:
-            with np.errstate(over="ignore", invalid="ignore"):
-                task(*args)
-
-        return quiet
-
-    return wrap
+    return quiet
 
 
 def _tiles(spec: ConvSpec) -> tuple[int, int]:
@@ -190,7 +184,7 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
     y = xp.empty((spec.batch, 2 * t0, 2 * t1, f), dtype=xp_.dtype)  # (N, 2T0, 2T1, F)
     chunks, most = _plan(spec, y.itemsize, settings, xp, FORWARD_WIDTH)
 
-    @_quiet(xp)
+    @_quiet
     def task(chunk: Chunk, state: tuple[Any, list[Chunk]]) -> None:
         (batch, rows, _), (buf, bad) = chunk, state
         n, nr = batch.stop - batch.start, rows.stop - rows.start
@@ -262,7 +256,7 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
     chunks, most = _plan(spec, dy.itemsize, settings, xp, WEIGHT_WIDTH,
                          fixed_bytes=math.prod(acc) * dy.itemsize)
 
-    @_quiet(xp)
+    @_quiet
     def task(chunk: Chunk, state: tuple[Any, Any]) -> None:
         (batch, rows, _), (buf, du) = chunk, state
         n, nr = batch.stop - batch.start, rows.stop - rows.start
