@@ -405,3 +405,14 @@ def test_large_kernels_keep_nan_local_and_float32_error_at_the_gemms_level():
     far = np.ones(y.shape, bool)
     far[0, 25:36, 35:46] = False                                 # the outputs that read it
     assert np.median(np.abs(y - want)[far] / np.abs(want)[far]) < 1e-6
+
+
+def test_round_robin_plans_run_any_chunks_in_order():
+    """Callers that cut their own work (copies, layer ops) deal it round-robin."""
+    pytest.importorskip("threadpoolctl")
+    plan = _chunks.Plan.round_robin([slice(0, 2), slice(2, 4), slice(4, 5)], 2)
+    assert plan.owners == (0, 1, 0) and plan.workers == 2
+    with npconv.config(threads=2):
+        dealt = _chunks.run(lambda part, mine: mine.append(part), plan, list)
+    assert dealt == [[slice(0, 2), slice(4, 5)], [slice(2, 4)]]
+    assert _chunks.Plan.round_robin([slice(0, 1)], 4).workers == 1

@@ -75,7 +75,7 @@ class Chunk(NamedTuple):
 class Plan:
     """Chunks in order, the worker that runs each, and the number of workers."""
 
-    chunks: tuple[Chunk, ...]
+    chunks: tuple[Any, ...]                                      # Chunk, from `plan`
     owners: tuple[int, ...]
     workers: int
 
@@ -86,6 +86,13 @@ class Plan:
     def most_taps(self) -> int:
         """Kernel offsets of the widest chunk."""
         return max(c.taps.stop - c.taps.start for c in self.chunks)
+
+    @classmethod
+    def round_robin(cls, chunks: Sequence[Any], workers: int) -> Plan:
+        """A plan of any chunks (`run` passes them to the task as they are), chunk i to worker
+        i % workers: for callers that cut their own work (copies, layer ops)."""
+        workers = max(1, min(workers, len(chunks)))
+        return cls(tuple(chunks), tuple(i % workers for i in range(len(chunks))), workers)
 
 
 def plan(n: int, rows: int, settings: Settings, *, row_bytes: int, tap_bytes: int = 0,
@@ -177,7 +184,7 @@ def serial_layer(spec: ConvSpec, itemsize: int, settings: Settings) -> bool:
     return spec.batch * windows * itemsize < settings.tuning.min_parallel_bytes
 
 
-def run(task: Callable[[Chunk, Any], None], plan: Plan, make_state: Callable[[], Any]
+def run(task: Callable[[Any, Any], None], plan: Plan, make_state: Callable[[], Any]
         ) -> list[Any]:
     """Call task(chunk, state) on every chunk; return the states, one per worker, in order.
 
@@ -218,10 +225,9 @@ def copyto(dst: Any, src: Any, settings: Settings) -> None:
         xp.copyto(dst, src)
         return
     step = -(-n // workers)
-    parts = [Chunk(slice(i, min(i + step, n)), slice(0, 1), slice(0, 1))
-             for i in range(0, n, step)]
-    run(lambda part, _: xp.copyto(dst[part.batch], src[part.batch]),
-        Plan(tuple(parts), tuple(range(len(parts))), len(parts)), lambda: None)
+    parts = [slice(i, min(i + step, n)) for i in range(0, n, step)]
+    run(lambda part, _: xp.copyto(dst[part], src[part]), Plan.round_robin(parts, workers),
+        lambda: None)
 
 
 def _parallel_ok(xp: ModuleType) -> bool:

@@ -114,7 +114,7 @@ def unfold(xp_: Any, kernel_size: tuple[int, ...], stride: tuple[int, ...],
     span = tuple(map(effective_kernel, kernel_size, dilation))
     axes = tuple(range(1, rank + 1))
     win = _backend.sliding_window_view(xp, xp_, span, axes)    # (N, *Sw, C, *span)
-    keep = tuple(slice(0, (p - 1) * s + 1, s) for p, s in zip(out_size, stride))
+    keep = tuple(taps(0, 1, s, 0, p) for p, s in zip(out_size, stride))  # window starts
     step = tuple(slice(None, None, d) for d in dilation)
     win = win[(slice(None), *keep, slice(None), *step)]          # (N, *P, C, *K)
     return xp.moveaxis(win, rank + 1, -1)                        # (N, *P, *K, C)
