@@ -300,6 +300,20 @@ def test_pool_keeps_at_most_the_workspace_and_releases(rng):
     assert _workspace.pooled_bytes() == 0
 
 
+def test_pooled_memory_is_asked_for_explicitly():
+    """`_windows.pad` always returns an ordinary array, inside a scope too; pooled scratch comes
+    only from `_workspace.scratch` (and `_layout.padded`, which asks for it)."""
+    from npconv import _config, _layout, _windows
+
+    x = np.ones((4, 256, 256, 2))                                # 4 MiB: poolable
+    settings = _config.resolve()
+    with _workspace.scope(settings):
+        padded = _windows.pad(x, ((1, 1), (1, 1)))
+        scratch = _layout.padded(x, ((1, 1), (1, 1)), "zeros", x.dtype, settings)
+        assert padded.flags.owndata and not scratch.flags.owndata
+        np.testing.assert_array_equal(padded, scratch)
+
+
 def test_scratch_outside_a_scope_is_an_ordinary_array():
     a = _workspace.scratch((1024, 1024), np.float64)
     assert a.base is None and a.flags.owndata
