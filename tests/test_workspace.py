@@ -121,18 +121,22 @@ def _elements(*shape) -> int:
     return int(np.prod(shape))
 
 
-def test_backward_frees_input_gradient_buffers_before_the_weight_gradient(rng):
+@pytest.mark.parametrize("x_shape, w_shape, kw, limit", [
+    ((2, 64, 64, 16), (7, 7, 16, 16), {"stride": 2, "padding": 3}, 4 * 2**20),
+    ((2, 16, 24, 24, 8), (3, 3, 3, 8, 8), {"stride": 2, "padding": 1}, 2**20),
+    ((1, 64, 64, 4), (31, 31, 4, 4), {"stride": 2, "padding": 15}, 4 * 2**20),
+])
+def test_backward_frees_input_gradient_buffers_before_the_weight_gradient(x_shape, w_shape, kw,
+                                                                          limit, rng):
     """conv_backward computes dx, then dw: dx's chunk buffers go back to the pool first, so the
-    two computations share the limit instead of holding twice it (stride 2, 7x7, 4 MiB)."""
-    x, w = rng.standard_normal((2, 64, 64, 16)), rng.standard_normal((7, 7, 16, 16))
-    kw = dict(stride=2, padding=3)
+    two computations share the limit instead of holding twice it (stride 2, 7x7, 3-D, 31x31)."""
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     spec = conv_spec(x.shape, w.shape, **kw)
     dy = rng.standard_normal(spec.y_shape())
-    limit = 4 * 2**20
     want = npconv.conv_backward(dy, x, w, **kw)
     _workspace.release()
     grads, peak = _peak(lambda: npconv.conv_backward(dy, x, w, workspace=limit, **kw))
-    padded = 8 * _elements(2, *spec.padded_size, 16)            # padded x; the scatter's dx
+    padded = 8 * _elements(spec.batch, *spec.padded_size, spec.in_channels)  # x's; dx's scatter
     assert peak <= limit + 2 * padded + _nbytes(*grads) + SLACK
     for got, ref in zip(grads, want):
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
