@@ -416,3 +416,13 @@ def test_round_robin_plans_run_any_chunks_in_order():
         dealt = _chunks.run(lambda part, mine: mine.append(part), plan, list)
     assert dealt == [[slice(0, 2), slice(4, 5)], [slice(2, 4)]]
     assert _chunks.Plan.round_robin([slice(0, 1)], 4).workers == 1
+
+
+def test_scatter_plans_of_whole_images_use_every_worker():
+    """Chunks of several whole images each are dealt round-robin, even for a scatter (images
+    0-1, 2-3, ... on alternate workers, not all on the worker whose index divides them)."""
+    pytest.importorskip("threadpoolctl")
+    settings = _config.Settings(workspace=2**20, threads=2, tuning=_config.Tuning(chunk_bytes=200))
+    plan = _chunks.plan(8, 1, settings, row_bytes=100, by_image=True)
+    assert [c.batch for c in plan.chunks] == [slice(i, i + 2) for i in range(0, 8, 2)]
+    assert plan.owners == (0, 1, 0, 1)

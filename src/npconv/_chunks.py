@@ -136,16 +136,17 @@ def plan(n: int, rows: int, settings: Settings, *, row_bytes: int, tap_bytes: in
         chunks = [Chunk(slice(i, i + 1), slice(r, r + 1), slice(t, min(t + block, taps)))
                   for i in range(n) for r in range(rows) for t in range(0, taps, block)]
     workers = max(1, min(workers, len(chunks)))
-    return Plan(tuple(chunks), _owners(chunks, workers, rows, by_image), workers)
+    return Plan(tuple(chunks), _owners(chunks, workers, by_image), workers)
 
 
-def _owners(chunks: Sequence[Chunk], workers: int, rows: int, by_image: bool) -> tuple[int, ...]:
-    """Round-robin; by image for scatters; all tap blocks of a row to the same worker."""
-    if by_image:
-        return tuple(c.batch.start % workers for c in chunks)
-    if any(c.taps.start for c in chunks):
-        return tuple((c.batch.start * rows + c.rows.start) % workers for c in chunks)
-    return tuple(i % workers for i in range(len(chunks)))
+def _owners(chunks: Sequence[Chunk], workers: int, by_image: bool) -> tuple[int, ...]:
+    """Round-robin over groups of chunks that one worker must run: the chunks of one image for
+    scatters (`by_image`), the tap blocks of one output row, else every chunk alone."""
+    def group(c: Chunk) -> tuple[int, ...]:
+        return (c.batch.start,) if by_image else (c.batch.start, c.rows.start)
+
+    groups: dict[tuple[int, ...], int] = {}
+    return tuple(groups.setdefault(group(c), len(groups)) % workers for c in chunks)
 
 
 def _workers(settings: Settings, xp: ModuleType, units: int, unit_bytes: int) -> int:
