@@ -24,8 +24,9 @@ bench: $(VENV)/.installed
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python benchmarks/run.py
 
 lint: $(VENV)/.installed
-	$(BIN)/python -m pip install -q ruff
+	$(BIN)/python -m pip install -q ruff mypy
 	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build src/*.egg-info

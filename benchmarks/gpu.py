@@ -86,8 +86,7 @@ def bench(shape, repeats: int) -> dict:
     ours, theirs = npconv_calls(shape, rng), torch_calls(shape, rng)
     sync_cp = cp.cuda.Device().synchronize
     sync_t = torch.cuda.synchronize
-    out = {"offsets": statistics.median(
-        timed(npconv_calls(shape, rng, "offsets")[1], sync_cp) for _ in range(5))}
+    out = {}
     for i, label in enumerate(("forward", "fwd+bwd")):
         for _ in range(3):                                        # warm-up, plans, autotune
             timed(ours[i], sync_cp)
@@ -104,13 +103,12 @@ def bench(shape, repeats: int) -> dict:
 
 def table(rows) -> str:
     lines = ["| shape | npconv fwd (ms) | torch fwd (ms) | ratio | npconv fwd+bwd (ms) | "
-             "torch fwd+bwd (ms) | ratio | npconv offsets fwd+bwd (ms) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "torch fwd+bwd (ms) | ratio |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in rows:
         (af, tf), (ab, tb) = r["forward"], r["fwd+bwd"]
         lines.append(f"| {name} | {af * 1e3:.2f} | {tf * 1e3:.2f} | {af / tf:.2f} | "
-                     f"{ab * 1e3:.2f} | {tb * 1e3:.2f} | {ab / tb:.2f} | "
-                     f"{r['offsets'] * 1e3:.2f} |")
+                     f"{ab * 1e3:.2f} | {tb * 1e3:.2f} | {ab / tb:.2f} |")
     ratios = [r["fwd+bwd"][0] / r["fwd+bwd"][1] for _, r in rows]
     geo = float(np.exp(np.mean(np.log(ratios))))
     lines.append(f"\nGeometric mean of npconv/torch, forward+backward: {geo:.2f}")

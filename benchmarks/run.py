@@ -4,16 +4,18 @@
 
 For every shape and dtype the three implementations run alternately, each in a worker process
 of its own (so that no library's allocations change the page faults another pays), and a plain
-NumPy GEMM runs in the same rounds, in the driver, as the yardstick for GFLOP/s. In each round every implementation makes
-an untimed call and then a short burst of timed ones, back to back (its best counts), followed
-by a pause (at least `--pause` seconds, and `--duty` times the time just spent): idle worker
-threads of the previous library (OpenBLAS and OpenMP spin for a while after a parallel call)
-must not steal cores from the next, and a virtual machine whose CPU time is throttled after
-bursts stays out of the throttle. The table reports medians over rounds. It times the
-forward pass alone and forward plus backward (y, dx, dw, db), prints times, ratios, GFLOP/s
-(direct-method FLOPs, 2 per multiply-add, three passes for forward plus backward) next to the
-GEMM's, and the peak memory each NumPy implementation allocates (tracemalloc), and writes
-docs/benchmarks.md. PyTorch is optional; the seed's method (benchmarks/seed_method.py) handles
+NumPy GEMM runs in the same rounds, in the driver, as the yardstick for GFLOP/s. In each round
+every implementation makes an untimed call and then a short burst of timed ones, back to back
+(its best counts), followed by a pause (at least `--pause` seconds, and `--duty` times the time
+just spent): idle worker threads of the previous library (OpenBLAS and OpenMP spin for a while
+after a parallel call) must not steal cores from the next, and a virtual machine whose CPU time
+is throttled after bursts stays out of the throttle. The table reports medians over rounds and
+the algorithm of each row (and the form of its input gradient when that is not the same
+algorithm on the transposed geometry). It times the forward pass alone and forward plus
+backward (y, dx, dw, db), prints times, ratios, GFLOP/s (direct-method FLOPs, 2 per
+multiply-add, three passes for forward plus backward) next to the GEMM's, and the peak memory
+each NumPy implementation allocates (tracemalloc), and writes docs/benchmarks.md. PyTorch is
+optional; the seed's method (benchmarks/seed_method.py) handles
 2-D channels_last ungrouped shapes only.
 """
 
@@ -31,7 +33,6 @@ import time
 import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
@@ -42,8 +43,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from seed_method import seed_backward, seed_forward  # noqa: E402
 
 import npconv  # noqa: E402
-from npconv import _workspace, algorithms  # noqa: E402
-from npconv.algorithms import _chunks  # noqa: E402
+from npconv import _config, _kernels, _workspace  # noqa: E402
 from npconv.spec import conv_spec  # noqa: E402
 
 try:
@@ -346,9 +346,13 @@ class Result:
 
 
 def chosen_algorithms(case: Case) -> str:
-    spec = case.spec()
-    names = [algorithms.choose(op, spec, itemsize=case.x.itemsize).name for op in algorithms.OPS]
-    return "/".join(dict.fromkeys(names))
+    """The algorithm of the forward pass and the weight gradient, and the input gradient's form
+    when it is not the same algorithm on the transposed geometry: "winograd", "im2col, dx
+    scatter"."""
+    names = _kernels.choices(case.spec(), case.x.itemsize, _config.resolve())
+    if names["grad_input"] == f"{names['forward']} (transposed)":
+        return names["forward"]
+    return f"{names['forward']}, dx {names['grad_input']}"
 
 
 def measure(shape: Shape, dtype, rounds: int, pause: float, duty: float) -> Result:
@@ -414,7 +418,7 @@ def _blas_threaded(fn):
     """fn with every computation run as the small ones are: chunks one after another, BLAS
     threading each GEMM (the earlier design's way for GEMM-bound algorithms)."""
     def call():
-        with mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", math.inf):
+        with _config.tuned(min_parallel_bytes=sys.maxsize):
             return fn()
 
     return call
@@ -577,7 +581,8 @@ def write_markdown(path: Path, results, gemm, threads, command: str, elapsed: fl
              "(a worker per core with BLAS on one thread, or serial with BLAS threads for layers "
              "whose forward window matrix is under 16 MiB: docs/algorithms.md, \"Threads\") and "
              "with every layer serial and BLAS-threaded, as the earlier design ran the "
-             "GEMM-bound algorithms. Same alternating protocol, fewer rounds.", "", *THREADS_HEADER, *threads, ""]
+             "GEMM-bound algorithms. Same alternating protocol, fewer rounds.", "",
+             *THREADS_HEADER, *threads, ""]
     path.write_text("\n".join(lines))
 
 

@@ -1,23 +1,22 @@
 """Every algorithm, forced through the `algorithm=` override, against the naive reference.
 
-Each algorithm gets a hypothesis strategy that draws only the geometries it handles (1x1 kernels
-for pointwise, groups == in_channels for depthwise, 3x3 or 3x3x3 stride 1 for Winograd, stride 1
-for FFT), built by construction like tests/strategies.py. Forward, dx and dw must match
-`npconv.reference` to 1e-10 (float64) or 1e-4 (float32), relative to the largest entry.
+Each algorithm gets a hypothesis strategy that draws only the geometries it handles (1x1
+stride-1 ungrouped kernels for pointwise, groups == in_channels for depthwise, 2-D 3x3 stride 1
+for Winograd), built by construction like tests/strategies.py. Forward, dx and dw must match
+`npconv.reference` to 1e-10 (float64) or 1e-4 (float32), relative to the largest entry. The
+chunk planner, the tuning values (passed in through `_config.tuned`), the automatic choice, and
+non-finite inputs are checked here too.
 """
-
-from unittest import mock
 
 import numpy as np
 import pytest
 from helpers import rel_err as shared_rel_err
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 from strategies import min_size
 
 import npconv
-from npconv import _config, algorithms, reference
-from npconv.algorithms import _chunks, im2col, winograd
+from npconv import _chunks, _config, _kernels, _layout, algorithms, reference
 from npconv.spec import conv_spec
 
 ALGORITHMS = tuple(npconv.ALGORITHMS)
@@ -40,7 +39,7 @@ def _kernel(draw, algorithm: str, rank: int):
         k = [1] * rank
     else:
         k = [draw(st.integers(1, 2 if small else 4)) for _ in range(rank)]
-    s = [1 if algorithm == "fft" else draw(st.integers(1, 3)) for _ in k]
+    s = [1 if algorithm == "pointwise" else draw(st.integers(1, 3)) for _ in k]
     d = [draw(st.integers(1, 2 if small else 3)) for _ in k]
     return k, s, d
 
@@ -50,14 +49,14 @@ def _channels(draw, algorithm: str):
     if algorithm == "depthwise":
         g = draw(st.integers(1, 4))
         return g, g, g * draw(st.integers(1, 3))
-    g = draw(st.sampled_from([1, 1, 2, 3]))
+    g = 1 if algorithm == "pointwise" else draw(st.sampled_from([1, 1, 2, 3]))
     return g, g * draw(st.integers(1, 3)), g * draw(st.integers(1, 3))
 
 
 @st.composite
 def geometry(draw, algorithm: str):
     """(x_shape, w_shape, kwargs) of a convolution `algorithm` handles, any layout and mode."""
-    rank = draw(st.sampled_from([2, 3] if algorithm == "winograd" else [1, 2, 3]))
+    rank = draw(st.sampled_from([2] if algorithm == "winograd" else [1, 2, 3]))
     k, s, d = _kernel(draw, algorithm, rank)
     mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
     pads = [(draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(rank)]
@@ -139,17 +138,13 @@ def test_transposed_convolution_matches_reference(algorithm, data):
         assert rel_err(got, want) < 1e-10
 
 
-@pytest.mark.parametrize("algorithm, size", [("winograd", (20, 20)), ("fft", (20, 20)),
-                                             ("winograd", (6, 10, 10))])
-def test_float32_error_against_float64_ground_truth(algorithm, size):
-    """Realistic widths (C = F = 64): the transform algorithms' float32 error stays within the
-    stated bound and within a small multiple of the direct method's, in 2-D and (Winograd's
-    depth sum adds three times as many products per output) 3-D."""
+def test_float32_error_against_float64_ground_truth():
+    """Realistic widths (C = F = 64): forced Winograd's float32 error stays within the stated
+    bound and within a small multiple of the direct method's."""
     rng = np.random.default_rng(7)
-    k = (3,) * len(size)
-    x = rng.standard_normal((2, *size, 64))
-    w = rng.standard_normal((*k, 64, 64)) / (24.0 if len(size) == 2 else 40.0)
-    dy = rng.standard_normal((2, *size, 64))
+    x = rng.standard_normal((2, 20, 20, 64))
+    w = rng.standard_normal((3, 3, 64, 64)) / 24.0
+    dy = rng.standard_normal((2, 20, 20, 64))
     truth = (npconv.conv(x, w, padding=1, algorithm="im2col"),
              npconv.conv_grad_input(dy, w, x.shape, padding=1, algorithm="im2col"))
     x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
@@ -160,46 +155,13 @@ def test_float32_error_against_float64_ground_truth(algorithm, size):
         return rel_err(y, truth[0]), rel_err(dx, truth[1])
 
     direct = errors("im2col")
-    for got, base in zip(errors(algorithm), direct):
+    for got, base in zip(errors("winograd"), direct):
         assert got < WINOGRAD_F32_BOUND
         assert got < 4 * base
 
 
-@pytest.mark.parametrize("depth_chunk, x_shape, planes, rows", [
-    (8 * 2**20, (2, 5, 9, 7, 6), {5}, {4}),      # whole images
-    (100_000, (2, 5, 9, 7, 6), {2, 1}, {4}),     # two planes per chunk, halo planes repeated
-    (40_000, (2, 5, 9, 7, 6), {1}, {2}),         # a plane is too large: two tile rows
-    (1, (2, 5, 9, 7, 6), {1}, {1}),              # nothing fits: one tile row
-    (8 * 2**20, (1, 5, 9, 7, 6), {3, 2}, {4}),   # one image, two workers: split its planes
-    (8 * 2**20, (1, 1, 9, 7, 6), {1}, {2}),      # one plane, two workers: split its rows
-])
-def test_winograd_3d_chunks(depth_chunk, x_shape, planes, rows):
-    """3-D Winograd's chunks, planned for two workers, give the reference's y, dx and dw on
-    one and two workers (odd sizes, groups). Output (5 or 1, 8, 6): T0 = 4 tile rows."""
-    w_shape = (3, 3, 3, 3, 4)
-    kwargs = dict(padding=((1, 1), (1, 0), (0, 1)), groups=2)
-    x, w, dy = _arrays(x_shape, w_shape, kwargs, np.float64)
-    want = (reference.conv(x, w, **kwargs), *reference.conv_backward(dy, x, w, bias=False,
-                                                                     **kwargs)[:2])
-    spec = conv_spec(x_shape, w_shape, **kwargs)
-    with (mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0),
-          mock.patch.object(winograd, "DEPTH_CHUNK_BYTES", depth_chunk)):
-        for threads in (1, 2):
-            with npconv.config(threads=threads):
-                got = (npconv.conv(x, w, algorithm="winograd", **kwargs),
-                       *npconv.conv_backward(dy, x, w, bias=False, algorithm="winograd",
-                                             **kwargs)[:2])
-            for a, b in zip(got, want):
-                assert rel_err(a, b) < 1e-10
-        settings = _config.Settings(workspace=2**30, threads=2)
-        with mock.patch.object(_chunks, "_parallel_ok", lambda xp: True):
-            chunks = winograd._plan(spec, 8, settings, np, winograd._out_width(spec))[0]
-    assert {c[1].stop - c[1].start for c in chunks} == planes
-    assert {c[2].stop - c[2].start for c in chunks} == rows
-
-
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-@pytest.mark.parametrize("chunk_bytes", [_chunks.CHUNK_BYTES, 512])
+@pytest.mark.parametrize("chunk_bytes", [_config.Tuning().chunk_bytes, 512])
 @given(data=st.data())
 def test_threads_agree_and_are_reproducible(algorithm, chunk_bytes, data):
     """Every algorithm runs its chunks on the workers: same results with one or two, run to
@@ -209,10 +171,8 @@ def test_threads_agree_and_are_reproducible(algorithm, chunk_bytes, data):
     kwargs["algorithm"] = algorithm
     with npconv.config(threads=1):
         one = (npconv.conv(x, w, **kwargs), *npconv.conv_backward(dy, x, w, **kwargs))
-    small = 2**24 if algorithm == "fft" else 2**20                # fft needs whole spectra
-    with (npconv.config(threads=2, workspace=small),
-          mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0),
-          mock.patch.object(_chunks, "CHUNK_BYTES", chunk_bytes)):
+    with (npconv.config(threads=2, workspace=2**20),
+          _config.tuned(min_parallel_bytes=0, chunk_bytes=chunk_bytes)):
         two = (npconv.conv(x, w, **kwargs), *npconv.conv_backward(dy, x, w, **kwargs))
         again = (npconv.conv(x, w, **kwargs), *npconv.conv_backward(dy, x, w, **kwargs))
     for a, b, c in zip(one, two, again):
@@ -220,92 +180,52 @@ def test_threads_agree_and_are_reproducible(algorithm, chunk_bytes, data):
         assert np.array_equal(b, c)
 
 
+# ---------------------------------------------------------------------------------------------
+# The chunk planner
+# ---------------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", [
-    ((2, 6, 5, 7, 8), (3, 3, 2, 8, 5), {"padding": 1}),
-    ((1, 9, 6, 5, 9), (3, 2, 2, 9, 4), {"stride": (2, 1, 2), "padding": ((1, 0), (0, 1), (1, 1))}),
-    ((3, 8, 7, 6, 6), (5, 3, 3, 6, 3), {"stride": (3, 2, 1), "dilation": (1, 2, 1), "padding": 2}),
-    ((1, 3, 6, 6, 16), (2, 1, 1, 16, 7), {}),                  # one window column per row
+    ((1, 3, 40, 4), (1, 33, 4, 3), {"padding": ((0, 0), (16, 16))}),         # dx: the gather
+    ((1, 3, 40, 4), (2, 9, 4, 3), {"stride": (1, 2), "padding": 1}),           # dx: the scatter
+    ((2, 2, 30, 2), (1, 9, 1, 4), {"groups": 2, "dilation": (1, 2)}),          # grouped
+    ((1, 3, 30, 5), (2, 9, 5, 2), {"padding": (0, 4), "padding_mode": "reflect"}),  # narrow dx
 ])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_depth_ring(x_shape, w_shape, kwargs, dtype):
-    """3-D im2col through the depth ring (forced by a small chunk size): y, dx, dw and db equal
-    the reference on one and two workers, with spans that split images (N = 1, 3) or not."""
-    x, w, dy = _arrays(x_shape, w_shape, kwargs, dtype)
-    b = np.random.default_rng(1).standard_normal(w_shape[-1]).astype(dtype)
-    want = (reference.conv(x, w, b, **kwargs), *reference.conv_backward(dy, x, w, **kwargs))
-    rings = []
-    ring_task = im2col._ring_task
-
-    def spy(win, spec, step):
-        rings.append(spec.kernel_size)
-        return ring_task(win, spec, step)
-
-    with (mock.patch.object(_chunks, "CHUNK_BYTES", 64),
-          mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0),
-          mock.patch.object(im2col, "_ring_task", spy)):
-        for threads in (1, 2):
-            with npconv.config(threads=threads):
-                got = (npconv.conv(x, w, b, algorithm="im2col", **kwargs),
-                       *npconv.conv_backward(dy, x, w, algorithm="im2col", **kwargs))
-            for a, e in zip(got, want):
-                assert a.dtype == dtype and rel_err(a, e) < TOL[dtype]
-    assert len(rings) >= 4                                       # forward and dw, both times
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rows_larger_than_the_workspace_split_kernel_offsets(x_shape, w_shape, kwargs, threads):
+    """One output row's windows exceed the workspace: im2col's chunks are blocks of that row's
+    kernel offsets, whose products add up (forward), fill dw's rows (weight gradient) and fold
+    (scatter); results equal the reference's on one and two workers."""
+    x, w, dy = _arrays(x_shape, w_shape, kwargs, np.float64)
+    spec = conv_spec(x_shape, w_shape, **kwargs)
+    nk, row = int(np.prod(spec.kernel_size)), spec.out_size[1] * 8   # bytes per value per row
+    accumulator = nk * spec.group_in * spec.out_channels * 8
+    workspace = row * (2 * spec.out_channels + 3 * spec.in_channels) + accumulator
+    assert workspace < row * nk * spec.in_channels               # a row's windows do not fit
+    settings = _config.Settings(workspace=workspace, threads=threads)
+    assert algorithms.im2col.plan(spec, 8, settings, np).most_taps() < nk
+    want = (reference.conv(x, w, **kwargs), *reference.conv_backward(dy, x, w, **kwargs)[:2])
+    with npconv.config(threads=threads), _config.tuned(min_parallel_bytes=0):
+        got = (npconv.conv(x, w, algorithm="im2col", workspace=workspace, **kwargs),
+               *npconv.conv_backward(dy, x, w, bias=False, algorithm="im2col",
+                                     workspace=workspace, **kwargs)[:2])
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-10
 
 
-@st.composite
-def ring_geometry(draw):
-    """A 3-D convolution the depth ring takes once narrow windows are allowed: ungrouped, depth
-    dilation 1, depth stride below the kernel depth, at least two output planes of at least F
-    positions; anything in the other axes, any padding mode and layout."""
-    kd = draw(st.integers(2, 4))
-    k = [kd, draw(st.integers(1, 3)), draw(st.integers(1, 3))]
-    s = [draw(st.integers(1, kd - 1)), draw(st.integers(1, 2)), draw(st.integers(1, 2))]
-    d = [1, draw(st.integers(1, 2)), draw(st.integers(1, 2))]
-    mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
-    pads = [(draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(3)]
-    size = [draw(st.integers(low, low + 4)) for low in
-            (min_size(dd * (kk - 1) + 1, pair, mode) for kk, dd, pair in zip(k, d, pads))]
-    n, c, f = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    spec = conv_spec((n, *size, c), (*k, c, f), stride=s, padding=pads, dilation=d)
-    assume(spec.out_size[0] >= 2 and spec.out_size[1] * spec.out_size[2] >= f)
-    fmt = draw(st.sampled_from(["channels_last", "channels_first"]))
-    x_shape, w_shape = ((n, *size, c), (*k, c, f)) if fmt == "channels_last" else (
-        (n, c, *size), (f, c, *k))
-    return x_shape, w_shape, dict(stride=tuple(s), padding=tuple(pads), dilation=tuple(d),
-                                  data_format=fmt, padding_mode=mode)
-
-
-@given(geom=ring_geometry(), dtype=st.sampled_from([np.float64, np.float32]))
-def test_depth_ring_matches_reference(geom, dtype):
-    """Random geometries through the depth ring (narrow windows allowed, tiny chunks, two
-    workers): y, dx, dw and db equal the reference, dtypes kept, inputs unchanged."""
-    with (mock.patch.object(im2col, "NARROW_RUN", 0),
-          mock.patch.object(_chunks, "CHUNK_BYTES", 1),              # every plane fills a chunk
-          mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0),
-          npconv.config(threads=2)):
-        spec = conv_spec(geom[0], geom[1], **{k: v for k, v in geom[2].items()
-                                                if k != "padding_mode"})
-        assert im2col._ring(spec, np.dtype(dtype).itemsize)
-        _check_all(geom, "im2col", dtype)
-
-
-@pytest.mark.parametrize("n, rows, workers",
-                         [(4, 8, 2), (3, 8, 2), (1, 7, 2), (5, 3, 3), (2, 1, 2)])
-def test_plan_spans(n, rows, workers):
-    """`plan_spans` cuts the N * P0 rows, in order, into one contiguous span per worker (equal
-    to a row), each span into pieces of one image; the workspace bounds the worker count."""
-    pytest.importorskip("threadpoolctl")
-    settings = _config.Settings(workspace=2**20, threads=workers)
-    chunks, got = _chunks.plan_spans(n, rows, 100, settings)
-    assert got == min(workers, n * rows)
-    spans = [chunks.deal(i, got) for i in range(got)]
-    flat = [(c[0].start, r) for span in spans for c in span
-            for r in range(c[1].start, c[1].stop)]
-    assert flat == [(i, r) for i in range(n) for r in range(rows)]
-    sizes = [sum(c[1].stop - c[1].start for c in span) for span in spans]
-    assert max(sizes) - min(sizes) <= 1
-    assert all(c[0].stop - c[0].start == 1 for c in chunks)
-    assert _chunks.plan_spans(n, rows, 2**19 + 1, settings)[1] == 1
+def test_plan_deals_tap_blocks_of_a_row_to_one_worker():
+    pytest.importorskip("threadpoolctl")                         # workers need it
+    settings = _config.Settings(workspace=4000, threads=2)
+    plan = _chunks.plan(2, 3, settings, row_bytes=0, tap_bytes=1000, taps=10)
+    assert plan.workers == 2 and plan.most_taps() < 10
+    by_row = {}
+    for chunk, owner in zip(plan.chunks, plan.owners):
+        by_row.setdefault((chunk.batch.start, chunk.rows.start), set()).add(owner)
+    assert len(by_row) == 6 and all(len(o) == 1 for o in by_row.values())
+    assert {o.pop() for o in by_row.values()} == {0, 1}
+    covered = sorted(t for c in plan.chunks if (c.batch.start, c.rows.start) == (1, 2)
+                     for t in range(c.taps.start, c.taps.stop))
+    assert covered == list(range(10))
 
 
 def test_gpu_chunks_fill_the_workspace_share():
@@ -313,9 +233,9 @@ def test_gpu_chunks_fill_the_workspace_share():
     not the CPU's cache-sized target: a GPU pays kernel launches per chunk, not cache misses."""
     settings = _config.Settings(workspace=2**20, threads=1)
     gpu = object()                                               # stands in for cupy
-    cpu_chunks, _ = _chunks.plan(1, 1024, 1024, settings, chunk_bytes=4096)
-    gpu_chunks, _ = _chunks.plan(1, 1024, 1024, settings, xp=gpu, chunk_bytes=4096)
-    assert len(cpu_chunks) == 256 and len(gpu_chunks) == 1
+    cpu = _chunks.plan(1, 1024, settings, row_bytes=1024, chunk_bytes=4096)
+    on_gpu = _chunks.plan(1, 1024, settings, row_bytes=1024, xp=gpu, chunk_bytes=4096)
+    assert len(cpu.chunks) == 256 and len(on_gpu.chunks) == 1
     assert _chunks.chunk_target(4096, 2**20, gpu) == 2**20
     assert _chunks.chunk_target(4096, 2**20) == 4096
 
@@ -324,18 +244,17 @@ def test_plan_deals_image_rows_by_image():
     """Chunks of image rows (an image exceeds the chunk size): for a scatter, every chunk of an
     image goes to the same worker, in row order; for a gather, the rows are dealt round-robin."""
     pytest.importorskip("threadpoolctl")                         # workers need it
-    settings = _config.Settings(workspace=2**20, threads=2)
-    with (mock.patch.object(_chunks, "CHUNK_BYTES", 300),        # 3 of an image's 10 rows
-          mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0)):
-        scatter, workers = _chunks.plan(3, 10, 100, settings, whole_images=True)
-        gather, _ = _chunks.plan(3, 10, 100, settings)
-    assert workers == 2 and len(scatter) == len(gather) == 3 * 4
-    dealt = _chunks.run(lambda chunk, mine: mine.append(chunk), scatter, workers, list)
+    settings = _config.Settings(workspace=2**20, threads=2,
+                                tuning=_config.Tuning(chunk_bytes=300))  # 3 of 10 rows
+    scatter = _chunks.plan(3, 10, settings, row_bytes=100, by_image=True)
+    gather = _chunks.plan(3, 10, settings, row_bytes=100)
+    assert scatter.workers == 2 and len(scatter.chunks) == len(gather.chunks) == 3 * 4
+    dealt = _chunks.run(lambda chunk, mine: mine.append(chunk), scatter, list)
     for i, mine in enumerate(dealt):
-        assert {batch.start for batch, _ in mine} == set(range(i, 3, 2))
-        assert mine == sorted(mine, key=lambda c: (c[0].start, c[1].start))
-    dealt = _chunks.run(lambda chunk, mine: mine.append(chunk), gather, 2, list)
-    assert dealt == [gather[0::2], gather[1::2]]
+        assert {c.batch.start for c in mine} == set(range(i, 3, 2))
+        assert mine == sorted(mine, key=lambda c: (c.batch.start, c.rows.start))
+    dealt = _chunks.run(lambda chunk, mine: mine.append(chunk), gather, list)
+    assert dealt == [list(gather.chunks[0::2]), list(gather.chunks[1::2])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,33 +262,57 @@ def test_plan_deals_image_rows_by_image():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("x_shape, w_shape, kwargs, op, itemsize, expected", [
-    ((2, 8, 8, 16), (1, 1, 16, 32), {}, "forward", 4, "pointwise"),
-    ((2, 8, 8, 16), (3, 3, 1, 16), {"groups": 16}, "grad_input", 4, "depthwise"),
-    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, "forward", 8, "winograd"),
-    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, "grad_weight", 8, "winograd"),
-    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, "forward", 4, "im2col"),
-    ((2, 16, 16, 16), (3, 3, 16, 16), {"padding": 1}, "forward", 8, "im2col"),
-    ((2, 16, 16, 64), (3, 3, 64, 64), {"stride": 2}, "forward", 8, "im2col"),
-    ((2, 40, 40, 4), (11, 11, 4, 4), {}, "forward", 4, "fft"),
-    ((2, 8, 8, 512), (3, 3, 512, 512), {"stride": 2}, "forward", 4, "offsets"),
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, itemsize, expected", [
+    ((2, 8, 8, 16), (1, 1, 16, 32), {}, 4, ("pointwise", "pointwise (transposed)")),
+    ((2, 8, 8, 16), (1, 1, 16, 32), {"stride": 2}, 4, ("im2col", "scatter")),
+    ((2, 8, 8, 16), (1, 1, 8, 32), {"groups": 2}, 4, ("im2col", "im2col (transposed)")),
+    ((2, 8, 8, 16), (3, 3, 1, 16), {"groups": 16}, 4, ("depthwise", "depthwise (transposed)")),
+    ((2, 8, 8, 16), (3, 3, 1, 32), {"groups": 16}, 4, ("depthwise", "scatter")),
+    ((2, 8, 8, 16), (3, 3, 1, 16), {"groups": 16, "stride": 2}, 4, ("depthwise", "scatter")),
+    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, 8, ("winograd", "winograd (transposed)")),
+    ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, 4, ("im2col", "im2col (transposed)")),
+    ((2, 16, 16, 16), (3, 3, 16, 16), {"padding": 1}, 8, ("im2col", "im2col (transposed)")),
+    ((2, 16, 16, 4), (3, 3, 4, 16), {"padding": 1}, 8, ("im2col", "scatter")),
+    ((2, 16, 16, 64), (3, 3, 64, 64), {"stride": 2}, 8, ("im2col", "scatter")),
+    ((2, 8, 8, 6, 64), (3, 3, 3, 64, 64), {"padding": 1}, 8, ("im2col", "im2col (transposed)")),
 ])
-def test_auto_choice(x_shape, w_shape, kwargs, op, itemsize, expected):
+def test_auto_choice(x_shape, w_shape, kwargs, itemsize, expected):
+    """Forward and weight gradient by the chosen algorithm; the input gradient as the forward
+    pass of the transposed geometry (stride 1, output wide enough) or the shared scatter."""
     spec = conv_spec(x_shape, w_shape, **kwargs)
-    assert algorithms.choose(op, spec, itemsize=itemsize).name == expected
+    got = _kernels.choices(spec, itemsize, _config.resolve())
+    assert (got["forward"], got["grad_input"]) == expected
+    assert got["grad_weight"] == got["forward"]
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_every_algorithm_implements_the_three_computations(algorithm):
-    assert all(npconv.ALGORITHMS[algorithm].implements(op) for op in algorithms.OPS)
+def test_tuning_is_passed_in():
+    """The thresholds live in one frozen object that the choice reads from the settings."""
+    spec = conv_spec((2, 16, 16, 64), (3, 3, 64, 64), padding=1)
+    wide = _config.Settings(tuning=_config.Tuning(winograd_min_width=33))
+    assert algorithms.choose(spec, itemsize=8, settings=wide).name == "im2col"
+    assert algorithms.choose(spec, itemsize=8, settings=_config.Settings()).name == "winograd"
+    with pytest.raises(AttributeError):
+        _config.Tuning().chunk_bytes = 1                        # frozen
+    with _config.tuned(winograd_min_width=33):
+        assert _kernels.choices(spec, 8, _config.resolve())["forward"] == "im2col"
+
+
+def test_algorithms_are_explicit_objects():
+    """Each algorithm is a forward pass and a weight gradient; none has an input gradient of
+    its own (the transpose rule derives it)."""
+    for alg in npconv.ALGORITHMS.values():
+        assert isinstance(alg, algorithms.Algorithm)
+        assert callable(alg.forward) and callable(alg.grad_weight)
+        assert not hasattr(alg, "grad_input")
 
 
 @pytest.mark.parametrize("algorithm, w_shape, kwargs, match", [
-    ("winograd", (5, 5, 4, 4), {}, r"`algorithm`='winograd' needs a 3x3 or 3x3x3 kernel"),
+    ("winograd", (5, 5, 4, 4), {}, r"`algorithm`='winograd' needs a 2-D 3x3 kernel"),
     ("winograd", (3, 3, 4, 4), {"stride": 2}, "stride=\\(2, 2\\)"),
-    ("pointwise", (3, 3, 4, 4), {}, "needs a 1x1 kernel"),
+    ("pointwise", (3, 3, 4, 4), {}, "needs a 1x1 kernel, stride 1 and groups 1"),
+    ("pointwise", (1, 1, 4, 4), {"stride": 2}, "needs a 1x1 kernel, stride 1 and groups 1"),
+    ("pointwise", (1, 1, 2, 4), {"groups": 2}, "groups=2"),
     ("depthwise", (3, 3, 2, 4), {"groups": 2}, "groups == in_channels"),
-    ("fft", (3, 3, 4, 4), {"stride": 2}, "needs stride 1"),
 ])
 def test_forced_algorithm_must_handle_the_geometry(algorithm, w_shape, kwargs, match):
     x = np.ones((1, 9, 9, 4))
@@ -380,6 +323,8 @@ def test_forced_algorithm_must_handle_the_geometry(algorithm, w_shape, kwargs, m
 def test_unknown_algorithm():
     with pytest.raises(ValueError, match=r"`algorithm` must be one of .*got 'gemm'"):
         npconv.conv(np.ones((1, 4, 4, 1)), np.ones((1, 1, 1, 1)), algorithm="gemm")
+    with pytest.raises(ValueError, match=r"`algorithm` must be one of .*got 'fft'"):
+        npconv.conv(np.ones((1, 4, 4, 1)), np.ones((1, 1, 1, 1)), algorithm="fft")
     with pytest.raises(TypeError, match="`algorithm` must be a str or None; got 3"):
         npconv.conv_backward(np.ones((1, 4, 4, 1)), np.ones((1, 4, 4, 1)),
                              np.ones((1, 1, 1, 1)), algorithm=3)
@@ -387,16 +332,97 @@ def test_unknown_algorithm():
 
 @pytest.mark.parametrize("n", [1, 2, 5])
 def test_parallel_copies_equal_numpys(n):
-    """The workers' copies (transposing output copies, padded inputs) equal NumPy's."""
+    """The workers' copies (transposing copies in and out, padded inputs) equal NumPy's."""
     x = np.random.default_rng(n).standard_normal((n, 3, 4, 5))
     view = np.moveaxis(x, 1, -1)                                 # (n, 4, 5, 3), not contiguous
-    with (npconv.config(threads=2), mock.patch.object(_chunks, "MIN_PARALLEL_BYTES", 0)):
-        out = _chunks.contiguous(view)
-        padded = np.zeros((n, 6, 7, 3))
-        _chunks.copyto(padded[:, 1:5, 1:6], view)
-    assert out.flags.c_contiguous and out.flags.writeable and out.base is None
+    settings = _config.Settings(threads=2, tuning=_config.Tuning(min_parallel_bytes=0))
+    out = _layout.padded(view, ((0, 0), (0, 0)), "zeros", view.dtype, settings)
+    padded = _layout.padded(view, ((1, 1), (1, 0)), "zeros", view.dtype, settings)
+    assert out.flags.c_contiguous and out.flags.writeable
     assert np.array_equal(out, view)
-    assert np.array_equal(padded[:, 1:5, 1:6], view)
-    padded[:, 1:5, 1:6] = 0
-    assert not padded.any()                                      # nothing written outside
-    assert _chunks.contiguous(out) is out
+    assert np.array_equal(padded, np.pad(view, ((0, 0), (1, 1), (1, 0), (0, 0))))
+    assert _layout.padded(out, ((0, 0), (0, 0)), "zeros", out.dtype, settings) is out
+    back = _layout.result(out, "channels_first", np.float32, settings)
+    assert back.dtype == np.float32 and back.flags.c_contiguous
+    assert np.array_equal(back, x.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite inputs: NaN and inf where the definition puts them, whatever the algorithm
+# ---------------------------------------------------------------------------------------------
+
+
+def _same_as_reference(got, want):
+    """Same NaN and infinite positions (and signs) as the reference; finite values close."""
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(np.isposinf(got), np.isposinf(want))
+    assert np.array_equal(np.isneginf(got), np.isneginf(want))
+    finite = np.isfinite(want)
+    assert rel_err(np.where(finite, got, 0), np.where(finite, want, 0)) < 1e-10
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # NumPy's, for the reference's inf
+@pytest.mark.parametrize("algorithm", [None, *ALGORITHMS])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, "huge"])
+def test_non_finite_inputs_give_the_definitions_result(algorithm, bad):
+    """One NaN or infinite pixel (or inputs near float64's maximum, whose transforms overflow
+    where the direct sum does not) in a layer each algorithm handles; the automatic choice is
+    Winograd for it. y, dx and dw hold NaN and inf exactly where the reference's do."""
+    k = 1 if algorithm == "pointwise" else 3
+    c, groups = (48, 48) if algorithm == "depthwise" else (48, 1)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 10, 10, c))
+    w = rng.standard_normal((k, k, c // groups, 48)) / 20
+    kw = dict(padding=k // 2, groups=groups)
+    dy = rng.standard_normal(conv_spec(x.shape, w.shape, **kw).y_shape())
+    if bad == "huge":                    # every sum of the definition stays below 1e306
+        x, w, dy = rng.uniform(-1, 1, x.shape) * 1.7e308, w / 1e4, dy / 1e10
+    else:
+        x[0, 4, 5, 7] = dy[0, 2, 3, 5] = bad
+    _same_as_reference(npconv.conv(x, w, algorithm=algorithm, **kw), reference.conv(x, w, **kw))
+    got = npconv.conv_backward(dy, x, w, bias=False, algorithm=algorithm, **kw)
+    want = reference.conv_backward(dy, x, w, bias=False, **kw)
+    for a, b in zip(got[:2], want[:2]):
+        _same_as_reference(a, b)
+
+
+def test_large_kernels_keep_nan_local_and_float32_error_at_the_gemms_level():
+    """The issue's FFT cases, on the automatic choice: one NaN pixel of a 64x64x3 float32
+    image under an 11x11 'same' kernel makes exactly the outputs that read it NaN (968 of
+    them), and a 1e4 pixel over a 1e-2 background leaves the outputs it cannot reach at the
+    GEMM's float32 error."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((11, 11, 3, 8)).astype(np.float32)
+    x = rng.standard_normal((1, 64, 64, 3)).astype(np.float32)
+    x[0, 30, 40, 1] = np.nan
+    y = npconv.conv(x, w, padding="same")
+    assert np.isnan(y).sum() == 11 * 11 * 8 == 968
+    assert np.isnan(y[0, 25:36, 35:46]).all()
+    x = np.full((1, 64, 64, 3), 1e-2, dtype=np.float32)
+    x[0, 30, 40, 1] = 1e4
+    y = npconv.conv(x, w, padding="same")
+    want = npconv.conv(x.astype(np.float64), w.astype(np.float64), padding="same")
+    far = np.ones(y.shape, bool)
+    far[0, 25:36, 35:46] = False                                 # the outputs that read it
+    assert np.median(np.abs(y - want)[far] / np.abs(want)[far]) < 1e-6
+
+
+def test_round_robin_plans_run_any_chunks_in_order():
+    """Callers that cut their own work (copies, layer ops) deal it round-robin."""
+    pytest.importorskip("threadpoolctl")
+    plan = _chunks.Plan.round_robin([slice(0, 2), slice(2, 4), slice(4, 5)], 2)
+    assert plan.owners == (0, 1, 0) and plan.workers == 2
+    with npconv.config(threads=2):
+        dealt = _chunks.run(lambda part, mine: mine.append(part), plan, list)
+    assert dealt == [[slice(0, 2), slice(4, 5)], [slice(2, 4)]]
+    assert _chunks.Plan.round_robin([slice(0, 1)], 4).workers == 1
+
+
+def test_scatter_plans_of_whole_images_use_every_worker():
+    """Chunks of several whole images each are dealt round-robin, even for a scatter (images
+    0-1, 2-3, ... on alternate workers, not all on the worker whose index divides them)."""
+    pytest.importorskip("threadpoolctl")
+    settings = _config.Settings(workspace=2**20, threads=2, tuning=_config.Tuning(chunk_bytes=200))
+    plan = _chunks.plan(8, 1, settings, row_bytes=100, by_image=True)
+    assert [c.batch for c in plan.chunks] == [slice(i, i + 2) for i in range(0, 8, 2)]
+    assert plan.owners == (0, 1, 0, 1)

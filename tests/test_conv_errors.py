@@ -6,6 +6,12 @@ import pytest
 
 import npconv
 
+
+def _dask_array():
+    da = pytest.importorskip("dask.array")
+    return da.zeros((2, 5, 5, 4))
+
+
 X = np.zeros((2, 5, 5, 4))          # (N, H, W, C) channels_last
 W = np.zeros((3, 3, 4, 6))          # (kh, kw, C, F)
 DY = np.zeros((2, 3, 3, 6))         # conv(X, W) output
@@ -47,10 +53,18 @@ CASES = [
     ("dy wrong shape", lambda: npconv.conv_backward(DY[:, :2], X, W), ValueError, r"`dy` must have shape \(2, 3, 3, 6\); got \(2, 2, 3, 6\)"),
     ("dy wrong layout", lambda: npconv.conv_backward(DY, X, W, data_format="channels_first"), ValueError, r"channel mismatch|`dy` must have shape"),
     ("dy not an array", lambda: npconv.conv_backward(None, X, W), TypeError, r"`dy` must be a numpy.ndarray; got NoneType"),
-    ("bias flag not bool", lambda: npconv.conv_backward(DY, X, W, bias=np.zeros(6)), TypeError, r"`bias` must be True or False"),
+    ("bias of the wrong shape", lambda: npconv.conv_backward(DY, X, W, np.zeros(5)), ValueError, r"`bias` must have shape \(6,\); got \(5,\)"),
+    ("bias not an array", lambda: npconv.conv_backward(DY, X, W, bias=[0.0] * 6), TypeError, r"`bias` must be the bias array of shape \(6,\), None, True or False; got list"),
     ("x_shape not a tuple", lambda: npconv.conv_grad_input(DY, W, X), TypeError, r"`x_shape` must be a tuple of ints; got array"),
     ("x_shape negative", lambda: npconv.conv_grad_input(DY, W, (2, -5, 5, 4)), ValueError, r"`x_shape` must not have negative sizes"),
-    ("w_shape wrong", lambda: npconv.conv_grad_weight(DY, X, (3, 3, 4)), ValueError, r"`w` must have 4 dimensions"),
+    ("w_shape wrong", lambda: npconv.conv_grad_weight(DY, X, (3, 3, 4)), ValueError, r"`w_shape` must have 4 dimensions"),
+    ("x_shape wrong rank", lambda: npconv.conv_grad_input(DY, W, (2, 5, 5)), ValueError, r"`w` must have 3 dimensions \(\*K, C/groups, F\) to match `x_shape` of shape \(2, 5, 5\)"),
+    ("x_shape rank 2", lambda: npconv.conv_grad_input(DY, W, (2, 5)), ValueError, r"`x_shape` must have at least 3 dimensions"),
+    ("transpose padding array", lambda: npconv.conv_transpose(XT, WT, padding=np.array([1, 1])), TypeError, r"`padding` must be an int, a tuple of 2 ints, .* got array\(\[1, 1\]\)"),
+    ("padding array", lambda: npconv.conv(X, W, padding=np.array([1, 1])), TypeError, r"`padding` must be an int, a tuple of 2 ints"),
+    ("huge padding", lambda: npconv.conv(X, W, padding=2**62), ValueError, r"sizes too large: the padded input would have shape \(2, 9223372036854775813, 9223372036854775813, 4\)"),
+    ("huge transpose stride", lambda: npconv.conv_transpose(XT, WT, stride=2**62), ValueError, r"sizes too large: the output would have shape"),
+    ("dask x", lambda: npconv.conv(_dask_array(), W), TypeError, r"`x` is a dask array: call npconv.dask.conv"),
     ("grad_input dy shape", lambda: npconv.conv_grad_input(DY, W, (2, 6, 6, 4)), ValueError, r"`dy` must have shape \(2, 4, 4, 6\); got \(2, 3, 3, 6\)"),
     ("output_padding >= stride", lambda: npconv.conv_transpose(XT, WT, stride=2, output_padding=2), ValueError, r"`output_padding` must be >= 0 and < max\(stride, dilation\) in every dimension; got output_padding=2, stride=\(2, 2\), dilation=\(1, 1\)"),
     ("output_padding negative", lambda: npconv.conv_transpose(XT, WT, stride=2, output_padding=-1), ValueError, r"`output_padding` must be >= 0"),

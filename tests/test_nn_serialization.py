@@ -28,7 +28,8 @@ def every_layer_model(dtype="float32"):
         nn.MaxPool2d(2, ceil_mode=True), nn.Tanh(),
         nn.Sequential(nn.AvgPool((2, 2), stride=1, padding=1, count_include_pad=False),
                       nn.Sigmoid()),
-        nn.Dropout(0.25, rng=R(2)), nn.BatchNorm(4, momentum=None, **d), nn.GlobalAvgPool(), nn.Flatten(),
+        nn.Dropout(0.25, rng=R(2)), nn.BatchNorm(4, momentum=None, **d), nn.GlobalAvgPool(),
+        nn.Flatten(),
         nn.Linear(4, 3, rng=R(3), **d), nn.ReLU(),
         nn.Linear(3, 2, bias=False, rng=R(4), **d))
 
@@ -297,7 +298,8 @@ HOSTILE = [
     ("declares-Linear(2**20, 2**20)", lambda: {"__npconv_model__.npy": linear_header(
         2**20, 2**20), **SMALL}, r"shape \(1048576, 1048576\); got float32 of shape \(3, 2\)"),
     ("declares-Linear(2**40, 2**40)", lambda: {"__npconv_model__.npy": linear_header(
-        2**40, 2**40), **SMALL}, r"invalid architecture: invalid Linear config .*: an array of shape \(1099511627776, "
+        2**40, 2**40), **SMALL},
+     r"invalid architecture: invalid Linear config .*: an array of shape \(1099511627776, "
      r"1099511627776\) is too large for any machine"),
     ("member-declares-2**40", lambda: {"__npconv_model__.npy": linear_header(3, 2), **SMALL,
                                        "params/weight.npy": npy_bytes(header={

@@ -1,8 +1,9 @@
 """Pooling kernels: chunked, threaded and array-module paths give exactly the one-chunk result.
 
 The kernels cut the work into chunks of output rows (forward) or input rows (backward) sized by
-the workspace limit, so a tiny limit (`npconv.config(workspace=1)`: one row per chunk) puts a
-chunk border between every two rows; arrays above the parallel threshold run on two workers.
+`Tuning.pool_chunk_bytes`, so a tiny target (`_config.tuned(pool_chunk_bytes=1)`: one row per
+chunk) puts a chunk border between every two rows; arrays above the parallel threshold run on
+two workers.
 """
 
 import itertools
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from test_pooling import draw_x, pool_geometry
 
 import npconv
-from npconv import pooling
+from npconv import _config, pooling
 
 
 def _all_ops(x, kw, seed):
@@ -39,7 +40,7 @@ def test_one_row_chunks_give_the_same_result(geom, seed, ties):
     x_shape, kw = geom
     x = draw_x(x_shape, seed, ties)
     whole = _all_ops(x, kw, seed)
-    with npconv.config(workspace=1):
+    with _config.tuned(pool_chunk_bytes=1):                     # one row per chunk
         rows = _all_ops(x, kw, seed)
     for a, b in zip(whole, rows):
         np.testing.assert_array_equal(a, b)
@@ -87,7 +88,7 @@ def test_sums_do_not_depend_on_the_chunk_rows():
         if s + lo + hi - d * (k - 1) - 1 < 0:
             continue                                             # no window
         whole = _all_ops(x[:, :s], kw, 3)
-        with npconv.config(workspace=1):
+        with _config.tuned(pool_chunk_bytes=1):                 # one row per chunk
             rows = _all_ops(x[:, :s], kw, 3)
         for a, b in zip(whole, rows):
             np.testing.assert_array_equal(a, b, err_msg=str(kw))

@@ -12,7 +12,6 @@ import pytest
 
 import npconv
 from npconv import _workspace
-from npconv.algorithms import im2col
 from npconv.spec import conv_spec
 
 KIB = 2**10
@@ -23,7 +22,7 @@ SLACK = 64 * KIB          # small objects: views, weight reshapes, per-chunk GEM
 def _restore_config():
     old = npconv.get_config()
     yield
-    npconv.set_config(**{k: v for k, v in old.items() if v is not None})
+    npconv.set_config(**old)
 
 
 def _peak(fn):
@@ -45,16 +44,15 @@ def _nbytes(*arrays) -> int:
 CASES = {       # algorithm (its first word): (x shape, w shape, keywords); the full window
                 # matrix is >> limit
     "im2col": ((2, 40, 40, 4), (7, 7, 4, 4), {"padding": 3}),
-    "im2col 3-D": ((3, 16, 16, 16, 24), (3, 3, 3, 24, 32), {"padding": 1}),  # the depth ring
-    "offsets": ((2, 40, 40, 8), (5, 5, 8, 8), {"padding": 2}),
+    "im2col 3-D": ((3, 16, 16, 16, 24), (3, 3, 3, 24, 32), {"padding": 1}),
+    "im2col 1x1": ((4, 80, 80, 8), (1, 1, 8, 8), {"stride": 2}),  # window matrix: the grid
     "depthwise": ((2, 40, 40, 16), (5, 5, 1, 16), {"padding": 2, "groups": 16}),
     "winograd": ((2, 40, 40, 16), (3, 3, 16, 16), {"padding": 1}),
-    "winograd 3-D": ((2, 6, 20, 20, 8), (3, 3, 3, 8, 8), {"padding": 1}),
-    "fft": ((8, 64, 64, 2), (15, 15, 2, 2), {"padding": 7}),   # one image's spectra < limit
-    "pointwise": ((4, 80, 80, 8), (1, 1, 8, 8), {"stride": 2}),  # its "window matrix": the grid
+    "pointwise": ((4, 80, 80, 8), (1, 1, 8, 8), {}),
 }
 LIMIT = 128 * KIB
-LIMITS = {"fft": 2048 * KIB, "im2col 3-D": 4096 * KIB}   # one plane's windows: 1.3 MiB
+LIMITS = {"im2col 3-D": 4096 * KIB,   # one plane's windows: 1.3 MiB
+          "winograd": 256 * KIB}      # one tile row's transforms: 143 KiB
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -68,7 +66,7 @@ def test_small_workspace_same_result_bounded_memory(case, rng):
     dy = rng.standard_normal(spec.y_shape())
     full_cols = spec.batch * np.prod(spec.out_size) * np.prod(spec.kernel_size) * 8 * (
         spec.in_channels)
-    assert full_cols > (2 if algorithm == "pointwise" else 10) * limit
+    assert full_cols > (2 if w_shape[0] == 1 else 10) * limit      # 1x1: the grid itself
     want_y = npconv.conv(x, w, algorithm="im2col", **kw)
     want = npconv.conv_backward(dy, x, w, algorithm="im2col", **kw)
 
@@ -85,19 +83,6 @@ def test_small_workspace_same_result_bounded_memory(case, rng):
                                           zip(spec.out_size, spec.kernel_size)]) * (
         spec.out_channels)
     assert peak <= limit + 3 * padded + dy_padded + _nbytes(*grads) + SLACK
-
-
-def test_3d_im2col_case_takes_the_depth_ring():
-    """The "im2col 3-D" case above exercises the depth ring, whose ring buffer, output rows and
-    dw accumulator must fit the workspace like any chunk's."""
-    x_shape, w_shape, kw = CASES["im2col 3-D"]
-    assert im2col._ring(conv_spec(x_shape, w_shape, **kw), 8)
-
-
-def test_fft_refuses_a_workspace_it_cannot_fit():
-    x, w = np.ones((2, 64, 64, 2)), np.ones((15, 15, 2, 2))
-    with pytest.raises(ValueError, match=r"`algorithm`='fft' needs \d+ bytes of workspace"):
-        npconv.conv(x, w, algorithm="fft", workspace=64 * KIB)
 
 
 def test_global_setting_bounds_temporaries(rng):
@@ -124,6 +109,93 @@ def test_window_matrix_of_four_gib_scaled_down(rng):
 
 
 # ---------------------------------------------------------------------------------------------
+# The stated bound (docs/algorithms.md, "Workspace"), case by case: beyond its inputs and
+# outputs an op allocates the limit, one padded channels_last copy of x in the compute dtype,
+# for dy one converted copy (when its layout or dtype differ) and one padded copy (stride-1
+# input gradients), and each result once more in that layout when the caller's differs (for
+# dx, the padded dx of a scatter).
+# ---------------------------------------------------------------------------------------------
+
+
+def _elements(*shape) -> int:
+    return int(np.prod(shape))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, limit", [
+    ((2, 64, 64, 16), (7, 7, 16, 16), {"stride": 2, "padding": 3}, 4 * 2**20),
+    ((2, 16, 24, 24, 8), (3, 3, 3, 8, 8), {"stride": 2, "padding": 1}, 2**20),
+    ((1, 64, 64, 4), (31, 31, 4, 4), {"stride": 2, "padding": 15}, 4 * 2**20),
+])
+def test_backward_frees_input_gradient_buffers_before_the_weight_gradient(x_shape, w_shape, kw,
+                                                                          limit, rng):
+    """conv_backward computes dx, then dw: dx's chunk buffers go back to the pool first, so the
+    two computations share the limit instead of holding twice it (stride 2, 7x7, 3-D, 31x31)."""
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    spec = conv_spec(x.shape, w.shape, **kw)
+    dy = rng.standard_normal(spec.y_shape())
+    want = npconv.conv_backward(dy, x, w, **kw)
+    _workspace.release()
+    grads, peak = _peak(lambda: npconv.conv_backward(dy, x, w, workspace=limit, **kw))
+    padded = 8 * _elements(spec.batch, *spec.padded_size, spec.in_channels)  # x's; dx's scatter
+    assert peak <= limit + 2 * padded + _nbytes(*grads) + SLACK
+    for got, ref in zip(grads, want):
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_one_output_row_larger_than_the_limit(rng):
+    """x (1, 4, 4096, 16), a 1x2049 kernel: one output row's windows are 512 MiB. im2col holds
+    a 16 MiB limit by chunking that row's kernel offsets (forward, dx, dw)."""
+    x = rng.standard_normal((1, 4, 4096, 16))
+    w = rng.standard_normal((1, 2049, 16, 2)) / 100
+    spec = conv_spec(x.shape, w.shape)
+    dy = rng.standard_normal(spec.y_shape())
+    limit = 16 * 2**20
+    _workspace.release()
+    y, peak = _peak(lambda: npconv.conv(x, w, workspace=limit))
+    assert peak <= limit + y.nbytes + SLACK                     # no padding: x is read as is
+    for h, p in ((0, 0), (3, 2047), (2, 1000)):
+        np.testing.assert_allclose(y[0, h, p], np.einsum("kc,kcf->f", x[0, h, p:p + 2049],
+                                                         w[0]), rtol=1e-12)
+    grads, peak = _peak(lambda: npconv.conv_backward(dy, x, w, bias=False, workspace=limit))
+    dy_padded = 8 * _elements(1, 4, 2048 + 2 * 2048, 2)        # the transposed correlation's
+    assert peak <= limit + dy_padded + _nbytes(*grads) + SLACK
+    dx, dw, _ = grads
+    np.testing.assert_allclose(dw[0, 7], np.einsum("hpc,hpf->cf", x[0, :, 7:7 + 2048], dy[0]),
+                               rtol=1e-10)
+    np.testing.assert_allclose(dx[0, 1, 3000], np.einsum("kf,kcf->c", dy[0, 1, 952:2048][::-1],
+                                                         w[0, 953:]), rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype, fmt", [(np.float16, "channels_last"),
+                                        (np.float32, "channels_first"),
+                                        (np.float16, "channels_first")])
+def test_conversions_are_one_copy_each(dtype, fmt, rng):
+    """float16 (computed in float32) and channels_first arrays: x's one copy is the padded
+    input, dy's one converted copy serves dx, dw and db, the padded dy of dx's correlation is
+    freed before the padded x of dw is made, and each result is made once in the compute
+    layout: no other full-size copies."""
+    x = rng.standard_normal((4, 48, 48, 8)).astype(dtype)
+    w = (rng.standard_normal((5, 5, 8, 8)) / 10).astype(dtype)
+    kw = dict(padding=2, data_format=fmt)
+    if fmt == "channels_first":
+        x, w = np.ascontiguousarray(np.moveaxis(x, -1, 1)), np.ascontiguousarray(
+            w.transpose(3, 2, 0, 1))
+    spec = conv_spec(x.shape, w.shape, **kw)
+    dy = rng.standard_normal(spec.y_shape()).astype(dtype)
+    limit = 256 * KIB
+    padded = 4 * _elements(4, *spec.padded_size, 8)             # float32, channels_last
+    result = 4 * _elements(*spec.y_shape())                     # y, dy or dx in float32
+    _workspace.release()
+    y, peak = _peak(lambda: npconv.conv(x, w, workspace=limit, **kw))
+    assert peak <= limit + padded + result + y.nbytes + SLACK
+    grads, peak = _peak(lambda: npconv.conv_backward(dy, x, w, workspace=limit, **kw))
+    assert peak <= limit + result + padded + result + _nbytes(*grads) + SLACK
+    want = npconv.conv(x.astype(np.float64), w.astype(np.float64), **kw)
+    np.testing.assert_allclose(y, want, rtol=2e-2, atol=2e-2)
+
+
+# ---------------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------------
 
@@ -137,6 +209,30 @@ def test_config_defaults_and_scopes():
     assert npconv.get_config() == {"workspace": 8 * KIB, "threads": None}
     npconv.set_config(threads=2)
     assert npconv.get_config() == {"workspace": 8 * KIB, "threads": 2}
+
+
+def test_set_config_returns_what_restores_it():
+    """The returned dict round-trips: None is a value (every core, the default limit)."""
+    old = npconv.set_config(threads=1)
+    assert old == {"workspace": 256 * 2**20, "threads": None}
+    npconv.set_config(**old)
+    assert npconv.get_config() == old
+    npconv.set_config(workspace=KIB, threads=1)
+    npconv.set_config(workspace=None, threads=None)              # back to the defaults
+    assert npconv.get_config() == {"workspace": 256 * 2**20, "threads": None}
+    with npconv.config(threads=1):
+        with npconv.config(threads=None):
+            assert npconv.get_config()["threads"] is None
+        assert npconv.get_config()["threads"] == 1
+
+
+def test_threads_without_threadpoolctl_warn(monkeypatch):
+    """A thread count needs threadpoolctl; without it the setting cannot apply: a warning."""
+    monkeypatch.setattr(npconv._config, "has_threadpoolctl", lambda: False)
+    with pytest.warns(RuntimeWarning, match=r"`threads`=4 needs threadpoolctl"):
+        npconv.set_config(threads=4)
+    with pytest.warns(RuntimeWarning, match="needs threadpoolctl"), npconv.config(threads=2):
+        pass
 
 
 def test_per_call_workspace_wins():
@@ -157,6 +253,15 @@ def test_config_errors(kwargs, error, match):
         npconv.set_config(**kwargs)
     with pytest.raises(error, match=match), npconv.config(**kwargs):
         pass
+
+
+def test_a_limit_below_one_output_row_warns(rng):
+    """Depthwise products need one output row at least: a smaller limit cannot apply."""
+    x, w = rng.standard_normal((1, 4, 64, 32)), rng.standard_normal((3, 3, 1, 32))
+    with pytest.warns(RuntimeWarning, match=r"the workspace limit \(1024 bytes\) is smaller "
+                                            r"than this computation's least temporaries"):
+        y = npconv.conv(x, w, groups=32, workspace=1024)
+    np.testing.assert_allclose(y, npconv.conv(x, w, groups=32), rtol=1e-12)
 
 
 def test_per_call_workspace_error():
@@ -197,6 +302,20 @@ def test_pool_keeps_at_most_the_workspace_and_releases(rng):
     assert _workspace.pooled_bytes() <= 2**20
     _workspace.release()
     assert _workspace.pooled_bytes() == 0
+
+
+def test_pooled_memory_is_asked_for_explicitly():
+    """`_windows.pad` always returns an ordinary array, inside a scope too; pooled scratch comes
+    only from `_workspace.scratch` (and `_layout.padded`, which asks for it)."""
+    from npconv import _config, _layout, _windows
+
+    x = np.ones((4, 256, 256, 2))                                # 4 MiB: poolable
+    settings = _config.resolve()
+    with _workspace.scope(settings):
+        padded = _windows.pad(x, ((1, 1), (1, 1)))
+        scratch = _layout.padded(x, ((1, 1), (1, 1)), "zeros", x.dtype, settings)
+        assert padded.flags.owndata and not scratch.flags.owndata
+        np.testing.assert_array_equal(padded, scratch)
 
 
 def test_scratch_outside_a_scope_is_an_ordinary_array():

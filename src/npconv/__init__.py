@@ -3,10 +3,12 @@
     >>> import numpy as np, npconv
     >>> x = np.random.default_rng(0).normal(size=(8, 28, 28, 3))    # (N, H, W, C)
     >>> w = np.random.default_rng(1).normal(size=(3, 3, 3, 16))     # (kh, kw, C, F)
-    >>> y = npconv.conv(x, w, stride=2, padding="same")
-    >>> dx, dw, db = npconv.conv_backward(np.ones_like(y), x, w, stride=2, padding="same")
+    >>> b = np.zeros(16)
+    >>> y = npconv.conv(x, w, b, stride=2, padding="same")
+    >>> dx, dw, db = npconv.conv_backward(np.ones_like(y), x, w, b, stride=2, padding="same")
 
-`npconv.reference` holds the same ops as naive loops, the oracle the fast ones are tested against.
+`npconv.reference` holds the same ops as naive loops, the oracle the fast ones are tested against;
+`npconv.dask` the same ops on dask arrays, chunk by chunk.
 """
 
 from npconv import models, nn, reference
@@ -14,7 +16,6 @@ from npconv._config import config, get_config, set_config
 from npconv._workspace import release as release_workspace
 from npconv.algorithms import ALGORITHMS
 from npconv.convolution import (
-    ConvGrads,
     conv,
     conv_backward,
     conv_grad_input,
@@ -36,7 +37,7 @@ from npconv.pooling import (
     max_pool_backward,
     pool_spec,
 )
-from npconv.spec import ConvSpec, conv_spec, conv_transpose_spec
+from npconv.spec import ConvGrads, ConvSpec, conv_spec, conv_transpose_spec
 
 __version__ = "0.1.0"
 
@@ -72,3 +73,12 @@ __all__ = [
     "release_workspace",
     "set_config",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`npconv.dask` loads on first use (convolutions don't need it)."""
+    if name == "dask":
+        import npconv.dask
+
+        return npconv.dask
+    raise AttributeError(f"module 'npconv' has no attribute {name!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def int_tuple(value: object, rank: int, name: str) -> tuple[int, ...]:
+def int_tuple(value: Any, rank: int, name: str) -> tuple[int, ...]:
     """Expand an int, or check a sequence of `rank` ints, into a tuple of `rank` ints."""
     if is_int(value):
         return (int(value),) * rank
@@ -34,7 +35,7 @@ def int_tuple(value: object, rank: int, name: str) -> tuple[int, ...]:
     raise TypeError(f"`{name}` must be an int or a tuple of {rank} ints; got {value!r}")
 
 
-def positive_tuple(value: object, rank: int, name: str) -> tuple[int, ...]:
+def positive_tuple(value: Any, rank: int, name: str) -> tuple[int, ...]:
     """`int_tuple` whose entries must all be >= 1 (stride, dilation, kernel_size)."""
     out = int_tuple(value, rank, name)
     if any(v < 1 for v in out):
@@ -51,7 +52,7 @@ def choice(value: object, options: tuple[str, ...], name: str) -> str:
     return value
 
 
-def float_array(x: object, name: str):
+def float_array(x: Any, name: str) -> Any:
     """Check that `x` is an array (NumPy or CuPy) of float16, float32 or float64."""
     if not _backend.is_array(x):
         raise TypeError(f"`{name}` must be a numpy.ndarray; got {type(x).__name__}")
@@ -62,11 +63,11 @@ def float_array(x: object, name: str):
     return x
 
 
-def result_dtype(*arrays) -> np.dtype:
+def result_dtype(*arrays: Any) -> np.dtype[Any]:
     """NumPy's promotion of the inputs' dtypes (float32 with float64 gives float64)."""
     return np.result_type(*(a.dtype for a in arrays if a is not None))
 
 
-def compute_dtype(dtype: np.dtype) -> np.dtype:
+def compute_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     """float16 is computed in float32 (no BLAS for half precision), then cast back."""
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
+from typing import Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
+
+Array: TypeAlias = npt.NDArray[Any]
+"""An array npconv computes on: a numpy.ndarray (or, on a GPU, a cupy.ndarray) of floats."""
 
 
 def _is_cupy(a: object) -> bool:
@@ -33,7 +38,7 @@ def is_array(a: object) -> bool:
     return _is_cupy(a) and hasattr(a, "__cuda_array_interface__")
 
 
-def namespace(*arrays) -> ModuleType:
+def namespace(*arrays: Any) -> ModuleType:
     """numpy, or cupy if any of `arrays` is a CuPy array (all must then be CuPy arrays)."""
     kinds = {_is_cupy(a) for a in arrays if a is not None}
     if kinds == {True}:
@@ -43,7 +48,7 @@ def namespace(*arrays) -> ModuleType:
     return np
 
 
-def to_numpy(a) -> np.ndarray:
+def to_numpy(a: Any) -> Any:
     """A NumPy copy of a CuPy array (a device-to-host copy), or `a` itself for NumPy arrays.
 
     Only for leaving the device on purpose (saving a model, printing); kernels never call it.
@@ -51,6 +56,7 @@ def to_numpy(a) -> np.ndarray:
     return a.get() if _is_cupy(a) else a
 
 
-def sliding_window_view(xp: ModuleType, x, window_shape, axis):
+def sliding_window_view(xp: ModuleType, x: Any, window_shape: tuple[int, ...],
+                        axis: tuple[int, ...]) -> Any:
     """xp's read-only `sliding_window_view` (NumPy and CuPy keep it in lib.stride_tricks)."""
     return xp.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)

@@ -1,24 +1,68 @@
-"""Process-wide settings of npconv: the workspace limit and the number of worker threads.
+"""Process-wide settings of npconv: the workspace limit, the worker threads and the tuning values.
 
-The workspace limit bounds the temporary memory an algorithm allocates beyond its inputs, its
-output and one padded copy of its input (window matrices, Winograd and FFT transforms, per-chunk
-products). Algorithms split their work into chunks over the batch, or over output rows of one
-image, so that every worker's buffers fit in its share of the limit. Settings apply globally
-(`set_config`), inside a `with config(...)` block (this thread and context only) or to one call
-(the `workspace=` keyword of every convolution op), the narrowest one winning.
+The workspace limit bounds the temporaries an op allocates beyond its inputs, its outputs and
+the converted copies of its array arguments (docs/algorithms.md, "Workspace", states the bound).
+Settings apply globally (`set_config`), inside a `with config(...)` block (this thread and
+context only) or to one call (the `workspace=` keyword of every convolution op), the narrowest
+one winning. `Tuning` holds every measured threshold of the algorithms in one frozen object;
+the kernels read it from the `Settings` they are handed, and tests and benchmarks change it
+with `tuned(...)` instead of patching module globals.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import enum
+import importlib.util
 import os
-from dataclasses import dataclass, replace
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from npconv import _args
 
 DEFAULT_WORKSPACE = 256 * 2**20
 """Default workspace limit in bytes (256 MiB)."""
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Measured thresholds (docs/algorithms.md explains each measurement)."""
+
+    chunk_bytes: int = 4 * MIB
+    """Target temporaries of one worker's chunk: large enough to amortize Python overhead and
+    keep GEMMs efficient, small enough to stay in the last-level cache."""
+    stride1_chunk_bytes: int = 1 * MIB
+    """Chunk target of im2col's stride-1 gathers of whole window rows (5 to 9% faster per
+    ResNet 3x3 op than 4 MiB; strided gathers ran 8 to 12% slower that way)."""
+    min_parallel_bytes: int = 16 * MIB
+    """Layers whose forward window matrix is smaller run serially with BLAS threads
+    (`_chunks.serial_layer`); copies smaller than this stay on one thread too."""
+    narrow_run: int = 16
+    """im2col gathers the transposed window matrix below this many contiguous elements per
+    window row (K_last * C)."""
+    gather_min_channels: int = 8
+    """A stride-1 input gradient is a forward correlation when its GEMM has at least this many
+    output channels (C/G); below, the scatter's GEMM output is wider and it wins."""
+    winograd_min_width: int = 24
+    """Winograd is chosen when C/G * F/G / (C/G + F/G) reaches this (float64 only)."""
+    scratch_min_bytes: int = 1 * MIB
+    """Smaller temporaries are ordinary allocations (malloc recycles them without page faults)."""
+    pool_chunk_bytes: int = 4 * MIB
+    """Bytes one pooling chunk reads and writes (input rows, temporaries, output rows): its
+    passes run in cache; at 256 KiB NumPy's per-call overhead made the stem's max pool with
+    indices 4x slower (docs/pooling.md)."""
+    pool_parallel_bytes: int = 2 * MIB
+    """Pooling ops touching fewer bytes run on the calling thread."""
+    block_bytes: int = 1 * MIB
+    """Bytes of the largest operand per block of the layer ops (activations, normalization):
+    64 KiB blocks ran 2.5x slower than 1 MiB, 256 KiB to 4 MiB within 15% (docs/layer_ops.md)."""
+    block_parallel_bytes: int = 1 * MIB
+    """Layer ops on smaller operands run on the calling thread."""
 
 
 @dataclass(frozen=True)
@@ -27,13 +71,22 @@ class Settings:
 
     workspace: int = DEFAULT_WORKSPACE
     threads: int | None = None
+    tuning: Tuning = field(default_factory=Tuning)
 
+
+class _Keep(enum.Enum):
+    KEEP = "keep"
+
+
+KEEP = _Keep.KEEP
+"""Default of `set_config` and `config`: leave the setting as it is."""
 
 _global = Settings()
 _local: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("npconv", default=None)
 
 
-def _check(workspace, threads) -> None:
+def check(workspace: Any, threads: Any = None) -> None:
+    """TypeError / ValueError unless workspace (bytes) and threads are None or valid ints."""
     if workspace is not None:
         if not _args.is_int(workspace):
             raise TypeError(f"`workspace` must be an int (bytes); got {workspace!r}")
@@ -44,6 +97,16 @@ def _check(workspace, threads) -> None:
             raise TypeError(f"`threads` must be an int or None; got {threads!r}")
         if threads < 1:
             raise ValueError(f"`threads` must be >= 1; got {threads}")
+        if not has_threadpoolctl():
+            warnings.warn(
+                f"`threads`={threads} needs threadpoolctl (pip install 'npconv[threads]'): "
+                "without it chunks run one after another and BLAS keeps its own threads",
+                RuntimeWarning, stacklevel=4)
+
+
+def has_threadpoolctl() -> bool:
+    """Whether threadpoolctl, which the worker threads need, is installed."""
+    return importlib.util.find_spec("threadpoolctl") is not None
 
 
 def current() -> Settings:
@@ -52,7 +115,7 @@ def current() -> Settings:
     return _global if local is None else local
 
 
-def get_config() -> dict:
+def get_config() -> dict[str, Any]:
     """The settings in force, as a dict {"workspace": bytes, "threads": int or None}.
 
     Examples
@@ -65,35 +128,54 @@ def get_config() -> dict:
     return {"workspace": s.workspace, "threads": s.threads}
 
 
-def set_config(*, workspace: int | None = None, threads: int | None = None) -> dict:
-    """Change the global settings; arguments left as None keep their value.
+def _changed(base: Settings, workspace: int | _Keep | None, threads: int | _Keep | None
+             ) -> Settings:
+    """base with the given settings; None restores a default, KEEP keeps base's."""
+    check(None if workspace is KEEP else workspace, None if threads is KEEP else threads)
+    if workspace is not KEEP:
+        base = replace(base, workspace=DEFAULT_WORKSPACE if workspace is None else int(workspace))
+    if threads is not KEEP:
+        base = replace(base, threads=None if threads is None else int(threads))
+    return base
+
+
+def set_config(*, workspace: int | _Keep | None = KEEP,
+               threads: int | _Keep | None = KEEP) -> dict[str, Any]:
+    """Change the global settings; an argument left out keeps its value, None restores the
+    default.
 
     Parameters
     ----------
-    workspace : int, optional
-        Bytes of temporary memory one convolution may allocate (default 256 MiB).
-    threads : int, optional
-        Worker threads for chunked algorithms (default: every core the process may use).
+    workspace : int or None, optional
+        Bytes of temporary memory one convolution may allocate (None: 256 MiB, the default).
+    threads : int or None, optional
+        Worker threads for chunked algorithms (None, the default: every core the process may
+        use). Needs threadpoolctl; without it a RuntimeWarning says the setting cannot apply.
 
     Returns
     -------
     dict
-        The previous global settings, so that ``set_config(**old)`` restores them.
+        The previous global settings: ``set_config(**old)`` restores them.
+
+    Examples
+    --------
+    >>> import npconv
+    >>> old = npconv.set_config(workspace=64 * 2**20)
+    >>> npconv.get_config()["workspace"] == 64 * 2**20
+    True
+    >>> _ = npconv.set_config(**old)
     """
     global _global
-    _check(workspace, threads)
     old = {"workspace": _global.workspace, "threads": _global.threads}
-    _global = replace(
-        _global,
-        workspace=_global.workspace if workspace is None else int(workspace),
-        threads=_global.threads if threads is None else int(threads),
-    )
+    _global = _changed(_global, workspace, threads)
     return old
 
 
 @contextlib.contextmanager
-def config(*, workspace: int | None = None, threads: int | None = None):
-    """Context manager: settings for the calls made inside the block (this context only).
+def config(*, workspace: int | _Keep | None = KEEP,
+           threads: int | _Keep | None = KEEP) -> Iterator[None]:
+    """Context manager: settings for the calls made inside the block (this context only);
+    the arguments mean what they mean in `set_config`.
 
     Examples
     --------
@@ -103,26 +185,31 @@ def config(*, workspace: int | None = None, threads: int | None = None):
     >>> y.shape
     (2, 6, 6, 4)
     """
-    _check(workspace, threads)
-    base = current()
-    token = _local.set(replace(
-        base,
-        workspace=base.workspace if workspace is None else int(workspace),
-        threads=base.threads if threads is None else int(threads),
-    ))
+    token = _local.set(_changed(current(), workspace, threads))
     try:
         yield
     finally:
         _local.reset(token)
 
 
-def resolve(workspace=None) -> Settings:
-    """The settings for one call: `workspace` (already checked) overrides the one in force."""
+@contextlib.contextmanager
+def tuned(**changes: int) -> Iterator[None]:
+    """Context manager for tests and benchmarks: the settings in force with some `Tuning`
+    values changed, e.g. ``tuned(chunk_bytes=512, min_parallel_bytes=0)``."""
+    base = current()
+    token = _local.set(replace(base, tuning=replace(base.tuning, **changes)))
+    try:
+        yield
+    finally:
+        _local.reset(token)
+
+
+def resolve(workspace: int | None = None) -> Settings:
+    """The settings of one call: `workspace` (already checked) overrides the limit in force,
+    and threads is a number (every core when None)."""
     s = current()
-    threads = s.threads or cpu_count()
-    if workspace is None:
-        return replace(s, threads=threads)
-    return Settings(workspace=int(workspace), threads=threads)
+    s = replace(s, threads=s.threads or cpu_count())
+    return s if workspace is None else replace(s, workspace=int(workspace))
 
 
 def cpu_count() -> int:
@@ -131,6 +218,3 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:                                       # not on Linux
         return os.cpu_count() or 1
-
-
-check = _check

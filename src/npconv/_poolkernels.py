@@ -33,52 +33,35 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
-from npconv import _config
-from npconv.algorithms import _chunks
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """Chunking of the pooling kernels.
-
-    chunk_bytes: the bytes one chunk reads and writes (its input rows, temporaries and output
-    rows): the chunk's passes then run in the L2/L3 cache. Ops touching fewer than
-    `parallel_bytes` run on the calling thread (waking a worker costs more than it saves).
-    """
-
-    chunk_bytes: int = 4 * 2**20
-    parallel_bytes: int = 2 * 2**20
-
-
-TUNING = Tuning()
-
+from npconv import _chunks, _config
 
 # ---------------------------------------------------------------------------------------------
 # Worker threads and scratch buffers
 # ---------------------------------------------------------------------------------------------
 
 
-def parallel(task, n: int, rows: int, row_bytes: int, xp=np, *, whole_images: bool = False,
-             tuning: Tuning = TUNING) -> list:
+def parallel(task, n: int, rows: int, row_bytes: int, xp=np, *, whole_images: bool = False
+             ) -> list:
     """Call task(chunk, state) on chunks (batch slice, row slice) of the (n, rows) grid and
     return the per-worker states (dicts, for scratch buffers). With `whole_images` all chunks
     of an image go to one worker (for tasks whose writes spill across row chunks).
 
-    The adapter to npconv's worker pool (`algorithms._chunks`: `plan` sizes the chunks within
-    the workspace limit and a cache-sized target, `run` deals them to the workers).
+    The adapter to npconv's worker pool (`_chunks`: `plan` sizes the chunks within the
+    workspace limit and `Tuning.pool_chunk_bytes`, `run` deals them to the workers).
     """
     if n * rows == 0:
         return []
     settings = _config.resolve(None)
-    if n * rows * row_bytes < tuning.parallel_bytes:
+    tuning = settings.tuning
+    if n * rows * row_bytes < tuning.pool_parallel_bytes:
         settings = replace(settings, threads=1)
-    chunks, workers = _chunks.plan(n, rows, max(row_bytes, 1), settings, xp=xp,
-                                   whole_images=whole_images, chunk_bytes=tuning.chunk_bytes)
-    return _chunks.run(task, chunks, workers, dict)
+    plan = _chunks.plan(n, rows, settings, row_bytes=max(row_bytes, 1), by_image=whole_images,
+                        chunk_bytes=tuning.pool_chunk_bytes, xp=xp)
+    return _chunks.run(lambda c, state: task((c.batch, c.rows), state), plan, dict)
 
 
 def scratch(state: dict, key, shape, dtype, xp=np):
@@ -247,7 +230,7 @@ def reduce(src, dst, spec, p_range0, x_base0: int, op, identity, state: dict, xp
             out = scratch(state, ("reduce", dim), shape, dst.dtype, xp)
         p_range, bases = (p_range0, (p_range0[0], x_base0)) if dim == 0 else (None, (0, 0))
         split = phases if dim == rank - 1 else 1
-        spans = [_slices(p0, p1, x0, spec.stride[dim], *bases, split)
+        spans = [_slices(p0, p1, x0, spec.stride[dim], bases[0], bases[1], split)
                  for _, p0, p1, x0 in dim_spans(spec, dim, p_range)]
         _fold_axis(cur, out, dim + 1, spans, op, identity, xp)
         cur = out

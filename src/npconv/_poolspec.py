@@ -230,8 +230,8 @@ def pool_spec(
             f"`padding` must keep the padded size S + lo + hi at most sys.maxsize "
             f"({sys.maxsize}), the largest NumPy index; got padding={padding!r} for input size {s}"
         )
-    p = tuple(pool_out_size(*a, lo, hi, ceil_mode)
-              for *a, (lo, hi) in zip(s, k, stride_, dilation_, pads))
+    p = tuple(pool_out_size(si, ki, st, di, lo, hi, ceil_mode)
+              for si, ki, st, di, (lo, hi) in zip(s, k, stride_, dilation_, pads))
     spec = PoolSpec(n, c, s, k, p, stride_, dilation_, pads, ceil_mode, data_format)
     _check_out_size(spec)
     return spec

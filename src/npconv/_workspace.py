@@ -4,9 +4,12 @@ A convolution's temporaries (the padded input, the padded dy of an input gradien
 worker's chunk buffers) are the same sizes call after call. Freshly allocated, each of them
 costs page faults on first touch: on the 2-core benchmark VM about half a millisecond per MiB,
 as much as the arithmetic of a ResNet layer. Inside a `scope` (every public convolution op
-opens one), `scratch` hands out arrays carved from raw buffers kept in a pool; at the end of
-the outermost scope the buffers go back to the pool, which keeps the most recently used ones up
-to the workspace limit in force (`npconv.set_config`) and frees the rest. `release` empties it.
+opens one, and each of its computations a nested one), `scratch` hands out arrays carved from
+raw buffers kept in a pool. Every scope gives its buffers back to the pool when it ends, so the
+next computation, of the same op or the next call, reuses them. The pool (buffers free and in
+use) stays within the workspace limit where the buffers in use allow: whenever a scope ends or
+a buffer must be allocated afresh, the least recently used free ones beyond that are freed.
+`release` empties it.
 
 Only temporaries come from here, never a result: an op's outputs are ordinary arrays. CuPy
 arrays are never pooled (CuPy has its own memory pool).
@@ -18,47 +21,55 @@ import contextlib
 import contextvars
 import math
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
-from npconv import _config
+from npconv._config import Settings
 
-MIN_BYTES = 1 << 20
-"""Smaller temporaries are ordinary allocations (malloc recycles them without page faults)."""
 
-_free: list = []                                                 # raw uint8 buffers, LRU last
+@dataclass
+class _Scope:
+    limit: int                                                   # bytes the pool may hold
+    min_bytes: int                                               # smaller: plain allocations
+    raws: list[np.ndarray] = field(default_factory=list)         # buffers taken in the scope
+
+
+_free: list[np.ndarray] = []                                     # raw uint8 buffers, LRU first
+_held = [0]                                                      # bytes of buffers in use
 _lock = threading.Lock()
-_taken: contextvars.ContextVar[list | None] = contextvars.ContextVar("npconv_taken",
-                                                                     default=None)
+_scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("npconv_scope",
+                                                                       default=None)
 
 
 @contextlib.contextmanager
-def scope():
-    """Collect the scratch taken inside; give it back to the pool at the outermost exit."""
-    if _taken.get() is not None:                                 # nested: the outer one returns
-        yield
-        return
-    token = _taken.set([])
+def scope(settings: Settings) -> Iterator[None]:
+    """Hand out pooled scratch inside; give it back to the pool at the exit, keeping the pool
+    within `settings.workspace` bytes where the buffers still in use allow."""
+    mine = _Scope(settings.workspace, settings.tuning.scratch_min_bytes)
+    token = _scope.set(mine)
     try:
         yield
     finally:
-        taken = _taken.get()
-        _taken.reset(token)
-        _give_back(taken, _config.current().workspace)
+        _scope.reset(token)
+        _give_back(mine.raws, mine.limit)
 
 
-def scratch(shape, dtype, xp=np):
+def scratch(shape: tuple[int, ...], dtype: Any, xp: ModuleType = np) -> Any:
     """An uninitialized temporary of `shape` and `dtype`, pooled inside a scope (NumPy only).
 
-    It must not outlive the scope: never return it, or a view of it, from an op.
+    It must not outlive the scope that took it: never return it, or a view of it, from an op.
     """
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    taken = _taken.get()
-    if xp is not np or taken is None or nbytes < MIN_BYTES:
+    mine = _scope.get()
+    if xp is not np or mine is None or nbytes < mine.min_bytes:
         return xp.empty(shape, dtype=dtype)
-    raw = _take(nbytes)
-    taken.append(raw)
+    raw = _take(nbytes, mine.limit)
+    mine.raws.append(raw)
     return raw[:nbytes].view(dtype).reshape(shape)
 
 
@@ -82,24 +93,34 @@ def release() -> None:
 
 
 def pooled_bytes() -> int:
-    """Bytes held by the pool now."""
+    """Bytes of free buffers held by the pool now."""
     with _lock:
         return sum(raw.nbytes for raw in _free)
 
 
-def _take(nbytes: int):
-    """The smallest free buffer of at least nbytes (at most twice that), else a new one."""
+def _take(nbytes: int, limit: int) -> np.ndarray:
+    """The smallest free buffer of at least nbytes (at most twice that), else a new one, for
+    which free buffers are dropped (least recently used first) while the pool would exceed
+    `limit`."""
     with _lock:
         fits = [i for i, raw in enumerate(_free) if nbytes <= raw.nbytes <= 2 * nbytes]
         if fits:
-            return _free.pop(min(fits, key=lambda i: _free[i].nbytes))
+            raw = _free.pop(min(fits, key=lambda i: _free[i].nbytes))
+            _held[0] += raw.nbytes
+            return raw
+        free = sum(raw.nbytes for raw in _free)
+        while _free and free + _held[0] + nbytes > limit:
+            free -= _free.pop(0).nbytes
+        _held[0] += nbytes
     return np.empty(nbytes, dtype=np.uint8)
 
 
-def _give_back(raws, limit: int) -> None:
-    """Return buffers, then drop the least recently used beyond `limit` bytes."""
+def _give_back(raws: list[np.ndarray], limit: int) -> None:
+    """Return buffers to the pool, then drop the least recently used free ones while the pool
+    (free and still in use) exceeds `limit`."""
     with _lock:
+        _held[0] -= sum(raw.nbytes for raw in raws)
         _free.extend(raws)
-        total = sum(raw.nbytes for raw in _free)
+        total = sum(raw.nbytes for raw in _free) + _held[0]
         while _free and total > limit:
             total -= _free.pop(0).nbytes

@@ -1,7 +1,8 @@
 """Public convolution ops: forward, backward and transposed, for any spatial rank.
 
 Each function checks its arguments once, resolves them into a `ConvSpec`, converts the caller's
-layout to channels_last and calls the kernels. Shapes, channels_last / channels_first:
+layout to channels_last (`_layout`) and calls the kernels (`_kernels`). Shapes, channels_last /
+channels_first:
 
     x   (N, *S, C)        / (N, C, *S)
     w   (*K, C/G, F)      / (F, C/G, *K)        conv weight (Keras HWIO / PyTorch OIHW)
@@ -14,104 +15,76 @@ Output size per spatial dimension:
     conv:            P = floor((S + lo + hi - dilation * (K - 1) - 1) / stride) + 1
     conv_transpose:  O = (S - 1) * stride - lo - hi + dilation * (K - 1) + output_padding + 1
 
+The bias: the backward ops (`conv_backward`, `conv_transpose_backward`) take the forward op's
+arguments with dy in front, `bias` included: the forward's bias array (F,) or None, as given to
+`conv`, returns db or None. They need no value of it, so True and False (the bias exists or
+not; True is the default) are accepted too, for callers that do not hold the array.
+
 Algorithms and memory: every op takes `algorithm=None` (automatic choice by shape) or the name
-of one of `npconv.ALGORITHMS` ("im2col", "offsets", "pointwise", "depthwise", "winograd",
-"fft"; docs/algorithms.md), and `workspace=None` (the limit in force, 256 MiB by default, see
-`npconv.set_config`) or a limit in bytes for this call. Besides the output, an op allocates
-padded copies of its input (and, for input gradients, of dy) and at most `workspace` bytes of
-temporaries: window matrices and transforms are built chunk by chunk (whole images, or output
-rows of one image) and consumed at once, one chunk per worker thread. float16 is computed in
-float32 and returned as float16.
+of one of `npconv.ALGORITHMS` ("im2col", "pointwise", "depthwise", "winograd";
+docs/algorithms.md), and `workspace=None` (the limit in force, 256 MiB by default, see
+`npconv.set_config`) or a limit in bytes for this call. Besides its inputs and outputs, an op
+allocates one converted copy of each array it reads (channels_last, padded, in the compute
+dtype; dy of an input gradient may get a second, padded one), the results in that layout when
+the caller's differs, and at most `workspace` bytes of temporaries: window matrices and
+transforms are built chunk by chunk and consumed at once, one chunk per worker thread
+(docs/algorithms.md, "Workspace"). float16 is computed in float32 and returned as float16.
+Dask arrays have their own front end, `npconv.dask`.
 """
 
 from __future__ import annotations
 
-import functools
-from contextlib import nullcontext
-from typing import NamedTuple
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
 
-from npconv import _args, _backend, _config, _workspace, algorithms, kernels, windows
-from npconv.spec import ConvSpec, check_shape, conv_spec, conv_transpose_spec
+from npconv import _args, _backend, _chunks, _config, _kernels, _layout, _workspace, algorithms
+from npconv._backend import Array
+from npconv._config import Settings
+from npconv.spec import (
+    ConvGrads,
+    ConvSpec,
+    Padding,
+    check_shape,
+    conv_spec,
+    conv_transpose_spec,
+)
 
-
-class ConvGrads(NamedTuple):
-    """Gradients of a convolution's loss: dx like x, dw like w, db like the bias (or None)."""
-
-    dx: object
-    dw: object
-    db: object
-
-
-# ---------------------------------------------------------------------------------------------
-# Layout conversion: kernels see x (N, *S, C) and w (*K, C/G, F)
-# ---------------------------------------------------------------------------------------------
-
-
-def _x_in(x, spec: ConvSpec, dtype):
-    xp = _backend.namespace(x)
-    if spec.data_format == "channels_first":
-        x = xp.moveaxis(x, 1, -1)                                # (N, *S, C) view
-    return x.astype(_args.compute_dtype(dtype), copy=False)
+__all__ = ["ConvGrads", "conv", "conv_backward", "conv_grad_input", "conv_grad_weight",
+           "conv_transpose", "conv_transpose_backward"]
 
 
-def _w_in(w, spec: ConvSpec, dtype):
-    if spec.data_format == "channels_first":
-        r = spec.rank
-        w = w.transpose(*range(2, r + 2), 1, 0)                  # (F, C/G, *K) -> (*K, C/G, F)
-    return w.astype(_args.compute_dtype(dtype), copy=False)
+def _check_arrays(op: str, **arrays: Any) -> None:
+    """TypeError unless every array is a float NumPy (or CuPy) array; dask arrays are pointed
+    to their front end."""
+    for name, a in arrays.items():
+        if _backend.is_dask(a):
+            raise TypeError(f"`{name}` is a dask array: call npconv.dask.{op}, which computes "
+                            f"dask arrays chunk by chunk")
+        _args.float_array(a, name)
 
 
-def _x_out(y, spec: ConvSpec, dtype):
-    xp = _backend.namespace(y)
-    if spec.data_format == "channels_first":
-        y = xp.moveaxis(y, -1, 1)                                # (N, *P, F) -> (N, F, *P)
-    return algorithms.contiguous(y.astype(dtype, copy=False))   # copied by the workers
-
-
-def _w_out(dw, spec: ConvSpec, dtype):
-    xp = _backend.namespace(dw)
-    if spec.data_format == "channels_first":
-        r = spec.rank
-        dw = dw.transpose(r + 1, r, *range(r))                   # (*K, C/G, F) -> (F, C/G, *K)
-    return xp.ascontiguousarray(dw.astype(dtype, copy=False))
-
-
-def _db(dy, spec: ConvSpec, dtype):
-    """Bias gradient: dy (N, *P, F) summed over batch and space -> (F,).
-
-    Contiguous channels_last dy sums as a matrix-vector product, ones @ dy (N*prod(P), F): BLAS
-    is 2 to 8 times faster than NumPy's reduction over the rows of a narrow matrix. A
-    channels_first dy (a transposed view) reduces in its own memory order.
-    """
-    xp = _backend.namespace(dy)
-    f = dy.shape[-1]
-    if dy.flags.c_contiguous:
-        with algorithms.single_blas(xp):       # memory-bound; spinning BLAS threads would slow
-            db = xp.ones(dy.size // f, dtype=dy.dtype) @ dy.reshape(-1, f)  # the next op (F,)
-    else:
-        db = dy.sum(axis=tuple(range(spec.rank + 1)))            # (F,)
-    return db.astype(dtype, copy=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Argument checks specific to this module
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_bias(bias, channels: int) -> None:
+def _check_bias(bias: Any, channels: int) -> None:
     if bias is None:
         return
     _args.float_array(bias, "bias")
     check_shape(bias, (channels,), "bias")
 
 
-def _check_bias_flag(bias) -> bool:
-    if not isinstance(bias, bool):
-        raise TypeError(f"`bias` must be True or False (whether to return db); got {bias!r}")
-    return bias
+def wants_db(bias: Any, channels: int) -> bool:
+    """Whether a backward op returns db: its `bias` is the forward's bias array (checked like
+    the forward op checks it) or None, or True / False."""
+    if isinstance(bias, bool):
+        return bias
+    if bias is not None and not _backend.is_array(bias):
+        raise TypeError(f"`bias` must be the bias array of shape ({channels},), None, True or "
+                        f"False; got {type(bias).__name__}")
+    _check_bias(bias, channels)
+    return bias is not None
 
 
-def _shape_arg(shape, name: str) -> tuple[int, ...]:
+def _shape_arg(shape: Any, name: str) -> tuple[int, ...]:
     if not isinstance(shape, (tuple, list)) or not all(map(_args.is_int, shape)):
         raise TypeError(f"`{name}` must be a tuple of ints; got {shape!r}")
     if any(v < 0 for v in shape):
@@ -119,40 +92,50 @@ def _shape_arg(shape, name: str) -> tuple[int, ...]:
     return tuple(int(v) for v in shape)
 
 
-def _as_dask(a, like, name: str):
-    """`a` as a dask array chunked along the batch like `like` (a NumPy dy with a dask x)."""
-    if _backend.is_dask(a):
-        return a
-    import dask.array as da
-
-    _args.float_array(a, name)
-    return da.from_array(a, chunks=(like.chunks[0], *(-1,) * (a.ndim - 1)))
-
-
-def _pad_x(x, spec: ConvSpec, dtype):
-    """Padded channels_last input (N, *Sp, C); a view of x when there is no padding."""
-    return windows.pad(_x_in(x, spec, dtype), spec.pads, spec.padding_mode)
-
-
-def _scoped(op):
-    """Run the op inside a `_workspace.scope`: its padded copies and chunk buffers are reused
-    from call to call instead of page-faulted afresh (the results never come from there). With
-    `threads=1`, BLAS is held to one thread for the whole op: one core in all."""
-    @functools.wraps(op)
-    def call(*args, **kwargs):
-        one_core = _config.resolve(None).threads == 1
-        with _workspace.scope(), algorithms.single_blas() if one_core else nullcontext():
-            return op(*args, **kwargs)
-
-    return call
-
-
-def _options(algorithm, workspace, spec: ConvSpec) -> dict:
-    """Check the `algorithm` and `workspace` keywords; the keyword arguments of the kernels."""
+def check_options(algorithm: Any, workspace: Any, spec: ConvSpec) -> None:
+    """Check the `algorithm` and `workspace` keywords against a geometry."""
     algorithms.check_name(algorithm)
-    _config.check(workspace, None)
+    _config.check(workspace)
     algorithms.check_applies(algorithm, spec)
-    return {"algorithm": algorithm, "workspace": workspace}
+
+
+@contextlib.contextmanager
+def _call(spec: ConvSpec, algorithm: Any, workspace: Any, dtype: Any) -> Iterator[Settings]:
+    """Check the options, resolve this call's settings (serial for a small layer) and run the
+    op inside a `_workspace.scope`: its copies and chunk buffers are reused from call to call
+    instead of page-faulted afresh. With `threads=1`, BLAS is held to one thread for the whole
+    op: one core in all."""
+    check_options(algorithm, workspace, spec)
+    settings = _config.resolve(workspace)
+    one_core = settings.threads == 1
+    if _chunks.serial_layer(spec, dtype.itemsize, settings):
+        settings = dataclasses.replace(settings, threads=1)
+    blas = _chunks.single_blas() if one_core else contextlib.nullcontext()
+    with _workspace.scope(settings), blas:
+        yield settings
+
+
+def _x_in(x: Any, spec: ConvSpec, dtype: Any, settings: Settings, views: bool) -> Any:
+    """The caller's x as the padded channels_last input (N, *Sp, C) of `dtype` (one copy), or,
+    for an algorithm that reads `views`, a transposed view when there is nothing to pad."""
+    x = _layout.to_last(x, spec.data_format)                     # (N, *S, C) view
+    return _layout.padded(x, spec.pads, spec.padding_mode, dtype, settings, not views)
+
+
+def _dy_in(dy: Any, spec: ConvSpec, dtype: Any, settings: Settings, views: bool) -> Any:
+    """The caller's dy as a channels_last (N, *P, F) of `dtype`: converted once, shared by the
+    computations that read it (a view for an algorithm that reads `views`)."""
+    dy = _layout.to_last(dy, spec.data_format)                   # (N, *P, F) view
+    return _layout.padded(dy, ((0, 0),) * spec.rank, "zeros", dtype, settings, not views)
+
+
+def _views(spec: ConvSpec, algorithm: str | None, like: Any, dtype: Any,
+           settings: Settings) -> bool:
+    """Whether the op's algorithm reads channels_first arrays as transposed views, so that
+    no converted copy is made for it (pointwise)."""
+    alg = algorithms.choose(spec, algorithm, itemsize=dtype.itemsize, settings=settings,
+                            gpu=_backend.is_gpu(like))
+    return alg.takes_views
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,21 +143,20 @@ def _options(algorithm, workspace, spec: ConvSpec) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-@_scoped
 def conv(
-    x,
-    w,
-    bias=None,
+    x: Array,
+    w: Array,
+    bias: Array | None = None,
     *,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups=1,
+    stride: int | tuple[int, ...] = 1,
+    padding: Padding = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
     data_format: str = "channels_last",
     padding_mode: str = "zeros",
     algorithm: str | None = None,
     workspace: int | None = None,
-):
+) -> Array:
     """N-d convolution (cross-correlation, as in PyTorch, JAX and Keras).
 
     Parameters
@@ -193,10 +175,10 @@ def conv(
     data_format : "channels_last" or "channels_first"
     padding_mode : "zeros", "reflect", "replicate" or "circular" (PyTorch's semantics)
     algorithm : str, optional
-        Force one of `npconv.ALGORITHMS` ("im2col", "offsets", "pointwise", "depthwise",
-        "winograd", "fft") for every computation of the call instead of the automatic choice;
-        ValueError if it cannot run this geometry. Every op of this module takes `algorithm`
-        and `workspace`.
+        Force one of `npconv.ALGORITHMS` ("im2col", "pointwise", "depthwise", "winograd")
+        instead of the automatic choice, for the forward pass, the weight gradient and the
+        input gradient's forward correlation (docs/algorithms.md); ValueError if it cannot run
+        this geometry. Every op of this module takes `algorithm` and `workspace`.
     workspace : int, optional
         Bytes of temporaries this call may allocate (default: `npconv.get_config()`).
 
@@ -215,93 +197,86 @@ def conv(
     >>> float(npconv.conv(x, w, padding="same")[0, 0, 0, 0])   # corner window sees 2x2 ones
     4.0
     """
-    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-                    data_format=data_format, padding_mode=padding_mode)
-    if _backend.is_dask(x):                     # lazy, chunk by chunk (npconv.chunked)
-        from npconv import chunked
-
-        return chunked.conv(x, w, bias, **geometry)
-    _args.float_array(x, "x")
-    _args.float_array(w, "w")
-    spec = conv_spec(x.shape, w.shape, **geometry)
-    opts = _options(algorithm, workspace, spec)
+    _check_arrays("conv", x=x, w=w)
+    spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
+                     groups=groups, data_format=data_format, padding_mode=padding_mode)
     _check_bias(bias, spec.out_channels)
     dtype = _args.result_dtype(x, w, bias)
-    b = None if bias is None else bias.astype(_args.compute_dtype(dtype), copy=False)
-    y = kernels.forward(_pad_x(x, spec, dtype), _w_in(w, spec, dtype), spec, bias=b,
-                        **opts)                                  # (N, *P, F)
-    return _x_out(y, spec, dtype)
+    cdt = _args.compute_dtype(dtype)
+    with _call(spec, algorithm, workspace, cdt) as settings:
+        b = None if bias is None else bias.astype(cdt, copy=False)
+        xp_ = _x_in(x, spec, cdt, settings, _views(spec, algorithm, x, cdt, settings))
+        y = _kernels.forward(xp_, _layout.weight(w, data_format, cdt), spec, settings,
+                             algorithm=algorithm, bias=b)        # (N, *P, F)
+        return _layout.result(y, data_format, dtype, settings)
 
 
-@_scoped
 def conv_backward(
-    dy,
-    x,
-    w,
+    dy: Array,
+    x: Array,
+    w: Array,
+    bias: Array | bool | None = True,
     *,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups=1,
+    stride: int | tuple[int, ...] = 1,
+    padding: Padding = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
     data_format: str = "channels_last",
     padding_mode: str = "zeros",
-    bias: bool = True,
     algorithm: str | None = None,
     workspace: int | None = None,
 ) -> ConvGrads:
-    """Gradients of `conv` with respect to x, w and the bias, given dy = dL/dy.
+    """Gradients of `conv(x, w, bias, ...)` with respect to x, w and the bias, given dy = dL/dy.
 
-    Takes the same keywords as `conv`; `bias=False` returns db = None. dx has x's shape (zero at
-    pixels the forward pass never read, such as remainder rows when P was floored), dw has w's,
-    db is (F,). Padding of any mode is differentiated too: a reflected, replicated or wrapped
-    pixel sends its gradient back to the pixel it copies.
+    Takes `conv`'s arguments with dy in front. dx has x's shape (zero at pixels the forward
+    pass never read, such as remainder rows when P was floored), dw has w's, db is (F,), or
+    None when `bias` is None or False. Padding of any mode is differentiated too: a reflected,
+    replicated or wrapped pixel sends its gradient back to the pixel it copies.
 
     Examples
     --------
     >>> import numpy as np, npconv
-    >>> x, w = np.ones((2, 7, 7, 3)), np.ones((2, 2, 3, 4))
+    >>> x, w, b = np.ones((2, 7, 7, 3)), np.ones((2, 2, 3, 4)), np.zeros(4)
     >>> dy = np.ones((2, 3, 3, 4))                # y is 3x3: 7 = 2*3 + 1 leaves a remainder
-    >>> dx, dw, db = npconv.conv_backward(dy, x, w, stride=2)
+    >>> dx, dw, db = npconv.conv_backward(dy, x, w, b, stride=2)
     >>> float(dx[0, 6, 6, 0]), dw.shape, db.shape  # the last row is never read
     (0.0, (2, 2, 3, 4), (4,))
+    >>> npconv.conv_backward(dy, x, w, None, stride=2).db is None
+    True
     """
-    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-                    data_format=data_format, padding_mode=padding_mode)
-    if _backend.is_dask(x) or _backend.is_dask(dy):   # lazy, chunk by chunk (npconv.chunked)
-        from npconv import chunked
-
-        return chunked.conv_backward(_as_dask(dy, x, "dy"), _as_dask(x, dy, "x"), w,
-                                     bias=bias, **geometry)
-    for a, name in ((dy, "dy"), (x, "x"), (w, "w")):
-        _args.float_array(a, name)
-    spec = conv_spec(x.shape, w.shape, **geometry)
-    opts = _options(algorithm, workspace, spec)
+    _check_arrays("conv_backward", dy=dy, x=x, w=w)
+    spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
+                     groups=groups, data_format=data_format, padding_mode=padding_mode)
     check_shape(dy, spec.y_shape(), "dy")
-    bias = _check_bias_flag(bias)
+    with_db = wants_db(bias, spec.out_channels)
     dtype = _args.result_dtype(dy, x, w)
-    dy_ = _x_in(dy, spec, dtype)                                 # (N, *P, F)
-    w_ = _w_in(w, spec, dtype)                                   # (*K, C/G, F)
-    dx = kernels.grad_input(dy_, w_, spec, unpad=True, **opts)   # (N, *S, C)
-    dw = kernels.grad_weight(_pad_x(x, spec, dtype), dy_, spec, **opts)  # (*K, C/G, F)
-    db = _db(dy_, spec, dtype) if bias else None
-    return ConvGrads(_x_out(dx, spec, dtype), _w_out(dw, spec, dtype), db)
+    cdt = _args.compute_dtype(dtype)
+    with _call(spec, algorithm, workspace, cdt) as settings:
+        views = _views(spec, algorithm, x, cdt, settings)
+        dy_ = _dy_in(dy, spec, cdt, settings, views)             # (N, *P, F)
+        w_ = _layout.weight(w, data_format, cdt)                 # (*K, C/G, F)
+        dx = _kernels.grad_input(dy_, w_, spec, settings, algorithm=algorithm, unpad=True)
+        dx = _layout.result(dx, data_format, dtype, settings)   # (N, *S, C) caller's layout
+        dw = _kernels.grad_weight(_x_in(x, spec, cdt, settings, views), dy_, spec, settings,
+                                  algorithm=algorithm)           # (*K, C/G, F)
+        db = _kernels.grad_bias(dy_, dtype) if with_db else None
+        return ConvGrads(dx, _layout.weight_result(dw, data_format, dtype), db)
 
 
-@_scoped
 def conv_grad_input(
-    dy,
-    w,
-    x_shape,
+    dy: Array,
+    w: Array,
+    x_shape: tuple[int, ...],
     *,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups=1,
+    stride: int | tuple[int, ...] = 1,
+    padding: Padding = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
     data_format: str = "channels_last",
     padding_mode: str = "zeros",
     algorithm: str | None = None,
     workspace: int | None = None,
-):
+) -> Array:
     """dx = dL/dx of `conv`, from dy and w alone; `x_shape` is the input's shape.
 
     This is the adjoint of `conv` in x: <dy, conv(x, w)> == <conv_grad_input(dy, w, x.shape), x>.
@@ -313,34 +288,35 @@ def conv_grad_input(
     >>> dx[0, :, :, 0].astype(int).tolist()       # how many windows read each pixel
     [[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]]
     """
-    _args.float_array(dy, "dy")
-    _args.float_array(w, "w")
+    _check_arrays("conv_grad_input", dy=dy, w=w)
     x_shape = _shape_arg(x_shape, "x_shape")
     spec = conv_spec(x_shape, w.shape, stride=stride, padding=padding, dilation=dilation,
-                     groups=groups, data_format=data_format, padding_mode=padding_mode)
-    opts = _options(algorithm, workspace, spec)
+                     groups=groups, data_format=data_format, padding_mode=padding_mode,
+                     names=("x_shape", "w"))
     check_shape(dy, spec.y_shape(), "dy")
     dtype = _args.result_dtype(dy, w)
-    dx = kernels.grad_input(_x_in(dy, spec, dtype), _w_in(w, spec, dtype), spec, unpad=True,
-                            **opts)                              # (N, *S, C)
-    return _x_out(dx, spec, dtype)
+    cdt = _args.compute_dtype(dtype)
+    with _call(spec, algorithm, workspace, cdt) as settings:
+        dx = _kernels.grad_input(_layout.to_last(dy, data_format),
+                                 _layout.weight(w, data_format, cdt), spec, settings,
+                                 algorithm=algorithm, unpad=True)  # (N, *S, C)
+        return _layout.result(dx, data_format, dtype, settings)
 
 
-@_scoped
 def conv_grad_weight(
-    dy,
-    x,
-    w_shape,
+    dy: Array,
+    x: Array,
+    w_shape: tuple[int, ...],
     *,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups=1,
+    stride: int | tuple[int, ...] = 1,
+    padding: Padding = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
     data_format: str = "channels_last",
     padding_mode: str = "zeros",
     algorithm: str | None = None,
     workspace: int | None = None,
-):
+) -> Array:
     """dw = dL/dw of `conv`, from dy and x alone; `w_shape` is the weight's shape.
 
     Examples
@@ -350,16 +326,20 @@ def conv_grad_weight(
     >>> dw.shape, float(dw.sum())                 # each of 9 taps sums 4 products
     ((3, 3, 1, 1), 36.0)
     """
-    _args.float_array(dy, "dy")
-    _args.float_array(x, "x")
+    _check_arrays("conv_grad_weight", dy=dy, x=x)
     w_shape = _shape_arg(w_shape, "w_shape")
     spec = conv_spec(x.shape, w_shape, stride=stride, padding=padding, dilation=dilation,
-                     groups=groups, data_format=data_format, padding_mode=padding_mode)
-    opts = _options(algorithm, workspace, spec)
+                     groups=groups, data_format=data_format, padding_mode=padding_mode,
+                     names=("x", "w_shape"))
     check_shape(dy, spec.y_shape(), "dy")
     dtype = _args.result_dtype(dy, x)
-    dw = kernels.grad_weight(_pad_x(x, spec, dtype), _x_in(dy, spec, dtype), spec, **opts)
-    return _w_out(dw, spec, dtype)
+    cdt = _args.compute_dtype(dtype)
+    with _call(spec, algorithm, workspace, cdt) as settings:
+        views = _views(spec, algorithm, x, cdt, settings)
+        dw = _kernels.grad_weight(_x_in(x, spec, cdt, settings, views),
+                                  _dy_in(dy, spec, cdt, settings, views), spec, settings,
+                                  algorithm=algorithm)           # (*K, C/G, F)
+        return _layout.weight_result(dw, data_format, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,21 +347,20 @@ def conv_grad_weight(
 # ---------------------------------------------------------------------------------------------
 
 
-@_scoped
 def conv_transpose(
-    x,
-    w,
-    bias=None,
+    x: Array,
+    w: Array,
+    bias: Array | None = None,
     *,
-    stride=1,
-    padding=0,
-    output_padding=0,
-    dilation=1,
-    groups=1,
+    stride: int | tuple[int, ...] = 1,
+    padding: Padding = 0,
+    output_padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
     data_format: str = "channels_last",
     algorithm: str | None = None,
     workspace: int | None = None,
-):
+) -> Array:
     """N-d transposed convolution with PyTorch's ConvTransposeNd semantics.
 
     Parameters
@@ -404,7 +383,7 @@ def conv_transpose(
     Notes
     -----
     conv_transpose(x, w) is the gradient of conv(., w) with respect to its input, evaluated at
-    dy = x: it is computed by the same scatter-add kernel as `conv_backward`'s dx.
+    dy = x: it is computed by the same transpose rule as `conv_backward`'s dx.
 
     Examples
     --------
@@ -414,38 +393,39 @@ def conv_transpose(
     >>> y.shape                                   # (3 - 1)*2 - 2 + 3 + 1 = 6
     (1, 6, 6, 2)
     """
-    _args.float_array(x, "x")
-    _args.float_array(w, "w")
+    _check_arrays("conv_transpose", x=x, w=w)
     spec = conv_transpose_spec(x.shape, w.shape, stride=stride, padding=padding,
                                output_padding=output_padding, dilation=dilation, groups=groups,
                                data_format=data_format)
-    opts = _options(algorithm, workspace, spec)
     _check_bias(bias, spec.in_channels)
     dtype = _args.result_dtype(x, w, bias)
-    y = kernels.grad_input(_x_in(x, spec, dtype), _w_in(w, spec, dtype), spec, unpad=True,
-                           **opts)                               # (N, *O, F)
-    if bias is not None:
-        y += bias.astype(y.dtype, copy=False)
-    return _x_out(y, spec, dtype)
+    cdt = _args.compute_dtype(dtype)
+    with _call(spec, algorithm, workspace, cdt) as settings:
+        y = _kernels.grad_input(_layout.to_last(x, data_format),
+                                _layout.weight(w, data_format, cdt), spec, settings,
+                                algorithm=algorithm, unpad=True)  # (N, *O, F), a new array
+        if bias is not None:
+            y += bias.astype(cdt, copy=False)
+        return _layout.result(y, data_format, dtype, settings)
 
 
-@_scoped
 def conv_transpose_backward(
-    dy,
-    x,
-    w,
+    dy: Array,
+    x: Array,
+    w: Array,
+    bias: Array | bool | None = True,
     *,
-    stride=1,
-    padding=0,
-    output_padding=0,
-    dilation=1,
-    groups=1,
+    stride: int | tuple[int, ...] = 1,
+    padding: Padding = 0,
+    output_padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
     data_format: str = "channels_last",
-    bias: bool = True,
     algorithm: str | None = None,
     workspace: int | None = None,
 ) -> ConvGrads:
-    """Gradients of `conv_transpose` with respect to x, w and the bias, given dy = dL/dy.
+    """Gradients of `conv_transpose(x, w, bias, ...)` with respect to x, w and the bias, given
+    dy = dL/dy; db is (F,), or None when `bias` is None or False.
 
     The transposed convolution's input gradient is a forward convolution of dy, and its weight
     gradient is the forward convolution's weight gradient with the roles of x and dy swapped.
@@ -453,23 +433,26 @@ def conv_transpose_backward(
     Examples
     --------
     >>> import numpy as np, npconv
-    >>> x, w = np.ones((1, 3, 3, 4)), np.ones((3, 3, 2, 4))
-    >>> dx, dw, db = npconv.conv_transpose_backward(np.ones((1, 7, 7, 2)), x, w, stride=2)
+    >>> x, w, b = np.ones((1, 3, 3, 4)), np.ones((3, 3, 2, 4)), np.zeros(2)
+    >>> dx, dw, db = npconv.conv_transpose_backward(np.ones((1, 7, 7, 2)), x, w, b, stride=2)
     >>> dx.shape, dw.shape, db.shape
     ((1, 3, 3, 4), (3, 3, 2, 4), (2,))
     """
-    for a, name in ((dy, "dy"), (x, "x"), (w, "w")):
-        _args.float_array(a, name)
+    _check_arrays("conv_transpose_backward", dy=dy, x=x, w=w)
     spec = conv_transpose_spec(x.shape, w.shape, stride=stride, padding=padding,
                                output_padding=output_padding, dilation=dilation, groups=groups,
                                data_format=data_format)
-    opts = _options(algorithm, workspace, spec)
     check_shape(dy, spec.x_shape(), "dy")
-    bias = _check_bias_flag(bias)
+    with_db = wants_db(bias, spec.in_channels)
     dtype = _args.result_dtype(dy, x, w)
-    dyp = _pad_x(dy, spec, dtype)                                # (N, *Op, F)
-    w_ = _w_in(w, spec, dtype)
-    dx = kernels.forward(dyp, w_, spec, **opts)                          # (N, *S, C)
-    dw = kernels.grad_weight(dyp, _x_in(x, spec, dtype), spec, **opts)   # (*K, F/G, C)
-    db = _db(_x_in(dy, spec, dtype), spec, dtype) if bias else None
-    return ConvGrads(_x_out(dx, spec, dtype), _w_out(dw, spec, dtype), db)
+    cdt = _args.compute_dtype(dtype)
+    with _call(spec, algorithm, workspace, cdt) as settings:
+        views = _views(spec, algorithm, x, cdt, settings)
+        dyp = _x_in(dy, spec, cdt, settings, views)              # (N, *Op, F)
+        w_ = _layout.weight(w, data_format, cdt)                 # (*K, F/G, C)
+        dx = _kernels.forward(dyp, w_, spec, settings, algorithm=algorithm)  # (N, *S, C)
+        dx = _layout.result(dx, data_format, dtype, settings)
+        dw = _kernels.grad_weight(dyp, _dy_in(x, spec, cdt, settings, views), spec, settings,
+                                  algorithm=algorithm)           # (*K, F/G, C)
+        db = _kernels.grad_bias(_layout.to_last(dy, data_format), dtype) if with_db else None
+        return ConvGrads(dx, _layout.weight_result(dw, data_format, dtype), db)

@@ -610,7 +610,7 @@ def global_max_pool(x: np.ndarray, *, data_format: str = "channels_last",
             _global_argmax(x3, y, idx, bs, xp)
 
     kernels.parallel(task, y.shape[0], 1, x3[:1].size * x.itemsize, xp)
-    if return_indices:
+    if idx is not None:
         return y.reshape(n, c), idx.reshape(n, c)
     return y.reshape(n, c)
 
@@ -638,7 +638,8 @@ def global_max_pool_backward(dy: np.ndarray, x: np.ndarray | tuple[int, ...], *,
     n, s, c = _global_shape(x_shape, data_format)
     check_shape(dy, (n, c), "dy")
     if indices is None:
-        _, indices = global_max_pool(x, data_format=data_format, return_indices=True)
+        _, indices = global_max_pool(_max_array(x, "x"), data_format=data_format,
+                                     return_indices=True)
     indices = _indices_arg(indices, (n, c))
     xp = _backend.namespace(dy)
     size = math.prod(s)

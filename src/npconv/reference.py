@@ -2,9 +2,11 @@
 
 Slow on purpose. Every function loops over output elements one at a time (the seed question's
 nested loops, generalized to every option) and shares nothing with the fast kernels except the
-argument checks and size formulas of `npconv.spec`. Padding is applied through an explicit
-index map (which source pixel each padded position copies), and the transposed convolution is
-written in its own scatter form, so a bug in the kernels cannot hide in the oracle.
+argument checks, size and window formulas of `npconv.spec` and the layout views of
+`npconv._layout` (both pinned by hand-computed cases and PyTorch's NCHW). Padding is applied
+through an explicit index map (which source pixel each padded position copies), and the
+transposed convolution is written in its own scatter form, so a bug in the kernels cannot hide
+in the oracle. It imports no fast convolution op.
 
 Same signatures and layouts as `npconv.conv`, `conv_backward`, `conv_transpose` and
 `conv_transpose_backward`; results are float64 and cast to the inputs' dtype at the end.
@@ -13,13 +15,26 @@ Same signatures and layouts as `npconv.conv`, `conv_backward`, `conv_transpose` 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 
-from npconv import _args
+from npconv import _args, _layout
+from npconv._backend import Array
 from npconv._poolspec import pool_spec
-from npconv.convolution import ConvGrads
-from npconv.spec import ConvSpec, check_shape, conv_spec, conv_transpose_spec
+from npconv.spec import (
+    ConvGrads,
+    ConvSpec,
+    Padding,
+    check_shape,
+    conv_spec,
+    conv_transpose_spec,
+)
+
+
+def _db(bias: Array | bool | None) -> bool:
+    """Whether a backward op returns db (`npconv.conv_backward`'s `bias`)."""
+    return bias if isinstance(bias, bool) else bias is not None
 
 
 def source_index(i: int, size: int, lo: int, mode: str) -> int:
@@ -40,32 +55,25 @@ def source_index(i: int, size: int, lo: int, mode: str) -> int:
     return -j if j < 0 else 2 * (size - 1) - j                   # reflect
 
 
-def _to_last(a, spec: ConvSpec):
-    a = np.asarray(a, dtype=np.float64)
-    return np.moveaxis(a, 1, -1) if spec.data_format == "channels_first" else a
+def _to_last(a, spec):
+    return _layout.to_last(np.asarray(a, dtype=np.float64), spec.data_format)
 
 
 def _w_to_last(w, spec: ConvSpec):
-    w = np.asarray(w, dtype=np.float64)
-    r = spec.rank
-    return w.transpose(*range(2, r + 2), 1, 0) if spec.data_format == "channels_first" else w
+    return _layout.w_to_last(np.asarray(w, dtype=np.float64), spec.data_format)
 
 
-def _from_last(a, spec: ConvSpec, dtype):
-    a = np.moveaxis(a, -1, 1) if spec.data_format == "channels_first" else a
-    return np.ascontiguousarray(a, dtype=dtype)
+def _from_last(a, spec, dtype):
+    return np.ascontiguousarray(_layout.from_last(a, spec.data_format), dtype=dtype)
 
 
 def _w_from_last(w, spec: ConvSpec, dtype):
-    r = spec.rank
-    if spec.data_format == "channels_first":
-        w = w.transpose(r + 1, r, *range(r))
-    return np.ascontiguousarray(w, dtype=dtype)
+    return np.ascontiguousarray(_layout.w_from_last(w, spec.data_format), dtype=dtype)
 
 
-def _padded(x, spec: ConvSpec):
+def _padded(x: Any, spec: ConvSpec) -> Any:
     """x (N, *S, C) -> (N, *Sp, C) by the index map of `source_index`."""
-    out = np.zeros((x.shape[0], *spec.padded_size, x.shape[-1]))
+    out: Any = np.zeros((x.shape[0], *spec.padded_size, x.shape[-1]))
     for pos in itertools.product(*map(range, spec.padded_size)):
         src = [source_index(i, s, lo, spec.padding_mode)
                for i, s, (lo, _) in zip(pos, spec.in_size, spec.pads)]
@@ -74,9 +82,9 @@ def _padded(x, spec: ConvSpec):
     return out
 
 
-def _unpadded_grad(dxp, spec: ConvSpec):
+def _unpadded_grad(dxp: Any, spec: ConvSpec) -> Any:
     """Send each padded position's gradient to the input pixel it copied."""
-    dx = np.zeros((dxp.shape[0], *spec.in_size, dxp.shape[-1]))
+    dx: Any = np.zeros((dxp.shape[0], *spec.in_size, dxp.shape[-1]))
     for pos in itertools.product(*map(range, spec.padded_size)):
         src = [source_index(i, s, lo, spec.padding_mode)
                for i, s, (lo, _) in zip(pos, spec.in_size, spec.pads)]
@@ -87,8 +95,7 @@ def _unpadded_grad(dxp, spec: ConvSpec):
 
 def _window(spec: ConvSpec, p) -> tuple:
     """Index of the window that output position p reads from the padded input."""
-    return tuple(slice(pi * s, pi * s + d * (k - 1) + 1, d)
-                 for pi, s, d, k in zip(p, spec.stride, spec.dilation, spec.kernel_size))
+    return spec.window(tuple(p))
 
 
 def _group_channels(spec: ConvSpec, f: int) -> slice:
@@ -119,8 +126,9 @@ def _backward(dy, xp, w, spec: ConvSpec):
     return dxp, dw
 
 
-def conv(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-         data_format="channels_last", padding_mode="zeros"):
+def conv(x: Array, w: Array, bias: Array | None = None, *, stride: int | tuple[int, ...] = 1,
+         padding: Padding = 0, dilation: int | tuple[int, ...] = 1, groups: int = 1,
+         data_format: str = "channels_last", padding_mode: str = "zeros") -> Array:
     """Naive `npconv.conv`."""
     spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                      groups=groups, data_format=data_format, padding_mode=padding_mode)
@@ -130,8 +138,10 @@ def conv(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     return _from_last(y, spec, _args.result_dtype(x, w, bias))
 
 
-def conv_backward(dy, x, w, *, stride=1, padding=0, dilation=1, groups=1,
-                  data_format="channels_last", padding_mode="zeros", bias=True) -> ConvGrads:
+def conv_backward(dy: Array, x: Array, w: Array, bias: Array | bool | None = True, *,
+                  stride: int | tuple[int, ...] = 1, padding: Padding = 0,
+                  dilation: int | tuple[int, ...] = 1, groups: int = 1,
+                  data_format: str = "channels_last", padding_mode: str = "zeros") -> ConvGrads:
     """Naive `npconv.conv_backward`."""
     spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                      groups=groups, data_format=data_format, padding_mode=padding_mode)
@@ -139,7 +149,7 @@ def conv_backward(dy, x, w, *, stride=1, padding=0, dilation=1, groups=1,
     dy_ = _to_last(dy, spec)
     dxp, dw = _backward(dy_, _padded(_to_last(x, spec), spec), _w_to_last(w, spec), spec)
     dtype = _args.result_dtype(dy, x, w)
-    db = dy_.sum(axis=tuple(range(spec.rank + 1))).astype(dtype) if bias else None
+    db = dy_.sum(axis=tuple(range(spec.rank + 1))).astype(dtype) if _db(bias) else None
     dx = _unpadded_grad(dxp, spec)
     return ConvGrads(_from_last(dx, spec, dtype), _w_from_last(dw, spec, dtype), db)
 
@@ -159,8 +169,11 @@ def _transpose_scatter(x, w, spec: ConvSpec):
     return y[(slice(None), *lo_hi)]
 
 
-def conv_transpose(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1,
-                   groups=1, data_format="channels_last"):
+def conv_transpose(x: Array, w: Array, bias: Array | None = None, *,
+                   stride: int | tuple[int, ...] = 1, padding: Padding = 0,
+                   output_padding: int | tuple[int, ...] = 0,
+                   dilation: int | tuple[int, ...] = 1, groups: int = 1,
+                   data_format: str = "channels_last") -> Array:
     """Naive `npconv.conv_transpose`, written in scatter form (not as a conv gradient)."""
     spec = conv_transpose_spec(x.shape, w.shape, stride=stride, padding=padding,
                                output_padding=output_padding, dilation=dilation, groups=groups,
@@ -171,8 +184,11 @@ def conv_transpose(x, w, bias=None, *, stride=1, padding=0, output_padding=0, di
     return _from_last(y, spec, _args.result_dtype(x, w, bias))
 
 
-def conv_transpose_backward(dy, x, w, *, stride=1, padding=0, output_padding=0, dilation=1,
-                            groups=1, data_format="channels_last", bias=True) -> ConvGrads:
+def conv_transpose_backward(dy: Array, x: Array, w: Array, bias: Array | bool | None = True, *,
+                            stride: int | tuple[int, ...] = 1, padding: Padding = 0,
+                            output_padding: int | tuple[int, ...] = 0,
+                            dilation: int | tuple[int, ...] = 1, groups: int = 1,
+                            data_format: str = "channels_last") -> ConvGrads:
     """Naive `npconv.conv_transpose_backward`: the scatter loop run backwards."""
     spec = conv_transpose_spec(x.shape, w.shape, stride=stride, padding=padding,
                                output_padding=output_padding, dilation=dilation, groups=groups,
@@ -187,7 +203,7 @@ def conv_transpose_backward(dy, x, w, *, stride=1, padding=0, output_padding=0, 
         dx[(n, *i, c)] = np.sum(dyp[window] * w_[..., c])
         dw[..., c] += dyp[window] * x_[(n, *i, c)]
     dtype = _args.result_dtype(dy, x, w)
-    db = dy_.sum(axis=tuple(range(spec.rank + 1))).astype(dtype) if bias else None
+    db = dy_.sum(axis=tuple(range(spec.rank + 1))).astype(dtype) if _db(bias) else None
     return ConvGrads(_from_last(dx, spec, dtype), _w_from_last(dw, spec, dtype), db)
 
 
@@ -220,7 +236,7 @@ def _input_taps(spec, p) -> list[tuple[int, ...]]:
     return [pos for pos in _pool_taps(spec, p) if _inside(pos, [0] * spec.rank, spec.in_size)]
 
 
-def _argmax_tap(plane, spec, p):
+def _argmax_tap(plane, spec, p) -> tuple[int, ...] | None:
     """PyTorch's scan: start at -inf, take a tap if strictly greater or NaN (first max wins);
     None for a window without input taps."""
     best, arg = None, None
@@ -381,9 +397,10 @@ def global_avg_pool_backward(dy, x_shape, *, data_format="channels_last"):
 
 def _global_argmax(plane) -> int:
     """The flat index of the plane's first maximum in raster order, or of its last NaN."""
-    best, arg = None, None
-    for i, v in enumerate(plane.ravel()):
-        if arg is None or v > best or np.isnan(v):
+    values = plane.ravel()
+    best, arg = values[0], 0
+    for i, v in enumerate(values):
+        if v > best or np.isnan(v):
             best, arg = v, i
     return arg
 

@@ -4,7 +4,10 @@ A `ConvSpec` is the frozen, fully resolved description of one convolution: sizes
 dilation, explicit `(lo, hi)` padding per spatial dimension, groups and layout. Public ops build
 one with `conv_spec` (forward convolution) or `conv_transpose_spec` (transposed convolution, which
 is described by the forward convolution whose input gradient it is) after checking every argument;
-kernels then read sizes from the spec and never re-validate.
+kernels then read sizes from the spec and never re-validate. The window index (output p reads
+padded-input position p * stride + k * dilation for kernel offset k) is `taps` and `window`, and
+the geometry of the transpose rule (the input gradient as a forward convolution) is
+`ConvSpec.transposed`.
 
 Shape letters: N batch, C in-channels, F out-channels (filters), G groups, S input spatial size,
 K kernel size, P output spatial size.
@@ -13,11 +16,26 @@ K kernel size, P output spatial size.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from npconv import _args
 
 Pads = tuple[tuple[int, int], ...]
+Padding = int | str | tuple[int, ...] | tuple[tuple[int, int], ...] | list[Any]
+"""Every accepted form of `padding`: an int, one per dim, (lo, hi) pairs, "valid"/"same"/"full"."""
+
+MAX_ELEMENTS = sys.maxsize // 8
+"""Arrays of more elements cannot exist (their bytes overflow the address space)."""
+
+
+class ConvGrads(NamedTuple):
+    """Gradients of a convolution's loss: dx like x, dw like w, db like the bias (or None)."""
+
+    dx: Any
+    dw: Any
+    db: Any
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,53 @@ class ConvSpec:
             return (*self.kernel_size, self.group_in, self.out_channels)
         return (self.out_channels, self.group_in, *self.kernel_size)
 
+    def window(self, p: tuple[int, ...]) -> tuple[slice, ...]:
+        """The padded-input positions output position p reads, one slice per spatial axis."""
+        return tuple(window(*a) for a in zip(p, self.kernel_size, self.stride, self.dilation))
+
+    def taps(self, k: tuple[int, ...], rows: slice | None = None) -> tuple[slice, ...]:
+        """The padded-input positions kernel offset k reads for every output position (only
+        the output rows `rows` of the first spatial axis, when given)."""
+        first = rows or slice(0, self.out_size[0])
+        bounds = [(first.start, first.stop)] + [(0, p) for p in self.out_size[1:]]
+        return tuple(taps(kk, d, s, start, stop) for kk, d, s, (start, stop)
+                     in zip(k, self.dilation, self.stride, bounds))
+
+    def transposed(self, interior: bool = False) -> tuple[ConvSpec, Pads]:
+        """The transpose rule's geometry: the stride-1 input gradient as a forward convolution.
+
+        With stride 1, dxp[i] = sum_k dy[i - k*d] @ w[k]^T over the k with 0 <= i - k*d < P: a
+        correlation of dy, zero-padded by e = d * (K - 1) in front, with the kernel flipped and
+        its channel axes swapped per group (docs/gradients.md). Padding Sp - P at the end makes
+        its output size Sp (P is Sp - e, or less for the specs of transposed convolutions).
+        With `interior`, only the input pixels inside the padding, i in [lo, lo + S), are
+        computed: dy is padded by e - lo in front and S + lo - P at the end (negative amounts
+        crop). Returns (spec of the correlation, its (lo, hi) pads of dy).
+        """
+        span = [effective_kernel(k, d) - 1 for k, d in zip(self.kernel_size, self.dilation)]
+        if interior:
+            pads = tuple((e - lo, s + lo - p) for e, (lo, _), s, p in
+                         zip(span, self.pads, self.in_size, self.out_size))
+            size = self.in_size
+        else:
+            pads = tuple((e, sp - p) for e, sp, p in zip(span, self.padded_size, self.out_size))
+            size = self.padded_size
+        corr = ConvSpec(self.batch, self.out_channels, self.in_channels, self.groups,
+                        self.out_size, self.kernel_size, size, (1,) * self.rank, self.dilation,
+                        pads)
+        return corr, pads
+
+    def rows(self, batch: slice, rows: slice) -> tuple[ConvSpec, tuple[slice, ...]]:
+        """The convolution computing output rows `rows` of the images `batch` alone: its spec
+        (on the padded input, so without padding) and the index of the padded input it reads."""
+        k, s, d = self.kernel_size[0], self.stride[0], self.dilation[0]
+        n, p0 = batch.stop - batch.start, rows.stop - rows.start
+        first = slice(rows.start * s, (rows.stop - 1) * s + effective_kernel(k, d))
+        size = (first.stop - first.start, *self.padded_size[1:])
+        sub = replace(self, batch=n, in_size=size, out_size=(p0, *self.out_size[1:]),
+                      pads=((0, 0),) * self.rank, padding_mode="zeros")
+        return sub, (batch, first)
+
     def macs(self) -> int:
         """Multiply-accumulates of the forward pass: N * prod(P) * F * prod(K) * C/G."""
         return (
@@ -109,6 +174,16 @@ def _layout(n: int, size: tuple[int, ...], c: int, data_format: str) -> tuple[in
 def effective_kernel(k: int, d: int) -> int:
     """Extent of a dilated kernel: d * (k - 1) + 1."""
     return d * (k - 1) + 1
+
+
+def taps(k: int, d: int, stride: int, start: int, stop: int) -> slice:
+    """Positions p * stride + k * d of kernel offset k for the outputs p in [start, stop)."""
+    return slice(start * stride + k * d, (stop - 1) * stride + k * d + 1, stride)
+
+
+def window(p: int, k: int, stride: int, d: int) -> slice:
+    """Positions p * stride + j * d, j in [0, k), that output p reads with a kernel of k taps."""
+    return slice(p * stride, p * stride + effective_kernel(k, d), d)
 
 
 def out_size(s: int, k: int, stride: int, d: int, lo: int, hi: int) -> int:
@@ -142,7 +217,8 @@ def transpose_out_size(s: int, k: int, stride: int, d: int, lo: int, hi: int, ex
 # ---------------------------------------------------------------------------------------------
 
 
-def resolve_padding(padding, in_size, kernel_size, stride, dilation) -> Pads:
+def resolve_padding(padding: Padding, in_size: tuple[int, ...], kernel_size: tuple[int, ...],
+                    stride: tuple[int, ...], dilation: tuple[int, ...]) -> Pads:
     """Turn any accepted `padding` form into explicit (lo, hi) pairs.
 
     Accepted: an int; one int per dim; one (lo, hi) pair per dim; "valid"; "same"; "full".
@@ -161,7 +237,7 @@ def resolve_padding(padding, in_size, kernel_size, stride, dilation) -> Pads:
     return pairs
 
 
-def _pairs(padding, rank: int) -> Pads:
+def _pairs(padding: Any, rank: int) -> Pads:
     if _args.is_int(padding):
         return ((int(padding),) * 2,) * rank
     if isinstance(padding, (tuple, list)) and len(padding) == rank:
@@ -178,8 +254,10 @@ def _pairs(padding, rank: int) -> Pads:
     )
 
 
-def _split_shapes(x_shape, w_shape, data_format: str, x_name: str, w_name: str):
+def _split_shapes(x_shape: tuple[int, ...], w_shape: tuple[int, ...], data_format: str,
+                  names: tuple[str, str]) -> tuple[Any, ...]:
     """(N, S, C) of x and (K, C/G, F) of w, after checking ranks."""
+    x_name, w_name = names
     if len(x_shape) < 3:
         raise ValueError(
             f"`{x_name}` must have at least 3 dimensions (batch, spatial..., channels); "
@@ -202,7 +280,7 @@ def _split_shapes(x_shape, w_shape, data_format: str, x_name: str, w_name: str):
     return n, tuple(s), c, tuple(k), cg, f
 
 
-def _check_groups(groups, c: int, f: int, cg: int, c_name: str, f_name: str) -> int:
+def _check_groups(groups: Any, c: int, f: int, cg: int, c_name: str, f_name: str) -> int:
     if not _args.is_int(groups):
         raise TypeError(f"`groups` must be an int; got {groups!r}")
     if groups < 1:
@@ -220,7 +298,7 @@ def _check_groups(groups, c: int, f: int, cg: int, c_name: str, f_name: str) -> 
     return int(groups)
 
 
-def _check_padding_mode(mode: str, pads: Pads, in_size) -> None:
+def _check_padding_mode(mode: str, pads: Pads, in_size: tuple[int, ...]) -> None:
     for (lo, hi), s in zip(pads, in_size):
         if mode == "reflect" and max(lo, hi) >= s:
             raise ValueError(
@@ -235,46 +313,73 @@ def _check_padding_mode(mode: str, pads: Pads, in_size) -> None:
 
 
 def conv_spec(
-    x_shape,
-    w_shape,
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
     *,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups=1,
-    data_format="channels_last",
-    padding_mode="zeros",
+    stride: int | tuple[int, ...] = 1,
+    padding: Padding = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+    padding_mode: str = "zeros",
+    names: tuple[str, str] = ("x", "w"),
 ) -> ConvSpec:
-    """Check every argument of a forward convolution and resolve its geometry."""
+    """Check every argument of a forward convolution and resolve its geometry.
+
+    `names` are the names of the two shapes' arguments in error messages (conv_grad_input
+    passes ("x_shape", "w")).
+
+    Examples
+    --------
+    >>> from npconv import conv_spec
+    >>> spec = conv_spec((8, 32, 32, 3), (3, 3, 3, 16), stride=2, padding="same")
+    >>> spec.out_size, spec.pads
+    ((16, 16), ((0, 1), (0, 1)))
+    """
     _args.choice(data_format, _args.DATA_FORMATS, "data_format")
     _args.choice(padding_mode, _args.PADDING_MODES, "padding_mode")
-    n, s, c, k, cg, f = _split_shapes(x_shape, w_shape, data_format, "x", "w")
+    n, s, c, k, cg, f = _split_shapes(x_shape, w_shape, data_format, names)
     groups = _check_groups(groups, c, f, cg, "in_channels", "out_channels")
     rank = len(s)
     stride = _args.positive_tuple(stride, rank, "stride")
     dilation = _args.positive_tuple(dilation, rank, "dilation")
     pads = resolve_padding(padding, s, k, stride, dilation)
     _check_padding_mode(padding_mode, pads, s)
-    p = tuple(out_size(*a, lo, hi) for *a, (lo, hi) in zip(s, k, stride, dilation, pads))
+    p = tuple(out_size(si, ki, st, d, lo, hi)
+              for si, ki, st, d, (lo, hi) in zip(s, k, stride, dilation, pads))
     if any(v < 1 for v in p):
         raise ValueError(
             f"output size must be >= 1; got output size {p} from input size {s}, kernel size "
             f"{k}, stride {stride}, dilation {dilation}, padding {pads}: the padded input is "
             f"smaller than the dilated kernel"
         )
-    return ConvSpec(n, c, f, groups, s, k, p, stride, dilation, pads, padding_mode, data_format)
+    spec = ConvSpec(n, c, f, groups, s, k, p, stride, dilation, pads, padding_mode, data_format)
+    _check_sizes(spec, "padded input", "output")
+    return spec
+
+
+def _check_sizes(spec: ConvSpec, inner: str, outer: str) -> None:
+    """ValueError when the padded input or the output could never be allocated (a padding or
+    a stride of 2**62), before anything is."""
+    for what, shape in ((inner, (spec.batch, *spec.padded_size, spec.in_channels)),
+                        (outer, (spec.batch, *spec.out_size, spec.out_channels))):
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise ValueError(
+                f"sizes too large: the {what} would have shape {shape}, more elements than "
+                f"any array can hold; check `padding`, `stride` and `dilation`"
+            )
 
 
 def conv_transpose_spec(
-    x_shape,
-    w_shape,
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
     *,
-    stride=1,
-    padding=0,
-    output_padding=0,
-    dilation=1,
-    groups=1,
-    data_format="channels_last",
+    stride: int | tuple[int, ...] = 1,
+    padding: Padding = 0,
+    output_padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
 ) -> ConvSpec:
     """Geometry of a transposed convolution, as the forward convolution it is the gradient of.
 
@@ -289,7 +394,7 @@ def conv_transpose_spec(
     forward convolution; "valid" and "full" are zero and d * (K - 1) per side.
     """
     _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-    n, s, c, k, fg, f_conv = _split_shapes(x_shape, w_shape, data_format, "x", "w")
+    n, s, c, k, fg, f_conv = _split_shapes(x_shape, w_shape, data_format, ("x", "w"))
     if f_conv != c:
         raise ValueError(
             f"channel mismatch: a transposed-convolution weight must have in_channels={c} "
@@ -312,22 +417,24 @@ def conv_transpose_spec(
                 f"`output_padding` must be >= 0 and < max(stride, dilation) in every dimension; "
                 f"got output_padding={output_padding!r}, stride={stride}, dilation={dilation}"
             )
-    if padding == "same":
+    if isinstance(padding, str) and padding == "same":
         o = tuple(si * st + e for si, st, e in zip(s, stride, extra))
         pads = tuple(map(same_pads, (si * st for si, st in zip(s, stride)), k, stride, dilation))
     else:
         pads = resolve_padding(padding, s, k, stride, dilation)
-        o = tuple(transpose_out_size(*a, lo, hi, e)
-                  for *a, (lo, hi), e in zip(s, k, stride, dilation, pads, extra))
+        o = tuple(transpose_out_size(si, ki, st, d, lo, hi, e)
+                  for si, ki, st, d, (lo, hi), e in zip(s, k, stride, dilation, pads, extra))
     if any(v < 1 for v in o):
         raise ValueError(
             f"output size must be >= 1; got output size {o} from input size {s}, kernel size "
             f"{k}, stride {stride}, dilation {dilation}, padding {pads}"
         )
-    return ConvSpec(n, f, c, groups, o, k, s, stride, dilation, pads, "zeros", data_format)
+    spec = ConvSpec(n, f, c, groups, o, k, s, stride, dilation, pads, "zeros", data_format)
+    _check_sizes(spec, "output", "input")
+    return spec
 
 
-def check_shape(a, expected: tuple[int, ...], name: str) -> None:
+def check_shape(a: Any, expected: tuple[int, ...], name: str) -> None:
     """ValueError unless `a.shape == expected`."""
     if tuple(a.shape) != tuple(expected):
         raise ValueError(f"`{name}` must have shape {tuple(expected)}; got {tuple(a.shape)}")

@@ -20,7 +20,8 @@ model = nn.Sequential(
     nn.Sequential(nn.AvgPool(2, stride=1, padding=1, count_include_pad=False), nn.Sigmoid(),
                   nn.BatchNorm(4)),
     nn.Dropout(0.25, rng=R(2)), nn.GlobalAvgPool(), nn.Flatten(),
-    nn.Dense(4, 3, init="glorot_uniform", rng=R(3)), nn.ReLU(), nn.Dense(3, 2, bias=False, rng=R(4)))
+    nn.Dense(4, 3, init="glorot_uniform", rng=R(3)), nn.ReLU(),
+    nn.Dense(3, 2, bias=False, rng=R(4)))
 x = R(5).random((3, 6, 6, 1), dtype=np.float32)
 opt = nn.Adam(lr=0.05)
 for _ in range(3):

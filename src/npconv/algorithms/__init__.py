@@ -1,68 +1,61 @@
-"""Convolution algorithms behind one interface, and the automatic choice between them.
+"""Convolution algorithms as explicit objects, and the automatic choice between them.
 
-Each algorithm is a module with up to three functions on channels_last arrays, all with the
-signatures of `npconv.kernels`, plus the resolved settings (workspace limit, threads):
+An `Algorithm` is a forward pass and a weight gradient on channels_last arrays, with the
+resolved settings (workspace limit, threads, tuning):
 
-    forward(xp, w, spec, settings)       -> y   (N, *P, F)
-    grad_input(dy, w, spec, settings)    -> dxp (N, *Sp, C)
-    grad_weight(xp, dy, spec, settings)  -> dw  (*K, C/G, F)
+    forward(xp, w, spec, settings, bias)  -> y   (N, *P, F)
+    grad_weight(xp, dy, spec, settings)   -> dw  (*K, C/G, F)
 
-and a rule saying which geometries it handles. `choose` picks one per computation: the caller's
-`algorithm` when given (it must handle the geometry), else `auto`, whose rules come from
-measurements on the benchmark machine (docs/algorithms.md explains each algorithm and the
-rules; docs/benchmarks.md holds the numbers). `op` is the computation's name; its argument is
-accepted by every rule so that a rule may tell the three apart.
+and the rule for the geometries it handles. There is no input gradient here: `npconv._kernels`
+derives it once for all of them from the forward pass (the transpose rule). `choose` picks one
+for a geometry: the caller's `algorithm` when given (it must handle the geometry), else the
+automatic rule, measured on the benchmark machine (docs/algorithms.md explains each algorithm
+and rule; docs/benchmarks.md holds the numbers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
+from typing import Any
 
-from npconv._config import DEFAULT_WORKSPACE
-from npconv.algorithms import depthwise, fft, im2col, offsets, pointwise, winograd
-from npconv.algorithms._chunks import contiguous, single_blas
+from npconv._config import Settings
+from npconv.algorithms import depthwise, im2col, pointwise, winograd
 from npconv.spec import ConvSpec
-
-OPS = ("forward", "grad_input", "grad_weight")
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """One algorithm: its module, and the rule for the geometries it handles."""
+    """One algorithm: its computations, and the rule for the geometries it handles.
+
+    `takes_views`: its computations read arrays as they come (channels_first arrays as
+    transposed views) instead of C-contiguous copies.
+    """
 
     name: str
-    module: ModuleType
     rule: str
     applies: Callable[[ConvSpec], bool]
-
-    def implements(self, op: str) -> bool:
-        """Whether the algorithm's module defines `op` (e.g. "grad_input_interior")."""
-        return hasattr(self.module, op)
-
-
-def _ones(values) -> bool:
-    return all(v == 1 for v in values)
+    forward: Callable[..., Any]
+    grad_weight: Callable[..., Any]
+    takes_views: bool = False
 
 
 ALGORITHMS = {
     a.name: a for a in (
-        Algorithm("im2col", im2col, "any convolution", lambda s: True),
-        Algorithm("offsets", offsets, "any convolution", lambda s: True),
-        Algorithm("pointwise", pointwise, "a 1x1 kernel (kernel_size all 1)",
-                  lambda s: _ones(s.kernel_size)),
-        Algorithm("depthwise", depthwise, "one input channel per group (groups == in_channels)",
-                  lambda s: s.group_in == 1),
-        Algorithm("winograd", winograd, "a 3x3 or 3x3x3 kernel with stride 1 and dilation 1",
-                  winograd.applies),
-        Algorithm("fft", fft, "stride 1 in every dimension", lambda s: _ones(s.stride)),
+        Algorithm("im2col", "any convolution", lambda spec: True, im2col.forward,
+                  im2col.grad_weight),
+        Algorithm("pointwise", "a 1x1 kernel, stride 1 and groups 1", pointwise.applies,
+                  pointwise.forward, pointwise.grad_weight, takes_views=True),
+        Algorithm("depthwise", "one input channel per group (groups == in_channels)",
+                  depthwise.applies, depthwise.forward, depthwise.grad_weight),
+        Algorithm("winograd", "a 2-D 3x3 kernel with stride 1 and dilation 1",
+                  winograd.applies, winograd.forward, winograd.grad_weight),
     )
 }
 """Every algorithm, by name."""
 
 
-def check_name(algorithm) -> None:
+def check_name(algorithm: object) -> None:
     """TypeError / ValueError unless `algorithm` is None or a known name."""
     if algorithm is None:
         return
@@ -73,7 +66,7 @@ def check_name(algorithm) -> None:
                          f"{algorithm!r}")
 
 
-def check_applies(algorithm, spec: ConvSpec) -> None:
+def check_applies(algorithm: str | None, spec: ConvSpec) -> None:
     """ValueError when the forced `algorithm` cannot handle this geometry."""
     if algorithm is None or ALGORITHMS[algorithm].applies(spec):
         return
@@ -84,47 +77,23 @@ def check_applies(algorithm, spec: ConvSpec) -> None:
     )
 
 
-def choose(op: str, spec: ConvSpec, algorithm: str | None = None,
-           workspace: int = DEFAULT_WORKSPACE, *, gpu: bool = False,
-           itemsize: int = 8) -> Algorithm:
-    """The algorithm that runs `op` ("forward", "grad_input" or "grad_weight") for `spec`: the
-    forced one (already checked by `check_applies`), else the automatic choice.
+def choose(spec: ConvSpec, algorithm: str | None = None, *, itemsize: int, settings: Settings,
+           gpu: bool = False) -> Algorithm:
+    """The algorithm for `spec`: the forced one (already checked by `check_applies`), else the
+    automatic choice by shape and element size.
 
     On a GPU (CuPy arrays) the CPU-measured rules do not hold: there a few large GEMMs beat
-    many small kernel launches, so the choice is "pointwise" for 1x1 kernels and "im2col" for
-    everything else (docs/engines.md has the measurements).
+    many small kernel launches, so the choice is "pointwise" where it applies and "im2col"
+    for everything else (docs/engines.md has the measurements).
     """
     if algorithm is not None:
         return ALGORITHMS[algorithm]
+    if pointwise.applies(spec):
+        return ALGORITHMS["pointwise"]
     if gpu:
-        return ALGORITHMS["pointwise" if _ones(spec.kernel_size) else "im2col"]
-    return ALGORITHMS[auto(op, spec, workspace, itemsize)]
-
-
-def auto(op: str, spec: ConvSpec, workspace: int = DEFAULT_WORKSPACE, itemsize: int = 8) -> str:
-    """The automatic choice, by shape and element size (rules measured on the benchmark
-    machine), for a given workspace limit in bytes."""
-    if _ones(spec.kernel_size):
-        return "pointwise"
-    if spec.group_in == 1 and spec.groups > 1:
-        return "depthwise"
-    if winograd.applies(spec) and winograd.worthwhile(spec, itemsize):
-        return "winograd"
-    if fft.worthwhile(spec, workspace):
-        return "fft"
-    if offsets.worthwhile(spec):
-        return "offsets"
-    return "im2col"
-
-
-__all__ = [
-    "ALGORITHMS",
-    "OPS",
-    "Algorithm",
-    "auto",
-    "check_applies",
-    "check_name",
-    "choose",
-    "contiguous",
-    "single_blas",
-]
+        return ALGORITHMS["im2col"]
+    if depthwise.applies(spec) and spec.groups > 1:
+        return ALGORITHMS["depthwise"]
+    if winograd.applies(spec) and winograd.worthwhile(spec, itemsize, settings):
+        return ALGORITHMS["winograd"]
+    return ALGORITHMS["im2col"]

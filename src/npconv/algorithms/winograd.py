@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3): 3x3 and 3x3x3 stride-1 convolutions with fewer multiplications.
+"""Winograd F(2x2, 3x3): 3x3 stride-1 2-D convolutions with fewer multiplications.
 
 Each 2x2 block of outputs (a tile) reads a 4x4 block d of the padded input; with
 
@@ -7,70 +7,64 @@ Each 2x2 block of outputs (a tile) reads a 4x4 block d of the padded input; with
     A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
 
 the tile is Y = A^T [sum_c (G g_c G^T) * (B^T d_c B)] A (Lavin & Gray, 2015): 16 products per
-tile and channel pair instead of 36. Per chunk of tiles, the input transform V = B^T d B is eight
-adds or subtracts of strided slices (rows first, on whole image rows so that overlapping tiles
-share the work, then columns); the channel sums are one batched GEMM (16, G, tiles, C/G) @
-(16, G, C/G, F/G); the output transform writes the 2x2 results straight into y. The input
-gradient of a stride-1 convolution is a full correlation of dy with the flipped kernel
-(`_layout.full_correlation`), so it runs through the same code. The weight gradient is the
-forward pass's adjoint in the weights: dU = sum over tiles of V^T (A dy A^T), dw = G^T dU G.
+tile and channel pair instead of 36. Per chunk of tile rows (whole images, or tile rows of one
+image), the input transform V = B^T d B is eight adds or subtracts of strided slices (rows
+first, on whole image rows so that overlapping tiles share the work, then columns); the channel
+sums are one batched GEMM (16, G, tiles, C/G) @ (16, G, C/G, F/G); the output transform writes
+the 2x2 results straight into y. The weight gradient is the forward pass's adjoint in the
+weights: dU = sum over tiles of V^T (A dy A^T), dw = G^T dU G.
 
-A 3x3x3 kernel is three 3x3 kernels, one per depth offset k: output plane d is
-sum_k conv2d(input plane d + k, w[k]). Every input plane is transformed once and serves the
-three output planes that read it, and the depth sum joins the channel sum: M(d) = sum_k
-V(d + k) U(k), three batched GEMMs per chunk of planes; 12 products per output and channel
-pair instead of 27. Internally a 2-D convolution is the 3-D one with one plane and one depth
-offset. Chunks are (images, planes, tile rows): for 2-D, whole images or tile rows of one
-image (`_chunks.plan`); for 3-D, one image's output planes, or tile rows of one plane when a
-plane does not fit.
+Exactness: each output's arithmetic reads only the pixels of its own window, but an infinite
+pixel meets inf - inf in the transforms (NaN where the definition has inf), and the transforms
+can overflow where the direct sum does not. With finite inputs and no overflow every value is
+finite, so on NumPy a chunk whose output has a non-finite value (and a weight gradient with
+one) is recomputed by im2col: NaN and inf land where the definition puts them. Its float32
+error is a small multiple of the GEMM's (docs/algorithms.md), which is why `auto` picks it in
+float64 only.
 
-Accuracy: the transforms only add, subtract and halve, so the float32 error stays a small multiple
-of the direct method's; docs/algorithms.md states the measured bound and tests/test_algorithms.py
-checks it against a float64 ground truth.
-
-Allocates per worker, for a chunk of R output tiles (T1 per tile row) that reads Ri input tiles
-(R plus, for 3-D, the tiles of the two halo planes): the column-transformed slab (4 x the input
-rows read x T1 x C), V (16 x Ri x C), the GEMM output M (16 x R x F) and the row sums of the
-output transform (8 x R x F), plus for 3-D a second M to add each depth offset's product into;
-for dw, dM and its row sums (24 x R x F) in M's place and dU (K_depth x 16 x C/G x F). Odd
-output sizes add a padded copy of the input (and of dy for dw) and an output one row or column
-larger, returned cropped as a view.
+Allocates per worker, for a chunk of R output tiles (T1 per tile row): the column-transformed
+slab (4 x the input rows read x T1 x C), V (16 x R x C), the GEMM output M (16 x R x F) and the
+row sums of the output transform (8 x R x F); for dw, dM and its row sums (24 x R x F) in M's
+place and dU (16 x C/G x F). Odd output sizes add a padded copy of the input (and of dy for dw)
+and an output one row or column larger, returned cropped as a view.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
-from npconv import _backend, windows
+import numpy as np
+
+from npconv import _backend, _chunks, _layout
+from npconv._chunks import Chunk, Plan
+from npconv._config import Settings
 from npconv._workspace import scratch
-from npconv.algorithms import _chunks, im2col
-from npconv.algorithms._layout import split, take
+from npconv.algorithms import im2col
+from npconv.algorithms._common import split, take
 from npconv.spec import ConvSpec
 
-MIN_WIDTH = 24
-"""`auto` picks Winograd when C/G * F/G / (C/G + F/G) reaches this: the GEMM it saves scales with
-C * F, the transforms it adds with C + F (measured: docs/benchmarks.md)."""
-
-DEPTH_CHUNK_BYTES = 16 * 2**20
-"""Target temporaries of a 3-D chunk: a chunk of nd output planes transforms nd + 2 input
-planes, so small chunks repeat work (one plane per chunk: three times); 16 MiB holds a whole
-4x8x28x28x32 float32 image, 10 to 13% faster forward plus backward than 4 MiB chunks."""
+FORWARD_WIDTH, WEIGHT_WIDTH = 24, 24
+"""Temporaries per output tile and output channel: M (16) and the output transform's row sums
+(8) for the forward pass, dM (16) and its row sums (8) for dw."""
 
 
 def applies(spec: ConvSpec) -> bool:
-    """A 2-D 3x3 or 3-D 3x3x3 kernel, stride 1, dilation 1."""
-    return (spec.rank in (2, 3) and spec.kernel_size == (3,) * spec.rank
-            and spec.stride == (1,) * spec.rank and spec.dilation == (1,) * spec.rank)
+    """A 2-D 3x3 kernel, stride 1, dilation 1."""
+    return (spec.rank == 2 and spec.kernel_size == (3, 3) and spec.stride == (1, 1)
+            and spec.dilation == (1, 1))
 
 
-def worthwhile(spec: ConvSpec, itemsize: int) -> bool:
-    """Whether `auto` should prefer Winograd to im2col: 2-D float64 only. In float32 the GEMM
-    it saves runs twice as fast as in float64 while the transforms cost as much, and forward
-    plus backward measured no faster than im2col; 3-D (4x8x28x28x32, 3x3x3 -> 32) measured 10
-    to 20% slower than im2col in both dtypes, its transforms costing more than the GEMM work
-    they save (docs/algorithms.md, "Calibration")."""
+def worthwhile(spec: ConvSpec, itemsize: int, settings: Settings) -> bool:
+    """Whether `auto` should prefer Winograd to im2col: float64 only, wide enough layers. In
+    float32 the GEMM it saves runs twice as fast as in float64 while the transforms cost as
+    much, and forward plus backward measured no faster than im2col (docs/algorithms.md,
+    "Calibration")."""
     c, f = spec.group_in, spec.group_out
-    return (spec.rank == 2 and itemsize >= 8 and c * f / (c + f) >= MIN_WIDTH
+    return (itemsize >= 8 and c * f / (c + f) >= settings.tuning.winograd_min_width
             and min(spec.out_size) >= 8)
 
 
@@ -133,140 +127,88 @@ def _a_transform(m, out) -> None:
     out[1] -= m[3]
 
 
-def _planes(a, spec: ConvSpec):
-    """(N, *S, C) as (N, D, H, W, C): a 2-D array gets a depth axis of one plane (a view)."""
-    return a if spec.rank == 3 else a[:, None]
+def _quiet(task: Callable[..., None]) -> Callable[..., None]:
+    """The task without NumPy's overflow and invalid-value warnings (set in the thread that
+    runs it): a chunk whose transforms overflow is recomputed by im2col, which warns where the
+    definition's arithmetic does."""
+    @functools.wraps(task)
+    def quiet(*args: Any) -> None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            task(*args)
+
+    return quiet
 
 
-def _depth_taps(spec: ConvSpec) -> int:
-    return 3 if spec.rank == 3 else 1
+def _tiles(spec: ConvSpec) -> tuple[int, int]:
+    """(T0, T1): tile rows and columns."""
+    return -(-spec.out_size[0] // 2), -(-spec.out_size[1] // 2)
 
 
-def _tiles(spec: ConvSpec):
-    """(D, T0, T1): output planes, and tile rows and columns per plane."""
-    d = spec.out_size[0] if spec.rank == 3 else 1
-    return d, -(-spec.out_size[-2] // 2), -(-spec.out_size[-1] // 2)
+def _even(a: Any, size: tuple[int, int], settings: Settings) -> Any:
+    """a (N, H, W, C) zero-padded at the end of its spatial axes to `size` (a when it fits)."""
+    extra = tuple((0, t - s) for t, s in zip(size, a.shape[1:3]))
+    return _layout.padded(a, extra, "zeros", a.dtype, settings)
 
 
-def _even(a, spec: ConvSpec, size):
-    """a (N, *S, C) zero-padded at the end of its last two axes to `size` (a when it fits)."""
-    extra = tuple((0, t - s) for t, s in zip(size, a.shape[-3:-1]))
-    if not any(e for _, e in extra):
-        return a
-    return windows.pad(a, ((0, 0),) * (spec.rank - 2) + extra)
+def _plan(spec: ConvSpec, itemsize: int, settings: Settings, xp: ModuleType, out_width: int,
+          fixed_bytes: int = 0) -> tuple[Plan, int]:
+    """Chunks of tile rows, and the largest chunk's temporaries (in elements). `out_width`:
+    temporaries per output tile and output channel."""
+    t0, t1 = _tiles(spec)
+    c, f = spec.in_channels, spec.out_channels
+
+    def elements(n: int, nr: int) -> int:                        # n images, nr tile rows
+        return n * t1 * (c * (4 * (2 * nr + 2) + 16 * nr) + nr * f * out_width)
+
+    chunks = _chunks.plan(spec.batch, t0, settings, row_bytes=elements(1, 1) * itemsize,
+                          fixed_bytes=fixed_bytes, xp=xp)
+    most = max(elements(ch.batch.stop - ch.batch.start, ch.rows.stop - ch.rows.start)
+               for ch in chunks.chunks)
+    return chunks, most
 
 
-FORWARD_WIDTH, WEIGHT_WIDTH = 24, 24
-"""Temporaries per output tile and output channel: M (16) and the output transform's row sums
-(8) for the forward pass, dM (16) and its row sums (8) for dw; a 3-D forward adds a second M
-(16) to accumulate the depth offsets in (`_out_width`)."""
+def _slab_transform(x: Any, chunk: Chunk, t1: int, ub: Any, vb: Any) -> Any:
+    """V (16, n, R0, T1, C) of the input rows a chunk of tile rows reads."""
+    rows = chunk.rows
+    return _input_transform(x[chunk.batch, 2 * rows.start:2 * rows.stop + 2], t1, ub, vb)
 
 
-def _out_width(spec: ConvSpec) -> int:
-    return FORWARD_WIDTH + 16 * (_depth_taps(spec) > 1)
-
-
-def _plan(spec: ConvSpec, itemsize: int, settings, xp, out_width: int, fixed_bytes: int = 0):
-    """Chunks (images, planes, tile rows), workers, and the largest chunk's temporaries (in
-    elements). `out_width`: temporaries per output tile and output channel."""
-    d, t0, t1 = _tiles(spec)
-    kd, c, f = _depth_taps(spec), spec.in_channels, spec.out_channels
-
-    def elements(nd, nr):                                        # one image's chunk
-        inputs = (nd + kd - 1) * t1 * c * (4 * (2 * nr + 2) + 16 * nr)
-        return inputs + nd * nr * t1 * f * out_width
-
-    if spec.rank == 2:                                           # whole images or tile rows
-        chunks, workers = _chunks.plan(spec.batch, t0, elements(1, 1) * itemsize, settings,
-                                       xp=xp, fixed_bytes=fixed_bytes)
-        chunks = [(batch, slice(0, 1), rows) for batch, rows in chunks]
-    else:
-        chunks, workers = _plan_planes(spec, d, t0, elements, itemsize, settings, xp,
-                                       fixed_bytes)
-    most = max(elements(p.stop - p.start, r.stop - r.start) * (b.stop - b.start)
-               for b, p, r in chunks)
-    return chunks, workers, most
-
-
-def _plan_planes(spec: ConvSpec, d: int, t0: int, elements, itemsize: int, settings, xp,
-                 fixed_bytes: int):
-    """3-D chunks, one image each: as many whole output planes as fit in DEPTH_CHUNK_BYTES and
-    the worker's share of the workspace, else tile rows of one plane; split further when there
-    are fewer chunks than workers."""
-    smallest = elements(1, 1) * itemsize + fixed_bytes
-    workers = max(1, min(_chunks.worker_count(settings, xp), settings.workspace // smallest))
-    share = max(settings.workspace // workers - fixed_bytes, 0)
-    target = _chunks.chunk_target(DEPTH_CHUNK_BYTES, share, xp) // itemsize
-    need = -(-workers // spec.batch)                             # chunks per image, at least
-    nd = max((n for n in range(1, d + 1) if elements(n, t0) <= target), default=0)
-    nd = min(nd, -(-d // need))
-    if nd:
-        nr = t0 if -(-d // nd) >= need else -(-t0 // need)
-    else:
-        nd, nr = 1, max((r for r in range(1, t0 + 1) if elements(1, r) <= target), default=1)
-    chunks = [(slice(i, i + 1), slice(p, min(p + nd, d)), slice(r, min(r + nr, t0)))
-              for i in range(spec.batch) for p in range(0, d, nd) for r in range(0, t0, nr)]
-    return chunks, max(1, min(workers, len(chunks)))
-
-
-def _slab_transform(x3, chunk, kd: int, t1: int, ub, vb):
-    """V (16, n * (nd + kd - 1), R0, T1, C) of the input planes and rows a chunk reads."""
-    batch, planes, rows = chunk
-    slab = x3[batch, planes.start:planes.stop + kd - 1, 2 * rows.start:2 * rows.stop + 2]
-    return _input_transform(slab.reshape(-1, *slab.shape[2:]), t1, ub, vb)
-
-
-def _depth_slices(v, chunk, kd: int):
-    """Per depth offset k, V of the planes read by the chunk's output planes: (16, R, C) views.
-    They (and the chunk's output planes, written through a reshaped view of y) stay views
-    because a chunk holds one image, or whole images of one plane (kd == 1)."""
-    n, nd = chunk[0].stop - chunk[0].start, chunk[1].stop - chunk[1].start
-    assert n == 1 or kd == 1, "a 3-D chunk must hold one image"
-    per_image = v.reshape(16, n, nd + kd - 1, -1)                # (16, n, planes, R0*T1*C)
-    c = v.shape[-1]
-    return [per_image[:, :, k:k + nd].reshape(16, -1, c) for k in range(kd)]
-
-
-def forward(xp_, w, spec: ConvSpec, settings):
-    """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)) with stride 1, tile by tile."""
+def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = None) -> Any:
+    """y (N, *P, F) = conv(xp (N, *Sp, C), w (3, 3, C/G, F)) (+ bias (F,)), tile by tile."""
     xp = _backend.namespace(xp_, w)
     g, c, f, cg, fg = (spec.groups, spec.in_channels, spec.out_channels, spec.group_in,
                        spec.group_out)
-    d, t0, t1 = _tiles(spec)
-    kd = _depth_taps(spec)
-    x3 = _planes(_even(xp_, spec, (2 * t0 + 2, 2 * t1 + 2)), spec)  # (N, Dp, 2T0+2, 2T1+2, C)
-    w3 = w if spec.rank == 3 else w[None]                        # (kd, 3, 3, C/G, F)
-    u = [transform_w(w3[k], spec) for k in range(kd)]            # kd x (16, G, C/G, F/G)
-    y = xp.empty((spec.batch, d, 2 * t0, 2 * t1, f), dtype=xp_.dtype)  # (N, D, 2T0, 2T1, F)
-    chunks, workers, most = _plan(spec, y.itemsize, settings, xp, _out_width(spec))
+    t0, t1 = _tiles(spec)
+    x = _even(xp_, (2 * t0 + 2, 2 * t1 + 2), settings)           # (N, 2T0+2, 2T1+2, C)
+    u = transform_w(w, spec)                                     # (16, G, C/G, F/G)
+    y = xp.empty((spec.batch, 2 * t0, 2 * t1, f), dtype=xp_.dtype)  # (N, 2T0, 2T1, F)
+    chunks, most = _plan(spec, y.itemsize, settings, xp, FORWARD_WIDTH)
 
-    def task(chunk, buf):
-        batch, planes, rows = chunk
-        n = batch.stop - batch.start
-        nd, nr = planes.stop - planes.start, rows.stop - rows.start
-        depth = n * (nd + kd - 1)                                # planes transformed
-        ub, vb, mb, tb, sb = split(buf, 4 * depth * (2 * nr + 2) * t1 * c,
-                                   16 * depth * nr * t1 * c, 16 * n * nd * nr * t1 * f,
-                                   16 * n * nd * nr * t1 * f * (kd > 1))
-        v = _slab_transform(x3, chunk, kd, t1, ub, vb)           # (16, depth, R0, T1, C)
-        lead = (n * nd, nr, t1)                                  # output (planes, R0, T1)
-        m = take(mb, (16, g, math.prod(lead), fg))               # (16, G, R, F/G)
-        for k, vk in enumerate(_depth_slices(v, chunk, kd)):
-            vk = vk.reshape(16, -1, g, cg).transpose(0, 2, 1, 3)  # (16, G, R, C/G) view
-            if k == 0:
-                xp.matmul(vk, u[k], out=m)
-            else:
-                tmp = take(tb, m.shape)
-                xp.matmul(vk, u[k], out=tmp)
-                m += tmp
-        m = xp.moveaxis(m.reshape(4, 4, g, *lead, fg), 2, -2)    # (4i, 4j, ..., G, F/G)
-        y6 = y[batch, planes, 2 * rows.start:2 * rows.stop].reshape(
-            *lead[:2], 2, t1, 2, g, fg)                          # (planes, R0, 2a, T1, 2b, ..)
-        _output_transform(m, y6, sb)                             # fills y6, a view of y
+    @_quiet
+    def task(chunk: Chunk, state: tuple[Any, list[Chunk]]) -> None:
+        (batch, rows, _), (buf, bad) = chunk, state
+        n, nr = batch.stop - batch.start, rows.stop - rows.start
+        ub, vb, mb, sb = split(buf, 4 * n * (2 * nr + 2) * t1 * c, 16 * n * nr * t1 * c,
+                               16 * n * nr * t1 * f)
+        v = _slab_transform(x, chunk, t1, ub, vb)                # (16, n, R0, T1, C)
+        v = v.reshape(16, -1, g, cg).transpose(0, 2, 1, 3)       # (16, G, R, C/G) view
+        m = take(mb, (16, g, n * nr * t1, fg))                   # (16, G, R, F/G)
+        xp.matmul(v, u, out=m)
+        m = xp.moveaxis(m.reshape(4, 4, g, n, nr, t1, fg), 2, -2)  # (4i, 4j, n, R0, T1, G, F/G)
+        out = y[batch, 2 * rows.start:2 * rows.stop]             # (n, 2R0, 2T1, F) view
+        _output_transform(m, out.reshape(n, nr, 2, t1, 2, g, fg), sb)
+        if bias is not None:
+            out += bias
+        if xp is np and not math.isfinite(out.sum()):
+            bad.append(chunk)
 
-    _chunks.run(task, chunks, workers, lambda: scratch((most,), y.dtype, xp))
-    y = y[:, :, :spec.out_size[-2], :spec.out_size[-1]]          # (N, D, *P[-2:], F)
-    return y if spec.rank == 3 else y[:, 0]                      # (N, *P, F)
+    states = _chunks.run(task, chunks, lambda: (scratch((most,), y.dtype, xp), []))
+    y = y[:, :spec.out_size[0], :spec.out_size[1]]               # (N, *P, F)
+    for chunk in (c_ for _, bad in states for c_ in bad):        # non-finite: the definition
+        rows = slice(2 * chunk.rows.start, min(2 * chunk.rows.stop, spec.out_size[0]))
+        sub, index = spec.rows(chunk.batch, rows)
+        y[chunk.batch, rows] = im2col.forward(xp_[index], w, sub, settings, bias)
+    return y
 
 
 def _dy_transform(dy6, buf):
@@ -301,50 +243,36 @@ def _untransform_dw(du, spec: ConvSpec):
     return xp.ascontiguousarray(dw.transpose(1, 0, 2, 3))        # (3k, 3l, C/G, F)
 
 
-def grad_weight(xp_, dy, spec: ConvSpec, settings):
-    """dw (*K, C/G, F): the adjoint of `forward` in the weights. Per chunk of tiles and depth
-    offset k, dU[k] += V(d + k)^T dM(d) with V = B^T d B and dM = A dy A^T (16 batched GEMMs);
-    dw[k] = G^T dU[k] G."""
+def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
+    """dw (3, 3, C/G, F): the adjoint of `forward` in the weights. Per chunk of tiles,
+    dU += V^T dM with V = B^T d B and dM = A dy A^T (16 batched GEMMs); dw = G^T dU G. When dw
+    has a non-finite value, im2col's (the definition's) instead."""
     xp = _backend.namespace(xp_, dy)
     g, c, cg, fg = spec.groups, spec.in_channels, spec.group_in, spec.group_out
-    _, t0, t1 = _tiles(spec)
-    kd = _depth_taps(spec)
-    x3 = _planes(_even(xp_, spec, (2 * t0 + 2, 2 * t1 + 2)), spec)  # (N, Dp, 2T0+2, 2T1+2, C)
-    dy3 = _planes(_even(dy, spec, (2 * t0, 2 * t1)), spec)      # (N, D, 2T0, 2T1, F)
-    acc = (kd, 16, g, cg, fg)
-    chunks, workers, most = _plan(spec, dy.itemsize, settings, xp, WEIGHT_WIDTH,
-                                  fixed_bytes=math.prod(acc) * dy.itemsize)
+    t0, t1 = _tiles(spec)
+    x = _even(xp_, (2 * t0 + 2, 2 * t1 + 2), settings)           # (N, 2T0+2, 2T1+2, C)
+    dy_ = _even(dy, (2 * t0, 2 * t1), settings)                  # (N, 2T0, 2T1, F)
+    acc = (16, g, cg, fg)
+    chunks, most = _plan(spec, dy.itemsize, settings, xp, WEIGHT_WIDTH,
+                         fixed_bytes=math.prod(acc) * dy.itemsize)
 
-    def task(chunk, state):
-        (batch, planes, rows), (buf, du) = chunk, state
-        n = batch.stop - batch.start
-        nd, nr = planes.stop - planes.start, rows.stop - rows.start
-        depth = n * (nd + kd - 1)
-        ub, vb, mb = split(buf, 4 * depth * (2 * nr + 2) * t1 * c, 16 * depth * nr * t1 * c)
-        v = _slab_transform(x3, chunk, kd, t1, ub, vb)           # (16, depth, R0, T1, C)
-        dy6 = dy3[batch, planes, 2 * rows.start:2 * rows.stop].reshape(
-            n * nd, nr, 2, t1, 2, g, fg)                         # (planes, R0, 2a, T1, 2b, ..)
+    @_quiet
+    def task(chunk: Chunk, state: tuple[Any, Any]) -> None:
+        (batch, rows, _), (buf, du) = chunk, state
+        n, nr = batch.stop - batch.start, rows.stop - rows.start
+        ub, vb, mb = split(buf, 4 * n * (2 * nr + 2) * t1 * c, 16 * n * nr * t1 * c)
+        v = _slab_transform(x, chunk, t1, ub, vb)                # (16, n, R0, T1, C)
+        v = v.reshape(16, -1, g, cg).transpose(0, 2, 3, 1)       # (16, G, C/G, R) view
+        dy6 = dy_[batch, 2 * rows.start:2 * rows.stop].reshape(
+            n, nr, 2, t1, 2, g, fg)                              # (n, R0, 2a, T1, 2b, G, F/G)
         dm = _dy_transform(dy6, mb).reshape(16, -1, g, fg)       # (16, R, G, F/G)
-        dm = dm.transpose(0, 2, 1, 3)                            # (16, G, R, F/G)
-        for k, vk in enumerate(_depth_slices(v, chunk, kd)):
-            vk = vk.reshape(16, -1, g, cg).transpose(0, 2, 3, 1)  # (16, G, C/G, R) view
-            du[k] += xp.matmul(vk, dm)                           # (16, G, C/G, F/G)
+        du += xp.matmul(v, dm.transpose(0, 2, 1, 3))             # (16, G, C/G, F/G)
 
-    def state():
+    def state() -> tuple[Any, Any]:
         return scratch((most,), dy.dtype, xp), xp.zeros(acc, dtype=dy.dtype)
 
-    du = sum(d_ for _, d_ in _chunks.run(task, chunks, workers, state))
-    dw = xp.stack([_untransform_dw(du[k], spec) for k in range(kd)])  # (kd, 3, 3, C/G, F)
-    return dw if spec.rank == 3 else dw[0]
-
-
-def grad_input(dy, w, spec: ConvSpec, settings):
-    """dxp (N, *Sp, C): the full correlation of dy with the flipped kernel, by Winograd."""
-    return im2col.correlate_grad_input(dy, w, spec, settings, forward)
-
-
-def grad_input_interior(dy, w, spec: ConvSpec, settings):
-    """dx (N, *S, C) for zero padding: only the pixels inside the padding."""
-    return im2col.correlate_grad_input(dy, w, spec, settings, forward, interior=True)
-
-
+    with np.errstate(over="ignore", invalid="ignore"):
+        dw = _untransform_dw(sum(du for _, du in _chunks.run(task, chunks, state)), spec)
+    if xp is np and not math.isfinite(dw.sum()):
+        return im2col.grad_weight(xp_, dy, spec, settings)
+    return dw

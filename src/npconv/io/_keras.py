@@ -47,7 +47,8 @@ def read_with_config(path: Path, kind: str,
     """(weights, architecture): the config of a .keras file or a whole-model legacy .h5 file
     (parsed JSON), None for a weights-only file."""
     h5py = _h5py()
-    config, source, size = None, path, path.stat().st_size
+    config, size = None, path.stat().st_size
+    source: Path | io.BytesIO = path
     if kind == "keras":
         with open_zip(path) as zf:
             config = _json(path, read_member(path, zf, "config.json", budget), "config.json")

@@ -71,7 +71,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 def _read_tensor(path: Path, f, entry: _Entry) -> np.ndarray:
     raw = np.empty(entry.shape, dtype=DTYPES[entry.dtype])   # (*shape,) the bytes as stored
-    got = f.readinto(memoryview(raw.reshape(-1).view(np.uint8)))
+    got = f.readinto(raw.reshape(-1).view(np.uint8).data)
     if got != entry.end - entry.begin:
         raise error(path, f"tensor {entry.name!r} is truncated: {got} of "
                           f"{entry.end - entry.begin} bytes")

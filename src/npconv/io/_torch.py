@@ -27,6 +27,7 @@ import pickletools
 import re
 import zipfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -48,6 +49,9 @@ _NO_NUMPY = re.compile(r"torch(\.cuda)?\.(Q\w*Storage|q\w+|float8\w*|float4\w*|c
                        r"|u?int[1-7])")
 _MAX_DEPTH = 64
 GATHER_CHUNK = 1 << 20          # elements per step when a strided tensor is gathered
+
+ByteOrder = Literal["<", ">"]
+"""How the storages' bytes were saved: little or big endian."""
 
 
 class _Refused(Exception):
@@ -229,9 +233,9 @@ def _scan(data: bytes) -> None:
                 raise _Refused(f"the pickle uses opcode {opcode.name}, which a state_dict never "
                                f"needs (it builds arbitrary objects)")
             if opcode.name == "GLOBAL":
-                _resolve(*arg.split(" ", 1))
+                _resolve(*str(arg).split(" ", 1))
             if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo = max(memo, int(arg))
+                memo = max(memo, int(str(arg)))
     except ValueError as e:                 # genops' own complaints: truncated, unknown opcode
         raise _Refused(f"the pickle is malformed ({e})") from e
     if memo > ops:                          # the C unpickler would allocate a memo this large
@@ -307,7 +311,7 @@ def read(path: Path, budget: Budget) -> dict[str, np.ndarray]:
         return _materialize(path, zf, tensors, byteorder, budget)
 
 
-def _byteorder(path: Path, zf: zipfile.ZipFile, prefix: str, budget: Budget) -> str:
+def _byteorder(path: Path, zf: zipfile.ZipFile, prefix: str, budget: Budget) -> ByteOrder:
     """'<' or '>': the byte order the storages were saved in (little when unrecorded)."""
     name = f"{prefix}/byteorder"
     if name not in zf.NameToInfo:
@@ -350,7 +354,7 @@ def _walk(d: dict, prefix: str, tensors: dict, parents: list) -> None:
             _walk(v, f"{prefix}{k}.", tensors, [*parents, d])
 
 
-def _materialize(path: Path, zf: zipfile.ZipFile, tensors: dict[str, _Tensor], byteorder: str,
+def _materialize(path: Path, zf: zipfile.ZipFile, tensors: dict[str, _Tensor], byteorder: ByteOrder,
                  budget: Budget) -> dict[str, np.ndarray]:
     """Read each storage once and gather its tensors into fresh arrays."""
     for key, t in tensors.items():

@@ -201,7 +201,8 @@ def load_keras(model: Layer, source, config: dict | None = None) -> dict:
     which gives the config of a .keras file too), or the dict `npconv.io.load` returns. The
     config orders nested sub-models and gives each BatchNorm Keras' convention with its
     layer's epsilon and momentum (`nn.BatchNorm(convention="keras")`: training continues as in
-    Keras); without it, BatchNorm layers keep theirs: build them with Keras' eps=1e-3. ValueError, naming every mismatch, for a file of another architecture;
+    Keras); without it, BatchNorm layers keep theirs: build them with Keras' eps=1e-3.
+    ValueError, naming every mismatch, for a file of another architecture;
     `model` is unchanged then.
 
     Example (after `keras_model.save("m.keras")`)::

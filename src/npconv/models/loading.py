@@ -37,7 +37,8 @@ def sizes(arch: str, state: dict) -> dict:
     imply for `arch`.
 
     >>> import numpy as np
-    >>> sizes("resnet18", {"conv1.weight": np.zeros((32, 1, 7, 7)), "fc.weight": np.zeros((5, 256))})
+    >>> sizes("resnet18", {"conv1.weight": np.zeros((32, 1, 7, 7)),
+    ...                    "fc.weight": np.zeros((5, 256))})
     {'num_classes': 5, 'in_channels': 1, 'width': 32}
     """
     if arch.startswith("resnet"):

@@ -2,55 +2,52 @@
 
 The layer ops of `activation`, `normalization`, `resample` and `merge` are a few elementwise
 passes and per-channel sums. NumPy runs each ufunc on one core and an array of activations is
-larger than the caches, so each op walks its arrays in blocks of about `BLOCK_BYTES` (all of an
-op's passes over one block run while it is in cache) and deals the blocks to npconv's worker
-threads (NumPy releases the GIL inside ufunc loops and BLAS calls, so the workers overlap).
-Arrays under `PARALLEL_MIN_BYTES` run on the calling thread: waking a worker costs more than it
-saves there. The threads are the convolutions' pool: `run` is the one place that calls
-`npconv.algorithms._chunks`, whose `run` holds BLAS to one thread while the workers run.
+larger than the caches, so each op walks its arrays in blocks of about `Tuning.block_bytes`
+(all of an op's passes over one block run while it is in cache) and deals the blocks to
+npconv's worker threads (NumPy releases the GIL inside ufunc loops and BLAS calls, so the
+workers overlap). Arrays under `Tuning.block_parallel_bytes` run on the calling thread:
+waking a worker costs more than it saves there. The threads are the convolutions' pool: `run`
+is the one place that calls `npconv._chunks`, whose `run` holds BLAS to one thread while the
+workers run.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from npconv import _args, _backend, _config
-from npconv.algorithms import _chunks
-
-BLOCK_BYTES = 2**20
-"""Bytes of the largest operand per block. ReLU's backward over 25 MiB of float32 on two
-workers (2-core machine, under load): 64 KiB blocks 2.5x slower than 1 MiB (Python and the GIL
-between ufunc calls), 256 KiB to 4 MiB within 15% of each other. A pass over a block in cache
-costs about what a memory-bound pass costs there (NumPy's loops are the bound), so larger
-blocks lose little and save calls."""
-
-PARALLEL_MIN_BYTES = 2**20
-"""Operands smaller than this run on the calling thread."""
+from npconv import _args, _backend, _chunks, _config
 
 
-def spans(n: int, unit_bytes: int, block_bytes: int = BLOCK_BYTES) -> list[slice]:
-    """range(n) cut into slices of about `block_bytes` / `unit_bytes` units each (at least 1).
+def block_bytes() -> int:
+    """Bytes of the largest operand per block (`Tuning.block_bytes` of the settings in force)."""
+    return _config.current().tuning.block_bytes
 
-    >>> spans(10, 4, block_bytes=16)
+
+def spans(n: int, unit_bytes: int, block: int | None = None) -> list[slice]:
+    """range(n) cut into slices of about `block` (default `block_bytes()`) / `unit_bytes` units
+    each (at least 1).
+
+    >>> spans(10, 4, block=16)
     [slice(0, 4, None), slice(4, 8, None), slice(8, 10, None)]
     """
-    step = max(1, block_bytes // max(unit_bytes, 1))
+    step = max(1, (block or block_bytes()) // max(unit_bytes, 1))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
 def run(task, chunks: list, nbytes: int, make_state=lambda: None) -> list:
     """Call task(chunk, state) on every chunk; return the per-worker states, in order.
 
-    On the worker threads when the op's largest operand has `nbytes` >= `PARALLEL_MIN_BYTES`
-    (and there are workers: `npconv.set_config(threads=...)`, threadpoolctl installed), else
-    on the calling thread. Chunk i goes to worker i % workers, and each worker processes its
-    chunks in order, so results do not depend on timing. The one call into
-    `npconv.algorithms._chunks` (its `worker_count` and `run`).
+    On the worker threads when the op's largest operand has `nbytes` >=
+    `Tuning.block_parallel_bytes` (and there are workers: `npconv.set_config(threads=...)`,
+    threadpoolctl installed), else on the calling thread. Chunk i goes to worker i % workers,
+    and each worker processes its chunks in order, so results do not depend on timing. The one
+    call into `npconv._chunks`.
     """
+    settings = _config.resolve(None)
     workers = 1
-    if nbytes >= PARALLEL_MIN_BYTES:
-        workers = max(1, min(_chunks.worker_count(_config.resolve(None)), len(chunks)))
-    return _chunks.run(task, chunks, workers, make_state)
+    if nbytes >= settings.tuning.block_parallel_bytes:
+        workers = _chunks.worker_count(settings)
+    return _chunks.run(task, _chunks.Plan.round_robin(chunks, workers), make_state)
 
 
 def compute_dtype(dtype) -> np.dtype:
@@ -167,7 +164,7 @@ class Scratch:
 
 
 def map_blocks(kernel, inputs: tuple, out, *, exact: bool = False):
-    """out = kernel(*inputs), elementwise, in flat blocks of `BLOCK_BYTES` on the workers.
+    """out = kernel(*inputs), elementwise, in flat blocks of `block_bytes()` on the workers.
 
     `kernel(o, *ins, scratch)` writes block o from the input blocks (1-D, of one length) and
     may use `scratch` (a `Scratch`); `out` may also be a tuple of arrays, the kernel then
@@ -182,7 +179,7 @@ def map_blocks(kernel, inputs: tuple, out, *, exact: bool = False):
     flat = [a.reshape(-1) for a in inputs]                       # (size,) views
     flat_out = [o.reshape(-1) for o in outs]                     # (size,) views
     size = flat_out[0].size
-    step = max(1, BLOCK_BYTES // work.itemsize)
+    step = max(1, block_bytes() // work.itemsize)
 
     def task(s, scratch):
         if not half:

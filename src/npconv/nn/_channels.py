@@ -3,7 +3,7 @@ normalization.
 
 An array x of shape (N, *S, C) (channels_last) or (N, C, *S) (channels_first) is viewed as
 N * C series of S = prod(S) values, `ChannelLayout.view` giving (N, S, C) or (N, C, S). The
-layout cuts it into blocks of about `_blocks.BLOCK_BYTES`: several whole images, or a range of
+layout cuts it into blocks of about `_blocks.block_bytes()`: several whole images, or a range of
 one image's positions (a "piece") when an image is larger. On each block the sums over its
 positions are BLAS matrix-vector products with a vector of ones (one memory pass, vectorized
 across channels), and every other pass over the block runs while it is in cache. Three
@@ -73,7 +73,7 @@ class ChannelLayout:
         self.s = math.prod(shape[1:-1] if self.last else shape[2:])
         self.r = _fold(self.s, self.c) if self.last else 1
         rows, row = self.s // self.r, self.r * self.c * itemsize  # per image, bytes per row
-        if rows * row <= _blocks.BLOCK_BYTES:                    # several whole images
+        if rows * row <= _blocks.block_bytes():                    # several whole images
             parts = [slice(0, rows)]
             self.chunks = [(0, n, parts[0]) for n in _blocks.spans(self.n, max(rows * row, 1))]
         else:                                                    # pieces of one image

@@ -425,6 +425,7 @@ def group_norm_backward(dy, x, num_groups: int, gamma, mean, var, *, eps: float 
 
 def _normalized(x, normalized_shape) -> tuple[int, ...]:
     """normalized_shape as a tuple of ints that ends x's shape."""
+    shape: tuple[int, ...]
     if _args.is_int(normalized_shape):
         shape = (int(normalized_shape),)
     elif (isinstance(normalized_shape, (tuple, list))

@@ -12,10 +12,10 @@ A layer spec is {"type": "Conv2d", "config": {...}} (the layer's `config()`),
 `npconv.models`, a user's subclass) {"type": "Module", "class": "package.module.ClassName",
 "config": {...}, "children": {name: <layer spec>, ...}}, rebuilt as ClassName(**config) with
 the children whose specs differ replaced; the class must be defined when the file is loaded
-(nothing is imported by name, see `npconv.nn.module.build_module`). Version 1 files (npconv 0.1, before
-the PyTorch names: Dense, "w", "b", "gamma", "beta", Dropout's "rate", no num_batches_tracked)
-are converted on load. Arrays are stored bit for bit, so
-load(save(model)) gives the same outputs exactly. Saving writes a temporary file next to the
+(nothing is imported by name, see `npconv.nn.module.build_module`). Version 1 files (npconv
+0.1, before the PyTorch names: Dense, "w", "b", "gamma", "beta", Dropout's "rate", no
+num_batches_tracked) are converted on load. Arrays are stored bit for bit, so load(save(model))
+gives the same outputs exactly. Saving writes a temporary file next to the
 target and renames it over the target only once it is complete, and refuses to replace a file
 that is not an npconv model.
 

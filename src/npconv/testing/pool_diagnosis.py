@@ -18,6 +18,8 @@ back with one ``np.add.at`` per kernel offset (`Windows`).
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 import npconv
@@ -29,7 +31,8 @@ def pool_forward(case, x: np.ndarray, **changes) -> np.ndarray:
     """npconv's max_pool / avg_pool of x (N, *S, C) for `case`, some arguments changed."""
     kw = {"stride": case.stride, "padding": case.pads, "ceil_mode": case.ceil_mode, **changes}
     if case.op == "max":
-        return npconv.max_pool(x, case.kernel_size, dilation=case.dilation, **kw)
+        return cast(np.ndarray, npconv.max_pool(x, case.kernel_size, dilation=case.dilation,
+                                                **kw))
     kw.setdefault("count_include_pad", case.count_include_pad)
     return npconv.avg_pool(x, case.kernel_size, **kw)
 

@@ -1,4 +1,4 @@
-"""Dask arrays: lazy results, chunk by chunk, equal to the in-memory ops.
+"""Dask arrays through `npconv.dask`: lazy results, chunk by chunk, equal to the in-memory ops.
 
 Skipped where dask is not installed (`pip install npconv[dask]`).
 """
@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from strategies import conv_geometry
 
 import npconv
-from npconv import chunked
 from npconv.spec import conv_spec
 
 da = pytest.importorskip("dask.array")
+import npconv.dask as chunked  # noqa: E402  (after the skip: it needs dask to run)
 
 
 def _chunks(draw, shape, spatial: bool):
@@ -78,14 +78,55 @@ def test_bad_inputs_are_rejected(rng):
         chunked.conv_backward(da.zeros((2, 5, 5, 4)), xf, np.zeros((3, 3, 3, 4)))
 
 
-def test_public_ops_hand_dask_inputs_to_chunked(rng):
+def test_in_memory_ops_point_dask_arrays_to_their_front_end(rng):
     x, w = rng.standard_normal((4, 10, 9, 3)), rng.standard_normal((3, 3, 3, 5))
     xd = da.from_array(x, chunks=(2, 5, 9, 3))
-    y = npconv.conv(xd, w, stride=2, padding=1)
-    assert isinstance(y, da.Array)
-    np.testing.assert_allclose(y.compute(), npconv.conv(x, w, stride=2, padding=1), rtol=1e-12)
-    dy = rng.standard_normal(y.shape)                     # in memory: chunked like x
-    grads = npconv.conv_backward(dy, xd, w, stride=2, padding=1)
+    with pytest.raises(TypeError, match=r"`x` is a dask array: call npconv.dask.conv,"):
+        npconv.conv(xd, w)
+    dy = rng.standard_normal((4, 8, 7, 5))
+    with pytest.raises(TypeError, match=r"`x` is a dask array: call npconv.dask.conv_backward"):
+        npconv.conv_backward(dy, xd, w)
+    assert npconv.dask is chunked                              # loaded on first use
+
+
+def test_numpy_dy_is_chunked_like_x(rng):
+    x, w = rng.standard_normal((4, 10, 9, 3)), rng.standard_normal((3, 3, 3, 5))
+    xd = da.from_array(x, chunks=(2, 5, 9, 3))
+    dy = rng.standard_normal((4, 5, 5, 5))                     # in memory
+    grads = chunked.conv_backward(dy, xd, w, stride=2, padding=1)
     for got, want in zip(grads, npconv.conv_backward(dy, x, w, stride=2, padding=1)):
         assert isinstance(got, da.Array)
         np.testing.assert_allclose(got.compute(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_numpy_dy_of_the_wrong_batch_is_named(rng):
+    xd = da.zeros((4, 8, 8, 3), chunks=2)
+    with pytest.raises(ValueError, match=r"`dy` must have shape \(4, 6, 6, 2\); got \(3, 6,"):
+        chunked.conv_backward(np.zeros((3, 6, 6, 2)), xd, np.zeros((3, 3, 3, 2)))
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_algorithm_and_workspace_reach_every_chunk(spatial, rng, monkeypatch):
+    """`algorithm=` and `workspace=` are checked up front and passed to each chunk's op."""
+    x, w = rng.standard_normal((4, 12, 12, 3)), rng.standard_normal((3, 3, 3, 4))
+    xd = da.from_array(x, chunks=(2, 6 if spatial else 12, 12, 3))
+    want = npconv.conv(x, w, padding=1)
+    seen = []
+    from npconv import _kernels
+
+    forward = _kernels.forward
+
+    def spy(xp_, w_, spec, settings, **kw):
+        seen.append((kw["algorithm"], settings.workspace))
+        return forward(xp_, w_, spec, settings, **kw)
+
+    monkeypatch.setattr(_kernels, "forward", spy)
+    y = chunked.conv(xd, w, padding=1, algorithm="im2col", workspace=64 * 2**10)
+    np.testing.assert_allclose(y.compute(scheduler="sync"), want, rtol=1e-12)
+    assert len(seen) == 2 + 2 * spatial and set(seen) == {("im2col", 64 * 2**10)}
+    with pytest.raises(ValueError, match=r"`algorithm` must be one of .* got 'fft'"):
+        chunked.conv(xd, w, algorithm="fft")
+    with pytest.raises(ValueError, match="`workspace` must be >= 1 byte; got 0"):
+        chunked.conv_backward(da.zeros((4, 10, 10, 4)), xd, w, workspace=0)
+    with pytest.raises(ValueError, match="needs a 2-D 3x3 kernel"):
+        chunked.conv(xd, w, stride=2, algorithm="winograd")

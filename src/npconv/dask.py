@@ -1,7 +1,10 @@
 """Convolutions of dask arrays: lazy, chunk by chunk, equal to the in-memory results.
 
-`npconv.conv` and `npconv.conv_backward` hand dask inputs to `conv` and `conv_backward` here;
-each chunk is computed by the in-memory ops, so every algorithm, dtype and check carries over.
+The dask front end of npconv: `conv` and `conv_backward` take dask arrays (or NumPy ones, which
+are chunked like their partner) and return dask arrays; nothing runs until `.compute()`. Each
+chunk is computed by the in-memory ops, so every algorithm, dtype and check carries over, and
+`algorithm=` and `workspace=` reach every chunk's op. Needs dask (`pip install 'npconv[dask]'`),
+imported only when an op is called.
 
 - Batch chunks are independent: y, dx are `map_blocks` of the in-memory ops.
 - Spatial chunks need a halo. The padded input is rechunked on a stride-aligned plan (`_Plan`):
@@ -20,15 +23,26 @@ chunk (batch chunks still apply), since their gradient wraps across the whole im
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from npconv import _args
-from npconv.convolution import ConvGrads
+from npconv import _args, _backend, _layout
+from npconv.convolution import check_options, wants_db
 from npconv.convolution import conv as _conv
 from npconv.convolution import conv_grad_input as _grad_input
 from npconv.convolution import conv_grad_weight as _grad_weight
-from npconv.spec import ConvSpec, check_shape, conv_spec, effective_kernel, transpose_out_size
+from npconv.spec import (
+    ConvGrads,
+    ConvSpec,
+    Padding,
+    check_shape,
+    conv_spec,
+    effective_kernel,
+    transpose_out_size,
+)
+
+__all__ = ["conv", "conv_backward"]
 
 _DASK_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge",
                   "circular": "wrap"}
@@ -59,46 +73,54 @@ def _plan(n_chunks: int, p: int, sp: int, k: int, s: int, d: int) -> _Plan:
     return _Plan(out_chunks, in_chunks, halo_after, halo_before)
 
 
-def _plans(spec: ConvSpec, chunks) -> list[_Plan]:
+def _plans(spec: ConvSpec, chunks: Any) -> list[_Plan]:
     geometry = zip(spec.out_size, spec.padded_size, spec.kernel_size, spec.stride, spec.dilation)
     return [_plan(len(c), *g) for c, g in zip(chunks[1:-1], geometry)]
 
 
-def _channels_last(a, spec: ConvSpec):
-    import dask.array as da
-
-    a = da.moveaxis(a, 1, -1) if spec.data_format == "channels_first" else a
+def _channels_last(a: Any, spec: ConvSpec) -> Any:
+    a = _layout.to_last(a, spec.data_format)                     # (N, *S, C) view
     return a.rechunk({a.ndim - 1: -1})                           # channels in one chunk
 
 
-def _channels_out(a, spec: ConvSpec):
-    import dask.array as da
-
-    return da.moveaxis(a, -1, 1) if spec.data_format == "channels_first" else a
-
-
-def _spatially_chunked(a, spec: ConvSpec) -> bool:
+def _spatially_chunked(a: Any, spec: ConvSpec) -> bool:
     chunks = a.chunks[2:] if spec.data_format == "channels_first" else a.chunks[1:-1]
     return any(len(c) > 1 for c in chunks)
 
 
-def _local(spec: ConvSpec) -> dict:
+def _local(spec: ConvSpec, options: dict[str, Any]) -> dict[str, Any]:
     """Keywords of the in-memory op applied to one already padded channels_last chunk."""
-    return dict(stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
+    return dict(stride=spec.stride, dilation=spec.dilation, groups=spec.groups, **options)
 
 
-def _check(x, w, kwargs, x_name="x"):
-    if not hasattr(x, "dtype") or x.dtype not in _args.FLOAT_DTYPES:
-        raise TypeError(f"`{x_name}` must be a float16, float32 or float64 dask array; "
-                        f"got dtype {getattr(x, 'dtype', None)}")
+def _as_dask(a: Any, name: str, like: Any = None) -> Any:
+    """`a` as a float dask array: a dask array itself, a NumPy one chunked along the batch like
+    `like` (a whole chunk without it)."""
+    if not _backend.is_dask(a):
+        import dask.array as da
+
+        _args.float_array(a, name)
+        batch = like.chunks[0] if like is not None and _backend.is_dask(like) else -1
+        return da.from_array(a, chunks=(batch, *(-1,) * (a.ndim - 1)))
+    if a.dtype not in _args.FLOAT_DTYPES:
+        raise TypeError(f"`{name}` must be a float16, float32 or float64 dask array; "
+                        f"got dtype {a.dtype}")
+    return a
+
+
+def _check(x: Any, w: Any, geometry: dict[str, Any], options: dict[str, Any]
+           ) -> tuple[ConvSpec, Any]:
+    """The spec, with every argument checked, and x as a dask array chunked for it."""
     _args.float_array(w, "w")
-    spec = conv_spec(x.shape, w.shape, **kwargs)
+    spec = conv_spec(x.shape, w.shape, **geometry)
+    check_options(options["algorithm"], options["workspace"], spec)
+    x = _as_dask(x, "x")
     if spec.padding_mode != "zeros" or not _spatially_chunked(x, spec):
         x = x.rechunk({i: -1 for i in range(1, x.ndim)})       # batch chunks only
     return spec, x
 
 
-def _padded_plan(x, spec: ConvSpec):
+def _padded_plan(x: Any, spec: ConvSpec) -> tuple[Any, list[_Plan]]:
     """x padded, channels_last and rechunked to the stride-aligned plan, and the plans."""
     import dask.array as da
 
@@ -108,56 +130,114 @@ def _padded_plan(x, spec: ConvSpec):
     return xp.rechunk((xl.chunks[0], *(p.in_chunks for p in plans), -1)), plans
 
 
-def conv(x, w, bias=None, **kwargs):
-    """`npconv.conv` of a dask array x (any chunks) with in-memory w and bias: a dask array."""
-    import dask.array as da
+def conv(
+    x: Any,
+    w: Any,
+    bias: Any = None,
+    *,
+    stride: int | tuple[int, ...] = 1,
+    padding: Padding = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+    padding_mode: str = "zeros",
+    algorithm: str | None = None,
+    workspace: int | None = None,
+) -> Any:
+    """`npconv.conv` of a dask array x (any chunks) with in-memory w and bias: a dask array.
 
-    spec, x = _check(x, w, kwargs)
+    Same arguments and result as `npconv.conv`; `algorithm` and `workspace` apply to every
+    chunk's computation. Chunks along the batch are independent; spatial chunks get a halo
+    from their neighbours (zero padding; other padding modes keep the spatial axes whole).
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, npconv.dask
+    >>> x = da.ones((8, 32, 32, 3), chunks=(2, 16, 32, 3))
+    >>> y = npconv.dask.conv(x, np.ones((3, 3, 3, 4)), padding=1, workspace=2**20)
+    >>> y.shape, float(y[0, 5, 5, 0].compute())
+    ((8, 32, 32, 4), 27.0)
+    """
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                    data_format=data_format, padding_mode=padding_mode)
+    options = dict(algorithm=algorithm, workspace=workspace)
+    spec, x = _check(x, w, geometry, options)
     if bias is not None:
         _args.float_array(bias, "bias")
         check_shape(bias, (spec.out_channels,), "bias")
     dtype = _args.result_dtype(x, w, bias)
     if not _spatially_chunked(x, spec):
         chunks = (x.chunks[0], *((c,) for c in spec.y_shape()[1:]))
-        return x.map_blocks(_conv, w, bias, dtype=dtype, chunks=chunks, **kwargs)
+        return x.map_blocks(_conv, w, bias, dtype=dtype, chunks=chunks, **geometry, **options)
+    return _forward_spatial(x, w, bias, spec, options, dtype)
+
+
+def _forward_spatial(x: Any, w: Any, bias: Any, spec: ConvSpec, options: dict[str, Any],
+                     dtype: Any) -> Any:
+    import dask.array as da
+
     xp, plans = _padded_plan(x, spec)
     depth = {i + 1: (0, p.halo_after) for i, p in enumerate(plans)}
     xo = da.overlap.overlap(xp, depth=depth, boundary="none")
-    w_last = _w_channels_last(w, spec)
+    w_last = _layout.w_to_last(w, spec.data_format)              # (*K, C/G, F)
     out_chunks = (xp.chunks[0], *(p.out_chunks for p in plans), (spec.out_channels,))
-    y = xo.map_blocks(_conv, w_last, bias, dtype=dtype, chunks=out_chunks, **_local(spec))
-    return _channels_out(y, spec)
+    y = xo.map_blocks(_conv, w_last, bias, dtype=dtype, chunks=out_chunks,
+                      **_local(spec, options))
+    return _layout.from_last(y, spec.data_format)
 
 
-def _w_channels_last(w, spec: ConvSpec):
-    r = spec.rank
-    return w.transpose(*range(2, r + 2), 1, 0) if spec.data_format == "channels_first" else w
+def conv_backward(
+    dy: Any,
+    x: Any,
+    w: Any,
+    bias: Any = True,
+    *,
+    stride: int | tuple[int, ...] = 1,
+    padding: Padding = 0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+    padding_mode: str = "zeros",
+    algorithm: str | None = None,
+    workspace: int | None = None,
+) -> ConvGrads:
+    """`npconv.conv_backward` for dask (or NumPy) dy and x: dask arrays dx chunk by chunk, dw
+    and db (unless `bias` is None or False) as tree sums. Same arguments as
+    `npconv.conv_backward`.
 
-
-def _w_layout(dw, spec: ConvSpec):
-    r = spec.rank
-    return dw.transpose(r + 1, r, *range(r)) if spec.data_format == "channels_first" else dw
-
-
-def conv_backward(dy, x, w, *, bias: bool = True, **kwargs) -> ConvGrads:
-    """`npconv.conv_backward` for dask dy and x: dx chunk by chunk, dw and db as tree sums."""
-    spec, x = _check(x, w, kwargs)
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, npconv.dask
+    >>> x, w, b = da.ones((8, 16, 16, 3), chunks=2), np.ones((3, 3, 3, 4)), np.zeros(4)
+    >>> dx, dw, db = npconv.dask.conv_backward(np.ones((8, 14, 14, 4)), x, w, b)
+    >>> dw.shape, float(db.compute()[0])
+    ((3, 3, 3, 4), 1568.0)
+    """
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                    data_format=data_format, padding_mode=padding_mode)
+    options = dict(algorithm=algorithm, workspace=workspace)
+    spec, x = _check(x, w, geometry, options)
+    with_db = wants_db(bias, spec.out_channels)
+    if not _backend.is_dask(dy):
+        _args.float_array(dy, "dy")
     check_shape(dy, spec.y_shape(), "dy")
+    dy = _as_dask(dy, "dy", like=x)
     dtype = _args.result_dtype(dy, x, w)
     if not _spatially_chunked(x, spec):
         dy = dy.rechunk({0: x.chunks[0], **{i: -1 for i in range(1, dy.ndim)}})
         dx = dy.map_blocks(_dx_of_batch_chunk, x, w, dtype=dtype, chunks=x.chunks,
-                           **kwargs)
-        dw = _chunk_sum(x, dy, w.shape, kwargs, dtype)
-        return ConvGrads(dx, dw, _db(dy, spec) if bias else None)
-    return _backward_spatial(dy, x, w, spec, bias, dtype)
+                           **geometry, **options)
+        dw = _chunk_sum(x, dy, w.shape, {**geometry, **options}, dtype)
+        return ConvGrads(dx, dw, _db(dy, spec) if with_db else None)
+    return _backward_spatial(dy, x, w, spec, with_db, options, dtype)
 
 
-def _dx_of_batch_chunk(dy, x, w, **kwargs):
+def _dx_of_batch_chunk(dy: Any, x: Any, w: Any, **kwargs: Any) -> Any:
     return _grad_input(dy, w, x.shape, **kwargs)
 
 
-def _chunk_sum(x, dy, w_shape, kwargs, dtype):
+def _chunk_sum(x: Any, dy: Any, w_shape: tuple[int, ...], kwargs: dict[str, Any],
+               dtype: Any) -> Any:
     """Sum over all chunk pairs (x, dy) of their weight gradient: a dask tree reduction."""
     import dask.array as da
 
@@ -168,19 +248,18 @@ def _chunk_sum(x, dy, w_shape, kwargs, dtype):
     return parts.sum(axis=tuple(range(x.ndim)))
 
 
-def _db(dy, spec: ConvSpec):
-    axes = (0, *range(2, dy.ndim)) if spec.data_format == "channels_first" else \
-        tuple(range(dy.ndim - 1))
-    return dy.sum(axis=axes)
+def _db(dy: Any, spec: ConvSpec) -> Any:
+    return _layout.to_last(dy, spec.data_format).sum(axis=tuple(range(dy.ndim - 1)))
 
 
-def _backward_spatial(dy, x, w, spec: ConvSpec, bias: bool, dtype):
+def _backward_spatial(dy: Any, x: Any, w: Any, spec: ConvSpec, with_db: bool,
+                      options: dict[str, Any], dtype: Any) -> ConvGrads:
     import dask.array as da
 
     xp, plans = _padded_plan(x, spec)
     dyl = _channels_last(dy, spec).rechunk((xp.chunks[0], *(p.out_chunks for p in plans), -1))
-    w_last = _w_channels_last(w, spec)
-    local = _local(spec)
+    w_last = _layout.w_to_last(w, spec.data_format)              # (*K, C/G, F)
+    local = _local(spec, options)
     # dw: every padded-input chunk with its forward halo, against the dy chunk it produced
     xo = da.overlap.overlap(xp, depth={i + 1: (0, p.halo_after) for i, p in enumerate(plans)},
                             boundary="none")
@@ -190,17 +269,20 @@ def _backward_spatial(dy, x, w, spec: ConvSpec, bias: bool, dtype):
                              boundary="none")
     dxp = da.map_blocks(_dx_of_chunk, dyo, w_last, plans, local, dtype=dtype, chunks=xp.chunks)
     crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(spec.pads, spec.in_size))
-    dx = _channels_out(dxp[(slice(None), *crop)], spec)
-    return ConvGrads(dx, _w_layout(dw, spec), _db(dy, spec) if bias else None)
+    dx = _layout.from_last(dxp[(slice(None), *crop)], spec.data_format)
+    return ConvGrads(dx, _layout.w_from_last(dw, spec.data_format),
+                     _db(dy, spec) if with_db else None)
 
 
-def _dw_of_chunk(x_chunk, dy_chunk, w_shape, kwargs):
+def _dw_of_chunk(x_chunk: Any, dy_chunk: Any, w_shape: tuple[int, ...],
+                 kwargs: dict[str, Any]) -> Any:
     """Weight gradient of one chunk pair, shaped (1, ..., 1, *w_shape) for the tree sum."""
     dw = _grad_weight(dy_chunk, x_chunk, w_shape, **kwargs)
     return dw.reshape((1,) * x_chunk.ndim + dw.shape)
 
 
-def _dx_of_chunk(dy_chunk, w, plans, local, block_info=None):
+def _dx_of_chunk(dy_chunk: Any, w: Any, plans: list[_Plan], local: dict[str, Any],
+                 block_info: Any = None) -> Any:
     """Gradient of one padded-input chunk from the dy rows that reach into it.
 
     The received dy chunk starts `before` rows ahead of the chunk's own outputs (0 for the first

@@ -1,0 +1,276 @@
+"""Memory chunks and the worker threads that run them.
+
+An algorithm walks the output in chunks: whole images, output rows of one image when an image's
+temporaries exceed the chunk size, and for im2col blocks of kernel offsets of one output row
+when even one row does not fit. A `Chunk` is three slices, (batch, rows, taps): batch and rows
+index any array whose leading axes are (N, P0, ...) (the output, dy, the window view), so a
+chunk is always a contiguous block of the output; taps is a range of kernel offsets in raster
+order. `plan` sizes the chunks so that every worker's buffers fit in its share of the workspace
+limit and says which worker runs each one; `run` calls a task on every chunk from that many
+workers: the calling thread plus a shared pool. NumPy releases the GIL inside copies, ufuncs
+and BLAS calls, so the workers overlap.
+
+While workers run, BLAS is held to one thread (through threadpoolctl, when installed): two
+levels of threads would oversubscribe the cores, and multi-threaded OpenBLAS has a worse side
+effect, its threads keep spinning for about 0.1 s after each call, waiting for more work, on
+the very cores the workers of the next step need (measured on the benchmark machine: a
+worker-run forward took 28 ms after a pause and 45 ms right after a two-threaded GEMM). So every
+algorithm runs its chunks on the workers, and BLAS calls of an op outside `run` (the bias
+gradient) hold BLAS to one thread too (`single_blas`). Small layers (`serial_layer`, decided
+once for a layer's forward and both gradients, so that they never mix the two regimes) run
+serially instead, BLAS threading their GEMMs: waking a parked worker costs more than it saves
+there, while OpenBLAS's spinning threads answer at once. With `threads=1` BLAS is held to one
+thread throughout. Without threadpoolctl, or on CuPy, chunks run one after another on the
+calling thread and BLAS keeps its own threads.
+
+Chunks are dealt to the workers in a fixed order (round-robin; all chunks of an image to one
+worker for scatters, whose chunks spill into their neighbours' rows; all tap blocks of an output
+row to one worker, which adds them up in order) and per-worker partial sums are added in worker
+order, so results are reproducible for a given thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from npconv import _backend
+from npconv._config import Settings
+from npconv.spec import ConvSpec
+
+try:                                                             # optional dependency
+    from threadpoolctl import ThreadpoolController
+except ImportError:                                              # pragma: no cover
+    ThreadpoolController = None
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_blas: dict[str, Any] = {"controller": None, "depth": 0, "limiter": None,
+                         "lock": threading.Lock()}
+
+
+class Chunk(NamedTuple):
+    """Images `batch`, output rows `rows` (first spatial axis) and kernel offsets `taps`."""
+
+    batch: slice
+    rows: slice
+    taps: slice
+
+    def positions(self, out_size: tuple[int, ...]) -> int:
+        """Output positions in the chunk: images x rows x prod(P[1:])."""
+        n, r = self.batch.stop - self.batch.start, self.rows.stop - self.rows.start
+        return n * r * math.prod(out_size[1:])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Chunks in order, the worker that runs each, and the number of workers."""
+
+    chunks: tuple[Any, ...]                                      # Chunk, from `plan`
+    owners: tuple[int, ...]
+    workers: int
+
+    def most(self, out_size: tuple[int, ...]) -> int:
+        """Output positions of the largest chunk (buffers are sized for it)."""
+        return max(c.positions(out_size) for c in self.chunks)
+
+    def most_taps(self) -> int:
+        """Kernel offsets of the widest chunk."""
+        return max(c.taps.stop - c.taps.start for c in self.chunks)
+
+    @classmethod
+    def round_robin(cls, chunks: Sequence[Any], workers: int) -> Plan:
+        """A plan of any chunks (`run` passes them to the task as they are), chunk i to worker
+        i % workers: for callers that cut their own work (copies, layer ops)."""
+        workers = max(1, min(workers, len(chunks)))
+        return cls(tuple(chunks), tuple(i % workers for i in range(len(chunks))), workers)
+
+
+def plan(n: int, rows: int, settings: Settings, *, row_bytes: int, tap_bytes: int = 0,
+         taps: int = 1, fixed_bytes: int = 0, chunk_bytes: int | None = None,
+         by_image: bool = False, xp: ModuleType = np) -> Plan:
+    """Chunks of the N x P0 output rows and their workers for one computation.
+
+    A chunk of r rows and t kernel offsets needs r * (row_bytes + t * tap_bytes) bytes of
+    temporaries; `fixed_bytes` more per worker whatever the chunk (accumulators). Chunks are
+    whole images when an image fits a chunk target (`Tuning.chunk_bytes`, or `chunk_bytes`,
+    within a worker's share of the workspace), else rows of one image, else, when one row
+    exceeds the worker's share and `tap_bytes` > 0, blocks of one row's kernel offsets. With
+    `by_image`, no two workers ever write to the same image (scatters spill across chunk
+    borders).
+    """
+    full_row = row_bytes + taps * tap_bytes
+    split = tap_bytes and full_row + fixed_bytes > settings.workspace   # rows need tap blocks
+    smallest = row_bytes + tap_bytes if split else full_row
+    if smallest + fixed_bytes > settings.workspace:
+        warnings.warn(f"the workspace limit ({settings.workspace} bytes) is smaller than this "
+                      f"computation's least temporaries ({smallest + fixed_bytes} bytes: one "
+                      f"output row's and the accumulators); it uses those", RuntimeWarning,
+                      stacklevel=4)
+    workers = _workers(settings, xp, n * rows, smallest + fixed_bytes)
+    share = max(settings.workspace // workers - fixed_bytes, 1)
+    target = chunk_target(min(chunk_bytes or math.inf, settings.tuning.chunk_bytes), share, xp)
+    per_chunk = target // max(full_row, 1)
+    every = slice(0, taps)
+    if per_chunk >= rows:
+        step = min(per_chunk // rows, -(-n // workers))
+        chunks = [Chunk(slice(i, min(i + step, n)), slice(0, rows), every)
+                  for i in range(0, n, step)]
+    elif full_row <= share or not tap_bytes:                     # a row may exceed the target
+        per_chunk = max(per_chunk, 1)
+        if n < workers:                                          # give every worker rows
+            per_chunk = min(per_chunk, -(-rows * n // workers))
+        chunks = [Chunk(slice(i, i + 1), slice(r, min(r + per_chunk, rows)), every)
+                  for i in range(n) for r in range(0, rows, per_chunk)]
+    else:                                                        # one row exceeds the share
+        block = max((target - row_bytes) // tap_bytes, 1)
+        chunks = [Chunk(slice(i, i + 1), slice(r, r + 1), slice(t, min(t + block, taps)))
+                  for i in range(n) for r in range(rows) for t in range(0, taps, block)]
+    workers = max(1, min(workers, len(chunks)))
+    return Plan(tuple(chunks), _owners(chunks, workers, by_image), workers)
+
+
+def _owners(chunks: Sequence[Chunk], workers: int, by_image: bool) -> tuple[int, ...]:
+    """Round-robin over groups of chunks that one worker must run: the chunks of one image for
+    scatters (`by_image`), the tap blocks of one output row, else every chunk alone."""
+    def group(c: Chunk) -> tuple[int, ...]:
+        return (c.batch.start,) if by_image else (c.batch.start, c.rows.start)
+
+    groups: dict[tuple[int, ...], int] = {}
+    return tuple(groups.setdefault(group(c), len(groups)) % workers for c in chunks)
+
+
+def _workers(settings: Settings, xp: ModuleType, units: int, unit_bytes: int) -> int:
+    """Workers for `units` pieces of work: the thread count in force, at most one per piece,
+    and as many as the workspace holds `unit_bytes` of temporaries for."""
+    return max(1, min(worker_count(settings, xp), units,
+                      settings.workspace // max(unit_bytes, 1)))
+
+
+def chunk_target(target: float, share: int, xp: ModuleType = np) -> int:
+    """Bytes of temporaries per chunk: `target`, sized for the CPU's caches, within a worker's
+    `share` of the workspace. On other array modules (CuPy) the whole share: a GPU has no such
+    cache to fit, and every chunk costs a round of kernel launches (on an H100 the ResNet 3x3
+    layer's fwd+bwd took 380 ms in 1 MiB chunks, 3.7 ms in whole shares: docs/engines.md)."""
+    return int(min(target, share)) if xp is np else share
+
+
+def worker_count(settings: Settings, xp: ModuleType = np) -> int:
+    """Workers an op may use: the thread count in force, or 1 where chunks run serially
+    (without threadpoolctl, or on CuPy)."""
+    return (settings.threads or 1) if _parallel_ok(xp) else 1
+
+
+def serial_layer(spec: ConvSpec, itemsize: int, settings: Settings) -> bool:
+    """Whether all three computations of the layer `spec` run serially with BLAS threads.
+
+    Decided once per layer, from its forward window matrix (N*P x prod(K)*C, whatever the
+    algorithm), so that a layer's forward and gradients never mix BLAS-threaded steps with
+    worker-run ones: OpenBLAS's threads keep spinning after a call, on the cores the workers
+    need (see the module docstring). The forward's matrix is also the size of the input
+    gradient's scatter and of the weight gradient's; only the stride-1 input gradient, a
+    correlation, reads a larger one (N*Sp x prod(K)*F). Counting that one too put the LeNet
+    layers on the workers, 20 to 40% slower.
+    """
+    windows = math.prod(spec.out_size) * math.prod(spec.kernel_size) * spec.in_channels
+    return spec.batch * windows * itemsize < settings.tuning.min_parallel_bytes
+
+
+def run(task: Callable[[Any, Any], None], plan: Plan, make_state: Callable[[], Any]
+        ) -> list[Any]:
+    """Call task(chunk, state) on every chunk; return the states, one per worker, in order.
+
+    `make_state()` builds one worker's buffers and accumulators (in the calling thread, so that
+    scratch memory comes from its `_workspace.scope`); each worker processes its chunks
+    (`plan.owners`) in order.
+    """
+    states = [make_state() for _ in range(plan.workers)]
+    if plan.workers == 1:
+        for chunk in plan.chunks:
+            task(chunk, states[0])
+        return states
+
+    def work(i: int) -> None:
+        for chunk, owner in zip(plan.chunks, plan.owners):
+            if owner == i:
+                task(chunk, states[i])
+
+    pool = _executor(plan.workers - 1)
+    with _BlasSingleThread():
+        futures = [pool.submit(work, i) for i in range(1, plan.workers)]
+        try:
+            work(0)
+        finally:
+            for f in futures:                                    # wait for all, even on error
+                f.result()
+    return states
+
+
+def copyto(dst: Any, src: Any, settings: Settings) -> None:
+    """dst[...] = src (same shape, any dtypes NumPy casts safely), split along the first axis
+    among the workers when it is large enough (`Tuning.min_parallel_bytes`): NumPy copies, the
+    transposing ones of channels_first arrays above all, run on one core."""
+    xp = _backend.namespace(dst)
+    n = dst.shape[0] if dst.ndim else 1
+    workers = min(worker_count(settings, xp), n)
+    if dst.nbytes < settings.tuning.min_parallel_bytes or workers < 2:
+        xp.copyto(dst, src)
+        return
+    step = -(-n // workers)
+    parts = [slice(i, min(i + step, n)) for i in range(0, n, step)]
+    run(lambda part, _: xp.copyto(dst[part], src[part]), Plan.round_robin(parts, workers),
+        lambda: None)
+
+
+def _parallel_ok(xp: ModuleType) -> bool:
+    return xp is np and _controller() is not None
+
+
+def _executor(size: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < size:
+            _pool = ThreadPoolExecutor(size, thread_name_prefix="npconv")
+        return _pool
+
+
+def _controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, or None without threadpoolctl."""
+    if ThreadpoolController is None:
+        return None
+    if _blas["controller"] is None:
+        _blas["controller"] = ThreadpoolController().select(user_api="blas")
+    return _blas["controller"]
+
+
+def single_blas(xp: ModuleType = np) -> contextlib.AbstractContextManager[Any]:
+    """A context holding BLAS to one thread (see the module docstring), or doing nothing without
+    threadpoolctl or on CuPy. Nests: the original limits come back at the outermost exit."""
+    return _BlasSingleThread() if _parallel_ok(xp) else contextlib.nullcontext()
+
+
+class _BlasSingleThread:
+    """Hold BLAS to one thread (reference counted, so that overlapping calls from several user
+    threads restore the original count once)."""
+
+    def __enter__(self) -> None:
+        with _blas["lock"]:
+            if _blas["depth"] == 0:
+                _blas["limiter"] = _controller().limit(limits=1)
+            _blas["depth"] += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with _blas["lock"]:
+            _blas["depth"] -= 1
+            if _blas["depth"] == 0:
+                _blas["limiter"].restore_original_limits()
+                _blas["limiter"] = None
