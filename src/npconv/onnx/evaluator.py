@@ -1,0 +1,204 @@
+"""`Evaluator`: ONNX's reference evaluator with npconv computing the conv-net operators.
+
+`onnx.reference.ReferenceEvaluator` runs any ONNX model in NumPy, one Python class per operator;
+its pooling loops over output positions in Python and its ConvTranspose over images and
+channels. `Evaluator` is that evaluator with the classes of Conv, ConvTranspose, MaxPool,
+AveragePool, LpPool, GlobalAveragePool, GlobalMaxPool and BatchNormalization replaced through
+its `new_ops` hook by classes that call `npconv.onnx.ops`; every other operator, subgraph and
+function runs as in ONNX's evaluator. A node that npconv does not cover (an opset's semantics it
+does not implement, or an input dtype npconv does not compute, such as bfloat16) is handed to
+ONNX's own class for that node, and `Evaluator.delegated` says which and why.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import numpy as np
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+from onnx.reference.ops import load_op
+
+from npconv.onnx import ops
+
+__all__ = ["NPCONV_OPERATORS", "Evaluator"]
+
+FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+MAX_POOL_DTYPES = (*FLOATS, np.dtype(np.int8), np.dtype(np.uint8))
+
+
+class _NpconvOp(OpRun):
+    """An ONNX operator computed by npconv, or by ONNX's own class where npconv does not cover
+    the node. Subclasses are named after the operator (the `new_ops` hook keys on the class
+    name) and define `_run` with the operator's inputs and attributes."""
+
+    op_domain = ""
+    dtypes: ClassVar[tuple[np.dtype, ...]] = FLOATS
+
+    def __init__(self, onnx_node, run_params: dict[str, Any], schema: Any = None) -> None:
+        super().__init__(onnx_node, run_params, schema)
+        self._opset = int(run_params["opsets"].get(onnx_node.domain, 1))
+        self._static_reason = self._unsupported()
+        self._reason: str | None = self._static_reason
+        self._onnx_impl: OpRun | None = None
+
+    def _unsupported(self) -> str | None:
+        """Why npconv does not compute this node whatever its inputs (None: it does)."""
+        return None
+
+    def _dtype_reason(self, args) -> str | None:
+        x = args[0] if args else None
+        if isinstance(x, np.ndarray) and x.dtype not in self.dtypes:
+            return f"input dtype {x.dtype}"
+        return None
+
+    def _onnx(self) -> OpRun:
+        if self._onnx_impl is None:
+            cls = load_op(self.onnx_node.domain, self.onnx_node.op_type, self._opset)
+            self._onnx_impl = cls(self.onnx_node, self.run_params)
+        return self._onnx_impl
+
+    def run(self, *args, **kwargs):
+        self._reason = self._static_reason or self._dtype_reason(args)
+        if self._reason is not None:
+            return self._onnx().run(*args, **kwargs)
+        return super().run(*args, **kwargs)
+
+    @property
+    def wants_indices(self) -> bool:
+        """Whether the node asks for its second output (MaxPool's Indices)."""
+        return len(self.output) > 1 and self.output[1] != ""
+
+
+class Conv(_NpconvOp):
+    def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
+             pads=None, strides=None):
+        return (ops.conv(x, w, b, auto_pad=auto_pad, dilations=dilations, group=group or 1,
+                         kernel_shape=kernel_shape, pads=pads, strides=strides),)
+
+
+class ConvTranspose(_NpconvOp):
+    def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
+             output_padding=None, output_shape=None, pads=None, strides=None):
+        return (ops.conv_transpose(x, w, b, auto_pad=auto_pad, dilations=dilations,
+                                   group=group or 1, kernel_shape=kernel_shape,
+                                   output_padding=output_padding, output_shape=output_shape,
+                                   pads=pads, strides=strides),)
+
+
+class MaxPool(_NpconvOp):
+    dtypes = MAX_POOL_DTYPES
+
+    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None,
+             pads=None, storage_order=None, strides=None):
+        out = ops.max_pool(x, auto_pad=auto_pad, ceil_mode=ceil_mode or 0, dilations=dilations,
+                           kernel_shape=kernel_shape, pads=pads,
+                           storage_order=storage_order or 0, strides=strides,
+                           indices=self.wants_indices)
+        return out if isinstance(out, tuple) else (out,)
+
+
+class AveragePool(_NpconvOp):
+    def _run(self, x, auto_pad=None, ceil_mode=None, count_include_pad=None, dilations=None,
+             kernel_shape=None, pads=None, strides=None):
+        return (ops.average_pool(x, auto_pad=auto_pad, ceil_mode=ceil_mode or 0,
+                                 count_include_pad=count_include_pad or 0, dilations=dilations,
+                                 kernel_shape=kernel_shape, pads=pads, strides=strides),)
+
+
+class LpPool(_NpconvOp):
+    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None, p=None,
+             pads=None, strides=None):
+        return (ops.lp_pool(x, auto_pad=auto_pad, ceil_mode=ceil_mode or 0, dilations=dilations,
+                            kernel_shape=kernel_shape, p=2 if p is None else p, pads=pads,
+                            strides=strides),)
+
+
+class GlobalAveragePool(_NpconvOp):
+    def _run(self, x):
+        return (ops.global_average_pool(x),)
+
+
+class GlobalMaxPool(_NpconvOp):
+    def _run(self, x):
+        return (ops.global_max_pool(x),)
+
+
+class BatchNormalization(_NpconvOp):
+    """Opsets 14 and later as their doc says; before 14, the inference form (one output,
+    spatial statistics, is_test set where the opset has it); other forms go to ONNX's class."""
+
+    def _unsupported(self) -> str | None:
+        if self._opset >= 14:
+            return None
+        if len([o for o in self.output if o]) > 1:
+            return f"training outputs of opset {self._opset}"
+        if getattr(self, "spatial", 1) != 1:
+            return "spatial=0"
+        if self._opset < 7 and not getattr(self, "is_test", 0):
+            return f"is_test=0 in opset {self._opset}"
+        return None
+
+    def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, training_mode=None,
+             **legacy):
+        out = ops.batch_normalization(
+            x, scale, bias, mean, var, epsilon=1e-5 if epsilon is None else epsilon,
+            momentum=0.9 if momentum is None else momentum, training_mode=training_mode or 0)
+        return out if isinstance(out, tuple) else (out,)
+
+
+NPCONV_OPERATORS: tuple[type[OpRun], ...] = (
+    AveragePool, BatchNormalization, Conv, ConvTranspose, GlobalAveragePool, GlobalMaxPool,
+    LpPool, MaxPool,
+)
+"""The operator classes `Evaluator` passes to ONNX's evaluator as `new_ops`."""
+
+
+class Evaluator(ReferenceEvaluator):
+    """Run an ONNX model like `onnx.reference.ReferenceEvaluator`, with npconv computing Conv,
+    ConvTranspose, MaxPool, AveragePool, LpPool, GlobalAveragePool, GlobalMaxPool and
+    BatchNormalization.
+
+    Parameters
+    ----------
+    proto : onnx.ModelProto, GraphProto, FunctionProto or NodeProto, a path or bytes
+        What `ReferenceEvaluator` takes; a path may also be a `pathlib.Path`.
+    opsets, functions, verbose, **kwargs
+        Passed to `ReferenceEvaluator`.
+    new_ops : list of OpRun classes, optional
+        Your own operator classes; they take precedence over npconv's.
+
+    Examples
+    --------
+    >>> import numpy as np, onnx.helper as oh, onnx
+    >>> node = oh.make_node("MaxPool", ["X"], ["Y"], kernel_shape=[2, 2], strides=[2, 2])
+    >>> graph = oh.make_graph([node], "g",
+    ...     [oh.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, 1, 4, 4])],
+    ...     [oh.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
+    >>> ev = Evaluator(oh.make_model(graph))
+    >>> ev.run(None, {"X": np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)})[0][0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
+    >>> ev.delegated
+    {}
+    """
+
+    def __init__(self, proto: Any, opsets: dict[str, int] | None = None,
+                 functions: list | None = None, verbose: int = 0,
+                 new_ops: list[type[OpRun]] | None = None, **kwargs: Any) -> None:
+        if isinstance(proto, os.PathLike):
+            proto = os.fspath(proto)
+        super().__init__(proto, opsets=opsets, functions=functions, verbose=verbose,
+                         new_ops=[*(new_ops or []), *NPCONV_OPERATORS], **kwargs)
+
+    @property
+    def delegated(self) -> dict[str, str]:
+        """Nodes of npconv's operators that ONNX's own classes ran, `name or op_type#index` ->
+        reason: the nodes npconv never covers, plus those whose inputs of the last `run` it did
+        not (only this graph's nodes, not those of subgraphs or functions)."""
+        out = {}
+        for i, node in enumerate(self.rt_nodes_):
+            if isinstance(node, _NpconvOp) and node._reason is not None:
+                out[node.onnx_node.name or f"{node.op_type}#{i}"] = node._reason
+        return out
