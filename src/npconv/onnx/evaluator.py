@@ -71,20 +71,38 @@ class _NpconvOp(OpRun):
         return len(self.output) > 1 and self.output[1] != ""
 
 
-class Conv(_NpconvOp):
+class _WeightedOp(_NpconvOp):
+    """Conv and ConvTranspose: a weight that is a graph constant (an initializer) is converted
+    to npconv's layout once, when the evaluator loads the model, instead of on every run."""
+
+    _weight: tuple[np.ndarray, np.ndarray] | None = None
+
+    def prepare(self, constants: dict[str, Any]) -> None:
+        w = constants.get(self.input[1]) if len(self.input) > 1 else None
+        if isinstance(w, np.ndarray) and w.ndim >= 3 and w.dtype in self.dtypes:
+            self._weight = (w, ops.weight_last(w))               # (the initializer, its copy)
+
+    def w_last(self, w) -> np.ndarray | None:
+        """The converted weight, if `w` is the very initializer it was converted from (a feed
+        may override an initializer's name)."""
+        return self._weight[1] if self._weight is not None and self._weight[0] is w else None
+
+
+class Conv(_WeightedOp):
     def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
              pads=None, strides=None):
         return (ops.conv(x, w, b, auto_pad=auto_pad, dilations=dilations, group=group or 1,
-                         kernel_shape=kernel_shape, pads=pads, strides=strides),)
+                         kernel_shape=kernel_shape, pads=pads, strides=strides,
+                         w_last=self.w_last(w)),)
 
 
-class ConvTranspose(_NpconvOp):
+class ConvTranspose(_WeightedOp):
     def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
              output_padding=None, output_shape=None, pads=None, strides=None):
         return (ops.conv_transpose(x, w, b, auto_pad=auto_pad, dilations=dilations,
                                    group=group or 1, kernel_shape=kernel_shape,
                                    output_padding=output_padding, output_shape=output_shape,
-                                   pads=pads, strides=strides),)
+                                   pads=pads, strides=strides, w_last=self.w_last(w)),)
 
 
 class MaxPool(_NpconvOp):
@@ -160,6 +178,10 @@ class Evaluator(ReferenceEvaluator):
     ConvTranspose, MaxPool, AveragePool, LpPool, GlobalAveragePool, GlobalMaxPool and
     BatchNormalization.
 
+    Outputs have ONNX's shapes and dtypes; those of npconv's operators are views of
+    channels_last memory (see `npconv.onnx.ops`), writable, not always C-contiguous. Constant
+    Conv and ConvTranspose weights are kept a second time, in npconv's layout.
+
     Parameters
     ----------
     proto : onnx.ModelProto, GraphProto, FunctionProto or NodeProto, a path or bytes
@@ -191,6 +213,9 @@ class Evaluator(ReferenceEvaluator):
             proto = os.fspath(proto)
         super().__init__(proto, opsets=opsets, functions=functions, verbose=verbose,
                          new_ops=[*(new_ops or []), *NPCONV_OPERATORS], **kwargs)
+        for node in self.rt_nodes_:
+            if isinstance(node, _WeightedOp):
+                node.prepare(self.rt_inits_)
 
     @property
     def delegated(self) -> dict[str, str]:

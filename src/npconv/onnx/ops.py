@@ -1,13 +1,22 @@
 """ONNX's convolution, pooling and batch-normalization operators on npconv's functions.
 
 Each function here is one ONNX operator: it takes the operator's inputs as NumPy arrays in
-ONNX's layout (channels_first: x (N, C, *S), conv weight (F, C/G, *K), transposed-conv weight
-(C, F/G, *K)) and its attributes under their ONNX names, turns the attributes into npconv's
-arguments (explicit (lo, hi) padding pairs, `data_format="channels_first"`) and calls the public
-npconv function. The ONNX-only geometry lives here and nowhere else: `auto_pad`
-(SAME_UPPER / SAME_LOWER / VALID), the flat `pads` list, ConvTranspose's `output_shape` and
-negative implicit padding, MaxPool's flat `Indices` with `storage_order`. The semantics follow
-`onnx.defs.get_schema(op).doc`; where it is silent, ONNX's backend node tests decide.
+ONNX's shapes (x (N, C, *S), conv weight (F, C/G, *K), transposed-conv weight (C, F/G, *K)) and
+its attributes under their ONNX names, turns the attributes into npconv's arguments (explicit
+(lo, hi) padding pairs) and calls the public npconv function. The ONNX-only geometry lives here
+and nowhere else: `auto_pad` (SAME_UPPER / SAME_LOWER / VALID), the flat `pads` list,
+ConvTranspose's `output_shape` and negative implicit padding, MaxPool's flat `Indices` with
+`storage_order`. The semantics follow `onnx.defs.get_schema(op).doc`; where it is silent,
+ONNX's backend node tests decide.
+
+Memory layout: npconv computes channels_last, so each op here hands npconv the (N, *S, C) view
+of x (a transpose, no copy) and returns the (N, C, *P) view of npconv's channels_last result.
+The shapes are ONNX's; the memory stays channels_last from one op to the next (NumPy's
+elementwise ops keep their input's memory order), so a chain of convolutions, pools and
+activations transposes nothing (measured: npconv's channels_first path, which converts x and
+w on every call, was 3 to 25 times slower on ResNet-18's layers at batch 1). Weights are
+converted to npconv's (*K, C/G, F) layout by `weight_last`, which a caller with constant
+weights runs once and passes as `w_last`.
 
 Nothing here imports the `onnx` package: the evaluator (`npconv.onnx.evaluator`) and the model
 importer both call these functions.
@@ -36,6 +45,7 @@ __all__ = [
     "lp_pool",
     "max_pool",
     "pool_pads",
+    "weight_last",
 ]
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -134,17 +144,35 @@ def _check_group(group, op: str) -> int:
     return int(group)
 
 
+def _last(x):
+    return x.transpose(0, *range(2, x.ndim), 1)                    # (N, *S, C) view
+
+
+def _first(y):
+    return y.transpose(0, y.ndim - 1, *range(1, y.ndim - 1))       # (N, C, *P) view
+
+
 # ---------------------------------------------------------------------------------------------
 # Conv and ConvTranspose
 # ---------------------------------------------------------------------------------------------
 
 
+def weight_last(w):
+    """A Conv weight (F, C/G, *K), or a ConvTranspose weight (C, F/G, *K), as the C-contiguous
+    (*K, C/G, F), or (*K, F/G, C), of npconv's channels_last layout (a copy).
+
+    >>> weight_last(np.zeros((8, 3, 5, 5))).shape
+    (5, 5, 3, 8)
+    """
+    return np.ascontiguousarray(w.transpose(*range(2, w.ndim), 1, 0))   # (*K, C/G, F)
+
+
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-         pads=None, strides=None):
+         pads=None, strides=None, w_last=None):
     """ONNX Conv: x (N, C, *S), w (F, C/group, *K), b (F,) -> y (N, F, *P), x's dtype.
 
     P = floor((S + lo + hi - dilation * (K - 1) - 1) / stride) + 1, the (lo, hi) pairs from
-    `pads` or `auto_pad` (see `conv_pads`).
+    `pads` or `auto_pad` (see `conv_pads`). `w_last`, if given, is `weight_last(w)`.
 
     >>> import numpy as np
     >>> conv(np.ones((1, 1, 5, 5)), np.ones((2, 1, 3, 3)), auto_pad="SAME_UPPER").shape
@@ -155,9 +183,9 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     strides = _ints(strides, rank, "strides", "Conv", 1)
     dilations = _ints(dilations, rank, "dilations", "Conv", 1)
     pairs = conv_pads(auto_pad, pads, x.shape[2:], k, strides, dilations)
-    y = npconv.conv(x, w, b, stride=strides, padding=pairs, dilation=dilations,
-                    groups=_check_group(group, "Conv"), data_format="channels_first")
-    return y.astype(x.dtype, copy=False)                           # (N, F, *P)
+    y = npconv.conv(_last(x), weight_last(w) if w_last is None else w_last, b, stride=strides,
+                    padding=pairs, dilation=dilations, groups=_check_group(group, "Conv"))
+    return _first(y.astype(x.dtype, copy=False))                   # (N, F, *P)
 
 
 def conv_transpose_geometry(in_size: Sequence[int], kernel_size: Sequence[int], *,
@@ -209,12 +237,13 @@ def conv_transpose_geometry(in_size: Sequence[int], kernel_size: Sequence[int], 
 
 def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
                    kernel_shape=None, output_padding=None, output_shape=None, pads=None,
-                   strides=None):
+                   strides=None, w_last=None):
     """ONNX ConvTranspose: x (N, C, *S), w (C, F/group, *K), b (F,) -> y (N, F, *O).
 
     O and the crops come from `conv_transpose_geometry`. npconv computes the rows of the full
     extent that the output keeps (the non-negative part of each crop is its padding); rows
-    past the full extent, which no kernel tap reaches, are zeros plus the bias.
+    past the full extent, which no kernel tap reaches, are zeros plus the bias. `w_last`, if
+    given, is `weight_last(w)`.
 
     >>> import numpy as np
     >>> conv_transpose(np.ones((1, 1, 3, 3)), np.ones((1, 2, 3, 3)), strides=(3, 2),
@@ -227,16 +256,17 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
         x.shape[2:], k, auto_pad=auto_pad, dilations=dilations, output_padding=output_padding,
         output_shape=output_shape, pads=pads, strides=strides)
     y = npconv.conv_transpose(
-        x, w, None, stride=_ints(strides, rank, "strides", "", 1),
+        _last(x), weight_last(w) if w_last is None else w_last, None,
+        stride=_ints(strides, rank, "strides", "", 1),
         padding=tuple((max(lo, 0), max(hi, 0)) for lo, hi in crops),
         dilation=_ints(dilations, rank, "dilations", "", 1),
-        groups=_check_group(group, "ConvTranspose"), data_format="channels_first")  # (N, F, *O')
+        groups=_check_group(group, "ConvTranspose"))              # (N, *O', F), O' <= O
     extend = tuple((max(-lo, 0), max(-hi, 0)) for lo, hi in crops)
     if any(e for pair in extend for e in pair):
-        y = np.pad(y, ((0, 0), (0, 0), *extend))                   # (N, F, *O)
+        y = np.pad(y, ((0, 0), *extend, (0, 0)))                   # (N, *O, F)
     if b is not None:
-        y += b.reshape(-1, *(1,) * rank).astype(y.dtype, copy=False)  # (F, 1, ..., 1)
-    return y.astype(x.dtype, copy=False)
+        y += b.astype(y.dtype, copy=False)                         # (F,) along the last axis
+    return _first(y.astype(x.dtype, copy=False))                   # (N, F, *O)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +290,7 @@ def _pool_args(op: str, x, kernel_shape, auto_pad, pads, strides, dilations, cei
     pairs = conv_pads(auto_pad, pads, x.shape[2:], k, strides, dilations, op)
     notset = _auto_pad(auto_pad) == "NOTSET"
     return dict(kernel_size=k, stride=strides, padding=pairs, dilation=dilations,
-                ceil_mode=bool(ceil_mode) and notset, data_format="channels_first")
+                ceil_mode=bool(ceil_mode) and notset)
 
 
 def _dilation_kw(kw: dict) -> dict:
@@ -299,11 +329,11 @@ def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
     """
     kw = _pool_args("MaxPool", x, kernel_shape, auto_pad, pads, strides, dilations, ceil_mode)
     if not indices:
-        return npconv.max_pool(x, **kw)
-    y, idx = npconv.max_pool(x, **kw, return_indices=True)         # (N, C, *P) twice
+        return _first(npconv.max_pool(_last(x), **kw))             # (N, C, *P)
     if int(storage_order) not in (0, 1):
         raise ValueError(f"MaxPool: `storage_order` must be 0 or 1; got {storage_order}")
-    return y, _onnx_indices(idx, x.shape, int(storage_order))
+    y, idx = npconv.max_pool(_last(x), **kw, return_indices=True)  # (N, *P, C) twice
+    return _first(y), _onnx_indices(_first(idx), x.shape, int(storage_order))
 
 
 def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None,
@@ -316,7 +346,8 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
     """
     kw = _pool_args("AveragePool", x, kernel_shape, auto_pad, pads, strides, dilations,
                     ceil_mode)
-    return npconv.avg_pool(x, **_dilation_kw(kw), count_include_pad=bool(count_include_pad))
+    y = npconv.avg_pool(_last(x), **_dilation_kw(kw), count_include_pad=bool(count_include_pad))
+    return _first(y)                                               # (N, C, *P)
 
 
 def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, p=2,
@@ -324,7 +355,7 @@ def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=N
     """ONNX LpPool: x (N, C, *S) -> y (N, C, *P), (sum over a window of |x| ** p) ** (1 / p),
     zero padding."""
     kw = _pool_args("LpPool", x, kernel_shape, auto_pad, pads, strides, dilations, ceil_mode)
-    return npconv.lp_pool(x, p, **kw)
+    return _first(npconv.lp_pool(_last(x), p, **kw))              # (N, C, *P)
 
 
 def global_average_pool(x):
