@@ -426,3 +426,38 @@ def test_without_onnx_the_import_error_names_the_extra():
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout
     assert "pip install 'npconv[onnx]'" in out
+
+
+def residual_model(rng):
+    """X -> Conv -> Relu -> (+ X) -> MaxPool -> Y, with the Relu's output also a graph output
+    and an Identity nobody reads: values with two readers, a requested intermediate."""
+    w = rng.normal(size=(2, 2, 3, 3)).astype(np.float32)
+    nodes = [oh.make_node("Conv", ["X", "W"], ["c"], pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["c"], ["r"]),
+             oh.make_node("Identity", ["r"], ["unused"]),
+             oh.make_node("Add", ["r", "X"], ["s"]),
+             oh.make_node("MaxPool", ["s"], ["Y"], kernel_shape=[2, 2], strides=[2, 2])]
+    info = oh.make_tensor_value_info
+    graph = oh.make_graph(nodes, "g", [info("X", TensorProto.FLOAT, [1, 2, 4, 4])],
+                          [info("Y", TensorProto.FLOAT, None), info("r", TensorProto.FLOAT, None)],
+                          initializer=[onnx.numpy_helper.from_array(w, "W")])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 22)])
+
+
+def test_run_drops_values_after_their_last_use_and_answers_like_onnx(rng):
+    model = residual_model(rng)
+    feeds = {"X": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)}
+    ev, ref = Evaluator(model), ReferenceEvaluator(model)
+    for names in (None, ["Y"], ["s", "Y", "c"]):                  # intermediates by name too
+        for got, want in zip(ev.run(names, feeds), ref.run(names, feeds)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    everything = ev.run(None, feeds, intermediate=True)             # ONNX's own loop
+    assert set(everything) >= {"c", "r", "unused", "s", "Y", "W", "X"}
+
+
+def test_run_names_what_is_missing(rng):
+    ev = Evaluator(residual_model(rng))
+    with pytest.raises(RuntimeError, match=r"Unable to find input 'X' of node 'Conv'"):
+        ev.run(None, {"x": np.zeros((1, 2, 4, 4), np.float32)})
+    with pytest.raises(RuntimeError, match=r"Unable to find output name 'nope'"):
+        ev.run(["nope"], {"X": np.zeros((1, 2, 4, 4), np.float32)})
