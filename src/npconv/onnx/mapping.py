@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -154,20 +155,37 @@ def _geometry(node: Node, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _conv(ctx: _Context, i: int, node: Node) -> LayerSpec:
+class _Weighted(NamedTuple):
+    """What Conv and ConvTranspose nodes share: the constant weight and bias in PyTorch's
+    layout, the rank, kernel size, strides, dilations and groups."""
+
+    params: dict
+    w: np.ndarray
+    rank: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+
+def _weighted(ctx: _Context, node: Node) -> _Weighted:
     w = ctx.constant(node, 1, "weight W")
     b = ctx.optional(node, 2)
     rank = _rank(node, w)
-    k = ops._kernel_from_weight(w, node.attrs.get("kernel_shape"), "Conv")
-    strides, dilations = _geometry(node, rank)
-    group = int(node.attrs.get("group", 1))
+    k = ops._kernel_from_weight(w, node.attrs.get("kernel_shape"), node.op_type)
     params = {"weight": w, **({"bias": b} if b is not None else {})}
-    kwargs = dict(in_channels=w.shape[1] * group, out_channels=w.shape[0], kernel_size=k,
-                  stride=strides, padding=_pairs_or_same(ctx, node, k, strides, dilations, rank),
-                  dilation=dilations, groups=group, bias=b is not None,
+    return _Weighted(params, w, rank, k, *_geometry(node, rank), int(node.attrs.get("group", 1)))
+
+
+def _conv(ctx: _Context, i: int, node: Node) -> LayerSpec:
+    c = _weighted(ctx, node)
+    padding = _pairs_or_same(ctx, node, c.kernel_size, c.stride, c.dilation, c.rank)
+    kwargs = dict(in_channels=c.w.shape[1] * c.groups, out_channels=c.w.shape[0],
+                  kernel_size=c.kernel_size, stride=c.stride, padding=padding,
+                  dilation=c.dilation, groups=c.groups, bias="bias" in c.params,
                   data_format=ctx.data_format)
-    return LayerSpec(f"Conv{rank}d", kwargs, node.inputs[:1], node.outputs[0],
-                     ctx.name_for(node, node.inputs[1]), params, nodes=(node.describe(),))
+    return LayerSpec(f"Conv{c.rank}d", kwargs, node.inputs[:1], node.outputs[0],
+                     ctx.name_for(node, node.inputs[1]), c.params, nodes=(node.describe(),))
 
 
 def _conv_transpose_padding(ctx: _Context, node: Node, k, rank: int):
@@ -193,20 +211,14 @@ def _conv_transpose_padding(ctx: _Context, node: Node, k, rank: int):
 
 
 def _conv_transpose(ctx: _Context, i: int, node: Node) -> LayerSpec:
-    w = ctx.constant(node, 1, "weight W")
-    b = ctx.optional(node, 2)
-    rank = _rank(node, w)
-    k = ops._kernel_from_weight(w, node.attrs.get("kernel_shape"), "ConvTranspose")
-    strides, dilations = _geometry(node, rank)
-    group = int(node.attrs.get("group", 1))
-    padding, output_padding = _conv_transpose_padding(ctx, node, k, rank)
-    kwargs = dict(in_channels=w.shape[0], out_channels=w.shape[1] * group, kernel_size=k,
-                  stride=strides, padding=padding, output_padding=output_padding,
-                  dilation=dilations, groups=group, bias=b is not None,
-                  data_format=ctx.data_format)
-    params = {"weight": w, **({"bias": b} if b is not None else {})}
-    return LayerSpec(f"ConvTranspose{rank}d", kwargs, node.inputs[:1], node.outputs[0],
-                     ctx.name_for(node, node.inputs[1]), params, nodes=(node.describe(),))
+    c = _weighted(ctx, node)
+    padding, output_padding = _conv_transpose_padding(ctx, node, c.kernel_size, c.rank)
+    kwargs = dict(in_channels=c.w.shape[0], out_channels=c.w.shape[1] * c.groups,
+                  kernel_size=c.kernel_size, stride=c.stride, padding=padding,
+                  output_padding=output_padding, dilation=c.dilation, groups=c.groups,
+                  bias="bias" in c.params, data_format=ctx.data_format)
+    return LayerSpec(f"ConvTranspose{c.rank}d", kwargs, node.inputs[:1], node.outputs[0],
+                     ctx.name_for(node, node.inputs[1]), c.params, nodes=(node.describe(),))
 
 
 def _batch_norm(ctx: _Context, i: int, node: Node) -> LayerSpec:

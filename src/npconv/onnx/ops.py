@@ -44,7 +44,6 @@ __all__ = [
     "global_max_pool",
     "lp_pool",
     "max_pool",
-    "pool_pads",
     "weight_last",
 ]
 
@@ -126,8 +125,6 @@ def conv_pads(auto_pad, pads, in_size: Sequence[int], kernel_size: Sequence[int]
         out.append(_same_pair(max(0, (p - 1) * st + d * (k - 1) + 1 - s), auto_pad))
     return tuple(out)
 
-
-pool_pads = conv_pads
 
 
 def _kernel_from_weight(w, kernel_shape, op: str) -> tuple[int, ...]:
