@@ -1,0 +1,82 @@
+"""The layers of `npconv.onnx.layers` (ReLU6, Softmax, Upsample): forward against PyTorch,
+backward against central differences and PyTorch's autograd, both layouts."""
+
+import numpy as np
+import pytest
+
+from npconv.onnx.layers import ReLU6, Softmax, Upsample
+
+
+def central_differences(layer, x, dy, eps=1e-6):
+    """d<dy, layer(x)>/dx by central differences, one input element at a time (small x)."""
+    dx = np.zeros_like(x)
+    for i in np.ndindex(*x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        dx[i] = ((dy * layer.forward(xp)).sum() - (dy * layer.forward(xm)).sum()) / (2 * eps)
+    return dx
+
+
+LAYERS = [
+    (lambda: ReLU6(), (2, 3, 4, 5)),
+    (lambda: Softmax(), (2, 3, 4, 5)),
+    (lambda: Softmax(data_format="channels_first"), (2, 5, 3, 4)),
+    (lambda: Softmax(axis=1), (3, 6)),
+    (lambda: Upsample(2), (2, 3, 2, 3)),
+    (lambda: Upsample((2, 3), data_format="channels_first"), (2, 3, 2, 2)),
+    (lambda: Upsample(3), (1, 4, 2)),
+]
+
+
+@pytest.mark.parametrize(("make", "shape"), LAYERS)
+def test_backward_matches_central_differences(rng, make, shape):
+    layer = make()
+    x = rng.uniform(-2, 8, size=shape)                              # both sides of 0 and 6
+    y = layer.forward(x, training=True)
+    dy = rng.normal(size=y.shape)
+    dx = layer.backward(dy)
+    assert dx.shape == x.shape and dx.dtype == x.dtype
+    np.testing.assert_allclose(dx, central_differences(make(), x, dy), rtol=1e-6, atol=1e-8)
+
+
+def test_against_torch(torch, rng):
+    f = torch.nn.functional
+    x = rng.uniform(-2, 8, size=(2, 3, 4, 5))                        # (N, C, H, W)
+    tx = torch.tensor(x, requires_grad=True)
+    last = x.transpose(0, 2, 3, 1)                                 # (N, H, W, C)
+    cases = [
+        (ReLU6(), last, f.relu6(tx), (0, 2, 3, 1)),
+        (Softmax(), last, f.softmax(tx, dim=1), (0, 2, 3, 1)),
+        (Upsample((2, 3)), last, f.interpolate(tx, scale_factor=(2, 3), mode="nearest"),
+         (0, 2, 3, 1)),
+        (Upsample(2, data_format="channels_first"), x, f.interpolate(tx, scale_factor=2),
+         (0, 1, 2, 3)),
+    ]
+    for layer, xin, ty, perm in cases:
+        dy = rng.normal(size=tuple(ty.shape))
+        (tdx,) = torch.autograd.grad(ty, tx, torch.tensor(dy))
+        y = layer.forward(xin, training=True)
+        np.testing.assert_allclose(y, ty.detach().numpy().transpose(perm), rtol=1e-12)
+        dx = layer.backward(dy.transpose(perm))
+        np.testing.assert_allclose(dx, tdx.numpy().transpose(perm), rtol=1e-12, atol=1e-15)
+
+
+def test_dtype_and_config(rng):
+    x = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    for layer in (ReLU6(), Softmax(), Upsample(2)):
+        assert layer.forward(x).dtype == np.float32
+        assert type(layer)(**layer.config()).config() == layer.config()
+
+
+def test_errors():
+    with pytest.raises(TypeError, match=r"`axis` must be None \(the channel axis\) or an int"):
+        Softmax(axis=1.5)
+    with pytest.raises(ValueError, match=r"`scale_factor` must be an int >= 1"):
+        Upsample(0)
+    with pytest.raises(ValueError, match=r"`mode` must be one of \('nearest',\)"):
+        Upsample(2, mode="bilinear")
+    with pytest.raises(ValueError, match=r"has 2 factors for an input with 1 spatial"):
+        Upsample((2, 2)).forward(np.zeros((1, 4, 2)))
+    with pytest.raises(TypeError, match=r"`x` must have dtype float16, float32 or float64"):
+        ReLU6().forward(np.zeros((1, 2), np.int32))
