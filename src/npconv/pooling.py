@@ -1,32 +1,31 @@
-"""Pooling for any spatial rank: max, average and global average, forward and backward.
+"""Pooling for any spatial rank: max, average, Lp and global pools, forward and backward.
 
-PyTorch's semantics throughout (MaxPoolNd, AvgPoolNd, AdaptiveAvgPool to 1): padding that is at
-most half the (dilated) kernel, `ceil_mode` windows that may run past the padding but must start
-inside the input or the left padding, `count_include_pad` for the average's divisor, and a
-max-pool gradient that goes to the first maximum of a window in raster order (a NaN wins).
-All geometry lives in `PoolSpec`, built by `pool_spec` from the size formulas of `npconv.spec`;
-the ops loop over kernel offsets only, each step one strided slice of the padded input
-(`npconv.windows.offsets`), and send gradients back with `npconv.windows.fold`.
+PyTorch's semantics where PyTorch has the op (MaxPoolNd, AvgPoolNd, LPPoolNd,
+AdaptiveAvg/MaxPool to 1), ONNX's where it goes further (MaxPool, AveragePool, LpPool,
+GlobalMaxPool): dilation for every pool, padding of any size, integer max pooling. The public
+functions check their arguments once (`npconv._poolspec.pool_spec`, which holds every shape
+formula) and run the kernels of `npconv._poolkernels`: loops over kernel offsets of vectorized
+strided passes, chunked and on the worker threads. The gradient rules are derived in
+docs/pooling.md.
 
-Shapes, channels_last / channels_first: x (N, *S, C) / (N, C, *S) -> y (N, *P, C) / (N, C, *P).
-Output size per spatial dimension, eff = dilation * (K - 1) + 1:
-
-    P = floor((S + lo + hi - eff) / stride) + 1                    ceil_mode=False
-    P = ceil((S + lo + hi - eff) / stride) + 1, minus 1 if the last window would start at or
-        past S + lo (entirely in the right padding)                ceil_mode=True
-
-The gradient rules are derived in docs/pooling.md.
+Shapes, channels_last / channels_first: x (N, *S, C) / (N, C, *S) -> y (N, *P, C) / (N, C, *P),
+P = floor((S + lo + hi - dilation * (K - 1) - 1) / stride) + 1 (ceil with ceil_mode, dropping a
+window that would start in the right padding). Global pools: y (N, C).
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+import math
 
 import numpy as np
 
-from npconv import _args, _backend, windows
-from npconv.spec import Pads, check_shape, effective_kernel, out_size, resolve_padding
+from npconv import _args, _backend
+from npconv import _poolkernels as kernels
+from npconv._poolspec import PoolSpec, check_flag, pool_out_size, pool_spec, split_x
+from npconv.spec import check_shape, effective_kernel
+
+Size = int | tuple[int, ...]
+Padding = int | str | tuple[int, ...] | tuple[tuple[int, int], ...]
 
 __all__ = [
     "PoolSpec",
@@ -34,234 +33,119 @@ __all__ = [
     "avg_pool_backward",
     "global_avg_pool",
     "global_avg_pool_backward",
+    "global_max_pool",
+    "global_max_pool_backward",
+    "lp_pool",
+    "lp_pool_backward",
     "max_pool",
     "max_pool_backward",
     "pool_out_size",
     "pool_spec",
 ]
 
-
-@dataclass(frozen=True)
-class PoolSpec:
-    """Resolved geometry of a pooling x (N, *S, C) -> y (N, *P, C).
-
-    Attributes
-    ----------
-    batch, channels : int
-        N, C.
-    in_size, kernel_size, out_size : tuple of int
-        S, K, P (one entry per spatial dimension).
-    stride, dilation : tuple of int
-    pads : tuple of (lo, hi) pairs
-        The padding the caller asked for (the windows' coordinates start at -lo).
-    ceil_mode : bool
-    data_format : str
-        "channels_last" or "channels_first" (the caller's layout; the ops use channels_last).
-    """
-
-    batch: int
-    channels: int
-    in_size: tuple[int, ...]
-    kernel_size: tuple[int, ...]
-    out_size: tuple[int, ...]
-    stride: tuple[int, ...]
-    dilation: tuple[int, ...]
-    pads: Pads
-    ceil_mode: bool = False
-    data_format: str = "channels_last"
-
-    @property
-    def rank(self) -> int:
-        """Number of spatial dimensions."""
-        return len(self.in_size)
-
-    @property
-    def array_pads(self) -> Pads:
-        """(lo, hi') per dimension: hi' >= hi also covers the rows a ceil_mode window reads
-        past the padding, so every window is a plain strided slice of the padded array."""
-        reach = ((p - 1) * s + effective_kernel(k, d)
-                 for p, s, k, d in zip(self.out_size, self.stride, self.kernel_size, self.dilation))
-        return tuple((lo, max(hi, r - lo - n))
-                     for (lo, hi), r, n in zip(self.pads, reach, self.in_size))
-
-    @property
-    def padded_size(self) -> tuple[int, ...]:
-        """S + lo + hi' per dimension (the size of the array the windows slice)."""
-        return tuple(n + lo + hi for n, (lo, hi) in zip(self.in_size, self.array_pads))
-
-    def x_shape(self) -> tuple[int, ...]:
-        """Input shape in the caller's layout."""
-        return _layout(self.batch, self.in_size, self.channels, self.data_format)
-
-    def y_shape(self) -> tuple[int, ...]:
-        """Output shape in the caller's layout."""
-        return _layout(self.batch, self.out_size, self.channels, self.data_format)
-
-    def taps(self, dim: int) -> np.ndarray:
-        """Input coordinate p * stride + k * dilation - lo of every window p and offset k along
-        spatial dimension `dim`, shape (P, K); it is outside [0, S) for padding."""
-        p = np.arange(self.out_size[dim])[:, None]                 # (P, 1)
-        k = np.arange(self.kernel_size[dim])[None, :]              # (1, K)
-        return p * self.stride[dim] + k * self.dilation[dim] - self.pads[dim][0]  # (P, K)
-
-    def window_counts(self, include_pad: bool) -> np.ndarray:
-        """Taps of each window inside the input, or inside the padded input [-lo, S + hi) when
-        `include_pad` (PyTorch's avg_pool divisors), shape (*P)."""
-        counts = []
-        for dim, (n, (lo, hi)) in enumerate(zip(self.in_size, self.pads)):
-            start, stop = (-lo, n + hi) if include_pad else (0, n)
-            t = self.taps(dim)                                     # (P, K)
-            counts.append(((t >= start) & (t < stop)).sum(axis=1))  # (P,)
-        return functools.reduce(np.multiply.outer, counts).astype(np.float64)  # (*P)
-
-    def first_taps(self) -> np.ndarray:
-        """Raster index (into the K grid) of each window's first tap inside the input, (*P)."""
-        flat = np.zeros((1,) * self.rank, dtype=np.intp)           # (1, ..., 1)
-        for dim, n in enumerate(self.in_size):
-            t = self.taps(dim)                                     # (P, K)
-            first = np.argmax((t >= 0) & (t < n), axis=1)          # (P,)
-            shape = [1] * self.rank
-            shape[dim] = -1
-            flat = flat * self.kernel_size[dim] + first.reshape(shape)  # broadcasts to (*P)
-        return flat
-
-
-def _layout(n: int, size: tuple[int, ...], c: int, data_format: str) -> tuple[int, ...]:
-    return (n, *size, c) if data_format == "channels_last" else (n, c, *size)
-
-
 # ---------------------------------------------------------------------------------------------
-# Geometry: argument checks and size formulas
+# Arguments and the kernels' layout
 # ---------------------------------------------------------------------------------------------
 
 
-def pool_out_size(s: int, k: int, stride: int, d: int, lo: int, hi: int, ceil_mode: bool) -> int:
-    """Output size of a pooling along one dimension (PyTorch's `pooling_output_shape`).
-
-    Floor mode is `npconv.spec.out_size`. Ceil mode rounds up, which is the floor formula with
-    stride - 1 more rows of padding at the end; a window that would then start at or past
-    S + lo, entirely in the right padding, is dropped.
-    """
-    if not ceil_mode:
-        return out_size(s, k, stride, d, lo, hi)
-    p = out_size(s, k, stride, d, lo, hi + stride - 1)
-    return p - 1 if (p - 1) * stride >= s + lo else p
-
-
-def _split_x(x_shape, data_format: str, name: str = "x"):
-    """(N, S, C) of an input shape, after checking its rank."""
-    if len(x_shape) < 3:
-        layout = "(N, *S, C)" if data_format == "channels_last" else "(N, C, *S)"
-        raise ValueError(
-            f"`{name}` must have at least 3 dimensions {layout}: batch, spatial..., channels; "
-            f"got shape {tuple(x_shape)}"
+def _max_array(x, name: str):
+    """Max pooling takes float16/32/64 and every integer dtype (ONNX's MaxPool does)."""
+    if not _backend.is_array(x):
+        raise TypeError(f"`{name}` must be a numpy.ndarray; got {type(x).__name__}")
+    if x.dtype not in _args.FLOAT_DTYPES and x.dtype.kind not in "iu":
+        raise TypeError(
+            f"`{name}` must have dtype float16, float32, float64 or an integer dtype; got dtype "
+            f"{x.dtype}"
         )
+    return x
+
+
+def _shape_arg(shape, name: str = "x_shape") -> tuple[int, ...]:
+    if not isinstance(shape, (tuple, list)) or not all(map(_args.is_int, shape)):
+        raise TypeError(f"`{name}` must be a tuple of ints; got {shape!r}")
+    if any(v < 0 for v in shape):
+        raise ValueError(f"`{name}` must have sizes >= 0; got {tuple(shape)}")
+    return tuple(int(v) for v in shape)
+
+
+def _indices_arg(indices, shape: tuple[int, ...], name: str = "indices"):
+    """Integer indices of the output's shape, as int64."""
+    if not _backend.is_array(indices):
+        raise TypeError(f"`{name}` must be a numpy.ndarray; got {type(indices).__name__}")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"`{name}` must have an integer dtype; got dtype {indices.dtype}")
+    check_shape(indices, shape, name)
+    return indices.astype(np.int64, copy=False)
+
+
+def _grad_dtype(dy, x) -> np.dtype:
+    """dx's dtype: NumPy's promotion of dy and a float x; dy's own for an integer x or a shape."""
+    if _backend.is_array(x) and x.dtype.kind == "f":
+        return _args.result_dtype(dy, x)
+    return dy.dtype
+
+
+def _kernel_view(a, data_format: str):
+    """The kernels' layout (B, *S, C) of an array in the caller's: channels_last as it is,
+    channels_first (N, C, *S) viewed as (N * C, *S, 1) (a copy only if a is not contiguous)."""
     if data_format == "channels_last":
-        n, *s, c = x_shape
-    else:
-        n, c, *s = x_shape
-    return n, tuple(s), c
+        return a
+    n, c, *s = a.shape
+    return a.reshape(n * c, *s, 1)                               # (N*C, *S, 1)
 
 
-def check_flag(value, name: str) -> bool:
-    """TypeError unless `value` is True or False."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be True or False; got {value!r}")
-    return bool(value)
+def _kernel_shape(spec: PoolSpec, size: tuple[int, ...]) -> tuple[int, ...]:
+    """(B, *size, C) of the kernels' layout."""
+    if spec.data_format == "channels_last":
+        return (spec.batch, *size, spec.channels)
+    return (spec.batch * spec.channels, *size, 1)
 
 
-def _check_half_kernel(pads: Pads, kernel_size, dilation, padding) -> None:
-    """PyTorch's rule: a window with more padding than half its extent could miss the input."""
-    for (lo, hi), k, d in zip(pads, kernel_size, dilation):
-        if max(lo, hi) > effective_kernel(k, d) // 2:
-            raise ValueError(
-                f"`padding` must be at most half the dilated kernel size, "
-                f"dilation * (kernel_size - 1) + 1, in every dimension; got padding={padding!r} "
-                f"(pads {pads}) with kernel_size={tuple(kernel_size)}, dilation={tuple(dilation)}"
-            )
+def _row_bytes(spec: PoolSpec, itemsize: int, per_window: int = 0) -> int:
+    """Bytes a chunk touches per output row along dim 0 (the forward's chunk size unit): the
+    input rows it reads, one input row of temporaries, its output row and `per_window` more
+    bytes for every window in the row."""
+    c = spec.channels if spec.data_format == "channels_last" else 1
+    in_row = math.prod(spec.in_size[1:]) * c * itemsize
+    windows = math.prod(spec.out_size[1:]) * c
+    return (spec.stride[0] + 1) * in_row + windows * (itemsize + per_window)
 
 
-def _check_out_size(spec: PoolSpec) -> None:
-    if any(v < 1 for v in spec.out_size):
-        raise ValueError(
-            f"output size must be >= 1; got output size {spec.out_size} from input size "
-            f"{spec.in_size}, kernel_size {spec.kernel_size}, stride {spec.stride}, dilation "
-            f"{spec.dilation}, padding {spec.pads}: the padded input is smaller than the window"
-        )
-    for dim, n in enumerate(spec.in_size):
-        t = spec.taps(dim)                                         # (P, K)
-        empty = np.flatnonzero(~((t >= 0) & (t < n)).any(axis=1))  # windows on padding only
-        if empty.size:
-            raise ValueError(
-                f"every pooling window must read at least one input pixel; along spatial "
-                f"dimension {dim} window {int(empty[0])} reads only padding (input size {n}, "
-                f"kernel_size {spec.kernel_size[dim]}, dilation {spec.dilation[dim]}, padding "
-                f"{spec.pads[dim]}): lower the padding or the dilation"
-            )
+def _in_row_bytes(spec: PoolSpec, itemsize: int, per_window: int = 0) -> int:
+    """Bytes a backward chunk touches per input row along dim 0."""
+    c = spec.channels if spec.data_format == "channels_last" else 1
+    in_row = math.prod(spec.in_size[1:]) * c * itemsize
+    windows = math.prod(spec.out_size[1:]) * c
+    return 2 * in_row + windows * (itemsize + per_window) // spec.stride[0]
 
 
-def pool_spec(
-    x_shape,
-    kernel_size,
-    *,
-    stride=None,
-    padding=0,
-    dilation=1,
-    ceil_mode: bool = False,
-    data_format: str = "channels_last",
-) -> PoolSpec:
-    """Check every argument of a pooling and resolve its geometry.
-
-    `stride=None` means stride = kernel_size. `padding` takes every form `npconv.conv` takes
-    (int, per-dim ints, (lo, hi) pairs, "valid", "same"); each side must stay <= eff // 2.
-    """
-    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-    n, s, c = _split_x(x_shape, data_format)
-    rank = len(s)
-    k = _args.positive_tuple(kernel_size, rank, "kernel_size")
-    stride = k if stride is None else _args.positive_tuple(stride, rank, "stride")
-    dilation = _args.positive_tuple(dilation, rank, "dilation")
-    ceil_mode = check_flag(ceil_mode, "ceil_mode")
-    pads = resolve_padding(padding, s, k, stride, dilation)
-    _check_half_kernel(pads, k, dilation, padding)
-    p = tuple(pool_out_size(*a, lo, hi, ceil_mode)
-              for *a, (lo, hi) in zip(s, k, stride, dilation, pads))
-    spec = PoolSpec(n, c, s, k, p, stride, dilation, pads, ceil_mode, data_format)
-    _check_out_size(spec)
-    return spec
+def _lowest(dtype: np.dtype):
+    """What padding is in a maximum: -inf, or the integer dtype's minimum."""
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
-# ---------------------------------------------------------------------------------------------
-# Layout and padding
-# ---------------------------------------------------------------------------------------------
+def _chunk_input(xk, spec: PoolSpec, bs: slice, p_range, state, xp, split: bool):
+    """(src, first row, phases): what a chunk's passes read for the windows p_range.
 
-
-def _x_in(x, data_format: str, dtype):
-    xp = _backend.namespace(x)
-    if data_format == "channels_first":
-        x = xp.moveaxis(x, 1, -1)                                  # (N, *S, C) view
-    return x.astype(dtype, copy=False)
-
-
-def _x_out(y, data_format: str, dtype):
-    xp = _backend.namespace(y)
-    if data_format == "channels_first":
-        y = xp.moveaxis(y, -1, 1)                                  # (N, *P, C) -> (N, C, *P)
-    return xp.ascontiguousarray(y.astype(dtype, copy=False))
-
-
-def _pad_with(x, pads: Pads, value: float):
-    """Pad the spatial axes of x (N, *S, C) with a constant -> (N, *Sp, C)."""
-    if value == 0:
-        return windows.pad(x, pads)
-    xp = _backend.namespace(x)
-    return xp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value)  # (N, *Sp, C)
-
-
-def _offsets(spec: PoolSpec):
-    """(raster index, window slice) for every kernel offset, in raster order."""
-    pairs = windows.offsets(spec.kernel_size, spec.stride, spec.dilation, spec.out_size)
-    return ((i, window) for i, (_, window) in enumerate(pairs))
+    The images as they are, except: float16 rows are widened to float32 (NumPy's float16 loops
+    are 5-20x slower, and a max, a sum of float16 values are exact or better in float32); with
+    `split`, when windows overlap along a strided last dimension (3x3 stride 2), the rows are
+    phase-split so that the prod(K) equality passes stream (13% less time for the 3x3 stride-2
+    max pool with indices, 15% in channels_first; a 2x2 stride-2 pool reads each column once,
+    and the split cost 6% more there)."""
+    s = spec.stride[-1]
+    split = split and s > 1 and spec.out_size[-1] > 1 and s < effective_kernel(
+        spec.kernel_size[-1], spec.dilation[-1])
+    wide = np.float32 if xk.dtype == np.float16 else None
+    if not (split or wide):
+        return xk[bs], 0, 1
+    xa, xb = kernels.input_rows(spec, p_range)
+    rows = xk[bs, xa:max(xa, xb)]                                # (B', rows read, *S[1:], C)
+    if split:
+        return kernels.phase_split(rows, s, state, xp, wide), xa, s
+    out = kernels.scratch(state, "wide", rows.shape, wide, xp)
+    xp.copyto(out, rows)
+    return out, xa, 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,70 +153,85 @@ def _offsets(spec: PoolSpec):
 # ---------------------------------------------------------------------------------------------
 
 
-def _max_forward(xp_, spec: PoolSpec):
-    """Max and its offset over each window of the -inf padded x (N, *Sp, C).
-
-    The running maximum starts at -inf with its offset at the window's first input tap, and an
-    offset replaces it only if strictly greater or NaN: the first maximum in raster order wins
-    a tie (and the last NaN, a NaN), the order of PyTorch's loop. Padding is never chosen.
-    """
-    xp = _backend.namespace(xp_)
-    y_shape = (spec.batch, *spec.out_size, spec.channels)
-    best = xp.full(y_shape, -xp.inf, dtype=xp_.dtype)              # (N, *P, C)
-    arg = xp.empty(y_shape, dtype=xp.intp)                         # (N, *P, C)
-    arg[...] = xp.asarray(spec.first_taps())[None, ..., None]      # (1, *P, 1) broadcast
-    for i, window in _offsets(spec):
-        v = xp_[window]                                            # (N, *P, C) view
-        better = (v > best) | xp.isnan(v)                          # (N, *P, C)
-        xp.copyto(best, v, where=better)
-        xp.copyto(arg, i, where=better)
-    return best, arg
+def _codes_to_indices(codes, out, base, table, xp) -> None:
+    """out = the flat index of the tap each code names (table[code] + base), -1 for code 0."""
+    if xp is np:
+        np.take(table, codes, out=out, mode="clip")             # "raise" is 10x slower
+    else:
+        out[...] = table[codes]
+    xp.add(out, base, out=out)
+    if xp is not np or not codes.all():
+        xp.copyto(out, -1, where=codes == 0)
 
 
-def _input_indices(arg, spec: PoolSpec):
-    """PyTorch's `return_indices`: flat index into the input's spatial dims (*S) of each
-    chosen tap, from its raster offset index `arg` (N, *P, C)."""
-    xp = _backend.namespace(arg)
-    ks = xp.unravel_index(arg, spec.kernel_size)                   # rank x (N, *P, C)
-    flat = xp.zeros(arg.shape, dtype=xp.int64)                     # (N, *P, C)
-    for dim, (k, n) in enumerate(zip(ks, spec.in_size)):
-        shape = [1] * arg.ndim
-        shape[dim + 1] = -1
-        p = xp.arange(spec.out_size[dim]).reshape(shape)           # (1, .., P, .., 1)
-        pos = p * spec.stride[dim] + k * spec.dilation[dim] - spec.pads[dim][0]  # (N, *P, C)
-        flat = flat * n + pos
-    return flat
+def _max_forward(xk, spec: PoolSpec, *, values: bool = True, indices: bool = False):
+    """(y, PyTorch's indices) in the kernels' layout, each None unless asked for (without
+    `values` the maximum stays in per-chunk scratch)."""
+    xp = _backend.namespace(xk)
+    shape = _kernel_shape(spec, spec.out_size)                   # (B, *P, C)
+    y = xp.empty(shape, dtype=xk.dtype) if values else None
+    idx = xp.empty(shape, dtype=np.int64) if indices else None
+    if indices:
+        base, offsets = spec.index_parts()
+        base = xp.asarray(base)
+        ctype = kernels.code_dtype(spec)
+        table = xp.asarray(np.concatenate([[0], offsets[::-1]]))  # table[taps - r] = offset[r]
+    lowest = _lowest(xk.dtype)
+
+    def task(chunk, state):
+        bs, rows = chunk
+        p_range = (rows.start, rows.stop)
+        src, xa, phases = _chunk_input(xk, spec, bs, p_range, state, xp, indices)
+        part = (bs.stop - bs.start, rows.stop - rows.start, *shape[2:])  # (B', R, *P[1:], C)
+        yc = y[bs, rows] if values else None
+        out = yc if values and src.dtype == yc.dtype else kernels.scratch(state, "y", part,
+                                                                          src.dtype, xp)
+        kernels.reduce(src, out, spec, p_range, xa, xp.maximum, lowest, state, xp, phases)
+        if indices:
+            codes = kernels.scratch(state, "codes", part, ctype, xp)
+            kernels.argmax_codes(src, out, codes, spec, p_range, state, xp, xa, phases)
+            _codes_to_indices(codes, idx[bs, rows], base[:, rows], table, xp)
+        if values and out is not yc:
+            xp.copyto(yc, out, casting="same_kind")              # exact: a float16 value
+
+    per_window = 16 if indices else 0                            # codes, masks, int64 index
+    kernels.parallel(task, shape[0], spec.out_size[0], _row_bytes(spec, xk.itemsize, per_window),
+                     xp)
+    return y, idx
 
 
 def max_pool(
-    x,
-    kernel_size,
+    x: np.ndarray,
+    kernel_size: Size,
     *,
-    stride=None,
-    padding=0,
-    dilation=1,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
     ceil_mode: bool = False,
     data_format: str = "channels_last",
     return_indices: bool = False,
-):
-    """N-d max pooling (PyTorch's MaxPoolNd).
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """N-d max pooling (PyTorch's MaxPoolNd, ONNX's MaxPool).
 
     Parameters
     ----------
-    x : ndarray, (N, *S, C) channels_last or (N, C, *S) channels_first, float16/32/64
+    x : ndarray, (N, *S, C) channels_last or (N, C, *S) channels_first
+        float16/32/64 or any integer dtype.
     kernel_size : int or tuple of int, one per spatial dimension
     stride : int or tuple of int, optional
         Defaults to kernel_size.
-    padding : int, tuple of int, tuple of (lo, hi) pairs, "valid" or "same"
-        Implicit -inf padding, never chosen as a maximum. Each side at most half the dilated
-        kernel, (dilation * (kernel_size - 1) + 1) // 2, as in PyTorch; "same" is Keras' rule.
+    padding : int, tuple of int, tuple of (lo, hi) pairs, "valid", "same" or "full"
+        Implicit padding that never wins a maximum (-inf, or the integer dtype's minimum). Any
+        size, as in ONNX; a window that reads only padding gives -inf (the integer minimum)
+        and the index -1.
     dilation : int or tuple of int
     ceil_mode : bool
-        Round the output size up (see the module docstring for the formula).
+        Round the output size up (a window starting in the right padding is dropped).
     data_format : "channels_last" or "channels_first"
     return_indices : bool
         Also return, like PyTorch, the flat index into the input's spatial dimensions (*S) of
-        each maximum, int64 of the output's shape.
+        each maximum, int64 of the output's shape: the first maximum of the window in raster
+        order, or its last NaN. `max_pool_backward(..., indices=...)` takes them.
 
     Returns
     -------
@@ -349,33 +248,47 @@ def max_pool(
     >>> npconv.max_pool(x, 3, stride=2, ceil_mode=True).shape   # ceil((4 - 3) / 2) + 1 = 2
     (1, 2, 2, 1)
     """
-    _args.float_array(x, "x")
+    _max_array(x, "x")
     spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     return_indices = check_flag(return_indices, "return_indices")
-    xp_ = _pad_with(_x_in(x, data_format, x.dtype), spec.array_pads, -np.inf)  # (N, *Sp, C)
-    y, arg = _max_forward(xp_, spec)                               # (N, *P, C) twice
-    y = _x_out(y, data_format, x.dtype)
+    y, idx = _max_forward(_kernel_view(x, data_format), spec, indices=return_indices)
     if return_indices:
-        return y, _x_out(_input_indices(arg, spec), data_format, np.int64)
-    return y
+        return y.reshape(spec.y_shape()), idx.reshape(spec.y_shape())
+    return y.reshape(spec.y_shape())
 
 
 def max_pool_backward(
-    dy,
-    x,
-    kernel_size,
+    dy: np.ndarray,
+    x: np.ndarray | tuple[int, ...],
+    kernel_size: Size,
     *,
-    stride=None,
-    padding=0,
-    dilation=1,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
     ceil_mode: bool = False,
     data_format: str = "channels_last",
-):
+    indices: np.ndarray | None = None,
+) -> np.ndarray:
     """dx = dL/dx of `max_pool`, given dy = dL/dy; same keywords as `max_pool`.
 
-    Each window's dy goes to the input pixel its maximum came from (the first one in a tie);
-    overlapping windows add up. dx has x's shape, dtype numpy.result_type(dy, x).
+    Each window's dy goes to the input element its maximum came from (the first one in a tie,
+    the last NaN); overlapping windows add up.
+
+    Parameters
+    ----------
+    dy : ndarray of y's shape, float
+    x : ndarray, or x's shape (a tuple of ints) when `indices` is given
+        The forward's input. Without `indices` the argmax is recomputed from x.
+    indices : ndarray of y's shape, integer, optional
+        What `max_pool(..., return_indices=True)` returned with the same arguments: the
+        backward then reads no x and recomputes nothing. An index outside [0, prod(S)) (other
+        than -1, a window on padding) raises ValueError (checked on NumPy arrays): indices from
+        another call can give a wrong gradient, but never write outside their image and channel.
+
+    Returns
+    -------
+    dx : ndarray, x's shape; dtype numpy.result_type(dy, x) for float x, dy's dtype otherwise
 
     Examples
     --------
@@ -383,21 +296,59 @@ def max_pool_backward(
     >>> x = np.array([[[1.0], [3.0], [3.0], [2.0]]])   # (N, S, C): a tie in window [3, 3]
     >>> npconv.max_pool_backward(np.ones((1, 3, 1)), x, 2, stride=1)[0, :, 0]
     array([0., 2., 1., 0.])
+    >>> y, idx = npconv.max_pool(x, 2, stride=1, return_indices=True)
+    >>> npconv.max_pool_backward(np.ones((1, 3, 1)), x.shape, 2, stride=1, indices=idx)[0, :, 0]
+    array([0., 2., 1., 0.])
     """
     _args.float_array(dy, "dy")
-    _args.float_array(x, "x")
-    spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+    if indices is None or _backend.is_array(x):
+        x_shape = _max_array(x, "x").shape
+    else:
+        x_shape = _shape_arg(x, "x")
+        _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+        split_x(x_shape, data_format, "x")
+    spec = pool_spec(x_shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     check_shape(dy, spec.y_shape(), "dy")
-    dtype = _args.result_dtype(dy, x)
-    xp_ = _pad_with(_x_in(x, data_format, x.dtype), spec.array_pads, -np.inf)  # (N, *Sp, C)
-    _, arg = _max_forward(xp_, spec)                               # (N, *P, C)
-    dy_ = _x_in(dy, data_format, _args.compute_dtype(dtype))       # (N, *P, C)
-    xp = _backend.namespace(dy_)
-    dxp = xp.zeros((spec.batch, *spec.padded_size, spec.channels), dtype=dy_.dtype)  # (N,*Sp,C)
-    for i, window in _offsets(spec):
-        dxp[window] += xp.where(arg == i, dy_, 0)                  # (N, *P, C)
-    return _x_out(windows.pad_adjoint(dxp, spec.array_pads), data_format, dtype)
+    if indices is None:
+        _, ik = _max_forward(_kernel_view(x, data_format), spec, values=False, indices=True)
+    else:
+        ik = _kernel_view(_indices_arg(indices, spec.y_shape()), data_format)
+    dyk = _kernel_view(dy, data_format)                          # (B, *P, C)
+    xp = _backend.namespace(dyk, ik)
+    dtype = _grad_dtype(dy, x)
+    acc = _args.compute_dtype(dtype)
+    scatter = _scatter_indices if xp is np else _scatter_offsets
+    return scatter(dyk, ik, spec, acc, xp).astype(dtype, copy=False).reshape(x_shape)
+
+
+def _scatter_indices(dyk, ik, spec: PoolSpec, acc, xp):
+    """The max-pool gradient on NumPy: per chunk of windows, one `numpy.add.at` (a plain
+    scatter when windows cannot overlap) of dy at the elements the indices name."""
+    dx = np.zeros(_kernel_shape(spec, spec.in_size), dtype=acc)  # (B, *S, C)
+    size, plane = math.prod(spec.in_size), dx.shape[-1]
+    overlap = any(s < effective_kernel(k, d)
+                  for s, k, d in zip(spec.stride, spec.kernel_size, spec.dilation))
+    dead = any(spec.live_windows(d) < p for d, p in enumerate(spec.out_size))
+
+    def task(chunk, state):
+        bs, rows = chunk
+        kernels.scatter_indices(dyk[bs, rows], ik[bs, rows], dx[bs], plane, size, overlap,
+                                dead, state)
+
+    kernels.parallel(task, dx.shape[0], spec.out_size[0], _row_bytes(spec, 4, 16),
+                     whole_images=overlap)
+    return dx
+
+
+def _scatter_offsets(dyk, ik, spec: PoolSpec, acc, xp):
+    """The max-pool gradient without `add.at` (CuPy): per kernel offset, the windows whose
+    index minus its window's base equals that offset's add their dy into a strided view."""
+    base, offsets = spec.index_parts()
+    dx = xp.empty(_kernel_shape(spec, spec.in_size), dtype=acc)  # (B, *S, C)
+    kernels.scatter_max(dyk, ik - xp.asarray(base), lambda r: offsets[r], dx, spec, 0,
+                        (0, spec.in_size[0]), {}, xp)
+    return dx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,38 +356,50 @@ def max_pool_backward(
 # ---------------------------------------------------------------------------------------------
 
 
-def _divisors(spec: PoolSpec, count_include_pad: bool, xp, dtype):
-    """Each window's divisor, shaped (1, *P, 1) to broadcast against (N, *P, C)."""
-    counts = spec.window_counts(include_pad=count_include_pad)     # (*P)
-    return xp.asarray(counts[None, ..., None], dtype=dtype)        # (1, *P, 1)
+def _divisor(spec: PoolSpec, count_include_pad: bool, dtype, xp, backward: bool = False):
+    """Each window's divisor: a Python float when all are equal (the common case, one scalar
+    division), else an array (1, *P, 1) that broadcasts against the kernels' (B, *P, C). The
+    backward divides by inf instead of 0 (a window that reads no input, never spread)."""
+    counts = spec.window_counts(include_pad=count_include_pad)   # (*P)
+    if backward:
+        counts[counts == 0] = np.inf
+    if counts.min() == counts.max():
+        return float(counts.flat[0])
+    return xp.asarray(counts[None, ..., None], dtype=dtype)      # (1, *P, 1)
+
+
+def _rows(div, rows: slice):
+    return div if isinstance(div, float) else div[:, rows]
 
 
 def avg_pool(
-    x,
-    kernel_size,
+    x: np.ndarray,
+    kernel_size: Size,
     *,
-    stride=None,
-    padding=0,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
     ceil_mode: bool = False,
     count_include_pad: bool = True,
     data_format: str = "channels_last",
-):
-    """N-d average pooling (PyTorch's AvgPoolNd).
+) -> np.ndarray:
+    """N-d average pooling (PyTorch's AvgPoolNd, ONNX's AveragePool).
 
     Parameters
     ----------
     x : ndarray, (N, *S, C) channels_last or (N, C, *S) channels_first, float16/32/64
-    kernel_size, stride, padding, ceil_mode, data_format : as in `max_pool` (no dilation)
-        The padding is zeros; each side at most kernel_size // 2.
+    kernel_size, stride, padding, dilation, ceil_mode, data_format : as in `max_pool`
+        The padding is zeros, of any size (ONNX's rule; PyTorch allows kernel_size // 2 and no
+        dilation).
     count_include_pad : bool
         Divide by the window's taps inside the padded input [-lo, S + hi) (True, PyTorch's
-        default) or inside the input only (False, Keras' "same"). Taps that ceil_mode adds past
-        the padding are never counted.
+        default) or inside the input only (False, ONNX's default and Keras' "same"). Taps that
+        ceil_mode adds past the padding never count. A window that reads no input gives 0 with
+        True and NaN (0 / 0) with False, as ONNX's reference evaluator does.
 
     Returns
     -------
     y : ndarray, (N, *P, C) or (N, C, *P), x's dtype (float16 is summed in float32)
-        P as in `max_pool` with dilation 1.
 
     Examples
     --------
@@ -448,33 +411,44 @@ def avg_pool(
     1.0
     """
     _args.float_array(x, "x")
-    spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                     data_format=data_format)
+    spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                     ceil_mode=ceil_mode, data_format=data_format)
     count_include_pad = check_flag(count_include_pad, "count_include_pad")
-    dtype = _args.compute_dtype(x.dtype)
-    xp_ = windows.pad(_x_in(x, data_format, dtype), spec.array_pads)  # (N, *Sp, C)
-    xp = _backend.namespace(xp_)
-    total = xp.zeros((spec.batch, *spec.out_size, spec.channels), dtype=dtype)  # (N, *P, C)
-    for _, window in _offsets(spec):
-        total += xp_[window]                                       # (N, *P, C)
-    y = total / _divisors(spec, count_include_pad, xp, dtype)      # (N, *P, C)
-    return _x_out(y, data_format, x.dtype)
+    xk = _kernel_view(x, data_format)
+    xp = _backend.namespace(xk)
+    acc = _args.compute_dtype(x.dtype)
+    div = _divisor(spec, count_include_pad, acc, xp)
+    y = xp.empty(_kernel_shape(spec, spec.out_size), dtype=x.dtype)  # (B, *P, C)
+
+    def task(chunk, state):
+        bs, rows = chunk
+        out = y[bs, rows]
+        total = out if acc == x.dtype else kernels.scratch(state, "sum", out.shape, acc, xp)
+        p_range = (rows.start, rows.stop)
+        src, xa, _ = _chunk_input(xk, spec, bs, p_range, state, xp, False)
+        kernels.reduce(src, total, spec, p_range, xa, xp.add, 0, state, xp)
+        with np.errstate(invalid="ignore"):                      # 0 / 0: a window on padding
+            xp.divide(total, _rows(div, rows), out=out, casting="same_kind")
+
+    kernels.parallel(task, y.shape[0], spec.out_size[0], _row_bytes(spec, acc.itemsize), xp)
+    return y.reshape(spec.y_shape())
 
 
 def avg_pool_backward(
-    dy,
-    x_shape,
-    kernel_size,
+    dy: np.ndarray,
+    x_shape: tuple[int, ...],
+    kernel_size: Size,
     *,
-    stride=None,
-    padding=0,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
     ceil_mode: bool = False,
     count_include_pad: bool = True,
     data_format: str = "channels_last",
-):
+) -> np.ndarray:
     """dx = dL/dx of `avg_pool`, from dy alone (the op is linear); `x_shape` is x's shape.
 
-    Every tap of window p receives dy[p] / divisor[p]; dx has dy's dtype.
+    Every input tap of window p receives dy[p] / divisor[p]; dx has dy's dtype.
 
     Examples
     --------
@@ -485,40 +459,64 @@ def avg_pool_backward(
     """
     _args.float_array(dy, "dy")
     x_shape = _shape_arg(x_shape)
-    spec = pool_spec(x_shape, kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                     data_format=data_format)
+    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+    split_x(x_shape, data_format, "x_shape")
+    spec = pool_spec(x_shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                     ceil_mode=ceil_mode, data_format=data_format)
     count_include_pad = check_flag(count_include_pad, "count_include_pad")
     check_shape(dy, spec.y_shape(), "dy")
-    dtype = _args.compute_dtype(dy.dtype)
-    dy_ = _x_in(dy, data_format, dtype)                            # (N, *P, C)
-    xp = _backend.namespace(dy_)
-    g = dy_ / _divisors(spec, count_include_pad, xp, dtype)        # (N, *P, C)
-    g = g.reshape(*g.shape[:-1], *(1,) * spec.rank, spec.channels)  # (N, *P, 1.., C)
-    cols = xp.broadcast_to(g, (*g.shape[:spec.rank + 1], *spec.kernel_size, spec.channels))
-    # cols: (N, *P, *K, C), a read-only broadcast view that fold only reads
-    dxp = windows.fold(cols, spec.padded_size, spec.stride, spec.dilation)  # (N, *Sp, C)
-    return _x_out(windows.pad_adjoint(dxp, spec.array_pads), data_format, dy.dtype)
+    dyk = _kernel_view(dy, data_format)
+    xp = _backend.namespace(dyk)
+    acc = _args.compute_dtype(dy.dtype)
+    div = _divisor(spec, count_include_pad, acc, xp, backward=True)
+    dx = xp.empty(_kernel_shape(spec, spec.in_size), dtype=dy.dtype)  # (B, *S, C)
+
+    def task(chunk, state):
+        bs, rows = chunk
+        pa, pb = kernels.window_rows(spec, (rows.start, rows.stop))
+        part = dyk[bs, pa:pb]
+        g = kernels.scratch(state, "g", part.shape, acc, xp)    # (B', R, *P[1:], C)
+        xp.divide(part, _rows(div, slice(pa, pb)), out=g)
+        _spread_into(g, dx[bs, rows], spec, pa, rows, state, xp)
+
+    kernels.parallel(task, dx.shape[0], spec.in_size[0], _in_row_bytes(spec, acc.itemsize), xp)
+    return dx.reshape(x_shape)
 
 
-def _shape_arg(shape, name: str = "x_shape") -> tuple[int, ...]:
-    if not isinstance(shape, (tuple, list)) or not all(map(_args.is_int, shape)):
-        raise TypeError(f"`{name}` must be a tuple of ints; got {shape!r}")
-    if any(v < 1 for v in shape):
-        raise ValueError(f"`{name}` must have sizes >= 1; got {tuple(shape)}")
-    return tuple(int(v) for v in shape)
+def _spread_into(g, out, spec: PoolSpec, pa: int, rows: slice, state, xp, finish=None) -> None:
+    """out = spread(g), then finish(out) if given, in g's dtype (a scratch when out is
+    float16)."""
+    acc = g.dtype
+    dxc = out if out.dtype == acc else kernels.scratch(state, "dx", out.shape, acc, xp)
+    kernels.spread(g, dxc, spec, pa, (rows.start, rows.stop), state, xp)
+    if finish is not None:
+        finish(dxc)
+    if dxc is not out:
+        xp.copyto(out, dxc, casting="same_kind")
 
 
 # ---------------------------------------------------------------------------------------------
-# Global average pooling
+# Global pools
 # ---------------------------------------------------------------------------------------------
 
 
-def _spatial_axes(ndim: int, data_format: str) -> tuple[int, ...]:
-    return tuple(range(1, ndim - 1)) if data_format == "channels_last" else tuple(range(2, ndim))
+def _global_view(a, data_format: str):
+    """(B, L, C) of the kernels' layout, L = prod(S)."""
+    ak = _kernel_view(a, data_format)
+    return ak.reshape(ak.shape[0], math.prod(ak.shape[1:-1]), ak.shape[-1])  # (B, L, C)
 
 
-def global_avg_pool(x, *, data_format: str = "channels_last"):
+def _global_shape(x_shape, data_format: str, name: str = "x"):
+    """(N, S, C) of a global pool's input; ValueError for an empty spatial axis, whose mean or
+    maximum does not exist (PyTorch's adaptive pools refuse it too)."""
+    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+    return split_x(x_shape, data_format, name)
+
+
+def global_avg_pool(x: np.ndarray, *, data_format: str = "channels_last") -> np.ndarray:
     """Mean over every spatial dimension: (N, *S, C) or (N, C, *S) -> (N, C).
+
+    Sums run in float32 for float16 input. An empty spatial axis raises ValueError.
 
     Examples
     --------
@@ -527,14 +525,24 @@ def global_avg_pool(x, *, data_format: str = "channels_last"):
     array([[3., 4.]])
     """
     _args.float_array(x, "x")
-    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-    _split_x(x.shape, data_format)
-    axes = _spatial_axes(x.ndim, data_format)
-    y = x.mean(axis=axes, dtype=_args.compute_dtype(x.dtype))      # (N, C)
-    return y.astype(x.dtype, copy=False)
+    n, _, c = _global_shape(x.shape, data_format)
+    x3 = _global_view(x, data_format)                            # (B, L, C)
+    xp = _backend.namespace(x3)
+    acc = _args.compute_dtype(x.dtype)
+    y = xp.empty((x3.shape[0], x3.shape[2]), dtype=x.dtype)      # (B, C)
+
+    def task(chunk, state):
+        bs, _ = chunk
+        total = kernels.scratch(state, "sum", y[bs].shape, acc, xp)  # (B', C)
+        x3[bs].sum(axis=1, dtype=acc, out=total)
+        xp.divide(total, x3.shape[1], out=y[bs], casting="same_kind")
+
+    kernels.parallel(task, y.shape[0], 1, x3[:1].size * x.itemsize, xp)
+    return y.reshape(n, c)
 
 
-def global_avg_pool_backward(dy, x_shape, *, data_format: str = "channels_last"):
+def global_avg_pool_backward(dy: np.ndarray, x_shape: tuple[int, ...], *,
+                             data_format: str = "channels_last") -> np.ndarray:
     """dx = dL/dx of `global_avg_pool`: dy (N, C) / prod(S), spread over x_shape.
 
     Examples
@@ -545,14 +553,280 @@ def global_avg_pool_backward(dy, x_shape, *, data_format: str = "channels_last")
            [0.25, 0.25]])
     """
     _args.float_array(dy, "dy")
-    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
     x_shape = _shape_arg(x_shape)
-    n, s, c = _split_x(x_shape, data_format, "x_shape")
+    n, s, c = _global_shape(x_shape, data_format, "x_shape")
     check_shape(dy, (n, c), "dy")
     xp = _backend.namespace(dy)
-    size = int(np.prod(s))
-    g = dy / size                                                  # (N, C)
-    shape = (n, *(1,) * len(s), c) if data_format == "channels_last" else (n, c, *(1,) * len(s))
-    dx = xp.empty(x_shape, dtype=dy.dtype)                         # (N, *S, C) or (N, C, *S)
-    dx[...] = g.reshape(shape)                                     # broadcast over *S
+    dx = xp.empty(x_shape, dtype=dy.dtype)
+    dx3 = _global_view(dx, data_format)                          # (B, L, C) view of dx
+    acc = _args.compute_dtype(dy.dtype)
+    g = dy.reshape(dx3.shape[0], 1, dx3.shape[2]).astype(acc) / math.prod(s)  # (B, 1, C)
+
+    def task(chunk, state):
+        bs, _ = chunk
+        xp.copyto(dx3[bs], g[bs], casting="same_kind")           # broadcast over L
+
+    kernels.parallel(task, dx3.shape[0], 1, dx3[:1].size * dx.itemsize, xp)
     return dx
+
+
+def _global_argmax(x3, y, idx, bs, xp) -> None:
+    """idx[bs] = the first maximum of each (b, c) plane, or its last NaN (PyTorch's rule)."""
+    xb = x3[bs]                                                  # (B', L, C)
+    xp.argmax(xb, axis=1, out=idx[bs])                           # the first max, or first NaN
+    if xb.dtype.kind == "f" and (xp is not np or xp.isnan(y[bs]).any()):
+        last = xb.shape[1] - 1 - xp.argmax(xp.isnan(xb[:, ::-1]), axis=1)  # (B', C)
+        xp.copyto(idx[bs], last, where=xp.isnan(y[bs]))
+
+
+def global_max_pool(x: np.ndarray, *, data_format: str = "channels_last",
+                    return_indices: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Maximum over every spatial dimension: (N, *S, C) or (N, C, *S) -> (N, C) (ONNX's
+    GlobalMaxPool, PyTorch's adaptive_max_pool to 1, flattened).
+
+    x may be float16/32/64 or integer. NaN propagates. `return_indices=True` also returns the
+    flat index into *S of each maximum (N, C) int64: the first maximum, or the last NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> x = np.array([[[[1], [4]], [[4], [2]]]], dtype=np.uint8)    # (N, H, W, C): a tie
+    >>> y, idx = npconv.global_max_pool(x, return_indices=True)
+    >>> y, idx
+    (array([[4]], dtype=uint8), array([[1]]))
+    """
+    _max_array(x, "x")
+    n, _, c = _global_shape(x.shape, data_format)
+    return_indices = check_flag(return_indices, "return_indices")
+    x3 = _global_view(x, data_format)                            # (B, L, C)
+    xp = _backend.namespace(x3)
+    y = xp.empty((x3.shape[0], x3.shape[2]), dtype=x.dtype)      # (B, C)
+    idx = xp.empty(y.shape, dtype=np.int64) if return_indices else None
+
+    def task(chunk, state):
+        bs, _ = chunk
+        x3[bs].max(axis=1, out=y[bs])
+        if return_indices:
+            _global_argmax(x3, y, idx, bs, xp)
+
+    kernels.parallel(task, y.shape[0], 1, x3[:1].size * x.itemsize, xp)
+    if return_indices:
+        return y.reshape(n, c), idx.reshape(n, c)
+    return y.reshape(n, c)
+
+
+def global_max_pool_backward(dy: np.ndarray, x: np.ndarray | tuple[int, ...], *,
+                             data_format: str = "channels_last",
+                             indices: np.ndarray | None = None) -> np.ndarray:
+    """dx = dL/dx of `global_max_pool`: dy (N, C) at each plane's maximum, zeros elsewhere.
+
+    x is the forward's input, or only its shape when `indices` (from
+    `global_max_pool(..., return_indices=True)`) is given. dx has x's shape; dtype
+    numpy.result_type(dy, x) for float x, dy's dtype otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> x = np.array([[[[1.0], [4.0]], [[4.0], [2.0]]]])            # the first 4 wins
+    >>> npconv.global_max_pool_backward(np.ones((1, 1)), x)[0, :, :, 0]
+    array([[0., 1.],
+           [0., 0.]])
+    """
+    _args.float_array(dy, "dy")
+    x_shape = _max_array(x, "x").shape if indices is None or _backend.is_array(x) else (
+        _shape_arg(x, "x"))
+    n, s, c = _global_shape(x_shape, data_format)
+    check_shape(dy, (n, c), "dy")
+    if indices is None:
+        _, indices = global_max_pool(x, data_format=data_format, return_indices=True)
+    indices = _indices_arg(indices, (n, c))
+    xp = _backend.namespace(dy)
+    size = math.prod(s)
+    if xp is np and indices.size and not (indices.min() >= 0 and indices.max() < size):
+        raise ValueError(
+            f"`indices` must be flat indices into the spatial dimensions, in [0, {size}); "
+            f"got values in [{indices.min()}, {indices.max()}]"
+        )
+    dx = xp.zeros(x_shape, dtype=_grad_dtype(dy, x))
+    dx3 = _global_view(dx, data_format)                          # (B, L, C) view of dx
+    b, cc = dx3.shape[0], dx3.shape[2]
+    dx3[xp.arange(b)[:, None], indices.reshape(b, cc), xp.arange(cc)[None, :]] = (
+        dy.reshape(b, cc))                                       # one element per (b, c)
+    return dx
+
+
+# ---------------------------------------------------------------------------------------------
+# Lp pooling
+# ---------------------------------------------------------------------------------------------
+
+
+def _p_arg(p) -> float:
+    if not isinstance(p, (int, float, np.integer, np.floating)) or isinstance(p, (bool, np.bool_)):
+        raise TypeError(f"`p` must be a real number >= 1; got {p!r}")
+    if not (np.isfinite(p) and p >= 1):
+        raise ValueError(f"`p` must be a finite number >= 1 (a norm); got {p!r}")
+    return float(p)
+
+
+def _lp_window_sums(xk, out, spec: PoolSpec, p: float, bs, rows: slice, state, xp) -> None:
+    """out (B', R, *P[1:], C) = (sum over each window of |x|^p)^(1/p), in out's dtype."""
+    p_range = (rows.start, rows.stop)
+    xa, xb = kernels.input_rows(spec, p_range)
+    src = xk[bs, xa:max(xa, xb)]                                 # (B', rows read, *S[1:], C)
+    powered = kernels.scratch(state, "pow", src.shape, out.dtype, xp)
+    if p == 2:
+        xp.multiply(src, src, out=powered, dtype=out.dtype)
+    else:
+        xp.abs(src, out=powered, dtype=out.dtype)
+        if p != 1:
+            xp.power(powered, p, out=powered)
+    kernels.reduce(powered, out, spec, p_range, xa, xp.add, 0, state, xp)
+    if p == 2:
+        xp.sqrt(out, out=out)
+    elif p != 1:
+        xp.power(out, 1 / p, out=out)
+
+
+def lp_pool(
+    x: np.ndarray,
+    p: float,
+    kernel_size: Size,
+    *,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
+    ceil_mode: bool = False,
+    data_format: str = "channels_last",
+) -> np.ndarray:
+    """N-d power-average (Lp) pooling: y = (sum over the window of |x|^p)^(1/p).
+
+    ONNX's LpPool (padding adds zeros to the sum) and PyTorch's LPPoolNd (no padding or
+    dilation; for even p, or x >= 0, the same maths: PyTorch raises x, not |x|, to the power p,
+    and scales a ceil_mode window that runs past the input by prod(K) / its taps).
+
+    Parameters
+    ----------
+    x : ndarray, (N, *S, C) channels_last or (N, C, *S) channels_first, float16/32/64
+    p : float >= 1
+        The norm's order (p = 1: the sum of |x|; p = 2: the Euclidean norm).
+    kernel_size, stride, padding, dilation, ceil_mode, data_format : as in `max_pool`
+        stride=None means stride = kernel_size, as in PyTorch (ONNX's default is 1).
+
+    Returns
+    -------
+    y : ndarray, (N, *P, C) or (N, C, *P), x's dtype (float16 computed in float32)
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> x = np.array([[[3.0], [-4.0], [1.0], [0.0]]])                # (N, S, C)
+    >>> npconv.lp_pool(x, 2, 2)[0, :, 0]                             # sqrt(9 + 16), sqrt(1)
+    array([5., 1.])
+    """
+    _args.float_array(x, "x")
+    p = _p_arg(p)
+    spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                     ceil_mode=ceil_mode, data_format=data_format)
+    xk = _kernel_view(x, data_format)
+    xp = _backend.namespace(xk)
+    acc = _args.compute_dtype(x.dtype)
+    y = xp.empty(_kernel_shape(spec, spec.out_size), dtype=x.dtype)  # (B, *P, C)
+
+    def task(chunk, state):
+        bs, rows = chunk
+        out = y[bs, rows]
+        total = out if acc == x.dtype else kernels.scratch(state, "sum", out.shape, acc, xp)
+        _lp_window_sums(xk, total, spec, p, bs, rows, state, xp)
+        if total is not out:
+            xp.copyto(out, total, casting="same_kind")
+
+    kernels.parallel(task, y.shape[0], spec.out_size[0], _row_bytes(spec, 2 * acc.itemsize), xp)
+    return y.reshape(spec.y_shape())
+
+
+def lp_pool_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    p: float,
+    kernel_size: Size,
+    *,
+    stride: Size | None = None,
+    padding: Padding = 0,
+    dilation: Size = 1,
+    ceil_mode: bool = False,
+    data_format: str = "channels_last",
+) -> np.ndarray:
+    """dx = dL/dx of `lp_pool`, given dy = dL/dy; same arguments as `lp_pool`.
+
+    dx[i] = sign(x[i]) |x[i]|^(p-1) * sum over windows q containing i of dy[q] / y[q]^(p-1); a
+    window with y = 0 passes no gradient (the norm's subgradient 0 at 0, as
+    torch.linalg.vector_norm; PyTorch's lp_pool gives NaN there). dtype numpy.result_type(dy, x).
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> x = np.array([[[3.0], [-4.0]]])                              # y = 5
+    >>> npconv.lp_pool_backward(np.ones((1, 1, 1)), x, 2, 2)[0, :, 0]   # x / y
+    array([ 0.6, -0.8])
+    """
+    _args.float_array(dy, "dy")
+    _args.float_array(x, "x")
+    p = _p_arg(p)
+    spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                     ceil_mode=ceil_mode, data_format=data_format)
+    check_shape(dy, spec.y_shape(), "dy")
+    xk, dyk = _kernel_view(x, data_format), _kernel_view(dy, data_format)
+    xp = _backend.namespace(xk, dyk)
+    dtype = _args.result_dtype(dy, x)
+    acc = _args.compute_dtype(dtype)
+    g = _lp_window_grads(xk, dyk, spec, p, acc, xp)              # (B, *P, C)
+    dx = xp.empty(xk.shape, dtype=dtype)                         # (B, *S, C)
+
+    def task(chunk, state):
+        bs, rows = chunk
+        pa, pb = kernels.window_rows(spec, (rows.start, rows.stop))
+        _spread_into(g[bs, pa:pb], dx[bs, rows], spec, pa, rows, state, xp,
+                     lambda d: _times_lp_factor(d, xk[bs, rows], p, state, xp))
+
+    kernels.parallel(task, dx.shape[0], spec.in_size[0], _in_row_bytes(spec, 2 * acc.itemsize),
+                     xp)
+    return dx.reshape(x.shape)
+
+
+def _times_lp_factor(d, xr, p: float, state, xp) -> None:
+    """d *= sign(x) |x|^(p-1), the derivative of |x|^p / p (0 at x = 0)."""
+    if p == 1:
+        xp.multiply(d, xp.sign(xr), out=d)
+    elif p == 2:
+        xp.multiply(d, xr, out=d)
+    else:
+        f = kernels.scratch(state, "factor", xr.shape, d.dtype, xp)
+        xp.abs(xr, out=f, dtype=d.dtype)
+        xp.power(f, p - 1, out=f)
+        xp.multiply(f, xp.sign(xr), out=f)
+        xp.multiply(d, f, out=d)
+
+
+def _lp_window_grads(xk, dyk, spec: PoolSpec, p: float, acc, xp):
+    """g = dy / y^(p-1) per window (B, *P, C), 0 where y = 0 (for p > 1)."""
+    g = xp.empty(dyk.shape, dtype=acc)
+
+    def task(chunk, state):
+        bs, rows = chunk
+        gc, dyc = g[bs, rows], dyk[bs, rows]
+        if p == 1:                                               # d|x|_1 / dx: sign(x)
+            xp.copyto(gc, dyc)
+            return
+        y = kernels.scratch(state, "y", gc.shape, acc, xp)
+        _lp_window_sums(xk, y, spec, p, bs, rows, state, xp)
+        zero = xp.equal(y, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if p == 2:
+                xp.divide(dyc, y, out=gc)
+            else:
+                xp.power(y, 1 - p, out=y)
+                xp.multiply(dyc, y, out=gc)
+        xp.copyto(gc, 0, where=zero)
+
+    kernels.parallel(task, g.shape[0], spec.out_size[0], _row_bytes(spec, 2 * acc.itemsize), xp)
+    return g

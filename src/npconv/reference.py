@@ -17,6 +17,7 @@ import itertools
 import numpy as np
 
 from npconv import _args
+from npconv._poolspec import pool_spec
 from npconv.convolution import ConvGrads
 from npconv.spec import ConvSpec, check_shape, conv_spec, conv_transpose_spec
 
@@ -191,19 +192,15 @@ def conv_transpose_backward(dy, x, w, *, stride=1, padding=0, output_padding=0, 
 
 
 # =============================================================================================
-# Pooling: naive loops written from PyTorch's definitions (MaxPoolNd, AvgPoolNd)
+# Pooling: naive loops written from the definitions (PyTorch's MaxPoolNd, AvgPoolNd, LPPoolNd,
+# ONNX's MaxPool, AveragePool, LpPool, GlobalMaxPool)
 # =============================================================================================
 #
 # Window p of a pooling reads, along each dimension, the input coordinates
 # p * stride + k * dilation - lo for k in range(K); coordinates outside [0, S) are padding.
-# Only the argument checks and output sizes come from `npconv.pooling.pool_spec`; which taps a
-# window reads, its maximum and its divisor are recomputed here one output element at a time.
-
-
-def _pool_spec(x_shape, kernel_size, **kwargs):
-    from npconv.pooling import pool_spec  # deferred: the oracle imports no fast op at load
-
-    return pool_spec(x_shape, kernel_size, **kwargs)
+# Only the argument checks and output sizes come from `npconv._poolspec.pool_spec`; which taps a
+# window reads, its maximum, its sum and its divisor are recomputed here one output element at a
+# time. A window that reads no input has the maximum -inf (the integer minimum) and index -1.
 
 
 def _pool_taps(spec, p) -> list[tuple[int, ...]]:
@@ -223,9 +220,10 @@ def _input_taps(spec, p) -> list[tuple[int, ...]]:
     return [pos for pos in _pool_taps(spec, p) if _inside(pos, [0] * spec.rank, spec.in_size)]
 
 
-def _argmax_tap(plane, spec, p) -> tuple[int, ...]:
-    """PyTorch's scan: start at -inf, take a tap if strictly greater or NaN (first max wins)."""
-    best, arg = -np.inf, None
+def _argmax_tap(plane, spec, p):
+    """PyTorch's scan: start at -inf, take a tap if strictly greater or NaN (first max wins);
+    None for a window without input taps."""
+    best, arg = None, None
     for pos in _input_taps(spec, p):
         v = plane[pos]
         if arg is None or v > best or np.isnan(v):
@@ -237,34 +235,58 @@ def _pool_outputs(spec):
     return itertools.product(range(spec.batch), *map(range, spec.out_size), range(spec.channels))
 
 
+def _pool_in(a, data_format):
+    """An array in channels_last order, keeping its dtype (integers stay exact)."""
+    return np.moveaxis(np.asarray(a), 1, -1) if data_format == "channels_first" else np.asarray(a)
+
+
+def _pool_out(a, data_format, dtype):
+    a = np.moveaxis(a, -1, 1) if data_format == "channels_first" else a
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _lowest(dtype):
+    return -np.inf if np.dtype(dtype).kind == "f" else np.iinfo(dtype).min
+
+
 def max_pool(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
              data_format="channels_last", return_indices=False):
     """Naive `npconv.max_pool`, one output element per iteration."""
-    spec = _pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                      ceil_mode=ceil_mode, data_format=data_format)
-    x_ = _to_last(x, spec)
-    y = np.zeros((spec.batch, *spec.out_size, spec.channels))
-    idx = np.zeros(y.shape, dtype=np.int64)
+    spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                     ceil_mode=ceil_mode, data_format=data_format)
+    x_ = _pool_in(x, data_format)
+    y = np.full((spec.batch, *spec.out_size, spec.channels), _lowest(x.dtype), dtype=x.dtype)
+    idx = np.full(y.shape, -1, dtype=np.int64)
     for n, *p, c in _pool_outputs(spec):
         arg = _argmax_tap(x_[n, ..., c], spec, p)
-        y[(n, *p, c)] = x_[(n, *arg, c)]
-        idx[(n, *p, c)] = np.ravel_multi_index(arg, spec.in_size)
+        if arg is not None:
+            y[(n, *p, c)] = x_[(n, *arg, c)]
+            idx[(n, *p, c)] = np.ravel_multi_index(arg, spec.in_size)
     if return_indices:
-        return _from_last(y, spec, x.dtype), _from_last(idx, spec, np.int64)
-    return _from_last(y, spec, x.dtype)
+        return _pool_out(y, data_format, x.dtype), _pool_out(idx, data_format, np.int64)
+    return _pool_out(y, data_format, x.dtype)
 
 
 def max_pool_backward(dy, x, kernel_size, *, stride=None, padding=0, dilation=1,
-                      ceil_mode=False, data_format="channels_last"):
-    """Naive `npconv.max_pool_backward`: each dy element goes to its window's argmax."""
-    spec = _pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                      ceil_mode=ceil_mode, data_format=data_format)
+                      ceil_mode=False, data_format="channels_last", indices=None):
+    """Naive `npconv.max_pool_backward`: each dy element goes to its window's argmax (or to the
+    element its index names)."""
+    x_shape = tuple(x.shape) if isinstance(x, np.ndarray) else tuple(x)
+    spec = pool_spec(x_shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                     ceil_mode=ceil_mode, data_format=data_format)
     check_shape(dy, spec.y_shape(), "dy")
-    x_, dy_ = _to_last(x, spec), _to_last(dy, spec)
-    dx = np.zeros_like(x_)
+    dy_ = _to_last(dy, spec)
+    dx = np.zeros((spec.batch, *spec.in_size, spec.channels))
     for n, *p, c in _pool_outputs(spec):
-        dx[(n, *_argmax_tap(x_[n, ..., c], spec, p), c)] += dy_[(n, *p, c)]
-    return _from_last(dx, spec, _args.result_dtype(dy, x))
+        if indices is not None:
+            i = _pool_in(indices, data_format)[(n, *p, c)]
+            arg = None if i < 0 else np.unravel_index(i, spec.in_size)
+        else:
+            arg = _argmax_tap(_pool_in(x, data_format)[n, ..., c], spec, p)
+        if arg is not None:
+            dx[(n, *arg, c)] += dy_[(n, *p, c)]
+    float_x = isinstance(x, np.ndarray) and x.dtype.kind == "f"
+    return _from_last(dx, spec, _args.result_dtype(dy, x) if float_x else dy.dtype)
 
 
 def _divisor(spec, p, count_include_pad: bool) -> int:
@@ -275,32 +297,65 @@ def _divisor(spec, p, count_include_pad: bool) -> int:
     return sum(_inside(pos, lows, highs) for pos in _pool_taps(spec, p))
 
 
-def avg_pool(x, kernel_size, *, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-             data_format="channels_last"):
-    """Naive `npconv.avg_pool`: the sum of the input taps over PyTorch's divisor."""
-    spec = _pool_spec(x.shape, kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                      data_format=data_format)
+def avg_pool(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
+             count_include_pad=True, data_format="channels_last"):
+    """Naive `npconv.avg_pool`: the sum of the input taps over the divisor (0 / 0 is NaN)."""
+    spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                     ceil_mode=ceil_mode, data_format=data_format)
     x_ = _to_last(x, spec)
     y = np.zeros((spec.batch, *spec.out_size, spec.channels))
     for n, *p, c in _pool_outputs(spec):
-        total = sum(x_[(n, *pos, c)] for pos in _input_taps(spec, p))
-        y[(n, *p, c)] = total / _divisor(spec, p, count_include_pad)
+        total = np.float64(sum(x_[(n, *pos, c)] for pos in _input_taps(spec, p)))
+        with np.errstate(invalid="ignore"):
+            y[(n, *p, c)] = total / _divisor(spec, p, count_include_pad)
     return _from_last(y, spec, x.dtype)
 
 
-def avg_pool_backward(dy, x_shape, kernel_size, *, stride=None, padding=0, ceil_mode=False,
-                      count_include_pad=True, data_format="channels_last"):
+def avg_pool_backward(dy, x_shape, kernel_size, *, stride=None, padding=0, dilation=1,
+                      ceil_mode=False, count_include_pad=True, data_format="channels_last"):
     """Naive `npconv.avg_pool_backward`: each input tap of window p gets dy[p] / divisor."""
-    spec = _pool_spec(tuple(x_shape), kernel_size, stride=stride, padding=padding,
-                      ceil_mode=ceil_mode, data_format=data_format)
+    spec = pool_spec(tuple(x_shape), kernel_size, stride=stride, padding=padding,
+                     dilation=dilation, ceil_mode=ceil_mode, data_format=data_format)
     check_shape(dy, spec.y_shape(), "dy")
     dy_ = _to_last(dy, spec)
     dx = np.zeros((spec.batch, *spec.in_size, spec.channels))
     for n, *p, c in _pool_outputs(spec):
-        share = dy_[(n, *p, c)] / _divisor(spec, p, count_include_pad)
         for pos in _input_taps(spec, p):
-            dx[(n, *pos, c)] += share
+            dx[(n, *pos, c)] += dy_[(n, *p, c)] / _divisor(spec, p, count_include_pad)
     return _from_last(dx, spec, dy.dtype)
+
+
+def lp_pool(x, p, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False,
+            data_format="channels_last"):
+    """Naive `npconv.lp_pool`: (sum over the input taps of |x|^p)^(1/p); padding adds 0."""
+    spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                     ceil_mode=ceil_mode, data_format=data_format)
+    x_ = _to_last(x, spec)
+    y = np.zeros((spec.batch, *spec.out_size, spec.channels))
+    for n, *q, c in _pool_outputs(spec):
+        total = sum(abs(x_[(n, *pos, c)]) ** p for pos in _input_taps(spec, q))
+        y[(n, *q, c)] = total ** (1 / p)
+    return _from_last(y, spec, x.dtype)
+
+
+def lp_pool_backward(dy, x, p, kernel_size, *, stride=None, padding=0, dilation=1,
+                     ceil_mode=False, data_format="channels_last"):
+    """Naive `npconv.lp_pool_backward`: d y[q] / d x[i] = sign(x[i]) |x[i]|^(p-1) / y[q]^(p-1)
+    for each input tap i of window q, and 0 for a window with y[q] = 0."""
+    spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                     ceil_mode=ceil_mode, data_format=data_format)
+    check_shape(dy, spec.y_shape(), "dy")
+    x_, dy_ = _to_last(x, spec), _to_last(dy, spec)
+    dx = np.zeros_like(x_)
+    for n, *q, c in _pool_outputs(spec):
+        taps = _input_taps(spec, q)
+        y = sum(abs(x_[(n, *pos, c)]) ** p for pos in taps) ** (1 / p)
+        if y == 0:
+            continue
+        for pos in taps:
+            v = x_[(n, *pos, c)]
+            dx[(n, *pos, c)] += dy_[(n, *q, c)] * np.sign(v) * abs(v) ** (p - 1) / y ** (p - 1)
+    return _from_last(dx, spec, _args.result_dtype(dy, x))
 
 
 def global_avg_pool(x, *, data_format="channels_last"):
@@ -322,3 +377,40 @@ def global_avg_pool_backward(dy, x_shape, *, data_format="channels_last"):
         dx[n, ..., c] = dy[n, c] / dx[n, ..., c].size
     dx = np.moveaxis(dx, -1, 1) if data_format == "channels_first" else dx
     return np.ascontiguousarray(dx, dtype=dy.dtype)
+
+
+def _global_argmax(plane) -> int:
+    """The flat index of the plane's first maximum in raster order, or of its last NaN."""
+    best, arg = None, None
+    for i, v in enumerate(plane.ravel()):
+        if arg is None or v > best or np.isnan(v):
+            best, arg = v, i
+    return arg
+
+
+def global_max_pool(x, *, data_format="channels_last", return_indices=False):
+    """Naive `npconv.global_max_pool`: each (n, c) plane's maximum (NaN wins) and its index."""
+    x_ = _pool_in(x, data_format)
+    y = np.zeros((x_.shape[0], x_.shape[-1]), dtype=x.dtype)
+    idx = np.zeros(y.shape, dtype=np.int64)
+    for n, c in itertools.product(range(y.shape[0]), range(y.shape[1])):
+        plane = x_[n, ..., c]
+        idx[n, c] = _global_argmax(plane)
+        y[n, c] = plane.ravel()[idx[n, c]]
+    return (y, idx) if return_indices else y
+
+
+def global_max_pool_backward(dy, x, *, data_format="channels_last", indices=None):
+    """Naive `npconv.global_max_pool_backward`: dy[n, c] at each plane's maximum."""
+    x_shape = tuple(x.shape) if isinstance(x, np.ndarray) else tuple(x)
+    last = (x_shape[0], *x_shape[2:], x_shape[1]) if data_format == "channels_first" else x_shape
+    dx = np.zeros(last)
+    for n, c in itertools.product(range(last[0]), range(last[-1])):
+        if indices is None:
+            i = _global_argmax(_pool_in(x, data_format)[n, ..., c])
+        else:
+            i = indices[n, c]
+        dx[(n, *np.unravel_index(i, last[1:-1]), c)] += dy[n, c]
+    float_x = isinstance(x, np.ndarray) and x.dtype.kind == "f"
+    dx = np.moveaxis(dx, -1, 1) if data_format == "channels_first" else dx
+    return np.ascontiguousarray(dx, dtype=_args.result_dtype(dy, x) if float_x else dy.dtype)
