@@ -290,13 +290,6 @@ def _pool_args(op: str, x, kernel_shape, auto_pad, pads, strides, dilations, cei
                 ceil_mode=bool(ceil_mode) and notset)
 
 
-def _dilation_kw(kw: dict) -> dict:
-    """Leave `dilation` out when it is 1 everywhere (avg_pool takes it only with `pool` merged)."""
-    if all(d == 1 for d in kw["dilation"]):
-        kw = {k: v for k, v in kw.items() if k != "dilation"}
-    return kw
-
-
 def _onnx_indices(idx, x_shape: tuple[int, ...], storage_order: int):
     """ONNX's MaxPool Indices from npconv's: (n * C + c) * prod(S) + the flat spatial index,
     that index in row-major order (storage_order 0) or column-major order (1)."""
@@ -343,7 +336,7 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
     """
     kw = _pool_args("AveragePool", x, kernel_shape, auto_pad, pads, strides, dilations,
                     ceil_mode)
-    y = npconv.avg_pool(_last(x), **_dilation_kw(kw), count_include_pad=bool(count_include_pad))
+    y = npconv.avg_pool(_last(x), **kw, count_include_pad=bool(count_include_pad))
     return _first(y)                                               # (N, C, *P)
 
 
