@@ -388,7 +388,7 @@ W4 = np.zeros((3, 2, 3, 3))
     (lambda: ops.conv(X4, W4, strides=[1]), ValueError, r"`strides` must have 2 entries"),
     (lambda: ops.conv(X4, W4, pads=[1, 1]), ValueError, r"`pads` must have 2 \* 2 = 4"),
     (lambda: ops.conv(X4, W4, pads=[1, -1, 1, 1]), ValueError, r"`pads` must be >= 0"),
-    (lambda: ops.conv(X4, W4, auto_pad="SAME"), ValueError, r"`auto_pad` must be one of"),
+    (lambda: ops.conv(X4, W4, auto_pad="SAME"), ValueError, r"Conv: `auto_pad` must be one of"),
     (lambda: ops.conv(X4, W4, kernel_shape=[2, 2]), ValueError, r"`kernel_shape` \[2, 2\]"),
     (lambda: ops.conv(X4, W4, group=0), ValueError, r"`group` must be >= 1; got 0"),
     (lambda: ops.conv(X4[0, 0], W4[0, 0]), ValueError, r"at least one spatial dimension"),

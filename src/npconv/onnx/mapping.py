@@ -132,7 +132,7 @@ def _rank(node: Node, w: np.ndarray) -> int:
 def _pairs_or_same(ctx: _Context, node: Node, k, strides, dilations, rank: int):
     """Explicit (lo, hi) pairs for Conv and the pools: NOTSET/VALID directly, SAME_* from the
     input's spatial size (SAME_UPPER is npconv's "same" when the size is unknown)."""
-    auto_pad = ops._auto_pad(node.attrs.get("auto_pad"))
+    auto_pad = ops._auto_pad(node.attrs.get("auto_pad"), node.op_type)
     size = ctx.spatial(node)
     if auto_pad in ("NOTSET", "VALID") or size is not None:
         size = size or (1,) * rank
@@ -191,11 +191,10 @@ def _conv(ctx: _Context, i: int, node: Node) -> LayerSpec:
 def _conv_transpose_padding(ctx: _Context, node: Node, k, rank: int):
     """PyTorch's (padding pairs, output_padding) for an ONNX ConvTranspose."""
     attrs = node.attrs
-    explicit = attrs.get("output_shape") is None and \
-        ops._auto_pad(attrs.get("auto_pad")) in ("NOTSET", "VALID")
+    auto_pad = ops._auto_pad(attrs.get("auto_pad"), node.op_type)
     extra = ops._ints(attrs.get("output_padding"), rank, "output_padding", node.op_type, 0)
-    if explicit:
-        pads = attrs.get("pads") if ops._auto_pad(attrs.get("auto_pad")) == "NOTSET" else None
+    if attrs.get("output_shape") is None and auto_pad in ("NOTSET", "VALID"):
+        pads = attrs.get("pads") if auto_pad == "NOTSET" else None
         return ops._pad_pairs(pads, rank, node.op_type), extra
     size = ctx.spatial(node)
     if size is None:
@@ -252,7 +251,7 @@ def _pool(ctx: _Context, node: Node, layer: str, **extra) -> LayerSpec:
     k = tuple(k)
     strides, dilations = _geometry(node, len(k))
     padding = _pairs_or_same(ctx, node, k, strides, dilations, len(k))
-    auto = ops._auto_pad(node.attrs.get("auto_pad")) != "NOTSET"
+    auto = ops._auto_pad(node.attrs.get("auto_pad"), node.op_type) != "NOTSET"
     kwargs = dict(kernel_size=k, stride=strides, padding=padding,
                   ceil_mode=bool(node.attrs.get("ceil_mode", 0)) and not auto, **extra,
                   data_format=ctx.data_format)

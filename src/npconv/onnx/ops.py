@@ -87,12 +87,14 @@ def _pad_pairs(pads, rank: int, op: str) -> Pads:
     return tuple(zip(pads[:rank], pads[rank:]))
 
 
-def _auto_pad(auto_pad) -> str:
-    auto_pad = "NOTSET" if auto_pad in (None, "") else auto_pad
+def _auto_pad(auto_pad, op: str = "") -> str:
+    """The attribute as a str ("NOTSET" when absent; bytes as some files store strings)."""
     if isinstance(auto_pad, bytes):
         auto_pad = auto_pad.decode()
+    auto_pad = auto_pad or "NOTSET"
     if auto_pad not in AUTO_PADS:
-        raise ValueError(f"`auto_pad` must be one of {AUTO_PADS}; got {auto_pad!r}")
+        where = f"{op}: " if op else ""
+        raise ValueError(f"{where}`auto_pad` must be one of {AUTO_PADS}; got {auto_pad!r}")
     return auto_pad
 
 
@@ -113,7 +115,7 @@ def conv_pads(auto_pad, pads, in_size: Sequence[int], kernel_size: Sequence[int]
     >>> conv_pads("SAME_LOWER", None, (5,), (4,), (1,), (1,))     # total 3: 2 before, 1 after
     ((2, 1),)
     """
-    auto_pad = _auto_pad(auto_pad)
+    auto_pad = _auto_pad(auto_pad, op)
     rank = len(in_size)
     if auto_pad == "NOTSET":
         return _pad_pairs(pads, rank, op)
@@ -124,7 +126,6 @@ def conv_pads(auto_pad, pads, in_size: Sequence[int], kernel_size: Sequence[int]
         p = -(-s // st)                                            # ceil(S / stride)
         out.append(_same_pair(max(0, (p - 1) * st + d * (k - 1) + 1 - s), auto_pad))
     return tuple(out)
-
 
 
 def _kernel_from_weight(w, kernel_shape, op: str) -> tuple[int, ...]:
@@ -211,7 +212,7 @@ def conv_transpose_geometry(in_size: Sequence[int], kernel_size: Sequence[int], 
     """
     rank = len(in_size)
     op = "ConvTranspose"
-    auto_pad = _auto_pad(auto_pad)
+    auto_pad = _auto_pad(auto_pad, op)
     strides = _ints(strides, rank, "strides", op, 1)
     dilations = _ints(dilations, rank, "dilations", op, 1)
     extra = _ints(output_padding, rank, "output_padding", op, 0)
@@ -285,7 +286,7 @@ def _pool_args(op: str, x, kernel_shape, auto_pad, pads, strides, dilations, cei
     strides = _ints(strides, rank, "strides", op, 1)
     dilations = _ints(dilations, rank, "dilations", op, 1)
     pairs = conv_pads(auto_pad, pads, x.shape[2:], k, strides, dilations, op)
-    notset = _auto_pad(auto_pad) == "NOTSET"
+    notset = _auto_pad(auto_pad, op) == "NOTSET"
     return dict(kernel_size=k, stride=strides, padding=pairs, dilation=dilations,
                 ceil_mode=bool(ceil_mode) and notset)
 
