@@ -38,7 +38,7 @@ def plain_model(seed: int = 0, dtype: str = "float64") -> nn.Sequential:
     return nn.Sequential(
         nn.Conv(1, 4, (3, 3), padding="same", rng=rng, dtype=dtype), nn.ReLU(), nn.MaxPool(2),
         nn.Conv(4, 6, (3, 3), padding=1, rng=rng, dtype=dtype), nn.Tanh(), nn.AvgPool(2),
-        nn.Flatten(), nn.Dense(24, 10, rng=rng, dtype=dtype))
+        nn.Flatten(), nn.Linear(24, 10, rng=rng, dtype=dtype))
 
 
 def digits(n: int, dtype=np.float64):
@@ -92,7 +92,7 @@ def test_batchnorm_uses_per_shard_statistics(client):
         rng = np.random.default_rng(3)
         return nn.Sequential(nn.Conv(1, 4, (3, 3), rng=rng, dtype="float64"),
                              nn.BatchNorm(4, dtype="float64"), nn.ReLU(), nn.Flatten(),
-                             nn.Dense(144, 10, rng=rng, dtype="float64"))
+                             nn.Linear(144, 10, rng=rng, dtype="float64"))
 
     shards = [whole_batch(model(), x[s], y[s]) for s in (slice(0, 15), slice(15, 30))]
     whole = model()
@@ -103,7 +103,27 @@ def test_batchnorm_uses_per_shard_statistics(client):
         want = 0.5 * shards[0][1][k] + 0.5 * shards[1][1][k]
         assert rel_err(result.grads[k], want) < 1e-12, k
     assert rel_err(dp.buffers["1.running_mean"], whole.buffers["1.running_mean"]) < 1e-12
-    assert rel_err(result.grads["0.w"], whole.grads["0.w"]) > 1e-6   # not the batch's
+    assert rel_err(result.grads["0.weight"], whole.grads["0.weight"]) > 1e-6   # not the batch's
+
+
+def test_a_residual_module_trains_data_parallel(client):
+    """npconv.models' ResNet (a Module: rebuilt on the workers from its class and config):
+    one step gives the share-weighted sum of the shards' own gradients (its batch norms use
+    per-shard statistics), as for a Sequential."""
+    from npconv import models
+
+    x, y = digits(30)                                            # shards of 15 and 15 rows
+
+    def model():
+        return models.resnet18(num_classes=10, in_channels=1, width=2, dtype="float64",
+                               rng=np.random.default_rng(4))
+
+    shards = [whole_batch(model(), x[s], y[s]) for s in (slice(0, 15), slice(15, 30))]
+    result = D.data_parallel_step(model(), x, y, client=client)
+    assert sorted(result.grads) == sorted(shards[0][1])
+    for k in result.grads:
+        want = 0.5 * shards[0][1][k] + 0.5 * shards[1][1][k]
+        assert rel_err(result.grads[k], want) < 1e-10, k
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,20 +154,20 @@ def test_fit_is_deterministic_with_batchnorm_and_dropout(client):
     def run(seed):
         rng = np.random.default_rng(0)
         model = nn.Sequential(nn.Conv(1, 4, (3, 3), rng=rng), nn.BatchNorm(4), nn.ReLU(),
-                              nn.Flatten(), nn.Dropout(0.3), nn.Dense(144, 10, rng=rng))
+                              nn.Flatten(), nn.Dropout(0.3), nn.Linear(144, 10, rng=rng))
         D.fit(model, x, y, client=client, optimizer=nn.Adam(), epochs=1, batch_size=16,
               rng=np.random.default_rng(1), seed=seed)
         return {**model.params, **model.buffers}
 
     a, b, c = run(0), run(0), run(1)
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert not np.array_equal(a["5.w"], c["5.w"])                # other dropout masks
+    assert not np.array_equal(a["5.weight"], c["5.weight"])                # other dropout masks
 
 
 def test_tree_sum_on_the_workers_equals_the_client_sum(client):
     parts = [{"loss": float(i), "grads": {"w": np.full(3, 0.1 * i)}} for i in range(5)]
     futures = client.scatter(parts, hash=False)
-    total = D._tree_sum(client, futures, on_client=1)              # every level on the workers
+    total = D.tree_sum(client, futures, on_client=1)              # every level on the workers
     assert total["loss"] == 10.0 and np.allclose(total["grads"]["w"], 1.0)
 
 

@@ -18,7 +18,8 @@ def python_blocks(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("block", python_blocks(ROOT / "README.md"))
-def test_readme_examples_run(block):
+def test_readme_examples_run(block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                          # files the examples write land here
     exec(compile(block, "README.md", "exec"), {})
 
 

@@ -126,7 +126,7 @@ def _digits_model(dtype="float64"):
     return nn.Sequential(
         nn.Conv(1, 8, (3, 3), padding="same", rng=rng, dtype=dtype), nn.BatchNorm(8, dtype=dtype),
         nn.ReLU(), nn.MaxPool(2), nn.ConvTranspose(8, 4, (2, 2), stride=2, rng=rng, dtype=dtype),
-        nn.Tanh(), nn.AvgPool(2), nn.Flatten(), nn.Dense(64, 10, rng=rng, dtype=dtype))
+        nn.Tanh(), nn.AvgPool(2), nn.Flatten(), nn.Linear(64, 10, rng=rng, dtype=dtype))
 
 
 def test_layers_on_gpu_give_numpys_gradients():

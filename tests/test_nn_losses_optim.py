@@ -121,7 +121,7 @@ def test_optimizer_updates_in_place_and_keeps_dtype():
 def test_training_a_layer_reduces_the_loss():
     rng = R(5)
     x, labels = rng.standard_normal((64, 5)), rng.integers(0, 3, 64)
-    layer = nn.Dense(5, 3, rng=rng, dtype="float64")
+    layer = nn.Linear(5, 3, rng=rng, dtype="float64")
     opt = nn.SGD(lr=0.5, momentum=0.9)
     losses = []
     for _ in range(30):

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def model():
     rng = np.random.default_rng(0)
     return nn.Sequential(nn.Conv(1, 4, (3, 3), padding="same", rng=rng), nn.BatchNorm(4),
-                         nn.ReLU(), nn.MaxPool(2), nn.Flatten(), nn.Dense(64, 10, rng=rng))
+                         nn.ReLU(), nn.MaxPool(2), nn.Flatten(), nn.Linear(64, 10, rng=rng))
 
 
 @pytest.fixture
@@ -92,8 +92,15 @@ def test_bad_source_and_destination(model, images, tmp_path):
     with pytest.raises(FileNotFoundError, match="`dst` directory does not exist"):
         predict_to_disk(model, images[1], tmp_path / "no" / "p.npy")
     np.savez(tmp_path / "x.npz", x=images[0])
-    with pytest.raises(ValueError, match=r"`src` must be an \.npy file of images"):
+    with pytest.raises(ValueError, match=r"`src` .*x\.npz: must be an \.npy file of images: "
+                                         r"not an \.npy array"):
         predict_to_disk(model, tmp_path / "x.npz", tmp_path / "p.npy")
+    with open(tmp_path / "huge.npy", "wb") as f:                 # a header and no data
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": (2**40, 8, 8, 1)})
+    with pytest.raises(ValueError, match=r"huge\.npy: .*declares shape \(1099511627776, 8, 8, "
+                                         r"1\)"):
+        predict_to_disk(model, tmp_path / "huge.npy", tmp_path / "p.npy")
 
 
 def _example():

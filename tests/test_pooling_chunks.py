@@ -5,6 +5,8 @@ the workspace limit, so a tiny limit (`npconv.config(workspace=1)`: one row per 
 chunk border between every two rows; arrays above the parallel threshold run on two workers.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 from helpers import rel_err
@@ -70,3 +72,22 @@ def test_the_array_module_scatter_matches_add_at(geom, seed):
     dx = pooling._scatter_offsets(pooling._kernel_view(dy, fmt), pooling._kernel_view(idx, fmt),
                                   spec, np.float64, np)
     assert rel_err(dx.reshape(x.shape), npconv.max_pool_backward(dy, x, **kw)) < 1e-13
+
+
+def test_sums_do_not_depend_on_the_chunk_rows():
+    """Regression: a tap that covered every window of a one-row chunk but not of the whole
+    array started that chunk's sums, so a window added its taps in another order there and
+    avg_pool / its backward differed in the last bit (S=3, K=3, padding (1, 0); S=3, K=3,
+    padding (2, 0) backward). Every small 1-D geometry, whole against one-row chunks."""
+    x = np.random.default_rng(7).standard_normal((2, 5, 2))
+    for s, k, stride, d, lo, hi, cip in itertools.product(
+            range(1, 6), range(1, 4), (1, 2), (1, 2), range(3), range(3), (True, False)):
+        kw = dict(kernel_size=k, stride=stride, padding=((lo, hi),), dilation=d,
+                  count_include_pad=cip)
+        if s + lo + hi - d * (k - 1) - 1 < 0:
+            continue                                             # no window
+        whole = _all_ops(x[:, :s], kw, 3)
+        with npconv.config(workspace=1):
+            rows = _all_ops(x[:, :s], kw, 3)
+        for a, b in zip(whole, rows):
+            np.testing.assert_array_equal(a, b, err_msg=str(kw))

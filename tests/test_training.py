@@ -2,6 +2,7 @@
 
 import gzip
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -86,6 +87,36 @@ def test_fit_checks_labels_before_training(digits):
         np.testing.assert_array_equal(v, before[k])
 
 
+def test_run_epochs_is_the_loop_around_any_steps():
+    """The loop shared by fit and distributed.fit, on steps that report fixed numbers: the
+    cosine schedule step by step, the running means, the history, and the learning rate
+    restored at the end and after an error."""
+    lrs, seen = [], []
+
+    def steps_of(opt, last=lambda: (4.0, 0, 1)):
+        def step(value, hits, n):
+            lrs.append(opt.lr)
+            return value, hits, n
+        return lambda: [lambda: step(1.0, 1, 2), last]
+
+    opt = nn.SGD(lr=0.1)
+    history = training.run_epochs(small_model(), steps_of(opt), optimizer=opt, epochs=2,
+                                  steps_per_epoch=2, on_batch=lambda *a: seen.append(a))
+    assert lrs == [training.cosine_lr(0.1, s, 4) for s in (0, 2)] and opt.lr == 0.1
+    assert seen[:2] == [(0, 2, 1.0, 0.5), (1, 2, 2.0, 1 / 3)]
+    assert history.loss == [2.0, 2.0] and history.accuracy == [1 / 3, 1 / 3]
+    assert np.isnan(history.val_loss).all() and history.epoch == [1, 2]
+    with pytest.raises(ZeroDivisionError):
+        training.run_epochs(small_model(), steps_of(opt, lambda: 1 / 0), optimizer=opt,
+                            epochs=1, steps_per_epoch=2)
+    assert opt.lr == 0.1
+    lrs.clear()
+    constant = nn.SGD(lr=0.1)
+    training.run_epochs(small_model(), steps_of(constant, lambda: (opt.lr, 0, 1)),
+                        optimizer=constant, epochs=2, steps_per_epoch=2, schedule="constant")
+    assert lrs == [0.1, 0.1]
+
+
 def test_cosine_lr():
     assert training.cosine_lr(0.1, 0, 10) == 0.1
     assert training.cosine_lr(0.1, 5, 10) == pytest.approx(0.05)
@@ -145,7 +176,7 @@ def test_prepare_and_read_images(tmp_path):
     floats = raw.astype(np.float64) / 16
     np.testing.assert_array_equal(training.prepare_images(floats, (8, 8, 1), 16.0)[..., 0],
                                   floats.astype(np.float32))
-    with pytest.raises(ValueError, match=r"images must have shape \(N, 8, 8, 1\), \(N, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"images must have shape \(N, 8, 8, 1\) or \(N, 8, 8\)"):
         training.prepare_images(np.zeros((5, 28, 28)), (8, 8, 1), 16.0)
     with pytest.raises(TypeError, match="images must be an integer or float array"):
         training.prepare_images(np.array(["a"]), (8, 8, 1), 16.0)
@@ -168,7 +199,7 @@ def test_predict_proba_and_summary():
     assert p.shape == (7, 10)
     np.testing.assert_allclose(p.sum(axis=1), 1)
     table = training.summary(model, (8, 8, 1))
-    assert "Conv [w (3, 3, 1, 8)]" in table and "(N, 2, 2, 16)" in table
+    assert "Conv2d [weight (3, 3, 1, 8)]" in table and "(N, 2, 2, 16)" in table
     total = sum(v.size for v in model.params.values())
     assert table.splitlines()[-1].split()[-1] == str(total)
 
@@ -201,7 +232,7 @@ def test_fit_rejects_bad_arguments_before_training(change, error, match):
     from npconv import nn, training
 
     rng = np.random.default_rng(0)
-    model = nn.Sequential(nn.Flatten(), nn.Dense(4, 3, rng=rng, dtype="float64"))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3, rng=rng, dtype="float64"))
     x, y = rng.standard_normal((6, 2, 2, 1)), rng.integers(0, 3, 6)
     if change.pop("empty", False):
         x, y = x[:0], y[:0]
@@ -210,3 +241,86 @@ def test_fit_rejects_bad_arguments_before_training(change, error, match):
     with pytest.raises(error, match=match):
         training.fit(model, x, y, **kw)
     assert all(np.array_equal(model.params[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("bad, count", [(np.nan, 1), (np.inf, 1), (-np.inf, 2)])
+def test_prepare_images_rejects_nan_and_inf(bad, count):
+    """Before the fix, NaN / inf images were predicted as class 0 with probability nan."""
+    x = np.zeros((5, 8, 8), np.float32)
+    x[3, 2, 2] = bad
+    if count == 2:
+        x[4, 0, 0] = bad
+    with pytest.raises(ValueError, match=rf"images must be finite: {count} of 5 hold NaN or "
+                                         r"infinite pixels \(the first is image 3\)"):
+        training.prepare_images(x, (8, 8, 1), 16.0)
+    with pytest.raises(ValueError, match=r"no images to predict: got shape \(0, 8, 8\)"):
+        training.prepare_images(x[:0], (8, 8, 1), 16.0)
+
+
+def test_out_of_range_warns_only_far_outside_the_training_range():
+    assert training.out_of_range(np.array([0.0, 1.9]), 0.0, 1.0) is None
+    assert training.out_of_range(np.array([-0.9, 1.0]), 0.0, 1.0) is None
+    assert "span [0, 2.5], far outside the training images' [0, 1]" in \
+        training.out_of_range(np.array([0.0, 2.5]), 0.0, 1.0)
+    assert training.out_of_range(np.array([-3.0, 0.0]), 0.0, 1.0) is not None
+
+
+@pytest.mark.parametrize("batch_size, error", [(-1, ValueError), (0, ValueError),
+                                               (2.0, TypeError)])
+def test_predict_rejects_a_bad_batch_size(batch_size, error):
+    """Before the fix, batch_size=-1 returned shape (0, 0) for 10 images."""
+    x = np.zeros((10, 8, 8, 1), np.float32)
+    with pytest.raises(error, match=rf"`batch_size` must be an int >= 1; got {batch_size}"):
+        training.predict_logits(small_model(), x, batch_size=batch_size)
+    with pytest.raises(error, match="`batch_size` must be an int >= 1"):
+        training.evaluate(small_model(), x, np.zeros(10, int), batch_size=batch_size)
+
+
+def npy_header_only(path, shape, tail=b""):
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": shape})
+        f.write(tail)
+
+
+READ_ERRORS = [
+    ("dir.npy", lambda p: p.mkdir(), r"dir.npy is a directory, not an image file"),
+    ("text.npy", lambda p: p.write_text("index,class\n0,1\n"), r"text.npy: not an .npy array"),
+    ("empty.npy", lambda p: p.write_bytes(b""), r"empty.npy: not an .npy array"),
+    ("huge.npy", lambda p: npy_header_only(p, (2**40, 8, 8), b"\0" * 64),
+     r"huge.npy: declares shape \(1099511627776, 8, 8\) of float32 \(281474976710656 bytes "
+     r"of data\) but holds 64 bytes"),
+    ("pickle.npy", lambda p: np.save(p, np.array([{}], dtype=object)),
+     "pickle.npy: holds Python objects"),
+    ("cut.npz", lambda p: p.write_bytes(_npz_bytes()[:100]), r"cut.npz: not an .npz archive"),
+    ("crc.npz", lambda p: p.write_bytes(_npz_bytes().replace(b"\x07" * 8, b"\x08" * 8)),
+     r"crc.npz: x: corrupt member \(BadZipFile: Bad CRC-32"),
+    ("huge-idx.gz", lambda p: p.write_bytes(gzip.compress(struct.pack(">HBB3I", 0, 8, 3, 2**31,
+                                                                     2**10, 2**10))),
+     r"huge-idx.gz: header declares shape \(2147483648, 1024, 1024\) of uint8.*a gzip file of "
+     r"\d+ bytes cannot hold that many"),
+]
+
+
+def _npz_bytes() -> bytes:
+    import io
+
+    f = io.BytesIO()
+    np.savez(f, x=np.full((4, 8, 8), 7, np.uint8))
+    return f.getvalue()
+
+
+@pytest.mark.parametrize("name, make, match", READ_ERRORS, ids=[r[0] for r in READ_ERRORS])
+def test_read_images_errors_name_the_file(tmp_path, name, make, match):
+    """Before the fix: a directory was "not found", a text file named .npy gave a message
+    about pickles without the file's name, a huge declared shape a MemoryError, a bad CRC or
+    a truncated .npz a traceback, and a gzip IDX was decompressed whole before its header was
+    read."""
+    make(tmp_path / name)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=match):
+            training.read_images(tmp_path / name)
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()

@@ -9,7 +9,7 @@
 `npconv.reference` holds the same ops as naive loops, the oracle the fast ones are tested against.
 """
 
-from npconv import nn, reference
+from npconv import models, nn, reference
 from npconv._config import config, get_config, set_config
 from npconv._workspace import release as release_workspace
 from npconv.algorithms import ALGORITHMS
@@ -65,6 +65,7 @@ __all__ = [
     "lp_pool_backward",
     "max_pool",
     "max_pool_backward",
+    "models",
     "nn",
     "pool_spec",
     "reference",

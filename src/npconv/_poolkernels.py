@@ -190,31 +190,36 @@ def _along(axis: int, index: tuple) -> tuple:
 
 
 def _fold_axis(src, dst, axis: int, spans, op, identity, xp) -> None:
-    """dst = op over the taps `spans` of src: pairs (dst slice, src index tuple) along `axis`.
+    """dst = op over the taps `spans` of src: pairs (dst slice, src index tuple) along `axis`,
+    in tap order.
 
-    The first pass writes dst instead of updating it: op of two taps that cover all of dst, or
-    of one that does and the next one over that one's windows (the rest a copy), else a fill.
-    Sums run in dst's dtype (float16 input, float32 sums)."""
+    The first pass writes dst instead of updating it: op of the first two taps when both
+    cover all of dst, or when one does (over the other's windows; a copy of the covering one
+    elsewhere), a copy when the first tap alone covers dst, else a fill. Every window then
+    combines its taps in tap order whatever the chunk, so a sum is the same to the last bit
+    however the rows are split. Sums run in dst's dtype (float16 input, float32 sums)."""
     kw = {"dtype": dst.dtype} if op is xp.add else {}
     size = dst.shape[axis]
-    full = [(p, x) for p, x in spans if p.start == 0 and p.stop == size]
-    rest = [(p, x) for p, x in spans if not (p.start == 0 and p.stop == size)]
-    if len(full) >= 2:                                           # the later tap first: on a
-        (_, x0), (_, x1) = full[:2]                              # tie np.maximum keeps the
+    covers = [p.start == 0 and p.stop == size for p, _ in spans]
+    if len(spans) >= 2 and covers[0] and covers[1]:              # the later tap first: on a
+        (_, x0), (_, x1) = spans[:2]                             # tie np.maximum keeps the
         op(src[_along(axis, x1)], src[_along(axis, x0)], out=dst, **kw)  # second, the earlier
-        rest = full[2:] + rest
-    elif full and rest:                                          # e.g. 3 taps, stride 1, pad 1
-        (_, xf), (p, x) = full[0], rest.pop(0)
+        rest = spans[2:]
+    elif len(spans) >= 2 and covers[0] != covers[1]:             # e.g. 3 taps, stride 1, pad 1
+        (_, xf), (p, x) = spans[:2] if covers[0] else spans[1::-1]
         op(src[_along(axis, x)], src[_along(axis, _windows(xf, p.start, p.stop))],
            out=dst[_along(axis, (p,))], **kw)
         for a, b in ((0, p.start), (p.stop, size)):
             if b > a:
                 xp.copyto(dst[_along(axis, (slice(a, b),))],
                           src[_along(axis, _windows(xf, a, b))], casting="same_kind")
-    elif full:
-        xp.copyto(dst, src[_along(axis, full[0][1])], casting="same_kind")
+        rest = spans[2:]
+    elif spans and covers[0]:
+        xp.copyto(dst, src[_along(axis, spans[0][1])], casting="same_kind")
+        rest = spans[1:]
     else:
         dst[...] = identity
+        rest = spans
     for p, x in rest:
         part = dst[_along(axis, (p,))]
         op(src[_along(axis, x)], part, out=part, **kw)
@@ -250,26 +255,28 @@ def reduce(src, dst, spec, p_range0, x_base0: int, op, identity, state: dict, xp
 
 def _spread_axis(src, dst, axis: int, spans, xp) -> None:
     """dst = the transpose of a sum over `spans` along `axis`: every src row added to the dst
-    row its tap reads. A tap f that reads every dst row with step 1 (stride 1: every tap then
-    has step 1) starts dst: f's rows plus the next tap's where that one reads, copies elsewhere;
-    without one, dst starts at zero."""
+    row its tap reads, taps in order. When one of the first two taps reads every dst row with
+    step 1 (stride 1: every tap then has step 1), it starts dst: its rows plus the other's
+    where that one reads, copies elsewhere; otherwise dst starts at zero. Either way every dst
+    row adds its taps in tap order whatever the chunk (bit-identical sums)."""
     size = dst.shape[axis]
-    first = next((i for i, (_, x) in enumerate(spans)
-                  if x.start == 0 and x.stop == size and x.step == 1), None)
-    if first is None:
-        dst[...] = 0
-    elif len(spans) == 1:
-        xp.copyto(dst, src[_along(axis, (spans.pop()[0],))])
-    else:
-        f, _ = spans.pop(first)                                  # dst row i <- src row f.start + i
-        p, x = spans.pop(0)
+    covers = [x.start == 0 and x.stop == size and x.step == 1 for _, x in spans]
+    if len(spans) >= 2 and (covers[0] or covers[1]):
+        (f, _), (p, x) = spans[:2] if covers[0] else spans[1::-1]  # dst row i <- f.start + i
         xp.add(src[_along(axis, (slice(f.start + x.start, f.start + x.stop),))],
                src[_along(axis, (p,))], out=dst[_along(axis, (x,))])
         for a, b in ((0, x.start), (x.stop, size)):
             if b > a:
                 xp.copyto(dst[_along(axis, (slice(a, b),))],
                           src[_along(axis, (slice(f.start + a, f.start + b),))])
-    for p, x in spans:
+        rest = spans[2:]
+    elif spans and covers[0]:
+        xp.copyto(dst, src[_along(axis, (spans[0][0],))])
+        rest = spans[1:]
+    else:
+        dst[...] = 0
+        rest = spans
+    for p, x in rest:
         part = dst[_along(axis, (x,))]
         xp.add(part, src[_along(axis, (p,))], out=part)
 

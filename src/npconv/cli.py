@@ -15,26 +15,54 @@ import sys
 COMMANDS = {
     "train": ("npconv.commands.train", "train a CNN (default: a small CNN on the built-in digits)"),
     "evaluate": ("npconv.commands.evaluate", "evaluate a saved model on a data set"),
-    "predict": ("npconv.commands.predict", "predict classes for images with a saved model"),
+    "predict": ("npconv.commands.predict", "predict classes for images with a saved model, or "
+                "with an architecture and a PyTorch / safetensors weights file"),
     "check": ("npconv.testing.check_cli", "check a hand-written convolution against npconv"),
 }
 
+DESCRIPTION = """\
+Convolutional networks in pure NumPy: train one, evaluate it, predict with it, or check a
+hand-written convolution layer against npconv's exact one."""
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="npconv", description=__doc__.splitlines()[0])
+EPILOG = """\
+examples:
+  npconv train                              train the small CNN on the built-in 8x8 digits
+  npconv train --data ~/fashion-mnist       ... on MNIST-format files you have
+  npconv evaluate                           the held-out accuracy of runs/digits/model.npz
+  npconv predict images.npy --output p.csv  a class and its probability for each image
+  npconv predict --arch resnet18 --weights resnet18.pth images.npy
+                                            ... with a PyTorch ResNet-18's weights
+  npconv check mylayers.py:MyConv2D         find the bugs in your own conv layer
+
+`npconv COMMAND --help` describes a command's options. Exit status: 0 success, 2 a usage error
+or an input that cannot be used (nothing is written), 1 a failure while running."""
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    """The top-level parser and {command: its subparser}."""
+    from npconv import __version__
+
+    parser = argparse.ArgumentParser(prog="npconv", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"npconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = {}
     for name, (module, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        subparsers[name] = sub_parser = sub.add_parser(name, help=help_text,
+                                                       description=help_text)
         sub_parser.set_defaults(_module=module)
         try:
             importlib.import_module(module).add_arguments(sub_parser)
         except ImportError:                 # a subcommand whose module is not installed
             sub_parser.set_defaults(_missing=True)
-    return parser
+    return parser, subparsers
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser, subparsers = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:                               # a mistyped option: the subcommand's own usage
+        subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "_missing", False):
         print(f"npconv {args.command}: not available in this installation", file=sys.stderr)
         return 2

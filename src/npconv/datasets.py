@@ -14,16 +14,20 @@ import gzip
 import math
 import os
 import zipfile
+import zlib
 from importlib import resources
 from numbers import Real
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["load_digits", "load_idx", "load_mnist", "train_test_split"]
+from npconv import _npyfile
+
+__all__ = ["check_fraction", "load_digits", "load_idx", "load_mnist", "train_test_split"]
 
 # IDX type codes (third magic byte) -> element dtype; multi-byte types are big-endian.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -95,10 +99,13 @@ def load_idx(path: str | os.PathLike[str], *, ndim: int | None = None) -> np.nda
     Raises
     ------
     FileNotFoundError
-        If `path` is not a file.
+        If `path` does not exist.
     ValueError
-        If the magic number is not ``00 00 <type code> <ndim>``, the type code is unknown, the
-        number of dimensions is not `ndim`, or the file size does not match the header.
+        If `path` is a directory, the magic number is not ``00 00 <type code> <ndim>``, the
+        type code is unknown, the number of dimensions is not `ndim`, or the data does not
+        match the header. The header is read first and the declared size checked against the
+        file's (for a gzip file: against the most its compressed bytes can expand to) before
+        the data is read, so a small file declaring a huge shape is refused at once.
 
     Notes
     -----
@@ -117,56 +124,66 @@ def load_idx(path: str | os.PathLike[str], *, ndim: int | None = None) -> np.nda
     if ndim is not None and (isinstance(ndim, bool) or not isinstance(ndim, int)):
         raise TypeError(f"`ndim` must be an int or None; got {type(ndim).__name__}")
     path = Path(path)
-    data = _read_maybe_gzip(path)
-    dtype, shape, offset = _parse_idx_header(data, path)
-    if ndim is not None and len(shape) != ndim:
-        raise ValueError(
-            f"{path}: expected an IDX file with {ndim} dimension(s); "
-            f"found {len(shape)} dimension(s), shape {shape}"
-        )
-    count = math.prod(shape)
-    expected = offset + count * dtype.itemsize
-    if len(data) != expected:
-        raise ValueError(
-            f"{path}: header declares shape {shape} of {dtype.name}, so expected {expected} bytes; "
-            f"found {len(data)} bytes"
-        )
-    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)  # shape
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an IDX file")
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file not found: {path}")
+    with open(path, "rb") as raw:
+        size, compressed = os.fstat(raw.fileno()).st_size, raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        f = gzip.GzipFile(fileobj=raw) if compressed else raw
+        try:
+            dtype, shape, offset = _read_idx_header(f, path)
+            if ndim is not None and len(shape) != ndim:
+                raise ValueError(f"{path}: expected an IDX file with {ndim} dimension(s); "
+                                 f"found {len(shape)} dimension(s), shape {shape}")
+            data = _read_idx_data(f, dtype, shape, offset, size, compressed, path)
+        except (OSError, EOFError, zlib.error) as err:
+            if not compressed:
+                raise
+            raise ValueError(f"{path}: starts like a gzip file but cannot be decompressed "
+                             f"({err})") from err
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)                 # shape
     return array.astype(dtype.newbyteorder("="))  # shape; a writeable native-order copy
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    """Return the file's bytes, decompressed if they start with the gzip magic number."""
-    if not path.is_file():
-        raise FileNotFoundError(f"IDX file not found: {path}")
-    data = path.read_bytes()
-    if not data.startswith(_GZIP_MAGIC):
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError) as err:
-        raise ValueError(
-            f"{path}: starts like a gzip file but cannot be decompressed ({err})"
-        ) from err
-
-
-def _parse_idx_header(data: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
-    """Validate the IDX header; return the element dtype, the shape and the data offset."""
+def _read_idx_header(f, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Read and validate the IDX header; return the element dtype, the shape and its length."""
+    magic = f.read(4)
     codes = ", ".join(f"{code:#04x}" for code in _IDX_DTYPES)
-    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_DTYPES or data[3] == 0:
+    if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] not in _IDX_DTYPES or magic[3] == 0:
         raise ValueError(
             f"{path}: not an IDX file: bad magic number; expected bytes 00 00 <type code, one of "
-            f"{codes}> <ndim >= 1>, found {data[:4].hex(' ') or 'an empty file'}"
+            f"{codes}> <ndim >= 1>, found {magic.hex(' ') or 'an empty file'}"
         )
-    ndim = data[3]
-    offset = 4 + 4 * ndim
-    if len(data) < offset:
+    dims = f.read(4 * magic[3])
+    offset = 4 + 4 * magic[3]
+    if len(dims) < 4 * magic[3]:
         raise ValueError(
-            f"{path}: truncated IDX header; expected {offset} bytes for {ndim} dimension sizes, "
-            f"found {len(data)} bytes"
+            f"{path}: truncated IDX header; expected {offset} bytes for {magic[3]} dimension "
+            f"sizes, found {4 + len(dims)} bytes"
         )
-    sizes = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)  # (ndim,)
-    return _IDX_DTYPES[data[2]], tuple(int(n) for n in sizes), offset
+    sizes = np.frombuffer(dims, dtype=">u4")  # (ndim,)
+    return _IDX_DTYPES[magic[2]], tuple(int(n) for n in sizes), offset
+
+
+def _read_idx_data(f, dtype: np.dtype, shape: tuple[int, ...], offset: int, size: int,
+                   compressed: bool, path: Path) -> bytes:
+    """The data the header declares, its size checked against the file before it is read: a
+    plain file must hold exactly that, a gzip file no more than deflate can expand to."""
+    need = math.prod(shape) * dtype.itemsize
+    mismatch = (f"{path}: header declares shape {shape} of {dtype.name}, so expected "
+                f"{offset + need} bytes")
+    if not compressed and size != offset + need:
+        raise ValueError(f"{mismatch}; found {size} bytes")
+    if compressed and need > _npyfile.MAX_DEFLATE_RATIO * size:
+        raise ValueError(f"{mismatch}; a gzip file of {size} bytes cannot hold that many")
+    data = f.read(need)
+    if len(data) < need:
+        raise ValueError(f"{mismatch}; found {offset + len(data)} bytes")
+    if compressed and f.read(1):
+        raise ValueError(f"{mismatch}; found more")
+    return data
 
 
 def load_mnist(
@@ -244,21 +261,24 @@ def _find_idx(directory: Path, stem: str) -> Path:
 
 
 def _mnist_from_npz(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``x_<kind>`` and ``y_<kind>`` from a Keras-style ``mnist.npz``."""
+    """Read ``x_<kind>`` and ``y_<kind>`` from a Keras-style ``mnist.npz`` (each member's
+    header checked against its size before it is read)."""
     if not zipfile.is_zipfile(path):
         raise ValueError(
             f"{path}: expected a directory of IDX files or an .npz archive; "
             f"found a file that is not an .npz (zip) archive"
         )
     keys = (f"x_{kind}", f"y_{kind}")
-    with np.load(path, allow_pickle=False) as npz:
-        missing = [key for key in keys if key not in npz.files]
+    with zipfile.ZipFile(path) as zf:
+        members = {info.filename.removesuffix(".npy"): info for info in zf.infolist()}
+        missing = [key for key in keys if key not in members]
         if missing:
             raise ValueError(
                 f"{path}: expected keys x_train, y_train, x_test, y_test (Keras mnist.npz "
-                f"layout); missing {missing}, found {sorted(npz.files)}"
+                f"layout); missing {missing}, found {sorted(members)}"
             )
-        return npz[keys[0]], npz[keys[1]]  # (N, 28, 28), (N,)
+        x, y = (_npyfile.read_member(zf, members[k], f"{path}: {k}") for k in keys)
+        return x, y  # (N, 28, 28), (N,)
 
 
 def _check_mnist_arrays(images: np.ndarray, labels: np.ndarray, source: Path) -> None:
@@ -331,7 +351,29 @@ def train_test_split(
     return x[train_idx], x[test_idx], y[train_idx], y[test_idx]
 
 
-def _check_split_args(x: object, y: object, test_fraction: object, rng: object) -> None:
+def check_fraction(fraction: object, n: int, name: str = "test_fraction") -> None:
+    """The rule of train_test_split's `test_fraction`, for a split of `n` samples: a float
+    strictly between 0 and 1 that leaves both sets non-empty; `name` names it in the errors
+    (`load_data` checks its `val_fraction` with it).
+
+    >>> check_fraction(0.001, 100, "val_fraction")
+    Traceback (most recent call last):
+    ...
+    ValueError: `val_fraction` must leave both sets non-empty; got val_fraction=0.001 ...
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, Real):
+        raise TypeError(f"`{name}` must be a float; got {type(fraction).__name__}")
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"`{name}` must be strictly between 0 and 1; got {fraction}")
+    n_test = round(n * float(fraction))
+    if not 0 < n_test < n:
+        raise ValueError(
+            f"`{name}` must leave both sets non-empty; got {name}={fraction} with N={n} "
+            f"samples, giving {n_test} in the second set"
+        )
+
+
+def _check_split_args(x: Any, y: Any, test_fraction: object, rng: object) -> None:
     """Validate train_test_split's arguments once, at the boundary."""
     for name, value in (("x", x), ("y", y)):
         if not isinstance(value, np.ndarray):
@@ -341,16 +383,7 @@ def _check_split_args(x: object, y: object, test_fraction: object, rng: object) 
             f"`x` must have shape (N, ...) and `y` shape (N,) with the same N; "
             f"got x.shape={x.shape}, y.shape={y.shape}"
         )
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, Real):
-        raise TypeError(f"`test_fraction` must be a float; got {type(test_fraction).__name__}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"`test_fraction` must be strictly between 0 and 1; got {test_fraction}")
-    n_test = round(y.shape[0] * test_fraction)
-    if not 0 < n_test < y.shape[0]:
-        raise ValueError(
-            f"`test_fraction` must leave both sets non-empty; got test_fraction={test_fraction} "
-            f"with N={y.shape[0]} samples, giving {n_test} test samples"
-        )
+    check_fraction(test_fraction, y.shape[0])
     if not isinstance(rng, np.random.Generator):
         raise TypeError(
             f"`rng` must be a numpy.random.Generator (e.g. np.random.default_rng(0)); "

@@ -28,22 +28,30 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import json
 import math
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from npconv import _args
+from npconv import _args, _npyfile
 from npconv._config import config, cpu_count
 from npconv.nn import layers as L
 from npconv.nn.losses import softmax_cross_entropy
 from npconv.nn.serialization import build, layer_spec
+from npconv.training.data import batch_indices, prepare_images
+from npconv.training.loop import (
+    History,
+    Step,
+    check_fit_args,
+    check_labelled,
+    predict_logits,
+    predict_proba,
+    run_epochs,
+)
 
 __all__ = [
     "DASK_HINT",
@@ -57,6 +65,7 @@ __all__ = [
     "predict_to_disk",
     "require",
     "shard_sizes",
+    "tree_sum",
 ]
 
 DASK_HINT = "pip install 'npconv[dask]'"
@@ -211,11 +220,7 @@ def _replica(thread: int, spec: str) -> L.Layer:
 
 
 def _dropouts(layer: L.Layer):
-    if isinstance(layer, L.Sequential):
-        for sub in layer:
-            yield from _dropouts(sub)
-    elif isinstance(layer, L.Dropout):
-        yield layer
+    return (sub for sub in layer.modules() if isinstance(sub, L.Dropout))
 
 
 def _shard_step(spec, state, shard, start, stop, share, loss, seed, threads) -> dict:
@@ -231,23 +236,30 @@ def _shard_step(spec, state, shard, start, stop, share, loss, seed, threads) -> 
         logits = model.forward(x, training=True)                 # (n, K)
         value, dlogits = loss(logits, y)
         model.backward(dlogits)
-    # the shard's loss is a mean over its n rows; times n / N it is its part of the batch mean
+    # the shard's loss is a mean over its n rows; times n / N it is its part of the batch mean.
+    # Integer buffers (batch norm's num_batches_tracked) are counters that every shard advances
+    # alike: they are kept, not weighted.
     return {"loss": value * share, "correct": int((logits.argmax(axis=1) == y).sum()),
             "grads": {k: g * share for k, g in model.grads.items()},
-            "buffers": {k: b * share for k, b in model.buffers.items()}}
+            "buffers": {k: b * share for k, b in model.buffers.items()
+                        if np.issubdtype(b.dtype, np.floating)},
+            "counters": {k: b for k, b in model.buffers.items()
+                         if not np.issubdtype(b.dtype, np.floating)}}
 
 
 def _add(a, b):
-    """a + b for two results of `_shard_step` (nested dicts of numbers and arrays)."""
+    """a + b for two results of `_shard_step` (nested dicts of numbers and arrays); the
+    counters, equal on every shard, are taken from a."""
     if isinstance(a, dict):
-        return {k: _add(a[k], b[k]) for k in a}
+        return {k: a[k] if k == "counters" else _add(a[k], b[k]) for k in a}
     return a + b
 
 
-def _tree_sum(client, parts: list, on_client: int = 4):
-    """The sum of the futures `parts`, added pairwise in a fixed order (deterministic): on the
-    workers while more than `on_client` remain (the client receives that many results), then
-    on the client (one round trip less per level)."""
+def tree_sum(client, parts: list, on_client: int = 4):
+    """The sum of the futures `parts` (numbers, arrays, or dicts of them, nested alike; a
+    "counters" entry is taken from the first), added pairwise in a fixed order, so the result
+    is deterministic: on the workers while more than `on_client` remain (the client receives
+    that many results), then on the client (one round trip less per level)."""
     while len(parts) > on_client:
         pairs = [client.submit(_add, a, b, pure=False) for a, b in zip(parts[::2], parts[1::2])]
         parts = pairs + parts[2 * len(pairs):]
@@ -325,13 +337,14 @@ class DataParallel:
                     _shard_step, self._spec, state, placement.shards[w], start,
                     start + size, size / n, self.loss, (self.seed, self.steps, w),
                     self.threads[w], workers=[address], allow_other_workers=False, pure=False))
-        total = _tree_sum(self.client, parts)
+        total = tree_sum(self.client, parts)
         self.steps += 1
+        buffers = {**total["buffers"], **total["counters"]}
         for key, array in self.model.buffers.items():
-            array[...] = total["buffers"][key]
+            array[...] = buffers[key]
         return StepResult(float(total["loss"]), int(total["correct"]), n,
                           {k: g.astype(self.model.params[k].dtype, copy=False)
-                           for k, g in total["grads"].items()}, total["buffers"])
+                           for k, g in total["grads"].items()}, buffers)
 
     def step(self, placement: Placement, b: int, optimizer) -> StepResult:
         """`gradients` of batch b, then optimizer.step(model.params, grads) on the client."""
@@ -341,7 +354,7 @@ class DataParallel:
 
 
 # ---------------------------------------------------------------------------------------------
-# One step, and the training loop
+# One step, and the training loop (npconv.training's, with data-parallel steps)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -357,9 +370,7 @@ def data_parallel_step(model: L.Layer, x, y, *, client, optimizer=None,
     >>> sorted(result.grads) == sorted(model.params)                 # doctest: +SKIP
     True
     """
-    from npconv import training
-
-    training._check_xy(model, x, y, "")
+    check_labelled(model, x, y)
     trainer = DataParallel(model, client, loss=loss, seed=seed)
     placement = trainer.place(x, y, batch_size=max(len(y), 1))
     if optimizer is None:
@@ -370,64 +381,41 @@ def data_parallel_step(model: L.Layer, x, y, *, client, optimizer=None,
 def _epoch_data(x, y, batch_size: int, rng, augment):
     """The epoch's rows in batch order, augmented batch by batch: the draws from `rng` are
     those of `npconv.training.fit` (the order, then each batch's augmentation)."""
-    from npconv import training
-
-    batches = training._batches(len(y), batch_size, rng)
+    batches = batch_indices(len(y), batch_size, rng)
     xe = np.concatenate([x[idx] if augment is None else augment(x[idx], rng)
                          for idx in batches])                    # (N, ...)
     return xe, y[np.concatenate(batches)]                        # (N, ...), (N,)
 
 
-def _epoch(trainer: DataParallel, placement: Placement, optimizer, lr_at, on_batch):
-    """One pass over the placed batches; returns the epoch's mean loss and accuracy."""
-    seen, loss_sum, correct = 0, 0.0, 0
-    for b in range(placement.n_batches):
-        if lr_at is not None:
-            optimizer.lr = lr_at()
-        result = trainer.step(placement, b, optimizer)
-        seen, loss_sum = seen + result.n, loss_sum + result.loss * result.n
-        correct += result.correct
-        if on_batch is not None:
-            on_batch(b, placement.n_batches, loss_sum / seen, correct / seen)
-    return loss_sum / seen, correct / seen
-
-
 def fit(model: L.Layer, x, y, *, client, optimizer, epochs: int, batch_size: int,
         rng: np.random.Generator, validation=None, loss=softmax_cross_entropy,
         schedule: str = "cosine", augment=None, on_batch=None, on_epoch=None,
-        seed: int = 0):
+        seed: int = 0) -> History:
     """`npconv.training.fit` with every batch split across the workers of `client`.
 
-    Same arguments, same History and the same draws from `rng`, so a model without BatchNorm
-    and Dropout ends with the parameters of the single-process run (to float rounding). Each
-    epoch's (augmented) data is scattered once; validation runs on the client. `seed` seeds
-    Dropout masks.
+    Same arguments, the same loop (`npconv.training.run_epochs`), History and draws from `rng`,
+    so a model without BatchNorm and Dropout ends with the parameters of the single-process run
+    (to float rounding). Each epoch's (augmented) data is scattered once; validation runs on
+    the client. `seed` seeds Dropout masks.
 
     >>> history = fit(model, x, y, client=client, optimizer=nn.Adam(), epochs=2,
     ...               batch_size=64, rng=np.random.default_rng(0))  # doctest: +SKIP
     """
-    from npconv import training
-
-    training._check_fit(model, x, y, validation, epochs, batch_size, schedule, rng, optimizer)
+    check_fit_args(model, x, y, validation, epochs, batch_size, schedule, rng, optimizer)
     trainer = DataParallel(model, client, loss=loss, seed=seed)
-    history, base_lr = training.History(), optimizer.lr
-    steps, total = itertools.count(), epochs * math.ceil(len(y) / batch_size)
-    lr_at = ((lambda: training.cosine_lr(base_lr, next(steps), total))
-             if schedule == "cosine" else None)
-    try:
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            placement = trainer.place(*_epoch_data(x, y, batch_size, rng, augment), batch_size)
-            metrics = _epoch(trainer, placement, optimizer, lr_at, on_batch)
-            del placement                                        # frees the epoch's shards
-            val = (training.evaluate(model, *validation) if validation is not None
-                   else (math.nan,) * 2)                         # as training.fit reports it
-            history.append(epoch, *metrics, *val, time.perf_counter() - start)
-            if on_epoch is not None:
-                on_epoch(history)
-    finally:
-        optimizer.lr = base_lr
-    return history
+
+    def step(placement: Placement, b: int) -> tuple[float, int, int]:
+        result = trainer.step(placement, b, optimizer)
+        return result.loss, result.correct, result.n
+
+    def epoch_steps() -> list[Step]:
+        xe, ye = _epoch_data(x, y, batch_size, rng, augment)        # (N, ...), (N,)
+        placement = trainer.place(xe, ye, batch_size)
+        return [functools.partial(step, placement, b) for b in range(placement.n_batches)]
+
+    return run_epochs(model, epoch_steps, optimizer=optimizer, epochs=epochs,
+                      steps_per_epoch=math.ceil(len(y) / batch_size), schedule=schedule,
+                      validation=validation, loss=loss, on_batch=on_batch, on_epoch=on_epoch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,14 +430,14 @@ def _source(src):
         path = Path(src)
         if not path.is_file():
             raise FileNotFoundError(f"`src` file not found: {path}")
-        head = np.load(path, mmap_mode="r")
-        if not isinstance(head, np.ndarray):
-            raise ValueError(f"`src` must be an .npy file of images; got {path}")
+        with open(path, "rb") as f:                # its header checked against its size
+            shape, _, _ = _npyfile.read_header(f, os.fstat(f.fileno()).st_size,
+                                               f"`src` {path}: must be an .npy file of images")
 
         def read(a, b):                  # a fresh map per chunk: its pages leave with it
             return np.load(path, mmap_mode="r")[a:b]
 
-        return head.shape, read
+        return shape, read
     if not isinstance(src, np.ndarray):
         raise TypeError(f"`src` must be an .npy path, a numpy.memmap or an ndarray; got "
                         f"{type(src).__name__}")
@@ -475,16 +463,14 @@ def _predict_chunks(model, read, partial: Path, n: int, prepare, *, chunk_size, 
     so that written pages leave the process's memory with it."""
     from numpy.lib.format import open_memmap
 
-    from npconv import training
-
     for a in range(0, n, chunk_size):
         x = prepare(read(a, a + chunk_size))                     # (c, *input_shape)
         out = open_memmap(partial, mode="r+")                    # (N,) or (N, K)
         if out.ndim == 1:
-            logits = training.predict_logits(model, x, batch_size=batch_size)     # (c, K)
+            logits = predict_logits(model, x, batch_size=batch_size)     # (c, K)
             out[a:a + len(x)] = logits.argmax(axis=1)            # (c,)
         else:
-            out[a:a + len(x)] = training.predict_proba(model, x, batch_size=batch_size)
+            out[a:a + len(x)] = predict_proba(model, x, batch_size=batch_size)
         out.flush()
         del out
         if on_chunk is not None:
@@ -507,7 +493,7 @@ def predict_to_disk(model: L.Layer, src, dst, *, chunk_size: int = 65536,
 
     >>> import tempfile, os
     >>> from npconv import nn
-    >>> model = nn.Sequential(nn.Flatten(), nn.Dense(4, 3, rng=np.random.default_rng(0)))
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3, rng=np.random.default_rng(0)))
     >>> x = np.random.default_rng(1).random((10, 2, 2, 1))           # (N, *input_shape)
     >>> dst = predict_to_disk(model, x, os.path.join(tempfile.mkdtemp(), "p.npy"), chunk_size=4)
     >>> bool((np.load(dst) == model.forward(x).argmax(axis=1)).all())
@@ -515,14 +501,12 @@ def predict_to_disk(model: L.Layer, src, dst, *, chunk_size: int = 65536,
     """
     from numpy.lib.format import open_memmap
 
-    from npconv import training
-
     shape, read = _source(src)
     dst = _check_predict(dst, chunk_size, batch_size, output, shape)
     input_shape = tuple(input_shape or shape[1:])
 
     def prepare(a):
-        return training.prepare_images(a, input_shape, pixel_max)   # (c, *input_shape)
+        return prepare_images(a, input_shape, pixel_max)   # (c, *input_shape)
 
     k = model.forward(prepare(read(0, 1)), training=False).shape[-1]
     partial = dst.with_name(dst.name + ".partial")

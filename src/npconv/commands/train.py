@@ -11,8 +11,17 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from npconv.commands import fail
+from npconv.commands import (
+    FAILURE,
+    check_writable_dir,
+    fail,
+    fraction,
+    int_at_least,
+    number_in,
+    positive_int,
+)
 
 EXTRAS_HINT = "pip install 'npconv[demo]'"
 DASK_HINT = "pip install 'npconv[dask]'"
@@ -23,20 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MNIST or Fashion-MNIST: a directory of IDX files (.gz or not) or "
                              "an .npz with x_train, y_train, x_test, y_test (default: the "
                              "built-in 8x8 digits)")
-    parser.add_argument("--epochs", type=int, default=30, help="passes over the data (30)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per step (32)")
-    parser.add_argument("--lr", type=float, default=5e-3,
+    parser.add_argument("--epochs", type=positive_int, default=30,
+                        help="passes over the data (30)")
+    parser.add_argument("--batch-size", type=positive_int, default=32,
+                        help="images per step (32)")
+    parser.add_argument("--lr", type=number_in(0.0, float("inf")), default=5e-3,
                         help="initial learning rate, cosine-decayed to 0 (0.005)")
     parser.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam",
                         help="adam (default), adamw, or sgd with Nesterov momentum 0.9")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (0)")
-    parser.add_argument("--width", type=int, default=32,
+    parser.add_argument("--weight-decay", type=number_in(0.0, float("inf"), low_open=False),
+                        default=0.0, help="weight decay (0)")
+    parser.add_argument("--width", type=positive_int, default=32,
                         help="channels of the first conv layer; the second has twice (32)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
                         help="seed of the split, the initial weights and the batch order (0)")
-    parser.add_argument("--test-fraction", type=float, default=0.2,
+    parser.add_argument("--test-fraction", type=fraction, default=0.2,
                         help="share of the digits held out for the test (0.2)")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
+    parser.add_argument("--val-fraction", type=fraction, default=0.1,
                         help="share of the training images used for validation (0.1)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output directory for model.npz, history.json and history.png "
@@ -63,7 +75,9 @@ class Reporter:
     """Progress bar (tqdm, when installed) and one summary line per epoch."""
 
     def __init__(self, epochs: int, progress: bool) -> None:
-        self.epochs, self.epoch, self.bar, self.tqdm = epochs, 0, None, None
+        self.epochs, self.epoch = epochs, 0
+        self.bar: Any = None                   # a tqdm bar while an epoch runs
+        self.tqdm: Any = None
         if progress:
             try:
                 from tqdm import tqdm
@@ -96,17 +110,27 @@ def _out_dir(args, name: str) -> Path:
     return Path(args.out) if args.out else Path("runs") / Path(name).stem
 
 
+def _check_out(out: Path) -> None:
+    """The output directory exists (made now) and takes files; model.npz there, if any, is an
+    npconv model: checked before training, so that a finished run is never lost."""
+    from npconv import nn
+
+    check_writable_dir(out, "--out", create=True)
+    model = out / "model.npz"
+    if model.is_dir() or (model.exists() and not nn.is_model_file(model)):
+        raise ValueError(f"{model} exists and is not an npconv model file; refusing to "
+                         f"overwrite it (choose another --out)")
+
+
 def _setup(args):
     """Data, output paths, model and optimizer; every check that can fail before training."""
-    from npconv import nn, training
+    from npconv import training
 
     split_rng, init_rng, order_rng = training.seed_streams(args.seed)
     data = training.load_data(args.data, rng=split_rng, test_fraction=args.test_fraction,
                               val_fraction=args.val_fraction)
     out = _out_dir(args, "digits" if args.data is None else data.name)
-    if (out / "model.npz").exists() and not nn.is_model_file(out / "model.npz"):
-        raise ValueError(f"{out / 'model.npz'} exists and is not an npconv model file; refusing "
-                         f"to overwrite it (choose another --out)")
+    _check_out(out)
     model = training.digits_cnn(rng=init_rng, input_shape=data.x_train.shape[1:],
                                 n_classes=int(data.y_train.max()) + 1, width=args.width)
     optimizer = training.make_optimizer(args.optimizer, lr=args.lr,
@@ -120,8 +144,8 @@ def _save(args, out: Path, model, data, history, test_accuracy: float) -> None:
     metadata = dict(data=None if args.data is None else str(Path(args.data).resolve()),
                     dataset=data.name, seed=args.seed, test_fraction=args.test_fraction,
                     val_fraction=args.val_fraction, input_shape=list(data.x_train.shape[1:]),
-                    pixel_max=data.pixel_max, test_accuracy=test_accuracy)
-    out.mkdir(parents=True, exist_ok=True)
+                    pixel_max=data.pixel_max, test_accuracy=test_accuracy,
+                    pixel_range=[float(data.x_train.min()), float(data.x_train.max())])
     nn.save(model, out / "model.npz", metadata=metadata)
     (out / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
     print(f"saved model: {out / 'model.npz'}")
@@ -170,16 +194,19 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         data, out, model, optimizer, order_rng = _setup(args)
-        reporter = Reporter(args.epochs, progress=not args.no_progress)
-        print(f"data: {data.describe()}; seed {args.seed}")
-        print(training.summary(model, data.x_train.shape[1:]))
-        start = time.perf_counter()
+    except (ValueError, TypeError, OSError) as e:
+        return fail("train", e)
+    reporter = Reporter(args.epochs, progress=not args.no_progress)
+    print(f"data: {data.describe()}; seed {args.seed}")
+    print(training.summary(model, data.x_train.shape[1:]))
+    start = time.perf_counter()
+    try:
         history = _fit(args, data, model, optimizer, order_rng, reporter)
         print(f"trained {args.epochs} epochs in {time.perf_counter() - start:.1f}s")
         test_loss, test_accuracy = training.evaluate(model, data.x_test, data.y_test)
         _save(args, out, model, data, history, test_accuracy)
     except (ValueError, TypeError, OSError) as e:
-        return fail("train", e)
+        return fail("train", e, FAILURE)
     print(_plot(history, out / "history.png"))
     print(f"test loss: {test_loss:.4f}")
     print(f"test accuracy: {test_accuracy:.4f}")

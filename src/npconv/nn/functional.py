@@ -1,4 +1,4 @@
-"""The maths of the non-convolution layers: activations, dense, batch norm, dropout, softmax.
+"""The maths of the non-convolution layers: activations, linear, batch norm, dropout, softmax.
 
 Each op is a pair: a forward function, and a backward function that takes dy = dL/dy plus what
 the forward pass saw and returns the input (and parameter) gradients. Both are pure: they never
@@ -6,7 +6,7 @@ modify their inputs, and they return new arrays in the inputs' dtype. Convolutio
 live in `npconv.convolution` and `npconv.pooling`; the layers of `npconv.nn.layers` call these
 ops and hold no maths of their own. The gradient rules are derived in docs/training.md.
 
-Shape letters: N batch, C channels (features), S spatial size, D the feature size of a dense
+Shape letters: N batch, C channels (features), S spatial size, D the feature size of a linear
 layer's input and F of its output.
 """
 
@@ -16,22 +16,27 @@ import numbers
 
 import numpy as np
 
-from npconv import _args
+from npconv import _args, _backend
 from npconv.spec import check_shape
 
 __all__ = [
+    "adaptive_avg_pool",
+    "adaptive_avg_pool_backward",
+    "adaptive_windows",
     "batch_norm",
     "batch_norm_backward",
     "channel_axis",
     "check_channels",
-    "dense",
-    "dense_backward",
     "dropout",
     "dropout_backward",
     "leaky_relu",
     "leaky_relu_backward",
+    "linear",
+    "linear_backward",
     "log_softmax",
     "relu",
+    "relu6",
+    "relu6_backward",
     "relu_backward",
     "sigmoid",
     "sigmoid_backward",
@@ -52,6 +57,7 @@ def real_in(value, low: float, high: float, name: str, *, closed_high: bool = Fa
     """A real number in [low, high) (or [low, high]), as a float; TypeError / ValueError."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a real number; got {value!r}")
+    value = float(value)
     ok = low <= value <= high if closed_high else low <= value < high
     if not ok:
         bracket = "]" if closed_high else ")"
@@ -64,20 +70,38 @@ def real_in(value, low: float, high: float, name: str, *, closed_high: bool = Fa
 # ---------------------------------------------------------------------------------------------
 
 
-def relu(x):
-    """max(x, 0), elementwise; any shape.
+def relu(x, *, out=None):
+    """max(x, 0), elementwise; any shape; written into `out` when given (x itself: in place).
 
     >>> relu(np.array([-1.0, 0.0, 2.0]))
     array([0., 0., 2.])
     """
     _args.float_array(x, "x")
-    return np.maximum(x, 0)
+    return _backend.namespace(x).maximum(x, 0, out=out)
 
 
 def relu_backward(dy, x):
     """dy where x > 0, else 0 (the subgradient at 0 is 0, as in PyTorch)."""
     _check_pair(dy, x)
     return np.where(x > 0, dy, 0).astype(dy.dtype, copy=False)  # like x
+
+
+def relu6(x, *, out=None):
+    """min(max(x, 0), 6), elementwise, in x's array module (npconv.nn.activation has the
+    threaded NumPy kernel; this is the CuPy path of nn.ReLU6).
+
+    >>> relu6(np.array([-1.0, 3.0, 7.0]))
+    array([0., 3., 6.])
+    """
+    _args.float_array(x, "x")
+    return _backend.namespace(x).clip(x, 0, 6, out=out)
+
+
+def relu6_backward(dy, y):
+    """dy where 0 < y < 6 (the output, or x: the same set), else 0."""
+    _check_pair(dy, y, "y")
+    xp = _backend.namespace(dy, y)
+    return xp.where((y > 0) & (y < 6), dy, 0).astype(dy.dtype, copy=False)   # like y
 
 
 def leaky_relu(x, negative_slope: float = 0.01):
@@ -144,11 +168,11 @@ def log_softmax(z, axis: int = -1):
 
 
 # ---------------------------------------------------------------------------------------------
-# Dense: y = x @ w + b
+# Linear: y = x @ w + b
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_dense(x, w, b) -> None:
+def _check_linear(x, w, b) -> None:
     _args.float_array(x, "x")
     _args.float_array(w, "w")
     if w.ndim != 2:
@@ -163,22 +187,23 @@ def _check_dense(x, w, b) -> None:
         check_shape(b, (w.shape[1],), "b")
 
 
-def dense(x, w, b=None):
-    """Affine map x (N, D) @ w (D, F) + b (F,) -> y (N, F) (Keras' weight layout).
+def linear(x, w, b=None):
+    """Affine map x (N, D) @ w (D, F) + b (F,) -> y (N, F); w is the transpose of the weight
+    of PyTorch's F.linear.
 
-    >>> dense(np.ones((2, 3)), np.ones((3, 4)), np.arange(4.0))
+    >>> linear(np.ones((2, 3)), np.ones((3, 4)), np.arange(4.0))
     array([[3., 4., 5., 6.],
            [3., 4., 5., 6.]])
     """
-    _check_dense(x, w, b)
+    _check_linear(x, w, b)
     y = x @ w                                                      # (N, F)
     return y if b is None else y + b
 
 
-def dense_backward(dy, x, w, *, bias: bool = True):
-    """(dx, dw, db) of `dense`: dx = dy w^T (N, D), dw = x^T dy (D, F), db = sum_n dy (F,)
+def linear_backward(dy, x, w, *, bias: bool = True):
+    """(dx, dw, db) of `linear`: dx = dy w^T (N, D), dw = x^T dy (D, F), db = sum_n dy (F,)
     or None when `bias` is False."""
-    _check_dense(x, w, None)
+    _check_linear(x, w, None)
     _args.float_array(dy, "dy")
     check_shape(dy, (x.shape[0], w.shape[1]), "dy")
     dx = dy @ w.T                                                  # (N, D)
@@ -309,14 +334,113 @@ def batch_norm_backward(dy, x, gamma, running_mean=None, running_var=None, *, tr
 
 
 # ---------------------------------------------------------------------------------------------
-# Dropout (inverted: the kept values are scaled by 1 / (1 - rate) at training time)
+# Adaptive average pooling: output cell i of a dimension averages inputs
+# floor(i * S / P) <= s < ceil((i + 1) * S / P), PyTorch's rule
 # ---------------------------------------------------------------------------------------------
 
 
-def dropout(x, rate: float, *, rng: np.random.Generator):
-    """Zero each element with probability `rate`, scale the rest by 1 / (1 - rate).
+def adaptive_windows(s: int, p: int):
+    """(indicator (P, S) of 0/1, counts (P,)): which inputs each of the P output cells of one
+    dimension of size S averages.
 
-    Returns (y, mask), mask of x's shape and dtype holding 0 or 1 / (1 - rate), for
+    >>> m, counts = adaptive_windows(5, 3)          # windows [0, 2), [1, 4), [3, 5)
+    >>> m.astype(int).tolist(), counts.tolist()
+    ([[1, 1, 0, 0, 0], [0, 1, 1, 1, 0], [0, 0, 0, 1, 1]], [2, 3, 2])
+    """
+    i = np.arange(p)
+    start, end = (i * s) // p, -((-(i + 1) * s) // p)               # floor, ceil; (P,) each
+    cols = np.arange(s)                                              # (S,)
+    m = (cols >= start[:, None]) & (cols < end[:, None])             # (P, S)
+    return m, end - start
+
+
+def _adaptive_sizes(x_shape, output_size, data_format: str):
+    """The spatial axes of x and the output sizes, one per spatial dimension (None: kept)."""
+    axes = range(1, len(x_shape) - 1) if data_format == "channels_last" else \
+        range(2, len(x_shape))
+    rank = len(axes)
+    sizes = (output_size,) * rank if output_size is None or _args.is_int(output_size) else \
+        tuple(output_size)
+    if len(sizes) != rank or not all(v is None or (_args.is_int(v) and v >= 1) for v in sizes):
+        raise ValueError(f"`output_size` must be an int >= 1 or a tuple of {rank} of them (None "
+                         f"keeps a size), for x of shape {tuple(x_shape)}; got {output_size!r}")
+    return [(a, x_shape[a] if p is None else int(p)) for a, p in zip(axes, sizes)]
+
+
+def _contract(xp, x, m, axis: int):
+    """Apply the (P, S) matrix m along `axis` of x: (.., S, ..) -> (.., P, ..)."""
+    y = xp.tensordot(m, x, axes=([1], [axis]))                       # (P, ..)
+    return xp.moveaxis(y, 0, axis)                                   # (.., P, ..)
+
+
+def adaptive_avg_pool(x, output_size, *, data_format: str = "channels_last"):
+    """PyTorch's adaptive average pooling, any rank: x (N, *S, C) or (N, C, *S) -> P given by
+    `output_size` (an int for every dimension, or one per dimension; None keeps S).
+
+    Per dimension, output cell i averages inputs floor(i * S / P) <= s < ceil((i + 1) * S / P):
+    a 0/1 window matrix contracted along that axis (one GEMM), then divided by the counts.
+    P = 1 everywhere is the global mean. Allocates the output and, per pooled dimension, one
+    intermediate of the output's size along the dimensions done so far.
+
+    >>> adaptive_avg_pool(np.arange(5.0).reshape(1, 5, 1), 3).ravel()      # (N, L, C)
+    array([0.5, 2. , 3.5])
+    """
+    _args.float_array(x, "x")
+    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+    if x.ndim < 3:
+        raise ValueError(f"adaptive_avg_pool expects `x` with a batch, a channel and at least "
+                         f"one spatial axis; got shape {tuple(x.shape)}")
+    plan = _adaptive_sizes(x.shape, output_size, data_format)
+    xp, dtype = _backend.namespace(x), x.dtype
+    y = x.astype(_args.compute_dtype(dtype), copy=False)
+    if all(p == 1 for _, p in plan):
+        return y.mean(axis=tuple(a for a, _ in plan), keepdims=True).astype(dtype, copy=False)
+    for axis, p in plan:
+        if p == x.shape[axis]:
+            continue                                                 # cell i averages input i
+        m, counts = adaptive_windows(x.shape[axis], p)
+        y = _contract(xp, y, xp.asarray(m, y.dtype), axis)          # sums: (.., P, ..)
+        y /= _per_axis(xp.asarray(counts, y.dtype), y.ndim, axis)
+    return y.astype(dtype, copy=False) if y is not x else y.copy()
+
+
+def adaptive_avg_pool_backward(dy, x_shape, output_size, *,
+                               data_format: str = "channels_last"):
+    """dx of `adaptive_avg_pool`: dy divided by the counts, spread back over each window (the
+    transposed window matrices)."""
+    _args.float_array(dy, "dy")
+    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
+    plan = _adaptive_sizes(tuple(x_shape), output_size, data_format)
+    want = list(x_shape)
+    for axis, p in plan:
+        want[axis] = p
+    check_shape(dy, tuple(want), "dy")
+    xp, dtype = _backend.namespace(dy), dy.dtype
+    dx = dy.astype(_args.compute_dtype(dtype), copy=True)
+    for axis, p in plan:
+        if p == x_shape[axis]:
+            continue
+        m, counts = adaptive_windows(x_shape[axis], p)
+        dx /= _per_axis(xp.asarray(counts, dx.dtype), dx.ndim, axis)
+        dx = _contract(xp, dx, xp.asarray(m.T, dx.dtype), axis)     # (.., S, ..)
+    return xp.ascontiguousarray(dx).astype(dtype, copy=False)       # like x
+
+
+def _per_axis(v, ndim: int, axis: int):
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)                                          # (1, .., P, .., 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout (inverted: the kept values are scaled by 1 / (1 - p) at training time)
+# ---------------------------------------------------------------------------------------------
+
+
+def dropout(x, p: float, *, rng: np.random.Generator):
+    """Zero each element with probability `p`, scale the rest by 1 / (1 - p).
+
+    Returns (y, mask), mask of x's shape and dtype holding 0 or 1 / (1 - p), for
     `dropout_backward`. The expected value of y is x.
 
     >>> y, mask = dropout(np.ones((1, 4)), 0.5, rng=np.random.default_rng(0))
@@ -324,11 +448,11 @@ def dropout(x, rate: float, *, rng: np.random.Generator):
     True
     """
     _args.float_array(x, "x")
-    rate = real_in(rate, 0.0, 1.0, "rate")
+    p = real_in(p, 0.0, 1.0, "p")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"`rng` must be a numpy.random.Generator; got {type(rng).__name__}")
-    keep = rng.random(x.shape) >= rate                             # like x, bool
-    mask = (keep / (1 - rate)).astype(x.dtype)                     # like x
+    keep = rng.random(x.shape) >= p                                # like x, bool
+    mask = (keep / (1 - p)).astype(x.dtype)                        # like x
     return x * mask, mask
 
 

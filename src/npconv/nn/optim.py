@@ -128,4 +128,4 @@ class AdamW(Adam):
         super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

@@ -1,0 +1,111 @@
+"""Reading .npy arrays, alone or as members of an .npz, from files that may be broken or hostile.
+
+The header is read first (`numpy.lib.format`'s header readers, which parse a Python literal
+without evaluating it), and the declared shape and dtype are checked against the bytes that
+actually hold the data before anything is allocated: a 1 KB file declaring a (2**40,) array is
+refused, not allocated. Object dtypes (pickles) are refused. A zip member must be an .npy whose
+declared size is within what its stored bytes can hold (deflate expands at most 1032:1), and
+zipfile checks each member's CRC as it is read. Every failure is a ValueError that starts with
+`where` (the file, and the member).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+import zlib
+from typing import IO
+
+import numpy as np
+from numpy.lib import format as npy
+
+__all__ = [
+    "READ_ERRORS",
+    "ArrayHeader",
+    "member_header",
+    "read_header",
+    "read_member",
+    "read_npy",
+]
+
+MAX_DEFLATE_RATIO = 1032          # the most a deflate stream can expand: 258 bytes per 2 bits
+
+# what reading a damaged zip member or .npy stream can raise besides ValueError
+READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, UnicodeError)
+
+ArrayHeader = tuple[tuple[int, ...], np.dtype, bool]     # shape, dtype, fortran_order
+
+
+def read_header(f: IO[bytes], nbytes: int, where: str) -> ArrayHeader:
+    """(shape, dtype, fortran_order) of the .npy that `f` starts reading, `nbytes` long in
+    all; ValueError unless it is an .npy of plain numbers whose data fills exactly the rest."""
+    try:
+        version = npy.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = npy.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy.read_array_header_2_0(f)
+        else:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+        start = f.tell()
+    except ValueError as e:                  # a damaged stream's errors reach the caller
+        raise ValueError(f"{where}: not an .npy array ({e})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{where}: holds Python objects (dtype {dtype}); npconv loads plain "
+                         f"numbers only, never pickles")
+    need = math.prod(shape) * dtype.itemsize
+    if need != nbytes - start:
+        raise ValueError(f"{where}: declares shape {shape} of {dtype} ({need} bytes of data) "
+                         f"but holds {nbytes - start} bytes")
+    return tuple(shape), dtype, fortran
+
+
+def read_npy(path: os.PathLike | str) -> np.ndarray:
+    """The array of the .npy file at `path`, its header checked against the file's size first.
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.npy")
+    >>> np.save(path, np.arange(3))
+    >>> read_npy(path)
+    array([0, 1, 2])
+    """
+    with open(path, "rb") as f:
+        try:
+            read_header(f, os.fstat(f.fileno()).st_size, str(path))
+            f.seek(0)
+            return npy.read_array(f, allow_pickle=False)
+        except READ_ERRORS as e:
+            raise ValueError(f"{path}: unreadable .npy ({type(e).__name__}: {e})") from None
+
+
+def _check_member_size(info: zipfile.ZipInfo, where: str) -> None:
+    """The member's declared size must be one its stored bytes can produce."""
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if (info.file_size != info.compress_size if stored
+            else info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 64):
+        raise ValueError(f"{where}: declares {info.file_size} bytes, more than its "
+                         f"{info.compress_size} stored bytes can hold")
+
+
+def member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> ArrayHeader:
+    """`read_header` of an .npz member: its name must end in .npy."""
+    if not info.filename.endswith(".npy"):
+        raise ValueError(f"{where}: member {info.filename!r} is not an .npy array")
+    _check_member_size(info, where)
+    try:
+        with zf.open(info) as f:
+            return read_header(f, info.file_size, where)
+    except READ_ERRORS as e:
+        raise ValueError(f"{where}: corrupt member ({type(e).__name__}: {e})") from None
+
+
+def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndarray:
+    """The array of an .npz member, after `member_header`'s checks; the CRC is checked as the
+    data is read."""
+    member_header(zf, info, where)
+    try:
+        with zf.open(info) as f:
+            return npy.read_array(f, allow_pickle=False)
+    except (ValueError, *READ_ERRORS) as e:
+        raise ValueError(f"{where}: corrupt member ({type(e).__name__}: {e})") from None
