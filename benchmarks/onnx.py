@@ -3,9 +3,9 @@
     python benchmarks/onnx.py [--batches 1 8] [--size 224] [--repeats 5] [--threads N]
                               [--clock wall|cpu] [--out FILE]
 
-A ResNet-18-sized and a MobileNetV2-sized network, written in plain torch with torchvision's
-structure (torchvision itself does not load with the CPU torch here) and random weights, are
-exported once by `torch.onnx.export` with a dynamic batch, then run at each batch size by
+ResNet-18 and MobileNetV2, written in plain torch with torchvision's structure
+(tests/torch_reference.py: torchvision itself does not load with the CPU torch here) and random
+weights, are exported once by `torch.onnx.export` with a dynamic batch, then run at each batch size by
 
 - `onnx.reference.ReferenceEvaluator`, ONNX's pure-NumPy evaluator: ONE timed run (its pooling
   loops over output positions in Python, minutes at batch 8),
@@ -45,101 +45,21 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if __name__ == "onnx":                      # imported by that name from this folder
     del sys.modules["onnx"]
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE.parent / "tests"))              # torch_reference: the networks
 
 import npconv  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
-# The networks, in plain torch (torchvision's structure and module names)
+# The networks: tests/torch_reference.py's plain-torch twins of torchvision's
 # ---------------------------------------------------------------------------------------------
 
 
-def resnet18(num_classes: int = 1000):
-    """torchvision's resnet18: BasicBlocks [2, 2, 2, 2] of widths 64 .. 512."""
-    from torch import nn
+def network(name: str):
+    """torchvision's resnet18 or mobilenet_v2 (1000 classes), in plain torch."""
+    import torch
+    from torch_reference import reference
 
-    class BasicBlock(nn.Module):
-        def __init__(self, c: int, f: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(c, f, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(f)
-            self.relu = nn.ReLU(inplace=True)
-            self.conv2 = nn.Conv2d(f, f, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(f)
-            self.downsample = None
-            if stride != 1 or c != f:
-                self.downsample = nn.Sequential(nn.Conv2d(c, f, 1, stride, bias=False),
-                                                nn.BatchNorm2d(f))
-
-        def forward(self, x):
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            return self.relu(self.bn2(self.conv2(out)) + identity)
-
-    class ResNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU(inplace=True)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            widths, c = (64, 128, 256, 512), 64
-            for i, f in enumerate(widths):
-                stride = 1 if i == 0 else 2
-                setattr(self, f"layer{i + 1}",
-                        nn.Sequential(BasicBlock(c, f, stride), BasicBlock(f, f, 1)))
-                c = f
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(512, num_classes)
-
-        def forward(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return self.fc(self.avgpool(x).flatten(1))
-
-    return ResNet()
-
-
-def mobilenet_v2(num_classes: int = 1000):
-    """torchvision's mobilenet_v2 (width 1.0): inverted residuals with ReLU6 and depthwise
-    3x3 convolutions."""
-    from torch import nn
-
-    def conv_bn(c: int, f: int, k: int, stride: int = 1, groups: int = 1, act: bool = True):
-        layers = [nn.Conv2d(c, f, k, stride, k // 2, groups=groups, bias=False),
-                  nn.BatchNorm2d(f)]
-        return nn.Sequential(*layers, *([nn.ReLU6(inplace=True)] if act else []))
-
-    class InvertedResidual(nn.Module):
-        def __init__(self, c: int, f: int, stride: int, t: int) -> None:
-            super().__init__()
-            hidden = c * t
-            self.use_res_connect = stride == 1 and c == f
-            layers = [conv_bn(c, hidden, 1)] if t != 1 else []
-            layers += [conv_bn(hidden, hidden, 3, stride, hidden), conv_bn(hidden, f, 1, act=False)]
-            self.conv = nn.Sequential(*layers)
-
-        def forward(self, x):
-            return x + self.conv(x) if self.use_res_connect else self.conv(x)
-
-    class MobileNetV2(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
-            features, c = [conv_bn(3, 32, 3, 2)], 32
-            for t, f, n, s in settings:
-                for i in range(n):
-                    features.append(InvertedResidual(c, f, s if i == 0 else 1, t))
-                    c = f
-            features.append(conv_bn(c, 1280, 1))
-            self.features = nn.Sequential(*features)
-            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
-
-        def forward(self, x):
-            x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-            return self.classifier(x.flatten(1))
-
-    return MobileNetV2()
+    return getattr(reference(torch), name)(1000)
 
 
 def randomize(model, seed: int):
@@ -284,12 +204,11 @@ def run(batches=(1, 8), size: int = 224, repeats: int = 5, reference: bool = Tru
         models=("resnet18", "mobilenet_v2"), threads: int | None = None,
         clock: str = "wall") -> list[str]:
     """Export, run and compare every model at every batch size; the markdown report."""
-    builders = {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(models):
             path = Path(tmp) / f"{name}.onnx"
-            export(randomize(builders[name](), seed=i), path, size)
+            export(randomize(network(name), seed=i), path, size)
             results[name] = [measure(path, b, size, repeats, reference, threads,
                                      CLOCKS[clock]) for b in batches]
             for r in results[name]:

@@ -273,12 +273,23 @@ def test_the_rest():
         one_layer(oh.make_node("Add", ["x", "c"], ["y"]), constants={"c": np.float32(1)})
 
 
+def test_activations():
+    assert one_layer(oh.make_node("Tanh", ["x"], ["y"])).layer == "Tanh"
+    assert one_layer(oh.make_node("HardSwish", ["x"], ["y"])).layer == "Hardswish"
+    spec = one_layer(oh.make_node("LeakyRelu", ["x"], ["y"], alpha=0.2))
+    assert (spec.layer, spec.kwargs) == ("LeakyReLU", {"negative_slope": pytest.approx(0.2)})
+    spec = one_layer(oh.make_node("HardSigmoid", ["x"], ["y"], alpha=1 / 6))
+    assert spec.layer == "Hardsigmoid"
+    with pytest.raises(UnsupportedOperator, match=r"got alpha=0.2"):
+        one_layer(oh.make_node("HardSigmoid", ["x"], ["y"]))
+
+
 def test_every_unsupported_operator_is_named():
-    nodes = [oh.make_node("Relu", ["x"], ["a"]), oh.make_node("Tanh", ["a"], ["b"]),
+    nodes = [oh.make_node("Relu", ["x"], ["a"]), oh.make_node("Sin", ["a"], ["b"]),
              oh.make_node("LpPool", ["b"], ["y"], kernel_shape=[2, 2])]
     model = make_model(nodes, [("x", [1, 4, 8, 8])], [("y", None)])
     with pytest.raises(UnsupportedOperator, match=r"no npconv layer for ONNX operator\(s\) "
-                                                  r"LpPool, Tanh \(first: Tanh node"):
+                                                  r"LpPool, Sin \(first: Sin node"):
         plan(read_graph(model))
     assert "LpPool" not in SUPPORTED
     with pytest.raises(ValueError, match=r"`data_format` must be"):

@@ -438,6 +438,21 @@ def _clip(ctx: _Context, i: int, node: Node) -> LayerSpec:
                               f"have npconv layers; got min={bounds[0]}, max={bounds[1]}")
 
 
+def _leaky_relu(ctx: _Context, i: int, node: Node) -> LayerSpec:
+    return _simple("LeakyReLU", negative_slope=float(node.attrs.get("alpha", 0.01)))(ctx, i, node)
+
+
+def _hard_sigmoid(ctx: _Context, i: int, node: Node) -> LayerSpec:
+    """ONNX's max(0, min(1, alpha * x + beta)) is PyTorch's Hardsigmoid for alpha = 1/6,
+    beta = 0.5 (ONNX's defaults are 0.2 and 0.5)."""
+    alpha, beta = node.attrs.get("alpha", 0.2), node.attrs.get("beta", 0.5)
+    if not (np.isclose(alpha, 1 / 6, rtol=1e-6) and beta == 0.5):
+        raise UnsupportedOperator(f"{node.describe()}: only HardSigmoid(alpha=1/6, beta=0.5) "
+                                  f"(PyTorch's) has an npconv layer; got alpha={alpha}, "
+                                  f"beta={beta}")
+    return _simple("Hardsigmoid")(ctx, i, node)
+
+
 def _axis(ctx: _Context, node: Node, axis: int) -> int | None:
     """An ONNX axis of the node's first input in the model's layout; None for the channel
     axis of a map (N, C, *S), which npconv's layers find from their `data_format`."""
@@ -521,7 +536,10 @@ SUPPORTED: dict[str, Callable] = {
     "Gemm": _gemm,
     "GlobalAveragePool": _global_average_pool,
     "GlobalMaxPool": _global_max_pool,
+    "HardSigmoid": _hard_sigmoid,
+    "HardSwish": _simple("Hardswish"),
     "Identity": _identity,
+    "LeakyRelu": _leaky_relu,
     "MatMul": _matmul,
     "MaxPool": _max_pool,
     "ReduceMean": _reduce_mean,
@@ -530,6 +548,7 @@ SUPPORTED: dict[str, Callable] = {
     "Resize": _resize,
     "Sigmoid": _simple("Sigmoid"),
     "Softmax": _softmax,
+    "Tanh": _simple("Tanh"),
 }
 """ONNX op_type -> builder(context, node index, node) -> LayerSpec, or None for an alias."""
 

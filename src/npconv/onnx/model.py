@@ -1,0 +1,98 @@
+"""`to_model`: an ONNX graph as a trainable npconv model.
+
+`to_model(path)` reads the file as data (`npconv.onnx.graph`), maps its nodes onto npconv
+layers (`npconv.onnx.mapping`), builds each layer with its ONNX weights (loaded through
+`load_state_dict`, in PyTorch's layout and names) and returns a `GraphModel`: an
+`npconv.nn.Module` whose forward calls those layers in the graph's order. Its backward is the
+Module's, derived from the recorded layer calls, so the model fine-tunes with
+`npconv.training.fit` like any npconv model, and its `state_dict()` has the names the exporter
+gave the weights (PyTorch's, for a model exported by torch.onnx.export).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from npconv import nn
+from npconv.onnx import layers as onnx_layers
+from npconv.onnx.graph import read_graph
+from npconv.onnx.mapping import LayerSpec, UnsupportedOperator, plan
+
+__all__ = ["GraphModel", "to_model"]
+
+
+class GraphModel(nn.Module):
+    """A Module that runs a fixed graph of its children: `steps` lists, in order, each call as
+    [child name, [names of the values it reads], name of the value it writes]; `inputs` names
+    forward's arguments and `output` the value it returns.
+
+    Children have the dotted names of their weights ("layer1.0.conv1"): reach one with
+    `getattr(model, "layer1.0.conv1")`, replace a head with `setattr(model, "fc", layer)`.
+    """
+
+    def __init__(self, steps: list, inputs: list, output: str) -> None:
+        super().__init__()
+        self.steps = [(str(name), tuple(reads), str(writes)) for name, reads, writes in steps]
+        self.inputs, self.output = [str(name) for name in inputs], str(output)
+
+    def config(self) -> dict:
+        return dict(steps=[[n, list(r), w] for n, r, w in self.steps], inputs=self.inputs,
+                    output=self.output)
+
+    def forward(self, *xs):
+        if len(xs) != len(self.inputs):
+            raise TypeError(f"GraphModel.forward takes {len(self.inputs)} array(s) "
+                            f"({', '.join(self.inputs)}); got {len(xs)}")
+        values = dict(zip(self.inputs, xs))
+        for name, reads, writes in self.steps:
+            values[writes] = getattr(self, name)(*(values[r] for r in reads))
+        return values[self.output]
+
+
+def _layer_class(spec: LayerSpec) -> type:
+    cls = getattr(nn, spec.layer, None) or getattr(onnx_layers, spec.layer, None)
+    if cls is None:
+        raise UnsupportedOperator(f"no npconv layer {spec.layer!r} for {', '.join(spec.nodes)}")
+    return cls
+
+
+def _build(spec: LayerSpec):
+    """The layer of `spec` with its weights."""
+    cls = _layer_class(spec)
+    kwargs = dict(spec.kwargs)
+    weights = {**spec.params, **spec.buffers}
+    if weights and "dtype" in inspect.signature(cls).parameters:
+        kwargs["dtype"] = next(iter(weights.values())).dtype.name
+    layer = cls(**kwargs)
+    missing, unexpected = layer.load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if k != "num_batches_tracked"]:
+        raise ValueError(f"{spec.layer} for {', '.join(spec.nodes)}: weights {sorted(weights)} "
+                         f"do not fit its state_dict {sorted(layer.state_dict())}")
+    return layer
+
+
+def to_model(model_or_path, *, data_format: str = "channels_last") -> GraphModel:
+    """An npconv model computing what an ONNX model computes, trainable.
+
+    Parameters
+    ----------
+    model_or_path : str, os.PathLike or onnx.ModelProto
+        One input, one output; its operators those `npconv.onnx.mapping.SUPPORTED` lists.
+    data_format : "channels_last" or "channels_first"
+        The layout of the model's activations. channels_last (npconv's fast path) takes the
+        ONNX input transposed once, (N, *S, C) for ONNX's (N, C, *S).
+
+    Raises
+    ------
+    UnsupportedOperator (a ValueError)
+        Naming every operator, attribute or pattern that has no npconv layer.
+    """
+    p = plan(read_graph(model_or_path), data_format)
+    if len(p.outputs) != 1:
+        raise UnsupportedOperator(f"an npconv model returns one array; the graph has "
+                                  f"{len(p.outputs)} outputs {p.outputs}")
+    model = GraphModel([(s.name, s.inputs, s.output) for s in p.layers], p.inputs,
+                       p.resolve(p.outputs[0]))
+    for spec in p.layers:
+        setattr(model, spec.name, _build(spec))
+    return model
