@@ -12,10 +12,11 @@ weights, are exported once by `torch.onnx.export` with a dynamic batch, then run
 - `npconv.onnx.Evaluator`, the same evaluator with npconv computing the conv-net operators,
 - onnxruntime's CPU provider,
 
-one untimed call first for the last two and then the best of `--repeats`. All use every core
+each in a process of its own (the network exported once by the parent), one untimed call
+first for the last two and then the best of `--repeats`. All use every core
 (npconv's default, OpenBLAS's, onnxruntime's), or `--threads N` each (npconv's `threads`
-setting, which also holds BLAS to one thread when N is 1; onnxruntime's intra-op threads;
-BLAS through threadpoolctl for the reference evaluator): on a machine shared with other jobs,
+setting and BLAS through threadpoolctl for both NumPy evaluators, onnxruntime's intra-op
+threads): on a machine shared with other jobs,
 threads that spin while they wait for a core make the all-core numbers meaningless, and with
 `--threads 1 --clock cpu` the time a process spends waiting for a busy core is not counted. The table gives the
 times, the ratios the issue sets targets for (reference / npconv >= 10, npconv / onnxruntime
@@ -29,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,24 +137,62 @@ def blas_limit(threads: int | None):
     return threadpool_limits(limits=threads, user_api="blas")
 
 
-def measure(path: Path, batch: int, size: int, repeats: int, reference: bool,
-            threads: int | None, clock=time.perf_counter) -> dict:
-    from onnx.reference import ReferenceEvaluator
+def _runner(impl: str, path: Path, threads: int | None):
+    """(a call x -> logits, its settings' context, the delegated nodes) of one implementation."""
+    if impl == "onnxruntime":
+        sess = ort_session(path, threads)
+        return (lambda x: sess.run(None, {"x": x})[0]), contextlib.nullcontext(), lambda: {}
+    if impl == "reference":
+        from onnx.reference import ReferenceEvaluator
 
+        ref = ReferenceEvaluator(str(path))
+        return (lambda x: ref.run(None, {"x": x})[0]), blas_limit(threads), lambda: {}
     from npconv.onnx import Evaluator
 
-    x = np.random.default_rng(batch).normal(size=(batch, 3, size, size)).astype(np.float32)
-    sess = ort_session(path, threads)
-    t_ort, (want,) = best_time(lambda: sess.run(None, {"x": x}), repeats, clock)
     ev = Evaluator(str(path))
-    with npconv.config(threads=threads):
-        t_np, (got,) = best_time(lambda: ev.run(None, {"x": x}), repeats, clock)
+    settings = contextlib.ExitStack()
+    settings.enter_context(npconv.config(threads=threads))
+    settings.enter_context(blas_limit(threads))                # ONNX's Gemm uses BLAS too
+    return (lambda x: ev.run(None, {"x": x})[0]), settings, lambda: ev.delegated
+
+
+def worker(impl: str, path: str, batch: str, size: str, repeats: str, threads: str, clock: str,
+           out: str) -> None:
+    """Time one implementation in this (fresh) process and write seconds, logits and the
+    delegated nodes to the .npz `out`."""
+    batch, size, repeats, threads = int(batch), int(size), int(repeats), int(threads) or None
+    x = np.random.default_rng(batch).normal(size=(batch, 3, size, size)).astype(np.float32)
+    call, settings, delegated = _runner(impl, Path(path), threads)
+    with settings:
+        if impl == "reference":
+            seconds, y = once(lambda: call(x), CLOCKS[clock])
+        else:
+            seconds, y = best_time(lambda: call(x), repeats, CLOCKS[clock])
+    np.savez(out, seconds=seconds, logits=y, delegated=json.dumps(delegated()))
+
+
+def in_subprocess(impl: str, path: Path, batch: int, size: int, repeats: int,
+                  threads: int | None, clock: str) -> tuple[float, np.ndarray, dict]:
+    """`worker` in a process of its own: no library's threads (onnxruntime's and OpenMP's
+    spin after their calls) or allocations disturb another's timing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.npz"
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", impl,
+                        str(path), str(batch), str(size), str(repeats), str(threads or 0), clock,
+                        str(out)], check=True)
+        with np.load(out) as f:
+            return float(f["seconds"]), f["logits"], json.loads(str(f["delegated"]))
+
+
+def measure(path: Path, batch: int, size: int, repeats: int, reference: bool,
+            threads: int | None, clock: str = "wall") -> dict:
+    args = (path, batch, size, repeats, threads, clock)
+    t_ort, want, _ = in_subprocess("onnxruntime", *args)
+    t_np, got, delegated = in_subprocess("npconv", *args)
     row = dict(batch=batch, ort=t_ort, npconv=t_np, npconv_diff=float(np.abs(got - want).max()),
-               delegated=ev.delegated, reference=None, reference_diff=None)
+               delegated=delegated, reference=None, reference_diff=None)
     if reference:
-        ref = ReferenceEvaluator(str(path))
-        with blas_limit(threads):
-            row["reference"], (slow,) = once(lambda: ref.run(None, {"x": x}), clock)
+        row["reference"], slow, _ = in_subprocess("reference", *args)
         row["reference_diff"] = float(np.abs(slow - want).max())
     return row
 
@@ -209,8 +250,8 @@ def run(batches=(1, 8), size: int = 224, repeats: int = 5, reference: bool = Tru
         for i, name in enumerate(models):
             path = Path(tmp) / f"{name}.onnx"
             export(randomize(network(name), seed=i), path, size)
-            results[name] = [measure(path, b, size, repeats, reference, threads,
-                                     CLOCKS[clock]) for b in batches]
+            results[name] = [measure(path, b, size, repeats, reference, threads, clock)
+                             for b in batches]
             for r in results[name]:
                 if r["delegated"]:
                     print(f"{name}: nodes run by ONNX's classes: {r['delegated']}")
@@ -222,6 +263,9 @@ def run(batches=(1, 8), size: int = 224, repeats: int = 5, reference: bool = Tru
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return worker(*argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--size", type=int, default=224)
