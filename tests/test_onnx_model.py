@@ -209,3 +209,28 @@ def test_exported_cnn_fine_tunes_with_fit(torch, exported, rng):
     history = training.fit(net, x, y, optimizer=nn.Adam(lr=1e-2), epochs=4, batch_size=8,
                            rng=np.random.default_rng(0))
     assert history.loss[-1] < history.loss[0]
+
+
+@pytest.mark.parametrize("nodes", [
+    # the BatchNorm right after a Conv reads another value
+    [oh.make_node("Relu", ["x"], ["r"]), oh.make_node("Conv", ["x", "w"], ["c"]),
+     oh.make_node("BatchNormalization", ["r", "s", "b", "m", "v"], ["n"]),
+     oh.make_node("Add", ["c", "n"], ["y"])],
+    # the Conv's output has a second reader
+    [oh.make_node("Conv", ["x", "w"], ["c"]),
+     oh.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"]),
+     oh.make_node("Add", ["c", "n"], ["y"])],
+])
+def test_eval_folds_only_a_batch_norm_that_alone_reads_its_conv(rng, nodes):
+    c = {"w": rng.normal(size=(3, 3, 1, 1)), "s": rng.normal(size=3), "b": rng.normal(size=3),
+         "m": rng.normal(size=3), "v": rng.uniform(0.5, 2, 3)}
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.DOUBLE,
+                                                                 [2, 3, 4, 4])],
+                          [oh.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+                          initializer=[numpy_helper.from_array(v, k) for k, v in c.items()])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 22)])
+    x = rng.normal(size=(2, 3, 4, 4))
+    (want,) = Evaluator(model).run(None, {"x": x})
+    net = to_model(model).eval()
+    np.testing.assert_allclose(net.forward(x.transpose(0, 2, 3, 1)), want.transpose(0, 2, 3, 1),
+                               rtol=1e-10, atol=1e-12)

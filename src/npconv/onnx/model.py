@@ -12,11 +12,12 @@ gave the weights (PyTorch's, for a model exported by torch.onnx.export).
 from __future__ import annotations
 
 import inspect
+from collections import Counter
 
 from npconv import nn
 from npconv.onnx import layers as onnx_layers
 from npconv.onnx.graph import read_graph
-from npconv.onnx.mapping import LayerSpec, UnsupportedOperator, plan
+from npconv.onnx.mapping import LayerSpec, Plan, UnsupportedOperator, plan
 
 __all__ = ["GraphModel", "to_model"]
 
@@ -71,6 +72,24 @@ def _build(spec: LayerSpec):
     return layer
 
 
+def _children_order(p: Plan) -> list[LayerSpec]:
+    """The layers in the order they become children. `eval()` folds a BatchNorm into the
+    convolution registered just before it, which is right only when the batch norm is that
+    convolution's only reader; a BatchNorm that would follow another convolution goes first
+    instead (the order of children changes nothing else but the state_dict's key order)."""
+    readers = Counter(name for spec in p.layers for name in spec.inputs)
+    readers.update(p.resolve(name) for name in p.outputs)
+    front, order = [], []
+    for spec in p.layers:
+        after_conv = order and order[-1].layer.startswith("Conv")
+        if spec.layer.startswith("BatchNorm") and after_conv and not (
+                spec.inputs[0] == order[-1].output and readers[order[-1].output] == 1):
+            front.append(spec)
+        else:
+            order.append(spec)
+    return front + order
+
+
 def to_model(model_or_path, *, data_format: str = "channels_last") -> GraphModel:
     """An npconv model computing what an ONNX model computes, trainable.
 
@@ -93,6 +112,6 @@ def to_model(model_or_path, *, data_format: str = "channels_last") -> GraphModel
                                   f"{len(p.outputs)} outputs {p.outputs}")
     model = GraphModel([(s.name, s.inputs, s.output) for s in p.layers], p.inputs,
                        p.resolve(p.outputs[0]))
-    for spec in p.layers:
+    for spec in _children_order(p):
         setattr(model, spec.name, _build(spec))
     return model
