@@ -221,7 +221,9 @@ def test_exported_cnn_fine_tunes_with_fit(torch, exported, rng):
      oh.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"]),
      oh.make_node("Add", ["c", "n"], ["y"])],
 ])
-def test_eval_folds_only_a_batch_norm_that_alone_reads_its_conv(rng, nodes):
+def test_values_read_twice_are_never_overwritten(rng, nodes):
+    """eval() folds a BatchNorm only into the convolution it alone reads; layers that may write
+    into their input (Add, BatchNorm in evaluation mode) never get a value read again later."""
     c = {"w": rng.normal(size=(3, 3, 1, 1)), "s": rng.normal(size=3), "b": rng.normal(size=3),
          "m": rng.normal(size=3), "v": rng.uniform(0.5, 2, 3)}
     graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.DOUBLE,
@@ -231,6 +233,16 @@ def test_eval_folds_only_a_batch_norm_that_alone_reads_its_conv(rng, nodes):
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 22)])
     x = rng.normal(size=(2, 3, 4, 4))
     (want,) = Evaluator(model).run(None, {"x": x})
-    net = to_model(model).eval()
-    np.testing.assert_allclose(net.forward(x.transpose(0, 2, 3, 1)), want.transpose(0, 2, 3, 1),
-                               rtol=1e-10, atol=1e-12)
+    want, x = want.transpose(0, 2, 3, 1), np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    net = to_model(model)
+    np.testing.assert_allclose(net.forward(x), want, rtol=1e-10, atol=1e-12)
+    with nn.enable_grad():                                  # recorded: the tape's rules
+        np.testing.assert_allclose(net.forward(x), want, rtol=1e-10, atol=1e-12)
+        dx = net.backward(np.ones_like(want))
+    eps, i = 1e-6, (1, 2, 3, 0)
+    xp, xm = x.copy(), x.copy()
+    xp[i] += eps
+    xm[i] -= eps
+    assert dx[i] == pytest.approx((net.forward(xp) - net.forward(xm)).sum() / (2 * eps),
+                                  rel=1e-6)
+    np.testing.assert_allclose(net.eval().forward(x), want, rtol=1e-10, atol=1e-12)

@@ -22,6 +22,28 @@ from npconv.onnx.mapping import LayerSpec, Plan, UnsupportedOperator, plan
 __all__ = ["GraphModel", "to_model"]
 
 
+class _Copy(nn.Layer):
+    """y = a copy of x; dy passes through (see `GraphModel.forward`)."""
+
+    def forward(self, x, training: bool = False):
+        self._start(training, True)
+        return x.copy()
+
+    def backward(self, dy):
+        self._saved()
+        return dy
+
+
+# npconv.nn's layers that may write their output into an input array that the running forward
+# made (`nn.can_overwrite`): Add, BatchNorm in evaluation mode, the activations without a kept
+# output in evaluation mode, and any with inplace=True.
+_OVERWRITERS = (nn.Add, nn.BatchNorm, nn.Hardswish, nn.Hardsigmoid, nn.SiLU)
+
+
+def _may_overwrite(layer) -> bool:
+    return isinstance(layer, _OVERWRITERS) or bool(getattr(layer, "inplace", False))
+
+
 class GraphModel(nn.Module):
     """A Module that runs a fixed graph of its children: `steps` lists, in order, each call as
     [child name, [names of the values it reads], name of the value it writes]; `inputs` names
@@ -29,24 +51,48 @@ class GraphModel(nn.Module):
 
     Children have the dotted names of their weights ("layer1.0.conv1"): reach one with
     `getattr(model, "layer1.0.conv1")`, replace a head with `setattr(model, "fc", layer)`.
+
+    Forward code written by hand passes a value to a layer that may write into it (Add, and in
+    evaluation mode BatchNorm and the hard activations, see `npconv.nn.can_overwrite`) only at
+    its last use; a graph may read a value after such a layer did, so such a layer gets a copy
+    of any value that is read again later (exported conv nets have none: their Adds come last).
     """
 
     def __init__(self, steps: list, inputs: list, output: str) -> None:
         super().__init__()
         self.steps = [(str(name), tuple(reads), str(writes)) for name, reads, writes in steps]
         self.inputs, self.output = [str(name) for name in inputs], str(output)
+        self._shared = self._shared_reads()
 
     def config(self) -> dict:
         return dict(steps=[[n, list(r), w] for n, r, w in self.steps], inputs=self.inputs,
                     output=self.output)
+
+    def _shared_reads(self) -> list[tuple[bool, ...]]:
+        """Per step and argument: whether the value is read again later (or returned), by a
+        later step or later in the same call."""
+        last = {self.output: len(self.steps)}
+        shared = []
+        for i in reversed(range(len(self.steps))):
+            flags = []
+            for name in reversed(self.steps[i][1]):
+                flags.append(name in last)
+                last.setdefault(name, i)
+            shared.append(tuple(reversed(flags)))
+        return shared[::-1]
 
     def forward(self, *xs):
         if len(xs) != len(self.inputs):
             raise TypeError(f"GraphModel.forward takes {len(self.inputs)} array(s) "
                             f"({', '.join(self.inputs)}); got {len(xs)}")
         values = dict(zip(self.inputs, xs))
-        for name, reads, writes in self.steps:
-            values[writes] = getattr(self, name)(*(values[r] for r in reads))
+        copy = _Copy()
+        for (name, reads, writes), shared in zip(self.steps, self._shared):
+            layer = getattr(self, name)
+            guard = _may_overwrite(layer)
+            args = (copy(values[r]) if guard and later else values[r]
+                    for r, later in zip(reads, shared))
+            values[writes] = layer(*args)
         return values[self.output]
 
 
