@@ -4,6 +4,8 @@ and PyTorch's autograd, both layouts."""
 import numpy as np
 import pytest
 
+pytest.importorskip("onnx")                      # the package npconv.onnx needs it
+
 from npconv.onnx.layers import Softmax
 
 
