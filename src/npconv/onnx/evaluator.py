@@ -218,8 +218,10 @@ class Evaluator(ReferenceEvaluator):
                 node.prepare(self.rt_inits_)
         self._last_uses = self._find_last_uses()
 
-    def run(self, output_names, feed_inputs: dict[str, Any], attributes=None,
-            intermediate: bool = False, **kwargs: Any):
+    def run(self, output_names, feed_inputs: dict[str, Any],
+            attributes: dict[str, Any] | None = None, intermediate: bool = False,
+            check_shape_annotations: bool | None = None, _bindings: Any = None,
+            ) -> dict[str, Any] | list[Any]:
         """`ReferenceEvaluator.run`: the requested outputs (None: all) for `feed_inputs`.
 
         ONNX's loop keeps every intermediate value until the end; for a plain run of a graph
@@ -228,11 +230,13 @@ class Evaluator(ReferenceEvaluator):
         that memory peaks at a few activations and the allocator reuses it from node to node
         instead of page-faulting every activation afresh. Other runs are ONNX's own.
         """
-        if (attributes is not None or intermediate or kwargs or self.onnx_graph_ is None
+        passed = {"check_shape_annotations": check_shape_annotations, "_bindings": _bindings}
+        extra: dict[str, Any] = {k: v for k, v in passed.items() if v is not None}
+        if (attributes is not None or intermediate or extra or self.onnx_graph_ is None
                 or getattr(self, "check_shape_annotations_", False)
                 or any(node.need_context() for node in self.rt_nodes_)):
             return super().run(output_names, feed_inputs, attributes=attributes,
-                               intermediate=intermediate, **kwargs)
+                               intermediate=intermediate, **extra)
         wanted = self.output_names if output_names is None else list(output_names)
         results = {"": None, **self.rt_inits_, **feed_inputs}
         for i, node in enumerate(self.rt_nodes_):

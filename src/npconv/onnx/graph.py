@@ -52,9 +52,9 @@ class Graph:
         In the file's (topological) order, Constant nodes folded into `constants`.
     constants : dict of str -> ndarray
         Initializers and Constant outputs.
-    inputs : dict of str -> tuple
+    inputs : dict of str -> tuple or None
         The graph inputs that are not initializers, with their declared shapes (an int per
-        known dimension, None or the symbol's name for a dynamic one).
+        known dimension, None or the symbol's name for a dynamic one; None for no shape).
     outputs : list of str
     shapes : dict of str -> tuple
         Every value's shape that shape inference could give (same convention as `inputs`).
@@ -64,7 +64,7 @@ class Graph:
 
     nodes: list[Node]
     constants: dict[str, np.ndarray]
-    inputs: dict[str, tuple]
+    inputs: dict[str, tuple | None]
     outputs: list[str]
     shapes: dict[str, tuple] = field(default_factory=dict)
     opset: int = 1

@@ -11,6 +11,8 @@ imported.
 
 from __future__ import annotations
 
+from typing import cast
+
 from npconv import _args
 from npconv.nn import Layer
 from npconv.nn import functional as F
@@ -57,4 +59,4 @@ class Softmax(Layer):
 
 
 for _layer in (Softmax,):
-    LAYERS.setdefault(_layer.__name__, _layer)
+    cast(dict, LAYERS).setdefault(_layer.__name__, _layer)

@@ -293,8 +293,10 @@ def _flattens(target: list[int], shape: tuple | None) -> bool:
     kept (0, -1 or N itself) and K = -1 or the product of the other sizes."""
     if len(target) != 2 or target.count(-1) > 1:
         return False
-    batch = target[0] in (0, -1) or (shape is not None and target[0] == shape[0])
-    known = shape is not None and all(isinstance(v, int) for v in shape[1:])
+    if shape is None:
+        return target[0] in (0, -1) and target[1] == -1
+    batch = target[0] in (0, -1) or target[0] == shape[0]
+    known = all(isinstance(v, int) for v in shape[1:])
     return batch and (target[1] == -1 or (known and target[1] == math.prod(shape[1:])))
 
 
@@ -370,17 +372,24 @@ def _matmul(ctx: _Context, i: int, node: Node) -> LayerSpec:
     if w.ndim != 2:
         raise UnsupportedOperator(f"{node.describe()}: only a MatMul by a 2-d constant is a "
                                   f"Linear layer")
+    add = _bias_add(ctx, node)
+    if add is None:
+        return _linear(ctx, node, node.inputs[0], w, None, node.outputs[0], (node.describe(),),
+                       node.inputs[1])
+    ctx.folded.add(ctx.graph.nodes.index(add))
+    (other,) = (n for n in add.inputs if n != node.outputs[0])
+    bias = np.broadcast_to(ctx.graph.constants[other], (w.shape[0],)).copy()
+    return _linear(ctx, node, node.inputs[0], w, bias, add.outputs[0],
+                   (node.describe(), add.describe()), node.inputs[1])
+
+
+def _bias_add(ctx: _Context, node: Node) -> Node | None:
+    """The Add of a constant that alone reads a MatMul's output, if there is one."""
     readers = ctx.graph.readers(node.outputs[0])
-    add = readers[0] if len(readers) == 1 and readers[0].op_type == "Add" else None
-    bias = None
-    if add is not None and node.outputs[0] not in ctx.graph.outputs:
-        other = [n for n in add.inputs if n != node.outputs[0]]
-        if len(other) == 1 and other[0] in ctx.graph.constants:
-            bias = np.broadcast_to(ctx.graph.constants[other[0]], (w.shape[0],)).copy()
-            ctx.folded.add(ctx.graph.nodes.index(add))
-    output = node.outputs[0] if bias is None else add.outputs[0]
-    nodes = (node.describe(), *((add.describe(),) if bias is not None else ()))
-    return _linear(ctx, node, node.inputs[0], w, bias, output, nodes, node.inputs[1])
+    if len(readers) != 1 or readers[0].op_type != "Add" or node.outputs[0] in ctx.graph.outputs:
+        return None
+    other = [n for n in readers[0].inputs if n != node.outputs[0]]
+    return readers[0] if len(other) == 1 and other[0] in ctx.graph.constants else None
 
 
 def _flatten_like(ctx: _Context, node: Node) -> LayerSpec | None:

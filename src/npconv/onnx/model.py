@@ -125,7 +125,8 @@ def _children_order(p: Plan) -> list[LayerSpec]:
     instead (the order of children changes nothing else but the state_dict's key order)."""
     readers = Counter(name for spec in p.layers for name in spec.inputs)
     readers.update(p.resolve(name) for name in p.outputs)
-    front, order = [], []
+    front: list[LayerSpec] = []
+    order: list[LayerSpec] = []
     for spec in p.layers:
         after_conv = order and order[-1].layer.startswith("Conv")
         if spec.layer.startswith("BatchNorm") and after_conv and not (
