@@ -453,6 +453,8 @@ def test_run_drops_values_after_their_last_use_and_answers_like_onnx(rng):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     everything = ev.run(None, feeds, intermediate=True)             # ONNX's own loop
     assert set(everything) >= {"c", "r", "unused", "s", "Y", "W", "X"}
+    checked = ev.run(None, feeds, check_shape_annotations=True)     # ONNX's own loop too
+    np.testing.assert_array_equal(checked[0], ev.run(None, feeds)[0])
 
 
 def test_run_names_what_is_missing(rng):
