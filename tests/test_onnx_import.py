@@ -294,3 +294,46 @@ def test_every_unsupported_operator_is_named():
     assert "LpPool" not in SUPPORTED
     with pytest.raises(ValueError, match=r"`data_format` must be"):
         plan(read_graph(model), "NCHW")
+
+
+W5 = np.ones((2, 4, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize(("node", "x_shape", "constants", "match"), [
+    (oh.make_node("Conv", ["x", "w"], ["y"]), (1, 4, 2, 2, 2, 2, 2),
+     {"w": np.ones((2, 4, 1, 1, 1, 1, 1), np.float32)}, r"npconv's layers are 1-, 2- or 3-d"),
+    (oh.make_node("ConvTranspose", ["x", "w"], ["y"], output_shape=[9, 9]), ("N", 4, "H", "W"),
+     {"w": W5}, r"output_shape or auto_pad needs the input's spatial size"),
+    (oh.make_node("ConvTranspose", ["x", "w"], ["y"], output_shape=[14, 14],
+                  auto_pad="SAME_UPPER"), (1, 4, 5, 5), {"w": W5},
+     r"an output that starts before the transposed convolution's extent"),
+    (oh.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"],
+                  training_mode=1), (1, 4, 5, 5),
+     {k: np.ones(4, np.float32) for k in "sbmv"}, r"only inference-form batch normalization"),
+    (oh.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2]), (1, 4, 5), {},
+     r"needs `kernel_shape` and an input of known rank"),
+    (oh.make_node("MatMul", ["x", "w"], ["y"]), (1, 4, 5, 5), {"w": np.ones((5, 5, 5))},
+     r"only a MatMul by a 2-d constant"),
+    (oh.make_node("Concat", ["x", "c"], ["y"], axis=1), (1, 4), {"c": np.ones((1, 4))},
+     r"concatenating a constant"),
+    (oh.make_node("Flatten", ["x"], ["y"], axis=2), (1, 4, 5, 5), {},
+     r"only Flatten\(axis=1\)"),
+])
+def test_what_has_no_layer_is_named(node, x_shape, constants, match):
+    with pytest.raises(UnsupportedOperator, match=match):
+        one_layer(node, x_shape=x_shape, constants=constants)
+
+
+def test_an_axis_of_unknown_rank():
+    graph = oh.make_graph([oh.make_node("Concat", ["x", "x"], ["y"], axis=1)], "g",
+                          [oh.make_tensor_value_info("x", F32, None)],
+                          [oh.make_tensor_value_info("y", F32, None)])
+    with pytest.raises(UnsupportedOperator, match=r"needs its input's rank"):
+        plan(read_graph(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 22)])))
+
+
+def test_a_constant_of_an_unsupported_kind():
+    node = oh.make_node("Constant", [], ["s"], value_string="text")
+    model = make_model([node, oh.make_node("Relu", ["x"], ["y"])], [("x", [1])], [("y", None)])
+    with pytest.raises(ValueError, match=r"a Constant given as `value_string` is not supported"):
+        read_graph(model)

@@ -246,3 +246,14 @@ def test_values_read_twice_are_never_overwritten(rng, nodes):
     assert dx[i] == pytest.approx((net.forward(xp) - net.forward(xm)).sum() / (2 * eps),
                                   rel=1e-6)
     np.testing.assert_allclose(net.eval().forward(x), want, rtol=1e-10, atol=1e-12)
+
+
+def test_layers_that_do_not_exist_or_do_not_fit():
+    from npconv.onnx.mapping import LayerSpec
+    from npconv.onnx.model import _build
+
+    with pytest.raises(UnsupportedOperator, match=r"no npconv layer 'Nope' for Nope node"):
+        _build(LayerSpec("Nope", {}, ("x",), "y", nodes=("Nope node",)))
+    with pytest.raises(ValueError, match=r"ReLU for Relu node: weights \['weight'\] do not fit"):
+        _build(LayerSpec("ReLU", {}, ("x",), "y", params={"weight": np.ones(2)},
+                         nodes=("Relu node",)))

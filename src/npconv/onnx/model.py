@@ -143,7 +143,8 @@ def to_model(model_or_path, *, data_format: str = "channels_last") -> GraphModel
     Parameters
     ----------
     model_or_path : str, os.PathLike or onnx.ModelProto
-        One input, one output; its operators those `npconv.onnx.mapping.SUPPORTED` lists.
+        One output (the graph's inputs become forward's arguments, in order); its operators
+        those `npconv.onnx.mapping.SUPPORTED` lists.
     data_format : "channels_last" or "channels_first"
         The layout of the model's activations. channels_last (npconv's fast path) takes the
         ONNX input transposed once, (N, *S, C) for ONNX's (N, C, *S).
