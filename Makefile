@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[test,demo,dask,threads]"
+	$(BIN)/python -m pip install -q -e ".[test,demo,dask,threads,onnx]"
 	touch $@
 
 demo: $(VENV)/.installed

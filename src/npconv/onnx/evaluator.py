@@ -1,0 +1,281 @@
+"""`Evaluator`: ONNX's reference evaluator with npconv computing the conv-net operators.
+
+`onnx.reference.ReferenceEvaluator` runs any ONNX model in NumPy, one Python class per operator;
+its pooling loops over output positions in Python and its ConvTranspose over images and
+channels. `Evaluator` is that evaluator with the classes of Conv, ConvTranspose, MaxPool,
+AveragePool, LpPool, GlobalAveragePool, GlobalMaxPool and BatchNormalization replaced through
+its `new_ops` hook by classes that call `npconv.onnx.ops`; every other operator, subgraph and
+function runs as in ONNX's evaluator. A node that npconv does not cover (an opset's semantics it
+does not implement, or an input dtype npconv does not compute, such as bfloat16) is handed to
+ONNX's own class for that node, and `Evaluator.delegated` says which and why.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import numpy as np
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+from onnx.reference.ops import load_op
+
+from npconv.onnx import ops
+
+__all__ = ["NPCONV_OPERATORS", "Evaluator"]
+
+FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+MAX_POOL_DTYPES = (*FLOATS, np.dtype(np.int8), np.dtype(np.uint8))
+
+
+class _NpconvOp(OpRun):
+    """An ONNX operator computed by npconv, or by ONNX's own class where npconv does not cover
+    the node. Subclasses are named after the operator (the `new_ops` hook keys on the class
+    name) and define `_run` with the operator's inputs and attributes."""
+
+    op_domain = ""
+    dtypes: ClassVar[tuple[np.dtype, ...]] = FLOATS
+
+    def __init__(self, onnx_node, run_params: dict[str, Any], schema: Any = None) -> None:
+        super().__init__(onnx_node, run_params, schema)
+        self._opset = int(run_params["opsets"].get(onnx_node.domain, 1))
+        self._static_reason = self._unsupported()
+        self._reason: str | None = self._static_reason
+        self._onnx_impl: OpRun | None = None
+
+    def _unsupported(self) -> str | None:
+        """Why npconv does not compute this node whatever its inputs (None: it does)."""
+        return None
+
+    def _dtype_reason(self, args) -> str | None:
+        x = args[0] if args else None
+        if isinstance(x, np.ndarray) and x.dtype not in self.dtypes:
+            return f"input dtype {x.dtype}"
+        return None
+
+    def _onnx(self) -> OpRun:
+        if self._onnx_impl is None:
+            cls = load_op(self.onnx_node.domain, self.onnx_node.op_type, self._opset)
+            self._onnx_impl = cls(self.onnx_node, self.run_params)
+        return self._onnx_impl
+
+    def run(self, *args, **kwargs):
+        self._reason = self._static_reason or self._dtype_reason(args)
+        if self._reason is not None:
+            return self._onnx().run(*args, **kwargs)
+        return super().run(*args, **kwargs)
+
+    @property
+    def wants_indices(self) -> bool:
+        """Whether the node asks for its second output (MaxPool's Indices)."""
+        return len(self.output) > 1 and self.output[1] != ""
+
+
+class _WeightedOp(_NpconvOp):
+    """Conv and ConvTranspose: a weight that is a graph constant (an initializer) is converted
+    to npconv's layout once, when the evaluator loads the model, instead of on every run."""
+
+    _weight: tuple[np.ndarray, np.ndarray] | None = None
+
+    def prepare(self, constants: dict[str, Any]) -> None:
+        w = constants.get(self.input[1]) if len(self.input) > 1 else None
+        if isinstance(w, np.ndarray) and w.ndim >= 3 and w.dtype in self.dtypes:
+            self._weight = (w, ops.weight_last(w))               # (the initializer, its copy)
+
+    def w_last(self, w) -> np.ndarray | None:
+        """The converted weight, if `w` is the very initializer it was converted from (a feed
+        may override an initializer's name)."""
+        return self._weight[1] if self._weight is not None and self._weight[0] is w else None
+
+
+class Conv(_WeightedOp):
+    def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
+             pads=None, strides=None):
+        return (ops.conv(x, w, b, auto_pad=auto_pad, dilations=dilations, group=group or 1,
+                         kernel_shape=kernel_shape, pads=pads, strides=strides,
+                         w_last=self.w_last(w)),)
+
+
+class ConvTranspose(_WeightedOp):
+    def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
+             output_padding=None, output_shape=None, pads=None, strides=None):
+        return (ops.conv_transpose(x, w, b, auto_pad=auto_pad, dilations=dilations,
+                                   group=group or 1, kernel_shape=kernel_shape,
+                                   output_padding=output_padding, output_shape=output_shape,
+                                   pads=pads, strides=strides, w_last=self.w_last(w)),)
+
+
+class MaxPool(_NpconvOp):
+    dtypes = MAX_POOL_DTYPES
+
+    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None,
+             pads=None, storage_order=None, strides=None):
+        out = ops.max_pool(x, auto_pad=auto_pad, ceil_mode=ceil_mode or 0, dilations=dilations,
+                           kernel_shape=kernel_shape, pads=pads,
+                           storage_order=storage_order or 0, strides=strides,
+                           indices=self.wants_indices)
+        return out if isinstance(out, tuple) else (out,)
+
+
+class AveragePool(_NpconvOp):
+    def _run(self, x, auto_pad=None, ceil_mode=None, count_include_pad=None, dilations=None,
+             kernel_shape=None, pads=None, strides=None):
+        return (ops.average_pool(x, auto_pad=auto_pad, ceil_mode=ceil_mode or 0,
+                                 count_include_pad=count_include_pad or 0, dilations=dilations,
+                                 kernel_shape=kernel_shape, pads=pads, strides=strides),)
+
+
+class LpPool(_NpconvOp):
+    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None, p=None,
+             pads=None, strides=None):
+        return (ops.lp_pool(x, auto_pad=auto_pad, ceil_mode=ceil_mode or 0, dilations=dilations,
+                            kernel_shape=kernel_shape, p=2 if p is None else p, pads=pads,
+                            strides=strides),)
+
+
+class GlobalAveragePool(_NpconvOp):
+    def _run(self, x):
+        return (ops.global_average_pool(x),)
+
+
+class GlobalMaxPool(_NpconvOp):
+    def _run(self, x):
+        return (ops.global_max_pool(x),)
+
+
+class BatchNormalization(_NpconvOp):
+    """Opsets 14 and later as their doc says; before 14, the inference form (one output,
+    spatial statistics, is_test set where the opset has it); other forms go to ONNX's class."""
+
+    def _unsupported(self) -> str | None:
+        if self._opset >= 14:
+            return None
+        if len([o for o in self.output if o]) > 1:
+            return f"training outputs of opset {self._opset}"
+        if getattr(self, "spatial", 1) != 1:
+            return "spatial=0"
+        if self._opset < 7 and not getattr(self, "is_test", 0):
+            return f"is_test=0 in opset {self._opset}"
+        return None
+
+    def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, training_mode=None,
+             **legacy):
+        out = ops.batch_normalization(
+            x, scale, bias, mean, var, epsilon=1e-5 if epsilon is None else epsilon,
+            momentum=0.9 if momentum is None else momentum, training_mode=training_mode or 0)
+        return out if isinstance(out, tuple) else (out,)
+
+
+NPCONV_OPERATORS: tuple[type[OpRun], ...] = (
+    AveragePool, BatchNormalization, Conv, ConvTranspose, GlobalAveragePool, GlobalMaxPool,
+    LpPool, MaxPool,
+)
+"""The operator classes `Evaluator` passes to ONNX's evaluator as `new_ops`."""
+
+
+class Evaluator(ReferenceEvaluator):
+    """Run an ONNX model like `onnx.reference.ReferenceEvaluator`, with npconv computing Conv,
+    ConvTranspose, MaxPool, AveragePool, LpPool, GlobalAveragePool, GlobalMaxPool and
+    BatchNormalization.
+
+    Outputs have ONNX's shapes and dtypes; those of npconv's operators are views of
+    channels_last memory (see `npconv.onnx.ops`), writable, not always C-contiguous. Constant
+    Conv and ConvTranspose weights are kept a second time, in npconv's layout.
+
+    Parameters
+    ----------
+    proto : onnx.ModelProto, GraphProto, FunctionProto or NodeProto, a path or bytes
+        What `ReferenceEvaluator` takes; a path may also be a `pathlib.Path`.
+    opsets, functions, verbose, **kwargs
+        Passed to `ReferenceEvaluator`.
+    new_ops : list of OpRun classes, optional
+        Your own operator classes; they take precedence over npconv's.
+
+    Examples
+    --------
+    >>> import numpy as np, onnx.helper as oh, onnx
+    >>> node = oh.make_node("MaxPool", ["X"], ["Y"], kernel_shape=[2, 2], strides=[2, 2])
+    >>> graph = oh.make_graph([node], "g",
+    ...     [oh.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, 1, 4, 4])],
+    ...     [oh.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
+    >>> ev = Evaluator(oh.make_model(graph))
+    >>> ev.run(None, {"X": np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)})[0][0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
+    >>> ev.delegated
+    {}
+    """
+
+    def __init__(self, proto: Any, opsets: dict[str, int] | None = None,
+                 functions: list | None = None, verbose: int = 0,
+                 new_ops: list[type[OpRun]] | None = None, **kwargs: Any) -> None:
+        if isinstance(proto, os.PathLike):
+            proto = os.fspath(proto)
+        super().__init__(proto, opsets=opsets, functions=functions, verbose=verbose,
+                         new_ops=[*(new_ops or []), *NPCONV_OPERATORS], **kwargs)
+        for node in self.rt_nodes_:
+            if isinstance(node, _WeightedOp):
+                node.prepare(self.rt_inits_)
+        self._last_uses = self._find_last_uses()
+
+    def run(self, output_names, feed_inputs: dict[str, Any],
+            attributes: dict[str, Any] | None = None, intermediate: bool = False,
+            check_shape_annotations: bool | None = None, _bindings: Any = None,
+            ) -> dict[str, Any] | list[Any]:
+        """`ReferenceEvaluator.run`: the requested outputs (None: all) for `feed_inputs`.
+
+        ONNX's loop keeps every intermediate value until the end; for a plain run of a graph
+        (no function attributes, no intermediates asked for, no shape-annotation checks, no
+        node that reads the enclosing scope) this one drops each value after its last use, so
+        that memory peaks at a few activations and the allocator reuses it from node to node
+        instead of page-faulting every activation afresh. Other runs are ONNX's own.
+        """
+        passed = {"check_shape_annotations": check_shape_annotations, "_bindings": _bindings}
+        extra: dict[str, Any] = {k: v for k, v in passed.items() if v is not None}
+        if (attributes is not None or intermediate or extra or self.onnx_graph_ is None
+                or getattr(self, "check_shape_annotations_", False)
+                or any(node.need_context() for node in self.rt_nodes_)):
+            return super().run(output_names, feed_inputs, attributes=attributes,
+                               intermediate=intermediate, **extra)
+        wanted = self.output_names if output_names is None else list(output_names)
+        results = {"": None, **self.rt_inits_, **feed_inputs}
+        for i, node in enumerate(self.rt_nodes_):
+            missing = [name for name in node.input if name not in results]
+            if missing:
+                raise RuntimeError(f"Unable to find input {missing[0]!r} of node "
+                                   f"{node.op_type!r}: neither a feed, an initializer nor the "
+                                   f"output of an earlier node (feeds: {sorted(feed_inputs)})")
+            outputs = node.run(*(results[name] for name in node.input))
+            results.update(zip(node.output, outputs))
+            for name in self._last_uses.get(i, ()):
+                if name not in wanted:
+                    results.pop(name, None)
+        missing = [name for name in wanted if name not in results]
+        if missing:
+            raise RuntimeError(f"Unable to find output name {missing[0]!r}: the graph has "
+                               f"outputs {self.output_names}")
+        return [results[name] for name in wanted]
+
+    def _find_last_uses(self) -> dict[int, list[str]]:
+        """Node index -> the values whose last reader it is (node outputs that nothing reads
+        are dropped after the node that makes them)."""
+        final: dict[str, int] = {}
+        for i, node in enumerate(self.rt_nodes_):
+            for name in (*node.input, *node.output):
+                final[name] = i
+        last: dict[int, list[str]] = {}
+        for name, i in final.items():
+            if name:
+                last.setdefault(i, []).append(name)
+        return last
+
+    @property
+    def delegated(self) -> dict[str, str]:
+        """Nodes of npconv's operators that ONNX's own classes ran, `name or op_type#index` ->
+        reason: the nodes npconv never covers, plus those whose inputs of the last `run` it did
+        not (only this graph's nodes, not those of subgraphs or functions)."""
+        out = {}
+        for i, node in enumerate(self.rt_nodes_):
+            if isinstance(node, _NpconvOp) and node._reason is not None:
+                out[node.onnx_node.name or f"{node.op_type}#{i}"] = node._reason
+        return out
