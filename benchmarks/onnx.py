@@ -5,25 +5,26 @@
 
 ResNet-18 and MobileNetV2, written in plain torch with torchvision's structure
 (tests/torch_reference.py: torchvision itself does not load with the CPU torch here) and random
-weights, are exported once by `torch.onnx.export` with a dynamic batch, then run at each batch size by
+weights, are exported once by `torch.onnx.export` with a dynamic batch, then run at each batch
+size by
 
 - `onnx.reference.ReferenceEvaluator`, ONNX's pure-NumPy evaluator: ONE timed run (its pooling
   loops over output positions in Python, minutes at batch 8),
 - `npconv.onnx.Evaluator`, the same evaluator with npconv computing the conv-net operators,
 - onnxruntime's CPU provider,
 
-each in a process of its own (the network exported once by the parent), one untimed call
-first for the last two and then the best of `--repeats`. All use every core
-(npconv's default, OpenBLAS's, onnxruntime's), or `--threads N` each (npconv's `threads`
-setting and BLAS through threadpoolctl for both NumPy evaluators, onnxruntime's intra-op
-threads): on a machine shared with other jobs,
-threads that spin while they wait for a core make the all-core numbers meaningless, and with
-`--threads 1 --clock cpu` the time a process spends waiting for a busy core is not counted. The table gives the
-times, the ratios the issue sets targets for (reference / npconv >= 10, npconv / onnxruntime
-<= 3) and the largest absolute difference of each NumPy evaluator's logits to onnxruntime's.
-`run()` returns the markdown lines, for benchmarks/run.py to include: load this file under
-another name (importlib.util.spec_from_file_location("onnx_bench", path)), since `import onnx`
-must find the package.
+each in a process of its own (the network exported once by the parent), one untimed call first
+for the last two and then the best of `--repeats`. All use every core (npconv's default,
+OpenBLAS's, onnxruntime's), or `--threads N` each (npconv's `threads` setting and BLAS through
+threadpoolctl for both NumPy evaluators, onnxruntime's intra-op threads): on a machine shared
+with other jobs, threads that spin while they wait for a core make the all-core numbers
+meaningless, and with `--threads 1 --clock cpu` the time a process spends waiting for a busy
+core is not counted. The table gives the times, the ratios the issue sets targets for
+(reference / npconv >= 10, npconv / onnxruntime <= 3) and the largest absolute difference of
+each NumPy evaluator's logits to onnxruntime's. `run()` returns the markdown lines, for
+benchmarks/run.py to include: load this file under another name
+(importlib.util.spec_from_file_location("onnx_bench", path)), since `import onnx` must find the
+package.
 """
 
 from __future__ import annotations
