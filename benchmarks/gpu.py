@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py [--repeats 20] [--out docs/gpu_benchmarks.md]
 
-Same shapes as benchmarks/run.py, float32. For each shape both libraries run alternately
+Same shapes as benchmarks/conv.py, float32. For each shape both libraries run alternately
 (forward alone, then forward plus backward: y, dx, dw, db), each timed with a device
 synchronize around the call; the table reports medians. npconv runs channels_last (its native
 layout) unless the shape says channels_first; PyTorch runs its native NCHW with cuDNN.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 import cupy as cp  # noqa: E402
 import torch  # noqa: E402
-from run import SHAPES  # noqa: E402
+from conv import SHAPES  # noqa: E402
 
 import npconv  # noqa: E402
 

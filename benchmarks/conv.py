@@ -1,37 +1,37 @@
-"""Side-by-side benchmark: npconv, PyTorch CPU and the seed's method, in one run.
+"""The convolution section of docs/benchmarks.md: npconv, PyTorch CPU and the seed's method.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py --sections conv
 
 For every shape and dtype the three implementations run alternately, each in a worker process
 of its own (so that no library's allocations change the page faults another pays), and a plain
 NumPy GEMM runs in the same rounds, in the driver, as the yardstick for GFLOP/s. In each round
 every implementation makes an untimed call and then a short burst of timed ones, back to back
-(its best counts), followed by a pause (at least `--pause` seconds, and `--duty` times the time
+(its best counts), followed by a pause (at least `pause` seconds, and `duty` times the time
 just spent): idle worker threads of the previous library (OpenBLAS and OpenMP spin for a while
 after a parallel call) must not steal cores from the next, and a virtual machine whose CPU time
 is throttled after bursts stays out of the throttle. The table reports medians over rounds and
 the algorithm of each row (and the form of its input gradient when that is not the same
 algorithm on the transposed geometry). It times the forward pass alone and forward plus
-backward (y, dx, dw, db), prints times, ratios, GFLOP/s (direct-method FLOPs, 2 per
+backward (y, dx, dw, db), gives times, ratios, GFLOP/s (direct-method FLOPs, 2 per
 multiply-add, three passes for forward plus backward) next to the GEMM's, and the peak memory
-each NumPy implementation allocates (tracemalloc), and writes docs/benchmarks.md. PyTorch is
-optional; the seed's method (benchmarks/seed_method.py) handles
-2-D channels_last ungrouped shapes only.
+each NumPy implementation allocates (tracemalloc). PyTorch is optional; the seed's method
+(benchmarks/seed_method.py) handles 2-D channels_last ungrouped shapes only.
+
+`measure(shape, dtype, ...)` times one case, `threads_check` the threads table and `report`
+gives the section's text; benchmarks/run.py calls them and checks the targets. Run as a
+script, this file is one implementation's worker process (`conv.py IMPL`, started by
+`Worker`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 import tracemalloc
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +46,15 @@ import npconv  # noqa: E402
 from npconv import _config, _kernels, _workspace  # noqa: E402
 from npconv.spec import conv_spec  # noqa: E402
 
-try:
-    import torch
-except ImportError:                                              # the table says "n/a"
-    torch = None
+
+def _torch():
+    """PyTorch, or None where it is not installed (the table says "n/a"). Imported on first
+    use: npconv's and the seed's worker processes never load it."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,7 @@ def torch_calls(case: Case, contiguous: bool = False):
     faster path (float32 1x1 forward: 3.8 ms channels_last, 20 ms contiguous; float64 ResNet
     3x3 fwd+bwd: 781 ms channels_last, 477 ms contiguous), so the benchmark times both and
     keeps the faster."""
+    torch = _torch()
     if torch is None:
         return None
     s, r = case.shape, len(case.shape.k)
@@ -251,19 +257,6 @@ def peak_bytes(fn) -> int:
         tracemalloc.stop()
 
 
-def gemm_gflops(dtype, n: int = 2048, repeats: int = 5) -> float:
-    """The machine's NumPy GEMM throughput: best of `repeats` n x n x n products."""
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
-    out = np.empty((n, n), dtype)
-    best = math.inf
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        np.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
 # ---------------------------------------------------------------------------------------------
 # One process per implementation: alternating in time, isolated in memory
 # ---------------------------------------------------------------------------------------------
@@ -282,13 +275,14 @@ CALLS = {"npconv": npconv_calls, "torch": torch_calls,
 
 def worker_main(impl: str) -> None:
     """Serve JSON requests on stdin: setup a case, time a burst, measure a peak."""
-    if impl.startswith("torch") and torch is not None:
-        torch.set_num_threads(npconv._config.cpu_count())
+    if impl.startswith("torch") and _torch() is not None:
+        _torch().set_num_threads(npconv._config.cpu_count())
     calls = {}
     for line in sys.stdin:
         req = json.loads(line)
         if req["cmd"] == "setup":
-            shape = next(s for s in SHAPES if s.name == req["shape"])
+            shape = Shape(**{**req["shape"], "x": tuple(req["shape"]["x"]),
+                             "k": tuple(req["shape"]["k"])})
             made = CALLS[impl](make_case(shape, np.dtype(req["dtype"]).type))
             calls = _named_calls(made, impl)
             reply = {"ok": made is not None}
@@ -313,7 +307,7 @@ class Worker:
 
     def __init__(self, impl: str):
         self.impl = impl
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", impl],
+        self.proc = subprocess.Popen([sys.executable, __file__, impl],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def ask(self, **req) -> dict:
@@ -322,7 +316,7 @@ class Worker:
         return json.loads(self.proc.stdout.readline())
 
     def setup(self, shape: Shape, dtype: str) -> bool:
-        return self.ask(cmd="setup", shape=shape.name, dtype=dtype)["ok"]
+        return self.ask(cmd="setup", shape=asdict(shape), dtype=dtype)["ok"]
 
     def burst(self, name: str):
         return lambda long: self.ask(cmd="burst", name=name, long=long)["best"]
@@ -441,11 +435,6 @@ def _ratio(a, b) -> str:
     return "n/a" if a is None or b is None else f"{a / b:.2f}"
 
 
-def geomean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return math.exp(statistics.fmean(map(math.log, values))) if values else None
-
-
 HEADER = ("| shape | dtype | algorithm | fwd npconv / torch / seed (ms) | fwd npconv/torch | "
           "fwd+bwd npconv / torch / seed (ms) | fwd+bwd npconv/torch | seed/npconv | "
           "npconv GFLOP/s fwd, fwd+bwd (% of GEMM) | torch GFLOP/s fwd+bwd | torch layout | "
@@ -468,162 +457,33 @@ def row(r: Result) -> str:
             f"{mem} |")
 
 
-TARGETS = {"float32": 1.3, "float64": 1.0}
-GEMM_SHAPES = ("resnet 3x3", "1x1")
-
-
-def summary(results) -> list[str]:
-    """Geometric means and the issue's targets, per dtype."""
-    lines = []
-    for dtype in sorted({r.dtype for r in results}, reverse=True):
-        rs = [r for r in results if r.dtype == dtype]
-        torch_rs = [r for r in rs if "torch" in r.both]
-        gm = geomean([r.both["npconv"] / r.both["torch"] for r in torch_rs])
-        worst = max(torch_rs, key=lambda r: r.both["npconv"] / r.both["torch"], default=None)
-        seed = geomean([r.both["seed"] / r.both["npconv"] for r in rs if "seed" in r.both])
-        lines.append(f"- **{dtype}**: npconv/torch fwd+bwd geometric mean {_fmt(gm)} "
-                     f"(target <= {TARGETS[dtype]}: {_met(gm, TARGETS[dtype])}); worst "
-                     + (f"{_fmt(worst.both['npconv'] / worst.both['torch'])} "
-                        f"({worst.shape.name}; target <= 2.0: "
-                        f"{_met(worst.both['npconv'] / worst.both['torch'], 2.0)})"
-                        if worst else "n/a")
-                     + f"; {_fmt(seed)}x faster than the seed's method (geometric mean; "
-                       f"target >= 3: {_met(3, seed)})")
-        for r in rs:
-            if r.shape.name in GEMM_SHAPES:
-                pct = [100 * k * r.macs / t / 1e9 / r.gemm for k, t in
-                       ((2, r.fwd["npconv"]), (6, r.both["npconv"]))]
-                lines.append(f"  - {r.shape.name}: {pct[0]:.0f}% (fwd) and {pct[1]:.0f}% "
-                             f"(fwd+bwd) of the GEMM's {r.gemm:.0f} GFLOP/s (target >= 70%: "
-                             f"{_met(70, pct[1])})")
-    return lines
-
-
-def _met(value, bound) -> str:
-    return "n/a" if value is None or bound is None else ("met" if value <= bound else "missed")
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Environment and output
-# ---------------------------------------------------------------------------------------------
-
-
-def environment() -> list[str]:
-    cpu = _lscpu()
-    lines = [f"- CPU: {cpu.get('Model name', platform.processor())}, "
-             f"{cpu.get('CPU(s)', '?')} logical CPUs, {cpu.get('Core(s) per socket', '?')} "
-             f"cores per socket, {cpu.get('Thread(s) per core', '?')} thread(s) per core",
-             f"- Python {platform.python_version()}, NumPy {np.__version__}, PyTorch "
-             f"{torch.__version__ if torch else 'not installed'}"
-             + (f" ({torch.get_num_threads()} threads)" if torch else ""),
-             f"- BLAS: {_blas()}",
-             f"- npconv threads: {npconv._config.resolve().threads}, workspace limit "
-             f"{npconv.get_config()['workspace'] // 2**20} MiB",
-             "- OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: "
-             f"{_env('OPENBLAS_CORETYPE')} / {_env('OPENBLAS_L2_SIZE')}"]
-    return lines
-
-
-def _env(name: str) -> str:
-    return os.environ.get(name, "unset")
-
-
-def _lscpu() -> dict:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return {}
-    pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
-def _blas() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "threadpoolctl not installed (BLAS kernel unknown)"
-    infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    return "; ".join(f"{i['internal_api']} {i.get('version')} kernel {i.get('architecture')}, "
-                     f"{i['num_threads']} threads ({Path(i['filepath']).name})" for i in infos)
-
-
-def write_markdown(path: Path, results, gemm, threads, command: str, elapsed: float) -> None:
-    lines = ["# Benchmarks", "",
-             "Generated by `benchmarks/run.py`; do not edit by hand (docs/algorithms.md "
-             "explains the algorithms; this file holds the measured numbers).", "",
-             "## Machine", "", *environment(),
-             f"- NumPy GEMM ({2048}^3, all threads): float32 {gemm['float32']:.0f} GFLOP/s, "
-             f"float64 {gemm['float64']:.0f} GFLOP/s", "",
-             "## Command", "", f"    {command}", "",
-             f"Run time {elapsed / 60:.1f} min. Medians of alternating rounds; ratios below 1 "
-             "mean npconv is faster. GFLOP/s count the direct method's multiply-adds (x2), three "
-             "passes for fwd+bwd, whatever the algorithm; '% of GEMM' compares npconv's "
-             "fwd+bwd rate with the NumPy GEMM line above. Peak MiB: tracemalloc's peak during "
-             "one fwd+bwd (outputs included; PyTorch's allocator is not visible to it). PyTorch "
-             "runs channels_last data both as channels_last tensors and as contiguous NC* "
-             "copies, and the faster counts ('torch layout'; fwd and fwd+bwd each keep their "
-             "faster). Both allocate through glibc's malloc with its default settings, which "
-             "maps large blocks afresh (page faults on every call) or reuses them depending on "
-             "what was freed before; PyTorch's times move most with that (depthwise float32 "
-             "fwd+bwd: 6 to 24 ms between runs). With MALLOC_MMAP_THRESHOLD_ and "
-             "MALLOC_TRIM_THRESHOLD_ set to 4 GiB in the environment, so that freed memory "
+def report(results, threads: list[str]) -> list[str]:
+    """The section's body in docs/benchmarks.md: how it was measured, the results, the threads
+    table (`threads_check`'s rows; none when it did not run)."""
+    lines = ["Medians of alternating rounds; ratios below 1 mean npconv is faster. GFLOP/s "
+             "count the direct method's multiply-adds (x2), three passes for fwd+bwd, whatever "
+             "the algorithm; '% of GEMM' compares npconv's fwd+bwd rate with a 1024^3 NumPy "
+             "GEMM timed in the same rounds ('GEMM GFLOP/s'). Peak MiB: tracemalloc's peak "
+             "during one fwd+bwd (outputs included; PyTorch's allocator is not visible to it). "
+             "PyTorch runs channels_last data both as channels_last tensors and as contiguous "
+             "NC* copies, and the faster counts ('torch layout'; fwd and fwd+bwd each keep "
+             "their faster). Both allocate through glibc's malloc with its default settings, "
+             "which maps large blocks afresh (page faults on every call) or reuses them "
+             "depending on what was freed before; PyTorch's times move most with that "
+             "(depthwise float32 fwd+bwd: 6 to 24 ms between runs). With MALLOC_MMAP_THRESHOLD_ "
+             "and MALLOC_TRIM_THRESHOLD_ set to 4 GiB in the environment, so that freed memory "
              "is always reused, PyTorch is faster and more stable and npconv changes little "
              "(docs/algorithms.md, \"Measuring\").", "",
-             "## Summary", "", *summary(results), "", "## Results", "", HEADER,
-             "|" + "---|" * (HEADER.count("|") - 1),
-             *(row(r) for r in results), "",
-             "## Threads", "",
-             "npconv float32 forward plus backward on one core (`threads=1`), with the default "
-             "(a worker per core with BLAS on one thread, or serial with BLAS threads for layers "
-             "whose forward window matrix is under 16 MiB: docs/algorithms.md, \"Threads\") and "
-             "with every layer serial and BLAS-threaded, as the earlier design ran the "
-             "GEMM-bound algorithms. Same alternating protocol, fewer rounds.", "",
-             *THREADS_HEADER, *threads, ""]
-    path.write_text("\n".join(lines))
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per call")
-    parser.add_argument("--pause", type=float, default=0.1, help="least seconds after a call")
-    parser.add_argument("--duty", type=float, default=2.0,
-                        help="pause after a call, as a multiple of its duration")
-    parser.add_argument("--dtypes", default="float32,float64")
-    parser.add_argument("--shapes", default="", help="comma-separated name prefixes")
-    parser.add_argument("--output", default=str(HERE.parent / "docs" / "benchmarks.md"))
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--no-threads", action="store_true", help="skip the threads table")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        worker_main(args.worker)
-        return
-    start = time.perf_counter()
-    gemm = {d: gemm_gflops(np.dtype(d).type) for d in ("float32", "float64")}
-    print(*environment(), sep="\n")
-    print(f"NumPy GEMM GFLOP/s: {gemm}")
-    picked = [s for s in SHAPES if not args.shapes or any(
-        s.name.startswith(p) for p in args.shapes.split(","))]
-    print(HEADER)
-    results = []
-    for dtype in args.dtypes.split(","):
-        for shape in picked:
-            results.append(measure(shape, np.dtype(dtype).type, args.rounds, args.pause,
-                                   args.duty))
-            print(row(results[-1]), flush=True)
-    print(*summary(results), sep="\n")
-    threads = [] if args.no_threads else threads_check(picked, max(3, args.rounds // 2),
-                                                         args.pause, args.duty)
-    if not args.no_write:
-        command = "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py " + \
-            " ".join(argv if argv is not None else sys.argv[1:])
-        write_markdown(Path(args.output), results, gemm, threads, command.strip(),
-                       time.perf_counter() - start)
+             HEADER, "|" + "---|" * (HEADER.count("|") - 1), *(row(r) for r in results)]
+    if threads:
+        lines += ["", "npconv float32 forward plus backward on one core (`threads=1`), with the "
+                  "default (a worker per core with BLAS on one thread, or serial with BLAS "
+                  "threads for layers whose forward window matrix is under 16 MiB: "
+                  "docs/algorithms.md, \"Threads\") and with every layer serial and "
+                  "BLAS-threaded, as the earlier design ran the GEMM-bound algorithms. Same "
+                  "alternating protocol, fewer rounds.", "", *THREADS_HEADER, *threads]
+    return lines
 
 
 if __name__ == "__main__":
-    main()
+    worker_main(sys.argv[1])
