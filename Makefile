@@ -20,8 +20,9 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
 # The documented benchmark command: OpenBLAS picks its own kernels (docs/algorithms.md, "Measuring").
+# Writes all of docs/benchmarks.md in one run (about half an hour); BENCH_ARGS=--quick: smoke run.
 bench: $(VENV)/.installed
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python benchmarks/run.py
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/python -m pip install -q ruff mypy

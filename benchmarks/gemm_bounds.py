@@ -33,7 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import SHAPES, make_case, npconv_calls, torch_calls  # noqa: E402
+from conv import SHAPES, make_case, npconv_calls, torch_calls  # noqa: E402
 
 NAMES = ("lenet 3x3", "resnet 3x3", "1x1", "3-D 3x3x3")
 

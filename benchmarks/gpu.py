@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py [--repeats 20] [--out docs/gpu_benchmarks.md]
 
-The shapes of benchmarks/run.py plus two at GPU batch sizes (ResNet 3x3 at batch 128, the 7x7
+The shapes of benchmarks/conv.py plus two at GPU batch sizes (ResNet 3x3 at batch 128, the 7x7
 stem at batch 64) and a pooling row (max pool 3x3 s2 p1 on the stem's output), float32. For
 each row both libraries run alternately (forward alone, then forward plus backward: y, dx, dw,
 db), each timed with a device synchronize around the call; the table reports medians and the
@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 
 import cupy as cp  # noqa: E402
 import torch  # noqa: E402
-from run import SHAPES, Shape  # noqa: E402
+from conv import SHAPES, Shape  # noqa: E402
 
 import npconv  # noqa: E402
 

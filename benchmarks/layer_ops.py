@@ -15,8 +15,9 @@ the median of the per-round ratios. PyTorch runs on
 time one elementwise pass alone (y = x + 1 into an existing array, on one thread and on the
 workers): no op that reads x and writes y once beats it in NumPy.
 
-`measure(rounds, threads, only)` returns the rows as dicts (ms), and `report(rows)` the
-Markdown table, for `benchmarks/run.py`.
+`measure(rounds, threads, only, shapes=...)` returns the rows as dicts (ms), and
+`report(rows, shapes=...)` the Markdown table, for `benchmarks/run.py` (whose smoke run passes
+tiny shapes).
 """
 
 from __future__ import annotations
@@ -176,9 +177,12 @@ BURST = 3
 benchmarks/run.py: the data are in cache, as a layer's input is after the layer before)."""
 
 
-def _worker(conn, impl: str, threads: int, clock: str) -> None:
-    """One implementation's process: build its calls, then, for each request, one untimed
-    call of the named row and the best of a burst of `BURST` timed ones (None ends it)."""
+def _worker(conn, impl: str, threads: int, clock: str, shapes: tuple) -> None:
+    """One implementation's process: build its calls on `shapes` (SHAPE, UPSAMPLE_SHAPE),
+    then, for each request, one untimed call of the named row and the best of a burst of
+    `BURST` timed ones (None ends it)."""
+    global SHAPE, UPSAMPLE_SHAPE
+    SHAPE, UPSAMPLE_SHAPE = shapes                   # this fresh process's sizes, set once
     if torch is not None:
         torch.set_num_threads(threads)
     npconv.set_config(threads=threads)
@@ -192,19 +196,22 @@ def _worker(conn, impl: str, threads: int, clock: str) -> None:
         conn.send(min(_time(calls[name], CLOCKS[clock]) for _ in range(BURST)))
 
 
-def measure(rounds: int = 15, threads: int = 2, only: str = "", clock: str = "wall") -> list[dict]:
+def measure(rounds: int = 15, threads: int = 2, only: str = "", clock: str = "wall",
+            shapes: tuple = (SHAPE, UPSAMPLE_SHAPE)) -> list[dict]:
     """Median ms per row for npconv, PyTorch and the old path (None where absent), and the
     floor rows ("floor: ..."). Each implementation runs in a process of its own (so that no
     library's allocations or spinning threads change another's page faults or cores), and
     every round asks each in turn; `ratio` is the median over rounds of npconv / PyTorch in
     the same round (steadier than the ratio of medians when other work shares the machine).
     `only`: the rows whose name contains it. `clock`: "wall", or "cpu" (the process's CPU
-    time: with threads=1, a proxy that other work on the machine disturbs less)."""
+    time: with threads=1, a proxy that other work on the machine disturbs less). `shapes`:
+    the (N, H, W, C) of every row's arrays but upsampling's, and upsampling's input."""
     ctx = multiprocessing.get_context("spawn")
     workers = {}
     for impl in IMPLS:
         here, there = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(there, impl, threads, clock), daemon=True)
+        proc = ctx.Process(target=_worker, args=(there, impl, threads, clock, shapes),
+                           daemon=True)
         proc.start()
         workers[impl] = (here, proc, here.recv())
     names = [n for n in workers["npconv"][2] if only.lower() in n.lower() or
@@ -238,9 +245,9 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
-def report(results: list[dict]) -> list[str]:
+def report(results: list[dict], shapes: tuple = (SHAPE, UPSAMPLE_SHAPE)) -> list[str]:
     """The table as Markdown lines, with the geometric mean of the fwd+bwd ratios and the
-    floor."""
+    floor (`shapes` as given to `measure`)."""
     lines = ["| op | npconv ms | PyTorch ms | ratio | old path ms | old / new |",
              "|---|---|---|---|---|---|"]
     ratios = []
@@ -259,7 +266,8 @@ def report(results: list[dict]) -> list[str]:
         geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
         lines.append(f"\nfwd+bwd rows (SiLU recomputing its sigmoid, as PyTorch's does): "
                      f"geometric mean {geo:.2f}x PyTorch, worst {max(ratios):.2f}x")
-    lines.append("NumPy floor, one pass y = x + 1 over 32x56x56x64 float32: "
+    lines.append(f"NumPy floor, one pass y = x + 1 over {'x'.join(map(str, shapes[0]))} "
+                 "float32: "
                  + ", ".join(f"{k} {v:.2f} ms" for k, v in floors.items()))
     return lines
 

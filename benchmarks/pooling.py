@@ -1,7 +1,9 @@
 """Pooling side by side with PyTorch: npconv and torch alternate call by call, in one process.
 
-    python benchmarks/pooling.py [--reps 15] [--write docs/benchmarks-pooling.md]
+    python benchmarks/pooling.py [--reps 15] [--write FILE]
     NPCONV_SRC=/path/to/other/src python benchmarks/pooling.py     # another checkout (before/after)
+
+docs/benchmarks.md has these rows from `make bench` (benchmarks/run.py, section "pooling").
 
 float32, channels_last data (PyTorch gets the same arrays as `torch.channels_last` tensors,
 `torch.set_num_threads` = npconv's worker count). Each row times the forward alone or the
@@ -10,8 +12,8 @@ forward and backward (npconv: `max_pool(..., return_indices=True)` then
 median over `reps` alternating rounds, the ratio, the NumPy floor (one single-threaded
 `np.maximum(a, a, out=b)` pass over x, which reads and writes an array of x's size: a pooling
 reads x at least once, and its backward writes a dx of x's size) and the peak memory npconv
-allocates (tracemalloc). `run()` returns the rows for `benchmarks/run.py`; `markdown()` formats
-them.
+allocates (tracemalloc). `run(reps, rows)` returns the rows (`Result`s, in the order of
+`rows`) for `benchmarks/run.py`; `markdown()` formats them.
 """
 
 from __future__ import annotations

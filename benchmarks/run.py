@@ -1,254 +1,411 @@
-"""Side-by-side benchmark: npconv, PyTorch CPU and the seed's method, in one run.
+"""docs/benchmarks.md in one run: every benchmark section, npconv next to PyTorch CPU.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py
+    make bench            # env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py
+    python benchmarks/run.py --sections pooling,layers --no-write    # some sections, printed
+    python benchmarks/run.py --quick                                  # smoke run, printed only
 
-For every shape and dtype the three implementations run alternately, each in a worker process
-of its own (so that no library's allocations change the page faults another pays), and a plain
-NumPy GEMM runs in the same rounds, in the driver, as the yardstick for GFLOP/s. In each round
-every implementation makes an untimed call and then a short burst of timed ones, back to back
-(its best counts), followed by a pause (at least `--pause` seconds, and `--duty` times the time
-just spent): idle worker threads of the previous library (OpenBLAS and OpenMP spin for a while
-after a parallel call) must not steal cores from the next, and a virtual machine whose CPU time
-is throttled after bursts stays out of the throttle. The table reports medians over rounds and
-the algorithm of each row (and the form of its input gradient when that is not the same
-algorithm on the transposed geometry). It times the forward pass alone and forward plus
-backward (y, dx, dw, db), prints times, ratios, GFLOP/s (direct-method FLOPs, 2 per
-multiply-add, three passes for forward plus backward) next to the GEMM's, and the peak memory
-each NumPy implementation allocates (tracemalloc), and writes docs/benchmarks.md. PyTorch is
-optional; the seed's method (benchmarks/seed_method.py) handles
-2-D channels_last ungrouped shapes only.
+The sections, each a script of this folder that also runs alone, in this order:
+
+- conv: the convolution shapes, float32 and float64, against PyTorch and the seed's method,
+  and the threads table (conv.py);
+- pooling: issue 18's pooling rows (pooling.py);
+- layers: BatchNorm, activations and upsampling (layer_ops.py), and what an evaluation-mode
+  BatchNorm folded into its convolution costs (here);
+- models: ResNet-18 and MobileNetV2 inference and one training step, inference peak memory
+  (models.py, issues 12 and 18);
+- onnx: ResNet-18 and MobileNetV2 exported to ONNX, run by ONNX's reference evaluator, by
+  npconv.onnx and by onnxruntime (onnx.py, issue 17; skipped, and said so, where that script or
+  the onnx, onnxruntime or torch packages are missing).
+
+The file gets one Machine block (CPU, libraries, threads, the NumPy GEMM rate and the load
+average at the start and at the end of the run: a VM's slow phases and other processes show
+there), one Command line, a Summary that checks every issue's targets on this run's numbers
+(geometric means and worst rows, "met" or "missed"), a Reading block written by hand after a
+full run (kept from the previous file when the file is regenerated), then each section's method
+and tables. `--rounds` is the convolution section's round count; the other sections scale
+theirs from it (`Section.scale`). `--quick` runs every row at a tiny size with one round (the
+convolutions in float32 only), to check that the scripts still run: its numbers mean nothing,
+so it writes a file only where `--output` says. PyTorch is optional everywhere (its columns
+say "n/a").
+
+Run time on the 2-core machine with the defaults: about 22 minutes for conv, 1-2 each for
+pooling, layers and models, several for onnx (ONNX's reference evaluator at batch 8); --quick
+2-3 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
+import importlib.util
 import math
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import tracemalloc
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+DOC = HERE.parent / "docs" / "benchmarks.md"
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from seed_method import seed_backward, seed_forward  # noqa: E402
-
 import npconv  # noqa: E402
-from npconv import _config, _kernels, _workspace  # noqa: E402
-from npconv.spec import conv_spec  # noqa: E402
+from npconv import _config  # noqa: E402
 
-try:
-    import torch
-except ImportError:                                              # the table says "n/a"
-    torch = None
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Shape:
-    """One benchmark case: channels_last x shape, kernel size, F, stride, padding, groups."""
+class Options:
+    """What one run asks of every section."""
+
+    rounds: int = 5                            # the convolution section's; others scale it
+    quick: bool = False                        # every row at a tiny size, one round
+    pause: float = 0.1                         # least seconds after a timed burst (conv)
+    duty: float = 2.0                          # pause as a multiple of the burst (conv)
+    dtypes: tuple[str, ...] = ("float32", "float64")          # conv
+    shapes: tuple[str, ...] = ()               # conv shape name prefixes; all when empty
+    threads_table: bool = True                 # conv's threads table
+    threads: int = field(default_factory=lambda: _config.resolve().threads)
+
+
+@dataclass
+class Report:
+    """What a section gives docs/benchmarks.md: its body (method and tables), its summary
+    lines (the issue's targets, met or missed), and npconv/PyTorch per row for the targets
+    that span sections."""
+
+    body: list[str]
+    targets: list[str]
+    ratios: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the run: `run(options, rounds)` gives its Report. `scale` is its rounds
+    per round of the convolution section; `needs` the scripts (in this folder) and packages
+    without which it cannot run at all (then it is skipped, and the file says why)."""
 
     name: str
-    x: tuple
-    k: tuple
-    f: int
-    stride: int = 1
-    pad: int = 0
-    groups: int = 1
-    data_format: str = "channels_last"
+    title: str
+    run: Callable[[Options, int], Report]
+    scale: float = 1.0
+    needs: tuple[str, ...] = ()
 
-    @property
-    def kwargs(self) -> dict:
-        return dict(stride=self.stride, padding=self.pad, groups=self.groups,
-                    data_format=self.data_format)
+    def rounds(self, options: Options) -> int:
+        return 1 if options.quick else max(1, round(self.scale * options.rounds))
+
+    def missing(self) -> list[str]:
+        """The needs this checkout or environment lacks (packages by their installed
+        metadata: importing onnx would find this folder's onnx.py)."""
+        def present(need: str) -> bool:
+            return (HERE / need).exists() if need.endswith(".py") else bool(_version(need))
+
+        return [n for n in self.needs if not present(n)]
 
 
-SHAPES = (
-    Shape("lenet 5x5", (64, 28, 28, 1), (5, 5), 6),
-    Shape("lenet 3x3", (64, 14, 14, 16), (3, 3), 32, pad=1),
-    Shape("resnet 3x3", (32, 56, 56, 64), (3, 3), 64, pad=1),
-    Shape("resnet 3x3 s2", (32, 56, 56, 64), (3, 3), 128, stride=2, pad=1),
-    Shape("1x1", (32, 28, 28, 128), (1, 1), 256),
-    Shape("stem 7x7 s2", (16, 224, 224, 3), (7, 7), 64, stride=2, pad=3),
-    Shape("depthwise 3x3", (32, 56, 56, 64), (3, 3), 64, pad=1, groups=64),
-    Shape("1-D 9 s2", (16, 4000, 32), (9,), 64, stride=2, pad=4),
-    Shape("3-D 3x3x3", (4, 8, 28, 28, 32), (3, 3, 3), 32, pad=1),
-    Shape("resnet 3x3 NCHW", (32, 56, 56, 64), (3, 3), 64, pad=1,
-          data_format="channels_first"),
-    Shape("1x1 NCHW", (32, 28, 28, 128), (1, 1), 256, data_format="channels_first"),
+def tiny(x: tuple) -> tuple:
+    """A smoke run's version of an (N, *S, C) shape: batch at most 2, each side at most 12."""
+    return (min(x[0], 2), *(min(s, 12) for s in x[1:-1]), x[-1])
+
+
+def script(name: str, module: str | None = None):
+    """This folder's `name`.py, imported (as `module` where its own name is an installed
+    package's: onnx.py)."""
+    if module is None:
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(module, HERE / f"{name}.py")
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[module] = loaded
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------
+
+
+def geomean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return math.exp(statistics.fmean(map(math.log, values))) if values else None
+
+
+def verdict(value: float | None, bound: float, at_least: bool = False) -> str:
+    """'met' when value <= bound (>= with at_least), 'missed' otherwise, 'n/a' without one."""
+    if value is None:
+        return "n/a"
+    return "met" if (value >= bound if at_least else value <= bound) else "missed"
+
+
+def fmt(value: float | None, suffix: str = "x") -> str:
+    return "n/a" if value is None else f"{value:.2f}{suffix}"
+
+
+def ratio_targets(ratios: dict, names, geo: float | None, worst: float | None) -> str:
+    """npconv/PyTorch over the named rows: the geometric mean and the worst row, each against
+    its bound (None: shown, no target), and the rows this run lacks."""
+    got = {n: ratios[n] for n in names if ratios.get(n) is not None}
+    if not got:
+        return "n/a (no PyTorch times in this run)"
+    gm, name = geomean(got.values()), max(got, key=got.get)
+    text = f"geometric mean {fmt(gm)}" + (f" (target <= {geo}: {verdict(gm, geo)})"
+                                          if geo is not None else "")
+    text += f", worst {fmt(got[name])} ({name}" + (
+        f"; target <= {worst}: {verdict(got[name], worst)})" if worst is not None else ")")
+    lacking = [n for n in names if n not in got]
+    return text + (f"; not measured in this run: {', '.join(lacking)}" if lacking else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# conv: benchmarks/conv.py
+# ---------------------------------------------------------------------------------------------
+
+CONV_TARGETS = {"float32": 1.3, "float64": 1.0}   # geometric mean of npconv/torch, fwd+bwd
+CONV_WORST, CONV_SEED, CONV_GEMM = 2.0, 3.0, 70.0  # worst row; seed/npconv; % of the GEMM
+CONV_GEMM_SHAPES = ("resnet 3x3", "1x1")
+
+
+def conv_section(options: Options, rounds: int) -> Report:
+    conv = script("conv")
+    shapes = [s for s in conv.SHAPES if not options.shapes
+              or any(s.name.startswith(p) for p in options.shapes)]
+    pause, duty = options.pause, options.duty
+    if options.quick:                                  # a smoke run: no pauses either
+        shapes, pause, duty = [replace(s, x=tiny(s.x)) for s in shapes], 0.0, 0.0
+    print(conv.HEADER, "|" + "---|" * (conv.HEADER.count("|") - 1), sep="\n")
+    results = []
+    for dtype in options.dtypes:
+        for shape in shapes:
+            results.append(conv.measure(shape, np.dtype(dtype).type, rounds, pause, duty))
+            print(conv.row(results[-1]), flush=True)
+    threads = []
+    if options.threads_table:
+        print(*conv.THREADS_HEADER, sep="\n")
+        threads = conv.threads_check(shapes, 1 if options.quick else max(3, rounds // 2),
+                                     pause, duty)
+    return Report(conv.report(results, threads), conv_targets(results))
+
+
+def conv_targets(results) -> list[str]:
+    """Per dtype: npconv/torch fwd+bwd (geometric mean, worst row), the seed's method's time
+    over npconv's, and the share of the GEMM's rate on the GEMM-bound shapes."""
+    lines = []
+    for dtype in dict.fromkeys(r.dtype for r in results):       # in the order run
+        rs = [r for r in results if r.dtype == dtype]
+        ratios = {r.shape.name: r.both["npconv"] / r.both["torch"] for r in rs
+                  if "torch" in r.both}
+        seed = geomean([r.both["seed"] / r.both["npconv"] for r in rs if "seed" in r.both])
+        lines.append(f"- {dtype}: npconv/torch fwd+bwd "
+                     + ratio_targets(ratios, ratios, CONV_TARGETS.get(dtype), CONV_WORST)
+                     + f"; the seed's method takes {fmt(seed)} npconv's time (geometric mean; "
+                       f"target >= {CONV_SEED:.0f}: {verdict(seed, CONV_SEED, at_least=True)})")
+        for r in rs:
+            if r.shape.name in CONV_GEMM_SHAPES:
+                pct = [100 * k * r.macs / t / 1e9 / r.gemm for k, t in
+                       ((2, r.fwd["npconv"]), (6, r.both["npconv"]))]
+                lines.append(f"  - {r.shape.name}: {pct[0]:.0f}% (fwd) and {pct[1]:.0f}% "
+                             f"(fwd+bwd) of the GEMM's {r.gemm:.0f} GFLOP/s (target >= "
+                             f"{CONV_GEMM:.0f}%: {verdict(pct[1], CONV_GEMM, at_least=True)})")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# pooling: benchmarks/pooling.py; layers: benchmarks/layer_ops.py and the folded batch norm
+# ---------------------------------------------------------------------------------------------
+
+# Issue 18's target rows: forward plus backward, float32, against PyTorch.
+ISSUE_18_ROWS = ("max_pool 3x3 s2 p1, fwd+bwd", "max_pool 2x2 s2, fwd+bwd",
+                 "avg_pool 3x3 s1 p1, fwd+bwd", "global avg pool, fwd+bwd",
+                 "BatchNorm train fwd+bwd", "ReLU fwd+bwd")
+ISSUE_18_FORWARD_ROWS = ("max_pool 3x3 s2 p1, fwd", "BatchNorm eval fwd")
+ISSUE_18_GEO, ISSUE_18_WORST = 1.5, 2.5
+FOLDED_BOUND = 1.05            # "costs nothing": within the timing's resolution of the conv
+
+
+def pooling_section(options: Options, rounds: int) -> Report:
+    pooling = script("pooling")
+    rows = pooling.ROWS
+    if options.quick:
+        rows = tuple(replace(r, x=tiny(r.x)) for r in rows)
+    results = pooling.run(rounds, rows)
+    text = pooling.markdown(results)
+    print(text)
+    ratios = {r.row.name: r.ratio for r in results}
+    return Report(text.rstrip("\n").splitlines(),
+                  ["- every row: npconv/PyTorch " + ratio_targets(ratios, ratios, None, None)],
+                  ratios)
+
+
+def layers_section(options: Options, rounds: int) -> Report:
+    layer_ops = script("layer_ops")
+    shapes = (layer_ops.SHAPE, layer_ops.UPSAMPLE_SHAPE)
+    if options.quick:
+        shapes = tuple(map(tiny, shapes))
+    results = layer_ops.measure(rounds, options.threads, shapes=shapes)
+    lines = layer_ops.report(results, shapes=shapes)
+    folded = folded_batch_norm(shapes[0], rounds)
+    lines += ["", "BatchNorm eval folded into the convolution before it (`model.eval()`): "
+              f"npconv's 3x3 conv ({'x'.join(map(str, shapes[0]))}, no bias) followed by a "
+              f"BatchNorm, in evaluation mode, took {fmt(folded)} the conv alone's time "
+              "(median over alternating rounds of the ratio of each round's best of three)."]
+    print("\n".join(lines))
+    ratios = {r["name"]: r["ratio"] for r in results if not r["name"].startswith("floor")}
+    other = [n for n in ratios if n not in ISSUE_18_ROWS and "fwd+bwd" in n
+             and "kept" not in n]                     # SiLU counted once, as PyTorch runs it
+    return Report(lines, [
+        "- other activations and upsampling, fwd+bwd (no target): npconv/PyTorch "
+        + ratio_targets(ratios, other, None, None),
+        f"- BatchNorm eval folded into its convolution: {fmt(folded)} the convolution's time "
+        f"(target: costs nothing, <= {FOLDED_BOUND}: {verdict(folded, FOLDED_BOUND)})"], ratios)
+
+
+def folded_batch_norm(x_shape: tuple, rounds: int) -> float:
+    """The time of an evaluation-mode 3x3 convolution followed by a BatchNorm (folded into the
+    convolution by `eval()`) over the convolution's alone, same weights, alternating: the
+    median over rounds of the ratio of each one's best of three calls."""
+    from npconv import nn
+
+    rng = np.random.default_rng(0)
+    c = x_shape[-1]
+    bn = nn.BatchNorm2d(c)
+    bn.buffers["running_mean"][:] = rng.standard_normal(c)
+    bn.buffers["running_var"][:] = rng.uniform(0.5, 1.5, c)
+    conv = nn.Conv2d(c, c, 3, padding=1, bias=False, rng=rng)
+    alone = nn.Conv2d(c, c, 3, padding=1, bias=False)
+    alone.params["weight"][:] = conv.params["weight"]
+    pair, single = nn.Sequential(conv, bn).eval(), nn.Sequential(alone).eval()
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    pair(x), single(x)                                           # untimed: plans, pools
+
+    def best(model) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return statistics.median(best(pair) / best(single) for _ in range(rounds))
+
+
+def issue_18(ratios: dict) -> list[str]:
+    """Issue 18's targets over the pooling and layers sections' rows together."""
+    forward = ", ".join(f"{n} {fmt(ratios.get(n))}" for n in ISSUE_18_FORWARD_ROWS)
+    return ["- fwd+bwd rows (pooling, BatchNorm train, ReLU): npconv/PyTorch "
+            + ratio_targets(ratios, ISSUE_18_ROWS, ISSUE_18_GEO, ISSUE_18_WORST),
+            f"- forward-only rows (no target of their own): {forward}"]
+
+
+# ---------------------------------------------------------------------------------------------
+# models: benchmarks/models.py
+# ---------------------------------------------------------------------------------------------
+
+MODEL_TARGETS = {"resnet18": 1.5, "mobilenet_v2": 2.0}   # npconv/torch, every case
+PEAK_ACTIVATIONS = 2.0      # inference peak: "about two activations" (the weights come on top)
+
+
+def models_section(options: Options, rounds: int) -> Report:
+    models = script("models")
+    cases = models.CASES
+    if options.quick:         # training steps at 64: batch norm over 2 values diverges at 32
+        cases = tuple(replace(c, batch=min(c.batch, 2), size=64 if c.task == "train step"
+                              else 32) for c in cases)
+    rows = models.run(cases, rounds, options.threads)
+    lines = [f"float32, npconv and PyTorch on {options.threads} threads, medians of {rounds} "
+             "alternating rounds. npconv runs channels_last with `model.eval()`'s folded batch "
+             "norms for inference; PyTorch the same networks and weights "
+             "(tests/torch_reference.py) in its channels_last memory format, inference under "
+             "`torch.no_grad()`. A training step is a forward in training mode, cross-entropy, "
+             "backward and SGD with momentum. Peak: tracemalloc's count of what one inference "
+             "call allocates (activations and workspaces; the weights come on top).", "",
+             models.table(rows)]
+    print(lines[-1])
+    return Report(lines, model_targets(cases, rows))
+
+
+def model_targets(cases, rows) -> list[str]:
+    """Per model: the worst npconv/torch over its cases against the issue's bound, and the
+    inference peaks in largest activations."""
+    lines = []
+    for model, bound in MODEL_TARGETS.items():
+        mine = [(c, r) for c, r in zip(cases, rows) if c.model == model]
+        ratios = {c.name: r["ratio"] for c, r in mine}
+        peaks = [r["peak_mb"] / r["activation_mb"] for c, r in mine if r["peak_mb"] is not None]
+        worst_peak = max(peaks, default=None)
+        lines.append(f"- {model}: npconv/PyTorch "
+                     + ratio_targets(ratios, ratios, None, bound)
+                     + f"; inference peak up to {fmt(worst_peak)} the largest activation "
+                       f"(target about {PEAK_ACTIVATIONS:.0f}: "
+                       f"{verdict(worst_peak, PEAK_ACTIVATIONS)})")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# onnx: benchmarks/onnx.py
+# ---------------------------------------------------------------------------------------------
+
+ONNX_REFERENCE, ONNX_RUNTIME = 10.0, 3.0    # reference / npconv at least; npconv / ort at most
+ONNX_MODELS = ("resnet18", "mobilenet_v2")
+
+
+def onnx_section(options: Options, rounds: int) -> Report:
+    bench = script("onnx", module="onnx_bench")
+    size, batches = (32, (1,)) if options.quick else (224, (1, 8))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed, name in enumerate(ONNX_MODELS):
+            path = Path(tmp) / f"{name}.onnx"
+            bench.export(bench.randomize(bench.network(name), seed=seed), path, size)
+            results[name] = [bench.measure(path, b, size, rounds, True, options.threads)
+                             for b in batches]
+    lines = [f"{size}x{size} float32, random weights, every library on {options.threads} "
+             f"threads. Best of {rounds} runs after a warm-up for npconv.onnx and onnxruntime, "
+             "one run for ONNX's reference evaluator (minutes at batch 8). Max diff: the "
+             "largest absolute difference of the logits to onnxruntime's.", "",
+             *bench.table(results)]
+    print("\n".join(lines[2:]))
+    return Report(lines, onnx_targets(results))
+
+
+def onnx_targets(results: dict) -> list[str]:
+    lines = []
+    for name, rows in results.items():
+        speedup = min((r["reference"] / r["npconv"] for r in rows if r["reference"]),
+                      default=None)
+        slower = max(r["npconv"] / r["ort"] for r in rows)
+        lines.append(f"- {name}: the reference evaluator takes at least {fmt(speedup)} "
+                     f"npconv.onnx's time (target >= {ONNX_REFERENCE:.0f}: "
+                     f"{verdict(speedup, ONNX_REFERENCE, at_least=True)}); npconv.onnx takes "
+                     f"up to {fmt(slower)} onnxruntime's (target <= {ONNX_RUNTIME:.0f}: "
+                     f"{verdict(slower, ONNX_RUNTIME)})")
+    return lines
+
+
+SECTIONS = (
+    Section("conv", "Convolutions", conv_section),
+    Section("pooling", "Pooling (issue 18)", pooling_section, 3.0),
+    Section("layers", "BatchNorm, activations, upsampling (issue 18)", layers_section, 3.0),
+    Section("models", "Models (issues 12 and 18)", models_section),
+    Section("onnx", "ONNX models (issue 17)", onnx_section, 1.0,
+            ("onnx.py", "onnx", "onnxruntime", "torch", "onnxscript")),
 )
 
 
 # ---------------------------------------------------------------------------------------------
-# The implementations: each case builds (forward, forward + backward) closures
+# The machine, the command, the file
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Case:
-    shape: Shape
-    dtype: type
-    x: np.ndarray = field(repr=False)
-    w: np.ndarray = field(repr=False)
-    b: np.ndarray = field(repr=False)
-    dy: np.ndarray = field(repr=False)
-
-    @property
-    def macs(self) -> int:
-        return self.spec().macs()
-
-    def spec(self):
-        return conv_spec(self.x.shape, self.w.shape, **self.shape.kwargs)
-
-
-def make_case(shape: Shape, dtype) -> Case:
-    """Random inputs in the shape's layout (channels_first transposes the channels_last ones)."""
-    rng = np.random.default_rng(0)
-    c, r = shape.x[-1], len(shape.k)
-    x = rng.standard_normal(shape.x).astype(dtype)
-    w = (rng.standard_normal((*shape.k, c // shape.groups, shape.f)) / 8).astype(dtype)
-    if shape.data_format == "channels_first":
-        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))          # (N, C, *S)
-        w = np.ascontiguousarray(w.transpose(r + 1, r, *range(r)))  # (F, C/G, *K)
-    b = rng.standard_normal(shape.f).astype(dtype)
-    y_shape = conv_spec(x.shape, w.shape, **shape.kwargs).y_shape()
-    return Case(shape, dtype, x, w, b, rng.standard_normal(y_shape).astype(dtype))
-
-
-def npconv_calls(case: Case):
-    kw = case.shape.kwargs
-
-    def forward():
-        return npconv.conv(case.x, case.w, case.b, **kw)
-
-    def both():
-        return forward(), npconv.conv_backward(case.dy, case.x, case.w, **kw)
-
-    return forward, both
-
-
-def seed_calls(case: Case):
-    """The seed's method, or None where it does not apply (1-D, 3-D, groups, NCHW)."""
-    s = case.shape
-    if len(s.k) != 2 or s.groups != 1 or s.data_format != "channels_last":
-        return None
-
-    def forward():
-        return seed_forward(case.x, case.w, case.b, s.stride, s.pad)
-
-    def both():
-        return forward(), seed_backward(case.x, case.w, case.dy, s.stride, s.pad)
-
-    return forward, both
-
-
-def torch_calls(case: Case, contiguous: bool = False):
-    """PyTorch's conv{1,2,3}d (tensors made once, outside the timing). Channels_last 2-D and
-    3-D data comes as `torch.channels_last` (`channels_last_3d`) tensors, which is what
-    permuting an NHWC array gives, or with `contiguous` as contiguous NC* copies (None for
-    channels_first data and 1-D, which only have that layout). Neither is always PyTorch's
-    faster path (float32 1x1 forward: 3.8 ms channels_last, 20 ms contiguous; float64 ResNet
-    3x3 fwd+bwd: 781 ms channels_last, 477 ms contiguous), so the benchmark times both and
-    keeps the faster."""
-    if torch is None:
-        return None
-    s, r = case.shape, len(case.shape.k)
-    to_first = s.data_format == "channels_last"
-    x = np.moveaxis(case.x, -1, 1) if to_first else case.x
-    w = case.w.transpose(r + 1, r, *range(r)) if to_first else case.w
-    dy = np.moveaxis(case.dy, -1, 1) if to_first else case.dy
-    last = {2: torch.channels_last, 3: torch.channels_last_3d}.get(r) if to_first else None
-    if contiguous and last is None:
-        return None
-    fmt = torch.contiguous_format if contiguous or last is None else last
-
-    def tensor(a):
-        return torch.from_numpy(np.ascontiguousarray(a)).to(memory_format=fmt)
-
-    tx, tw = (tensor(a).requires_grad_() for a in (x, w))
-    tb = torch.from_numpy(case.b.copy()).requires_grad_()
-    tdy = tensor(dy)
-    op = getattr(torch.nn.functional, f"conv{r}d")
-    kw = dict(stride=s.stride, padding=s.pad, groups=s.groups)
-
-    def forward():
-        with torch.no_grad():
-            return op(tx, tw, tb, **kw)
-
-    def both():
-        return torch.autograd.grad(op(tx, tw, tb, **kw), (tx, tw, tb), tdy)
-
-    return forward, both
-
-
-# ---------------------------------------------------------------------------------------------
-# Measurement
-# ---------------------------------------------------------------------------------------------
-
-
-def time_alternating(bursts: dict, rounds: dict, pause: float, duty: float) -> dict:
-    """Median over rounds of each name's best of a burst. Round i runs every name still due:
-    `bursts[name](long)` makes one untimed call (threads, caches and clocks warm again after the
-    pause) and `BURST` timed ones back to back, or a single timed call when `long` (the last
-    took over `LONG` seconds), and returns the best; then a pause of max(pause, duty * the time
-    spent), at most `MAX_PAUSE`. A name stops once its timings add up to `BUDGET` seconds (the
-    seed's method takes seconds on the stem)."""
-    times = {name: [] for name in bursts}
-    for i in range(max(rounds.values())):
-        for name, burst in bursts.items():
-            if i >= rounds[name] or sum(times[name]) > BUDGET:
-                continue
-            start = time.perf_counter()
-            times[name].append(burst(bool(times[name]) and times[name][-1] > LONG))
-            spent = time.perf_counter() - start
-            time.sleep(min(MAX_PAUSE, max(pause, duty * spent)))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-BURST, LONG, BUDGET, MAX_PAUSE = 3, 0.5, 10.0, 10.0
-
-
-def local_burst(fn):
-    """The burst of `time_alternating` for a callable of this process."""
-    def burst(long: bool) -> float:
-        durations = []
-        for _ in range(1 if long else BURST + 1):
-            start = time.perf_counter()
-            fn()
-            durations.append(time.perf_counter() - start)
-        return min(durations if long else durations[1:])
-
-    return burst
-
-
-def gemm_call(dtype, n: int = 1024):
-    """A plain n x n x n NumPy GEMM (2 n^3 FLOPs): the yardstick timed alongside each case."""
-    rng = np.random.default_rng(1)
-    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
-    out = np.empty((n, n), dtype)
-    return lambda: np.matmul(a, b, out=out)
-
-
-def peak_bytes(fn) -> int:
-    """Peak bytes NumPy allocated while fn ran (results included), by tracemalloc, with
-    npconv's scratch pool emptied first so that its buffers count as a fresh process's would."""
-    _workspace.release()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        fn()
-        return tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
 
 
 def gemm_gflops(dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -264,272 +421,37 @@ def gemm_gflops(dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-# ---------------------------------------------------------------------------------------------
-# One process per implementation: alternating in time, isolated in memory
-# ---------------------------------------------------------------------------------------------
-#
-# PyTorch's and the seed's allocations change the state of the C heap that NumPy allocates
-# from (which blocks come back page-faulted afresh), and a page fault costs about half a
-# millisecond per MiB on the benchmark VM: timed in one process, each library's times depended
-# on what the other had just done (npconv's ResNet forward plus backward measured 83 ms alone
-# and 142 ms between PyTorch calls). So each implementation runs in a worker process of its
-# own, started afresh for every case (a process that has run other cases has another heap), and
-# the driver asks them for their bursts in turn.
-
-CALLS = {"npconv": npconv_calls, "torch": torch_calls,
-         "torch-nchw": lambda case: torch_calls(case, contiguous=True), "seed": seed_calls}
+def yardstick(n: int) -> str:
+    """The GEMM rates and the load average now, for the Machine block."""
+    rates = ", ".join(f"{d} {gemm_gflops(np.dtype(d).type, n):.0f}"
+                      for d in ("float32", "float64"))
+    return f"NumPy GEMM ({n}^3) {rates} GFLOP/s, load average {os.getloadavg()[0]:.1f}"
 
 
-def worker_main(impl: str) -> None:
-    """Serve JSON requests on stdin: setup a case, time a burst, measure a peak."""
-    if impl.startswith("torch") and torch is not None:
-        torch.set_num_threads(npconv._config.cpu_count())
-    calls = {}
-    for line in sys.stdin:
-        req = json.loads(line)
-        if req["cmd"] == "setup":
-            shape = next(s for s in SHAPES if s.name == req["shape"])
-            made = CALLS[impl](make_case(shape, np.dtype(req["dtype"]).type))
-            calls = _named_calls(made, impl)
-            reply = {"ok": made is not None}
-        elif req["cmd"] == "burst":
-            reply = {"best": local_burst(calls[req["name"]])(req["long"])}
-        else:                                                    # "peak"
-            reply = {"bytes": peak_bytes(calls[req["name"]])}
-        print(json.dumps(reply), flush=True)
-
-
-def _named_calls(made, impl: str) -> dict:
-    if made is None:
-        return {}
-    calls = {"fwd": made[0], "both": made[1]}
-    if impl == "npconv":
-        calls.update({"both@1": _with_threads(made[1], 1), "both@blas": _blas_threaded(made[1])})
-    return calls
-
-
-class Worker:
-    """The driver's handle on one implementation's process."""
-
-    def __init__(self, impl: str):
-        self.impl = impl
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", impl],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def ask(self, **req) -> dict:
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-    def setup(self, shape: Shape, dtype: str) -> bool:
-        return self.ask(cmd="setup", shape=shape.name, dtype=dtype)["ok"]
-
-    def burst(self, name: str):
-        return lambda long: self.ask(cmd="burst", name=name, long=long)["best"]
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
-
-
-@dataclass
-class Result:
-    shape: Shape
-    dtype: str
-    macs: int
-    algorithms: str
-    fwd: dict
-    both: dict
-    memory: dict
-    gemm: float                                                  # GFLOP/s, same rounds
-    torch_layout: str = ""                                       # PyTorch's faster fwd+bwd
-
-
-def chosen_algorithms(case: Case) -> str:
-    """The algorithm of the forward pass and the weight gradient, and the input gradient's form
-    when it is not the same algorithm on the transposed geometry: "winograd", "im2col, dx
-    scatter"."""
-    names = _kernels.choices(case.spec(), case.x.itemsize, _config.resolve())
-    if names["grad_input"] == f"{names['forward']} (transposed)":
-        return names["forward"]
-    return f"{names['forward']}, dx {names['grad_input']}"
-
-
-def measure(shape: Shape, dtype, rounds: int, pause: float, duty: float) -> Result:
-    """Time one case with fresh worker processes for the three implementations."""
-    workers = {k: Worker(k) for k in CALLS}
-    try:
-        return _measure(workers, shape, dtype, rounds, pause, duty)
-    finally:
-        for w in workers.values():
-            w.close()
-
-
-def _measure(workers: dict, shape: Shape, dtype, rounds: int, pause: float,
-             duty: float) -> Result:
-    case = make_case(shape, dtype)
-    name = np.dtype(dtype).name
-    live = {k: w for k, w in workers.items() if w.setup(shape, name)}
-    due = {k: max(3, rounds // 2) if k == "seed" else rounds for k in live}
-    fwd = time_alternating({k: w.burst("fwd") for k, w in live.items()}, due, pause, duty)
-    bursts = {**{k: w.burst("both") for k, w in live.items()},
-              "gemm": local_burst(gemm_call(dtype))}
-    both = time_alternating(bursts, {**due, "gemm": rounds}, pause, duty)
-    memory = {k: w.ask(cmd="peak", name="both")["bytes"] for k, w in live.items()
-              if not k.startswith("torch")}
-    gemm_rate = 2 * 1024**3 / both.pop("gemm") / 1e9
-    layout = "NC*" if "torch" in both else ""
-    if "torch-nchw" in both:                                     # keep PyTorch's faster layout
-        layout = "NC*" if both["torch-nchw"] < both["torch"] else "channels_last"
-        for times in (fwd, both):
-            times["torch"] = min(times["torch"], times.pop("torch-nchw"))
-    return Result(shape, name, case.macs, chosen_algorithms(case), fwd, both, memory,
-                  gemm_rate, layout)
-
-
-def threads_check(shapes, rounds: int, pause: float, duty: float) -> list[str]:
-    """Markdown rows: npconv's float32 fwd+bwd on one core (`threads=1`), with the default and
-    with every computation serial and BLAS-threaded, alternating."""
-    rows = []
-    for shape in shapes:
-        worker = Worker("npconv")
-        worker.setup(shape, "float32")
-        bursts = {k: worker.burst(k) for k in ("both@1", "both", "both@blas")}
-        try:
-            t = time_alternating(bursts, dict.fromkeys(bursts, rounds), pause, duty)
-        finally:
-            worker.close()
-        one, default, blas = t["both@1"], t["both"], t["both@blas"]
-        rows.append(f"| {shape.name} | {_ms(one)} | {_ms(default)} | {_ms(blas)} | "
-                    f"{default / one:.2f} | {default / blas:.2f} |")
-        print(rows[-1], flush=True)
-    return rows
-
-
-def _with_threads(fn, threads: int):
-    def call():
-        with npconv.config(threads=threads):
-            return fn()
-
-    return call
-
-
-def _blas_threaded(fn):
-    """fn with every computation run as the small ones are: chunks one after another, BLAS
-    threading each GEMM (the earlier design's way for GEMM-bound algorithms)."""
-    def call():
-        with _config.tuned(min_parallel_bytes=sys.maxsize):
-            return fn()
-
-    return call
-
-
-THREADS_HEADER = ("| shape | threads=1 (ms) | default (ms) | BLAS-threaded (ms) | "
-                  "default / threads=1 | default / BLAS-threaded |", "|---|---|---|---|---|---|")
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------
-
-
-def _ms(t) -> str:
-    return "n/a" if t is None else f"{t * 1e3:.1f}"
-
-
-def _ratio(a, b) -> str:
-    return "n/a" if a is None or b is None else f"{a / b:.2f}"
-
-
-def geomean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return math.exp(statistics.fmean(map(math.log, values))) if values else None
-
-
-HEADER = ("| shape | dtype | algorithm | fwd npconv / torch / seed (ms) | fwd npconv/torch | "
-          "fwd+bwd npconv / torch / seed (ms) | fwd+bwd npconv/torch | seed/npconv | "
-          "npconv GFLOP/s fwd, fwd+bwd (% of GEMM) | torch GFLOP/s fwd+bwd | torch layout | "
-          "GEMM GFLOP/s | peak MiB npconv / seed |")
-
-
-def row(r: Result) -> str:
-    f, b, m = r.fwd, r.both, r.memory
-    gf_f = 2 * r.macs / f["npconv"] / 1e9
-    gf_b = 6 * r.macs / b["npconv"] / 1e9
-    torch_gf = f"{6 * r.macs / b['torch'] / 1e9:.0f}" if "torch" in b else "n/a"
-    mem = " / ".join(f"{m[k] / 2**20:.0f}" if k in m else "n/a" for k in ("npconv", "seed"))
-    return (f"| {r.shape.name} | {r.dtype} | {r.algorithms} | "
-            f"{_ms(f['npconv'])} / {_ms(f.get('torch'))} / {_ms(f.get('seed'))} | "
-            f"{_ratio(f['npconv'], f.get('torch'))} | "
-            f"{_ms(b['npconv'])} / {_ms(b.get('torch'))} / {_ms(b.get('seed'))} | "
-            f"**{_ratio(b['npconv'], b.get('torch'))}** | {_ratio(b.get('seed'), b['npconv'])} | "
-            f"{gf_f:.0f}, {gf_b:.0f} ({100 * gf_b / r.gemm:.0f}%) | {torch_gf} | "
-            f"{r.torch_layout or 'n/a'} | {r.gemm:.0f} | "
-            f"{mem} |")
-
-
-TARGETS = {"float32": 1.3, "float64": 1.0}
-GEMM_SHAPES = ("resnet 3x3", "1x1")
-
-
-def summary(results) -> list[str]:
-    """Geometric means and the issue's targets, per dtype."""
-    lines = []
-    for dtype in sorted({r.dtype for r in results}, reverse=True):
-        rs = [r for r in results if r.dtype == dtype]
-        torch_rs = [r for r in rs if "torch" in r.both]
-        gm = geomean([r.both["npconv"] / r.both["torch"] for r in torch_rs])
-        worst = max(torch_rs, key=lambda r: r.both["npconv"] / r.both["torch"], default=None)
-        seed = geomean([r.both["seed"] / r.both["npconv"] for r in rs if "seed" in r.both])
-        lines.append(f"- **{dtype}**: npconv/torch fwd+bwd geometric mean {_fmt(gm)} "
-                     f"(target <= {TARGETS[dtype]}: {_met(gm, TARGETS[dtype])}); worst "
-                     + (f"{_fmt(worst.both['npconv'] / worst.both['torch'])} "
-                        f"({worst.shape.name}; target <= 2.0: "
-                        f"{_met(worst.both['npconv'] / worst.both['torch'], 2.0)})"
-                        if worst else "n/a")
-                     + f"; {_fmt(seed)}x faster than the seed's method (geometric mean; "
-                       f"target >= 3: {_met(3, seed)})")
-        for r in rs:
-            if r.shape.name in GEMM_SHAPES:
-                pct = [100 * k * r.macs / t / 1e9 / r.gemm for k, t in
-                       ((2, r.fwd["npconv"]), (6, r.both["npconv"]))]
-                lines.append(f"  - {r.shape.name}: {pct[0]:.0f}% (fwd) and {pct[1]:.0f}% "
-                             f"(fwd+bwd) of the GEMM's {r.gemm:.0f} GFLOP/s (target >= 70%: "
-                             f"{_met(70, pct[1])})")
-    return lines
-
-
-def _met(value, bound) -> str:
-    return "n/a" if value is None or bound is None else ("met" if value <= bound else "missed")
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Environment and output
-# ---------------------------------------------------------------------------------------------
-
-
-def environment() -> list[str]:
+def environment(options: Options) -> list[str]:
     cpu = _lscpu()
-    lines = [f"- CPU: {cpu.get('Model name', platform.processor())}, "
-             f"{cpu.get('CPU(s)', '?')} logical CPUs, {cpu.get('Core(s) per socket', '?')} "
-             f"cores per socket, {cpu.get('Thread(s) per core', '?')} thread(s) per core",
-             f"- Python {platform.python_version()}, NumPy {np.__version__}, PyTorch "
-             f"{torch.__version__ if torch else 'not installed'}"
-             + (f" ({torch.get_num_threads()} threads)" if torch else ""),
-             f"- BLAS: {_blas()}",
-             f"- npconv threads: {npconv._config.resolve().threads}, workspace limit "
-             f"{npconv.get_config()['workspace'] // 2**20} MiB",
-             "- OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: "
-             f"{_env('OPENBLAS_CORETYPE')} / {_env('OPENBLAS_L2_SIZE')}"]
-    return lines
+    return [f"- CPU: {cpu.get('Model name', platform.processor())}, "
+            f"{cpu.get('CPU(s)', '?')} logical CPUs, {cpu.get('Core(s) per socket', '?')} "
+            f"cores per socket, {cpu.get('Thread(s) per core', '?')} thread(s) per core",
+            f"- Python {platform.python_version()}, NumPy {np.__version__}, "
+            + ", ".join(f"{name} {_version(name) or 'not installed'}"
+                        for name in ("torch", "onnx", "onnxruntime")),
+            f"- BLAS: {_blas()}",
+            f"- npconv {npconv.__version__}: {options.threads} worker threads, workspace limit "
+            f"{npconv.get_config()['workspace'] // 2**20} MiB; PyTorch on as many threads",
+            "- OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: "
+            f"{os.environ.get('OPENBLAS_CORETYPE', 'unset')} / "
+            f"{os.environ.get('OPENBLAS_L2_SIZE', 'unset')}"]
 
 
-def _env(name: str) -> str:
-    return os.environ.get(name, "unset")
+def _version(package: str) -> str | None:
+    """An installed package's version, without importing it; None when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _lscpu() -> dict:
@@ -551,78 +473,134 @@ def _blas() -> str:
                      f"{i['num_threads']} threads ({Path(i['filepath']).name})" for i in infos)
 
 
-def write_markdown(path: Path, results, gemm, threads, command: str, elapsed: float) -> None:
+def command(argv: list[str]) -> str:
+    """The command line as run: the one `make bench` runs when OpenBLAS's variables are
+    unset, as the documented command does."""
+    unset = not any(v in os.environ for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))
+    return " ".join(["env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE"] * unset
+                    + ["python benchmarks/run.py", *map(shlex.quote, argv)])
+
+
+READING = ("<!-- reading: written by hand after a full run; benchmarks/run.py keeps this "
+           "block when it regenerates the file -->", "<!-- /reading -->")
+READING_PLACEHOLDER = ("*To be written after the full run: what the numbers say, which "
+                       "targets are missed and why, what sets each one's floor.*")
+
+
+def kept_reading(path: Path) -> list[str]:
+    """The hand-written Reading block of the file at `path`, or the placeholder."""
+    text = path.read_text() if path.exists() else ""
+    start, end = text.find(READING[0]), text.find(READING[1])
+    if start < 0 or end < start:
+        return [READING_PLACEHOLDER]
+    return text[start + len(READING[0]):end].strip("\n").splitlines()
+
+
+def markdown(reports: dict, options: Options, machine: list[str], cmd: str,
+             reading: list[str], elapsed: float) -> str:
+    """docs/benchmarks.md: Machine, Command, Summary, Reading, then each section."""
+    times = ", ".join(f"{name} {r.seconds / 60:.1f}" for name, r in reports.items())
     lines = ["# Benchmarks", "",
-             "Generated by `benchmarks/run.py`; do not edit by hand (docs/algorithms.md "
-             "explains the algorithms; this file holds the measured numbers).", "",
-             "## Machine", "", *environment(),
-             f"- NumPy GEMM ({2048}^3, all threads): float32 {gemm['float32']:.0f} GFLOP/s, "
-             f"float64 {gemm['float64']:.0f} GFLOP/s", "",
-             "## Command", "", f"    {command}", "",
-             f"Run time {elapsed / 60:.1f} min. Medians of alternating rounds; ratios below 1 "
-             "mean npconv is faster. GFLOP/s count the direct method's multiply-adds (x2), three "
-             "passes for fwd+bwd, whatever the algorithm; '% of GEMM' compares npconv's "
-             "fwd+bwd rate with the NumPy GEMM line above. Peak MiB: tracemalloc's peak during "
-             "one fwd+bwd (outputs included; PyTorch's allocator is not visible to it). PyTorch "
-             "runs channels_last data both as channels_last tensors and as contiguous NC* "
-             "copies, and the faster counts ('torch layout'; fwd and fwd+bwd each keep their "
-             "faster). Both allocate through glibc's malloc with its default settings, which "
-             "maps large blocks afresh (page faults on every call) or reuses them depending on "
-             "what was freed before; PyTorch's times move most with that (depthwise float32 "
-             "fwd+bwd: 6 to 24 ms between runs). With MALLOC_MMAP_THRESHOLD_ and "
-             "MALLOC_TRIM_THRESHOLD_ set to 4 GiB in the environment, so that freed memory "
-             "is always reused, PyTorch is faster and more stable and npconv changes little "
-             "(docs/algorithms.md, \"Measuring\").", "",
-             "## Summary", "", *summary(results), "", "## Results", "", HEADER,
-             "|" + "---|" * (HEADER.count("|") - 1),
-             *(row(r) for r in results), "",
-             "## Threads", "",
-             "npconv float32 forward plus backward on one core (`threads=1`), with the default "
-             "(a worker per core with BLAS on one thread, or serial with BLAS threads for layers "
-             "whose forward window matrix is under 16 MiB: docs/algorithms.md, \"Threads\") and "
-             "with every layer serial and BLAS-threaded, as the earlier design ran the "
-             "GEMM-bound algorithms. Same alternating protocol, fewer rounds.", "",
-             *THREADS_HEADER, *threads, ""]
-    path.write_text("\n".join(lines))
+             "Generated by `make bench` (benchmarks/run.py): every number in this file comes "
+             "from the one run below. Do not edit by hand, except the Reading block, which the "
+             "generator keeps. docs/algorithms.md explains the algorithms and, under "
+             "\"Measuring\", what moves the timings.", ""]
+    if options.quick:
+        lines += ["**Smoke run (`--quick`): tiny sizes, one round. These numbers mean "
+                  "nothing.**", ""]
+    lines += ["## Machine", "", *machine, "", "## Command", "", f"    {cmd}", "",
+              f"Run time {elapsed / 60:.1f} min ({times} min).", "", "## Summary", "",
+              "Each issue's targets, checked on this run's numbers (npconv/PyTorch: below 1, "
+              "npconv is faster).", ""]
+    last_of_18 = [n for n in reports if n in ("pooling", "layers")][-1:]
+    for name, r in reports.items():
+        lines += [f"**{_section(name).title}**", "", *r.targets, ""]
+        if [name] == last_of_18:
+            ratios = {k: v for rep in reports.values() for k, v in rep.ratios.items()}
+            lines += ["**Issue 18's targets** (pooling and layers together)", "",
+                      *issue_18(ratios), ""]
+    lines += ["## Reading", "", READING[0], *reading, READING[1], ""]
+    for name, r in reports.items():
+        lines += [f"## {_section(name).title}", "", *r.body, ""]
+    return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def _section(name: str) -> Section:
+    return next(s for s in SECTIONS if s.name == name)
+
+
+def run_sections(names: list[str], options: Options) -> dict[str, Report]:
+    """Each named section's Report, in SECTIONS' order, timed; a section that cannot run
+    reports why."""
+    reports = {}
+    for section in (s for s in SECTIONS if s.name in names):
+        print(f"\n## {section.title}\n", flush=True)
+        missing = section.missing()
+        start = time.perf_counter()
+        if missing:
+            why = f"Not run: {', '.join(missing)} missing."
+            print(why)
+            reports[section.name] = Report([why], [f"- n/a ({why[:-1].lower()})"])
+            continue
+        reports[section.name] = section.run(options, section.rounds(options))
+        reports[section.name].seconds = time.perf_counter() - start
+    return reports
+
+
+def parse(argv: list[str] | None):
+    names = [s.name for s in SECTIONS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per call")
-    parser.add_argument("--pause", type=float, default=0.1, help="least seconds after a call")
+    parser.add_argument("--sections", default=",".join(names),
+                        help=f"comma-separated, from {', '.join(names)} (default: all)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="timed rounds of the convolution section (5); the others scale "
+                             "theirs from it: pooling and layers 3x, models and onnx 1x")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: tiny sizes, one round, float32 convolutions only, "
+                             "writes only to --output")
+    parser.add_argument("--pause", type=float, default=0.1, help="conv: least seconds after "
+                        "a burst")
     parser.add_argument("--duty", type=float, default=2.0,
-                        help="pause after a call, as a multiple of its duration")
-    parser.add_argument("--dtypes", default="float32,float64")
-    parser.add_argument("--shapes", default="", help="comma-separated name prefixes")
-    parser.add_argument("--output", default=str(HERE.parent / "docs" / "benchmarks.md"))
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--no-threads", action="store_true", help="skip the threads table")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+                        help="conv: pause after a burst, as a multiple of its duration")
+    parser.add_argument("--dtypes", help="conv: float32,float64 (float32 with --quick)")
+    parser.add_argument("--shapes", default="", help="conv: comma-separated name prefixes")
+    parser.add_argument("--no-threads", action="store_true", help="conv: no threads table")
+    parser.add_argument("--output", type=Path,
+                        help=f"the file to write (default {DOC.relative_to(HERE.parent)}; "
+                             "none with --quick)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    if args.worker:
-        worker_main(args.worker)
-        return
+    unknown = set(args.sections.split(",")) - set(names)
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(sorted(unknown))}; "
+                     f"choose from {', '.join(names)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    sys.path.insert(0, str(HERE))                            # the section scripts
+    options = Options(rounds=args.rounds, quick=args.quick, pause=args.pause, duty=args.duty,
+                      dtypes=tuple((args.dtypes or ("float32" if args.quick else
+                                                    "float32,float64")).split(",")),
+                      shapes=tuple(p for p in args.shapes.split(",") if p),
+                      threads_table=not args.no_threads)
+    output = None if args.no_write else args.output or (None if args.quick else DOC)
+    n = 256 if args.quick else 2048
     start = time.perf_counter()
-    gemm = {d: gemm_gflops(np.dtype(d).type) for d in ("float32", "float64")}
-    print(*environment(), sep="\n")
-    print(f"NumPy GEMM GFLOP/s: {gemm}")
-    picked = [s for s in SHAPES if not args.shapes or any(
-        s.name.startswith(p) for p in args.shapes.split(","))]
-    print(HEADER)
-    results = []
-    for dtype in args.dtypes.split(","):
-        for shape in picked:
-            results.append(measure(shape, np.dtype(dtype).type, args.rounds, args.pause,
-                                   args.duty))
-            print(row(results[-1]), flush=True)
-    print(*summary(results), sep="\n")
-    threads = [] if args.no_threads else threads_check(picked, max(3, args.rounds // 2),
-                                                         args.pause, args.duty)
-    if not args.no_write:
-        command = "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py " + \
-            " ".join(argv if argv is not None else sys.argv[1:])
-        write_markdown(Path(args.output), results, gemm, threads, command.strip(),
-                       time.perf_counter() - start)
+    machine = environment(options)
+    print(*machine, sep="\n")
+    before = yardstick(n)
+    print(before, flush=True)
+    reports = run_sections(args.sections.split(","), options)
+    machine += [f"- At the start: {before}", f"- At the end: {yardstick(n)}"]
+    text = markdown(reports, options, machine, command(argv),
+                    kept_reading(output or DOC), time.perf_counter() - start)
+    print(text[text.index("## Summary"):text.index("## Reading")])
+    if output is not None:
+        output.write_text(text)
+        print(f"wrote {output}")
 
 
 if __name__ == "__main__":

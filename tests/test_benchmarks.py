@@ -1,0 +1,145 @@
+"""The benchmark command still runs and checks its targets right.
+
+Every section of benchmarks/run.py runs as a smoke run (`--quick`: tiny sizes, one round) in a
+process of its own, which writes a docs/benchmarks.md-shaped file; PyTorch is optional there
+(its columns say n/a). The target checks run on made-up numbers. No timing is asserted.
+"""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "run.py"
+
+
+def _load_run():
+    spec = importlib.util.spec_from_file_location("benchmarks_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module                 # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+run = _load_run()
+SECTIONS = {s.name: s for s in run.SECTIONS}
+# The smallest conv run that still meets every implementation (the seed's method, PyTorch in
+# both layouts) and the threads table.
+SECTION_ARGS = {"conv": ["--shapes", "lenet 5x5", "--dtypes", "float32"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SECTIONS))
+def test_section_smoke_run_writes_its_part(name, tmp_path):
+    section = SECTIONS[name]
+    if section.missing():
+        pytest.skip(f"{name} needs {', '.join(section.missing())}")
+    out = tmp_path / "benchmarks.md"
+    proc = subprocess.run([sys.executable, str(RUN), "--quick", "--sections", name,
+                           "--output", str(out), *SECTION_ARGS.get(name, [])],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = out.read_text()
+    for heading in ("## Machine", "## Command", "## Summary", "## Reading",
+                    f"## {section.title}"):
+        assert f"\n{heading}\n" in text
+    assert "Smoke run (`--quick`)" in text
+    assert f"python benchmarks/run.py --quick --sections {name}" in text
+    body = text[text.index(f"\n## {section.title}\n"):]
+    assert "\n|---|" in body                                    # its table
+    summary = text[text.index("## Summary"):text.index("## Reading")]
+    assert f"**{section.title}**\n\n- " in summary
+    if importlib.util.find_spec("torch") is None:
+        assert "n/a" in body
+
+
+def test_unknown_section_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        run.parse(["--sections", "conv,pools"])
+    assert "--sections: unknown pools; choose from conv, pooling" in capsys.readouterr().err
+
+
+def test_rounds_scale_per_section_and_quick_runs_one():
+    options = run.Options(rounds=4)
+    assert [SECTIONS[n].rounds(options) for n in ("conv", "pooling", "models")] == [4, 12, 4]
+    quick = run.Options(rounds=4, quick=True)
+    assert {s.rounds(quick) for s in run.SECTIONS} == {1}
+
+
+def test_ratio_targets_say_met_missed_and_what_is_missing():
+    ratios = {"a": 1.2, "b": 1.8, "c": None}
+    line = run.ratio_targets(ratios, ("a", "b", "c", "d"), 1.5, 2.0)
+    assert line == ("geometric mean 1.47x (target <= 1.5: met), worst 1.80x (b; target <= 2.0: "
+                    "met); not measured in this run: c, d")
+    assert "target <= 1.4: missed" in run.ratio_targets(ratios, ("a", "b"), 1.4, None)
+    assert "worst 1.80x (b; target <= 1.5: missed)" in run.ratio_targets(ratios, ("b",), None,
+                                                                         1.5)
+    assert run.ratio_targets({}, ("a",), 1.5, 2.0) == "n/a (no PyTorch times in this run)"
+
+
+def test_verdicts():
+    assert run.verdict(1.0, 1.0) == "met"
+    assert run.verdict(1.01, 1.0) == "missed"
+    assert run.verdict(2.9, 3.0, at_least=True) == "missed"
+    assert run.verdict(None, 3.0) == "n/a"
+
+
+def test_issue_18_targets_span_pooling_and_layers():
+    ratios = dict.fromkeys(run.ISSUE_18_ROWS, 1.0) | {"ReLU fwd+bwd": 2.6}
+    got = run.issue_18(ratios)
+    assert "worst 2.60x (ReLU fwd+bwd; target <= 2.5: missed)" in got[0]
+    assert "target <= 1.5: met" in got[0]
+    assert "max_pool 3x3 s2 p1, fwd n/a" in got[1]
+
+
+def test_model_targets_per_model_bound_and_peak():
+    cases = [SimpleNamespace(model=m, name=f"{m} {t}") for m in ("resnet18", "mobilenet_v2")
+             for t in ("inference", "train step")]
+    rows = [dict(ratio=1.4, peak_mb=3.0, activation_mb=2.0), dict(ratio=1.6, peak_mb=None),
+            dict(ratio=1.9, peak_mb=5.0, activation_mb=2.0), dict(ratio=1.0, peak_mb=None)]
+    resnet, mobilenet = run.model_targets(cases, rows)
+    assert "worst 1.60x (resnet18 train step; target <= 1.5: missed)" in resnet
+    assert "peak up to 1.50x the largest activation (target about 2: met)" in resnet
+    assert "target <= 2.0: met" in mobilenet
+    assert "peak up to 2.50x the largest activation (target about 2: missed)" in mobilenet
+
+
+def test_onnx_targets():
+    rows = [dict(reference=2.0, npconv=0.1, ort=0.05), dict(reference=None, npconv=0.4, ort=0.1)]
+    (line,) = run.onnx_targets({"resnet18": rows})
+    assert "at least 20.00x npconv.onnx's time (target >= 10: met)" in line
+    assert "up to 4.00x onnxruntime's (target <= 3: missed)" in line
+
+
+def test_reading_block_is_kept_when_the_file_is_regenerated(tmp_path):
+    path = tmp_path / "benchmarks.md"
+    assert run.kept_reading(path) == [run.READING_PLACEHOLDER]
+    path.write_text(f"# Benchmarks\n\n{run.READING[0]}\nWritten by hand.\n\nTwo paragraphs.\n"
+                    f"{run.READING[1]}\n")
+    assert run.kept_reading(path) == ["Written by hand.", "", "Two paragraphs."]
+
+
+def test_command_names_the_unset_openblas_variables(monkeypatch):
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    monkeypatch.delenv("OPENBLAS_L2_SIZE", raising=False)
+    assert run.command(["--shapes", "resnet 3x3"]) == (
+        "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py --shapes "
+        "'resnet 3x3'")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert run.command([]) == "python benchmarks/run.py"
+
+
+def test_a_section_that_cannot_run_says_why(monkeypatch):
+    def never(options, rounds):
+        raise AssertionError("a section with a missing need must not run")
+
+    absent = run.Section("absent", "Absent", never, needs=("no_such_bench.py",
+                                                         "no-such-package"))
+    monkeypatch.setattr(run, "SECTIONS", (absent,))
+    (report,) = run.run_sections(["absent"], run.Options()).values()
+    assert report.body == ["Not run: no_such_bench.py, no-such-package missing."]
+    assert report.targets == ["- n/a (not run: no_such_bench.py, no-such-package missing)"]
