@@ -243,3 +243,11 @@ def test_corrupt_or_truncated_files_give_arrays_or_a_value_error(tmp_path):
                     assert str(bad) in str(e)
                     outcomes["refused"] += 1
     assert outcomes["ok"] and outcomes["refused"]
+
+
+def test_npz_members_compressed_with_bzip2_are_refused_by_method(tmp_path):
+    with zipfile.ZipFile(tmp_path / "a.npz", "w", zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("w.npy", npy_member((2,), body=bytes(16)))
+    with pytest.raises(ValueError, match=r"a\.npz: zip member 'w\.npy' is compressed with "
+                                         r"bzip2; npconv reads members stored as is or deflated"):
+        io.load(tmp_path / "a.npz")

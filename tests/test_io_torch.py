@@ -506,3 +506,34 @@ def test_compressed_storage_is_read_and_charged(tmp_path):
     with pytest.raises(ValueError, match="tensor 'w' needs 16 bytes"):
         io.load(tmp_path / "z.pth", max_bytes=len(data) + 8)
     assert zlib                                              # deflate is available here
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA], ids=["bzip2", "lzma"])
+def test_members_compressed_otherwise_than_by_deflate_are_refused(tmp_path, method):
+    # zipfile inflates bzip2 and LZMA in one step, whatever the member declares: 2 KB of bzip2
+    # declaring 4 bytes took 4 GiB before the refusal. Refused by method, before reading.
+    path = tmp_path / "w.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", state_dict(w=tensor("0", 1, 0, (1,), (1,))))
+        zf.writestr("archive/data/0", floats(1), compress_type=method)
+    name = "bzip2" if method == zipfile.ZIP_BZIP2 else "LZMA"
+    with pytest.raises(ValueError, match=rf"w\.pth: zip member 'archive/data/0' is compressed "
+                                         rf"with {name}; npconv reads members stored as is or "
+                                         rf"deflated only"):
+        io.load(path)
+
+
+def test_a_deflated_member_inflates_no_more_than_it_declares(tmp_path):
+    import tracemalloc
+
+    data = state_dict(w=tensor("0", 1, 0, (1,), (1,)))
+    path = archive(tmp_path / "w.pth", data + bytes(32 << 20), compress=zipfile.ZIP_DEFLATED)
+    set_declared_size(path, "archive/data.pkl", len(data))   # 32 MiB more than it says
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"cannot read zip member 'archive/data\.pkl'.*CRC"):
+            io.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20                                    # was 32 MiB: zf.read inflated all

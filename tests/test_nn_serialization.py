@@ -344,6 +344,19 @@ def test_hostile_files_fail_fast_without_allocating(tmp_path, name, members, mat
     assert peak < 8 << 20 and time.perf_counter() - start < 2.0, (peak, name)
 
 
+
+def test_members_compressed_with_bzip2_are_refused_before_inflating(tmp_path):
+    """Before the fix: zipfile inflated a bzip2 member whole, whatever size it declared (a
+    2.4 KB model file took 4 GiB before its CRC error)."""
+    path = tmp_path / "model.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("__npconv_model__.npy", linear_header(3, 2))
+        for name, data in SMALL.items():
+            zf.writestr(name, data, compress_type=zipfile.ZIP_BZIP2)
+    with pytest.raises(ValueError, match=r"model\.npz: params/\w+: zip member 'params/\w+\.npy' "
+                                         r"is compressed with bzip2"):
+        nn.load(path)
+
 def test_too_many_layers_are_refused_before_building(tmp_path):
     spec = {"format": "npconv.model", "version": 2, "metadata": {},
             "model": {"type": "Sequential", "layers": [{"type": "Tanh"}] * 120_000}}

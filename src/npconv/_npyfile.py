@@ -3,10 +3,10 @@
 The header is read first (`numpy.lib.format`'s header readers, which parse a Python literal
 without evaluating it), and the declared shape and dtype are checked against the bytes that
 actually hold the data before anything is allocated: a 1 KB file declaring a (2**40,) array is
-refused, not allocated. Object dtypes (pickles) are refused. A zip member must be an .npy whose
-declared size is within what its stored bytes can hold (deflate expands at most 1032:1), and
-zipfile checks each member's CRC as it is read. Every failure is a ValueError that starts with
-`where` (the file, and the member).
+refused, not allocated. Object dtypes (pickles) are refused. A zip member must be an .npy,
+stored as is or deflated, whose declared size is within what its stored bytes can hold (deflate
+expands at most 1032:1), and zipfile checks each member's CRC as it is read. Every failure is a
+ValueError that starts with `where` (the file, and the member).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from numpy.lib import format as npy
 __all__ = [
     "READ_ERRORS",
     "ArrayHeader",
+    "check_method",
     "member_header",
     "read_header",
     "read_member",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 MAX_DEFLATE_RATIO = 1032          # the most a deflate stream can expand: 258 bytes per 2 bits
+_METHODS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
 
 # what reading a damaged zip member or .npy stream can raise besides ValueError
 READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, UnicodeError)
@@ -79,6 +81,20 @@ def read_npy(path: os.PathLike | str) -> np.ndarray:
             raise ValueError(f"{path}: unreadable .npy ({type(e).__name__}: {e})") from None
 
 
+def check_method(info: zipfile.ZipInfo, where: str) -> None:
+    """Refuse a zip member that is neither stored as is nor deflated.
+
+    zipfile inflates a bzip2 or LZMA member in one step, whatever size the member declares and
+    however small the read asked for (a 2 KB bzip2 member becomes gigabytes before the size it
+    declared cuts it short), while it inflates deflate only as far as each read asks. NumPy,
+    PyTorch and Keras write stored or deflated members only.
+    """
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        method = _METHODS.get(info.compress_type, f"method {info.compress_type}")
+        raise ValueError(f"{where}: zip member {info.filename!r} is compressed with {method}; "
+                         f"npconv reads members stored as is or deflated only")
+
+
 def _check_member_size(info: zipfile.ZipInfo, where: str) -> None:
     """The member's declared size must be one its stored bytes can produce."""
     stored = info.compress_type == zipfile.ZIP_STORED
@@ -92,6 +108,7 @@ def member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> Arr
     """`read_header` of an .npz member: its name must end in .npy."""
     if not info.filename.endswith(".npy"):
         raise ValueError(f"{where}: member {info.filename!r} is not an .npy array")
+    check_method(info, where)
     _check_member_size(info, where)
     try:
         with zf.open(info) as f:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from npconv._npyfile import check_method
+
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"   # pickled 0x1950a86a20f9469cfc6c
@@ -169,8 +171,10 @@ def open_zip(path: Path) -> zipfile.ZipFile:
 
 def check_stored(path: Path, info: zipfile.ZipInfo) -> None:
     """Refuse a zip member stored as is whose declared size the file cannot hold (before any
-    allocation). Compressed members are charged to a Budget instead: a zip bomb declares far
-    more than its file, and the sizes it declares are the sizes it inflates to."""
+    allocation), and one compressed otherwise than by deflate (`check_method`). Deflated
+    members are charged to a Budget instead: a zip bomb declares far more than its file, and
+    reads never inflate more than the size it declares."""
+    check_method(info, str(path))
     if info.compress_type != zipfile.ZIP_STORED:
         return
     end = info.header_offset + 30 + len(info.filename) + info.compress_size   # a lower bound
@@ -180,15 +184,22 @@ def check_stored(path: Path, info: zipfile.ZipInfo) -> None:
 
 
 def read_member(path: Path, zf: zipfile.ZipFile, name: str, budget: Budget) -> bytes:
-    """The bytes of member `name`, its size checked first and its CRC after."""
+    """The bytes of member `name`, its size checked first and its CRC after. Exactly the size
+    it declares is inflated (`zf.read` would inflate up to 2 GiB in one step, whatever the
+    member declares, before cutting it to that size)."""
     info = zf.getinfo(name)
     check_stored(path, info)
     if info.compress_type != zipfile.ZIP_STORED:
         budget.take(info.file_size, f"inflating zip member {name!r}")
     try:
-        return zf.read(info)
+        with zf.open(info) as f:
+            data = f.read(info.file_size)
     except ZIP_ERRORS as e:
         raise error(path, f"cannot read zip member {name!r} ({type(e).__name__}: {e})") from e
+    if len(data) != info.file_size:
+        raise error(path, f"zip member {name!r} is truncated: {len(data)} of {info.file_size} "
+                          f"bytes")
+    return data
 
 
 def from_stored(a: np.ndarray, kind: str) -> np.ndarray:
