@@ -37,6 +37,37 @@ def test_from_state_dict_errors():
         models.from_state_dict("resnet34", state)                  # 2-2-2-2 is not 3-4-6-3
 
 
+
+def test_a_small_file_declaring_a_huge_model_is_refused_before_building_it(tmp_path, capsys):
+    """Before the fix: the builder ran at the sizes the shapes declared, then load_state_dict
+    found the keys missing: 144 bytes declaring a 512-wide stem cost 34 s and 7 GB."""
+    import tracemalloc
+
+    tiny = {"conv1.weight": np.zeros((128, 3, 1, 1), np.float32),
+            "fc.weight": np.zeros((5, 1024), np.float32)}
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"does not fit ResNet:\n  missing keys \(120\)"):
+            models.from_state_dict("resnet18", tiny)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20                                     # the real model: 180 MB
+    path = io.save(tmp_path / "tiny.safetensors", tiny)
+    assert main(["predict", "--arch", "resnet18", "--weights", str(path), "x.npy"]) == 2
+    assert "missing keys (120)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch, key, shape", [
+    ("resnet18", "conv1.weight", (8, 3)),
+    ("vgg11", "features.0.weight", (0, 3, 3, 3)),            # was a ZeroDivisionError
+])
+def test_sizes_need_arrays_of_the_right_rank(arch, key, shape):
+    state = {key: np.zeros(shape, np.float32)}
+    with pytest.raises(ValueError, match=rf"not a {arch} state_dict: '{key}' has shape "
+                                         rf"\({shape[0]}, 3.*\); expected 4 non-zero sizes"):
+        models.from_state_dict(arch, state)
+
 def test_prepare_images():
     x = models.prepare_images(np.full((2, 5, 6, 3), 255, np.uint8), 3, mean=(0.5, 0.5, 0.5),
                               std=(0.25,))
