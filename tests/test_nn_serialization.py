@@ -369,6 +369,43 @@ def test_too_many_layers_are_refused_before_building(tmp_path):
     assert time.perf_counter() - start < 2.0
 
 
+
+def test_a_module_config_asking_for_many_layers_is_refused_before_building_them(tmp_path):
+    """Before the fix: a Module's config is its constructor's arguments, and a small file could
+    ask for a ResNet of 200,000 blocks (then replace them by the file's own layer1): loaded,
+    after 112 s and 3.2 GB. The architecture may now make 8 arrays per stored one, plus 64."""
+    from npconv import models
+
+    model = models.resnet18(num_classes=3, width=4)
+    path = nn.save(model, tmp_path / "r.npz")
+    with np.load(path) as npz:
+        members = {f"{k}.npy": npy_bytes(npz[k]) for k in npz.files}
+    header = json.loads(str(np.load(path)["__npconv_model__"]))
+    header["model"]["config"]["layers"] = [2000, 2, 2, 2]      # then layer1 comes from the file
+    members["__npconv_model__.npy"] = npy_bytes(np.array(json.dumps(header)))
+    write_zip(tmp_path / "bad.npz", members)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"bad\.npz: invalid architecture: invalid ResNet config "
+                                         r".*: the architecture makes more than 1040 arrays"):
+        nn.load(tmp_path / "bad.npz")
+    assert time.perf_counter() - start < 1.0
+    assert nn.load(path).state_dict().keys() == model.state_dict().keys()
+
+
+def test_meta_max_arrays():
+    from npconv.nn import init
+
+    with init.meta(max_arrays=4):
+        nn.Linear(2, 3)                                      # weight, bias and their grads
+        with pytest.raises(ValueError, match=r"makes more than 4 arrays \(meta\(max_arrays=4"):
+            nn.Linear(2, 3)
+    with init.meta():
+        nn.Sequential(*[nn.Linear(2, 2) for _ in range(10)])  # no limit
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=r"`max_arrays` must be None or an int >= 0; got"), \
+                init.meta(max_arrays=bad):
+            pass
+
 def test_load_reads_each_array_once_without_drawing_weights(tmp_path, monkeypatch):
     """A legitimate file: the architecture is built in nn.init.meta() (nothing drawn), then
     the stored arrays are the model's own."""

@@ -24,7 +24,9 @@ architecture is built without memory (`npconv.nn.init.meta`), and every key, sha
 declares is checked against the stored arrays' .npy headers, and each of those against the bytes
 that hold it (`npconv._npyfile`), before any array is read or allocated. A damaged, truncated,
 foreign or hostile file (a huge declared shape, a non-.npy member, a pickle, Sequentials nested
-more than MAX_NESTING deep, more than MAX_LAYERS layers) raises one ValueError naming the file.
+more than MAX_NESTING deep, more than MAX_LAYERS layers, a Module config whose constructor would
+make more than ARRAYS_PER_STORED placeholder arrays per stored array) raises one ValueError
+naming the file.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ HEADER_KEY = "__npconv_model__"
 MAX_NESTING = 64                   # Sequentials within Sequentials, in a file's architecture
 MAX_LAYERS = 100_000               # layers in a file's architecture (ResNet-152 has about 500)
 MAX_HEADER_BYTES = 16 << 20        # the JSON header member
+# The arrays (params, grads, buffers) building a file's architecture may make, per stored array:
+# a layer makes about two per stored one (its grads), and a Module whose constructor makes its
+# children and then has them replaced by the file's makes both.
+ARRAYS_PER_STORED = 8
 
 
 class Stored(NamedTuple):
@@ -341,7 +347,7 @@ def load(path) -> Layer:
     with _open(path) as zf:
         header, stored = _read(path, zf)
         try:
-            with init.meta():
+            with init.meta(max_arrays=ARRAYS_PER_STORED * len(stored) + 64):
                 model = build(header.get("model"))
         except ValueError as e:
             raise ValueError(f"{path}: invalid architecture: {e}") from e
