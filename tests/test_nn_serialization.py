@@ -4,6 +4,7 @@ nothing overwritten) for corrupt, foreign or mismatched files."""
 import io
 import json
 import os
+import re
 import time
 import tracemalloc
 import zipfile
@@ -391,6 +392,25 @@ def test_a_module_config_asking_for_many_layers_is_refused_before_building_them(
     assert time.perf_counter() - start < 1.0
     assert nn.load(path).state_dict().keys() == model.state_dict().keys()
 
+
+
+@pytest.mark.parametrize("name", ["params", "forward", "__class__", "__dict__", "_children",
+                                  "state_dict", "a.b", ""])
+def test_module_children_named_like_the_class_attributes_are_refused(tmp_path, name):
+    """Before the fix: AttributeError (`params`), TypeError (`__class__`, `__dict__`), or a model
+    whose `forward` / `state_dict` was a ReLU layer."""
+    from npconv import models
+
+    path = nn.save(models.resnet18(num_classes=3, width=4), tmp_path / "r.npz")
+    with np.load(path) as npz:
+        members = {f"{k}.npy": npy_bytes(npz[k]) for k in npz.files}
+    header = json.loads(str(np.load(path)["__npconv_model__"]))
+    header["model"]["children"][name] = {"type": "ReLU", "config": {}}
+    members["__npconv_model__.npy"] = npy_bytes(np.array(json.dumps(header)))
+    write_zip(tmp_path / "bad.npz", members)
+    with pytest.raises(ValueError, match=rf"bad\.npz: invalid architecture: a ResNet child "
+                                         rf"cannot be named '{re.escape(name)}'"):
+        nn.load(tmp_path / "bad.npz")
 
 def test_meta_max_arrays():
     from npconv.nn import init

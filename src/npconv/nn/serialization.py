@@ -46,7 +46,7 @@ import numpy as np
 from npconv import _backend, _npyfile
 from npconv.nn import init
 from npconv.nn.layers import LAYERS, Layer, Sequential
-from npconv.nn.module import Module, build_module, module_spec
+from npconv.nn.module import MODULES, Module, build_module, module_spec
 
 __all__ = [
     "FORMAT",
@@ -93,6 +93,7 @@ def layer_spec(layer: Layer) -> dict:
 def build(spec) -> Layer:
     """A fresh layer from `layer_spec`'s output; ValueError for anything unknown or invalid."""
     if isinstance(spec, dict) and spec.get("type") == "Module":
+        _check_child_names(spec)
         return build_module(spec, build, layer_spec)
     if not isinstance(spec, dict) or spec.get("type") not in LAYERS:
         kind = spec.get("type") if isinstance(spec, dict) else type(spec).__name__
@@ -113,6 +114,20 @@ def build(spec) -> Layer:
         return cls(**config, **extra)
     except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"invalid {cls.__name__} config {config!r:.200}: {e}") from e
+
+
+def _check_child_names(spec: dict) -> None:
+    """A Module spec's children must be named as attributes its class does not have: a child
+    named `params`, `forward` or `__class__` would be assigned over the class's own."""
+    cls, children = MODULES.get(str(spec.get("class"))), spec.get("children")
+    if cls is None or not isinstance(children, dict):
+        return                                        # build_module says what is wrong
+    for name in children:
+        if not (name.isidentifier() or name.isdigit()) or name.startswith("_") or \
+                hasattr(cls, name):
+            raise ValueError(f"a {cls.__name__} child cannot be named {name!r:.60}: a child's "
+                             f"name must be an identifier (or digits) that is not an attribute "
+                             f"of the class")
 
 
 def _arrays(model: Layer) -> dict:
