@@ -150,6 +150,9 @@ def test_natural_order_and_numeric_variable_order(tmp_path):
     (lambda g: g.create_dataset("0", shape=(4,), dtype=np.float32, external=[("/etc/hosts", 0,
                                                                                16)]),
      "a virtual or external dataset"),
+    (lambda g: g.create_dataset("0", shape=(0, 2**40, 2**40), dtype=np.float32, chunks=(1, 1, 1),
+                                maxshape=(None,) * 3),      # was NumPy's "array is too big"
+     r"shape \(0, 1099511627776, 1099511627776\) has more elements than a NumPy array can"),
 ])
 def test_hostile_hdf5_files(tmp_path, build, match):
     path = keras3_file(tmp_path / "bad.weights.h5", build)

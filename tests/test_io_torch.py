@@ -356,6 +356,25 @@ def test_hostile_pickles(tmp_path, blob, match):
     assert "bad.pth" in str(e.value)
 
 
+
+def long1(n):
+    data = n.to_bytes(n.bit_length() // 8 + 1, "little", signed=True)
+    return b"\x8a" + bytes([len(data)]) + data
+
+
+@pytest.mark.parametrize("size", [(0, 2**70), (0, 2**40, 2**40), (1,) * 65])
+def test_sizes_numpy_cannot_make_are_refused_naming_the_file(tmp_path, size):
+    """Zero elements (so no byte to check) or 65 axes: before the fix, NumPy's own ValueError
+    ("Maximum allowed dimension exceeded", ...) without the file's name."""
+    pid = tup(s("storage"), g("torch", "FloatStorage"), s("0"), s("cpu"), i(1))
+    dims = tup(*(i(n) if n < 2**31 else long1(n) for n in size))
+    rebuild = (g("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + b"Q" + i(0) + dims
+               + tup(*map(i, [1] * len(size))) + b"\x89ccollections\nOrderedDict\n)RtR")
+    path = archive(tmp_path / "big.pth", state_dict(w=rebuild), {"0": floats(1)})
+    with pytest.raises(ValueError, match=r"big\.pth: a tensor of size .* has more axes or "
+                                         r"elements than a NumPy array can"):
+        io.load(path)
+
 def test_dicts_that_contain_themselves_are_refused(tmp_path):
     blob = b"\x80\x02}q\x00X\x01\x00\x00\x00ah\x00s."       # d = {}; d["a"] = d
     with pytest.raises(ValueError, match="contain themselves"):

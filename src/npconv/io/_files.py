@@ -9,6 +9,7 @@ arrays handed back are also charged to a `Budget`, whose default (64 times the f
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
@@ -200,6 +201,17 @@ def read_member(path: Path, zf: zipfile.ZipFile, name: str, budget: Budget) -> b
         raise error(path, f"zip member {name!r} is truncated: {len(data)} of {info.file_size} "
                           f"bytes")
     return data
+
+
+def numpy_can_hold(shape: tuple, itemsize: int) -> bool:
+    """Whether NumPy can make an array of `shape` (non-negative ints): at most 64 axes, and its
+    byte count, zero sizes left out as NumPy leaves them out, within int64. A file may declare a
+    zero-size tensor of shape (0, 2**70), which holds no byte but no array either.
+
+    >>> numpy_can_hold((0, 2**40, 2**40), 4), numpy_can_hold((0, 2**40), 4)
+    (False, True)
+    """
+    return len(shape) <= 64 and math.prod(n for n in shape if n) * itemsize < 2**63
 
 
 def from_stored(a: np.ndarray, kind: str) -> np.ndarray:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npconv.io._files import Budget, error, open_zip, read_member
+from npconv.io._files import Budget, error, numpy_can_hold, open_zip, read_member
 
 _MAX_DEPTH = 64
 
@@ -68,7 +68,7 @@ def read_with_config(path: Path, kind: str,
 def _json(path: Path, text, what: str) -> dict:
     try:
         value = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError) as e:
+    except (ValueError, RecursionError, TypeError) as e:   # ValueError: also 4300-digit ints
         raise error(path, f"{what} is not valid JSON ({e})") from e
     if not isinstance(value, dict):
         raise error(path, f"{what} must hold a JSON object; got {type(value).__name__}")
@@ -196,6 +196,9 @@ class _Reader:
         dtype = ds.dtype
         if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
             raise error(self.path, f"{where}: dtype {dtype} is not a plain numeric dtype")
+        if not numpy_can_hold(ds.shape, dtype.itemsize):
+            raise error(self.path, f"{where}: shape {ds.shape} has more elements than a NumPy "
+                                   f"array can")
         nbytes = math.prod(ds.shape) * dtype.itemsize
         if ds.chunks is None and nbytes > self.size:
             raise error(self.path, f"{where}: shape {ds.shape} of {dtype} declares {nbytes} "
