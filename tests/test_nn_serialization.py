@@ -358,6 +358,25 @@ def test_members_compressed_with_bzip2_are_refused_before_inflating(tmp_path):
                                          r"is compressed with bzip2"):
         nn.load(path)
 
+
+def test_encrypted_members_are_a_value_error(tmp_path):
+    """Before the fix: zipfile's RuntimeError ("password required"), which `npconv predict`
+    did not catch either."""
+    from npconv import training
+
+    path = nn.save(nn.Sequential(nn.Linear(2, 2)), tmp_path / "m.npz")
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 8, 8)))
+    for target in (path, tmp_path / "x.npz"):
+        blob = bytearray(target.read_bytes())
+        at = blob.index(b"PK\x01\x02")                        # the first central directory entry
+        blob[at + 8] |= 1                                    # flag bit 0: encrypted
+        target.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match=r"m\.npz: __npconv_model__: zip member "
+                                         r"'__npconv_model__\.npy' is encrypted"):
+        nn.load(path)
+    with pytest.raises(ValueError, match=r"x\.npz: x: zip member 'x\.npy' is encrypted"):
+        training.read_images(tmp_path / "x.npz")
+
 def test_too_many_layers_are_refused_before_building(tmp_path):
     spec = {"format": "npconv.model", "version": 2, "metadata": {},
             "model": {"type": "Sequential", "layers": [{"type": "Tanh"}] * 120_000}}

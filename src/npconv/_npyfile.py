@@ -23,7 +23,7 @@ from numpy.lib import format as npy
 __all__ = [
     "READ_ERRORS",
     "ArrayHeader",
-    "check_method",
+    "check_packing",
     "member_header",
     "read_header",
     "read_member",
@@ -81,14 +81,18 @@ def read_npy(path: os.PathLike | str) -> np.ndarray:
             raise ValueError(f"{path}: unreadable .npy ({type(e).__name__}: {e})") from None
 
 
-def check_method(info: zipfile.ZipInfo, where: str) -> None:
-    """Refuse a zip member that is neither stored as is nor deflated.
+def check_packing(info: zipfile.ZipInfo, where: str) -> None:
+    """Refuse a zip member that is encrypted (zipfile would raise RuntimeError) or neither
+    stored as is nor deflated.
 
     zipfile inflates a bzip2 or LZMA member in one step, whatever size the member declares and
     however small the read asked for (a 2 KB bzip2 member becomes gigabytes before the size it
     declared cuts it short), while it inflates deflate only as far as each read asks. NumPy,
-    PyTorch and Keras write stored or deflated members only.
+    PyTorch and Keras write stored or deflated members only, never encrypted ones.
     """
+    if info.flag_bits & 0x1:
+        raise ValueError(f"{where}: zip member {info.filename!r} is encrypted; npconv reads "
+                         f"unencrypted archives only")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         method = _METHODS.get(info.compress_type, f"method {info.compress_type}")
         raise ValueError(f"{where}: zip member {info.filename!r} is compressed with {method}; "
@@ -108,7 +112,7 @@ def member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> Arr
     """`read_header` of an .npz member: its name must end in .npy."""
     if not info.filename.endswith(".npy"):
         raise ValueError(f"{where}: member {info.filename!r} is not an .npy array")
-    check_method(info, where)
+    check_packing(info, where)
     _check_member_size(info, where)
     try:
         with zf.open(info) as f:

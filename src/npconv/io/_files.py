@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npconv._npyfile import check_method
+from npconv._npyfile import check_packing
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -172,10 +172,10 @@ def open_zip(path: Path) -> zipfile.ZipFile:
 
 def check_stored(path: Path, info: zipfile.ZipInfo) -> None:
     """Refuse a zip member stored as is whose declared size the file cannot hold (before any
-    allocation), and one compressed otherwise than by deflate (`check_method`). Deflated
-    members are charged to a Budget instead: a zip bomb declares far more than its file, and
-    reads never inflate more than the size it declares."""
-    check_method(info, str(path))
+    allocation), and one encrypted or compressed otherwise than by deflate (`check_packing`).
+    Deflated members are charged to a Budget instead: a zip bomb declares far more than its
+    file, and reads never inflate more than the size it declares."""
+    check_packing(info, str(path))
     if info.compress_type != zipfile.ZIP_STORED:
         return
     end = info.header_offset + 30 + len(info.filename) + info.compress_size   # a lower bound
