@@ -111,6 +111,19 @@ def test_predict_with_an_architecture(resnet_files, capsys):
         model.eval().forward(x).argmax(axis=1).tolist()
 
 
+
+def test_predict_with_an_npconv_model_file_as_weights(resnet_files, tmp_path, capsys):
+    """Before the fix: io.load gave the file's arrays in npconv's layouts, and --arch sized a
+    ResNet of width 7 from the stem's (7, 7, 3, 4) kernel: a 100-line mismatch error."""
+    from npconv import nn
+
+    _, images_path, model, images = resnet_files
+    path = nn.save(model, tmp_path / "model.npz")
+    assert main(["predict", "--arch", "resnet18", "--weights", str(path), str(images_path)]) == 0
+    x = models.prepare_images(images, 3)
+    assert classes_printed(capsys.readouterr().out) == \
+        model.eval().forward(x).argmax(axis=1).tolist()
+
 def test_predict_with_pytorch_weights(torch, tmp_path, capsys):
     """A .pth written by torch.save: the CLI's classes are PyTorch's."""
     torch.manual_seed(0)
