@@ -65,6 +65,16 @@ def test_repeated_hangs_stop_the_check_and_say_what_did_not_run():
         str(report)
 
 
+def test_a_random_phase_stopped_by_hangs_is_not_said_to_be_stopped_by_the_budget():
+    """Before the fix: "Random phase: 16 configurations (..., stopped by the 10 s budget)" after
+    a second of hangs."""
+    report = check_conv(student_layers.Hangs, random=300, random_seed=1, timeout=0.2,
+                        shrink=False, max_stride=2, square_only=True, dilation=False)
+    assert report.stopped and not report.random.exhausted
+    text = " ".join(str(report).split())
+    assert "budget" not in text and "Stopped after repeated crashes or timeouts" in text
+
+
 def test_exits_and_memory_errors_are_findings():
     report = _check(student_layers.Exits, [FINE, STRIDE_3])
     assert str(report.results[1].error) .startswith("forward called sys.exit(0) at "

@@ -247,8 +247,8 @@ def random_phase(session: Session, options, settings: Settings, fixed: Sequence
         results += session.run(cases, placements=RANDOM_PLACEMENTS, phase="random")
         per_case = (time.monotonic() - began) / max(1, len(cases))
         batch = int(min(100, max(1, _BATCH_SECONDS / max(per_case, 1e-6))))
-    exhausted = drawn < settings.random
-    return results, RandomPhase(seed, len(results), exhausted, settings.budget)
+    cut = drawn < settings.random and not session.sandbox.exhausted    # by the budget alone
+    return results, RandomPhase(seed, len(results), cut, settings.budget)
 
 
 def _fresh(options, rng, seen: set):
