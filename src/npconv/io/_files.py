@@ -14,6 +14,7 @@ import os
 import re
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +204,7 @@ def read_member(path: Path, zf: zipfile.ZipFile, name: str, budget: Budget) -> b
     return data
 
 
-def numpy_can_hold(shape: tuple, itemsize: int) -> bool:
+def numpy_can_hold(shape: Sequence[int], itemsize: int) -> bool:
     """Whether NumPy can make an array of `shape` (non-negative ints): at most 64 axes, and its
     byte count, zero sizes left out as NumPy leaves them out, within int64. A file may declare a
     zero-size tensor of shape (0, 2**70), which holds no byte but no array either.

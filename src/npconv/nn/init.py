@@ -54,7 +54,9 @@ __all__ = [
 
 _default: np.random.Generator | None = None
 _meta = contextvars.ContextVar("npconv_nn_meta", default=False)
-_meta_left = contextvars.ContextVar("npconv_nn_meta_left", default=None)   # [placeholders left]
+# [placeholders left, max_arrays] inside meta(max_arrays=...)
+_meta_left: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "npconv_nn_meta_left", default=None)
 
 
 @contextlib.contextmanager
