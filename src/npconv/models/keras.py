@@ -19,6 +19,7 @@ scale, beta without center).
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -193,7 +194,8 @@ def _check(pairs: list, problems: list) -> None:
                                 f"{path} holds {tuple(array.shape)}")
 
 
-def load_keras(model: Layer, source, config: dict | None = None) -> dict:
+def load_keras(model: Layer, source: str | os.PathLike | dict,
+               config: dict | None = None) -> dict:
     """Copy the weights of a Keras model into `model`, an npconv model of the same architecture;
     returns {npconv layer name: Keras file path} of what went where.
 

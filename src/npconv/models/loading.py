@@ -13,6 +13,7 @@ is allocated; only then is the model built and the state_dict loaded into it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -99,8 +100,9 @@ def _check_fits(arch: str, sized: dict, state: dict) -> None:
         skeleton.load_state_dict(state)           # raises before it would write anything
 
 
-def prepare_images(images, in_channels: int, *, pixel_max: float = 255.0, mean=None,
-                   std=None) -> np.ndarray:
+def prepare_images(images: np.ndarray, in_channels: int, *, pixel_max: float = 255.0,
+                   mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None) -> np.ndarray:
     """float32 (N, H, W, C) images for a channels_last model with `in_channels` channels:
     integer pixels divided by `pixel_max`, then (x - mean) / std per channel when given
     (torchvision's ImageNet models: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)).

@@ -90,7 +90,7 @@ def layer_spec(layer: Layer) -> dict:
     return {"type": type(layer).__name__, "config": layer.config()}
 
 
-def build(spec) -> Layer:
+def build(spec: Any) -> Layer:
     """A fresh layer from `layer_spec`'s output; ValueError for anything unknown or invalid."""
     if isinstance(spec, dict) and spec.get("type") == "Module":
         _check_child_names(spec)
@@ -136,7 +136,7 @@ def _arrays(model: Layer) -> dict:
             **{f"buffers/{k}": _backend.to_numpy(v) for k, v in model.buffers.items()}}
 
 
-def save(model: Layer, path, *, metadata: dict | None = None) -> Path:
+def save(model: Layer, path: str | os.PathLike, *, metadata: dict | None = None) -> Path:
     """Write `model` (architecture, params, buffers) and JSON `metadata` to `path`.
 
     Refuses (ValueError) to replace an existing file that is not an npconv model, and never
@@ -170,7 +170,8 @@ def save(model: Layer, path, *, metadata: dict | None = None) -> Path:
     return path
 
 
-def atomic_write(path, write, *, mode: str = "wb") -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], object], *,
+                 mode: str = "wb") -> None:
     """Call write(f) on a temporary file beside `path`, then rename it over `path`: readers
     see the old file or the complete new one, never a partial one. The new file gets the
     permissions of a normally created file (mkstemp's are 0600)."""
@@ -315,7 +316,7 @@ def _upgrade_v1(header: dict, stored: dict) -> tuple[dict, dict]:
     return {**header, "version": VERSION, "model": model}, stored
 
 
-def is_model_file(path) -> bool:
+def is_model_file(path: str | os.PathLike) -> bool:
     """True if `path` is a readable npconv model file."""
     try:
         with _open(path) as zf:
@@ -354,7 +355,7 @@ def _adopt(model: Layer, arrays: dict) -> None:
         layer.buffers = {k: arrays[f"buffers/{prefix}{k}"] for k in layer.buffers}
 
 
-def load(path) -> Layer:
+def load(path: str | os.PathLike) -> Layer:
     """The model saved at `path`, rebuilt from its architecture, with its exact weights.
 
     The architecture is first built without memory and its every array checked against the
@@ -371,7 +372,7 @@ def load(path) -> Layer:
     return model
 
 
-def load_weights(model: Layer, path) -> None:
+def load_weights(model: Layer, path: str | os.PathLike) -> None:
     """Copy the weights saved at `path` into `model`, whose architecture must match; on any
     error `model` is left unchanged (everything is read before the first copy)."""
     with _open(path) as zf:
@@ -384,7 +385,7 @@ def load_weights(model: Layer, path) -> None:
         np.copyto(target, arrays[key])                 # in place: the layers' own arrays
 
 
-def load_metadata(path) -> dict:
+def load_metadata(path: str | os.PathLike) -> dict:
     """The `metadata` dict saved with the model at `path`."""
     with _open(path) as zf:
         header, _ = _read(path, zf, with_arrays=False)

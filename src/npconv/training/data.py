@@ -7,13 +7,16 @@ seed gives the same data split, weights, batch order and therefore the same run.
 
 from __future__ import annotations
 
+import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from npconv import _args, _backend, _npyfile, datasets
+from npconv._backend import Array
 
 __all__ = [
     "DataSplits",
@@ -66,7 +69,8 @@ def _check_classes(y, source) -> None:
                          f"{bad.size} outside, e.g. {int(bad[0])}")
 
 
-def load_data(path=None, *, rng: np.random.Generator, test_fraction: float = 0.2,
+def load_data(path: str | os.PathLike | None = None, *, rng: np.random.Generator,
+              test_fraction: float = 0.2,
               val_fraction: float = 0.1) -> DataSplits:
     """The embedded 8x8 digits (path None), split into train / validation / test by `rng`; or
     MNIST / Fashion-MNIST files at `path` (an IDX directory or an .npz), whose own test set is
@@ -104,7 +108,7 @@ def batch_indices(n: int, batch_size: int, rng: np.random.Generator | None) -> l
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def random_shift(x, rng: np.random.Generator, *, max_shift: int = 1):
+def random_shift(x: Array, rng: np.random.Generator, *, max_shift: int = 1) -> Array:
     """Shift each image of x (N, *S, C) by its own random offset in [-max_shift, max_shift]
     along every spatial axis, filling with zeros (data augmentation); returns a new array.
 
@@ -119,13 +123,13 @@ def random_shift(x, rng: np.random.Generator, *, max_shift: int = 1):
     for axis in range(1, rank + 1):
         shape = [n] + [1] * (x.ndim - 1)
         shape[axis] = x.shape[axis]
-        shift = rng.integers(-m, m + 1, size=n)                    # (N,) drawn on the host
+        shift = rng.integers(-m, m + 1, size=(n,))                 # (N,) drawn on the host
         idx = np.arange(x.shape[axis]) + m + shift[:, None]        # (N, S_axis)
         out = xp.take_along_axis(out, xp.asarray(idx.reshape(shape)), axis=axis)
     return out
 
 
-def read_images(path) -> np.ndarray:
+def read_images(path: str | os.PathLike) -> np.ndarray:
     """The array stored at `path`: .npy, .npz (key "x", or its only array) or an IDX file
     (gzipped or not).
 
@@ -160,7 +164,7 @@ def _npz_images(path: Path) -> np.ndarray:
         return _npyfile.read_member(zf, members[key], f"{path}: {key}")
 
 
-def prepare_images(a, input_shape, pixel_max: float) -> np.ndarray:
+def prepare_images(a: np.ndarray, input_shape: Sequence[int], pixel_max: float) -> np.ndarray:
     """Images as the model wants them: float32 (N, *input_shape), N >= 1, every pixel finite.
 
     Accepts (N, *input_shape), one image (*input_shape), and both without the channel axis when
@@ -196,7 +200,7 @@ def prepare_images(a, input_shape, pixel_max: float) -> np.ndarray:
     return x
 
 
-def out_of_range(x, low: float, high: float) -> str | None:
+def out_of_range(x: np.ndarray, low: float, high: float) -> str | None:
     """A warning when the pixels of x lie far outside [low, high], the range of the training
     images (more than that range's width beyond it: raw 0..255 pixels into a model trained on
     0..1), else None.
