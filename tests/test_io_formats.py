@@ -76,10 +76,10 @@ def test_duplicate_zip_members_are_refused(tmp_path):
 
 
 def test_missing_files_and_bad_paths(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(FileNotFoundError, match=r"weights file not found: .*none\.safetensors"):
         io.load(tmp_path / "none.safetensors")
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        io.load(tmp_path)                                    # a directory is not a file
+    with pytest.raises(ValueError, match="is a directory, not a weights file"):
+        io.load(tmp_path)                                    # was "no such file"
     with pytest.raises(TypeError, match=r"`path` must be a str or os\.PathLike; got dict"):
         io.load({})
     with pytest.raises(ValueError, match="only safetensors files hold metadata"):

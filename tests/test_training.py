@@ -1,6 +1,7 @@
 """The training loop, data preparation and reporting helpers of npconv.training."""
 
 import gzip
+import os
 import struct
 import tracemalloc
 
@@ -324,3 +325,18 @@ def test_read_images_errors_name_the_file(tmp_path, name, make, match):
         assert tracemalloc.get_traced_memory()[1] < 8 << 20
     finally:
         tracemalloc.stop()
+
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null") or os.path.isfile("/dev/null"),
+                    reason="needs a character device")
+def test_a_device_is_not_a_regular_file_rather_than_not_found():
+    """Before the fix: "image file not found: /dev/null" (io.load: "no such file"), which
+    exists; every reader now says what it is."""
+    from npconv import datasets, io, nn
+
+    for read, what in ((training.read_images, "an image file"), (nn.load, "an npconv model "
+                       "file"), (datasets.load_idx, "an IDX file"), (io.load, "a weights file")):
+        with pytest.raises(ValueError, match=f"/dev/null is not a regular file \\(a device or "
+                                             f"a pipe\\), not {what}"):
+            read("/dev/null")

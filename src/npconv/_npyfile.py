@@ -15,6 +15,7 @@ import math
 import os
 import zipfile
 import zlib
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "READ_ERRORS",
     "ArrayHeader",
     "check_packing",
+    "existing_file",
     "member_header",
     "read_header",
     "read_member",
@@ -37,6 +39,26 @@ _METHODS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
 READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, UnicodeError)
 
 ArrayHeader = tuple[tuple[int, ...], np.dtype, bool]     # shape, dtype, fortran_order
+
+
+def existing_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path to a regular file, `what` it should be ("an image file") naming it in
+    the errors: FileNotFoundError when there is nothing, ValueError for a directory or another
+    kind of file (a device, a pipe: "not found" would be wrong, and reading one may never end).
+
+    >>> existing_file("/", "an image file")
+    Traceback (most recent call last):
+    ...
+    ValueError: / is a directory, not an image file
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not {what}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device or a pipe), not {what}")
+    if not path.exists():
+        raise FileNotFoundError(f"{what.split(' ', 1)[1]} not found: {path}")
+    return path
 
 
 def read_header(f: IO[bytes], nbytes: int, where: str) -> ArrayHeader:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npconv import _npyfile
 from npconv._npyfile import check_packing
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -62,13 +63,11 @@ def error(path, message: str) -> ValueError:
 
 
 def existing_file(path) -> Path:
-    """`path` as a Path; FileNotFoundError if there is no such file."""
+    """`path` as a Path to a regular file (`npconv._npyfile.existing_file`); TypeError for
+    what is not a path."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or os.PathLike; got {type(path).__name__}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    return path
+    return _npyfile.existing_file(path, "a weights file")
 
 
 class Budget:

@@ -191,11 +191,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], object], *,
 
 def _open(path) -> zipfile.ZipFile:
     """The model file at `path` as an open zip; FileNotFoundError or ValueError."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not an npconv model file")
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+    path = _npyfile.existing_file(path, "an npconv model file")
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, *_npyfile.READ_ERRORS) as e:

@@ -138,11 +138,7 @@ def read_images(path: str | os.PathLike) -> np.ndarray:
     file for a directory, a file that is not what its name says (not an .npy, a pickle), a
     damaged (bad CRC) or truncated one.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not an image file")
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+    path = _npyfile.existing_file(path, "an image file")
     if path.suffix == ".npy":
         return _npyfile.read_npy(path)
     if path.suffix == ".npz":
