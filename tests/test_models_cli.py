@@ -157,6 +157,19 @@ def test_predict_arch_errors_exit_2(resnet_files, capsys, extra, message):
     assert err.startswith("npconv predict: error:") and message in err, err
 
 
+
+def test_predict_with_keras_weights_and_no_h5py_says_which_extra(tmp_path, capsys,
+                                                                   monkeypatch):
+    """Before the fix: the ImportError's traceback."""
+    import sys
+
+    (tmp_path / "w.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    assert main(["predict", "--arch", "resnet18", "--weights", str(tmp_path / "w.weights.h5"),
+                 "x.npy"]) == 2
+    assert "reading Keras files needs h5py: pip install 'npconv[keras]'" in \
+        capsys.readouterr().err
+
 def test_predict_arch_flag_errors(capsys):
     with pytest.raises(SystemExit) as info:
         main(["predict", "--arch", "alexnet", "--weights", "w", "x.npy"])
