@@ -166,6 +166,11 @@ def test_load_data_mnist_npz(tmp_path):
     assert model.forward(data.x_test).shape == (10, 10)
     with pytest.raises(ValueError, match="divisible by 4"):
         training.digits_cnn(rng=rng, input_shape=(10, 10, 1))
+    arrays.update(x_train=arrays["x_train"][:2], y_train=arrays["y_train"][:2])
+    np.savez(tmp_path / "tiny.npz", **arrays)               # before: the file was not named
+    with pytest.raises(ValueError, match=r"tiny\.npz: 2 training images; `val_fraction` must "
+                                         r"leave both sets non-empty; got val_fraction=0\.1"):
+        training.load_data(tmp_path / "tiny.npz", rng=rng)
 
 
 def test_prepare_and_read_images(tmp_path):

@@ -90,7 +90,10 @@ def load_data(path: str | os.PathLike | None = None, *, rng: np.random.Generator
         name, pixel_max = Path(path).name or str(path), 255.0
         _check_classes(y_tr, path)
         _check_classes(y_te, path)
-    datasets.check_fraction(val_fraction, len(y_tr), "val_fraction")
+    try:
+        datasets.check_fraction(val_fraction, len(y_tr), "val_fraction")
+    except ValueError as e:                      # the data's fault as much as the fraction's
+        raise ValueError(f"{name}: {len(y_tr)} training images; {e}") from None
     x_tr, x_va, y_tr, y_va = datasets.train_test_split(x_tr, y_tr, test_fraction=val_fraction,
                                                        rng=rng)
     return DataSplits(name, x_tr, y_tr, x_va, y_va, x_te, y_te, pixel_max)
