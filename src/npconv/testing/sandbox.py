@@ -43,7 +43,7 @@ from npconv.testing.adapters import Adapter, Run, UserError, user_frame
 from npconv.testing.cases import Case
 from npconv.testing.compare import Tolerance, portable
 from npconv.testing.layout import Layout
-from npconv.testing.memory import ViewWatch, place, poison_heap, watching
+from npconv.testing.memory import ViewWatch, filled_empty, place, poison_heap, watching
 from npconv.testing.pool_cases import PoolCase
 from npconv.testing.problems import consistency, inputs, user_inputs
 from npconv.testing.results import SIGNALS, Crash
@@ -80,7 +80,8 @@ def execute(adapter: Adapter, job: Job, seed: int, tol: Tolerance,
         notify(("stage", stage))
         poison_heap(biggest, fill)
 
-    run = adapter.run(job.case, placed, before)
+    with filled_empty(fill, adapter.namespaces()):
+        run = adapter.run(job.case, placed, before)
     run.modified = tuple(k for k in placed if not np.array_equal(placed[k], given[k]))
     run.outputs = {k: portable(v) for k, v in run.outputs.items()}
     return run
