@@ -135,7 +135,6 @@ def test_attribute_names_and_a_layer_without_bias(capsys, module):
     (f"{BROKEN}:np", [], "OBJECT must be a layer class, a function or an npconv.testing "
                          "adapter; got module"),
     (f"{BROKEN}:conv_forward", ["--backward", "nope"], "--backward: .* has no function 'nope'"),
-    (f"{BROKEN}:Conv2D", ["--rank", "5"], "`rank` must be between 1 and 3; got 5"),
 ])
 def test_usage_errors_exit_2(capsys, target, extra, message):
     code, out, err = _check(capsys, target, *extra)
@@ -152,6 +151,13 @@ def test_usage_errors_exit_2(capsys, target, extra, message):
     (["--timeout", "0"], "must be a number of seconds > 0; got '0'"),
     (["--budget", "soon"], "must be a number of seconds > 0; got 'soon'"),
     (["--pool", "min"], "invalid choice: 'min'"),
+    # before the fix: `rank`/`max_stride`/`random` named as keywords, "expected non-negative
+    # integer" (NumPy) for --random-seed, and every configuration "crashed" for --seed -1
+    (["--rank", "5"], "argument --rank: invalid choice: 5 (choose from 1, 2, 3)"),
+    (["--max-stride", "0"], "argument --max-stride: must be an int >= 1; got 0"),
+    (["--random", "-5"], "argument --random: must be an int >= 0; got -5"),
+    (["--seed", "-1"], "argument --seed: must be an int >= 0; got -1"),
+    (["--random-seed", "-3"], "argument --random-seed: must be an int >= 0; got -3"),
 ])
 def test_bad_option_values_are_argparse_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:

@@ -186,6 +186,18 @@ def test_version_and_user_facing_help(capsys):
     assert "No numerics here" not in out
 
 
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
+    """Before the fix: a KeyboardInterrupt traceback (from `npconv check`'s child wait, say)."""
+    from npconv.testing import check_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check_cli, "run", interrupted)
+    assert main(["check", "x.py:Layer"]) == 130
+    assert capsys.readouterr().err == "npconv check: interrupted\n"
+
 def test_train_checks_its_output_before_training(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     for out in (tmp_path / "file", tmp_path / "file" / "sub"):

@@ -1,6 +1,7 @@
 """The format read off the content, the name only a hint; npconv's own .npz model files; the
 allocation budget; and the errors shared by every format."""
 
+import json
 import pickle
 import re
 import subprocess
@@ -75,10 +76,10 @@ def test_duplicate_zip_members_are_refused(tmp_path):
 
 
 def test_missing_files_and_bad_paths(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(FileNotFoundError, match=r"weights file not found: .*none\.safetensors"):
         io.load(tmp_path / "none.safetensors")
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        io.load(tmp_path)                                    # a directory is not a file
+    with pytest.raises(ValueError, match="is a directory, not a weights file"):
+        io.load(tmp_path)                                    # was "no such file"
     with pytest.raises(TypeError, match=r"`path` must be a str or os\.PathLike; got dict"):
         io.load({})
     with pytest.raises(ValueError, match="only safetensors files hold metadata"):
@@ -100,14 +101,37 @@ def model():
                          nn.GlobalAvgPool(), nn.Flatten(), nn.Linear(3, 2, rng=rng))
 
 
-def test_npconv_model_file_gives_its_params_and_buffers(tmp_path):
+def test_npconv_model_file_gives_its_state_dict(tmp_path):
     m = model()
     path = nn.save(m, tmp_path / "model.npz")
     weights = io.load(path)
-    assert weights.keys() == m.params.keys() | m.buffers.keys()
-    for k, v in {**m.params, **m.buffers}.items():
+    assert list(weights) == list(m.state_dict())
+    for k, v in m.state_dict().items():                      # PyTorch's layouts: conv (F, C, K)
         assert weights[k].dtype == v.dtype and np.array_equal(weights[k], v)
-        assert weights[k].flags.writeable
+        assert weights[k].flags.writeable and weights[k].flags.c_contiguous
+
+
+def test_a_model_file_loads_into_a_model_through_load_state_dict(tmp_path):
+    """Before the fix: io.load gave the stored arrays, in npconv's layouts under PyTorch's
+    names, and load_state_dict took a square Linear weight in transposed, silently."""
+    rng = np.random.default_rng(0)
+    a, b = (nn.Sequential(nn.Linear(4, 4, rng=rng), nn.ReLU(), nn.Linear(4, 4, rng=rng))
+            for _ in range(2))
+    b.load_state_dict(io.load(nn.save(a, tmp_path / "a.npz")))
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(b.forward(x), a.forward(x))
+
+
+def test_a_model_file_of_an_unknown_module_class_is_refused(tmp_path):
+    with np.load(nn.save(model(), tmp_path / "seq.npz")) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(str(arrays["__npconv_model__"]))
+    header["model"] = {"type": "Module", "class": "mylib.Net", "config": {}, "children": {}}
+    arrays["__npconv_model__"] = np.array(json.dumps(header))
+    np.savez(tmp_path / "net.npz", **arrays)
+    with pytest.raises(ValueError, match=r"net\.npz: invalid architecture: unknown Module class "
+                                         r"'mylib\.Net': define \(import\) it before loading"):
+        io.load(tmp_path / "net.npz")
 
 
 def test_plain_npz_files_compressed_or_not(tmp_path):
@@ -124,9 +148,8 @@ def test_plain_npz_files_compressed_or_not(tmp_path):
 
 
 @pytest.mark.parametrize("arrays, match", [
-    ({"o": np.array([{}], dtype=object)}, "dtype object; npconv reads numeric arrays only"),
-    ({"s": np.array(["text"])}, "dtype <U4"),
-    ({"params/a": np.ones(1), "buffers/a": np.ones(1)}, "two arrays have the key 'a'"),
+    ({"o": np.array([{}], dtype=object)}, r"array 'o': holds Python objects \(dtype object\)"),
+    ({"s": np.array(["text"])}, "array 's' has dtype <U4; npconv reads numeric arrays only"),
 ])
 def test_npz_refusals(tmp_path, arrays, match):
     np.savez(tmp_path / "bad.npz", **arrays)
@@ -143,13 +166,13 @@ def npy_member(shape, dtype="<f8", body=b""):
 def test_npz_header_declaring_more_than_its_member(tmp_path):
     with zipfile.ZipFile(tmp_path / "big.npz", "w") as zf:
         zf.writestr("w.npy", npy_member((10**6, 10**6), body=bytes(16)))
-    with pytest.raises(ValueError, match=r"array 'w': its header declares shape \(1000000, "
-                                         r"1000000\) of float64 \(8000000000000 bytes\) but the "
-                                         r"member holds 16"):
+    with pytest.raises(ValueError, match=r"array 'w': declares shape \(1000000, 1000000\) of "
+                                         r"float64 \(8000000000000 bytes of data\) but holds 16 "
+                                         r"bytes"):
         io.load(tmp_path / "big.npz")
     with zipfile.ZipFile(tmp_path / "junk.npz", "w") as zf:
         zf.writestr("w.npy", b"\x93NUMPY\x01\x00\xff\xffnot a dict")
-    with pytest.raises(ValueError, match=r"array 'w': unreadable \.npy header"):
+    with pytest.raises(ValueError, match=r"array 'w': not an \.npy array"):
         io.load(tmp_path / "junk.npz")
 
 
@@ -243,3 +266,11 @@ def test_corrupt_or_truncated_files_give_arrays_or_a_value_error(tmp_path):
                     assert str(bad) in str(e)
                     outcomes["refused"] += 1
     assert outcomes["ok"] and outcomes["refused"]
+
+
+def test_npz_members_compressed_with_bzip2_are_refused_by_method(tmp_path):
+    with zipfile.ZipFile(tmp_path / "a.npz", "w", zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("w.npy", npy_member((2,), body=bytes(16)))
+    with pytest.raises(ValueError, match=r"a\.npz: zip member 'w\.npy' is compressed with "
+                                         r"bzip2; npconv reads members stored as is or deflated"):
+        io.load(tmp_path / "a.npz")

@@ -1,6 +1,7 @@
 """Keras files through h5py: the arrays Keras itself holds, keyed by layer path, with the
 architecture; links, external data, odd dtypes and oversized declarations refused."""
 
+import itertools
 import json
 import os
 import zipfile
@@ -149,6 +150,9 @@ def test_natural_order_and_numeric_variable_order(tmp_path):
     (lambda g: g.create_dataset("0", shape=(4,), dtype=np.float32, external=[("/etc/hosts", 0,
                                                                                16)]),
      "a virtual or external dataset"),
+    (lambda g: g.create_dataset("0", shape=(0, 2**40, 2**40), dtype=np.float32, chunks=(1, 1, 1),
+                                maxshape=(None,) * 3),      # was NumPy's "array is too big"
+     r"shape \(0, 1099511627776, 1099511627776\) has more elements than a NumPy array can"),
 ])
 def test_hostile_hdf5_files(tmp_path, build, match):
     path = keras3_file(tmp_path / "bad.weights.h5", build)
@@ -156,6 +160,30 @@ def test_hostile_hdf5_files(tmp_path, build, match):
         io.load(path)
     assert "bad.weights.h5" in str(e.value)
 
+
+
+@pytest.mark.parametrize("twice", ["group", "dataset", "keras2-layer"])
+def test_an_object_reached_through_two_hard_links_is_refused(tmp_path, twice):
+    """Before the fix: a file of 16 groups, each holding two hard links to the next, read 65,536
+    paths (40 s for 23 KB; 40 groups would take years), one key per path."""
+    path = tmp_path / "links.weights.h5"
+    with h5py.File(path, "w") as f:
+        if twice == "keras2-layer":
+            f.attrs["layer_names"] = [b"dense", b"dense"]
+            f.create_group("dense").attrs["weight_names"] = [b"kernel:0"]
+            f["dense"].create_dataset("kernel:0", data=np.ones(2))
+        else:
+            chain = [f.create_group("layers")] + [f.create_group(f"g{i}") for i in range(8)]
+            chain[-1].create_group("vars").create_dataset("0", data=np.ones(2))
+            if twice == "dataset":
+                chain[-1]["vars"]["1"] = chain[-1]["vars"]["0"]
+            for parent, child in itertools.pairwise(chain):
+                parent["a"] = child
+                if twice == "group":
+                    parent["b"] = child
+    with pytest.raises(ValueError, match=r"links\.weights\.h5: /\S+ is reached twice, through "
+                                         r"two hard links"):
+        io.load(path)
 
 @pytest.mark.parametrize("signature", [b"HEAP", b"TREE", b"SNOD"])
 def test_damaged_hdf5_structures_are_a_value_error(tmp_path, signature):

@@ -152,6 +152,16 @@ GOOD = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
     ({"a": [1, 2]}, b"", "must be an object with"),
     ({"__metadata__": {"k": 1}, **GOOD}, bytes(8), "must map strings to strings"),
     ({"__metadata__": [], **GOOD}, bytes(8), "must map strings to strings"),
+    # ValueErrors that named no file before (NumPy's "Maximum allowed dimension exceeded",
+    # "array is too big", "maximum supported dimension", and int()'s 4300-digit limit)
+    ({"a": {"dtype": "F32", "shape": [0, 2**70], "data_offsets": [0, 0]}}, b"",
+     r"tensor 'a': shape \[0, 1180591620717411303424\] has more axes or elements than a NumPy"),
+    ({"a": {"dtype": "F32", "shape": [0, 2**40, 2**40], "data_offsets": [0, 0]}}, b"",
+     "has more axes or elements than a NumPy array can"),
+    ({"a": {"dtype": "U8", "shape": [1] * 65, "data_offsets": [0, 1]}}, b"\0",
+     "has more axes or elements than a NumPy array can"),
+    (b'{"a": {"dtype": "U8", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 1]}}', b"\0",
+     r"not valid JSON \(Exceeds the limit"),
 ])
 def test_broken_headers_are_refused_naming_the_file(tmp_path, header, data, match):
     path = raw_file(tmp_path / "bad.safetensors", header, data)

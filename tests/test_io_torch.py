@@ -356,6 +356,25 @@ def test_hostile_pickles(tmp_path, blob, match):
     assert "bad.pth" in str(e.value)
 
 
+
+def long1(n):
+    data = n.to_bytes(n.bit_length() // 8 + 1, "little", signed=True)
+    return b"\x8a" + bytes([len(data)]) + data
+
+
+@pytest.mark.parametrize("size", [(0, 2**70), (0, 2**40, 2**40), (1,) * 65])
+def test_sizes_numpy_cannot_make_are_refused_naming_the_file(tmp_path, size):
+    """Zero elements (so no byte to check) or 65 axes: before the fix, NumPy's own ValueError
+    ("Maximum allowed dimension exceeded", ...) without the file's name."""
+    pid = tup(s("storage"), g("torch", "FloatStorage"), s("0"), s("cpu"), i(1))
+    dims = tup(*(i(n) if n < 2**31 else long1(n) for n in size))
+    rebuild = (g("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + b"Q" + i(0) + dims
+               + tup(*map(i, [1] * len(size))) + b"\x89ccollections\nOrderedDict\n)RtR")
+    path = archive(tmp_path / "big.pth", state_dict(w=rebuild), {"0": floats(1)})
+    with pytest.raises(ValueError, match=r"big\.pth: a tensor of size .* has more axes or "
+                                         r"elements than a NumPy array can"):
+        io.load(path)
+
 def test_dicts_that_contain_themselves_are_refused(tmp_path):
     blob = b"\x80\x02}q\x00X\x01\x00\x00\x00ah\x00s."       # d = {}; d["a"] = d
     with pytest.raises(ValueError, match="contain themselves"):
@@ -492,8 +511,8 @@ def test_encrypted_member_is_a_value_error(tmp_path):
     at = blob.index(b"PK\x01\x02")                         # data.pkl's central directory entry
     blob[at + 8] |= 1                                        # flag bit 0: encrypted
     path.write_bytes(bytes(blob))
-    with pytest.raises(ValueError, match=r"cannot read zip member 'archive/data\.pkl' "
-                                         r"\(RuntimeError: .*encrypted"):
+    with pytest.raises(ValueError, match=r"w\.pth: zip member 'archive/data\.pkl' is "
+                                         r"encrypted; npconv reads unencrypted archives only"):
         io.load(path)
 
 
@@ -506,3 +525,34 @@ def test_compressed_storage_is_read_and_charged(tmp_path):
     with pytest.raises(ValueError, match="tensor 'w' needs 16 bytes"):
         io.load(tmp_path / "z.pth", max_bytes=len(data) + 8)
     assert zlib                                              # deflate is available here
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA], ids=["bzip2", "lzma"])
+def test_members_compressed_otherwise_than_by_deflate_are_refused(tmp_path, method):
+    # zipfile inflates bzip2 and LZMA in one step, whatever the member declares: 2 KB of bzip2
+    # declaring 4 bytes took 4 GiB before the refusal. Refused by method, before reading.
+    path = tmp_path / "w.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", state_dict(w=tensor("0", 1, 0, (1,), (1,))))
+        zf.writestr("archive/data/0", floats(1), compress_type=method)
+    name = "bzip2" if method == zipfile.ZIP_BZIP2 else "LZMA"
+    with pytest.raises(ValueError, match=rf"w\.pth: zip member 'archive/data/0' is compressed "
+                                         rf"with {name}; npconv reads members stored as is or "
+                                         rf"deflated only"):
+        io.load(path)
+
+
+def test_a_deflated_member_inflates_no_more_than_it_declares(tmp_path):
+    import tracemalloc
+
+    data = state_dict(w=tensor("0", 1, 0, (1,), (1,)))
+    path = archive(tmp_path / "w.pth", data + bytes(32 << 20), compress=zipfile.ZIP_DEFLATED)
+    set_declared_size(path, "archive/data.pkl", len(data))   # 32 MiB more than it says
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"cannot read zip member 'archive/data\.pkl'.*CRC"):
+            io.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20                                    # was 32 MiB: zf.read inflated all

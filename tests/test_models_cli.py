@@ -37,6 +37,37 @@ def test_from_state_dict_errors():
         models.from_state_dict("resnet34", state)                  # 2-2-2-2 is not 3-4-6-3
 
 
+
+def test_a_small_file_declaring_a_huge_model_is_refused_before_building_it(tmp_path, capsys):
+    """Before the fix: the builder ran at the sizes the shapes declared, then load_state_dict
+    found the keys missing: 144 bytes declaring a 512-wide stem cost 34 s and 7 GB."""
+    import tracemalloc
+
+    tiny = {"conv1.weight": np.zeros((128, 3, 1, 1), np.float32),
+            "fc.weight": np.zeros((5, 1024), np.float32)}
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"does not fit ResNet:\n  missing keys \(120\)"):
+            models.from_state_dict("resnet18", tiny)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20                                     # the real model: 180 MB
+    path = io.save(tmp_path / "tiny.safetensors", tiny)
+    assert main(["predict", "--arch", "resnet18", "--weights", str(path), "x.npy"]) == 2
+    assert "missing keys (120)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch, key, shape", [
+    ("resnet18", "conv1.weight", (8, 3)),
+    ("vgg11", "features.0.weight", (0, 3, 3, 3)),            # was a ZeroDivisionError
+])
+def test_sizes_need_arrays_of_the_right_rank(arch, key, shape):
+    state = {key: np.zeros(shape, np.float32)}
+    with pytest.raises(ValueError, match=rf"not a {arch} state_dict: '{key}' has shape "
+                                         rf"\({shape[0]}, 3.*\); expected 4 non-zero sizes"):
+        models.from_state_dict(arch, state)
+
 def test_prepare_images():
     x = models.prepare_images(np.full((2, 5, 6, 3), 255, np.uint8), 3, mean=(0.5, 0.5, 0.5),
                               std=(0.25,))
@@ -80,6 +111,19 @@ def test_predict_with_an_architecture(resnet_files, capsys):
         model.eval().forward(x).argmax(axis=1).tolist()
 
 
+
+def test_predict_with_an_npconv_model_file_as_weights(resnet_files, tmp_path, capsys):
+    """Before the fix: io.load gave the file's arrays in npconv's layouts, and --arch sized a
+    ResNet of width 7 from the stem's (7, 7, 3, 4) kernel: a 100-line mismatch error."""
+    from npconv import nn
+
+    _, images_path, model, images = resnet_files
+    path = nn.save(model, tmp_path / "model.npz")
+    assert main(["predict", "--arch", "resnet18", "--weights", str(path), str(images_path)]) == 0
+    x = models.prepare_images(images, 3)
+    assert classes_printed(capsys.readouterr().out) == \
+        model.eval().forward(x).argmax(axis=1).tolist()
+
 def test_predict_with_pytorch_weights(torch, tmp_path, capsys):
     """A .pth written by torch.save: the CLI's classes are PyTorch's."""
     torch.manual_seed(0)
@@ -112,6 +156,19 @@ def test_predict_arch_errors_exit_2(resnet_files, capsys, extra, message):
     err = capsys.readouterr().err
     assert err.startswith("npconv predict: error:") and message in err, err
 
+
+
+def test_predict_with_keras_weights_and_no_h5py_says_which_extra(tmp_path, capsys,
+                                                                   monkeypatch):
+    """Before the fix: the ImportError's traceback."""
+    import sys
+
+    (tmp_path / "w.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    assert main(["predict", "--arch", "resnet18", "--weights", str(tmp_path / "w.weights.h5"),
+                 "x.npy"]) == 2
+    assert "reading Keras files needs h5py: pip install 'npconv[keras]'" in \
+        capsys.readouterr().err
 
 def test_predict_arch_flag_errors(capsys):
     with pytest.raises(SystemExit) as info:

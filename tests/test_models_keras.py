@@ -117,6 +117,24 @@ def test_another_architecture_is_refused(keras_model):
         models.load_keras(grouped, folder / "m.keras")
 
 
+
+@pytest.mark.parametrize("bn", [{"epsilon": "abc"}, {"epsilon": -1.0}, {"momentum": 5},
+                                {"epsilon": float("nan")}, {"momentum": [0.9]}])
+def test_batch_norm_settings_of_the_config_are_checked_before_anything_is_written(bn):
+    """Before the fix: float("abc") failed after the convolution's weights were written, and
+    epsilon=-1 or momentum=5 were taken as they were."""
+    net = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2))
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    source = {"conv2d/vars/0": np.ones((1, 1, 2, 2), np.float32),
+              "conv2d/vars/1": np.ones(2, np.float32),
+              **{f"batch_normalization/vars/{i}": np.ones(2, np.float32) for i in range(4)}}
+    config = {"config": {"layers": [{"class_name": "Conv2D", "config": {}},
+                                    {"class_name": "BatchNormalization", "config": bn}]}}
+    with pytest.raises(ValueError, match=r"1: the config of batch_normalization gives epsilon="
+                                         r".*; expected epsilon > 0 and momentum in \[0, 1\]"):
+        models.load_keras(net, source, config=config)
+    assert all(np.array_equal(v, before[k]) for k, v in net.state_dict().items())
+
 def test_training_continues_as_in_keras(keras_model):
     """After load_keras, a training pass updates the batch norms' moving statistics as Keras'
     BatchNormalization does (momentum * old + (1 - momentum) * batch, biased variance)."""

@@ -4,6 +4,7 @@ nothing overwritten) for corrupt, foreign or mismatched files."""
 import io
 import json
 import os
+import re
 import time
 import tracemalloc
 import zipfile
@@ -344,6 +345,38 @@ def test_hostile_files_fail_fast_without_allocating(tmp_path, name, members, mat
     assert peak < 8 << 20 and time.perf_counter() - start < 2.0, (peak, name)
 
 
+
+def test_members_compressed_with_bzip2_are_refused_before_inflating(tmp_path):
+    """Before the fix: zipfile inflated a bzip2 member whole, whatever size it declared (a
+    2.4 KB model file took 4 GiB before its CRC error)."""
+    path = tmp_path / "model.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("__npconv_model__.npy", linear_header(3, 2))
+        for name, data in SMALL.items():
+            zf.writestr(name, data, compress_type=zipfile.ZIP_BZIP2)
+    with pytest.raises(ValueError, match=r"model\.npz: params/\w+: zip member 'params/\w+\.npy' "
+                                         r"is compressed with bzip2"):
+        nn.load(path)
+
+
+def test_encrypted_members_are_a_value_error(tmp_path):
+    """Before the fix: zipfile's RuntimeError ("password required"), which `npconv predict`
+    did not catch either."""
+    from npconv import training
+
+    path = nn.save(nn.Sequential(nn.Linear(2, 2)), tmp_path / "m.npz")
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 8, 8)))
+    for target in (path, tmp_path / "x.npz"):
+        blob = bytearray(target.read_bytes())
+        at = blob.index(b"PK\x01\x02")                        # the first central directory entry
+        blob[at + 8] |= 1                                    # flag bit 0: encrypted
+        target.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match=r"m\.npz: __npconv_model__: zip member "
+                                         r"'__npconv_model__\.npy' is encrypted"):
+        nn.load(path)
+    with pytest.raises(ValueError, match=r"x\.npz: x: zip member 'x\.npy' is encrypted"):
+        training.read_images(tmp_path / "x.npz")
+
 def test_too_many_layers_are_refused_before_building(tmp_path):
     spec = {"format": "npconv.model", "version": 2, "metadata": {},
             "model": {"type": "Sequential", "layers": [{"type": "Tanh"}] * 120_000}}
@@ -355,6 +388,62 @@ def test_too_many_layers_are_refused_before_building(tmp_path):
         nn.load(tmp_path / "m.npz")
     assert time.perf_counter() - start < 2.0
 
+
+
+def test_a_module_config_asking_for_many_layers_is_refused_before_building_them(tmp_path):
+    """Before the fix: a Module's config is its constructor's arguments, and a small file could
+    ask for a ResNet of 200,000 blocks (then replace them by the file's own layer1): loaded,
+    after 112 s and 3.2 GB. The architecture may now make 8 arrays per stored one, plus 64."""
+    from npconv import models
+
+    model = models.resnet18(num_classes=3, width=4)
+    path = nn.save(model, tmp_path / "r.npz")
+    with np.load(path) as npz:
+        members = {f"{k}.npy": npy_bytes(npz[k]) for k in npz.files}
+    header = json.loads(str(np.load(path)["__npconv_model__"]))
+    header["model"]["config"]["layers"] = [2000, 2, 2, 2]      # then layer1 comes from the file
+    members["__npconv_model__.npy"] = npy_bytes(np.array(json.dumps(header)))
+    write_zip(tmp_path / "bad.npz", members)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"bad\.npz: invalid architecture: invalid ResNet config "
+                                         r".*: the architecture makes more than 1040 arrays"):
+        nn.load(tmp_path / "bad.npz")
+    assert time.perf_counter() - start < 1.0
+    assert nn.load(path).state_dict().keys() == model.state_dict().keys()
+
+
+
+@pytest.mark.parametrize("name", ["params", "forward", "__class__", "__dict__", "_children",
+                                  "state_dict", "a.b", ""])
+def test_module_children_named_like_the_class_attributes_are_refused(tmp_path, name):
+    """Before the fix: AttributeError (`params`), TypeError (`__class__`, `__dict__`), or a model
+    whose `forward` / `state_dict` was a ReLU layer."""
+    from npconv import models
+
+    path = nn.save(models.resnet18(num_classes=3, width=4), tmp_path / "r.npz")
+    with np.load(path) as npz:
+        members = {f"{k}.npy": npy_bytes(npz[k]) for k in npz.files}
+    header = json.loads(str(np.load(path)["__npconv_model__"]))
+    header["model"]["children"][name] = {"type": "ReLU", "config": {}}
+    members["__npconv_model__.npy"] = npy_bytes(np.array(json.dumps(header)))
+    write_zip(tmp_path / "bad.npz", members)
+    with pytest.raises(ValueError, match=rf"bad\.npz: invalid architecture: a ResNet child "
+                                         rf"cannot be named '{re.escape(name)}'"):
+        nn.load(tmp_path / "bad.npz")
+
+def test_meta_max_arrays():
+    from npconv.nn import init
+
+    with init.meta(max_arrays=4):
+        nn.Linear(2, 3)                                      # weight, bias and their grads
+        with pytest.raises(ValueError, match=r"makes more than 4 arrays \(meta\(max_arrays=4"):
+            nn.Linear(2, 3)
+    with init.meta():
+        nn.Sequential(*[nn.Linear(2, 2) for _ in range(10)])  # no limit
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=r"`max_arrays` must be None or an int >= 0; got"), \
+                init.meta(max_arrays=bad):
+            pass
 
 def test_load_reads_each_array_once_without_drawing_weights(tmp_path, monkeypatch):
     """A legitimate file: the architecture is built in nn.init.meta() (nothing drawn), then

@@ -373,6 +373,8 @@ def test_custom_cases_and_a_forward_only_layer(broken):
     ({"cases": []}, ValueError, r"`cases` must not be empty; got \[\]"),
     ({"seed": "0"}, TypeError, "`seed` must be an int; got '0'"),
     ({"random": -1}, ValueError, "`random` must be >= 0; got -1"),
+    ({"seed": -1}, ValueError, "`seed` must be >= 0; got -1"),          # was: every run crashed
+    ({"random_seed": -3}, ValueError, "`random_seed` must be >= 0; got -3"),
     ({"random_seed": 1.5}, TypeError, "`random_seed` must be an int or None; got 1.5"),
     ({"timeout": 0}, ValueError, "`timeout` must be a number of seconds > 0; got 0"),
     ({"budget": "1"}, ValueError, "`budget` must be a number of seconds > 0; got '1'"),

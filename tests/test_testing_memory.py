@@ -117,6 +117,43 @@ def test_uninitialized_memory_shows_as_a_dependence_on_memory_outside_the_arrays
                                  "it has NaN at ")
 
 
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_a_buffer_the_code_did_not_fill_reads_nan_whatever_the_allocator_hands_back(isolate):
+    """Before the fix: np.empty got back the block the code had just freed (the same on every
+    run, whatever was poisoned before), so dx came out deterministically wrong, not "depends on
+    memory outside your arrays"; in the whole suite the mutation UninitializedBuffer flickered
+    between the two."""
+    import student_layers
+
+    class ReusesAFreedBlock(student_layers.Im2col):
+        def col2im(self, dcols):
+            shape = (self.x_shape[0], self.x_shape[1] + 2, self.x_shape[2] + 2, self.x_shape[3])
+            scratch = np.full(shape, 7.0)                        # (N, H + 2, W + 2, C)
+            del scratch                                          # np.empty hands it back
+            dxp = np.empty(shape)                                # not zeroed
+            dxp += super().col2im(dcols)
+            return dxp
+
+    case = Case(1, 1, 1, (3, 3), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1))
+    report = check_conv(ReusesAFreedBlock, cases=[case], isolate=isolate)
+    result = report.results[0]
+    assert [(m.kind, m.output) for m in result.memory] == [("outside", "dx")]
+    assert "dx depends on memory outside your arrays" in " ".join(str(report).split())
+
+
+def test_filled_empty_fills_float_arrays_and_restores_numpy():
+    from npconv.testing.memory import filled_empty
+
+    space = {"empty": np.empty, "empty_like": np.empty_like, "np": np}
+    original = np.empty
+    with filled_empty(np.nan, [space]):
+        assert np.isnan(np.empty((2, 3))).all() and np.isnan(space["empty"](4)).all()
+        assert np.isnan(space["empty_like"](np.zeros(2))).all()
+        assert np.empty(3, dtype=np.int64).dtype == np.int64       # other dtypes: as they are
+    assert np.empty is original
+    assert space["empty"] is np.empty and space["empty_like"] is np.empty_like
+
 def test_strides_computed_from_the_shape_show_as_a_layout_dependence():
     def forward(x, w, b, stride, padding):
         _, h, wd, c = x.shape

@@ -92,6 +92,24 @@ def test_each_known_pooling_bug_is_caught_and_named(pools, name, op, mode, tag, 
     assert words in text(report)
 
 
+
+def test_the_reshape_trick_is_named_only_when_y_has_its_values(pools):
+    """Before the fix, the shape alone named it: a layer that uses the first kernel size for
+    both axes gives y (1, 1, 1, 1) for a 4x4 input and a 4x3 kernel, the shape of 4x3 blocks,
+    and was told it pooled by reshaping into blocks."""
+
+    class FirstKernelSize(pools.MaxPool2D):
+        def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+            super().__init__(kernel_size[0], stride, padding, dilation, ceil_mode)
+
+    case = PoolCase("max", 1, 1, (4, 4), (4, 3), (1, 1), ((0, 0), (0, 0)), (1, 1))
+    report = check_pool(FirstKernelSize, cases=[case], isolate=False)
+    y = report.results[0].outputs["y"]
+    assert y.status == "shape" and "stride-is-kernel" not in y.causes
+    assert "stride == kernel size" not in text(report)
+    report = check_pool(pools.ReshapeTrick, cases=[case], isolate=False)
+    assert "stride-is-kernel" in report.results[0].outputs["y"].causes
+
 def test_the_overwrite_bug_passes_where_windows_tile_the_input(pools):
     tiles = [c for c in PoolOptions(op="max").cases() if "stride == kernel" in c.tags]
     report = check_pool(pools.OverlapsOverwrite, cases=tiles, isolate=False)

@@ -65,6 +65,16 @@ def test_repeated_hangs_stop_the_check_and_say_what_did_not_run():
         str(report)
 
 
+def test_a_random_phase_stopped_by_hangs_is_not_said_to_be_stopped_by_the_budget():
+    """Before the fix: "Random phase: 16 configurations (..., stopped by the 10 s budget)" after
+    a second of hangs."""
+    report = check_conv(student_layers.Hangs, random=300, random_seed=1, timeout=0.2,
+                        shrink=False, max_stride=2, square_only=True, dilation=False)
+    assert report.stopped and not report.random.exhausted
+    text = " ".join(str(report).split())
+    assert "budget" not in text and "Stopped after repeated crashes or timeouts" in text
+
+
 def test_exits_and_memory_errors_are_findings():
     report = _check(student_layers.Exits, [FINE, STRIDE_3])
     assert str(report.results[1].error) .startswith("forward called sys.exit(0) at "
@@ -111,3 +121,93 @@ def test_the_child_process_has_a_memory_limit():
                  memory_limit=128 << 20) as box:
         (run,) = box.run([Job(FINE)])
     assert run.error.type_name == "MemoryError"
+
+
+# A script that starts a check of a layer that hangs, prints the child's pid, and then is
+# interrupted by its own alarm (INTERRUPT) or waits to be killed from outside.
+_HANGING_CHECK = """
+import os, signal, sys, time
+sys.path.insert(0, {tests!r})
+import student_layers
+from npconv.testing import Case, LayerAdapter
+from npconv.testing.compare import Tolerance
+from npconv.testing.sandbox import Job, Sandbox
+
+case = Case(1, 2, 2, (7, 7), (3, 3), (1, 1), ((2, 2), (2, 2)), (1, 1))
+box = Sandbox(LayerAdapter(student_layers.Hangs), seed=0, tol=Tolerance(), timeout=600,
+              isolate=True)
+
+def started(*args):
+    raise KeyboardInterrupt
+
+with box:
+    box._spawn()
+    print(box.pid, flush=True)
+    if {interrupt}:
+        signal.signal(signal.SIGALRM, lambda *a: started())
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        box.run([Job(case)])
+    finally:
+        print("interrupted", flush=True)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _run_hanging_check(interrupt: bool):
+    import signal
+    import subprocess
+    import sys
+
+    script = _HANGING_CHECK.format(tests=os.path.dirname(__file__), interrupt=interrupt)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    child = int(proc.stdout.readline())
+    return proc, child, lambda: os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc")
+def test_an_interrupted_check_kills_its_child_instead_of_waiting_for_it():
+    """Before the fix: Ctrl-C (here an alarm raising KeyboardInterrupt) during a job that hangs
+    left the checker waiting for its child forever, in Sandbox.close."""
+    import subprocess
+
+    proc, child, kill_all = _run_hanging_check(interrupt=True)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        kill_all()
+        pytest.fail("the interrupted check did not end")
+    assert "KeyboardInterrupt" in proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert not _alive(child)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc")
+def test_the_child_ends_when_the_checker_is_killed():
+    """Before the fix: a child running a job that hangs spun on after SIGKILL (or SIGTERM) of
+    the checker, for ever."""
+    import signal
+
+    proc, child, _ = _run_hanging_check(interrupt=False)
+    try:
+        time.sleep(0.3)                                       # the child is in the endless loop
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -1,6 +1,7 @@
 """The training loop, data preparation and reporting helpers of npconv.training."""
 
 import gzip
+import os
 import struct
 import tracemalloc
 
@@ -165,6 +166,11 @@ def test_load_data_mnist_npz(tmp_path):
     assert model.forward(data.x_test).shape == (10, 10)
     with pytest.raises(ValueError, match="divisible by 4"):
         training.digits_cnn(rng=rng, input_shape=(10, 10, 1))
+    arrays.update(x_train=arrays["x_train"][:2], y_train=arrays["y_train"][:2])
+    np.savez(tmp_path / "tiny.npz", **arrays)               # before: the file was not named
+    with pytest.raises(ValueError, match=r"tiny\.npz: 2 training images; `val_fraction` must "
+                                         r"leave both sets non-empty; got val_fraction=0\.1"):
+        training.load_data(tmp_path / "tiny.npz", rng=rng)
 
 
 def test_prepare_and_read_images(tmp_path):
@@ -324,3 +330,18 @@ def test_read_images_errors_name_the_file(tmp_path, name, make, match):
         assert tracemalloc.get_traced_memory()[1] < 8 << 20
     finally:
         tracemalloc.stop()
+
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null") or os.path.isfile("/dev/null"),
+                    reason="needs a character device")
+def test_a_device_is_not_a_regular_file_rather_than_not_found():
+    """Before the fix: "image file not found: /dev/null" (io.load: "no such file"), which
+    exists; every reader now says what it is."""
+    from npconv import datasets, io, nn
+
+    for read, what in ((training.read_images, "an image file"), (nn.load, "an npconv model "
+                       "file"), (datasets.load_idx, "an IDX file"), (io.load, "a weights file")):
+        with pytest.raises(ValueError, match=f"/dev/null is not a regular file \\(a device or "
+                                             f"a pipe\\), not {what}"):
+            read("/dev/null")

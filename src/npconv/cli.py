@@ -35,7 +35,8 @@ examples:
   npconv check mylayers.py:MyConv2D         find the bugs in your own conv layer
 
 `npconv COMMAND --help` describes a command's options. Exit status: 0 success, 2 a usage error
-or an input that cannot be used (nothing is written), 1 a failure while running."""
+or an input that cannot be used (nothing is written), 1 a failure while running, 130
+interrupted (Ctrl-C)."""
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -66,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", False):
         print(f"npconv {args.command}: not available in this installation", file=sys.stderr)
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:               # Ctrl-C: a line, not a traceback
+        print(f"npconv {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -123,11 +123,7 @@ def load_idx(path: str | os.PathLike[str], *, ndim: int | None = None) -> np.nda
     """
     if ndim is not None and (isinstance(ndim, bool) or not isinstance(ndim, int)):
         raise TypeError(f"`ndim` must be an int or None; got {type(ndim).__name__}")
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not an IDX file")
-    if not path.is_file():
-        raise FileNotFoundError(f"IDX file not found: {path}")
+    path = _npyfile.existing_file(path, "an IDX file")
     with open(path, "rb") as raw:
         size, compressed = os.fstat(raw.fileno()).st_size, raw.read(2) == _GZIP_MAGIC
         raw.seek(0)

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                             f"{float(meta.get('pixel_max', 1.0)):g}, float pixels are taken "
                             f"as already scaled")
         proba = training.predict_proba(model, x, batch_size=args.batch_size)  # (N, K)
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OSError, ImportError) as e:   # ImportError: h5py missing
         return fail("predict", e)
     text = _csv(proba.argmax(axis=1), proba.max(axis=1))
     if args.output is None:

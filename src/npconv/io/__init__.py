@@ -77,8 +77,8 @@ def load(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, 
       the layer path as stored in the file, in natural name order, variables by index; the
       optimizer's variables are skipped. Keras 2 .h5: `"<layer>/<weight name>"` in the file's
       `layer_names` order. Use `load_keras` for the architecture too.
-    - npz: the archive's keys; for an `npconv.nn.save` file, the params and buffers keys
-      without their "params/" and "buffers/" prefixes.
+    - npz: the archive's keys; for an `npconv.nn.save` file, the saved model's `state_dict()`
+      (PyTorch's names and layouts), read by `npconv.nn.load`.
 
     Raises
     ------

@@ -9,13 +9,18 @@ arrays handed back are also charged to a `Budget`, whose default (64 times the f
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from npconv import _npyfile
+from npconv._npyfile import check_packing
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -58,13 +63,11 @@ def error(path, message: str) -> ValueError:
 
 
 def existing_file(path) -> Path:
-    """`path` as a Path; FileNotFoundError if there is no such file."""
+    """`path` as a Path to a regular file (`npconv._npyfile.existing_file`); TypeError for
+    what is not a path."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or os.PathLike; got {type(path).__name__}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    return path
+    return _npyfile.existing_file(path, "a weights file")
 
 
 class Budget:
@@ -169,8 +172,10 @@ def open_zip(path: Path) -> zipfile.ZipFile:
 
 def check_stored(path: Path, info: zipfile.ZipInfo) -> None:
     """Refuse a zip member stored as is whose declared size the file cannot hold (before any
-    allocation). Compressed members are charged to a Budget instead: a zip bomb declares far
-    more than its file, and the sizes it declares are the sizes it inflates to."""
+    allocation), and one encrypted or compressed otherwise than by deflate (`check_packing`).
+    Deflated members are charged to a Budget instead: a zip bomb declares far more than its
+    file, and reads never inflate more than the size it declares."""
+    check_packing(info, str(path))
     if info.compress_type != zipfile.ZIP_STORED:
         return
     end = info.header_offset + 30 + len(info.filename) + info.compress_size   # a lower bound
@@ -180,15 +185,33 @@ def check_stored(path: Path, info: zipfile.ZipInfo) -> None:
 
 
 def read_member(path: Path, zf: zipfile.ZipFile, name: str, budget: Budget) -> bytes:
-    """The bytes of member `name`, its size checked first and its CRC after."""
+    """The bytes of member `name`, its size checked first and its CRC after. Exactly the size
+    it declares is inflated (`zf.read` would inflate up to 2 GiB in one step, whatever the
+    member declares, before cutting it to that size)."""
     info = zf.getinfo(name)
     check_stored(path, info)
     if info.compress_type != zipfile.ZIP_STORED:
         budget.take(info.file_size, f"inflating zip member {name!r}")
     try:
-        return zf.read(info)
+        with zf.open(info) as f:
+            data = f.read(info.file_size)
     except ZIP_ERRORS as e:
         raise error(path, f"cannot read zip member {name!r} ({type(e).__name__}: {e})") from e
+    if len(data) != info.file_size:
+        raise error(path, f"zip member {name!r} is truncated: {len(data)} of {info.file_size} "
+                          f"bytes")
+    return data
+
+
+def numpy_can_hold(shape: Sequence[int], itemsize: int) -> bool:
+    """Whether NumPy can make an array of `shape` (non-negative ints): at most 64 axes, and its
+    byte count, zero sizes left out as NumPy leaves them out, within int64. A file may declare a
+    zero-size tensor of shape (0, 2**70), which holds no byte but no array either.
+
+    >>> numpy_can_hold((0, 2**40, 2**40), 4), numpy_can_hold((0, 2**40), 4)
+    (False, True)
+    """
+    return len(shape) <= 64 and math.prod(n for n in shape if n) * itemsize < 2**63
 
 
 def from_stored(a: np.ndarray, kind: str) -> np.ndarray:

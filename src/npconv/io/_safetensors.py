@@ -21,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 
 from npconv import _backend
-from npconv.io._files import Budget, error, from_stored
+from npconv.io._files import Budget, error, from_stored, numpy_can_hold
 
 MAX_HEADER = 100_000_000            # the safetensors library's own limit on the JSON header
 METADATA = "__metadata__"
@@ -102,17 +102,22 @@ def _header(path: Path, f) -> tuple[list[_Entry], dict[str, str], int]:
     return entries, metadata, 8 + length
 
 
+class _Twice(Exception):
+    """A name the JSON header holds twice (raised through json.loads)."""
+
+
 def _parse_json(path: Path, text: bytes) -> dict:
     def unique(pairs):
         keys = [k for k, _ in pairs]
         if len(set(keys)) != len(keys):
-            dup = next(k for k in keys if keys.count(k) > 1)
-            raise error(path, f"the safetensors header names {dup!r} twice")
+            raise _Twice(next(k for k in keys if keys.count(k) > 1))
         return dict(pairs)
 
     try:
         return json.loads(text.decode("utf-8"), object_pairs_hook=unique)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except _Twice as e:
+        raise error(path, f"the safetensors header names {e.args[0]!r} twice") from None
+    except (ValueError, RecursionError) as e:          # ValueError: also ints of 4300+ digits
         raise error(path, f"the safetensors header is not valid JSON ({e})") from e
 
 
@@ -140,7 +145,11 @@ def _entry(path: Path, name: str, info) -> _Entry:
             or offsets[0] > offsets[1]):
         raise error(path, f"tensor {name!r}: data_offsets must be [begin, end] with "
                           f"0 <= begin <= end; got {offsets!r:.80}")
-    nbytes = math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize
+    itemsize = np.dtype(DTYPES[dtype]).itemsize
+    if not numpy_can_hold(shape, itemsize):
+        raise error(path, f"tensor {name!r}: shape {shape!r:.80} has more axes or elements than "
+                          f"a NumPy array can")
+    nbytes = math.prod(shape) * itemsize
     if offsets[1] - offsets[0] != nbytes:
         raise error(path, f"tensor {name!r}: shape {shape} of {dtype} needs {nbytes} bytes but "
                           f"data_offsets {offsets} span {offsets[1] - offsets[0]}")

@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from npconv.io._files import Budget, error, from_stored, open_zip, read_member
+from npconv.io._files import Budget, error, from_stored, numpy_can_hold, open_zip, read_member
 
 # torch dtype name -> how its bytes are stored (bfloat16 as uint16 bits, bool as bytes)
 DTYPES = {"float64": "f8", "float32": "f4", "float16": "f2", "bfloat16": "u2", "int64": "i8",
@@ -142,6 +142,9 @@ def _tensor(storage, offset, size, stride, hooks, metadata, dtype: str | None) -
     if dtype is None:
         raise _Refused(f"storage {storage.key!r} is untyped and the tensor names no dtype")
     itemsize = np.dtype(DTYPES[dtype]).itemsize
+    if not numpy_can_hold(size, itemsize):
+        raise _Refused(f"a tensor of size {size!r:.80} has more axes or elements than a NumPy "
+                       f"array can")
     if storage.nbytes % itemsize:
         raise _Refused(f"storage {storage.key!r} holds {storage.nbytes} bytes, not a whole "
                        f"number of {dtype} elements")

@@ -19,7 +19,10 @@ scale, beta without center).
 
 from __future__ import annotations
 
+import math
+import os
 import re
+from typing import cast
 
 import numpy as np
 
@@ -176,8 +179,23 @@ def _pairs(model: Layer, groups: dict, config) -> tuple[list, list]:
     return out, problems
 
 
+def _bn_settings(cfg: dict) -> tuple[float, float] | None:
+    """(epsilon, momentum) of a Keras BatchNormalization config (Keras' defaults where absent),
+    or None when they are not numbers Keras would accept (eps > 0, momentum in [0, 1])."""
+    eps, momentum = cfg.get("epsilon", 1e-3), cfg.get("momentum", 0.99)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                  for v in (eps, momentum))
+    return (float(eps), float(momentum)) if numbers and 0 < eps < math.inf and \
+        0 <= momentum <= 1 else None
+
+
 def _check(pairs: list, problems: list) -> None:
     for layer, name, path, arrays, cfg in pairs:
+        if isinstance(layer, L.BatchNorm) and cfg and _bn_settings(cfg) is None:
+            problems.append(f"{name}: the config of {path} gives epsilon="
+                            f"{cfg.get('epsilon')!r:.40} and momentum="
+                            f"{cfg.get('momentum')!r:.40}; expected epsilon > 0 and momentum "
+                            f"in [0, 1]")
         if "(variables)" in arrays:
             want, got = arrays["(variables)"]
             hint = (" (a BatchNormalization without center or scale: give the model's config, "
@@ -193,7 +211,8 @@ def _check(pairs: list, problems: list) -> None:
                                 f"{path} holds {tuple(array.shape)}")
 
 
-def load_keras(model: Layer, source, config: dict | None = None) -> dict:
+def load_keras(model: Layer, source: str | os.PathLike | dict,
+               config: dict | None = None) -> dict:
     """Copy the weights of a Keras model into `model`, an npconv model of the same architecture;
     returns {npconv layer name: Keras file path} of what went where.
 
@@ -224,8 +243,7 @@ def load_keras(model: Layer, source, config: dict | None = None) -> dict:
             target = layer.params.get(key, layer.buffers.get(key))
             target[...] = array
         if isinstance(layer, L.BatchNorm) and cfg:                 # Keras' statistics rule
-            layer.eps = float(cfg.get("epsilon", 1e-3))
-            layer.momentum = float(cfg.get("momentum", 0.99))
+            layer.eps, layer.momentum = cast(tuple, _bn_settings(cfg))
             layer.convention = "keras"
     model._refold()
     return {name: path for _, name, path, _, _ in pairs}

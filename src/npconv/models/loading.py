@@ -3,18 +3,22 @@ and images prepared for it.
 
 `from_state_dict("resnet18", npconv.io.load("resnet18.pth"))` needs no other argument: the
 number of classes is the head's output size, the input channels and the width are the stem's,
-and so on for each builder; keywords override what is read. The model is then built and the
-state_dict loaded into it strictly (every key and shape checked, one ValueError naming each
-mismatch), so a file of another architecture is refused, not half-loaded.
+and so on for each builder; keywords override what is read. The state_dict is checked against
+the model built without memory first (`npconv.nn.init.meta`: every key and shape, one
+ValueError naming each mismatch), so that a file of another architecture is refused, not
+half-loaded, and a small file whose shapes declare a huge model is refused before that model
+is allocated; only then is the model built and the state_dict loaded into it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from npconv.models import mobilenet, resnet, unet, vgg
+from npconv.nn import init
 from npconv.nn.module import Module
 from npconv.training import data
 
@@ -25,11 +29,16 @@ BUILDERS = {f.__name__: f for f in (resnet.resnet18, resnet.resnet34, resnet.res
 CLASSIFIERS = tuple(name for name in BUILDERS if name != "unet")   # (N, num_classes) outputs
 
 
-def _shape(state: dict, key: str, arch: str) -> tuple:
+def _shape(state: dict, key: str, arch: str, ndim: int) -> tuple:
+    """The shape of `state[key]`, which must have `ndim` axes of non-zero sizes."""
     if key not in state:
         raise ValueError(f"not a {arch} state_dict: it has no {key!r} (keys: "
                          f"{', '.join(list(state)[:4])}, ...)")
-    return tuple(state[key].shape)
+    shape = tuple(np.shape(state[key]))
+    if len(shape) != ndim or 0 in shape:
+        raise ValueError(f"not a {arch} state_dict: {key!r} has shape {shape}; expected "
+                         f"{ndim} non-zero sizes")
+    return shape
 
 
 def sizes(arch: str, state: dict) -> dict:
@@ -42,22 +51,22 @@ def sizes(arch: str, state: dict) -> dict:
     {'num_classes': 5, 'in_channels': 1, 'width': 32}
     """
     if arch.startswith("resnet"):
-        f, c = _shape(state, "conv1.weight", arch)[:2]
-        return dict(num_classes=_shape(state, "fc.weight", arch)[0], in_channels=c, width=f)
+        f, c = _shape(state, "conv1.weight", arch, 4)[:2]
+        return dict(num_classes=_shape(state, "fc.weight", arch, 2)[0], in_channels=c, width=f)
     if arch.startswith("mobilenet"):
-        f, c = _shape(state, "features.0.0.weight", arch)[:2]
-        return dict(num_classes=_shape(state, "classifier.1.weight", arch)[0], in_channels=c,
+        f, c = _shape(state, "features.0.0.weight", arch, 4)[:2]
+        return dict(num_classes=_shape(state, "classifier.1.weight", arch, 2)[0], in_channels=c,
                     width_mult=f / 32)
     if arch.startswith("vgg"):
-        f, c = _shape(state, "features.0.weight", arch)[:2]
-        hidden, d = _shape(state, "classifier.0.weight", arch)
-        return dict(num_classes=_shape(state, "classifier.6.weight", arch)[0], in_channels=c,
+        f, c = _shape(state, "features.0.weight", arch, 4)[:2]
+        hidden, d = _shape(state, "classifier.0.weight", arch, 2)
+        return dict(num_classes=_shape(state, "classifier.6.weight", arch, 2)[0], in_channels=c,
                     width=f, hidden=hidden, pool_size=math.isqrt(d // (8 * f)),
                     batch_norm="features.1.running_var" in state)
-    f, c = _shape(state, "inc.double_conv.0.weight", arch)[:2]
+    f, c = _shape(state, "inc.double_conv.0.weight", arch, 4)[:2]
     depth = sum(1 for k in state if k.startswith("down") and k.endswith(".0.weight")
                 and "double_conv.0" in k)
-    return dict(num_classes=_shape(state, "outc.conv.weight", arch)[0], in_channels=c,
+    return dict(num_classes=_shape(state, "outc.conv.weight", arch, 4)[0], in_channels=c,
                 width=f, depth=depth, bilinear="up1.up.weight" not in state)
 
 
@@ -73,13 +82,27 @@ def from_state_dict(arch: str, state: dict, **kwargs) -> Module:
     """
     if arch not in BUILDERS:
         raise ValueError(f"`arch` must be one of {tuple(BUILDERS)}; got {arch!r}")
-    model = BUILDERS[arch](**{**sizes(arch, state), **kwargs})
+    sized = {**sizes(arch, state), **kwargs}
+    _check_fits(arch, sized, state)
+    model = BUILDERS[arch](**sized)
     model.load_state_dict(state)
     return model
 
 
-def prepare_images(images, in_channels: int, *, pixel_max: float = 255.0, mean=None,
-                   std=None) -> np.ndarray:
+def _check_fits(arch: str, sized: dict, state: dict) -> None:
+    """load_state_dict's ValueError, naming every missing, unexpected or mis-shaped key, raised
+    from the model built without memory: a 144-byte file whose stem declares 512 channels
+    would otherwise cost a ResNet-18 of 7 GB before its error."""
+    with init.meta():
+        skeleton = BUILDERS[arch](**sized)
+    want = {k: v.shape for k, v in skeleton.state_dict().items()}
+    if want != {k: tuple(np.shape(v)) for k, v in state.items()}:
+        skeleton.load_state_dict(state)           # raises before it would write anything
+
+
+def prepare_images(images: np.ndarray, in_channels: int, *, pixel_max: float = 255.0,
+                   mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None) -> np.ndarray:
     """float32 (N, H, W, C) images for a channels_last model with `in_channels` channels:
     integer pixels divided by `pixel_max`, then (x - mean) / std per channel when given
     (torchvision's ImageNet models: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)).

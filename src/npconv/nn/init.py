@@ -54,13 +54,18 @@ __all__ = [
 
 _default: np.random.Generator | None = None
 _meta = contextvars.ContextVar("npconv_nn_meta", default=False)
+# [placeholders left, max_arrays] inside meta(max_arrays=...)
+_meta_left: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "npconv_nn_meta_left", default=None)
 
 
 @contextlib.contextmanager
-def meta():
+def meta(max_arrays: int | None = None):
     """Build layers without memory inside this block: their params, grads and buffers are
     read-only zero-stride placeholders of the right shapes and dtypes (to be replaced before
-    use), and no random numbers are drawn.
+    use), and no random numbers are drawn. With `max_arrays`, making more placeholders than
+    that is a ValueError: a model file's Module config (ResNet's `layers`, say) can ask its
+    constructor for millions of layers, which cost time and memory even without arrays.
 
     >>> from npconv import nn
     >>> with meta():
@@ -68,10 +73,14 @@ def meta():
     >>> big.params["weight"].shape, big.params["weight"].strides
     ((1048576, 1048576), (0, 0))
     """
+    if max_arrays is not None and not (_args.is_int(max_arrays) and max_arrays >= 0):
+        raise ValueError(f"`max_arrays` must be None or an int >= 0; got {max_arrays!r}")
     token = _meta.set(True)
+    left = _meta_left.set(None if max_arrays is None else [max_arrays, max_arrays])
     try:
         yield
     finally:
+        _meta_left.reset(left)
         _meta.reset(token)
 
 
@@ -81,6 +90,12 @@ def is_meta() -> bool:
 
 
 def _placeholder(shape, dtype) -> np.ndarray:
+    left = _meta_left.get()
+    if left is not None:
+        left[0] -= 1
+        if left[0] < 0:
+            raise ValueError(f"the architecture makes more than {left[1]} arrays "
+                             f"(meta(max_arrays={left[1]}))")
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
     if math.prod(shape) * np.dtype(dtype).itemsize >= 2**63:
         raise ValueError(f"an array of shape {shape} is too large for any machine")

@@ -24,7 +24,9 @@ architecture is built without memory (`npconv.nn.init.meta`), and every key, sha
 declares is checked against the stored arrays' .npy headers, and each of those against the bytes
 that hold it (`npconv._npyfile`), before any array is read or allocated. A damaged, truncated,
 foreign or hostile file (a huge declared shape, a non-.npy member, a pickle, Sequentials nested
-more than MAX_NESTING deep, more than MAX_LAYERS layers) raises one ValueError naming the file.
+more than MAX_NESTING deep, more than MAX_LAYERS layers, a Module config whose constructor would
+make more than ARRAYS_PER_STORED placeholder arrays per stored array) raises one ValueError
+naming the file.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import numpy as np
 from npconv import _backend, _npyfile
 from npconv.nn import init
 from npconv.nn.layers import LAYERS, Layer, Sequential
-from npconv.nn.module import Module, build_module, module_spec
+from npconv.nn.module import MODULES, Module, build_module, module_spec
 
 __all__ = [
     "FORMAT",
@@ -65,6 +67,10 @@ HEADER_KEY = "__npconv_model__"
 MAX_NESTING = 64                   # Sequentials within Sequentials, in a file's architecture
 MAX_LAYERS = 100_000               # layers in a file's architecture (ResNet-152 has about 500)
 MAX_HEADER_BYTES = 16 << 20        # the JSON header member
+# The arrays (params, grads, buffers) building a file's architecture may make, per stored array:
+# a layer makes about two per stored one (its grads), and a Module whose constructor makes its
+# children and then has them replaced by the file's makes both.
+ARRAYS_PER_STORED = 8
 
 
 class Stored(NamedTuple):
@@ -84,9 +90,10 @@ def layer_spec(layer: Layer) -> dict:
     return {"type": type(layer).__name__, "config": layer.config()}
 
 
-def build(spec) -> Layer:
+def build(spec: Any) -> Layer:
     """A fresh layer from `layer_spec`'s output; ValueError for anything unknown or invalid."""
     if isinstance(spec, dict) and spec.get("type") == "Module":
+        _check_child_names(spec)
         return build_module(spec, build, layer_spec)
     if not isinstance(spec, dict) or spec.get("type") not in LAYERS:
         kind = spec.get("type") if isinstance(spec, dict) else type(spec).__name__
@@ -109,13 +116,27 @@ def build(spec) -> Layer:
         raise ValueError(f"invalid {cls.__name__} config {config!r:.200}: {e}") from e
 
 
+def _check_child_names(spec: dict) -> None:
+    """A Module spec's children must be named as attributes its class does not have: a child
+    named `params`, `forward` or `__class__` would be assigned over the class's own."""
+    cls, children = MODULES.get(str(spec.get("class"))), spec.get("children")
+    if cls is None or not isinstance(children, dict):
+        return                                        # build_module says what is wrong
+    for name in children:
+        if not (name.isidentifier() or name.isdigit()) or name.startswith("_") or \
+                hasattr(cls, name):
+            raise ValueError(f"a {cls.__name__} child cannot be named {name!r:.60}: a child's "
+                             f"name must be an identifier (or digits) that is not an attribute "
+                             f"of the class")
+
+
 def _arrays(model: Layer) -> dict:
     """Every array to save, as NumPy arrays (a model on a GPU is copied to the host)."""
     return {**{f"params/{k}": _backend.to_numpy(v) for k, v in model.params.items()},
             **{f"buffers/{k}": _backend.to_numpy(v) for k, v in model.buffers.items()}}
 
 
-def save(model: Layer, path, *, metadata: dict | None = None) -> Path:
+def save(model: Layer, path: str | os.PathLike, *, metadata: dict | None = None) -> Path:
     """Write `model` (architecture, params, buffers) and JSON `metadata` to `path`.
 
     Refuses (ValueError) to replace an existing file that is not an npconv model, and never
@@ -149,7 +170,8 @@ def save(model: Layer, path, *, metadata: dict | None = None) -> Path:
     return path
 
 
-def atomic_write(path, write, *, mode: str = "wb") -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], object], *,
+                 mode: str = "wb") -> None:
     """Call write(f) on a temporary file beside `path`, then rename it over `path`: readers
     see the old file or the complete new one, never a partial one. The new file gets the
     permissions of a normally created file (mkstemp's are 0600)."""
@@ -169,11 +191,7 @@ def atomic_write(path, write, *, mode: str = "wb") -> None:
 
 def _open(path) -> zipfile.ZipFile:
     """The model file at `path` as an open zip; FileNotFoundError or ValueError."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not an npconv model file")
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+    path = _npyfile.existing_file(path, "an npconv model file")
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, *_npyfile.READ_ERRORS) as e:
@@ -294,7 +312,7 @@ def _upgrade_v1(header: dict, stored: dict) -> tuple[dict, dict]:
     return {**header, "version": VERSION, "model": model}, stored
 
 
-def is_model_file(path) -> bool:
+def is_model_file(path: str | os.PathLike) -> bool:
     """True if `path` is a readable npconv model file."""
     try:
         with _open(path) as zf:
@@ -333,7 +351,7 @@ def _adopt(model: Layer, arrays: dict) -> None:
         layer.buffers = {k: arrays[f"buffers/{prefix}{k}"] for k in layer.buffers}
 
 
-def load(path) -> Layer:
+def load(path: str | os.PathLike) -> Layer:
     """The model saved at `path`, rebuilt from its architecture, with its exact weights.
 
     The architecture is first built without memory and its every array checked against the
@@ -341,7 +359,7 @@ def load(path) -> Layer:
     with _open(path) as zf:
         header, stored = _read(path, zf)
         try:
-            with init.meta():
+            with init.meta(max_arrays=ARRAYS_PER_STORED * len(stored) + 64):
                 model = build(header.get("model"))
         except ValueError as e:
             raise ValueError(f"{path}: invalid architecture: {e}") from e
@@ -350,7 +368,7 @@ def load(path) -> Layer:
     return model
 
 
-def load_weights(model: Layer, path) -> None:
+def load_weights(model: Layer, path: str | os.PathLike) -> None:
     """Copy the weights saved at `path` into `model`, whose architecture must match; on any
     error `model` is left unchanged (everything is read before the first copy)."""
     with _open(path) as zf:
@@ -363,7 +381,7 @@ def load_weights(model: Layer, path) -> None:
         np.copyto(target, arrays[key])                 # in place: the layers' own arrays
 
 
-def load_metadata(path) -> dict:
+def load_metadata(path: str | os.PathLike) -> dict:
     """The `metadata` dict saved with the model at `path`."""
     with _open(path) as zf:
         header, _ = _read(path, zf, with_arrays=False)

@@ -247,8 +247,8 @@ def random_phase(session: Session, options, settings: Settings, fixed: Sequence
         results += session.run(cases, placements=RANDOM_PLACEMENTS, phase="random")
         per_case = (time.monotonic() - began) / max(1, len(cases))
         batch = int(min(100, max(1, _BATCH_SECONDS / max(per_case, 1e-6))))
-    exhausted = drawn < settings.random
-    return results, RandomPhase(seed, len(results), exhausted, settings.budget)
+    cut = drawn < settings.random and not session.sandbox.exhausted    # by the budget alone
+    return results, RandomPhase(seed, len(results), cut, settings.budget)
 
 
 def _fresh(options, rng, seen: set):
@@ -396,11 +396,12 @@ def _settings(seed, rtol, atol, shrink_, random, random_seed, budget, timeout, i
     for value, name in ((seed, "seed"), (random, "random")):
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"`{name}` must be an int; got {value!r}")
-    if random < 0:
-        raise ValueError(f"`random` must be >= 0; got {random}")
     if random_seed is not None and (not isinstance(random_seed, int) or
                                     isinstance(random_seed, bool)):
         raise TypeError(f"`random_seed` must be an int or None; got {random_seed!r}")
+    for value, name in ((seed, "seed"), (random, "random"), (random_seed or 0, "random_seed")):
+        if value < 0:                         # NumPy's generators take no negative seed
+            raise ValueError(f"`{name}` must be >= 0; got {value}")
     for value, name in ((budget, "budget"), (timeout, "timeout")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"`{name}` must be a number of seconds > 0; got {value!r}")

@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 
+from npconv.commands import int_at_least
 from npconv.testing.adapters import Adapter, FunctionsAdapter, LayerAdapter
 from npconv.testing.cases import PADDING_KINDS, PADDING_MODES
 from npconv.testing.check import check_conv, check_pool
@@ -104,8 +105,10 @@ def _call_arguments(call) -> None:
 
 
 def _sweep_arguments(sweep) -> None:
-    sweep.add_argument("--rank", type=int, default=2, help="spatial dimensions (default 2)")
-    sweep.add_argument("--max-stride", type=int, default=3, help="largest stride (default 3)")
+    sweep.add_argument("--rank", type=int, choices=(1, 2, 3), default=2,
+                       help="spatial dimensions (default 2)")
+    sweep.add_argument("--max-stride", type=int_at_least(1), default=3,
+                       help="largest stride (default 3)")
     sweep.add_argument("--padding", type=_padding_kinds, default=PADDING_KINDS,
                        metavar="KINDS", help="padding kinds to check (default "
                                              f"{','.join(PADDING_KINDS)}; pooling: zero leaves "
@@ -132,10 +135,11 @@ def _sweep_arguments(sweep) -> None:
 
 
 def _run_arguments(run) -> None:
-    run.add_argument("--seed", type=int, default=0, help="seed of the fixed sweep's data")
-    run.add_argument("--random", type=int, default=200, metavar="N",
+    run.add_argument("--seed", type=int_at_least(0), default=0,
+                     help="seed of the fixed sweep's data")
+    run.add_argument("--random", type=int_at_least(0), default=200, metavar="N",
                      help="random configurations after the fixed sweep (default 200; 0: none)")
-    run.add_argument("--random-seed", type=int, default=None, metavar="S",
+    run.add_argument("--random-seed", type=int_at_least(0), default=None, metavar="S",
                      help="seed of the random phase (default: a new one, printed)")
     run.add_argument("--budget", type=_seconds, default=10.0, metavar="SECONDS",
                      help="time the random phase may take (default 10)")

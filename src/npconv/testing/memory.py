@@ -8,8 +8,10 @@ with its inputs placed three ways (`place`):
 - "guarded": each input a view into the middle of a larger buffer of NaN, at an offset that
   varies with the configuration, and the memory the code is about to allocate filled with NaN
   beforehand (`poison_heap`: blocks of the sizes it is likely to ask for are filled and freed,
-  so that the allocator hands the same memory back): a read past the end of an input, or of a
-  buffer the code allocated, then brings NaN into the result;
+  so that the allocator hands the same memory back), what ``np.empty`` / ``np.empty_like``
+  return too (`filled_empty`: the allocator may hand back a block the code itself just freed,
+  the same on every run): a read past the end of an input, or of a buffer the code allocated
+  and did not fill, then brings NaN into the result;
 - "strided": each input a non-contiguous view (every other element of a NaN buffer) holding
   the same values: code that assumes C-contiguous memory (strides computed from the shape)
   reads the NaN between the elements.
@@ -92,6 +94,38 @@ def poison_heap(nbytes: int, value: float = np.nan) -> None:
     blocks = [np.full(max(1, s // 8), value) for s in sorted(sizes)
               for _ in range(_POISON_COPIES)]
     del blocks
+
+
+@contextmanager
+def filled_empty(value: float, namespaces: list[dict]) -> Iterator[None]:
+    """Within the block, ``numpy.empty`` and ``numpy.empty_like`` (and the names the code's
+    `namespaces` bind to them) fill the float arrays they return with `value`: what the code
+    leaves unwritten then holds `value` on every run, whatever the allocator hands back.
+
+    >>> with filled_empty(np.nan, []):
+    ...     bool(np.isnan(np.empty(3)).all())
+    True
+    """
+    makers = (np.empty, np.empty_like)
+    replaced = [(space, name, v) for space in [vars(np), *namespaces]
+                for name, v in list(space.items()) if any(v is m for m in makers)]
+    for space, name, make in replaced:
+        space[name] = _filling(make, value)
+    try:
+        yield
+    finally:
+        for space, name, make in replaced:
+            space[name] = make
+
+
+def _filling(make: Callable, value: float) -> Callable:
+    """`make` (np.empty or np.empty_like), its float and complex arrays filled with `value`."""
+    def allocate(*args: Any, **kwargs: Any) -> Any:
+        out = make(*args, **kwargs)
+        if isinstance(out, np.ndarray) and out.dtype.kind in "fc":
+            out.fill(value)
+        return out
+    return allocate
 
 
 def _geometric(low: int, high: int) -> Iterator[int]:

@@ -9,8 +9,8 @@ when the user's output equals it:
 - average: the divisor with or without the padding (count_include_pad), the full window size
   even past the padding, dy spread without dividing;
 - both: overlapping windows whose gradients overwrite each other (``=`` where ``+=`` or
-  ``np.add.at`` is needed), the partial windows of ceil_mode dropped, shapes that only stride ==
-  kernel size gives (the reshape trick).
+  ``np.add.at`` is needed), the partial windows of ceil_mode dropped, the reshape trick (y
+  pooled over k-blocks, dx of the shape np.repeat of dy gives), right only at stride == kernel.
 
 The bug models gather each window's taps from the input with index arrays and send gradients
 back with one ``np.add.at`` per kernel offset (`Windows`).
@@ -248,6 +248,17 @@ def _ceil_dropped(ctx: Context, name: str, raw, got):
             f"may run past the input, whose missing taps are ignored")
 
 
+def _tiled(x: np.ndarray, case) -> np.ndarray:
+    """y of the reshape trick: x (N, *S, C) cut to whole k-blocks, reshaped to (N, S0/k0, k0,
+    ..., C) and reduced over the k axes: pooling at stride == kernel size, without padding."""
+    k, tiles = case.kernel_size, [s // kk for s, kk in zip(x.shape[1:-1], case.kernel_size)]
+    blocks = x[(slice(None), *(slice(0, t * kk) for t, kk in zip(tiles, k)))]   # (N, *T*K, C)
+    blocks = blocks.reshape(x.shape[0], *(v for t, kk in zip(tiles, k) for v in (t, kk)),
+                            x.shape[-1])                                  # (N, T0, K0, ..., C)
+    axes = tuple(range(2, 2 * len(k) + 1, 2))
+    return blocks.max(axis=axes) if case.op == "max" else blocks.mean(axis=axes)  # (N, *T, C)
+
+
 @hypothesis("stride-is-kernel", ("y", "dx"), ("pool",))
 def _stride_is_kernel(ctx: Context, name: str, raw, got):
     c = ctx.case
@@ -260,6 +271,8 @@ def _stride_is_kernel(ctx: Context, name: str, raw, got):
     want = tuple(shapes[name][i] for i in spatial)
     if raw.shape != want or raw.shape == ctx.layout.to_user("x", ctx.expected[name]).shape:
         return None
+    if name == "y" and not ctx.tol.close(raw, ctx.layout.to_user("x", _tiled(ctx.x, c))):
+        return None                               # the shape alone can come from other bugs
     how = ("the reshape x.reshape(N, H // k, k, W // k, k, C).max(axis=(2, 4))" if name == "y"
            else "dy spread with np.repeat(dy, k) over k x k blocks")
     return (f"{name} has shape {raw.shape}, what windows at stride == kernel size {c.kernel_size} "

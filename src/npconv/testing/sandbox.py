@@ -11,7 +11,10 @@ code that Python's faulthandler printed, and a fresh child takes the remaining j
 
 The child also bounds its address space (``memory_limit`` bytes more than it starts with) so a
 runaway allocation is a MemoryError rather than a machine swapping; whatever the code prints
-goes to a file, kept for crash reports, not to the checker's output.
+goes to a file, kept for crash reports, not to the checker's output. The child never outlives
+the check: an interrupted check (Ctrl-C, an exception) kills it rather than wait for a job that
+may never end, and a thread in the child ends it within a fraction of a second of the checker's
+own end, however that came (SIGTERM, SIGKILL), unless the code holds the interpreter in C.
 
 Only the user's code runs in the child; npconv's own ops (the right answers) run in the parent.
 """
@@ -27,6 +30,7 @@ import signal
 import struct
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -39,7 +43,7 @@ from npconv.testing.adapters import Adapter, Run, UserError, user_frame
 from npconv.testing.cases import Case
 from npconv.testing.compare import Tolerance, portable
 from npconv.testing.layout import Layout
-from npconv.testing.memory import ViewWatch, place, poison_heap, watching
+from npconv.testing.memory import ViewWatch, filled_empty, place, poison_heap, watching
 from npconv.testing.pool_cases import PoolCase
 from npconv.testing.problems import consistency, inputs, user_inputs
 from npconv.testing.results import SIGNALS, Crash
@@ -76,7 +80,8 @@ def execute(adapter: Adapter, job: Job, seed: int, tol: Tolerance,
         notify(("stage", stage))
         poison_heap(biggest, fill)
 
-    run = adapter.run(job.case, placed, before)
+    with filled_empty(fill, adapter.namespaces()):
+        run = adapter.run(job.case, placed, before)
     run.modified = tuple(k for k in placed if not np.array_equal(placed[k], given[k]))
     run.outputs = {k: portable(v) for k, v in run.outputs.items()}
     return run
@@ -116,8 +121,8 @@ class Sandbox:
     def __enter__(self) -> Sandbox:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(kill=exc_type is not None)
 
     def run(self, jobs: list[Job], on_done: Callable[[int, Run | Crash], None] | None = None
             ) -> list[Run | Crash | None]:
@@ -147,10 +152,13 @@ class Sandbox:
         """Too many crashes or timeouts: no more jobs run."""
         return self.crashes >= self.max_crashes or self.timeouts >= self.max_timeouts
 
-    def close(self) -> None:
-        """End the child process, if there is one."""
+    def close(self, *, kill: bool = False) -> None:
+        """End the child process, if there is one: between jobs it ends once its request pipe
+        closes; `kill` it when it may be running one (an interrupted check), which could hang."""
         if self.pid is None:
             return
+        if kill:
+            os.kill(self.pid, signal.SIGKILL)
         os.close(self.request)
         os.close(self.results)
         os.waitpid(self.pid, 0)
@@ -176,6 +184,7 @@ class Sandbox:
         self.output = tempfile.TemporaryFile()          # noqa: SIM115 (closed with the child)
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads (3.12+)
             pid = os.fork()
@@ -183,20 +192,21 @@ class Sandbox:
             try:
                 os.close(request_w)
                 os.close(results_r)
-                self._serve(request_r, results_w)
+                self._serve(request_r, results_w, parent)
             finally:
                 os._exit(70)
         os.close(request_r)
         os.close(results_w)
         self.pid, self.request, self.results, self.buffer = pid, request_w, results_r, b""
 
-    def _serve(self, request: int, results: int) -> None:
+    def _serve(self, request: int, results: int, parent: int) -> None:
         os.dup2(self.output.fileno(), 1)
         os.dup2(self.output.fileno(), 2)
         sys.stdout = sys.stderr = open(self.output.fileno(), "w", buffering=1,  # noqa: SIM115
                                        closefd=False)            # (print() may be redirected)
         faulthandler.enable(file=self.output, all_threads=False)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _end_with(parent)
         _limit_memory(self.memory_limit)
         notes: list[str] = []
 
@@ -325,6 +335,18 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
             return None
         data += chunk
     return data
+
+
+def _end_with(parent: int) -> None:
+    """End this child process as soon as `parent` has ended: a daemon thread polls for it, since
+    a job running when the parent dies (killed, or interrupted past its own cleanup) would
+    otherwise run on, maybe forever, with nobody to read its results."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="npconv-check-watch", daemon=True).start()
 
 
 def _limit_memory(extra: int) -> None:

@@ -11,7 +11,8 @@ from npconv.nn import optim
 __all__ = ["digits_cnn", "make_optimizer"]
 
 
-def digits_cnn(*, rng: np.random.Generator | None = None, input_shape=(8, 8, 1),
+def digits_cnn(*, rng: np.random.Generator | None = None,
+               input_shape: tuple[int, ...] = (8, 8, 1),
                n_classes: int = 10, width: int = 16) -> L.Sequential:
     """The default CNN: two 3x3 conv blocks (width and 2 * width channels, batch norm, ReLU),
     a 2x2 max pool after each, then a linear classifier; channels_last. The conv weights are

@@ -7,13 +7,16 @@ seed gives the same data split, weights, batch order and therefore the same run.
 
 from __future__ import annotations
 
+import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from npconv import _args, _backend, _npyfile, datasets
+from npconv._backend import Array
 
 __all__ = [
     "DataSplits",
@@ -66,7 +69,8 @@ def _check_classes(y, source) -> None:
                          f"{bad.size} outside, e.g. {int(bad[0])}")
 
 
-def load_data(path=None, *, rng: np.random.Generator, test_fraction: float = 0.2,
+def load_data(path: str | os.PathLike | None = None, *, rng: np.random.Generator,
+              test_fraction: float = 0.2,
               val_fraction: float = 0.1) -> DataSplits:
     """The embedded 8x8 digits (path None), split into train / validation / test by `rng`; or
     MNIST / Fashion-MNIST files at `path` (an IDX directory or an .npz), whose own test set is
@@ -86,7 +90,10 @@ def load_data(path=None, *, rng: np.random.Generator, test_fraction: float = 0.2
         name, pixel_max = Path(path).name or str(path), 255.0
         _check_classes(y_tr, path)
         _check_classes(y_te, path)
-    datasets.check_fraction(val_fraction, len(y_tr), "val_fraction")
+    try:
+        datasets.check_fraction(val_fraction, len(y_tr), "val_fraction")
+    except ValueError as e:                      # the data's fault as much as the fraction's
+        raise ValueError(f"{name}: {len(y_tr)} training images; {e}") from None
     x_tr, x_va, y_tr, y_va = datasets.train_test_split(x_tr, y_tr, test_fraction=val_fraction,
                                                        rng=rng)
     return DataSplits(name, x_tr, y_tr, x_va, y_va, x_te, y_te, pixel_max)
@@ -104,7 +111,7 @@ def batch_indices(n: int, batch_size: int, rng: np.random.Generator | None) -> l
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def random_shift(x, rng: np.random.Generator, *, max_shift: int = 1):
+def random_shift(x: Array, rng: np.random.Generator, *, max_shift: int = 1) -> Array:
     """Shift each image of x (N, *S, C) by its own random offset in [-max_shift, max_shift]
     along every spatial axis, filling with zeros (data augmentation); returns a new array.
 
@@ -119,13 +126,13 @@ def random_shift(x, rng: np.random.Generator, *, max_shift: int = 1):
     for axis in range(1, rank + 1):
         shape = [n] + [1] * (x.ndim - 1)
         shape[axis] = x.shape[axis]
-        shift = rng.integers(-m, m + 1, size=n)                    # (N,) drawn on the host
+        shift = rng.integers(-m, m + 1, size=(n,))                 # (N,) drawn on the host
         idx = np.arange(x.shape[axis]) + m + shift[:, None]        # (N, S_axis)
         out = xp.take_along_axis(out, xp.asarray(idx.reshape(shape)), axis=axis)
     return out
 
 
-def read_images(path) -> np.ndarray:
+def read_images(path: str | os.PathLike) -> np.ndarray:
     """The array stored at `path`: .npy, .npz (key "x", or its only array) or an IDX file
     (gzipped or not).
 
@@ -134,11 +141,7 @@ def read_images(path) -> np.ndarray:
     file for a directory, a file that is not what its name says (not an .npy, a pickle), a
     damaged (bad CRC) or truncated one.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not an image file")
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+    path = _npyfile.existing_file(path, "an image file")
     if path.suffix == ".npy":
         return _npyfile.read_npy(path)
     if path.suffix == ".npz":
@@ -160,7 +163,7 @@ def _npz_images(path: Path) -> np.ndarray:
         return _npyfile.read_member(zf, members[key], f"{path}: {key}")
 
 
-def prepare_images(a, input_shape, pixel_max: float) -> np.ndarray:
+def prepare_images(a: np.ndarray, input_shape: Sequence[int], pixel_max: float) -> np.ndarray:
     """Images as the model wants them: float32 (N, *input_shape), N >= 1, every pixel finite.
 
     Accepts (N, *input_shape), one image (*input_shape), and both without the channel axis when
@@ -196,7 +199,7 @@ def prepare_images(a, input_shape, pixel_max: float) -> np.ndarray:
     return x
 
 
-def out_of_range(x, low: float, high: float) -> str | None:
+def out_of_range(x: np.ndarray, low: float, high: float) -> str | None:
     """A warning when the pixels of x lie far outside [low, high], the range of the training
     images (more than that range's width beyond it: raw 0..255 pixels into a model trained on
     0..1), else None.

@@ -15,11 +15,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
 from npconv import _args, _backend
+from npconv._backend import Array
 from npconv.nn import functional as F
+from npconv.nn import optim
 from npconv.nn.layers import Layer
 from npconv.nn.losses import check_labels, softmax_cross_entropy
 from npconv.training.data import batch_indices
@@ -39,6 +42,8 @@ __all__ = [
 ]
 
 Step = Callable[[], tuple[float, int, int]]     # one training step -> (mean loss, correct, rows)
+Loss = Callable[[Array, Array], tuple[float, Array]]     # (logits, labels) -> (value, dlogits)
+OnBatch = Callable[[int, int, float, float], object]    # (i, n_steps, loss, accuracy)
 
 
 @dataclass
@@ -79,7 +84,7 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_labelled(model: Layer, x, y, name: str = "") -> None:
+def check_labelled(model: Layer, x: Array, y: Array, name: str = "") -> None:
     """Float images x (N, ...) and integer labels y (N,) in the range of the model's outputs;
     `name` ("val") names the arrays in the messages (x_val, y_val)."""
     suffix = f"_{name}" if name else ""
@@ -108,8 +113,8 @@ def _check_validation(model: Layer, validation) -> None:
     check_labelled(model, x_val, y_val, "val")
 
 
-def check_fit_args(model: Layer, x, y, validation, epochs, batch_size, schedule, rng,
-                   optimizer) -> None:
+def check_fit_args(model: Layer, x: Array, y: Array, validation: Any, epochs: Any,
+                   batch_size: Any, schedule: Any, rng: Any, optimizer: Any) -> None:
     """Every argument of `fit` (and `npconv.distributed.fit`), each error naming it."""
     _check_count(epochs, "epochs")
     _check_count(batch_size, "batch_size")
@@ -132,7 +137,8 @@ def check_fit_args(model: Layer, x, y, validation, epochs, batch_size, schedule,
 # ---------------------------------------------------------------------------------------------
 
 
-def train_step(model: Layer, xb, yb, optimizer, loss=softmax_cross_entropy) -> tuple[float, int]:
+def train_step(model: Layer, xb: Array, yb: Array, optimizer: optim.Optimizer,
+               loss: Loss = softmax_cross_entropy) -> tuple[float, int]:
     """One step on the batch (xb, yb): forward in training mode, the loss, backward and
     optimizer.step; returns (mean loss, correct argmax predictions)."""
     logits = model.forward(xb, training=True)                      # (B, K)
@@ -155,9 +161,11 @@ def _run_epoch(steps: Sequence[Step], optimizer, lr_at, on_batch) -> tuple[float
     return loss_sum / seen, correct / seen
 
 
-def run_epochs(model: Layer, epoch_steps: Callable[[], Sequence[Step]], *, optimizer,
-               epochs: int, steps_per_epoch: int, schedule: str = "cosine", validation=None,
-               loss=softmax_cross_entropy, on_batch=None, on_epoch=None) -> History:
+def run_epochs(model: Layer, epoch_steps: Callable[[], Sequence[Step]], *,
+               optimizer: optim.Optimizer, epochs: int, steps_per_epoch: int,
+               schedule: str = "cosine", validation: tuple[Array, Array] | None = None,
+               loss: Loss = softmax_cross_entropy, on_batch: OnBatch | None = None,
+               on_epoch: Callable[[History], object] | None = None) -> History:
     """The loop of `fit`: `epochs` times, make the epoch's steps with epoch_steps() and run
     them, then validate and record the epoch.
 
@@ -191,9 +199,13 @@ def run_epochs(model: Layer, epoch_steps: Callable[[], Sequence[Step]], *, optim
     return history
 
 
-def fit(model: Layer, x, y, *, optimizer, epochs: int, batch_size: int,
-        rng: np.random.Generator, validation=None, loss=softmax_cross_entropy,
-        schedule: str = "cosine", augment=None, on_batch=None, on_epoch=None) -> History:
+def fit(model: Layer, x: Array, y: Array, *, optimizer: optim.Optimizer, epochs: int,
+        batch_size: int, rng: np.random.Generator,
+        validation: tuple[Array, Array] | None = None, loss: Loss = softmax_cross_entropy,
+        schedule: str = "cosine",
+        augment: Callable[[Array, np.random.Generator], Array] | None = None,
+        on_batch: OnBatch | None = None,
+        on_epoch: Callable[[History], object] | None = None) -> History:
     """Train `model` on images x (N, ...) and integer labels y (N,) by mini-batches.
 
     Each epoch visits the samples in an order drawn from `rng`; each batch runs forward
@@ -226,7 +238,7 @@ def fit(model: Layer, x, y, *, optimizer, epochs: int, batch_size: int,
 # ---------------------------------------------------------------------------------------------
 
 
-def predict_logits(model: Layer, x, *, batch_size: int = 512):
+def predict_logits(model: Layer, x: Array, *, batch_size: int = 512) -> Array:
     """Evaluation-mode outputs of `model` for x (N, ...), batch_size images at a time ->
     (N, K); (0, 0) for no images."""
     _args.float_array(x, "x")
@@ -237,13 +249,13 @@ def predict_logits(model: Layer, x, *, batch_size: int = 512):
     return xp.concatenate(parts) if parts else xp.zeros((0, 0), dtype=x.dtype)  # (N, K)
 
 
-def predict_proba(model: Layer, x, *, batch_size: int = 512):
+def predict_proba(model: Layer, x: Array, *, batch_size: int = 512) -> Array:
     """Class probabilities softmax(model(x)) -> (N, K)."""
     return F.softmax(predict_logits(model, x, batch_size=batch_size).astype(np.float64))
 
 
-def evaluate(model: Layer, x, y, *, batch_size: int = 512,
-             loss=softmax_cross_entropy) -> tuple[float, float]:
+def evaluate(model: Layer, x: Array, y: Array, *, batch_size: int = 512,
+             loss: Loss = softmax_cross_entropy) -> tuple[float, float]:
     """(mean loss, accuracy) of `model` in evaluation mode on images x and labels y."""
     check_labelled(model, x, y)
     logits = predict_logits(model, x, batch_size=batch_size)       # (N, K)

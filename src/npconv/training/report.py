@@ -5,6 +5,8 @@ matplotlib is optional: only `plot_history` imports it.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from npconv.training.loop import History
 __all__ = ["plot_history", "summary"]
 
 
-def summary(model: Layer, input_shape) -> str:
+def summary(model: Layer, input_shape: Sequence[int]) -> str:
     """A table of the model's layers, output shapes and parameter counts, for an input of
     shape (N, *input_shape).
 
@@ -40,7 +42,7 @@ def summary(model: Layer, input_shape) -> str:
     return "\n".join(f"{a:<40} {b:<16} {c:>7}" for a, b, c in rows)
 
 
-def plot_history(history: History, path) -> Path:
+def plot_history(history: History, path: str | os.PathLike) -> Path:
     """Write a PNG of the loss and accuracy curves (train and validation) to `path`.
 
     Needs matplotlib (ImportError otherwise); uses its Agg canvas directly, so no GUI backend
