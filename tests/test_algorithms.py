@@ -8,6 +8,11 @@ chunk planner, the tuning values (passed in through `_config.tuned`), the automa
 non-finite inputs are checked here too.
 """
 
+import os
+import signal
+import threading
+import time
+
 import numpy as np
 import pytest
 from helpers import rel_err as shared_rel_err
@@ -16,7 +21,7 @@ from hypothesis import strategies as st
 from strategies import min_size
 
 import npconv
-from npconv import _chunks, _config, _kernels, _layout, algorithms, reference
+from npconv import _chunks, _config, _kernels, _layout, _workspace, algorithms, reference
 from npconv.spec import conv_spec
 
 ALGORITHMS = tuple(npconv.ALGORITHMS)
@@ -426,3 +431,40 @@ def test_scatter_plans_of_whole_images_use_every_worker():
     plan = _chunks.plan(8, 1, settings, row_bytes=100, by_image=True)
     assert [c.batch for c in plan.chunks] == [slice(i, i + 2) for i in range(0, 8, 2)]
     assert plan.owners == (0, 1, 0, 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_ops_on_workers_of_its_own():
+    """The parent's worker pool exists, and another of its threads holds the workspace lock at
+    the fork: the child still runs a two-worker convolution (the parent's pool object would
+    queue work for threads the child does not have, and the copied lock would never be freed)."""
+    pytest.importorskip("threadpoolctl")                         # workers need it
+    x, w = np.ones((4, 32, 32, 16)), np.ones((3, 3, 16, 16))
+    with npconv.config(threads=2), _config.tuned(min_parallel_bytes=0, chunk_bytes=2**14):
+        want = npconv.conv(x, w)                                 # the pool now has a thread
+        locked, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with _workspace._lock:
+                locked.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        locked.wait()
+        pid = os.fork()
+        if pid == 0:                                             # the child
+            ok = np.array_equal(npconv.conv(x, w, workspace=2**22), want)
+            os._exit(0 if ok else 1)
+        release.set()
+        holder.join()
+    for _ in range(300):                                         # up to 30 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in npconv.conv")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,18 @@ _held = [0]                                                      # bytes of buff
 _lock = threading.Lock()
 _scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("npconv_scope",
                                                                        default=None)
+
+
+def _after_fork() -> None:
+    """In a forked child: a fresh lock (a parent's thread may have held it at the fork), and no
+    buffer in use (the scopes that held them ran on threads the child does not have)."""
+    global _lock
+    _lock = threading.Lock()
+    _held[0] = 0
+
+
+if hasattr(os, "register_at_fork"):                              # not on Windows
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 @contextlib.contextmanager
