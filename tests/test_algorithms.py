@@ -468,3 +468,24 @@ def test_a_forked_child_runs_ops_on_workers_of_its_own():
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung in npconv.conv")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # NumPy's, for the reference's inf
+@pytest.mark.parametrize("algorithm", [None, *ALGORITHMS])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_weights_give_the_definitions_input_gradient(algorithm, bad):
+    """One NaN or infinite weight, stride 1, channels wide enough for the gather: dx and the
+    transposed convolution hold NaN and inf where the reference's do. The gather would also
+    multiply the weight by the zeros that pad dy, NaN at every pixel the tap does not reach."""
+    k = 1 if algorithm == "pointwise" else 3
+    c, groups = (16, 16) if algorithm == "depthwise" else (16, 1)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 8, 8, c))
+    w = rng.standard_normal((k, k, c // groups, 16))
+    w[(k - 1, k // 2, 0, 0) if k > 1 else (0, 0, 0, 0)] = bad
+    dy = rng.standard_normal(conv_spec(x.shape, w.shape, groups=groups).y_shape())
+    got = npconv.conv_backward(dy, x, w, algorithm=algorithm, groups=groups).dx
+    _same_as_reference(got, reference.conv_backward(dy, x, w, groups=groups).dx)
+    wt = w.swapaxes(-1, -2) if groups == 1 else w                # (*K, F/G, C) of 16 channels
+    got = npconv.conv_transpose(x, wt, algorithm=algorithm, groups=groups)
+    _same_as_reference(got, reference.conv_transpose(x, wt, groups=groups))
