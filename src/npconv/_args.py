@@ -71,3 +71,10 @@ def result_dtype(*arrays: Any) -> np.dtype[Any]:
 def compute_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     """float16 is computed in float32 (no BLAS for half precision), then cast back."""
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """TypeError unless `value` is True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False; got {value!r}")
+    return bool(value)

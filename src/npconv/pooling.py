@@ -3,7 +3,7 @@
 PyTorch's semantics where PyTorch has the op (MaxPoolNd, AvgPoolNd, LPPoolNd,
 AdaptiveAvg/MaxPool to 1), ONNX's where it goes further (MaxPool, AveragePool, LpPool,
 GlobalMaxPool): dilation for every pool, padding of any size, integer max pooling. The public
-functions check their arguments once (`npconv._poolspec.pool_spec`, which holds every shape
+functions check their arguments once (`npconv.spec.pool_spec`, next to every other shape
 formula) and run the kernels of `npconv._poolkernels`: loops over kernel offsets of vectorized
 strided passes, chunked and on the worker threads. The gradient rules are derived in
 docs/pooling.md.
@@ -21,8 +21,15 @@ import numpy as np
 
 from npconv import _args, _backend
 from npconv import _poolkernels as kernels
-from npconv._poolspec import PoolSpec, check_flag, pool_out_size, pool_spec, split_x
-from npconv.spec import check_shape, effective_kernel
+from npconv._args import check_flag
+from npconv.spec import (
+    PoolSpec,
+    check_shape,
+    effective_kernel,
+    pool_out_size,
+    pool_spec,
+    split_pool_shape,
+)
 
 Size = int | tuple[int, ...]
 Padding = int | str | tuple[int, ...] | tuple[tuple[int, int], ...]
@@ -306,7 +313,7 @@ def max_pool_backward(
     else:
         x_shape = _shape_arg(x, "x")
         _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-        split_x(x_shape, data_format, "x")
+        split_pool_shape(x_shape, data_format, "x")
     spec = pool_spec(x_shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     check_shape(dy, spec.y_shape(), "dy")
@@ -460,7 +467,7 @@ def avg_pool_backward(
     _args.float_array(dy, "dy")
     x_shape = _shape_arg(x_shape)
     _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-    split_x(x_shape, data_format, "x_shape")
+    split_pool_shape(x_shape, data_format, "x_shape")
     spec = pool_spec(x_shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     count_include_pad = check_flag(count_include_pad, "count_include_pad")
@@ -510,7 +517,7 @@ def _global_shape(x_shape, data_format: str, name: str = "x"):
     """(N, S, C) of a global pool's input; ValueError for an empty spatial axis, whose mean or
     maximum does not exist (PyTorch's adaptive pools refuse it too)."""
     _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-    return split_x(x_shape, data_format, name)
+    return split_pool_shape(x_shape, data_format, name)
 
 
 def global_avg_pool(x: np.ndarray, *, data_format: str = "channels_last") -> np.ndarray:

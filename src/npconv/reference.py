@@ -21,7 +21,6 @@ import numpy as np
 
 from npconv import _args, _layout
 from npconv._backend import Array
-from npconv._poolspec import pool_spec
 from npconv.spec import (
     ConvGrads,
     ConvSpec,
@@ -29,6 +28,7 @@ from npconv.spec import (
     check_shape,
     conv_spec,
     conv_transpose_spec,
+    pool_spec,
 )
 
 
@@ -214,7 +214,7 @@ def conv_transpose_backward(dy: Array, x: Array, w: Array, bias: Array | bool | 
 #
 # Window p of a pooling reads, along each dimension, the input coordinates
 # p * stride + k * dilation - lo for k in range(K); coordinates outside [0, S) are padding.
-# Only the argument checks and output sizes come from `npconv._poolspec.pool_spec`; which taps a
+# Only the argument checks and output sizes come from `npconv.spec.pool_spec`; which taps a
 # window reads, its maximum, its sum and its divisor are recomputed here one output element at a
 # time. A window that reads no input has the maximum -inf (the integer minimum) and index -1.
 
