@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from npconv import _args, _backend
+from npconv import _args, _backend, _layout
 from npconv import _poolkernels as kernels
 from npconv._args import check_flag
 from npconv.spec import (
@@ -92,20 +92,9 @@ def _grad_dtype(dy, x) -> np.dtype:
     return dy.dtype
 
 
-def _kernel_view(a, data_format: str):
-    """The kernels' layout (B, *S, C) of an array in the caller's: channels_last as it is,
-    channels_first (N, C, *S) viewed as (N * C, *S, 1) (a copy only if a is not contiguous)."""
-    if data_format == "channels_last":
-        return a
-    n, c, *s = a.shape
-    return a.reshape(n * c, *s, 1)                               # (N*C, *S, 1)
-
-
 def _kernel_shape(spec: PoolSpec, size: tuple[int, ...]) -> tuple[int, ...]:
-    """(B, *size, C) of the kernels' layout."""
-    if spec.data_format == "channels_last":
-        return (spec.batch, *size, spec.channels)
-    return (spec.batch * spec.channels, *size, 1)
+    """(B, *size, C) of the kernels' layout (`_layout.planes`)."""
+    return _layout.planes_shape(spec.batch, size, spec.channels, spec.data_format)
 
 
 def _row_bytes(spec: PoolSpec, itemsize: int, per_window: int = 0) -> int:
@@ -259,7 +248,7 @@ def max_pool(
     spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     return_indices = check_flag(return_indices, "return_indices")
-    y, idx = _max_forward(_kernel_view(x, data_format), spec, indices=return_indices)
+    y, idx = _max_forward(_layout.planes(x, data_format), spec, indices=return_indices)
     if return_indices:
         return y.reshape(spec.y_shape()), idx.reshape(spec.y_shape())
     return y.reshape(spec.y_shape())
@@ -318,10 +307,10 @@ def max_pool_backward(
                      ceil_mode=ceil_mode, data_format=data_format)
     check_shape(dy, spec.y_shape(), "dy")
     if indices is None:
-        _, ik = _max_forward(_kernel_view(x, data_format), spec, values=False, indices=True)
+        _, ik = _max_forward(_layout.planes(x, data_format), spec, values=False, indices=True)
     else:
-        ik = _kernel_view(_indices_arg(indices, spec.y_shape()), data_format)
-    dyk = _kernel_view(dy, data_format)                          # (B, *P, C)
+        ik = _layout.planes(_indices_arg(indices, spec.y_shape()), data_format)
+    dyk = _layout.planes(dy, data_format)                          # (B, *P, C)
     xp = _backend.namespace(dyk, ik)
     dtype = _grad_dtype(dy, x)
     acc = _args.compute_dtype(dtype)
@@ -421,7 +410,7 @@ def avg_pool(
     spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     count_include_pad = check_flag(count_include_pad, "count_include_pad")
-    xk = _kernel_view(x, data_format)
+    xk = _layout.planes(x, data_format)
     xp = _backend.namespace(xk)
     acc = _args.compute_dtype(x.dtype)
     div = _divisor(spec, count_include_pad, acc, xp)
@@ -472,7 +461,7 @@ def avg_pool_backward(
                      ceil_mode=ceil_mode, data_format=data_format)
     count_include_pad = check_flag(count_include_pad, "count_include_pad")
     check_shape(dy, spec.y_shape(), "dy")
-    dyk = _kernel_view(dy, data_format)
+    dyk = _layout.planes(dy, data_format)
     xp = _backend.namespace(dyk)
     acc = _args.compute_dtype(dy.dtype)
     div = _divisor(spec, count_include_pad, acc, xp, backward=True)
@@ -509,7 +498,7 @@ def _spread_into(g, out, spec: PoolSpec, pa: int, rows: slice, state, xp, finish
 
 def _global_view(a, data_format: str):
     """(B, L, C) of the kernels' layout, L = prod(S)."""
-    ak = _kernel_view(a, data_format)
+    ak = _layout.planes(a, data_format)
     return ak.reshape(ak.shape[0], math.prod(ak.shape[1:-1]), ak.shape[-1])  # (B, L, C)
 
 
@@ -735,7 +724,7 @@ def lp_pool(
     p = _p_arg(p)
     spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
-    xk = _kernel_view(x, data_format)
+    xk = _layout.planes(x, data_format)
     xp = _backend.namespace(xk)
     acc = _args.compute_dtype(x.dtype)
     y = xp.empty(_kernel_shape(spec, spec.out_size), dtype=x.dtype)  # (B, *P, C)
@@ -783,7 +772,7 @@ def lp_pool_backward(
     spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     check_shape(dy, spec.y_shape(), "dy")
-    xk, dyk = _kernel_view(x, data_format), _kernel_view(dy, data_format)
+    xk, dyk = _layout.planes(x, data_format), _layout.planes(dy, data_format)
     xp = _backend.namespace(xk, dyk)
     dtype = _args.result_dtype(dy, x)
     acc = _args.compute_dtype(dtype)
