@@ -99,12 +99,14 @@ def _kernel_shape(spec: PoolSpec, size: tuple[int, ...]) -> tuple[int, ...]:
 
 def _row_bytes(spec: PoolSpec, itemsize: int, per_window: int = 0) -> int:
     """Bytes a chunk touches per output row along dim 0 (the forward's chunk size unit): the
-    input rows it reads, one input row of temporaries, its output row and `per_window` more
-    bytes for every window in the row."""
+    input rows it reads (the stride's new rows, or one window's rows when windows do not
+    touch), one input row of temporaries, its output row and `per_window` more bytes for every
+    window in the row."""
     c = spec.channels if spec.data_format == "channels_last" else 1
     in_row = math.prod(spec.in_size[1:]) * c * itemsize
     windows = math.prod(spec.out_size[1:]) * c
-    return (spec.stride[0] + 1) * in_row + windows * (itemsize + per_window)
+    read = min(spec.stride[0], effective_kernel(spec.kernel_size[0], spec.dilation[0]))
+    return (read + 1) * in_row + windows * (itemsize + per_window)
 
 
 def _in_row_bytes(spec: PoolSpec, itemsize: int, per_window: int = 0) -> int:
