@@ -133,7 +133,7 @@ def grad_bias(dy: Any, dtype: Any) -> Any:
     xp = _backend.namespace(dy)
     f, compute = dy.shape[-1], _args.compute_dtype(dtype)
     if dy.size == 0:
-        return xp.zeros(f, dtype=dtype)                      # (F,)
+        return xp.zeros(f, dtype=dtype)                          # (F,)
     if dy.flags.c_contiguous and dy.dtype == compute:
         with _chunks.single_blas(xp):   # memory-bound; spinning BLAS threads would slow the next op
             db = xp.ones(dy.size // f, dtype=dy.dtype) @ dy.reshape(-1, f)  # (F,)

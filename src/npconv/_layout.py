@@ -87,7 +87,7 @@ def result(a: Any, data_format: str, dtype: Any, settings: Settings) -> Any:
     out = from_last(a, data_format)
     if out.dtype == dtype and out.flags.c_contiguous and out.flags.writeable:
         return out
-    copy = _backend.namespace(a).empty(out.shape, dtype=dtype)  # (N, *P, F) or (N, F, *P)
+    copy = _backend.namespace(a).empty(out.shape, dtype=dtype)   # (N, *P, F) or (N, F, *P)
     _chunks.copyto(copy, out, settings)
     return copy
 

@@ -141,7 +141,7 @@ def _chunk_input(xk, spec: PoolSpec, bs: slice, p_range, state, xp, split: bool)
     rows = xk[bs, xa:max(xa, xb)]                                # (B', rows read, *S[1:], C)
     if split:
         return kernels.phase_split(rows, s, state, xp, wide), xa, s
-    out = kernels.scratch(state, "wide", rows.shape, wide, xp)  # (B', rows read, *S[1:], C)
+    out = kernels.scratch(state, "wide", rows.shape, wide, xp)   # (B', rows read, *S[1:], C)
     xp.copyto(out, rows)
     return out, xa, 1
 
@@ -167,8 +167,8 @@ def _max_forward(xk, spec: PoolSpec, *, values: bool = True, indices: bool = Fal
     `values` the maximum stays in per-chunk scratch)."""
     xp = _backend.namespace(xk)
     shape = _kernel_shape(spec, spec.out_size)                   # (B, *P, C)
-    y = xp.empty(shape, dtype=xk.dtype) if values else None  # (B, *P, C)
-    idx = xp.empty(shape, dtype=np.int64) if indices else None  # (B, *P, C)
+    y = xp.empty(shape, dtype=xk.dtype) if values else None      # (B, *P, C)
+    idx = xp.empty(shape, dtype=np.int64) if indices else None   # (B, *P, C)
     if indices:
         base, offsets = spec.index_parts()
         base = xp.asarray(base)
@@ -253,7 +253,7 @@ def max_pool(
     y, idx = _max_forward(_layout.planes(x, data_format), spec, indices=return_indices)
     if return_indices:
         return y.reshape(spec.y_shape()), idx.reshape(spec.y_shape())  # caller's layout
-    return y.reshape(spec.y_shape())                         # caller's layout
+    return y.reshape(spec.y_shape())                             # caller's layout
 
 
 def max_pool_backward(
@@ -429,7 +429,7 @@ def avg_pool(
             xp.divide(total, _rows(div, rows), out=out, casting="same_kind")
 
     kernels.parallel(task, y.shape[0], spec.out_size[0], _row_bytes(spec, acc.itemsize), xp)
-    return y.reshape(spec.y_shape())                         # caller's layout
+    return y.reshape(spec.y_shape())                             # caller's layout
 
 
 def avg_pool_backward(
@@ -478,7 +478,7 @@ def avg_pool_backward(
         _spread_into(g, dx[bs, rows], spec, pa, rows, state, xp)
 
     kernels.parallel(task, dx.shape[0], spec.in_size[0], _in_row_bytes(spec, acc.itemsize), xp)
-    return dx.reshape(x_shape)                               # caller's layout
+    return dx.reshape(x_shape)                                   # caller's layout
 
 
 def _spread_into(g, out, spec: PoolSpec, pa: int, rows: slice, state, xp, finish=None) -> None:
@@ -536,7 +536,7 @@ def global_avg_pool(x: np.ndarray, *, data_format: str = "channels_last") -> np.
         xp.divide(total, x3.shape[1], out=y[bs], casting="same_kind")
 
     kernels.parallel(task, y.shape[0], 1, x3[:1].size * x.itemsize, xp)
-    return y.reshape(n, c)                                   # (N, C)
+    return y.reshape(n, c)                                       # (N, C)
 
 
 def global_avg_pool_backward(dy: np.ndarray, x_shape: tuple[int, ...], *,
@@ -555,7 +555,7 @@ def global_avg_pool_backward(dy: np.ndarray, x_shape: tuple[int, ...], *,
     n, s, c = _global_shape(x_shape, data_format, "x_shape")
     check_shape(dy, (n, c), "dy")
     xp = _backend.namespace(dy)
-    dx = xp.empty(x_shape, dtype=dy.dtype)                   # x's shape
+    dx = xp.empty(x_shape, dtype=dy.dtype)                       # x's shape
     dx3 = _global_view(dx, data_format)                          # (B, L, C) view of dx
     acc = _args.compute_dtype(dy.dtype)
     g = dy.reshape(dx3.shape[0], 1, dx3.shape[2]).astype(acc) / math.prod(s)  # (B, 1, C)
@@ -609,8 +609,8 @@ def global_max_pool(x: np.ndarray, *, data_format: str = "channels_last",
 
     kernels.parallel(task, y.shape[0], 1, x3[:1].size * x.itemsize, xp)
     if idx is not None:
-        return y.reshape(n, c), idx.reshape(n, c)            # (N, C) each
-    return y.reshape(n, c)                                   # (N, C)
+        return y.reshape(n, c), idx.reshape(n, c)                # (N, C) each
+    return y.reshape(n, c)                                       # (N, C)
 
 
 def global_max_pool_backward(dy: np.ndarray, x: np.ndarray | tuple[int, ...], *,
@@ -646,7 +646,7 @@ def global_max_pool_backward(dy: np.ndarray, x: np.ndarray | tuple[int, ...], *,
             f"`indices` must be flat indices into the spatial dimensions, in [0, {size}); "
             f"got values in [{indices.min()}, {indices.max()}]"
         )
-    dx = xp.zeros(x_shape, dtype=_grad_dtype(dy, x))         # x's shape
+    dx = xp.zeros(x_shape, dtype=_grad_dtype(dy, x))             # x's shape
     dx3 = _global_view(dx, data_format)                          # (B, L, C) view of dx
     b, cc = dx3.shape[0], dx3.shape[2]
     dx3[xp.arange(b)[:, None], indices.reshape(b, cc), xp.arange(cc)[None, :]] = (
@@ -740,7 +740,7 @@ def lp_pool(
             xp.copyto(out, total, casting="same_kind")
 
     kernels.parallel(task, y.shape[0], spec.out_size[0], _row_bytes(spec, 2 * acc.itemsize), xp)
-    return y.reshape(spec.y_shape())                         # caller's layout
+    return y.reshape(spec.y_shape())                             # caller's layout
 
 
 def lp_pool_backward(
@@ -789,7 +789,7 @@ def lp_pool_backward(
 
     kernels.parallel(task, dx.shape[0], spec.in_size[0], _in_row_bytes(spec, 2 * acc.itemsize),
                      xp)
-    return dx.reshape(x.shape)                               # x's shape
+    return dx.reshape(x.shape)                                   # x's shape
 
 
 def _times_lp_factor(d, xr, p: float, state, xp) -> None:
@@ -808,7 +808,7 @@ def _times_lp_factor(d, xr, p: float, state, xp) -> None:
 
 def _lp_window_grads(xk, dyk, spec: PoolSpec, p: float, acc, xp):
     """g = dy / y^(p-1) per window (B, *P, C), 0 where y = 0 (for p > 1)."""
-    g = xp.empty(dyk.shape, dtype=acc)                       # (B, *P, C)
+    g = xp.empty(dyk.shape, dtype=acc)                           # (B, *P, C)
 
     def task(chunk, state):
         bs, rows = chunk
@@ -816,7 +816,7 @@ def _lp_window_grads(xk, dyk, spec: PoolSpec, p: float, acc, xp):
         if p == 1:                                               # d|x|_1 / dx: sign(x)
             xp.copyto(gc, dyc)
             return
-        y = kernels.scratch(state, "y", gc.shape, acc, xp)   # (B', R, *P[1:], C)
+        y = kernels.scratch(state, "y", gc.shape, acc, xp)       # (B', R, *P[1:], C)
         _lp_window_sums(xk, y, spec, p, bs, rows, state, xp)
         zero = xp.equal(y, 0)
         with np.errstate(divide="ignore", invalid="ignore"):
