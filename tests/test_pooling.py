@@ -596,7 +596,12 @@ ERRORS = [
      r"`dy` must have shape \(1, 3, 3, 2\)"),
     (lambda: npconv.max_pool_backward([0.0], X, 2), TypeError, "`dy` must be a numpy.ndarray"),
     (lambda: npconv.max_pool_backward(DY, X.shape, 2), TypeError,
-     "`x` must be a numpy.ndarray; got tuple"),
+     r"`x` must be the forward's input array \(its shape will do only with `indices=`\); got "
+     "tuple"),
+    (lambda: npconv.global_max_pool_backward(np.zeros((1, 2)), X.shape), TypeError,
+     "`x` must be the forward's input array"),
+    (lambda: npconv.max_pool_backward(DY, (1, 6, 6, 2), 2, indices=IDX, data_format="NHWC"),
+     ValueError, "`data_format` must be one"),
     (lambda: npconv.max_pool_backward(DY, "x", 2, indices=IDX), TypeError,
      "`x` must be a tuple of ints"),
     (lambda: npconv.max_pool_backward(DY, (1, 0, 6, 2), 2, indices=IDX), ValueError,

@@ -75,6 +75,17 @@ def _shape_arg(shape, name: str = "x_shape") -> tuple[int, ...]:
     return tuple(int(v) for v in shape)
 
 
+def _x_shape(x, indices) -> tuple[int, ...]:
+    """The shape of a max pool backward's `x`: the forward's input, or its shape alone when
+    `indices` are given."""
+    if _backend.is_array(x) or indices is None:
+        if not _backend.is_array(x):
+            raise TypeError(f"`x` must be the forward's input array (its shape will do only with "
+                            f"`indices=`); got {type(x).__name__}")
+        return _max_array(x, "x").shape
+    return _shape_arg(x, "x")
+
+
 def _indices_arg(indices, shape: tuple[int, ...], name: str = "indices"):
     """Integer indices of the output's shape, as int64."""
     if not _backend.is_array(indices):
@@ -299,12 +310,7 @@ def max_pool_backward(
     array([0., 2., 1., 0.])
     """
     _args.float_array(dy, "dy")
-    if indices is None or _backend.is_array(x):
-        x_shape = _max_array(x, "x").shape
-    else:
-        x_shape = _shape_arg(x, "x")
-        _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-        split_pool_shape(x_shape, data_format, "x")
+    x_shape = _x_shape(x, indices)
     spec = pool_spec(x_shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     check_shape(dy, spec.y_shape(), "dy")
@@ -457,10 +463,8 @@ def avg_pool_backward(
     """
     _args.float_array(dy, "dy")
     x_shape = _shape_arg(x_shape)
-    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-    split_pool_shape(x_shape, data_format, "x_shape")
     spec = pool_spec(x_shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                     ceil_mode=ceil_mode, data_format=data_format)
+                     ceil_mode=ceil_mode, data_format=data_format, name="x_shape")
     count_include_pad = check_flag(count_include_pad, "count_include_pad")
     check_shape(dy, spec.y_shape(), "dy")
     dyk = _layout.planes(dy, data_format)
@@ -631,8 +635,7 @@ def global_max_pool_backward(dy: np.ndarray, x: np.ndarray | tuple[int, ...], *,
            [0., 0.]])
     """
     _args.float_array(dy, "dy")
-    x_shape = _max_array(x, "x").shape if indices is None or _backend.is_array(x) else (
-        _shape_arg(x, "x"))
+    x_shape = _x_shape(x, indices)
     n, s, c = _global_shape(x_shape, data_format)
     check_shape(dy, (n, c), "dy")
     if indices is None:

@@ -626,18 +626,20 @@ def pool_spec(
     dilation: int | tuple[int, ...] = 1,
     ceil_mode: bool = False,
     data_format: str = "channels_last",
+    name: str = "x",
 ) -> PoolSpec:
     """Check every argument of a pooling and resolve its geometry.
 
     `stride=None` means stride = kernel_size. `padding` takes every form `npconv.conv` takes
     (int, per-dim ints, (lo, hi) pairs, "valid", "same", "full"), of any size (ONNX allows
-    padding wider than half the window; PyTorch does not).
+    padding wider than half the window; PyTorch does not). `name` is the shape's argument in
+    error messages (the backward ops given a shape pass "x_shape").
 
     >>> pool_spec((8, 28, 28, 3), 3, stride=2, padding=1).out_size    # floor(27 / 2) + 1
     (14, 14)
     """
     _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-    n, s, c = split_pool_shape(x_shape, data_format)
+    n, s, c = split_pool_shape(x_shape, data_format, name)
     rank = len(s)
     k = _args.positive_tuple(kernel_size, rank, "kernel_size")
     stride_ = k if stride is None else _args.positive_tuple(stride, rank, "stride")
