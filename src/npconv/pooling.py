@@ -67,14 +67,6 @@ def _max_array(x, name: str):
     return x
 
 
-def _shape_arg(shape, name: str = "x_shape") -> tuple[int, ...]:
-    if not isinstance(shape, (tuple, list)) or not all(map(_args.is_int, shape)):
-        raise TypeError(f"`{name}` must be a tuple of ints; got {shape!r}")
-    if any(v < 0 for v in shape):
-        raise ValueError(f"`{name}` must have sizes >= 0; got {tuple(shape)}")
-    return tuple(int(v) for v in shape)
-
-
 def _x_shape(x, indices) -> tuple[int, ...]:
     """The shape of a max pool backward's `x`: the forward's input, or its shape alone when
     `indices` are given."""
@@ -83,7 +75,7 @@ def _x_shape(x, indices) -> tuple[int, ...]:
             raise TypeError(f"`x` must be the forward's input array (its shape will do only with "
                             f"`indices=`); got {type(x).__name__}")
         return _max_array(x, "x").shape
-    return _shape_arg(x, "x")
+    return _args.shape_tuple(x, "x")
 
 
 def _indices_arg(indices, shape: tuple[int, ...], name: str = "indices"):
@@ -462,7 +454,7 @@ def avg_pool_backward(
     array([0.5, 1. , 0.5])
     """
     _args.float_array(dy, "dy")
-    x_shape = _shape_arg(x_shape)
+    x_shape = _args.shape_tuple(x_shape, "x_shape")
     spec = pool_spec(x_shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format, name="x_shape")
     count_include_pad = check_flag(count_include_pad, "count_include_pad")
@@ -555,7 +547,7 @@ def global_avg_pool_backward(dy: np.ndarray, x_shape: tuple[int, ...], *,
            [0.25, 0.25]])
     """
     _args.float_array(dy, "dy")
-    x_shape = _shape_arg(x_shape)
+    x_shape = _args.shape_tuple(x_shape, "x_shape")
     n, s, c = _global_shape(x_shape, data_format, "x_shape")
     check_shape(dy, (n, c), "dy")
     xp = _backend.namespace(dy)
