@@ -123,8 +123,8 @@ def plan(n: int, rows: int, settings: Settings, *, row_bytes: int, tap_bytes: in
 
     A chunk of r rows and t kernel offsets needs r * (row_bytes + t * tap_bytes) bytes of
     temporaries; `fixed_bytes` more per worker whatever the chunk (accumulators). Chunks are
-    whole images when an image fits a chunk target (`Tuning.chunk_bytes`, or `chunk_bytes`,
-    within a worker's share of the workspace), else rows of one image, else, when one row
+    whole images when an image fits a chunk target (`Tuning.chunk_bytes`, or `chunk_bytes` when
+    smaller, within a worker's share of the workspace), else rows of one image, else, when one row
     exceeds the worker's share and `tap_bytes` > 0, blocks of one row's kernel offsets. With
     `by_image`, no two workers ever write to the same image (scatters spill across chunk
     borders).
