@@ -25,7 +25,6 @@ from npconv._args import check_flag
 from npconv.spec import (
     PoolSpec,
     check_shape,
-    effective_kernel,
     pool_out_size,
     pool_spec,
     split_pool_shape,
@@ -108,7 +107,7 @@ def _row_bytes(spec: PoolSpec, itemsize: int, per_window: int = 0) -> int:
     c = spec.channels if spec.data_format == "channels_last" else 1
     in_row = math.prod(spec.in_size[1:]) * c * itemsize
     windows = math.prod(spec.out_size[1:]) * c
-    read = min(spec.stride[0], effective_kernel(spec.kernel_size[0], spec.dilation[0]))
+    read = min(spec.stride[0], spec.extent(0))
     return (read + 1) * in_row + windows * (itemsize + per_window)
 
 
@@ -135,8 +134,7 @@ def _chunk_input(xk, spec: PoolSpec, bs: slice, p_range, state, xp, split: bool)
     max pool with indices, 15% in channels_first; a 2x2 stride-2 pool reads each column once,
     and the split cost 6% more there)."""
     s = spec.stride[-1]
-    split = split and s > 1 and spec.out_size[-1] > 1 and s < effective_kernel(
-        spec.kernel_size[-1], spec.dilation[-1])
+    split = split and s > 1 and spec.out_size[-1] > 1 and spec.overlaps(spec.rank - 1)
     wide = np.float32 if xk.dtype == np.float16 else None
     if not (split or wide):
         return xk[bs], 0, 1
@@ -323,8 +321,7 @@ def _scatter_indices(dyk, ik, spec: PoolSpec, acc, xp):
     scatter when windows cannot overlap) of dy at the elements the indices name."""
     dx = np.zeros(_kernel_shape(spec, spec.in_size), dtype=acc)  # (B, *S, C)
     size, plane = math.prod(spec.in_size), dx.shape[-1]
-    overlap = any(s < effective_kernel(k, d)
-                  for s, k, d in zip(spec.stride, spec.kernel_size, spec.dilation))
+    overlap = any(map(spec.overlaps, range(spec.rank)))
     dead = any(spec.live_windows(d) < p for d, p in enumerate(spec.out_size))
 
     def task(chunk, state):

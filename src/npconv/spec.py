@@ -503,6 +503,14 @@ class PoolSpec:
         """Output shape in the caller's layout."""
         return layout_shape(self.batch, self.out_size, self.channels, self.data_format)
 
+    def extent(self, dim: int) -> int:
+        """Input coordinates one window spans along `dim`: dilation * (K - 1) + 1."""
+        return effective_kernel(self.kernel_size[dim], self.dilation[dim])
+
+    def overlaps(self, dim: int) -> bool:
+        """Whether neighbouring windows along `dim` share input coordinates (stride < span)."""
+        return self.stride[dim] < self.extent(dim)
+
     def span(self, dim: int, k: int, lo: int = 0, hi: int | None = None) -> tuple[int, int, int]:
         """The windows whose tap k along spatial dimension `dim` reads a coordinate in [lo, hi).
 
