@@ -489,3 +489,21 @@ def test_non_finite_weights_give_the_definitions_input_gradient(algorithm, bad):
     wt = w.swapaxes(-1, -2) if groups == 1 else w                # (*K, F/G, C) of 16 channels
     got = npconv.conv_transpose(x, wt, algorithm=algorithm, groups=groups)
     _same_as_reference(got, reference.conv_transpose(x, wt, groups=groups))
+
+
+def test_an_error_in_one_worker_waits_for_the_others():
+    """run returns (raising the error) only when every worker has stopped: a worker still
+    writing after it would write into buffers that the next computation reuses."""
+    pytest.importorskip("threadpoolctl")                         # workers need it
+    finished = threading.Event()
+
+    def task(part: int, _: None) -> None:
+        if part == 1:
+            raise MemoryError("worker 1")
+        if part == 2:
+            time.sleep(0.3)
+            finished.set()
+
+    with npconv.config(threads=3), pytest.raises(MemoryError, match="worker 1"):
+        _chunks.run(task, _chunks.Plan.round_robin([0, 1, 2], 3), lambda: None)
+    assert finished.is_set()

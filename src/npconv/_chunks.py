@@ -41,7 +41,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -230,9 +230,10 @@ def run(task: Callable[[Any, Any], None], plan: Plan, make_state: Callable[[], A
         futures = [pool.submit(work, i) for i in range(1, plan.workers)]
         try:
             work(0)
-        finally:
-            for f in futures:                                    # wait for all, even on error
-                f.result()
+        finally:                 # every worker stops, even on an error, before its buffers
+            wait(futures)        # go back to the pool and BLAS gets its threads back
+    for f in futures:
+        f.result()                                               # a worker's error, if any
     return states
 
 
