@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -507,3 +508,52 @@ def test_an_error_in_one_worker_waits_for_the_others():
     with npconv.config(threads=3), pytest.raises(MemoryError, match="worker 1"):
         _chunks.run(task, _chunks.Plan.round_robin([0, 1, 2], 3), lambda: None)
     assert finished.is_set()
+
+
+def test_ops_called_from_several_threads_at_once_agree_with_serial_calls():
+    """Three user threads share the worker pool, the scratch pool and the BLAS limit: each
+    thread's convolutions and pools equal the same calls made one at a time, and BLAS gets its
+    thread count back at the end."""
+    rng = np.random.default_rng(7)
+    cases = [(rng.standard_normal((2, 12 + i, 14, 8)), rng.standard_normal((3, 3, 8, 6)))
+             for i in range(3)]
+
+    def compute(x, w):
+        y = npconv.conv(x, w, padding=1, stride=1 + len(x[0]) % 2)
+        dx, dw, _ = npconv.conv_backward(np.ones_like(y), x, w, padding=1, stride=1 + len(x[0]) % 2)
+        m, idx = npconv.max_pool(x, 3, stride=2, padding=1, return_indices=True)
+        return [y, dx, dw, m, npconv.max_pool_backward(m, x.shape, 3, stride=2, padding=1,
+                                                       indices=idx)]
+
+    tuning = dict(chunk_bytes=2**12, min_parallel_bytes=0, pool_chunk_bytes=2**12,
+                  pool_parallel_bytes=0)
+    with (npconv.config(threads=2, workspace=2**16), _config.tuned(**tuning),
+          warnings.catch_warnings()):
+        warnings.simplefilter("ignore", RuntimeWarning)          # 64 KiB is below a row
+        want = [compute(*case) for case in cases]
+    failures = []
+
+    def user(k: int) -> None:
+        with npconv.config(threads=2, workspace=2**16), _config.tuned(**tuning):
+            for j in range(6):
+                got = compute(*cases[(j + k) % 3])
+                failures.extend(not np.array_equal(a, b) for a, b in zip(got, want[(j + k) % 3]))
+
+    limits = _blas_threads()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)          # 64 KiB is below a row
+        users = [threading.Thread(target=user, args=(k,)) for k in range(3)]
+        for t in users:
+            t.start()
+        for t in users:
+            t.join()
+    assert len(failures) == 3 * 6 * 5 and not any(failures)
+    assert _blas_threads() == limits
+
+
+def _blas_threads():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [lib["num_threads"] for lib in threadpool_info()]
