@@ -493,7 +493,8 @@ def test_non_finite_weights_give_the_definitions_input_gradient(algorithm, bad):
 
 def test_an_error_in_one_worker_waits_for_the_others():
     """run returns (raising the error) only when every worker has stopped: a worker still
-    writing after it would write into buffers that the next computation reuses."""
+    writing after it would write into buffers that the next computation reuses. BLAS gets its
+    thread count back."""
     pytest.importorskip("threadpoolctl")                         # workers need it
     finished = threading.Event()
 
@@ -504,9 +505,11 @@ def test_an_error_in_one_worker_waits_for_the_others():
             time.sleep(0.3)
             finished.set()
 
+    limits = _blas_threads()
     with npconv.config(threads=3), pytest.raises(MemoryError, match="worker 1"):
         _chunks.run(task, _chunks.Plan.round_robin([0, 1, 2], 3), lambda: None)
     assert finished.is_set()
+    assert _blas_threads() == limits                             # restored after the error
 
 
 def test_ops_called_from_several_threads_at_once_agree_with_serial_calls():
