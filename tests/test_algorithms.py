@@ -8,6 +8,11 @@ chunk planner, the tuning values (passed in through `_config.tuned`), the automa
 non-finite inputs are checked here too.
 """
 
+import os
+import signal
+import threading
+import time
+
 import numpy as np
 import pytest
 from helpers import rel_err as shared_rel_err
@@ -16,7 +21,7 @@ from hypothesis import strategies as st
 from strategies import min_size
 
 import npconv
-from npconv import _chunks, _config, _kernels, _layout, algorithms, reference
+from npconv import _chunks, _config, _kernels, _layout, _workspace, algorithms, reference
 from npconv.spec import conv_spec
 
 ALGORITHMS = tuple(npconv.ALGORITHMS)
@@ -426,3 +431,127 @@ def test_scatter_plans_of_whole_images_use_every_worker():
     plan = _chunks.plan(8, 1, settings, row_bytes=100, by_image=True)
     assert [c.batch for c in plan.chunks] == [slice(i, i + 2) for i in range(0, 8, 2)]
     assert plan.owners == (0, 1, 0, 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_ops_on_workers_of_its_own():
+    """The parent's worker pool exists, and another of its threads holds the workspace lock at
+    the fork: the child still runs a two-worker convolution (the parent's pool object would
+    queue work for threads the child does not have, and the copied lock would never be freed)."""
+    pytest.importorskip("threadpoolctl")                         # workers need it
+    x, w = np.ones((4, 32, 32, 16)), np.ones((3, 3, 16, 16))
+    with npconv.config(threads=2), _config.tuned(min_parallel_bytes=0, chunk_bytes=2**14):
+        want = npconv.conv(x, w)                                 # the pool now has a thread
+        locked, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with _workspace._lock:
+                locked.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        locked.wait()
+        pid = os.fork()
+        if pid == 0:                                             # the child
+            ok = np.array_equal(npconv.conv(x, w, workspace=2**22), want)
+            os._exit(0 if ok else 1)
+        release.set()
+        holder.join()
+    for _ in range(300):                                         # up to 30 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in npconv.conv")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # NumPy's, for the reference's inf
+@pytest.mark.parametrize("algorithm", [None, *ALGORITHMS])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_weights_give_the_definitions_input_gradient(algorithm, bad):
+    """One NaN or infinite weight, stride 1, channels wide enough for the gather: dx and the
+    transposed convolution hold NaN and inf where the reference's do. The gather would also
+    multiply the weight by the zeros that pad dy, NaN at every pixel the tap does not reach."""
+    k = 1 if algorithm == "pointwise" else 3
+    c, groups = (16, 16) if algorithm == "depthwise" else (16, 1)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 8, 8, c))
+    w = rng.standard_normal((k, k, c // groups, 16))
+    w[(k - 1, k // 2, 0, 0) if k > 1 else (0, 0, 0, 0)] = bad
+    dy = rng.standard_normal(conv_spec(x.shape, w.shape, groups=groups).y_shape())
+    got = npconv.conv_backward(dy, x, w, algorithm=algorithm, groups=groups).dx
+    _same_as_reference(got, reference.conv_backward(dy, x, w, groups=groups).dx)
+    wt = w.swapaxes(-1, -2) if groups == 1 else w                # (*K, F/G, C) of 16 channels
+    got = npconv.conv_transpose(x, wt, algorithm=algorithm, groups=groups)
+    _same_as_reference(got, reference.conv_transpose(x, wt, groups=groups))
+
+
+def test_an_error_in_one_worker_waits_for_the_others():
+    """run returns (raising the error) only when every worker has stopped: a worker still
+    writing after it would write into buffers that the next computation reuses. BLAS gets its
+    thread count back."""
+    pytest.importorskip("threadpoolctl")                         # workers need it
+    finished = threading.Event()
+
+    def task(part: int, _: None) -> None:
+        if part == 1:
+            raise MemoryError("worker 1")
+        if part == 2:
+            time.sleep(0.3)
+            finished.set()
+
+    limits = _blas_threads()
+    with npconv.config(threads=3), pytest.raises(MemoryError, match="worker 1"):
+        _chunks.run(task, _chunks.Plan.round_robin([0, 1, 2], 3), lambda: None)
+    assert finished.is_set()
+    assert _blas_threads() == limits                             # restored after the error
+
+
+def test_ops_called_from_several_threads_at_once_agree_with_serial_calls():
+    """Three user threads share the worker pool, the scratch pool and the BLAS limit: each
+    thread's convolutions and pools equal the same calls made one at a time, and BLAS gets its
+    thread count back at the end."""
+    rng = np.random.default_rng(7)
+    cases = [(rng.standard_normal((2, 12 + i, 14, 8)), rng.standard_normal((3, 3, 8, 6)))
+             for i in range(3)]
+
+    def compute(x, w):
+        y = npconv.conv(x, w, padding=1, stride=1 + len(x[0]) % 2)
+        dx, dw, _ = npconv.conv_backward(np.ones_like(y), x, w, padding=1, stride=1 + len(x[0]) % 2)
+        m, idx = npconv.max_pool(x, 3, stride=2, padding=1, return_indices=True)
+        return [y, dx, dw, m, npconv.max_pool_backward(m, x.shape, 3, stride=2, padding=1,
+                                                       indices=idx)]
+
+    tuning = dict(chunk_bytes=2**12, min_parallel_bytes=0, pool_chunk_bytes=2**12,
+                  pool_parallel_bytes=0)
+    with npconv.config(threads=2, workspace=2**16), _config.tuned(**tuning):
+        want = [compute(*case) for case in cases]
+    failures = []
+
+    def user(k: int) -> None:
+        with npconv.config(threads=2, workspace=2**16), _config.tuned(**tuning):
+            for j in range(6):
+                got = compute(*cases[(j + k) % 3])
+                failures.extend(not np.array_equal(a, b) for a, b in zip(got, want[(j + k) % 3]))
+
+    limits = _blas_threads()
+    users = [threading.Thread(target=user, args=(k,)) for k in range(3)]
+    for t in users:
+        t.start()
+    for t in users:
+        t.join()
+    assert len(failures) == 3 * 6 * 5 and not any(failures)
+    assert _blas_threads() == limits
+
+
+def _blas_threads():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [lib["num_threads"] for lib in threadpool_info()]

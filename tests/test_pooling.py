@@ -8,6 +8,7 @@ first-maximum rule) are exercised.
 """
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -519,7 +520,9 @@ def test_huge_stride_is_a_clear_error():
     """max_pool(stride=10**20) raised NumPy's OverflowError from a slice."""
     with pytest.raises(ValueError, match=r"`stride` must be at most sys.maxsize"):
         npconv.max_pool(np.zeros((1, 4, 1)), 2, stride=10**20)
-    y = npconv.max_pool(np.arange(4.0).reshape(1, 4, 1), 2, stride=2**62)  # one window: fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # a chunk reads one window's rows, not stride rows
+        y = npconv.max_pool(np.arange(4.0).reshape(1, 4, 1), 2, stride=2**62)  # one window
     assert y.ravel().tolist() == [1.0]
 
 
@@ -593,7 +596,12 @@ ERRORS = [
      r"`dy` must have shape \(1, 3, 3, 2\)"),
     (lambda: npconv.max_pool_backward([0.0], X, 2), TypeError, "`dy` must be a numpy.ndarray"),
     (lambda: npconv.max_pool_backward(DY, X.shape, 2), TypeError,
-     "`x` must be a numpy.ndarray; got tuple"),
+     r"`x` must be the forward's input array \(its shape will do only with `indices=`\); got "
+     "tuple"),
+    (lambda: npconv.global_max_pool_backward(np.zeros((1, 2)), X.shape), TypeError,
+     "`x` must be the forward's input array"),
+    (lambda: npconv.max_pool_backward(DY, (1, 6, 6, 2), 2, indices=IDX, data_format="NHWC"),
+     ValueError, "`data_format` must be one"),
     (lambda: npconv.max_pool_backward(DY, "x", 2, indices=IDX), TypeError,
      "`x` must be a tuple of ints"),
     (lambda: npconv.max_pool_backward(DY, (1, 0, 6, 2), 2, indices=IDX), ValueError,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from test_pooling import draw_x, pool_geometry
 
 import npconv
-from npconv import _config, pooling
+from npconv import _config, _layout, pooling
 
 
 def _all_ops(x, kw, seed):
@@ -70,7 +70,7 @@ def test_the_array_module_scatter_matches_add_at(geom, seed):
     dy = np.random.default_rng(seed + 1).standard_normal(y.shape)
     spec = npconv.pool_spec(x.shape, **kw)
     fmt = kw["data_format"]
-    dx = pooling._scatter_offsets(pooling._kernel_view(dy, fmt), pooling._kernel_view(idx, fmt),
+    dx = pooling._scatter_offsets(_layout.planes(dy, fmt), _layout.planes(idx, fmt),
                                   spec, np.float64, np)
     assert rel_err(dx.reshape(x.shape), npconv.max_pool_backward(dy, x, **kw)) < 1e-13
 

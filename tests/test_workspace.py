@@ -305,19 +305,50 @@ def test_pool_keeps_at_most_the_workspace_and_releases(rng):
 
 
 def test_pooled_memory_is_asked_for_explicitly():
-    """`_windows.pad` always returns an ordinary array, inside a scope too; pooled scratch comes
-    only from `_workspace.scratch` (and `_layout.padded`, which asks for it)."""
-    from npconv import _config, _layout, _windows
+    """Pooled scratch comes only from `_workspace.scratch` (and `_layout.padded`, which asks for
+    it) inside a scope; the same padded copy outside a scope is an ordinary array."""
+    from npconv import _config, _layout
 
     x = np.ones((4, 256, 256, 2))                                # 4 MiB: poolable
     settings = _config.resolve()
+    plain = _layout.padded(x, ((1, 1), (1, 1)), "zeros", x.dtype, settings)
     with _workspace.scope(settings):
-        padded = _windows.pad(x, ((1, 1), (1, 1)))
         scratch = _layout.padded(x, ((1, 1), (1, 1)), "zeros", x.dtype, settings)
-        assert padded.flags.owndata and not scratch.flags.owndata
-        np.testing.assert_array_equal(padded, scratch)
+        assert plain.flags.owndata and not scratch.flags.owndata
+        np.testing.assert_array_equal(plain, scratch)
 
 
 def test_scratch_outside_a_scope_is_an_ordinary_array():
     a = _workspace.scratch((1024, 1024), np.float64)
     assert a.base is None and a.flags.owndata
+
+
+def test_plain_temporaries_count_against_the_pool():
+    """A temporary too small to pool is a plain allocation, but while it lives the free buffers
+    the pool keeps and it stay within the limit together."""
+    from npconv import _config
+
+    mib = 2**20
+    settings = _config.Settings(workspace=4 * mib)               # pooled from 1 MiB up
+    _workspace.release()
+    with _workspace.scope(settings):
+        _workspace.scratch((4 * mib,), np.uint8)
+    assert _workspace.pooled_bytes() == 4 * mib                  # kept for the next call
+    with _workspace.scope(settings):
+        _workspace.scratch((mib - 1,), np.uint8)                 # plain
+        assert _workspace.pooled_bytes() == 0                    # 4 MiB + it: over the limit
+    _workspace.release()
+
+
+def test_a_backward_with_small_chunk_buffers_holds_the_limit(rng):
+    """One thread, a 1 MiB limit: dx's chunk buffer (1 MiB, pooled) stays in the pool while dw
+    takes a plain buffer of just under 1 MiB; the pool gives it up instead of holding both
+    (2.3 MiB of temporaries before)."""
+    x = rng.standard_normal((1, 4, 1024, 16)).astype(np.float32)
+    w = rng.standard_normal((1, 513, 16, 2)).astype(np.float32)
+    dy = rng.standard_normal(conv_spec(x.shape, w.shape).y_shape()).astype(np.float32)
+    limit = 2**20
+    _workspace.release()
+    with npconv.config(threads=1):
+        grads, peak = _peak(lambda: npconv.conv_backward(dy, x, w, workspace=limit))
+    assert peak <= 1.5 * limit + _nbytes(*grads)

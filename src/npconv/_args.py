@@ -35,6 +35,15 @@ def int_tuple(value: Any, rank: int, name: str) -> tuple[int, ...]:
     raise TypeError(f"`{name}` must be an int or a tuple of {rank} ints; got {value!r}")
 
 
+def shape_tuple(value: Any, name: str) -> tuple[int, ...]:
+    """Check a shape argument (`x_shape`, `w_shape`): a tuple or list of ints >= 0."""
+    if not isinstance(value, (tuple, list)) or not all(map(is_int, value)):
+        raise TypeError(f"`{name}` must be a tuple of ints; got {value!r}")
+    if any(v < 0 for v in value):
+        raise ValueError(f"`{name}` must have sizes >= 0; got {tuple(value)}")
+    return tuple(int(v) for v in value)
+
+
 def positive_tuple(value: Any, rank: int, name: str) -> tuple[int, ...]:
     """`int_tuple` whose entries must all be >= 1 (stride, dilation, kernel_size)."""
     out = int_tuple(value, rank, name)
@@ -71,3 +80,10 @@ def result_dtype(*arrays: Any) -> np.dtype[Any]:
 def compute_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     """float16 is computed in float32 (no BLAS for half precision), then cast back."""
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """TypeError unless `value` is True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False; got {value!r}")
+    return bool(value)

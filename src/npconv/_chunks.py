@@ -23,6 +23,10 @@ there, while OpenBLAS's spinning threads answer at once. With `threads=1` BLAS i
 thread throughout. Without threadpoolctl, or on CuPy, chunks run one after another on the
 calling thread and BLAS keeps its own threads.
 
+A forked child process starts with no pool and no BLAS limit in force (`_after_fork`): the
+parent's worker threads do not exist there, and a pool object copied from the parent would
+queue work that no thread ever runs.
+
 Chunks are dealt to the workers in a fixed order (round-robin; all chunks of an image to one
 worker for scatters, whose chunks spill into their neighbours' rows; all tap blocks of an output
 row to one worker, which adds them up in order) and per-worker partial sums are added in worker
@@ -33,10 +37,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -56,6 +61,22 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _blas: dict[str, Any] = {"controller": None, "depth": 0, "limiter": None,
                          "lock": threading.Lock()}
+
+
+def _after_fork() -> None:
+    """In a forked child: a new, empty pool and fresh locks (the parent's threads, and any
+    lock one of them held at the fork, are gone); BLAS limits that threads of the parent held
+    are given back."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+    limiter = _blas["limiter"]
+    _blas.update(depth=0, limiter=None, lock=threading.Lock())
+    if limiter is not None:
+        limiter.restore_original_limits()
+
+
+if hasattr(os, "register_at_fork"):                              # not on Windows
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 class Chunk(NamedTuple):
@@ -102,8 +123,8 @@ def plan(n: int, rows: int, settings: Settings, *, row_bytes: int, tap_bytes: in
 
     A chunk of r rows and t kernel offsets needs r * (row_bytes + t * tap_bytes) bytes of
     temporaries; `fixed_bytes` more per worker whatever the chunk (accumulators). Chunks are
-    whole images when an image fits a chunk target (`Tuning.chunk_bytes`, or `chunk_bytes`,
-    within a worker's share of the workspace), else rows of one image, else, when one row
+    whole images when an image fits a chunk target (`Tuning.chunk_bytes`, or `chunk_bytes` when
+    smaller, within a worker's share of the workspace), else rows of one image, else, when one row
     exceeds the worker's share and `tap_bytes` > 0, blocks of one row's kernel offsets. With
     `by_image`, no two workers ever write to the same image (scatters spill across chunk
     borders).
@@ -209,9 +230,10 @@ def run(task: Callable[[Any, Any], None], plan: Plan, make_state: Callable[[], A
         futures = [pool.submit(work, i) for i in range(1, plan.workers)]
         try:
             work(0)
-        finally:
-            for f in futures:                                    # wait for all, even on error
-                f.result()
+        finally:                 # every worker stops, even on an error, before its buffers
+            wait(futures)        # go back to the pool and BLAS gets its threads back
+    for f in futures:
+        f.result()                                               # a worker's error, if any
     return states
 
 

@@ -53,9 +53,9 @@ class Tuning:
     scratch_min_bytes: int = 1 * MIB
     """Smaller temporaries are ordinary allocations (malloc recycles them without page faults)."""
     pool_chunk_bytes: int = 4 * MIB
-    """Bytes one pooling chunk reads and writes (input rows, temporaries, output rows): its
-    passes run in cache; at 256 KiB NumPy's per-call overhead made the stem's max pool with
-    indices 4x slower (docs/pooling.md)."""
+    """Bytes one pooling chunk reads and writes (input rows, temporaries, output rows; at most
+    `chunk_bytes`): its passes run in cache; at 256 KiB NumPy's per-call overhead made the
+    stem's max pool with indices 4x slower (docs/pooling.md)."""
     pool_parallel_bytes: int = 2 * MIB
     """Pooling ops touching fewer bytes run on the calling thread."""
     block_bytes: int = 1 * MIB

@@ -6,7 +6,8 @@ are seen channels_last through transposed views (`to_last`, `w_to_last`); `padde
 into the contiguous, padded array a kernel reads with ONE copy that converts layout and dtype
 and pads at once (or none, when the view already is that array), and `result` turns a kernel's
 output into the caller's layout and dtype with at most one copy. These are the conversions the
-workspace bound counts (docs/algorithms.md, "Workspace").
+workspace bound counts (docs/algorithms.md, "Workspace"). Pooling, which treats every channel
+alike, sees a channels_first array as N * C single-channel images instead (`planes`): no copy.
 """
 
 from __future__ import annotations
@@ -44,6 +45,21 @@ def w_from_last(w: Any, data_format: str) -> Any:
     return w.transpose(r + 1, r, *range(r))                      # (F, C/G, *K)
 
 
+def planes(a: Any, data_format: str) -> Any:
+    """The layout of ops that treat every channel alike (pooling): (B, *S, C), a channels_last
+    (N, *S, C) as it is and a channels_first (N, C, *S) as (N * C, *S, 1), so that neither is
+    ever transposed (a copy only when a channels_first `a` is not C-contiguous)."""
+    if data_format == "channels_last":
+        return a
+    n, c, *s = a.shape
+    return a.reshape(n * c, *s, 1)                               # (N*C, *S, 1)
+
+
+def planes_shape(n: int, size: tuple[int, ...], c: int, data_format: str) -> tuple[int, ...]:
+    """(B, *size, C) of `planes`: (N, *size, C), or (N * C, *size, 1) for channels_first."""
+    return (n, *size, c) if data_format == "channels_last" else (n * c, *size, 1)
+
+
 def padded(a: Any, pads: Pads, mode: str, dtype: Any, settings: Settings,
            contiguous: bool = True) -> Any:
     """a (N, *S, C), any strides, padded by (lo, hi) per axis (negative amounts crop), as a
@@ -71,7 +87,7 @@ def result(a: Any, data_format: str, dtype: Any, settings: Settings) -> Any:
     out = from_last(a, data_format)
     if out.dtype == dtype and out.flags.c_contiguous and out.flags.writeable:
         return out
-    copy = _backend.namespace(a).empty(out.shape, dtype=dtype)
+    copy = _backend.namespace(a).empty(out.shape, dtype=dtype)   # (N, *P, F) or (N, F, *P)
     _chunks.copyto(copy, out, settings)
     return copy
 

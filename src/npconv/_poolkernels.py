@@ -115,8 +115,8 @@ def phase_split(src, phases: int, state: dict, xp=np, dtype=None):
     instead of one per offset). Entries past the last row of a phase stay undefined; no tap
     reads them."""
     size = src.shape[-2]
-    out = scratch(state, "phases", (*src.shape[:-2], phases, -(-size // phases), src.shape[-1]),
-                  src.dtype if dtype is None else dtype, xp)
+    shape = (*src.shape[:-2], phases, -(-size // phases), src.shape[-1])  # (..., f, j, C)
+    out = scratch(state, "phases", shape, src.dtype if dtype is None else dtype, xp)
     for f in range(min(phases, size)):
         part = src[..., f::phases, :]                            # (..., rows of phase f, C)
         xp.copyto(out[..., f, :part.shape[-2], :], part)
@@ -304,8 +304,8 @@ def argmax_codes(x, y, codes, spec, p_range0, state: dict, xp=np, x_base0: int =
     reads no input. x: (B', input rows from x_base0, *S[1:], C), or its `phase_split`."""
     taps, dtype = math.prod(spec.kernel_size), codes.dtype
     codes[...] = 0
-    eq = scratch(state, "eq", y.shape, np.bool_, xp)
-    hit = scratch(state, "hit", y.shape, dtype, xp)
+    eq = scratch(state, "eq", y.shape, np.bool_, xp)             # (B', R, *P[1:], C)
+    hit = scratch(state, "hit", y.shape, dtype, xp)              # (B', R, *P[1:], C)
     where = (p_range0, None, p_range0[0], x_base0, phases)
     for r, box, view in offsets(spec, *where):
         e = xp.equal(x[view], y[box], out=eq[box])               # (B', *box) the tap is the max
@@ -354,7 +354,7 @@ def _plane_starts(shape, plane: int, size: int, state: dict):
     if key not in state:
         nb, c = shape[0], shape[-1]
         start = np.arange(nb, dtype=np.int64)[:, None] * size * plane + np.arange(c)  # (B', C)
-        state[key] = np.ascontiguousarray(
+        state[key] = np.ascontiguousarray(                       # (B', *P', C)
             np.broadcast_to(start.reshape(nb, *(1,) * (len(shape) - 2), c), shape))
     return state[key]
 

@@ -1,22 +1,20 @@
-"""Padding, window views and their exact reverses, on channels_last arrays (N, *S, C).
+"""Padding and window views on channels_last arrays (N, *S, C), and the padding's reverse.
 
-- `pad` / `fill_border` / `pad_adjoint`: add padding of any mode, and send the gradient of the
-  padded array back to the pixels the padding copied (a reflected pixel's gradient goes to the
-  pixel it mirrors).
+- `fill_border` / `pad_adjoint`: write padding of any mode around an interior (`interior`),
+  and send the gradient of the padded array back to the pixels the padding copied (a reflected
+  pixel's gradient goes to the pixel it mirrors).
 - `unfold`: the read-only view (N, *P, *K, C) of every window, built on `sliding_window_view`
-  (never `as_strided`, which reads foreign memory when a stride is wrong).
-- `offsets` / `fold`: the strided slice each kernel offset reads, and the reverse of `unfold`,
-  a scatter-add of window values back onto the padded input, one strided-slice `+=` per kernel
-  offset (Chainer's col2im).
+  (never `as_strided`, which reads foreign memory when a stride is wrong). Its reverse, the
+  scatter-add of window values back onto the padded input, is the input gradient's scatter
+  (`npconv._kernels`), run chunk by chunk.
 
-Every function here allocates ordinary arrays or fills the array it is given: which memory a
-padded copy lives in (pooled scratch inside an op) is the caller's choice (`_layout.padded`).
+Nothing here allocates a padded copy: which memory it lives in (pooled scratch inside an op)
+is the caller's choice (`_layout.padded`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,21 +28,6 @@ _NUMPY_PAD_MODE = {"replicate": "edge", "circular": "wrap", "reflect": "reflect"
 def interior(pads: Pads, size: tuple[int, ...]) -> tuple[slice, ...]:
     """Index of the unpadded pixels (N, *S, C) inside a padded array (N, *Sp, C)."""
     return (slice(None), *(slice(lo, lo + s) for s, (lo, _) in zip(size, pads)))
-
-
-def pad(x: Any, pads: Pads, mode: str = "zeros") -> Any:
-    """Pad the spatial axes of x (N, *S, C) -> a new array (N, *(S + lo + hi), C).
-
-    Returns x itself (not a copy) when every pad is zero.
-    """
-    if not any(lo or hi for lo, hi in pads):
-        return x
-    xp = _backend.namespace(x)
-    size = tuple(s + lo + hi for s, (lo, hi) in zip(x.shape[1:-1], pads))
-    out = xp.empty((x.shape[0], *size, x.shape[-1]), dtype=x.dtype)  # (N, *Sp, C)
-    out[interior(pads, x.shape[1:-1])] = x
-    fill_border(out, pads, mode)
-    return out
 
 
 def fill_border(out: Any, pads: Pads, mode: str = "zeros") -> None:
@@ -73,7 +56,7 @@ def _source_index(s: int, lo: int, hi: int, mode: str) -> np.ndarray:
 
 
 def pad_adjoint(dxp: Any, pads: Pads, mode: str = "zeros") -> Any:
-    """Reverse of `pad` for gradients: (N, *(S + lo + hi), C) -> (N, *S, C).
+    """Reverse of the padding for gradients: (N, *(S + lo + hi), C) -> (N, *S, C).
 
     Zero padding just crops: the result is a view of dxp (callers copy it into the caller's
     layout once, instead of twice for channels_first arrays). For the other modes each padded
@@ -118,28 +101,3 @@ def unfold(xp_: Any, kernel_size: tuple[int, ...], stride: tuple[int, ...],
     step = tuple(slice(None, None, d) for d in dilation)
     win = win[(slice(None), *keep, slice(None), *step)]          # (N, *P, C, *K)
     return xp.moveaxis(win, rank + 1, -1)                        # (N, *P, *K, C)
-
-
-def offsets(kernel_size: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
-            out_size: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
-    """Yield (k, index) for every kernel offset k: `index` selects, in the padded input
-    (N, *Sp, C), the pixels p * stride + k * dilation of all P output positions."""
-    for k in itertools.product(*map(range, kernel_size)):
-        yield k, (slice(None), *map(taps, k, dilation, stride, [0] * len(k), out_size))
-
-
-def fold(cols: Any, padded_size: tuple[int, ...], stride: tuple[int, ...],
-         dilation: tuple[int, ...]) -> Any:
-    """Reverse of `unfold`: scatter-add cols (N, *P, *K, C) -> (N, *Sp, C).
-
-    Every window value is added to the padded-input pixel it was read from, so
-    fold(cols) is the adjoint of unfold: <fold(c), x> == <c, unfold(x)>.
-    """
-    rank = len(padded_size)
-    n, *rest = cols.shape
-    out_size, kernel_size, c = rest[:rank], rest[rank:2 * rank], rest[-1]
-    xp = _backend.namespace(cols)
-    out = xp.zeros((n, *padded_size, c), dtype=cols.dtype)      # (N, *Sp, C)
-    for k, index in offsets(kernel_size, stride, dilation, out_size):
-        out[index] += cols[(slice(None),) * (rank + 1) + k]      # (N, *P, C)
-    return out

@@ -7,8 +7,9 @@ as much as the arithmetic of a ResNet layer. Inside a `scope` (every public conv
 opens one, and each of its computations a nested one), `scratch` hands out arrays carved from
 raw buffers kept in a pool. Every scope gives its buffers back to the pool when it ends, so the
 next computation, of the same op or the next call, reuses them. The pool (buffers free and in
-use) stays within the workspace limit where the buffers in use allow: whenever a scope ends or
-a buffer must be allocated afresh, the least recently used free ones beyond that are freed.
+use, the plain allocations of temporaries too small to pool included) stays within the
+workspace limit where the buffers in use allow: whenever a scope ends or a temporary must be
+allocated afresh, the least recently used free buffers beyond that are freed.
 `release` empties it.
 
 Only temporaries come from here, never a result: an op's outputs are ordinary arrays. CuPy
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ class _Scope:
     limit: int                                                   # bytes the pool may hold
     min_bytes: int                                               # smaller: plain allocations
     raws: list[np.ndarray] = field(default_factory=list)         # buffers taken in the scope
+    plain: int = 0                                               # bytes of plain allocations
 
 
 _free: list[np.ndarray] = []                                     # raw uint8 buffers, LRU first
@@ -43,6 +46,18 @@ _held = [0]                                                      # bytes of buff
 _lock = threading.Lock()
 _scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("npconv_scope",
                                                                        default=None)
+
+
+def _after_fork() -> None:
+    """In a forked child: a fresh lock (a parent's thread may have held it at the fork), and no
+    buffer in use (the scopes that held them ran on threads the child does not have)."""
+    global _lock
+    _lock = threading.Lock()
+    _held[0] = 0
+
+
+if hasattr(os, "register_at_fork"):                              # not on Windows
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 @contextlib.contextmanager
@@ -55,19 +70,26 @@ def scope(settings: Settings) -> Iterator[None]:
         yield
     finally:
         _scope.reset(token)
-        _give_back(mine.raws, mine.limit)
+        _give_back(mine.raws, mine.plain, mine.limit)
 
 
 def scratch(shape: tuple[int, ...], dtype: Any, xp: ModuleType = np) -> Any:
     """An uninitialized temporary of `shape` and `dtype`, pooled inside a scope (NumPy only).
 
     It must not outlive the scope that took it: never return it, or a view of it, from an op.
+    A temporary too small to pool is a plain allocation, but counts as in use until the scope
+    ends, so that the free buffers kept in the pool and it stay within the limit together.
     """
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     mine = _scope.get()
-    if xp is not np or mine is None or nbytes < mine.min_bytes:
+    if xp is not np or mine is None:
         return xp.empty(shape, dtype=dtype)
+    if nbytes < mine.min_bytes:
+        with _lock:
+            _reserve(nbytes, mine.limit)
+        mine.plain += nbytes
+        return np.empty(shape, dtype=dtype)
     raw = _take(nbytes, mine.limit)
     mine.raws.append(raw)
     return raw[:nbytes].view(dtype).reshape(shape)
@@ -99,27 +121,32 @@ def pooled_bytes() -> int:
 
 
 def _take(nbytes: int, limit: int) -> np.ndarray:
-    """The smallest free buffer of at least nbytes (at most twice that), else a new one, for
-    which free buffers are dropped (least recently used first) while the pool would exceed
-    `limit`."""
+    """The smallest free buffer of at least nbytes (at most twice that), else a new one."""
     with _lock:
         fits = [i for i, raw in enumerate(_free) if nbytes <= raw.nbytes <= 2 * nbytes]
         if fits:
             raw = _free.pop(min(fits, key=lambda i: _free[i].nbytes))
             _held[0] += raw.nbytes
             return raw
-        free = sum(raw.nbytes for raw in _free)
-        while _free and free + _held[0] + nbytes > limit:
-            free -= _free.pop(0).nbytes
-        _held[0] += nbytes
+        _reserve(nbytes, limit)
     return np.empty(nbytes, dtype=np.uint8)
 
 
-def _give_back(raws: list[np.ndarray], limit: int) -> None:
-    """Return buffers to the pool, then drop the least recently used free ones while the pool
-    (free and still in use) exceeds `limit`."""
+def _reserve(nbytes: int, limit: int) -> None:
+    """Count nbytes of new memory as in use, dropping free buffers (least recently used first)
+    while the pool and it would exceed `limit`. The caller holds `_lock`."""
+    free = sum(raw.nbytes for raw in _free)
+    while _free and free + _held[0] + nbytes > limit:
+        free -= _free.pop(0).nbytes
+    _held[0] += nbytes
+
+
+def _give_back(raws: list[np.ndarray], plain: int, limit: int) -> None:
+    """Return buffers to the pool (and stop counting `plain` bytes of plain allocations as in
+    use), then drop the least recently used free ones while the pool (free and still in use)
+    exceeds `limit`."""
     with _lock:
-        _held[0] -= sum(raw.nbytes for raw in raws)
+        _held[0] -= sum(raw.nbytes for raw in raws) + plain
         _free.extend(raws)
         total = sum(raw.nbytes for raw in _free) + _held[0]
         while _free and total > limit:

@@ -84,14 +84,6 @@ def wants_db(bias: Any, channels: int) -> bool:
     return bias is not None
 
 
-def _shape_arg(shape: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(shape, (tuple, list)) or not all(map(_args.is_int, shape)):
-        raise TypeError(f"`{name}` must be a tuple of ints; got {shape!r}")
-    if any(v < 0 for v in shape):
-        raise ValueError(f"`{name}` must not have negative sizes; got {tuple(shape)}")
-    return tuple(int(v) for v in shape)
-
-
 def check_options(algorithm: Any, workspace: Any, spec: ConvSpec) -> None:
     """Check the `algorithm` and `workspace` keywords against a geometry."""
     algorithms.check_name(algorithm)
@@ -289,7 +281,7 @@ def conv_grad_input(
     [[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]]
     """
     _check_arrays("conv_grad_input", dy=dy, w=w)
-    x_shape = _shape_arg(x_shape, "x_shape")
+    x_shape = _args.shape_tuple(x_shape, "x_shape")
     spec = conv_spec(x_shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                      groups=groups, data_format=data_format, padding_mode=padding_mode,
                      names=("x_shape", "w"))
@@ -327,7 +319,7 @@ def conv_grad_weight(
     ((3, 3, 1, 1), 36.0)
     """
     _check_arrays("conv_grad_weight", dy=dy, x=x)
-    w_shape = _shape_arg(w_shape, "w_shape")
+    w_shape = _args.shape_tuple(w_shape, "w_shape")
     spec = conv_spec(x.shape, w_shape, stride=stride, padding=padding, dilation=dilation,
                      groups=groups, data_format=data_format, padding_mode=padding_mode,
                      names=("x", "w_shape"))

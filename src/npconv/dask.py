@@ -278,7 +278,7 @@ def _dw_of_chunk(x_chunk: Any, dy_chunk: Any, w_shape: tuple[int, ...],
                  kwargs: dict[str, Any]) -> Any:
     """Weight gradient of one chunk pair, shaped (1, ..., 1, *w_shape) for the tree sum."""
     dw = _grad_weight(dy_chunk, x_chunk, w_shape, **kwargs)
-    return dw.reshape((1,) * x_chunk.ndim + dw.shape)
+    return dw.reshape((1,) * x_chunk.ndim + dw.shape)            # (1, ..., 1, *w_shape)
 
 
 def _dx_of_chunk(dy_chunk: Any, w: Any, plans: list[_Plan], local: dict[str, Any],

@@ -3,7 +3,7 @@
 PyTorch's semantics where PyTorch has the op (MaxPoolNd, AvgPoolNd, LPPoolNd,
 AdaptiveAvg/MaxPool to 1), ONNX's where it goes further (MaxPool, AveragePool, LpPool,
 GlobalMaxPool): dilation for every pool, padding of any size, integer max pooling. The public
-functions check their arguments once (`npconv._poolspec.pool_spec`, which holds every shape
+functions check their arguments once (`npconv.spec.pool_spec`, next to every other shape
 formula) and run the kernels of `npconv._poolkernels`: loops over kernel offsets of vectorized
 strided passes, chunked and on the worker threads. The gradient rules are derived in
 docs/pooling.md.
@@ -19,10 +19,16 @@ import math
 
 import numpy as np
 
-from npconv import _args, _backend
+from npconv import _args, _backend, _layout
 from npconv import _poolkernels as kernels
-from npconv._poolspec import PoolSpec, check_flag, pool_out_size, pool_spec, split_x
-from npconv.spec import check_shape, effective_kernel
+from npconv._args import check_flag
+from npconv.spec import (
+    PoolSpec,
+    check_shape,
+    pool_out_size,
+    pool_spec,
+    split_pool_shape,
+)
 
 Size = int | tuple[int, ...]
 Padding = int | str | tuple[int, ...] | tuple[tuple[int, int], ...]
@@ -60,12 +66,15 @@ def _max_array(x, name: str):
     return x
 
 
-def _shape_arg(shape, name: str = "x_shape") -> tuple[int, ...]:
-    if not isinstance(shape, (tuple, list)) or not all(map(_args.is_int, shape)):
-        raise TypeError(f"`{name}` must be a tuple of ints; got {shape!r}")
-    if any(v < 0 for v in shape):
-        raise ValueError(f"`{name}` must have sizes >= 0; got {tuple(shape)}")
-    return tuple(int(v) for v in shape)
+def _x_shape(x, indices) -> tuple[int, ...]:
+    """The shape of a max pool backward's `x`: the forward's input, or its shape alone when
+    `indices` are given."""
+    if _backend.is_array(x) or indices is None:
+        if not _backend.is_array(x):
+            raise TypeError(f"`x` must be the forward's input array (its shape will do only with "
+                            f"`indices=`); got {type(x).__name__}")
+        return _max_array(x, "x").shape
+    return _args.shape_tuple(x, "x")
 
 
 def _indices_arg(indices, shape: tuple[int, ...], name: str = "indices"):
@@ -85,30 +94,21 @@ def _grad_dtype(dy, x) -> np.dtype:
     return dy.dtype
 
 
-def _kernel_view(a, data_format: str):
-    """The kernels' layout (B, *S, C) of an array in the caller's: channels_last as it is,
-    channels_first (N, C, *S) viewed as (N * C, *S, 1) (a copy only if a is not contiguous)."""
-    if data_format == "channels_last":
-        return a
-    n, c, *s = a.shape
-    return a.reshape(n * c, *s, 1)                               # (N*C, *S, 1)
-
-
 def _kernel_shape(spec: PoolSpec, size: tuple[int, ...]) -> tuple[int, ...]:
-    """(B, *size, C) of the kernels' layout."""
-    if spec.data_format == "channels_last":
-        return (spec.batch, *size, spec.channels)
-    return (spec.batch * spec.channels, *size, 1)
+    """(B, *size, C) of the kernels' layout (`_layout.planes`)."""
+    return _layout.planes_shape(spec.batch, size, spec.channels, spec.data_format)
 
 
 def _row_bytes(spec: PoolSpec, itemsize: int, per_window: int = 0) -> int:
     """Bytes a chunk touches per output row along dim 0 (the forward's chunk size unit): the
-    input rows it reads, one input row of temporaries, its output row and `per_window` more
-    bytes for every window in the row."""
+    input rows it reads (the stride's new rows, or one window's rows when windows do not
+    touch), one input row of temporaries, its output row and `per_window` more bytes for every
+    window in the row."""
     c = spec.channels if spec.data_format == "channels_last" else 1
     in_row = math.prod(spec.in_size[1:]) * c * itemsize
     windows = math.prod(spec.out_size[1:]) * c
-    return (spec.stride[0] + 1) * in_row + windows * (itemsize + per_window)
+    read = min(spec.stride[0], spec.extent(0))
+    return (read + 1) * in_row + windows * (itemsize + per_window)
 
 
 def _in_row_bytes(spec: PoolSpec, itemsize: int, per_window: int = 0) -> int:
@@ -134,8 +134,7 @@ def _chunk_input(xk, spec: PoolSpec, bs: slice, p_range, state, xp, split: bool)
     max pool with indices, 15% in channels_first; a 2x2 stride-2 pool reads each column once,
     and the split cost 6% more there)."""
     s = spec.stride[-1]
-    split = split and s > 1 and spec.out_size[-1] > 1 and s < effective_kernel(
-        spec.kernel_size[-1], spec.dilation[-1])
+    split = split and s > 1 and spec.out_size[-1] > 1 and spec.overlaps(spec.rank - 1)
     wide = np.float32 if xk.dtype == np.float16 else None
     if not (split or wide):
         return xk[bs], 0, 1
@@ -143,7 +142,7 @@ def _chunk_input(xk, spec: PoolSpec, bs: slice, p_range, state, xp, split: bool)
     rows = xk[bs, xa:max(xa, xb)]                                # (B', rows read, *S[1:], C)
     if split:
         return kernels.phase_split(rows, s, state, xp, wide), xa, s
-    out = kernels.scratch(state, "wide", rows.shape, wide, xp)
+    out = kernels.scratch(state, "wide", rows.shape, wide, xp)   # (B', rows read, *S[1:], C)
     xp.copyto(out, rows)
     return out, xa, 1
 
@@ -169,8 +168,8 @@ def _max_forward(xk, spec: PoolSpec, *, values: bool = True, indices: bool = Fal
     `values` the maximum stays in per-chunk scratch)."""
     xp = _backend.namespace(xk)
     shape = _kernel_shape(spec, spec.out_size)                   # (B, *P, C)
-    y = xp.empty(shape, dtype=xk.dtype) if values else None
-    idx = xp.empty(shape, dtype=np.int64) if indices else None
+    y = xp.empty(shape, dtype=xk.dtype) if values else None      # (B, *P, C)
+    idx = xp.empty(shape, dtype=np.int64) if indices else None   # (B, *P, C)
     if indices:
         base, offsets = spec.index_parts()
         base = xp.asarray(base)
@@ -188,7 +187,7 @@ def _max_forward(xk, spec: PoolSpec, *, values: bool = True, indices: bool = Fal
                                                                           src.dtype, xp)
         kernels.reduce(src, out, spec, p_range, xa, xp.maximum, lowest, state, xp, phases)
         if indices:
-            codes = kernels.scratch(state, "codes", part, ctype, xp)
+            codes = kernels.scratch(state, "codes", part, ctype, xp)  # (B', R, *P[1:], C)
             kernels.argmax_codes(src, out, codes, spec, p_range, state, xp, xa, phases)
             _codes_to_indices(codes, idx[bs, rows], base[:, rows], table, xp)
         if values and out is not yc:
@@ -252,10 +251,10 @@ def max_pool(
     spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     return_indices = check_flag(return_indices, "return_indices")
-    y, idx = _max_forward(_kernel_view(x, data_format), spec, indices=return_indices)
+    y, idx = _max_forward(_layout.planes(x, data_format), spec, indices=return_indices)
     if return_indices:
-        return y.reshape(spec.y_shape()), idx.reshape(spec.y_shape())
-    return y.reshape(spec.y_shape())
+        return y.reshape(spec.y_shape()), idx.reshape(spec.y_shape())  # caller's layout
+    return y.reshape(spec.y_shape())                             # caller's layout
 
 
 def max_pool_backward(
@@ -301,20 +300,15 @@ def max_pool_backward(
     array([0., 2., 1., 0.])
     """
     _args.float_array(dy, "dy")
-    if indices is None or _backend.is_array(x):
-        x_shape = _max_array(x, "x").shape
-    else:
-        x_shape = _shape_arg(x, "x")
-        _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-        split_x(x_shape, data_format, "x")
+    x_shape = _x_shape(x, indices)
     spec = pool_spec(x_shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     check_shape(dy, spec.y_shape(), "dy")
     if indices is None:
-        _, ik = _max_forward(_kernel_view(x, data_format), spec, values=False, indices=True)
+        _, ik = _max_forward(_layout.planes(x, data_format), spec, values=False, indices=True)
     else:
-        ik = _kernel_view(_indices_arg(indices, spec.y_shape()), data_format)
-    dyk = _kernel_view(dy, data_format)                          # (B, *P, C)
+        ik = _layout.planes(_indices_arg(indices, spec.y_shape()), data_format)
+    dyk = _layout.planes(dy, data_format)                          # (B, *P, C)
     xp = _backend.namespace(dyk, ik)
     dtype = _grad_dtype(dy, x)
     acc = _args.compute_dtype(dtype)
@@ -327,8 +321,7 @@ def _scatter_indices(dyk, ik, spec: PoolSpec, acc, xp):
     scatter when windows cannot overlap) of dy at the elements the indices name."""
     dx = np.zeros(_kernel_shape(spec, spec.in_size), dtype=acc)  # (B, *S, C)
     size, plane = math.prod(spec.in_size), dx.shape[-1]
-    overlap = any(s < effective_kernel(k, d)
-                  for s, k, d in zip(spec.stride, spec.kernel_size, spec.dilation))
+    overlap = any(map(spec.overlaps, range(spec.rank)))
     dead = any(spec.live_windows(d) < p for d, p in enumerate(spec.out_size))
 
     def task(chunk, state):
@@ -414,7 +407,7 @@ def avg_pool(
     spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     count_include_pad = check_flag(count_include_pad, "count_include_pad")
-    xk = _kernel_view(x, data_format)
+    xk = _layout.planes(x, data_format)
     xp = _backend.namespace(xk)
     acc = _args.compute_dtype(x.dtype)
     div = _divisor(spec, count_include_pad, acc, xp)
@@ -431,7 +424,7 @@ def avg_pool(
             xp.divide(total, _rows(div, rows), out=out, casting="same_kind")
 
     kernels.parallel(task, y.shape[0], spec.out_size[0], _row_bytes(spec, acc.itemsize), xp)
-    return y.reshape(spec.y_shape())
+    return y.reshape(spec.y_shape())                             # caller's layout
 
 
 def avg_pool_backward(
@@ -458,14 +451,12 @@ def avg_pool_backward(
     array([0.5, 1. , 0.5])
     """
     _args.float_array(dy, "dy")
-    x_shape = _shape_arg(x_shape)
-    _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-    split_x(x_shape, data_format, "x_shape")
+    x_shape = _args.shape_tuple(x_shape, "x_shape")
     spec = pool_spec(x_shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                     ceil_mode=ceil_mode, data_format=data_format)
+                     ceil_mode=ceil_mode, data_format=data_format, name="x_shape")
     count_include_pad = check_flag(count_include_pad, "count_include_pad")
     check_shape(dy, spec.y_shape(), "dy")
-    dyk = _kernel_view(dy, data_format)
+    dyk = _layout.planes(dy, data_format)
     xp = _backend.namespace(dyk)
     acc = _args.compute_dtype(dy.dtype)
     div = _divisor(spec, count_include_pad, acc, xp, backward=True)
@@ -480,7 +471,7 @@ def avg_pool_backward(
         _spread_into(g, dx[bs, rows], spec, pa, rows, state, xp)
 
     kernels.parallel(task, dx.shape[0], spec.in_size[0], _in_row_bytes(spec, acc.itemsize), xp)
-    return dx.reshape(x_shape)
+    return dx.reshape(x_shape)                                   # caller's layout
 
 
 def _spread_into(g, out, spec: PoolSpec, pa: int, rows: slice, state, xp, finish=None) -> None:
@@ -502,7 +493,7 @@ def _spread_into(g, out, spec: PoolSpec, pa: int, rows: slice, state, xp, finish
 
 def _global_view(a, data_format: str):
     """(B, L, C) of the kernels' layout, L = prod(S)."""
-    ak = _kernel_view(a, data_format)
+    ak = _layout.planes(a, data_format)
     return ak.reshape(ak.shape[0], math.prod(ak.shape[1:-1]), ak.shape[-1])  # (B, L, C)
 
 
@@ -510,7 +501,7 @@ def _global_shape(x_shape, data_format: str, name: str = "x"):
     """(N, S, C) of a global pool's input; ValueError for an empty spatial axis, whose mean or
     maximum does not exist (PyTorch's adaptive pools refuse it too)."""
     _args.choice(data_format, _args.DATA_FORMATS, "data_format")
-    return split_x(x_shape, data_format, name)
+    return split_pool_shape(x_shape, data_format, name)
 
 
 def global_avg_pool(x: np.ndarray, *, data_format: str = "channels_last") -> np.ndarray:
@@ -538,7 +529,7 @@ def global_avg_pool(x: np.ndarray, *, data_format: str = "channels_last") -> np.
         xp.divide(total, x3.shape[1], out=y[bs], casting="same_kind")
 
     kernels.parallel(task, y.shape[0], 1, x3[:1].size * x.itemsize, xp)
-    return y.reshape(n, c)
+    return y.reshape(n, c)                                       # (N, C)
 
 
 def global_avg_pool_backward(dy: np.ndarray, x_shape: tuple[int, ...], *,
@@ -553,11 +544,11 @@ def global_avg_pool_backward(dy: np.ndarray, x_shape: tuple[int, ...], *,
            [0.25, 0.25]])
     """
     _args.float_array(dy, "dy")
-    x_shape = _shape_arg(x_shape)
+    x_shape = _args.shape_tuple(x_shape, "x_shape")
     n, s, c = _global_shape(x_shape, data_format, "x_shape")
     check_shape(dy, (n, c), "dy")
     xp = _backend.namespace(dy)
-    dx = xp.empty(x_shape, dtype=dy.dtype)
+    dx = xp.empty(x_shape, dtype=dy.dtype)                       # x's shape
     dx3 = _global_view(dx, data_format)                          # (B, L, C) view of dx
     acc = _args.compute_dtype(dy.dtype)
     g = dy.reshape(dx3.shape[0], 1, dx3.shape[2]).astype(acc) / math.prod(s)  # (B, 1, C)
@@ -601,7 +592,7 @@ def global_max_pool(x: np.ndarray, *, data_format: str = "channels_last",
     x3 = _global_view(x, data_format)                            # (B, L, C)
     xp = _backend.namespace(x3)
     y = xp.empty((x3.shape[0], x3.shape[2]), dtype=x.dtype)      # (B, C)
-    idx = xp.empty(y.shape, dtype=np.int64) if return_indices else None
+    idx = xp.empty(y.shape, dtype=np.int64) if return_indices else None  # (B, C)
 
     def task(chunk, state):
         bs, _ = chunk
@@ -611,8 +602,8 @@ def global_max_pool(x: np.ndarray, *, data_format: str = "channels_last",
 
     kernels.parallel(task, y.shape[0], 1, x3[:1].size * x.itemsize, xp)
     if idx is not None:
-        return y.reshape(n, c), idx.reshape(n, c)
-    return y.reshape(n, c)
+        return y.reshape(n, c), idx.reshape(n, c)                # (N, C) each
+    return y.reshape(n, c)                                       # (N, C)
 
 
 def global_max_pool_backward(dy: np.ndarray, x: np.ndarray | tuple[int, ...], *,
@@ -633,8 +624,7 @@ def global_max_pool_backward(dy: np.ndarray, x: np.ndarray | tuple[int, ...], *,
            [0., 0.]])
     """
     _args.float_array(dy, "dy")
-    x_shape = _max_array(x, "x").shape if indices is None or _backend.is_array(x) else (
-        _shape_arg(x, "x"))
+    x_shape = _x_shape(x, indices)
     n, s, c = _global_shape(x_shape, data_format)
     check_shape(dy, (n, c), "dy")
     if indices is None:
@@ -648,7 +638,7 @@ def global_max_pool_backward(dy: np.ndarray, x: np.ndarray | tuple[int, ...], *,
             f"`indices` must be flat indices into the spatial dimensions, in [0, {size}); "
             f"got values in [{indices.min()}, {indices.max()}]"
         )
-    dx = xp.zeros(x_shape, dtype=_grad_dtype(dy, x))
+    dx = xp.zeros(x_shape, dtype=_grad_dtype(dy, x))             # x's shape
     dx3 = _global_view(dx, data_format)                          # (B, L, C) view of dx
     b, cc = dx3.shape[0], dx3.shape[2]
     dx3[xp.arange(b)[:, None], indices.reshape(b, cc), xp.arange(cc)[None, :]] = (
@@ -674,7 +664,7 @@ def _lp_window_sums(xk, out, spec: PoolSpec, p: float, bs, rows: slice, state, x
     p_range = (rows.start, rows.stop)
     xa, xb = kernels.input_rows(spec, p_range)
     src = xk[bs, xa:max(xa, xb)]                                 # (B', rows read, *S[1:], C)
-    powered = kernels.scratch(state, "pow", src.shape, out.dtype, xp)
+    powered = kernels.scratch(state, "pow", src.shape, out.dtype, xp)  # (B', rows read, *S[1:], C)
     if p == 2:
         xp.multiply(src, src, out=powered, dtype=out.dtype)
     else:
@@ -728,7 +718,7 @@ def lp_pool(
     p = _p_arg(p)
     spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
-    xk = _kernel_view(x, data_format)
+    xk = _layout.planes(x, data_format)
     xp = _backend.namespace(xk)
     acc = _args.compute_dtype(x.dtype)
     y = xp.empty(_kernel_shape(spec, spec.out_size), dtype=x.dtype)  # (B, *P, C)
@@ -742,7 +732,7 @@ def lp_pool(
             xp.copyto(out, total, casting="same_kind")
 
     kernels.parallel(task, y.shape[0], spec.out_size[0], _row_bytes(spec, 2 * acc.itemsize), xp)
-    return y.reshape(spec.y_shape())
+    return y.reshape(spec.y_shape())                             # caller's layout
 
 
 def lp_pool_backward(
@@ -776,7 +766,7 @@ def lp_pool_backward(
     spec = pool_spec(x.shape, kernel_size, stride=stride, padding=padding, dilation=dilation,
                      ceil_mode=ceil_mode, data_format=data_format)
     check_shape(dy, spec.y_shape(), "dy")
-    xk, dyk = _kernel_view(x, data_format), _kernel_view(dy, data_format)
+    xk, dyk = _layout.planes(x, data_format), _layout.planes(dy, data_format)
     xp = _backend.namespace(xk, dyk)
     dtype = _args.result_dtype(dy, x)
     acc = _args.compute_dtype(dtype)
@@ -791,7 +781,7 @@ def lp_pool_backward(
 
     kernels.parallel(task, dx.shape[0], spec.in_size[0], _in_row_bytes(spec, 2 * acc.itemsize),
                      xp)
-    return dx.reshape(x.shape)
+    return dx.reshape(x.shape)                                   # x's shape
 
 
 def _times_lp_factor(d, xr, p: float, state, xp) -> None:
@@ -801,7 +791,7 @@ def _times_lp_factor(d, xr, p: float, state, xp) -> None:
     elif p == 2:
         xp.multiply(d, xr, out=d)
     else:
-        f = kernels.scratch(state, "factor", xr.shape, d.dtype, xp)
+        f = kernels.scratch(state, "factor", xr.shape, d.dtype, xp)  # (B', rows, *S[1:], C)
         xp.abs(xr, out=f, dtype=d.dtype)
         xp.power(f, p - 1, out=f)
         xp.multiply(f, xp.sign(xr), out=f)
@@ -810,7 +800,7 @@ def _times_lp_factor(d, xr, p: float, state, xp) -> None:
 
 def _lp_window_grads(xk, dyk, spec: PoolSpec, p: float, acc, xp):
     """g = dy / y^(p-1) per window (B, *P, C), 0 where y = 0 (for p > 1)."""
-    g = xp.empty(dyk.shape, dtype=acc)
+    g = xp.empty(dyk.shape, dtype=acc)                           # (B, *P, C)
 
     def task(chunk, state):
         bs, rows = chunk
@@ -818,7 +808,7 @@ def _lp_window_grads(xk, dyk, spec: PoolSpec, p: float, acc, xp):
         if p == 1:                                               # d|x|_1 / dx: sign(x)
             xp.copyto(gc, dyc)
             return
-        y = kernels.scratch(state, "y", gc.shape, acc, xp)
+        y = kernels.scratch(state, "y", gc.shape, acc, xp)       # (B', R, *P[1:], C)
         _lp_window_sums(xk, y, spec, p, bs, rows, state, xp)
         zero = xp.equal(y, 0)
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -21,7 +21,6 @@ import numpy as np
 
 from npconv import _args, _layout
 from npconv._backend import Array
-from npconv._poolspec import pool_spec
 from npconv.spec import (
     ConvGrads,
     ConvSpec,
@@ -29,6 +28,7 @@ from npconv.spec import (
     check_shape,
     conv_spec,
     conv_transpose_spec,
+    pool_spec,
 )
 
 
@@ -214,7 +214,7 @@ def conv_transpose_backward(dy: Array, x: Array, w: Array, bias: Array | bool | 
 #
 # Window p of a pooling reads, along each dimension, the input coordinates
 # p * stride + k * dilation - lo for k in range(K); coordinates outside [0, S) are padding.
-# Only the argument checks and output sizes come from `npconv._poolspec.pool_spec`; which taps a
+# Only the argument checks and output sizes come from `npconv.spec.pool_spec`; which taps a
 # window reads, its maximum, its sum and its divisor are recomputed here one output element at a
 # time. A window that reads no input has the maximum -inf (the integer minimum) and index -1.
 
@@ -253,12 +253,23 @@ def _pool_outputs(spec):
 
 def _pool_in(a, data_format):
     """An array in channels_last order, keeping its dtype (integers stay exact)."""
-    return np.moveaxis(np.asarray(a), 1, -1) if data_format == "channels_first" else np.asarray(a)
+    return _layout.to_last(np.asarray(a), data_format)
 
 
 def _pool_out(a, data_format, dtype):
-    a = np.moveaxis(a, -1, 1) if data_format == "channels_first" else a
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.ascontiguousarray(_layout.from_last(a, data_format), dtype=dtype)
+
+
+def _last_shape(x_shape, data_format) -> tuple[int, ...]:
+    """(N, *S, C) of an input shape in either layout."""
+    shape = tuple(x_shape)
+    return (shape[0], *shape[2:], shape[1]) if data_format == "channels_first" else shape
+
+
+def _max_grad_dtype(dy, x):
+    """dx's dtype of a max pool's backward: the promotion of dy and a float x, else dy's."""
+    float_x = isinstance(x, np.ndarray) and x.dtype.kind == "f"
+    return _args.result_dtype(dy, x) if float_x else dy.dtype
 
 
 def _lowest(dtype):
@@ -301,8 +312,7 @@ def max_pool_backward(dy, x, kernel_size, *, stride=None, padding=0, dilation=1,
             arg = _argmax_tap(_pool_in(x, data_format)[n, ..., c], spec, p)
         if arg is not None:
             dx[(n, *arg, c)] += dy_[(n, *p, c)]
-    float_x = isinstance(x, np.ndarray) and x.dtype.kind == "f"
-    return _from_last(dx, spec, _args.result_dtype(dy, x) if float_x else dy.dtype)
+    return _from_last(dx, spec, _max_grad_dtype(dy, x))
 
 
 def _divisor(spec, p, count_include_pad: bool) -> int:
@@ -376,8 +386,7 @@ def lp_pool_backward(dy, x, p, kernel_size, *, stride=None, padding=0, dilation=
 
 def global_avg_pool(x, *, data_format="channels_last"):
     """Naive `npconv.global_avg_pool`: the mean of each (n, c) plane."""
-    x_ = np.asarray(x, dtype=np.float64)
-    x_ = np.moveaxis(x_, 1, -1) if data_format == "channels_first" else x_
+    x_ = _pool_in(np.asarray(x, dtype=np.float64), data_format)
     y = np.zeros((x_.shape[0], x_.shape[-1]))
     for n, c in itertools.product(range(y.shape[0]), range(y.shape[1])):
         y[n, c] = x_[n, ..., c].sum() / x_[n, ..., c].size
@@ -386,13 +395,11 @@ def global_avg_pool(x, *, data_format="channels_last"):
 
 def global_avg_pool_backward(dy, x_shape, *, data_format="channels_last"):
     """Naive `npconv.global_avg_pool_backward`: dy[n, c] / prod(S) at every pixel of the plane."""
-    shape = tuple(x_shape)
-    last = (shape[0], *shape[2:], shape[1]) if data_format == "channels_first" else shape
+    last = _last_shape(x_shape, data_format)
     dx = np.zeros(last)
     for n, c in itertools.product(range(last[0]), range(last[-1])):
         dx[n, ..., c] = dy[n, c] / dx[n, ..., c].size
-    dx = np.moveaxis(dx, -1, 1) if data_format == "channels_first" else dx
-    return np.ascontiguousarray(dx, dtype=dy.dtype)
+    return _pool_out(dx, data_format, dy.dtype)
 
 
 def _global_argmax(plane) -> int:
@@ -419,8 +426,7 @@ def global_max_pool(x, *, data_format="channels_last", return_indices=False):
 
 def global_max_pool_backward(dy, x, *, data_format="channels_last", indices=None):
     """Naive `npconv.global_max_pool_backward`: dy[n, c] at each plane's maximum."""
-    x_shape = tuple(x.shape) if isinstance(x, np.ndarray) else tuple(x)
-    last = (x_shape[0], *x_shape[2:], x_shape[1]) if data_format == "channels_first" else x_shape
+    last = _last_shape(x.shape if isinstance(x, np.ndarray) else x, data_format)
     dx = np.zeros(last)
     for n, c in itertools.product(range(last[0]), range(last[-1])):
         if indices is None:
@@ -428,6 +434,4 @@ def global_max_pool_backward(dy, x, *, data_format="channels_last", indices=None
         else:
             i = indices[n, c]
         dx[(n, *np.unravel_index(i, last[1:-1]), c)] += dy[n, c]
-    float_x = isinstance(x, np.ndarray) and x.dtype.kind == "f"
-    dx = np.moveaxis(dx, -1, 1) if data_format == "channels_first" else dx
-    return np.ascontiguousarray(dx, dtype=_args.result_dtype(dy, x) if float_x else dy.dtype)
+    return _pool_out(dx, data_format, _max_grad_dtype(dy, x))

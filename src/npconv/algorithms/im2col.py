@@ -91,7 +91,7 @@ def _gather_t(win: Any, spec: ConvSpec, chunk: Chunk, buf: Any) -> Any:
     r = spec.rank
     part = win[chunk.batch, chunk.rows]                          # (n, rows, *P', *K, C) view
     part = part.transpose(*range(r + 1, 2 * r + 2), *range(r + 1))  # (*K, C, n, rows, *P')
-    cols_t = take(buf, part.shape)
+    cols_t = take(buf, part.shape)                               # (*K, C, n, rows, *P')
     xp.copyto(cols_t, part)
     return cols_t.reshape(-1, chunk.positions(spec.out_size))    # (prodK*C, R)
 

@@ -37,7 +37,9 @@ def _channels_first(a: Any) -> Any:
     """(N, C, prod(S)), a view, when a (N, *S, C) is a transposed C-contiguous (N, C, *S)."""
     xp = _backend.namespace(a)
     a = xp.moveaxis(a, -1, 1)                                    # (N, C, *S) view
-    return a.reshape(a.shape[0], a.shape[1], -1) if a.flags.c_contiguous else None
+    if not a.flags.c_contiguous:
+        return None
+    return a.reshape(a.shape[0], a.shape[1], -1)                 # (N, C, prod(S)) view
 
 
 def _rows(a: Any, settings: Settings) -> Any:
@@ -109,5 +111,5 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
             images = chunk.rows
             acc += xp.matmul(x_cf[images], dy_cf[images].transpose(0, 2, 1)).sum(axis=0)
 
-    accs = _chunks.run(task, blocks, lambda: xp.zeros((c, f), dtype=dy.dtype))
+    accs = _chunks.run(task, blocks, lambda: xp.zeros((c, f), dtype=dy.dtype))  # (C, F) per worker
     return sum(accs).reshape(*spec.kernel_size, c, f)            # (1.., C, F)
