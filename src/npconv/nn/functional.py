@@ -200,13 +200,13 @@ def linear(x, w, b=None):
     return y if b is None else y + b
 
 
-def linear_backward(dy, x, w, *, bias: bool = True):
-    """(dx, dw, db) of `linear`: dx = dy w^T (N, D), dw = x^T dy (D, F), db = sum_n dy (F,)
-    or None when `bias` is False."""
+def linear_backward(dy, x, w, *, bias: bool = True, input_grad: bool = True):
+    """(dx, dw, db) of `linear`: dx = dy w^T (N, D), or None when `input_grad` is False,
+    dw = x^T dy (D, F), db = sum_n dy (F,) or None when `bias` is False."""
     _check_linear(x, w, None)
     _args.float_array(dy, "dy")
     check_shape(dy, (x.shape[0], w.shape[1]), "dy")
-    dx = dy @ w.T                                                  # (N, D)
+    dx = dy @ w.T if input_grad else None                          # (N, D)
     dw = x.T @ dy                                                  # (D, F)
     db = dy.sum(axis=0) if bias else None                          # (F,)
     return dx, dw, db

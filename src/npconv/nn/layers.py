@@ -274,9 +274,13 @@ class Conv(_Kernel):
             self._unfold()                                         # weights may change now
         return convolution.conv(x, self.params["weight"], self.params.get("bias"), **self.kw)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
+        """dx from dy, filling grads; with input_grad=False grads only (dx is not computed,
+        None is returned)."""
         dx, dw, db = convolution.conv_backward(dy, self._saved(), self.params["weight"],
-                                               bias=self.has_bias, **self.kw)
+                                               bias=self.has_bias, **self.kw,
+                                               input_grad=pooling.check_flag(input_grad,
+                                                                             "input_grad"))
         self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
 
@@ -667,9 +671,11 @@ class Linear(Layer):
         self._start(training, x)
         return F.linear(x, self.params["weight"], self.params.get("bias"))
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
+        """dx from dy, filling grads; with input_grad=False grads only (None is returned)."""
         dx, dw, db = F.linear_backward(dy, self._saved(), self.params["weight"],
-                                       bias=self.has_bias)
+                                       bias=self.has_bias,
+                                       input_grad=pooling.check_flag(input_grad, "input_grad"))
         self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
 

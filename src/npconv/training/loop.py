@@ -22,6 +22,7 @@ from npconv import _args, _backend
 from npconv.nn import functional as F
 from npconv.nn.layers import Layer
 from npconv.nn.losses import check_labels, softmax_cross_entropy
+from npconv.nn.module import takes_input_grad
 from npconv.training.data import batch_indices
 
 __all__ = [
@@ -134,10 +135,14 @@ def check_fit_args(model: Layer, x, y, validation, epochs, batch_size, schedule,
 
 def train_step(model: Layer, xb, yb, optimizer, loss=softmax_cross_entropy) -> tuple[float, int]:
     """One step on the batch (xb, yb): forward in training mode, the loss, backward and
-    optimizer.step; returns (mean loss, correct argmax predictions)."""
+    optimizer.step; returns (mean loss, correct argmax predictions). The gradient with respect
+    to xb is not computed where the model's backward can skip it (`input_grad=False`)."""
     logits = model.forward(xb, training=True)                      # (B, K)
     value, dlogits = loss(logits, yb)
-    model.backward(dlogits)
+    if takes_input_grad(model):
+        model.backward(dlogits, input_grad=False)
+    else:
+        model.backward(dlogits)
     optimizer.step(model.params, model.grads)
     return value, int((logits.argmax(axis=1) == yb).sum())
 
