@@ -313,15 +313,16 @@ def _has_params(layer: Layer) -> bool:
     return any(m.params for m in layer.modules() if not isinstance(m, Module))
 
 
-@functools.cache
-def _backward_options(cls: type) -> frozenset:
-    return frozenset(inspect.signature(cls.backward).parameters)
+_TAKES_INPUT_GRAD: dict[type, bool] = {}               # per class, from its signature
 
 
 def takes_input_grad(layer: Layer) -> bool:
     """Whether `layer.backward` takes `input_grad` (Modules, Conv, Linear; a Layer subclass
     written before the option existed does not, and computes dx anyway)."""
-    return "input_grad" in _backward_options(type(layer))
+    cls = type(layer)
+    if cls not in _TAKES_INPUT_GRAD:
+        _TAKES_INPUT_GRAD[cls] = "input_grad" in inspect.signature(layer.backward).parameters
+    return _TAKES_INPUT_GRAD[cls]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,10 +139,8 @@ def train_step(model: Layer, xb, yb, optimizer, loss=softmax_cross_entropy) -> t
     to xb is not computed where the model's backward can skip it (`input_grad=False`)."""
     logits = model.forward(xb, training=True)                      # (B, K)
     value, dlogits = loss(logits, yb)
-    if takes_input_grad(model):
-        model.backward(dlogits, input_grad=False)
-    else:
-        model.backward(dlogits)
+    skip = {"input_grad": False} if takes_input_grad(model) else {}
+    model.backward(dlogits, **skip)
     optimizer.step(model.params, model.grads)
     return value, int((logits.argmax(axis=1) == yb).sum())
 
