@@ -39,7 +39,7 @@ def _plan(spec: ConvSpec, itemsize: int, settings: Settings, xp: ModuleType,
                         taps=math.prod(spec.kernel_size), fixed_bytes=fixed_bytes, xp=xp)
 
 
-def _tiles(w: Any, spec: ConvSpec) -> Any:
+def tiles(w: Any, spec: ConvSpec) -> Any:
     """(*K, 1, F) -> (prod(K), P_last, G, m): each offset's weights repeated along the last
     output axis (rank >= 2), so that products with a slice run over whole contiguous rows
     instead of restarting every G * m elements (3x faster than broadcasting a (G, m) row)."""
@@ -62,7 +62,7 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
     """y (N, *P, F) (+ bias (F,)): per chunk, y += xs_k[..., None] * w[k] over kernel offsets."""
     xp = _backend.namespace(xp_, w)
     g, m = spec.groups, spec.group_out
-    tiles = _tiles(w, spec)                                      # (prodK, P_last, G, m)
+    tiles_ = tiles(w, spec)                                      # (prodK, P_last, G, m)
     y = xp.empty((spec.batch, *spec.out_size, spec.out_channels), dtype=xp_.dtype)  # (N,*P,F)
     chunks = _plan(spec, y.itemsize, settings, xp)
     b = None if bias is None else bias.reshape(g, m)             # (G, m)
@@ -73,7 +73,7 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
         prod = take(buf, out.shape)                              # (n, rows, *P', G, m)
         for i, index in enumerate(chunk_taps(spec, chunk)):
             xs = xp_[index][..., None]                           # (n, rows, *P', G, 1) view
-            _times(xs, tiles[i], out if i == 0 else prod, m)
+            _times(xs, tiles_[i], out if i == 0 else prod, m)
             if i:
                 out += prod
         if b is not None:
