@@ -255,6 +255,57 @@ def test_train_step_skips_the_input_gradient(monkeypatch):
     assert calls == []
 
 
+class Reuse(nn.Module):
+    """conv -> bn -> relu -> conv, plus the first conv's output read again after the batch
+    norm (by a second conv, which keeps it for its backward) and the ReLU output read twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1, rng=R(31), **F64)
+        self.bn = nn.BatchNorm2d(3, **F64)
+        self.relu = nn.ReLU()
+        self.side = nn.Conv2d(3, 3, 1, rng=R(32), **F64)
+        self.head = nn.Conv2d(3, 3, 3, padding=1, rng=R(33), **F64)
+
+    def forward(self, x):
+        c = self.conv(x)
+        r = self.relu(self.bn(c))
+        return nn.add(nn.add(self.head(r), self.side(c)), self.side(r))
+
+
+def test_backward_writes_into_arrays_the_forward_owned(monkeypatch):
+    """In a recorded forward, a batch norm's input that the forward made and nothing had used
+    (a convolution's output), and an activation's output, are dead once backward has passed
+    their layer: dx is written into them, no new activation-sized array. The gradients stay
+    those of the definition, also where the array is read again after the batch norm."""
+    from npconv.nn import module
+
+    model, x = Reuse(), image(R(34), 2, (5, 4), 2)
+    check_gradients(model, (x,))
+    outputs, grads = {}, {}
+    call, back = module.Layer.__call__, module._layer_backward
+
+    def traced(self, *a, **k):
+        outputs[id(self)] = y = call(self, *a, **k)
+        return y
+
+    def traced_back(layer, *a):
+        grads[id(layer)] = dx = back(layer, *a)
+        return dx
+
+    monkeypatch.setattr(module.Layer, "__call__", traced)
+    monkeypatch.setattr(module, "_layer_backward", traced_back)
+    y = model.forward(x, training=True)
+    model.backward(np.ones_like(y))
+    assert np.shares_memory(grads[id(model.bn)], outputs[id(model.conv)])
+    assert np.shares_memory(grads[id(model.relu)], outputs[id(model.relu)])
+    relu, bn = nn.ReLU(), nn.BatchNorm2d(2, **F64)               # no Module: the caller's
+    y, z = relu.forward(x, training=True), bn.forward(x, training=True)
+    kept = y.copy()
+    assert not np.shares_memory(relu.backward(-y), y) and np.array_equal(y, kept)
+    assert not np.shares_memory(bn.backward(z), x)
+
+
 class Branchy(nn.Module):
     def __init__(self) -> None:
         super().__init__()

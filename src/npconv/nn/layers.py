@@ -42,7 +42,14 @@ from npconv.nn import activation, normalization, resample
 from npconv.nn import functional as F
 from npconv.nn import init as initializers
 from npconv.nn.combine import Add, Concat, Identity, ZeroPad
-from npconv.nn.module import Layer, Sequential, can_overwrite, grad_enabled
+from npconv.nn.module import (
+    Layer,
+    Sequential,
+    can_overwrite,
+    grad_enabled,
+    reclaim,
+    recording,
+)
 from npconv.spec import check_shape, resolve_padding
 
 __all__ = [
@@ -749,7 +756,8 @@ class _Activation(Layer):
     Hardsigmoid, SiLU, whose derivative y does not give). With inplace=True (PyTorch's
     argument) y is written into x when the running Module forward made x and nothing else uses
     it (`nn.can_overwrite`), never into an array the caller passed in; a layer that keeps x
-    does so only when no backward will follow."""
+    does so only when no backward will follow. In a recorded Module forward, the kept output
+    is the layer's own (`module.recording`): backward writes dx into it."""
 
     keeps_output = True
 
@@ -765,21 +773,22 @@ class _Activation(Layer):
         keep = grad_enabled(pooling.check_flag(training, "training"))
         overwrite = self.inplace and (self.keeps_output or not keep) and can_overwrite(x)
         y = self._f(x, x if overwrite else None)
-        self._start(training, y if self.keeps_output else x)
+        reuse = self.keeps_output and recording() and _cpu(y)
+        self._start(training, (y if self.keeps_output else x, reuse))
         return y
 
     def backward(self, dy):
-        kept = self._saved()
+        kept, reuse = self._saved()
         _args.float_array(dy, "dy")
         check_shape(dy, (kept[0] if isinstance(kept, tuple) else kept).shape, "dy")
-        return self._df(dy, kept)
+        return self._df(dy, kept, reclaim(kept) if reuse and _cpu(dy) else None)
 
     def _f(self, x, out):
         """y = f(x), written into `out` when given."""
         raise NotImplementedError
 
-    def _df(self, dy, kept):
-        """dx from dy and what forward kept."""
+    def _df(self, dy, kept, out):
+        """dx from dy and what forward kept, written into `out` (the kept y) when given."""
         raise NotImplementedError
 
 
@@ -789,8 +798,9 @@ class ReLU(_Activation):
     def _f(self, x, out):
         return activation.relu(x, out=out) if _cpu(x) else F.relu(x, out=out)
 
-    def _df(self, dy, y):
-        return activation.relu_backward(dy, y) if _cpu(dy, y) else F.relu_backward(dy, y)
+    def _df(self, dy, y, out):
+        return activation.relu_backward(dy, y, out=out) if _cpu(dy, y) else \
+            F.relu_backward(dy, y)
 
 
 class ReLU6(_Activation):
@@ -799,8 +809,9 @@ class ReLU6(_Activation):
     def _f(self, x, out):
         return activation.relu6(x, out=out) if _cpu(x) else F.relu6(x, out=out)
 
-    def _df(self, dy, y):
-        return activation.relu6_backward(dy, y) if _cpu(dy, y) else F.relu6_backward(dy, y)
+    def _df(self, dy, y, out):
+        return activation.relu6_backward(dy, y, out=out) if _cpu(dy, y) else \
+            F.relu6_backward(dy, y)
 
 
 class LeakyReLU(_Activation):
@@ -819,9 +830,9 @@ class LeakyReLU(_Activation):
             return activation.leaky_relu(x, self.negative_slope, out=out)
         return F.leaky_relu(x, self.negative_slope)
 
-    def _df(self, dy, y):
+    def _df(self, dy, y, out):
         if _cpu(dy, y):
-            return activation.leaky_relu_backward(dy, y, self.negative_slope)
+            return activation.leaky_relu_backward(dy, y, self.negative_slope, out=out)
         return F.leaky_relu_backward(dy, y, self.negative_slope)
 
 
@@ -834,8 +845,9 @@ class Tanh(_Activation):
     def _f(self, x, out):
         return activation.tanh(x) if _cpu(x) else F.tanh(x)
 
-    def _df(self, dy, y):
-        return activation.tanh_backward(dy, y) if _cpu(dy, y) else F.tanh_backward(dy, y)
+    def _df(self, dy, y, out):
+        return activation.tanh_backward(dy, y, out=out) if _cpu(dy, y) else \
+            F.tanh_backward(dy, y)
 
 
 class Sigmoid(_Activation):
@@ -847,8 +859,9 @@ class Sigmoid(_Activation):
     def _f(self, x, out):
         return activation.sigmoid(x) if _cpu(x) else F.sigmoid(x)
 
-    def _df(self, dy, y):
-        return activation.sigmoid_backward(dy, y) if _cpu(dy, y) else F.sigmoid_backward(dy, y)
+    def _df(self, dy, y, out):
+        return activation.sigmoid_backward(dy, y, out=out) if _cpu(dy, y) else \
+            F.sigmoid_backward(dy, y)
 
 
 class Hardswish(_Activation):
@@ -859,7 +872,7 @@ class Hardswish(_Activation):
     def _f(self, x, out):
         return activation.hardswish(x, out=out)
 
-    def _df(self, dy, x):
+    def _df(self, dy, x, out):
         return activation.hardswish_backward(dy, x)
 
 
@@ -871,7 +884,7 @@ class Hardsigmoid(_Activation):
     def _f(self, x, out):
         return activation.hardsigmoid(x, out=out)
 
-    def _df(self, dy, x):
+    def _df(self, dy, x, out):
         return activation.hardsigmoid_backward(dy, x)
 
 
@@ -886,13 +899,13 @@ class SiLU(_Activation):
         if not grad_enabled(pooling.check_flag(training, "training")):
             return super().forward(x, training)
         y, s = activation.silu(x, keep_sigmoid=True)
-        self._start(training, (x, s))
+        self._start(training, ((x, s), False))
         return y
 
     def _f(self, x, out):
         return activation.silu(x, out=out)
 
-    def _df(self, dy, kept):
+    def _df(self, dy, kept, out):
         x, s = kept
         return activation.silu_backward(dy, x, sigmoid=s)
 
@@ -1004,9 +1017,12 @@ class BatchNorm(Layer):
         if training:
             count = self.buffers["num_batches_tracked"]
             count += 1                                             # in place: views stay valid
+        # an input this recorded forward may overwrite is dead once backward has passed
+        # this layer (`module.recording`): dx goes into it
+        reuse = keep and _cpu(x) and can_overwrite(x)
         y, cache = self._normalize(x, training, keep) if _cpu(x) else \
             self._normalize_xp(x, training)
-        self._start(training, cache)
+        self._start(training, (*cache, reuse))
         return y
 
     def _folded(self, x):
@@ -1053,11 +1069,12 @@ class BatchNorm(Layer):
                    training)
 
     def backward(self, dy):
-        x, mean, var, training = self._saved()
+        x, mean, var, training, reuse = self._saved()
         w, kw = self.params["weight"], dict(eps=self.eps, data_format=self.data_format)
         if _cpu(dy, x):
+            out = reclaim(x) if reuse and x.flags.c_contiguous else None
             dx, dgamma, dbeta = normalization.batch_norm_backward(dy, x, w, mean, var, **kw,
-                                                                  training=training)
+                                                                  training=training, out=out)
         else:
             dx, dgamma, dbeta = F.batch_norm_backward(dy, x, w, mean, var, **kw,
                                                       training=training)

@@ -130,6 +130,24 @@ def can_overwrite(x) -> bool:
     return tape is not None and tape.can_overwrite(x)
 
 
+def recording() -> bool:
+    """True inside a Module forward that records its calls for backward. An array a layer
+    call makes there is seen by the calls after it and, once it is recorded, by nobody else
+    (a result handed back to the caller is a copy when a layer keeps it); so when backward
+    reaches that layer, every use of the array is behind it, and the layer may write its
+    input gradient into what it kept (`reclaim`). The same holds for an input the layer was
+    allowed to overwrite (`can_overwrite`)."""
+    tape = _RECORDING.get()
+    return tape is not None and tape.keep
+
+
+def reclaim(x):
+    """x, writeable again, for a layer's backward to write into (see `recording`): arrays
+    between layers are read-only while a forward is recorded."""
+    _set_writeable(x, True)
+    return x
+
+
 # ---------------------------------------------------------------------------------------------
 # The tape
 # ---------------------------------------------------------------------------------------------
