@@ -37,15 +37,20 @@ def plan(spec: ConvSpec, itemsize: int, settings: Settings, xp: ModuleType, *,
     row = math.prod(spec.out_size[1:]) * itemsize
     return _chunks.plan(spec.batch, spec.out_size[0], settings, row_bytes=row * out_width,
                         tap_bytes=row * spec.in_channels, taps=math.prod(spec.kernel_size),
-                        fixed_bytes=fixed_bytes, chunk_bytes=_chunk_bytes(spec, settings),
+                        fixed_bytes=fixed_bytes,
+                        chunk_bytes=_chunk_bytes(spec, itemsize, settings),
                         by_image=by_image, xp=xp)
 
 
-def _chunk_bytes(spec: ConvSpec, settings: Settings) -> int | None:
-    """Smaller chunks for stride-1 gathers of whole window rows; narrow windows (`_narrow`)
-    keep the default, fewer chunks costing fewer Python calls."""
+def _chunk_bytes(spec: ConvSpec, itemsize: int, settings: Settings) -> int | None:
+    """Smaller chunks for stride-1 gathers of whole window rows, of at least
+    `Tuning.gemm_min_rows` rows; narrow windows (`_narrow`) keep the default, fewer chunks
+    costing fewer Python calls."""
     stride1 = all(s == 1 for s in spec.stride)
-    return settings.tuning.stride1_chunk_bytes if stride1 and not _narrow(spec, settings) else None
+    if not stride1 or _narrow(spec, settings):
+        return None
+    rows = settings.tuning.gemm_min_rows * math.prod(spec.kernel_size) * spec.in_channels
+    return max(settings.tuning.stride1_chunk_bytes, rows * itemsize)
 
 
 def _narrow(spec: ConvSpec, settings: Settings) -> bool:
