@@ -222,9 +222,10 @@ def channel_axis(ndim: int, data_format: str) -> int:
     return ndim - 1 if data_format == "channels_last" else 1
 
 
-def check_channels(x, channels: int, data_format: str, name: str) -> None:
+def check_channels(x, channels: int, data_format: str, name: object) -> None:
     """ValueError unless x is a float array of >= 2 dimensions with `channels` entries on its
-    channel axis; `name` says who is asking (an op or a layer)."""
+    channel axis; `name` says who is asking (an op's name, or a layer: its repr, made only
+    for the message)."""
     _args.float_array(x, "x")
     _args.choice(data_format, _args.DATA_FORMATS, "data_format")
     if x.ndim < 2 or x.shape[channel_axis(x.ndim, data_format)] != channels:

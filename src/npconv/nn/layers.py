@@ -272,7 +272,7 @@ class Conv(_Kernel):
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, (self.rank,), self.kw["data_format"])
-        F.check_channels(x, self.in_channels, self.kw["data_format"], repr(self))
+        F.check_channels(x, self.in_channels, self.kw["data_format"], self)
         self._start(training, x)
         if self._fold is not None and self._cache is None:
             y = self._fold_out = convolution.conv(x, *self._fold, **self.kw)
@@ -393,7 +393,7 @@ class ConvTranspose(_Kernel):
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, (self.rank,), self.kw["data_format"])
-        F.check_channels(x, self.in_channels, self.kw["data_format"], repr(self))
+        F.check_channels(x, self.in_channels, self.kw["data_format"], self)
         self._start(training, x)
         return convolution.conv_transpose(x, self.params["weight"], self.params.get("bias"),
                                           **self.kw)
@@ -1007,7 +1007,7 @@ class BatchNorm(Layer):
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, self.ranks, self.data_format)
-        F.check_channels(x, self.num_features, self.data_format, repr(self))
+        F.check_channels(x, self.num_features, self.data_format, self)
         training = pooling.check_flag(training, "training")
         keep = grad_enabled(training)
         if self._folded_into is not None:
@@ -1183,7 +1183,7 @@ class GroupNorm(Layer):
                     affine=self.affine, data_format=self.data_format, dtype=self.dtype.name)
 
     def forward(self, x, training: bool = False):
-        F.check_channels(x, self.num_channels, self.data_format, repr(self))
+        F.check_channels(x, self.num_channels, self.data_format, self)
         y, mean, var = normalization.group_norm(
             x, self.num_groups, self.params.get("weight"), self.params.get("bias"),
             eps=self.eps, data_format=self.data_format)
