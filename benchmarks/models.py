@@ -1,6 +1,7 @@
 """Model-level benchmark: whole networks, npconv against PyTorch CPU, same weights, one run.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/models.py [--rounds 5]
+        [--threads 2] [--clock wall|cpu] [--only NAME] [--profile]
 
 ResNet-18 and MobileNetV2 (npconv.models, torchvision's structure) at 224x224, inference at
 batch 1 and 16, and one training step at batch 16 and 112x112 (forward in training mode,
@@ -88,7 +89,7 @@ def calls(case: Case, model, net, rng: np.random.Generator) -> dict:
         def step():
             logits = model.forward(x, training=True)
             _, dlogits = nn.softmax_cross_entropy(logits, labels)
-            model.backward(dlogits)
+            model.backward(dlogits, input_grad=False)    # as PyTorch: x needs no gradient
             opt.step(model.params, model.grads)
 
         out["npconv"] = step
@@ -148,7 +149,12 @@ def peak_bytes(fn) -> int:
         tracemalloc.stop()
 
 
-def measure(case: Case, rounds: int, threads: int, seed: int = 0) -> dict:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+"""`--clock cpu`: the process's CPU time, with --threads 1 a proxy for the work done that other
+processes on a busy machine disturb far less than the wall clock."""
+
+
+def measure(case: Case, rounds: int, threads: int, seed: int = 0, clock: str = "wall") -> dict:
     """The row of one case: median seconds per implementation, their ratio, npconv's peak."""
     rng = np.random.default_rng(seed)
     model, net = build(case.model, rng)
@@ -159,9 +165,9 @@ def measure(case: Case, rounds: int, threads: int, seed: int = 0) -> dict:
             fn()                                             # untimed: plans, pools, caches
         for _ in range(rounds):
             for key, fn in fns.items():
-                start = time.perf_counter()
+                start = CLOCKS[clock]()
                 fn()
-                times[key].append(time.perf_counter() - start)
+                times[key].append(CLOCKS[clock]() - start)
         peak = peak_bytes(fns["npconv"]) if case.task == "inference" else None
     med = {k: statistics.median(v) for k, v in times.items()}
     weights = sum(v.nbytes for v in model.params.values())
@@ -172,7 +178,7 @@ def measure(case: Case, rounds: int, threads: int, seed: int = 0) -> dict:
             "activation_mb": largest_activation(model.eval(), x) / 2**20}
 
 
-def profile(case: Case, threads: int = 2, seed: int = 0) -> dict:
+def profile(case: Case, threads: int = 2, seed: int = 0, clock: str = "wall") -> dict:
     """Seconds per layer type (forward and backward apart) in one npconv call of the case,
     after an untimed one, and "composition": the rest of the call (the tape, the Python
     between layers). Every leaf layer's call and backward is timed."""
@@ -184,33 +190,35 @@ def profile(case: Case, threads: int = 2, seed: int = 0) -> dict:
     spent: dict = {}
     call, back = module.Layer.__call__, module._layer_backward
 
+    now = CLOCKS[clock]
+
     def timed(kind, f, layer, *args, **kwargs):
-        start = time.perf_counter()
+        start = now()
         out = f(layer, *args, **kwargs)
         if not isinstance(layer, module.Module):
             key = f"{type(layer).__name__} {kind}"
-            spent[key] = spent.get(key, 0.0) + time.perf_counter() - start
+            spent[key] = spent.get(key, 0.0) + now() - start
         return out
 
     with npconv.config(threads=threads):
         fn()
         module.Layer.__call__ = lambda self, *a, **k: timed("fwd", call, self, *a, **k)
-        module._layer_backward = lambda layer, dy, token: timed("bwd", back, layer, dy, token)
+        module._layer_backward = lambda layer, *a: timed("bwd", back, layer, *a)
         try:
-            start = time.perf_counter()
+            start = now()
             fn()
-            total = time.perf_counter() - start
+            total = now() - start
         finally:
             module.Layer.__call__, module._layer_backward = call, back
     spent["composition and the rest"] = total - sum(spent.values())
     return dict(sorted(spent.items(), key=lambda kv: -kv[1]))
 
 
-def run(cases=CASES, rounds: int = 5, threads: int = 2) -> list[dict]:
+def run(cases=CASES, rounds: int = 5, threads: int = 2, clock: str = "wall") -> list[dict]:
     """Every case's row; torch (when installed) on `threads` threads, npconv too."""
     if torch is not None:
         torch.set_num_threads(threads)
-    return [measure(case, rounds, threads) for case in cases]
+    return [measure(case, rounds, threads, clock=clock) for case in cases]
 
 
 def table(rows: list[dict]) -> str:
@@ -235,15 +243,17 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per case (5)")
     parser.add_argument("--threads", type=int, default=2, help="threads for both (2)")
     parser.add_argument("--only", default=None, help="run the cases whose name contains this")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="cpu: process CPU time, steadier on a busy machine (--threads 1)")
     parser.add_argument("--profile", action="store_true",
                         help="instead: npconv's time per layer type in each case")
     args = parser.parse_args(argv)
     cases = [c for c in CASES if args.only is None or args.only in c.name]
     if not args.profile:
-        print(table(run(cases, args.rounds, args.threads)))
+        print(table(run(cases, args.rounds, args.threads, args.clock)))
         return
     for case in cases:
-        spent = profile(case, args.threads)
+        spent = profile(case, args.threads, clock=args.clock)
         total = sum(spent.values())
         print(f"{case.name}: {total * 1e3:.0f} ms")
         for key, t in spent.items():

@@ -124,6 +124,188 @@ def test_evaluation_mode_gradients_with_enable_grad():
     check_gradients(model, (image(R(11), 2, (3, 4), 3),), training=False)
 
 
+class Counted(nn.Tanh):
+    """Tanh counting its backward calls; its backward(dy) predates `input_grad`."""
+
+    calls = 0
+
+    def backward(self, dy):
+        Counted.calls += 1
+        return super().backward(dy)
+
+
+class Stem(nn.Module):
+    """A parameter-free layer on the input, then a strided conv, a nested Module (Outer: x
+    feeds two branches) and a Linear head: what input_grad=False may skip and what not."""
+
+    def __init__(self, data_format: str = "channels_last") -> None:
+        super().__init__()
+        f = dict(data_format=data_format, **F64)
+        self.pre = Counted()
+        self.conv = nn.Conv2d(2, 2, 3, stride=2, padding=1, rng=R(12), **f)
+        self.outer = Outer() if data_format == "channels_last" else nn.Identity()
+        self.flat = nn.Flatten()
+        self.head = nn.Linear(4 if data_format == "channels_last" else 12, 3, rng=R(13), **F64)
+
+    def forward(self, x):
+        return self.head(self.flat(self.outer(self.conv(self.pre(x)))))
+
+
+def backward_twice(model, xs, **kw):
+    """(dx, grads) of one recorded forward with kw, the grads copied."""
+    with nn.enable_grad():
+        y = model.forward(*xs)
+    dx = model.backward(R(14).standard_normal(y.shape), **kw)
+    return dx, {k: g.copy() for k, g in model.grads.items()}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_backward_without_the_input_gradient(fmt, monkeypatch):
+    """input_grad=False: the same parameter gradients (bit for bit), None for dx, the first
+    convolution's input gradient never computed, the parameter-free layer before it never
+    called."""
+    from npconv import _kernels
+
+    model, x = Stem(fmt), image(R(15), 2, (6, 4), 2, fmt)
+    calls = []
+    grad_input = _kernels.grad_input
+    monkeypatch.setattr(_kernels, "grad_input", lambda *a, **k: calls.append(1) or
+                        grad_input(*a, **k))
+    Counted.calls = 0
+    dx, full = backward_twice(model, (x,))
+    assert dx.shape == x.shape and Counted.calls == 1
+    with_dx = len(calls)
+    Counted.calls, calls[:] = 0, []
+    none, grads = backward_twice(model, (x,), input_grad=False)
+    assert none is None and Counted.calls == 0
+    assert len(calls) == with_dx - 1                              # the stem's dx only
+    assert grads.keys() == full.keys()
+    for key in full:
+        np.testing.assert_array_equal(grads[key], full[key], err_msg=key)
+
+
+def test_backward_without_the_input_gradient_of_several_inputs_and_old_layers():
+    """A Module of two inputs returns None; a leading layer whose backward has no
+    `input_grad` (a Layer written before it) computes its dx, which is dropped."""
+    x, skip = image(R(16), 2, (4, 3), 2), image(R(17), 2, (4, 3), 2)
+    merge = Merge()
+    _, full = backward_twice(merge, (x, skip))
+    none, grads = backward_twice(merge, (x, skip), input_grad=False)
+    assert none is None
+    assert all(np.array_equal(grads[k], full[k]) for k in full)
+
+    class Old(nn.Linear):
+        def backward(self, dy):                                 # no input_grad option
+            return super().backward(dy)
+
+    model = nn.Sequential(Old(3, 4, rng=R(18), **F64), nn.Tanh(), nn.Linear(4, 2, rng=R(19),
+                                                                          **F64))
+    assert not nn.module.takes_input_grad(model[0]) and nn.module.takes_input_grad(model)
+    data = R(20).standard_normal((5, 3))
+    _, full = backward_twice(model, (data,))
+    assert backward_twice(model, (data,), input_grad=False)[0] is None
+    assert all(np.array_equal(model.grads[k], full[k]) for k in full)
+
+
+def test_layers_without_the_input_gradient():
+    """Conv and Linear alone: grads equal, None returned; a non-bool flag is a TypeError."""
+    for layer, shape in ((nn.Conv2d(2, 3, 3, rng=R(21), **F64), (2, 5, 5, 2)),
+                         (nn.Linear(4, 3, rng=R(22), **F64), (5, 4))):
+        x = R(23).standard_normal(shape)
+        _, full = backward_twice(layer, (x,))
+        assert backward_twice(layer, (x,), input_grad=False)[0] is None
+        assert all(np.array_equal(layer.grads[k], full[k]) for k in full)
+        with nn.enable_grad():
+            y = layer.forward(x)
+        with pytest.raises(TypeError, match="`input_grad` must be True or False; got 0"):
+            layer.backward(np.ones_like(y), input_grad=0)
+    model = nn.Sequential(nn.Linear(4, 3, rng=R(24)))
+    model.forward(np.ones((2, 4), np.float32), training=True)
+    with pytest.raises(TypeError, match="`input_grad` must be True or False; got 'no'"):
+        model.backward(np.ones((2, 3), np.float32), input_grad="no")
+
+
+def test_conv_backward_without_the_input_gradient():
+    import npconv
+
+    x, w = R(28).standard_normal((2, 6, 6, 3)), R(29).standard_normal((3, 3, 3, 4))
+    dy = R(30).standard_normal((2, 2, 2, 4))
+    full = npconv.conv_backward(dy, x, w, stride=2)
+    part = npconv.conv_backward(dy, x, w, stride=2, input_grad=False)
+    assert part.dx is None
+    np.testing.assert_array_equal(part.dw, full.dw)
+    np.testing.assert_array_equal(part.db, full.db)
+    with pytest.raises(TypeError, match="`input_grad` must be a bool; got 1"):
+        npconv.conv_backward(dy, x, w, stride=2, input_grad=1)
+
+
+def test_train_step_skips_the_input_gradient(monkeypatch):
+    """fit's step asks the model for parameter gradients only: a first convolution of a
+    model computes no input gradient in training."""
+    from npconv import _kernels
+
+    calls = []
+    grad_input = _kernels.grad_input
+    monkeypatch.setattr(_kernels, "grad_input", lambda *a, **k: calls.append(1) or
+                        grad_input(*a, **k))
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, rng=R(25)), nn.Flatten(), nn.Linear(18, 3,
+                                                                            rng=R(26)))
+    x, y = R(27).standard_normal((4, 5, 5, 1)).astype(np.float32), np.array([0, 1, 2, 0])
+    training.train_step(model, x, y, nn.SGD(lr=0.1))
+    assert calls == []
+
+
+class Reuse(nn.Module):
+    """conv -> bn -> relu -> conv, plus the first conv's output read again after the batch
+    norm (by a second conv, which keeps it for its backward) and the ReLU output read twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1, rng=R(31), **F64)
+        self.bn = nn.BatchNorm2d(3, **F64)
+        self.relu = nn.ReLU()
+        self.side = nn.Conv2d(3, 3, 1, rng=R(32), **F64)
+        self.head = nn.Conv2d(3, 3, 3, padding=1, rng=R(33), **F64)
+
+    def forward(self, x):
+        c = self.conv(x)
+        r = self.relu(self.bn(c))
+        return nn.add(nn.add(self.head(r), self.side(c)), self.side(r))
+
+
+def test_backward_writes_into_arrays_the_forward_owned(monkeypatch):
+    """In a recorded forward, a batch norm's input that the forward made and nothing had used
+    (a convolution's output), and an activation's output, are dead once backward has passed
+    their layer: dx is written into them, no new activation-sized array. The gradients stay
+    those of the definition, also where the array is read again after the batch norm."""
+    from npconv.nn import module
+
+    model, x = Reuse(), image(R(34), 2, (5, 4), 2)
+    check_gradients(model, (x,))
+    outputs, grads = {}, {}
+    call, back = module.Layer.__call__, module._layer_backward
+
+    def traced(self, *a, **k):
+        outputs[id(self)] = y = call(self, *a, **k)
+        return y
+
+    def traced_back(layer, *a):
+        grads[id(layer)] = dx = back(layer, *a)
+        return dx
+
+    monkeypatch.setattr(module.Layer, "__call__", traced)
+    monkeypatch.setattr(module, "_layer_backward", traced_back)
+    y = model.forward(x, training=True)
+    model.backward(np.ones_like(y))
+    assert np.shares_memory(grads[id(model.bn)], outputs[id(model.conv)])
+    assert np.shares_memory(grads[id(model.relu)], outputs[id(model.relu)])
+    relu, bn = nn.ReLU(), nn.BatchNorm2d(2, **F64)               # no Module: the caller's
+    y, z = relu.forward(x, training=True), bn.forward(x, training=True)
+    kept = y.copy()
+    assert not np.shares_memory(relu.backward(-y), y) and np.array_equal(y, kept)
+    assert not np.shares_memory(bn.backward(z), x)
+
+
 class Branchy(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -123,8 +123,9 @@ def plan(n: int, rows: int, settings: Settings, *, row_bytes: int, tap_bytes: in
 
     A chunk of r rows and t kernel offsets needs r * (row_bytes + t * tap_bytes) bytes of
     temporaries; `fixed_bytes` more per worker whatever the chunk (accumulators). Chunks are
-    whole images when an image fits a chunk target (`Tuning.chunk_bytes`, or `chunk_bytes` when
-    smaller, within a worker's share of the workspace), else rows of one image, else, when one row
+    whole images when an image fits a chunk target (`chunk_bytes`, by default
+    `Tuning.chunk_bytes`, within a worker's share of the workspace), else rows of one image,
+    else, when one row
     exceeds the worker's share and `tap_bytes` > 0, blocks of one row's kernel offsets. With
     `by_image`, no two workers ever write to the same image (scatters spill across chunk
     borders).
@@ -139,7 +140,7 @@ def plan(n: int, rows: int, settings: Settings, *, row_bytes: int, tap_bytes: in
                       stacklevel=4)
     workers = _workers(settings, xp, n * rows, smallest + fixed_bytes)
     share = max(settings.workspace // workers - fixed_bytes, 1)
-    target = chunk_target(min(chunk_bytes or math.inf, settings.tuning.chunk_bytes), share, xp)
+    target = chunk_target(chunk_bytes or settings.tuning.chunk_bytes, share, xp)
     per_chunk = target // max(full_row, 1)
     every = slice(0, taps)
     if per_chunk >= rows:

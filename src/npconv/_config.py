@@ -39,6 +39,15 @@ class Tuning:
     stride1_chunk_bytes: int = 1 * MIB
     """Chunk target of im2col's stride-1 gathers of whole window rows (5 to 9% faster per
     ResNet 3x3 op than 4 MiB; strided gathers ran 8 to 12% slower that way)."""
+    serial_min_filters: int = 64
+    """im2col's chunk of a layer that runs serially (`_chunks.serial_layer`) with at least this
+    many filters per group is the whole window matrix, one GEMM for BLAS's threads (narrower
+    GEMMs keep cache-sized chunks: LeNet's 3x3 layer, 32 filters, ran 20 to 45% slower whole)."""
+    gemm_min_rows: int = 256
+    """im2col's stride-1 chunks hold at least this many window rows (up to `chunk_bytes`):
+    BLAS packs the weight matrix anew on every GEMM, which costs as much as the product when
+    the weight is wide and the chunk has few rows (ResNet-18's 4x4x512 3x3 layer, batch 16,
+    fwd+bwd one thread: 60 ms in 1 MiB chunks of 48 rows, 53 in 4 MiB)."""
     min_parallel_bytes: int = 16 * MIB
     """Layers whose forward window matrix is smaller run serially with BLAS threads
     (`_chunks.serial_layer`); copies smaller than this stay on one thread too."""

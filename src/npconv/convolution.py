@@ -217,13 +217,15 @@ def conv_backward(
     padding_mode: str = "zeros",
     algorithm: str | None = None,
     workspace: int | None = None,
+    input_grad: bool = True,
 ) -> ConvGrads:
     """Gradients of `conv(x, w, bias, ...)` with respect to x, w and the bias, given dy = dL/dy.
 
     Takes `conv`'s arguments with dy in front. dx has x's shape (zero at pixels the forward
     pass never read, such as remainder rows when P was floored), dw has w's, db is (F,), or
     None when `bias` is None or False. Padding of any mode is differentiated too: a reflected,
-    replicated or wrapped pixel sends its gradient back to the pixel it copies.
+    replicated or wrapped pixel sends its gradient back to the pixel it copies. With
+    `input_grad` False, dx is not computed (None): a network's first layer in training.
 
     Examples
     --------
@@ -237,6 +239,8 @@ def conv_backward(
     True
     """
     _check_arrays("conv_backward", dy=dy, x=x, w=w)
+    if not isinstance(input_grad, bool):
+        raise TypeError(f"`input_grad` must be a bool; got {input_grad!r}")
     spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                      groups=groups, data_format=data_format, padding_mode=padding_mode)
     check_shape(dy, spec.y_shape(), "dy")
@@ -247,8 +251,10 @@ def conv_backward(
         views = _views(spec, algorithm, x, cdt, settings)
         dy_ = _dy_in(dy, spec, cdt, settings, views)             # (N, *P, F)
         w_ = _layout.weight(w, data_format, cdt)                 # (*K, C/G, F)
-        dx = _kernels.grad_input(dy_, w_, spec, settings, algorithm=algorithm, unpad=True)
-        dx = _layout.result(dx, data_format, dtype, settings)   # (N, *S, C) caller's layout
+        dx = None
+        if input_grad:
+            dx = _kernels.grad_input(dy_, w_, spec, settings, algorithm=algorithm, unpad=True)
+            dx = _layout.result(dx, data_format, dtype, settings)   # (N, *S, C) caller's layout
         dw = _kernels.grad_weight(_x_in(x, spec, cdt, settings, views), dy_, spec, settings,
                                   algorithm=algorithm)           # (*K, C/G, F)
         db = _kernels.grad_bias(dy_, dtype) if with_db else None

@@ -37,15 +37,28 @@ def plan(spec: ConvSpec, itemsize: int, settings: Settings, xp: ModuleType, *,
     row = math.prod(spec.out_size[1:]) * itemsize
     return _chunks.plan(spec.batch, spec.out_size[0], settings, row_bytes=row * out_width,
                         tap_bytes=row * spec.in_channels, taps=math.prod(spec.kernel_size),
-                        fixed_bytes=fixed_bytes, chunk_bytes=_chunk_bytes(spec, settings),
+                        fixed_bytes=fixed_bytes,
+                        chunk_bytes=_chunk_bytes(spec, itemsize, settings),
                         by_image=by_image, xp=xp)
 
 
-def _chunk_bytes(spec: ConvSpec, settings: Settings) -> int | None:
-    """Smaller chunks for stride-1 gathers of whole window rows; narrow windows (`_narrow`)
-    keep the default, fewer chunks costing fewer Python calls."""
-    stride1 = all(s == 1 for s in spec.stride)
-    return settings.tuning.stride1_chunk_bytes if stride1 and not _narrow(spec, settings) else None
+def _chunk_bytes(spec: ConvSpec, itemsize: int, settings: Settings) -> int:
+    """The chunk target. A layer small enough to run serially (`_chunks.serial_layer`: its
+    window matrix is below `Tuning.min_parallel_bytes`) with `Tuning.serial_min_filters`
+    filters per group or more is one chunk, one GEMM that BLAS's own threads share: many small
+    GEMMs each wake and wait for BLAS's threads (ResNet-18's 14x14x128 3x3 layer, batch 16,
+    fwd+bwd on two threads of a busy machine: 50 ms in one chunk, 65 to 155 in 1 MiB ones).
+    Else smaller chunks for stride-1 gathers of whole window rows, of at least
+    `Tuning.gemm_min_rows` rows; narrow windows (`_narrow`) and strided gathers keep
+    `Tuning.chunk_bytes`, fewer chunks costing fewer Python calls."""
+    tuning = settings.tuning
+    if spec.group_out >= tuning.serial_min_filters and \
+            _chunks.serial_layer(spec, itemsize, settings):
+        return max(tuning.min_parallel_bytes, 1)
+    if not all(s == 1 for s in spec.stride) or _narrow(spec, settings):
+        return tuning.chunk_bytes
+    rows = tuning.gemm_min_rows * math.prod(spec.kernel_size) * spec.in_channels
+    return min(max(tuning.stride1_chunk_bytes, rows * itemsize), tuning.chunk_bytes)
 
 
 def _narrow(spec: ConvSpec, settings: Settings) -> bool:

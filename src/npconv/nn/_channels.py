@@ -25,6 +25,7 @@ end. Each op allocates only its result and per-worker block-sized temporaries.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -66,18 +67,21 @@ class ChannelLayout:
         The number of positions in each piece of an image (one piece: whole images).
     """
 
-    def __init__(self, shape: tuple, data_format: str, itemsize: int) -> None:
+    def __init__(self, shape: tuple, data_format: str, itemsize: int,
+                 block: int | None = None) -> None:
+        block = block or _blocks.block_bytes()
         self.last = data_format == "channels_last"
         self.n = shape[0]
         self.c = shape[-1] if self.last else shape[1]
         self.s = math.prod(shape[1:-1] if self.last else shape[2:])
         self.r = _fold(self.s, self.c) if self.last else 1
         rows, row = self.s // self.r, self.r * self.c * itemsize  # per image, bytes per row
-        if rows * row <= _blocks.block_bytes():                    # several whole images
+        if rows * row <= block:                                  # several whole images
             parts = [slice(0, rows)]
-            self.chunks = [(0, n, parts[0]) for n in _blocks.spans(self.n, max(rows * row, 1))]
+            self.chunks = [(0, n, parts[0])
+                           for n in _blocks.spans(self.n, max(rows * row, 1), block)]
         else:                                                    # pieces of one image
-            parts = _blocks.spans(rows, row)
+            parts = _blocks.spans(rows, row, block)
             self.chunks = [(i, slice(n, n + 1), p) for n in range(self.n)
                            for i, p in enumerate(parts)]
         self.pieces = [(p.stop - p.start) * self.r for p in parts]
@@ -113,6 +117,18 @@ class ChannelLayout:
             return sums.reshape(-1, self.r, self.c).sum(axis=1) if self.r > 1 else sums
         return _blocks.sum_last(b, ones)                         # (k, C)
 
+    def total(self, b, ones):
+        """(C,) float64: b's sums over its images and positions."""
+        return self.sum_positions(b, ones).sum(axis=0, dtype=np.float64)
+
+    def dot(self, a, b):
+        """(C,) float64: the sums of a * b over the block's images and positions, in one pass
+        (no product array)."""
+        if self.last:
+            return np.einsum("krj,krj->j", a, b).reshape(self.r, self.c).sum(
+                axis=0, dtype=np.float64)
+        return np.einsum("kcs,kcs->c", a, b).astype(np.float64)
+
     def positions(self, b) -> int:
         """Positions per image in the block b."""
         return b.shape[1] * self.r if self.last else b.shape[2]
@@ -120,6 +136,17 @@ class ChannelLayout:
     def run(self, task, nbytes: int, make_state):
         """task(chunk, state) over every block, on the workers for large arrays."""
         return _blocks.run(task, self.chunks, nbytes, make_state)
+
+
+@functools.lru_cache(maxsize=128)
+def _cached(shape: tuple, data_format: str, itemsize: int, block: int) -> ChannelLayout:
+    return ChannelLayout(shape, data_format, itemsize, block)
+
+
+def layout(shape: tuple, data_format: str, itemsize: int) -> ChannelLayout:
+    """The ChannelLayout of an array shape, built once per shape and block size (a layer
+    calls its forward and backward on the same shapes step after step)."""
+    return _cached(tuple(shape), data_format, itemsize, _blocks.block_bytes())
 
 
 class _State(_blocks.Scratch):
@@ -163,6 +190,141 @@ def moments(layout: ChannelLayout, x):
 
     layout.run(task, _nbytes(layout, work), lambda: _State(layout, work))
     return combine(np.array(layout.pieces, dtype=np.float64)[:, None], means, m2s, axis=1)
+
+
+def channel_moments(layout: ChannelLayout, x):
+    """Per-channel mean and m2 = sum((x - mean)^2) over images and positions, float64 (C,)
+    each (batch norm's statistics; `moments` keeps each image apart, for group norm).
+
+    Each block is shifted by the mean of its first row (r positions of each channel,
+    channels_last; up to 64 positions of the first image's channels, channels_first), so the
+    sums of (x - shift) and (x - shift)^2 keep float32's two-pass accuracy whenever |mean|
+    >> std, without the block-mean pass of `moments`; the blocks are merged in float64 with
+    Chan's formula."""
+    work = _blocks.compute_dtype(x.dtype)
+    x3 = layout.view(x)
+    stats = np.empty((len(layout.chunks), 4, layout.c))           # count, shift, s1, s2
+
+    def task(item, st):
+        i, chunk = item
+        xb = st.load(0, layout.block(x3, chunk))                 # (k, rows, rC) / (k, C, s)
+        if layout.last:
+            shift = xb[0, 0].reshape(layout.r, layout.c).mean(axis=0)  # (C,)
+            row = np.tile(shift, layout.r)[None, None]           # (1, 1, rC)
+        else:
+            shift = xb[0, :, :64].mean(axis=-1)                  # (C,)
+            row = shift[None, :, None]                           # (1, C, 1)
+        d = st.like(1, xb)
+        np.subtract(xb, row, out=d)
+        stats[i, 0] = xb.shape[0] * layout.positions(xb)
+        stats[i, 1] = shift
+        stats[i, 2] = layout.sum_positions(d, st.ones).sum(axis=0, dtype=np.float64)
+        np.square(d, out=d)
+        stats[i, 3] = layout.sum_positions(d, st.ones).sum(axis=0, dtype=np.float64)
+
+    _blocks.run(task, list(enumerate(layout.chunks)), _nbytes(layout, work),
+                lambda: _State(layout, work))
+    counts, shifts, s1, s2 = stats.transpose(1, 0, 2)            # (B, C) each
+    return combine(counts, shifts + s1 / counts, s2 - s1 * s1 / counts, axis=0)
+
+
+def shifted_moments(layout: ChannelLayout, x, d):
+    """Batch norm's statistics, writing d = x - shift (d like x: y's buffer, or x itself)
+    block by block; `shifted_affine` then turns d into y in place. The shift of a block is
+    the mean of its first row, as in `channel_moments` (same accuracy), and d is what y needs:
+    one subtraction serves both. Returns mean, m2 (C,) and the shifts (B, C), float64."""
+    x3, d3 = layout.view(x), layout.view(d)
+    stats = np.empty((len(layout.chunks), 4, layout.c))           # count, shift, s1, s2
+
+    def task(item, st):
+        i, chunk = item
+        xb, db = layout.block(x3, chunk), layout.block(d3, chunk)  # (k, rows, rC) / (k, C, s)
+        shift = _first_row_mean(layout, xb)                      # (C,)
+        np.subtract(xb, layout.per_channel(layout.expand(shift[None])), out=db)
+        stats[i, 0] = xb.shape[0] * layout.positions(xb)
+        stats[i, 1] = shift
+        stats[i, 2] = layout.total(db, st.ones)
+        stats[i, 3] = layout.dot(db, db)
+
+    _blocks.run(task, list(enumerate(layout.chunks)), _nbytes(layout, x.dtype),
+                lambda: _State(layout, x.dtype))
+    counts, shifts, s1, s2 = stats.transpose(1, 0, 2)            # (B, C) each
+    mean, m2 = combine(counts, shifts + s1 / counts, s2 - s1 * s1 / counts, axis=0)
+    return mean, m2, shifts
+
+
+def _first_row_mean(layout: ChannelLayout, xb):
+    """(C,) in xb's dtype: the mean of the block's first row per channel (r positions,
+    channels_last; up to 64 positions of the first image, channels_first)."""
+    if layout.last:
+        return xb[0, 0].reshape(layout.r, layout.c).mean(axis=0)
+    return xb[0, :, :64].mean(axis=-1)
+
+
+def shifted_affine(layout: ChannelLayout, y, scale, shifts):
+    """y = y * scale + shifts[block] in place, per channel: scale (C,), shifts (B, C), one row
+    per block of `layout.chunks` (what `shifted_moments` left in y becomes batch norm's
+    output)."""
+    y3 = layout.view(y)
+    scale = layout.per_channel(layout.expand(np.asarray(scale, y.dtype)[None]))
+    rows = layout.expand(shifts.astype(y.dtype))                 # (B, rC) / (B, C)
+
+    def task(item, _):
+        i, chunk = item
+        yb = layout.block(y3, chunk)
+        np.multiply(yb, scale, out=yb)
+        np.add(yb, layout.per_channel(rows[i:i + 1]), out=yb)
+
+    _blocks.run(task, list(enumerate(layout.chunks)), _nbytes(layout, y.dtype), lambda: None)
+    return y
+
+
+def centered_sums(layout: ChannelLayout, dy, x, center, t=None):
+    """Per channel sum(dy) and sum(dy * (x - center)), float64 (C,) each, center (C,). With
+    `t` (like x, sharing no memory with dy: dx's buffer, or x itself), x - center is left
+    there for `centered_affine`."""
+    dy3, x3 = layout.view(dy), layout.view(x)
+    t3 = None if t is None else layout.view(t)
+    row = layout.per_channel(layout.expand(np.asarray(center, x.dtype)[None]))
+    sums = np.empty((len(layout.chunks), 2, layout.c))
+
+    def task(item, st):
+        i, chunk = item
+        dyb, xb = layout.block(dy3, chunk), layout.block(x3, chunk)
+        tb = st.like(0, xb) if t3 is None else layout.block(t3, chunk)
+        np.subtract(xb, row, out=tb)
+        sums[i, 0] = layout.total(dyb, st.ones)
+        sums[i, 1] = layout.dot(dyb, tb)
+
+    _blocks.run(task, list(enumerate(layout.chunks)), 2 * _nbytes(layout, x.dtype),
+                lambda: _State(layout, x.dtype))
+    return sums[:, 0].sum(axis=0), sums[:, 1].sum(axis=0)
+
+
+def centered_affine(layout: ChannelLayout, dx, dy, k, g, c, x=None, center=None):
+    """dx = t * k + dy * g + c per channel (C,) each, where t is x - center when x is given
+    (dx may then be dy: each block is read before it is written), else what
+    `centered_sums` left in dx (in place). Both give the same bits."""
+    dx3, dy3 = layout.view(dx), layout.view(dy)
+    x3 = None if x is None else layout.view(x)
+    k, g, c, center = (None if v is None else
+                       layout.per_channel(layout.expand(np.asarray(v, dx.dtype)[None]))
+                       for v in (k, g, c, center))
+
+    def task(chunk, st):
+        dxb, dyb = layout.block(dx3, chunk), layout.block(dy3, chunk)
+        t = dxb
+        if x3 is not None:
+            t = st.like(1, dxb)
+            np.subtract(layout.block(x3, chunk), center, out=t)
+        r = st.like(0, dyb)
+        np.multiply(t, k, out=t)
+        np.multiply(dyb, g, out=r)
+        np.add(t, r, out=t)
+        np.add(t, c, out=dxb)
+
+    layout.run(task, 3 * _nbytes(layout, dx.dtype), lambda: _State(layout, dx.dtype))
+    return dx
 
 
 def combine(counts, means, m2s, axis: int):

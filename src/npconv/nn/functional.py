@@ -200,13 +200,13 @@ def linear(x, w, b=None):
     return y if b is None else y + b
 
 
-def linear_backward(dy, x, w, *, bias: bool = True):
-    """(dx, dw, db) of `linear`: dx = dy w^T (N, D), dw = x^T dy (D, F), db = sum_n dy (F,)
-    or None when `bias` is False."""
+def linear_backward(dy, x, w, *, bias: bool = True, input_grad: bool = True):
+    """(dx, dw, db) of `linear`: dx = dy w^T (N, D), or None when `input_grad` is False,
+    dw = x^T dy (D, F), db = sum_n dy (F,) or None when `bias` is False."""
     _check_linear(x, w, None)
     _args.float_array(dy, "dy")
     check_shape(dy, (x.shape[0], w.shape[1]), "dy")
-    dx = dy @ w.T                                                  # (N, D)
+    dx = dy @ w.T if input_grad else None                          # (N, D)
     dw = x.T @ dy                                                  # (D, F)
     db = dy.sum(axis=0) if bias else None                          # (F,)
     return dx, dw, db
@@ -222,9 +222,10 @@ def channel_axis(ndim: int, data_format: str) -> int:
     return ndim - 1 if data_format == "channels_last" else 1
 
 
-def check_channels(x, channels: int, data_format: str, name: str) -> None:
+def check_channels(x, channels: int, data_format: str, name: object) -> None:
     """ValueError unless x is a float array of >= 2 dimensions with `channels` entries on its
-    channel axis; `name` says who is asking (an op or a layer)."""
+    channel axis; `name` says who is asking (an op's name, or a layer: its repr, made only
+    for the message)."""
     _args.float_array(x, "x")
     _args.choice(data_format, _args.DATA_FORMATS, "data_format")
     if x.ndim < 2 or x.shape[channel_axis(x.ndim, data_format)] != channels:

@@ -42,7 +42,14 @@ from npconv.nn import activation, normalization, resample
 from npconv.nn import functional as F
 from npconv.nn import init as initializers
 from npconv.nn.combine import Add, Concat, Identity, ZeroPad
-from npconv.nn.module import Layer, Sequential, can_overwrite, grad_enabled
+from npconv.nn.module import (
+    Layer,
+    Sequential,
+    can_overwrite,
+    grad_enabled,
+    reclaim,
+    recording,
+)
 from npconv.spec import check_shape, resolve_padding
 
 __all__ = [
@@ -265,7 +272,7 @@ class Conv(_Kernel):
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, (self.rank,), self.kw["data_format"])
-        F.check_channels(x, self.in_channels, self.kw["data_format"], repr(self))
+        F.check_channels(x, self.in_channels, self.kw["data_format"], self)
         self._start(training, x)
         if self._fold is not None and self._cache is None:
             y = self._fold_out = convolution.conv(x, *self._fold, **self.kw)
@@ -274,9 +281,13 @@ class Conv(_Kernel):
             self._unfold()                                         # weights may change now
         return convolution.conv(x, self.params["weight"], self.params.get("bias"), **self.kw)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
+        """dx from dy, filling grads; with input_grad=False grads only (dx is not computed,
+        None is returned)."""
         dx, dw, db = convolution.conv_backward(dy, self._saved(), self.params["weight"],
-                                               bias=self.has_bias, **self.kw)
+                                               bias=self.has_bias, **self.kw,
+                                               input_grad=pooling.check_flag(input_grad,
+                                                                             "input_grad"))
         self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
 
@@ -382,7 +393,7 @@ class ConvTranspose(_Kernel):
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, (self.rank,), self.kw["data_format"])
-        F.check_channels(x, self.in_channels, self.kw["data_format"], repr(self))
+        F.check_channels(x, self.in_channels, self.kw["data_format"], self)
         self._start(training, x)
         return convolution.conv_transpose(x, self.params["weight"], self.params.get("bias"),
                                           **self.kw)
@@ -667,9 +678,11 @@ class Linear(Layer):
         self._start(training, x)
         return F.linear(x, self.params["weight"], self.params.get("bias"))
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
+        """dx from dy, filling grads; with input_grad=False grads only (None is returned)."""
         dx, dw, db = F.linear_backward(dy, self._saved(), self.params["weight"],
-                                       bias=self.has_bias)
+                                       bias=self.has_bias,
+                                       input_grad=pooling.check_flag(input_grad, "input_grad"))
         self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
 
@@ -743,7 +756,8 @@ class _Activation(Layer):
     Hardsigmoid, SiLU, whose derivative y does not give). With inplace=True (PyTorch's
     argument) y is written into x when the running Module forward made x and nothing else uses
     it (`nn.can_overwrite`), never into an array the caller passed in; a layer that keeps x
-    does so only when no backward will follow."""
+    does so only when no backward will follow. In a recorded Module forward, the kept output
+    is the layer's own (`module.recording`): backward writes dx into it."""
 
     keeps_output = True
 
@@ -759,21 +773,22 @@ class _Activation(Layer):
         keep = grad_enabled(pooling.check_flag(training, "training"))
         overwrite = self.inplace and (self.keeps_output or not keep) and can_overwrite(x)
         y = self._f(x, x if overwrite else None)
-        self._start(training, y if self.keeps_output else x)
+        reuse = self.keeps_output and recording() and _cpu(y)
+        self._start(training, (y if self.keeps_output else x, reuse))
         return y
 
     def backward(self, dy):
-        kept = self._saved()
+        kept, reuse = self._saved()
         _args.float_array(dy, "dy")
         check_shape(dy, (kept[0] if isinstance(kept, tuple) else kept).shape, "dy")
-        return self._df(dy, kept)
+        return self._df(dy, kept, reclaim(kept) if reuse and _cpu(dy) else None)
 
     def _f(self, x, out):
         """y = f(x), written into `out` when given."""
         raise NotImplementedError
 
-    def _df(self, dy, kept):
-        """dx from dy and what forward kept."""
+    def _df(self, dy, kept, out):
+        """dx from dy and what forward kept, written into `out` (the kept y) when given."""
         raise NotImplementedError
 
 
@@ -783,8 +798,9 @@ class ReLU(_Activation):
     def _f(self, x, out):
         return activation.relu(x, out=out) if _cpu(x) else F.relu(x, out=out)
 
-    def _df(self, dy, y):
-        return activation.relu_backward(dy, y) if _cpu(dy, y) else F.relu_backward(dy, y)
+    def _df(self, dy, y, out):
+        return activation.relu_backward(dy, y, out=out) if _cpu(dy, y) else \
+            F.relu_backward(dy, y)
 
 
 class ReLU6(_Activation):
@@ -793,8 +809,9 @@ class ReLU6(_Activation):
     def _f(self, x, out):
         return activation.relu6(x, out=out) if _cpu(x) else F.relu6(x, out=out)
 
-    def _df(self, dy, y):
-        return activation.relu6_backward(dy, y) if _cpu(dy, y) else F.relu6_backward(dy, y)
+    def _df(self, dy, y, out):
+        return activation.relu6_backward(dy, y, out=out) if _cpu(dy, y) else \
+            F.relu6_backward(dy, y)
 
 
 class LeakyReLU(_Activation):
@@ -813,9 +830,9 @@ class LeakyReLU(_Activation):
             return activation.leaky_relu(x, self.negative_slope, out=out)
         return F.leaky_relu(x, self.negative_slope)
 
-    def _df(self, dy, y):
+    def _df(self, dy, y, out):
         if _cpu(dy, y):
-            return activation.leaky_relu_backward(dy, y, self.negative_slope)
+            return activation.leaky_relu_backward(dy, y, self.negative_slope, out=out)
         return F.leaky_relu_backward(dy, y, self.negative_slope)
 
 
@@ -828,8 +845,9 @@ class Tanh(_Activation):
     def _f(self, x, out):
         return activation.tanh(x) if _cpu(x) else F.tanh(x)
 
-    def _df(self, dy, y):
-        return activation.tanh_backward(dy, y) if _cpu(dy, y) else F.tanh_backward(dy, y)
+    def _df(self, dy, y, out):
+        return activation.tanh_backward(dy, y, out=out) if _cpu(dy, y) else \
+            F.tanh_backward(dy, y)
 
 
 class Sigmoid(_Activation):
@@ -841,8 +859,9 @@ class Sigmoid(_Activation):
     def _f(self, x, out):
         return activation.sigmoid(x) if _cpu(x) else F.sigmoid(x)
 
-    def _df(self, dy, y):
-        return activation.sigmoid_backward(dy, y) if _cpu(dy, y) else F.sigmoid_backward(dy, y)
+    def _df(self, dy, y, out):
+        return activation.sigmoid_backward(dy, y, out=out) if _cpu(dy, y) else \
+            F.sigmoid_backward(dy, y)
 
 
 class Hardswish(_Activation):
@@ -853,7 +872,7 @@ class Hardswish(_Activation):
     def _f(self, x, out):
         return activation.hardswish(x, out=out)
 
-    def _df(self, dy, x):
+    def _df(self, dy, x, out):
         return activation.hardswish_backward(dy, x)
 
 
@@ -865,7 +884,7 @@ class Hardsigmoid(_Activation):
     def _f(self, x, out):
         return activation.hardsigmoid(x, out=out)
 
-    def _df(self, dy, x):
+    def _df(self, dy, x, out):
         return activation.hardsigmoid_backward(dy, x)
 
 
@@ -880,13 +899,13 @@ class SiLU(_Activation):
         if not grad_enabled(pooling.check_flag(training, "training")):
             return super().forward(x, training)
         y, s = activation.silu(x, keep_sigmoid=True)
-        self._start(training, (x, s))
+        self._start(training, ((x, s), False))
         return y
 
     def _f(self, x, out):
         return activation.silu(x, out=out)
 
-    def _df(self, dy, kept):
+    def _df(self, dy, kept, out):
         x, s = kept
         return activation.silu_backward(dy, x, sigmoid=s)
 
@@ -988,7 +1007,7 @@ class BatchNorm(Layer):
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, self.ranks, self.data_format)
-        F.check_channels(x, self.num_features, self.data_format, repr(self))
+        F.check_channels(x, self.num_features, self.data_format, self)
         training = pooling.check_flag(training, "training")
         keep = grad_enabled(training)
         if self._folded_into is not None:
@@ -998,9 +1017,12 @@ class BatchNorm(Layer):
         if training:
             count = self.buffers["num_batches_tracked"]
             count += 1                                             # in place: views stay valid
+        # an input this recorded forward may overwrite is dead once backward has passed
+        # this layer (`module.recording`): dx goes into it
+        reuse = keep and _cpu(x) and can_overwrite(x)
         y, cache = self._normalize(x, training, keep) if _cpu(x) else \
             self._normalize_xp(x, training)
-        self._start(training, cache)
+        self._start(training, (*cache, reuse))
         return y
 
     def _folded(self, x):
@@ -1047,11 +1069,12 @@ class BatchNorm(Layer):
                    training)
 
     def backward(self, dy):
-        x, mean, var, training = self._saved()
+        x, mean, var, training, reuse = self._saved()
         w, kw = self.params["weight"], dict(eps=self.eps, data_format=self.data_format)
         if _cpu(dy, x):
+            out = reclaim(x) if reuse and x.flags.c_contiguous else None
             dx, dgamma, dbeta = normalization.batch_norm_backward(dy, x, w, mean, var, **kw,
-                                                                  training=training)
+                                                                  training=training, out=out)
         else:
             dx, dgamma, dbeta = F.batch_norm_backward(dy, x, w, mean, var, **kw,
                                                       training=training)
@@ -1160,7 +1183,7 @@ class GroupNorm(Layer):
                     affine=self.affine, data_format=self.data_format, dtype=self.dtype.name)
 
     def forward(self, x, training: bool = False):
-        F.check_channels(x, self.num_channels, self.data_format, repr(self))
+        F.check_channels(x, self.num_channels, self.data_format, self)
         y, mean, var = normalization.group_norm(
             x, self.num_groups, self.params.get("weight"), self.params.get("bias"),
             eps=self.eps, data_format=self.data_format)

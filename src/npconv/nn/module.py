@@ -130,6 +130,24 @@ def can_overwrite(x) -> bool:
     return tape is not None and tape.can_overwrite(x)
 
 
+def recording() -> bool:
+    """True inside a Module forward that records its calls for backward. An array a layer
+    call makes there is seen by the calls after it and, once it is recorded, by nobody else
+    (a result handed back to the caller is a copy when a layer keeps it); so when backward
+    reaches that layer, every use of the array is behind it, and the layer may write its
+    input gradient into what it kept (`reclaim`). The same holds for an input the layer was
+    allowed to overwrite (`can_overwrite`)."""
+    tape = _RECORDING.get()
+    return tape is not None and tape.keep
+
+
+def reclaim(x):
+    """x, writeable again, for a layer's backward to write into (see `recording`): arrays
+    between layers are read-only while a forward is recorded."""
+    _set_writeable(x, True)
+    return x
+
+
 # ---------------------------------------------------------------------------------------------
 # The tape
 # ---------------------------------------------------------------------------------------------
@@ -224,25 +242,42 @@ class _Tape:
             y = y.copy()                                # a layer keeps it: the caller gets a copy
         return y
 
-    def backward(self, dy, token):
+    def backward(self, dy, token, input_grad: bool = True):
         """Gradients of the forward's inputs: the calls in reverse, each call's saved state put
-        back before its layer's backward, the gradients of shared arrays summed."""
+        back before its layer's backward, the gradients of shared arrays summed. With
+        `input_grad` False, nothing is computed that only the inputs' gradients need, and
+        None comes back."""
         _check_seed(self.owner, dy, self.output)
+        needed = self._needed(input_grad)
         grads, owned = {id(self.output): dy}, set()
         for layer, inputs, y, state in reversed(self.records):
             g = grads.pop(id(y), None)
             owned.discard(id(y))
             layer._restore(state)
-            if g is not None:                           # else: y fed nothing that mattered
-                dxs = _layer_backward(layer, g, token)
+            wanted = [needed[id(x)] for x in inputs]
+            if g is not None and (any(wanted) or _has_params(layer)):   # else: nothing to do
+                dxs = _layer_backward(layer, g, token, any(wanted))
                 dxs = dxs if len(inputs) > 1 else (dxs,)
-                for x, dx in zip(inputs, dxs):
-                    _accumulate(grads, owned, id(x), dx)
+                for x, dx, want in zip(inputs, dxs, wanted):
+                    if want:
+                        _accumulate(grads, owned, id(x), dx)
             layer._restore(None)                        # what the call kept is freed
         self.records.clear()
+        if not input_grad:
+            return None
         xp = _backend.namespace(dy)
         dxs = tuple(grads[id(x)] if id(x) in grads else xp.zeros_like(x) for x in self.inputs)
         return dxs if len(dxs) > 1 else dxs[0]
+
+    def _needed(self, input_grad: bool) -> dict[int, bool]:
+        """{id(array): whether backward must compute its gradient} for the inputs and every
+        call's output, in forward order: an input's when `input_grad`; a call's output's when
+        its layer has parameters or one of its inputs needs a gradient (as PyTorch's
+        requires_grad spreads)."""
+        needed = {id(x): input_grad for x in self.inputs}
+        for layer, inputs, y, _ in self.records:
+            needed[id(y)] = _has_params(layer) or any(needed[id(x)] for x in inputs)
+        return needed
 
 
 def _untraced(owner: Layer, what: str, x) -> str:
@@ -275,17 +310,37 @@ def _accumulate(grads: dict, owned: set, key: int, dx) -> None:
         owned.add(key)
 
 
-def _layer_backward(layer: Layer, dy, token):
+def _layer_backward(layer: Layer, dy, token, input_grad: bool = True):
     """layer.backward(dy); a layer with parameters whose backward already ran in this pass (a
-    layer called twice in one forward) adds the new gradients to the earlier ones."""
+    layer called twice in one forward) adds the new gradients to the earlier ones. Without
+    `input_grad`, the layer is asked not to compute dx when its backward takes that option
+    (`takes_input_grad`); otherwise its dx is computed and dropped by the caller."""
+    skip = {} if input_grad or not takes_input_grad(layer) else {"input_grad": False}
     if not layer.params or isinstance(layer, Module):
-        return layer.backward(dy)
+        return layer.backward(dy, **skip)
     earlier = layer.grads if layer._grad_pass is token else None
-    dx = layer.backward(dy)
+    dx = layer.backward(dy, **skip)
     if earlier is not None:
         layer.grads = {k: g + earlier[k] for k, g in layer.grads.items()}
     layer._grad_pass = token
     return dx
+
+
+def _has_params(layer: Layer) -> bool:
+    """Whether the layer or one of its descendants has parameters to train."""
+    return any(m.params for m in layer.modules() if not isinstance(m, Module))
+
+
+_TAKES_INPUT_GRAD: dict[type, bool] = {}               # per class, from its signature
+
+
+def takes_input_grad(layer: Layer) -> bool:
+    """Whether `layer.backward` takes `input_grad` (Modules, Conv, Linear; a Layer subclass
+    written before the option existed does not, and computes dx anyway)."""
+    cls = type(layer)
+    if cls not in _TAKES_INPUT_GRAD:
+        _TAKES_INPUT_GRAD[cls] = "input_grad" in inspect.signature(layer.backward).parameters
+    return _TAKES_INPUT_GRAD[cls]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +356,9 @@ class Layer:
     - `forward(x, training=False) -> y`, keeping what `backward` needs when training (or inside
       `enable_grad()`); a layer with several inputs (`Add`, `Concat`) takes them positionally;
     - `backward(dy) -> dx` for the input of the last forward, filling `grads` (a tuple of
-      gradients, one per input, for a layer with several inputs);
+      gradients, one per input, for a layer with several inputs); Modules and the layers
+      whose dx costs most (Conv, Linear) also take `input_grad=False`: `grads` only, None
+      returned (`takes_input_grad`);
     - `params` (trained arrays, updated in place by an optimizer), `grads` (the same keys),
       `buffers` (saved, not trained: batch norm's running statistics);
     - `config()`: the constructor's keyword arguments, JSON-ready, so that
@@ -681,18 +738,32 @@ class Module(Layer):
     def _state(self):
         return self._cache
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
         """dx (a tuple for several inputs) from dy, through the recorded calls in reverse;
-        fills every descendant's grads (zeros for layers the forward did not reach)."""
+        fills every descendant's grads (zeros for layers the forward did not reach).
+
+        With input_grad=False only the parameters' gradients are computed and None is
+        returned: what only dx needs is skipped, as PyTorch skips it for an input without
+        requires_grad (a training step: the first convolution's input gradient, the costliest
+        part of its backward, is never computed).
+
+        >>> import numpy as np
+        >>> from npconv import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3, rng=np.random.default_rng(0)), nn.ReLU())
+        >>> y = model.forward(np.ones((1, 5, 5, 3), np.float32), training=True)
+        >>> model.backward(np.ones_like(y), input_grad=False) is None, sorted(model.grads)
+        (True, ['0.bias', '0.weight'])
+        """
         tape = self._saved()
         self._cache = None
+        input_grad = pooling.check_flag(input_grad, "input_grad")
         token = _PASS.get()
         if token is not None:                           # inside a parent's backward
-            return tape.backward(dy, token)
+            return tape.backward(dy, token, input_grad)
         token = object()
         reset = _PASS.set(token)
         try:
-            dx = tape.backward(dy, token)
+            dx = tape.backward(dy, token, input_grad)
         finally:
             _PASS.reset(reset)
         for layer in self.modules():

@@ -64,8 +64,7 @@ def _layout(x, data_format: str, op: str) -> _channels.ChannelLayout:
     if x.size == 0:
         raise ValueError(f"{op} needs at least one value per channel; got `x` of shape "
                          f"{tuple(x.shape)}")
-    return _channels.ChannelLayout(x.shape, data_format,
-                                   _blocks.compute_dtype(x.dtype).itemsize)
+    return _channels.layout(x.shape, data_format, _blocks.compute_dtype(x.dtype).itemsize)
 
 
 def _vector(v, size: int, name: str, *, optional: bool = False):
@@ -159,16 +158,24 @@ def batch_norm_train(x, gamma=None, beta=None, *, eps: float = 1e-5,
     eps = _eps(eps)
     x = _blocks.contiguous(x)
     y = _blocks.output(out, x, (x,))
-    mean, var = _batch_moments(layout, x)
+    if x.dtype == np.float16:                                    # blocks computed in float32
+        mean, var = _batch_moments(layout, x)
+        a = _or(gamma, 1.0, layout.c) * _inv_std(var, eps)        # (C,)
+        _channels.affine(layout, y, x, a[None], _or(beta, 0.0, layout.c)[None],
+                         center=mean[None])
+        return y, mean, var
+    # y holds x - shift per block, then (x - shift) a + beta - (mean - shift) a: the
+    # subtraction serves the statistics and y, and shift is within a few std of the mean
+    mean64, m2, shifts = _channels.shifted_moments(layout, x, y)  # (C,), (C,), (B, C)
+    mean, var = mean64.astype(x.dtype), (m2 / (layout.n * layout.s)).astype(x.dtype)
     a = _or(gamma, 1.0, layout.c) * _inv_std(var, eps)            # (C,)
-    _channels.affine(layout, y, x, a[None], _or(beta, 0.0, layout.c)[None], center=mean[None])
+    _channels.shifted_affine(layout, y, a, _or(beta, 0.0, layout.c) - (mean64 - shifts) * a)
     return y, mean, var
 
 
 def _batch_moments(layout, x):
     """Per-channel mean and biased variance, rounded to the compute dtype."""
-    mean_nc, m2_nc = _channels.moments(layout, x)                # (N, C) each
-    mean, m2 = _channels.combine(float(layout.s), mean_nc, m2_nc, axis=0)  # (C,) each
+    mean, m2 = _channels.channel_moments(layout, x)              # (C,) each
     work = _blocks.compute_dtype(x.dtype)
     return mean.astype(work), (m2 / (layout.n * layout.s)).astype(work)
 
@@ -247,16 +254,24 @@ def batch_norm_backward(dy, x, gamma, mean, var, *, eps: float = 1e-5, training:
     _check_flag(training, "training")
     dy, x = _dy(dy, x), _blocks.contiguous(x)
     dx = _blocks.output(out, x, (dy, x))
-    s1, s2 = (s.sum(axis=0) for s in _channels.sums(layout, dy, x, mean[None]))  # (C,) each
     inv = _inv_std(var, _eps(eps))                               # (C,)
-    dbeta, dgamma = s1, s2 * inv                                 # (C,) each
     g = _or(gamma, 1.0, layout.c) * inv                          # (C,)
-    if training:                                                 # dx = dy g + (x - mean) k + c
-        m = layout.n * layout.s
-        k, c = -g * inv * dgamma / m, -g * dbeta / m             # (C,) each
-        _channels.affine(layout, dx, x, k[None], c[None], dy, g[None], center=mean[None])
+    if x.dtype != np.float16 and training:                       # dx = dy g + (x - mean) k + c
+        t = None if dx is dy else dx                             # dx holds x - mean first
+        s1, s2 = _channels.centered_sums(layout, dy, x, mean, t)  # (C,) each
     else:
+        s1, s2 = (s.sum(axis=0) for s in _channels.sums(layout, dy, x, mean[None]))
+    dbeta, dgamma = s1, s2 * inv                                 # (C,) each
+    m = layout.n * layout.s
+    k, c = -g * inv * dgamma / m, -g * dbeta / m                 # (C,) each
+    if not training:
         _channels.affine(layout, dx, dy, g[None])
+    elif x.dtype == np.float16:
+        _channels.affine(layout, dx, x, k[None], c[None], dy, g[None], center=mean[None])
+    elif t is None:
+        _channels.centered_affine(layout, dx, dy, k, g, c, x, mean)
+    else:
+        _channels.centered_affine(layout, dx, dy, k, g, c)
     return dx, _param_grad(dgamma, gamma), _param_grad(dbeta, gamma)
 
 

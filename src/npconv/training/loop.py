@@ -25,6 +25,7 @@ from npconv.nn import functional as F
 from npconv.nn import optim
 from npconv.nn.layers import Layer
 from npconv.nn.losses import check_labels, softmax_cross_entropy
+from npconv.nn.module import takes_input_grad
 from npconv.training.data import batch_indices
 
 __all__ = [
@@ -140,10 +141,12 @@ def check_fit_args(model: Layer, x: Array, y: Array, validation: Any, epochs: An
 def train_step(model: Layer, xb: Array, yb: Array, optimizer: optim.Optimizer,
                loss: Loss = softmax_cross_entropy) -> tuple[float, int]:
     """One step on the batch (xb, yb): forward in training mode, the loss, backward and
-    optimizer.step; returns (mean loss, correct argmax predictions)."""
+    optimizer.step; returns (mean loss, correct argmax predictions). The gradient with respect
+    to xb is not computed where the model's backward can skip it (`input_grad=False`)."""
     logits = model.forward(xb, training=True)                      # (B, K)
     value, dlogits = loss(logits, yb)
-    model.backward(dlogits)
+    skip = {"input_grad": False} if takes_input_grad(model) else {}
+    model.backward(dlogits, **skip)
     optimizer.step(model.params, model.grads)
     return value, int((logits.argmax(axis=1) == yb).sum())
 

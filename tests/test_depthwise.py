@@ -1,0 +1,98 @@
+"""The depthwise algorithm's paths against the naive reference: the einsum over a window view
+merged with the channels (stride 1 on the last axis, one filter per group) and not merged, the
+per-offset path of array modules without window views, and the stride-2 input gradient's
+per-offset fold; in small chunks, on one and two workers, with non-finite inputs."""
+
+import numpy as np
+import pytest
+from helpers import rel_err
+
+import npconv
+from npconv import _config, _kernels, _layout, reference
+from npconv.algorithms import depthwise
+from npconv.spec import conv_spec
+
+CASES = [   # x shape (channels_last), w shape (*K, 1, F), keywords: each path of the algorithm
+    ((3, 9, 10, 6), (3, 3, 1, 6), {"padding": 1, "groups": 6}),             # merged
+    ((2, 11, 9, 4), (3, 2, 1, 4), {"stride": 2, "padding": 1, "groups": 4}),  # strided
+    ((2, 9, 8, 4), (3, 3, 1, 8), {"padding": (1, 2), "groups": 4}),          # two filters each
+    ((2, 8, 9, 4), (2, 3, 1, 4), {"stride": (2, 1), "dilation": (1, 2), "groups": 4}),
+    ((3, 13, 5), (3, 1, 5), {"padding": 1, "groups": 5}),                    # 1-D
+    ((1, 5, 6, 7, 3), (2, 3, 2, 1, 3), {"stride": (1, 2, 1), "groups": 3}),  # 3-D
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_paths_in_small_chunks_equal_the_definition(x_shape, w_shape, kw, threads, rng):
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    y0 = reference.conv(x, w, **kw)
+    dy = rng.standard_normal(y0.shape)
+    g0 = reference.conv_backward(dy, x, w, None, **kw)
+    with npconv.config(threads=threads), _config.tuned(chunk_bytes=256, min_parallel_bytes=0):
+        y = npconv.conv(x, w, algorithm="depthwise", **kw)
+        g = npconv.conv_backward(dy, x, w, None, algorithm="depthwise", **kw)
+    assert rel_err(y, y0) < 1e-12
+    assert rel_err(g.dw, g0.dw) < 1e-12 and rel_err(g.dx, g0.dx) < 1e-12
+
+
+def test_float32_is_at_the_gemms_level(rng):
+    """MobileNetV2-like float32 layers: the error of a float32 im2col GEMM."""
+    for kw in ({"padding": 1, "groups": 32}, {"padding": 1, "stride": 2, "groups": 32}):
+        x = rng.standard_normal((4, 20, 20, 32)).astype(np.float32)
+        w = rng.standard_normal((3, 3, 1, 32)).astype(np.float32)
+        dy = rng.standard_normal(npconv.conv(x, w, **kw).shape).astype(np.float32)
+        fast = npconv.conv_backward(dy, x, w, None, algorithm="depthwise", **kw)
+        gemm = npconv.conv_backward(dy, x, w, None, algorithm="im2col", **kw)
+        exact = reference.conv_backward(*(a.astype(np.float64) for a in (dy, x, w)), None, **kw)
+        for got, ref, want in zip(fast[:2], gemm[:2], exact[:2]):
+            assert rel_err(got, want) < max(4 * rel_err(ref, want), 1e-6)
+        y = npconv.conv(x, w, algorithm="depthwise", **kw)
+        assert rel_err(y, reference.conv(x.astype(np.float64), w.astype(np.float64), **kw)) \
+            < 1e-6
+
+
+@pytest.mark.parametrize("kw", [{"padding": 1, "groups": 4},
+                                {"padding": 1, "stride": 2, "groups": 4}])
+def test_non_finite_inputs_land_where_the_definition_puts_them(kw, rng):
+    x = rng.standard_normal((2, 7, 7, 4))
+    x[0, 2, 3, 1], x[1, 5, 5, 2] = np.nan, np.inf
+    w = rng.standard_normal((3, 3, 1, 4))
+    with np.errstate(invalid="ignore"):
+        y = npconv.conv(x, w, algorithm="depthwise", **kw)
+        y0 = reference.conv(x, w, **kw)
+        dw = npconv.conv_grad_weight(np.ones_like(y), x, w.shape, algorithm="depthwise", **kw)
+        dw0 = reference.conv_backward(np.ones_like(y), x, w, None, **kw).dw
+    for got, want in ((y, y0), (dw, dw0)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        finite = np.isfinite(want)
+        assert rel_err(got[finite], want[finite]) < 1e-12
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+def test_the_per_offset_forward_of_array_modules_without_windows(x_shape, w_shape, kw, rng):
+    """`_forward_offsets`, what CuPy arrays run, on NumPy arrays."""
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(
+        w_shape[-1])
+    spec = conv_spec(x.shape, w.shape, **kw)
+    settings = _config.resolve(None)
+    xp_ = np.pad(x, ((0, 0), *spec.pads, (0, 0)))
+    y = np.empty((spec.batch, *spec.out_size, spec.out_channels))
+    depthwise._forward_offsets(xp_, _layout.w_to_last(w, "channels_last"), spec, y, b,
+                               depthwise._plan(spec, 8, settings, np))
+    assert rel_err(y, reference.conv(x, w, b, **kw)) < 1e-12
+
+
+def test_strided_input_gradient_folds_products_per_offset(monkeypatch, rng):
+    """A strided depthwise dx is the scatter with per-offset products (no grouped GEMM of
+    width one); chunks of single rows on two workers give the definition."""
+    calls = []
+    fold = _kernels._depthwise_fold
+    monkeypatch.setattr(_kernels, "_depthwise_fold", lambda *a: calls.append(1) or fold(*a))
+    x, w = rng.standard_normal((3, 12, 11, 8)), rng.standard_normal((3, 3, 1, 8))
+    kw = {"stride": 2, "padding": 1, "groups": 8}
+    dy = rng.standard_normal(reference.conv(x, w, **kw).shape)
+    with npconv.config(threads=2), _config.tuned(chunk_bytes=512, min_parallel_bytes=0):
+        dx = npconv.conv_grad_input(dy, w, x.shape, **kw)
+    assert calls and rel_err(dx, reference.conv_backward(dy, x, w, None, **kw).dx) < 1e-12
