@@ -235,7 +235,7 @@ def test_conv_backward_without_the_input_gradient():
     assert part.dx is None
     np.testing.assert_array_equal(part.dw, full.dw)
     np.testing.assert_array_equal(part.db, full.db)
-    with pytest.raises(TypeError, match="`input_grad` must be a bool; got 1"):
+    with pytest.raises(TypeError, match="`input_grad` must be True or False; got 1"):
         npconv.conv_backward(dy, x, w, stride=2, input_grad=1)
 
 
@@ -482,10 +482,11 @@ class Owner(nn.Module):
         super().__init__()
         self.bn = nn.BatchNorm2d(2, **F64)
         self.relu = nn.ReLU(inplace=True)
+        self.inplace = True
 
     def forward(self, x):
         a = self.bn(x)
-        s = nn.add(a, x)
+        s = nn.add(a, x, inplace=self.inplace)
         r = self.relu(s)
         self.seen = (a, s, r)
         return r
@@ -494,6 +495,7 @@ class Owner(nn.Module):
 @pytest.mark.parametrize("training", [False, True])
 def test_add_and_relu_write_into_arrays_the_forward_owns(training):
     model = Owner()
+    model.inplace = True
     x = image(R(0), 2, (3, 3), 2)
     before = x.copy()
     y = model.forward(x, training=training)
@@ -501,7 +503,96 @@ def test_add_and_relu_write_into_arrays_the_forward_owns(training):
     assert s is a and r is a                                       # no new activation
     assert (y is r) != training and np.array_equal(y, r)          # a copy of what ReLU keeps
     assert np.array_equal(x, before)
-    assert nn.add(x, x) is not x and np.array_equal(x, before)     # outside a forward: new
+    assert nn.add(x, x, inplace=True) is not x and np.array_equal(x, before)   # outside: new
+    model.inplace = False                                          # Add's default: a new sum
+    model.forward(x, training=training)
+    a, s, r = model.seen
+    assert s is not a and r is s
+
+
+# Random forward code over a few layers whose calls reuse earlier arrays at random: what the
+# library does in place on its own must never show. Each step is (kind, input indices, inplace)
+# over the list of arrays so far (index 0: the input).
+_KINDS = ("conv", "bn", "relu", "relu6", "hardswish", "add", "add3", "identity")
+
+
+def _program(rng, steps: int, safe_inplace: bool) -> list:
+    program = []
+    for i in range(steps):
+        kind = _KINDS[rng.integers(len(_KINDS))]
+        arity = 3 if kind == "add3" else 2 if kind == "add" else 1
+        program.append([kind, [int(rng.integers(i + 1)) for _ in range(arity)], False])
+    program.append(["add", [steps, int(rng.integers(steps))], False])    # reads an early array
+    if safe_inplace:                       # in place where the inputs are not read afterwards
+        last = {}
+        for i, (_, ins, _) in enumerate(program):
+            for j in ins:
+                last[j] = i
+        for i, step in enumerate(program):
+            step[2] = bool(rng.integers(2)) and all(last[j] == i for j in step[1]) \
+                and len(set(step[1])) == len(step[1])
+    return program
+
+
+def _program_layer(kind: str, inplace: bool, rng):
+    if kind == "conv":
+        return nn.Conv2d(2, 2, 3, padding=1, rng=rng, **F64)
+    if kind == "bn":
+        bn = nn.BatchNorm2d(2, **F64)
+        bn.buffers["running_mean"][...] = rng.standard_normal(2)
+        bn.params["weight"][...] = rng.uniform(0.5, 2, 2)
+        return bn
+    if kind in ("add", "add3"):
+        return nn.Add(inplace)
+    if kind == "identity":
+        return nn.Identity()
+    return {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish}[kind](inplace=inplace)
+
+
+class Program(nn.Module):
+    def __init__(self, program: list, seed: int) -> None:
+        super().__init__()
+        self.program, rng = program, R(seed)
+        for i, (kind, _, inplace) in enumerate(program):
+            setattr(self, f"l{i}", _program_layer(kind, inplace, rng))
+
+    def forward(self, x):
+        values = [x]
+        for i, (_, ins, _) in enumerate(self.program):
+            values.append(getattr(self, f"l{i}")(*(values[j] for j in ins)))
+        return values[-1]
+
+    def plain(self, x, training: bool):
+        """The same calls outside a Module, every input a fresh copy: nothing in place."""
+        values = [x]
+        for i, (_, ins, _) in enumerate(self.program):
+            layer = getattr(self, f"l{i}")
+            values.append(layer.forward(*(values[j].copy() for j in ins), training=training))
+        return values[-1]
+
+
+@pytest.mark.parametrize("safe_inplace", [False, True])
+@pytest.mark.parametrize("seed", range(12))
+def test_random_forward_code_never_sees_an_overwrite(seed, safe_inplace):
+    """Forward results (evaluation and training mode) equal the same calls made on copies,
+    with Add's and the activations' defaults and with inplace=True wherever the forward code
+    does not read an input again; gradients equal central differences (backward's own writes
+    into dead arrays)."""
+    rng = R(seed)
+    program = _program(rng, 7, safe_inplace)
+    x = image(rng, 2, (3, 3), 2)
+    x0 = x.copy()
+    for mode in (False, True):
+        model, plain = Program(program, seed), Program(program, seed)
+        for grad in (False, True):
+            with nn.enable_grad() if grad else nn.no_grad():
+                y = model.forward(x, training=mode)
+            assert x.flags.writeable and np.array_equal(x, x0)   # the caller's: untouched
+            want = plain.plain(x, mode)
+            np.testing.assert_allclose(y, want, rtol=1e-13, atol=1e-13,
+                                       err_msg=f"{program} training={mode} grad={grad}")
+    check_gradients(Program(program, seed), (x,), training=True)
+    check_gradients(Program(program, seed), (x,), training=False)
 
 
 # ---------------------------------------------------------------------------------------------

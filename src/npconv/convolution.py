@@ -239,8 +239,7 @@ def conv_backward(
     True
     """
     _check_arrays("conv_backward", dy=dy, x=x, w=w)
-    if not isinstance(input_grad, bool):
-        raise TypeError(f"`input_grad` must be a bool; got {input_grad!r}")
+    input_grad = _args.check_flag(input_grad, "input_grad")
     spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                      groups=groups, data_format=data_format, padding_mode=padding_mode)
     check_shape(dy, spec.y_shape(), "dy")

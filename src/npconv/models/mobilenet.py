@@ -91,7 +91,7 @@ class InvertedResidual(Module):
         return dict(self.kw)
 
     def forward(self, x):
-        return combine.add(x, self.conv(x)) if self.use_res_connect else self.conv(x)
+        return combine.add(x, self.conv(x), inplace=True) if self.use_res_connect else self.conv(x)
 
 
 class MobileNetV2(Classifier):

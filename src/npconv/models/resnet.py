@@ -16,7 +16,7 @@ ReLUs run in place, so a block adds no activation buffers beyond its convolution
 
 from __future__ import annotations
 
-from npconv import pooling
+from npconv import _args
 from npconv.models._common import check_builder_args, check_positive, init_convolutions
 from npconv.nn import combine
 from npconv.nn import layers as L
@@ -61,7 +61,7 @@ class _Block(Module):
     def _merge(self, out, x):
         """relu(out + x), x through downsample when there is one."""
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(combine.add(out, identity))
+        return self.relu(combine.add(out, identity, inplace=True))
 
 
 class BasicBlock(_Block):
@@ -146,7 +146,7 @@ class ResNet(Module):
         check_positive(**{f"layers[{i}]": n for i, n in enumerate(layers)})
         self.kw = dict(block=block, layers=layers, num_classes=num_classes,
                        in_channels=in_channels, width=width,
-                       zero_init_residual=pooling.check_flag(zero_init_residual,
+                       zero_init_residual=_args.check_flag(zero_init_residual,
                                                              "zero_init_residual"),
                        data_format=data_format, dtype=dtype)
         fmt, cls = data_format, _BLOCKS[block]

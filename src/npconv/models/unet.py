@@ -16,7 +16,7 @@ calls, so the skip connections' gradients follow.
 
 from __future__ import annotations
 
-from npconv import pooling
+from npconv import _args
 from npconv.models._common import check_builder_args, spatial_shape
 from npconv.nn import combine
 from npconv.nn import layers as L
@@ -80,7 +80,7 @@ class Up(Module):
                  data_format: str = "channels_last", dtype="float32", rng=None) -> None:
         super().__init__()
         self.kw = dict(in_channels=in_channels, out_channels=out_channels,
-                       bilinear=pooling.check_flag(bilinear, "bilinear"),
+                       bilinear=_args.check_flag(bilinear, "bilinear"),
                        data_format=data_format, dtype=dtype)
         f = dict(data_format=data_format, dtype=dtype)
         self.up: L.Layer
@@ -137,7 +137,7 @@ class UNet(Module):
         dtype = check_builder_args(num_classes, in_channels, data_format, dtype, width=width,
                                    depth=depth)
         self.kw = dict(num_classes=num_classes, in_channels=in_channels, width=width,
-                       depth=depth, bilinear=pooling.check_flag(bilinear, "bilinear"),
+                       depth=depth, bilinear=_args.check_flag(bilinear, "bilinear"),
                        data_format=data_format, dtype=dtype)
         f = dict(data_format=data_format, dtype=dtype, rng=rng)
         factor = 2 if bilinear else 1

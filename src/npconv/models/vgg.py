@@ -16,7 +16,7 @@ vgg11 a 133 M-parameter model: `width`, `hidden` and `pool_size` shrink it.
 
 from __future__ import annotations
 
-from npconv import pooling
+from npconv import _args
 from npconv.models._common import (
     Classifier,
     check_builder_args,
@@ -70,7 +70,7 @@ class VGG(Classifier):
             raise ValueError(f"`config` must be one of {tuple(CONFIGS)}; got {config!r}")
         self.kw = dict(config=config, num_classes=num_classes, in_channels=in_channels,
                        width=width, hidden=hidden, pool_size=pool_size,
-                       batch_norm=pooling.check_flag(batch_norm, "batch_norm"),
+                       batch_norm=_args.check_flag(batch_norm, "batch_norm"),
                        dropout=F.real_in(dropout, 0.0, 1.0, "dropout"), data_format=data_format,
                        dtype=dtype)
         fmt = data_format

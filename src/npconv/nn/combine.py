@@ -5,8 +5,10 @@ They are what forward code uses to merge branches (a residual sum, a U-Net skip 
 so that the merge is a recorded call and its gradient follows: Add's backward gives dy to every
 input (the same array, no copy), Concat's gives each input its slice of dy (views, no copies).
 The maths is npconv.nn.merge's (threaded for NumPy arrays); CuPy arrays take array-module ops.
-Add writes its sum into one of its inputs when the running forward made that array and nothing
-else uses it (`npconv.nn.can_overwrite`): a residual block's sum then costs no new activation.
+With inplace=True (PyTorch's `out += identity`), Add writes its sum into one of its inputs when
+the running forward made that array and no recorded call has used it (`npconv.nn.can_overwrite`):
+a residual block's sum then costs no new activation. Like PyTorch's in-place ops, that input
+then holds the sum: ask for it only where the forward code does not read the input again.
 
 >>> import numpy as np
 >>> from npconv import nn
@@ -61,19 +63,27 @@ class Identity(Layer):
 class Add(Layer):
     """Elementwise sum of two or more arrays of one shape and dtype (no broadcasting).
 
-    Backward returns dy itself for every input (a tuple). Memory: the sum is written into an
-    input that the running Module forward made and nothing else uses (`can_overwrite`), or into
-    one new array.
+    Backward returns dy itself for every input (a tuple). Memory: one new array; with
+    inplace=True the sum is written into an input that the running Module forward made and no
+    recorded call has used (`can_overwrite`) when there is one, and that input holds the sum
+    afterwards (PyTorch's `out += identity`): use it only at the input's last use.
 
     >>> Add()(np.ones((2, 3)), np.full((2, 3), 2.0))
     array([[3., 3., 3.],
            [3., 3., 3.]])
     """
 
+    def __init__(self, inplace: bool = False) -> None:
+        self.inplace = _args.check_flag(inplace, "inplace")
+        super().__init__()
+
+    def config(self) -> dict:
+        return dict(inplace=True) if self.inplace else {}
+
     def forward(self, *xs, training: bool = False):
         _check_inputs(self, xs, same_shape=True)
         self._start(training, (xs[0].shape, len(xs)))
-        into = next((x for x in xs if can_overwrite(x)), None)
+        into = next((x for x in xs if can_overwrite(x)), None) if self.inplace else None
         if all(isinstance(x, np.ndarray) for x in xs):
             return merge.add(*xs, out=into)                        # threaded; like x0
         xp = _backend.namespace(*xs)                               # CuPy
@@ -203,10 +213,11 @@ def _pairs(padding):
     return pairs
 
 
-def add(*xs, training: bool | None = None):
+def add(*xs, inplace: bool = False, training: bool | None = None):
     """The sum of two or more arrays as a recorded call (`Add`): what forward code writes for
-    a residual connection, `out = nn.add(out, identity)`."""
-    return Add()(*xs, training=training)
+    a residual connection, `out = nn.add(out, identity)`; `inplace=True` where `out` is not
+    read again (torchvision's `out += identity`, see `Add`)."""
+    return Add(inplace)(*xs, training=training)
 
 
 def concat(*xs, axis: int | None = None, data_format: str = "channels_last",

@@ -253,7 +253,7 @@ class Conv(_Kernel):
         self.kw["padding_mode"] = _args.choice(padding_mode, _args.PADDING_MODES,
                                                "padding_mode")
         self.in_channels, self.out_channels, self.kernel_size = c, f, k
-        self.rank, self.has_bias = len(k), pooling.check_flag(bias, "bias")
+        self.rank, self.has_bias = len(k), _args.check_flag(bias, "bias")
         self.dtype = float_dtype(dtype)
         g, n = self.kw["groups"], math.prod(k)
         w_shape = (*k, c // g, f) if data_format == "channels_last" else (f, c // g, *k)
@@ -286,7 +286,7 @@ class Conv(_Kernel):
         None is returned)."""
         dx, dw, db = convolution.conv_backward(dy, self._saved(), self.params["weight"],
                                                bias=self.has_bias, **self.kw,
-                                               input_grad=pooling.check_flag(input_grad,
+                                               input_grad=_args.check_flag(input_grad,
                                                                              "input_grad"))
         self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
@@ -378,7 +378,7 @@ class ConvTranspose(_Kernel):
                                                     "output_padding")
         self.kw["data_format"] = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
         self.in_channels, self.out_channels, self.kernel_size = c, f, k
-        self.rank, self.has_bias = len(k), pooling.check_flag(bias, "bias")
+        self.rank, self.has_bias = len(k), _args.check_flag(bias, "bias")
         self.dtype = float_dtype(dtype)
         g, n = self.kw["groups"], math.prod(k)
         w_shape = (*k, f // g, c) if data_format == "channels_last" else (c, f // g, *k)
@@ -447,7 +447,7 @@ class MaxPool(Layer):
         self.kw = dict(kernel_size=_pool_size(kernel_size, "kernel_size", r),
                        stride=_pool_size(stride, "stride", r, allow_none=True),
                        padding=_frozen(padding), dilation=_pool_size(dilation, "dilation", r),
-                       ceil_mode=pooling.check_flag(ceil_mode, "ceil_mode"),
+                       ceil_mode=_args.check_flag(ceil_mode, "ceil_mode"),
                        data_format=_args.choice(data_format, _args.DATA_FORMATS, "data_format"))
         super().__init__()
 
@@ -456,7 +456,7 @@ class MaxPool(Layer):
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, self.rank and (self.rank,), self.kw["data_format"])
-        if grad_enabled(pooling.check_flag(training, "training")):
+        if grad_enabled(_args.check_flag(training, "training")):
             y, indices = pooling.max_pool(x, **self.kw, return_indices=True)
         else:
             y, indices = pooling.max_pool(x, **self.kw), None
@@ -498,8 +498,8 @@ class AvgPool(Layer):
         self.kw = dict(kernel_size=_pool_size(kernel_size, "kernel_size", r),
                        stride=_pool_size(stride, "stride", r, allow_none=True),
                        padding=_frozen(padding),
-                       ceil_mode=pooling.check_flag(ceil_mode, "ceil_mode"),
-                       count_include_pad=pooling.check_flag(count_include_pad,
+                       ceil_mode=_args.check_flag(ceil_mode, "ceil_mode"),
+                       count_include_pad=_args.check_flag(count_include_pad,
                                                             "count_include_pad"),
                        data_format=_args.choice(data_format, _args.DATA_FORMATS, "data_format"))
         super().__init__()
@@ -628,7 +628,7 @@ class GlobalMaxPool(_Global):
 
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
-        keep = grad_enabled(pooling.check_flag(training, "training"))
+        keep = grad_enabled(_args.check_flag(training, "training"))
         out = pooling.global_max_pool(x, data_format=self.data_format, return_indices=keep)
         y, indices = out if keep else (out, None)
         self._start(training, (x.shape, indices))
@@ -660,7 +660,7 @@ class Linear(Layer):
                  dtype="float32") -> None:
         self.in_features = d = _positive_int(in_features, "in_features")
         self.out_features = f = _positive_int(out_features, "out_features")
-        self.has_bias = pooling.check_flag(bias, "bias")
+        self.has_bias = _args.check_flag(bias, "bias")
         self.dtype = float_dtype(dtype)
         super().__init__(initializers.default_parameters(
             (d, f), (f,) if self.has_bias else None, d, f, init=init, rng=rng, dtype=self.dtype))
@@ -682,7 +682,7 @@ class Linear(Layer):
         """dx from dy, filling grads; with input_grad=False grads only (None is returned)."""
         dx, dw, db = F.linear_backward(dy, self._saved(), self.params["weight"],
                                        bias=self.has_bias,
-                                       input_grad=pooling.check_flag(input_grad, "input_grad"))
+                                       input_grad=_args.check_flag(input_grad, "input_grad"))
         self.grads = {"weight": dw, "bias": db} if self.has_bias else {"weight": dw}
         return dx
 
@@ -762,7 +762,7 @@ class _Activation(Layer):
     keeps_output = True
 
     def __init__(self, inplace: bool = False) -> None:
-        self.inplace = pooling.check_flag(inplace, "inplace")
+        self.inplace = _args.check_flag(inplace, "inplace")
         super().__init__()
 
     def config(self) -> dict:
@@ -770,7 +770,7 @@ class _Activation(Layer):
 
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
-        keep = grad_enabled(pooling.check_flag(training, "training"))
+        keep = grad_enabled(_args.check_flag(training, "training"))
         overwrite = self.inplace and (self.keeps_output or not keep) and can_overwrite(x)
         y = self._f(x, x if overwrite else None)
         reuse = self.keeps_output and recording() and _cpu(y)
@@ -896,7 +896,7 @@ class SiLU(_Activation):
 
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
-        if not grad_enabled(pooling.check_flag(training, "training")):
+        if not grad_enabled(_args.check_flag(training, "training")):
             return super().forward(x, training)
         y, s = activation.silu(x, keep_sigmoid=True)
         self._start(training, ((x, s), False))
@@ -928,7 +928,7 @@ class Dropout(Layer):
 
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
-        if not pooling.check_flag(training, "training") or self.p == 0:
+        if not _args.check_flag(training, "training") or self.p == 0:
             self._start(training, x.shape)                         # the identity: no mask
             return x.copy()
         y, mask = F.dropout(x, self.p, rng=initializers.generator(self.rng))
@@ -965,8 +965,9 @@ class BatchNorm(Layer):
 
     The maths is npconv.nn.normalization's (one read of x for the statistics, float32 sums
     kept at two-pass accuracy); CuPy arrays take nn.functional.batch_norm (PyTorch's
-    convention only). An evaluation forward that keeps nothing for backward writes into x when
-    the running Module forward owns it (`nn.can_overwrite`).
+    convention only). y is a new array (in evaluation mode after `model.eval()` folded the
+    layer into the convolution before it, no array at all); a recorded training forward's
+    backward writes dx into x when no other recorded call uses x (`nn.can_overwrite`).
 
     >>> bn = BatchNorm2d(4)
     >>> y = bn(np.random.default_rng(0).normal(3, 2, (64, 5, 5, 4)), training=True)
@@ -1008,7 +1009,7 @@ class BatchNorm(Layer):
     def forward(self, x, training: bool = False):
         _check_rank(self, x, self.ranks, self.data_format)
         F.check_channels(x, self.num_features, self.data_format, self)
-        training = pooling.check_flag(training, "training")
+        training = _args.check_flag(training, "training")
         keep = grad_enabled(training)
         if self._folded_into is not None:
             if not training and not keep:
@@ -1017,10 +1018,10 @@ class BatchNorm(Layer):
         if training:
             count = self.buffers["num_batches_tracked"]
             count += 1                                             # in place: views stay valid
-        # an input this recorded forward may overwrite is dead once backward has passed
-        # this layer (`module.recording`): dx goes into it
-        reuse = keep and _cpu(x) and can_overwrite(x)
-        y, cache = self._normalize(x, training, keep) if _cpu(x) else \
+        # an input no recorded call has used is dead once backward has passed this layer
+        # (`module.recording`): dx goes into it; it stays read-only until then
+        reuse = keep and _cpu(x) and can_overwrite(x, claim=False)
+        y, cache = self._normalize(x, training) if _cpu(x) else \
             self._normalize_xp(x, training)
         self._start(training, (*cache, reuse))
         return y
@@ -1036,14 +1037,13 @@ class BatchNorm(Layer):
         conv._fold_out = None
         return x
 
-    def _normalize(self, x, training: bool, keep: bool):
+    def _normalize(self, x, training: bool):
         """(y, what backward needs) through npconv.nn.normalization (NumPy arrays)."""
         w, b = self.params["weight"], self.params["bias"]
         rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
         kw: dict[str, Any] = dict(eps=self.eps, data_format=self.data_format)
         if not training:
-            out = x if not keep and can_overwrite(x) else None
-            y = normalization.batch_norm_eval(x, w, b, rm, rv, **kw, out=out)
+            y = normalization.batch_norm_eval(x, w, b, rm, rv, **kw)
             return y, (x, rm.copy(), rv.copy(), False)
         y, mean, var = normalization.batch_norm_train(x, w, b, **kw)
         new = normalization.running_stats_update(
@@ -1125,8 +1125,8 @@ class LayerNorm(Layer):
             _args.is_int(shape) else _args.positive_tuple(shape, len(shape), "normalized_shape") \
             if isinstance(shape, tuple) and shape else _positive_int(shape, "normalized_shape")
         self.eps = _eps(eps)
-        self.elementwise_affine = pooling.check_flag(elementwise_affine, "elementwise_affine")
-        self.has_bias = pooling.check_flag(bias, "bias")
+        self.elementwise_affine = _args.check_flag(elementwise_affine, "elementwise_affine")
+        self.has_bias = _args.check_flag(bias, "bias")
         self.dtype = float_dtype(dtype)
         params = _affine(self.normalized_shape, self.elementwise_affine, self.dtype)
         if not self.has_bias:
@@ -1173,7 +1173,7 @@ class GroupNorm(Layer):
             raise ValueError(f"`num_groups` must divide num_channels; got num_groups="
                              f"{num_groups}, num_channels={num_channels}")
         self.eps = _eps(eps)
-        self.affine = pooling.check_flag(affine, "affine")
+        self.affine = _args.check_flag(affine, "affine")
         self.data_format = _args.choice(data_format, _args.DATA_FORMATS, "data_format")
         self.dtype = float_dtype(dtype)
         super().__init__(_affine((c,), self.affine, self.dtype))

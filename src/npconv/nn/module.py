@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from npconv import _backend, pooling
+from npconv import _args, _backend
 from npconv.nn import init as initializers
 
 __all__ = [
@@ -121,13 +121,15 @@ def grad_enabled(training: bool = False) -> bool:
     return bool(training) if mode is None else mode
 
 
-def can_overwrite(x) -> bool:
-    """True when the layer being called may write its output into `x` (an in-place activation,
-    `Add`): x was made by an earlier call of the forward that is running, no recorded call has
-    used or kept it, and it is not a view of an array that one has. Never true for arrays the
-    caller passed in, nor outside a Module's forward."""
+def can_overwrite(x, *, claim: bool = True) -> bool:
+    """True when the layer being called may write into `x` (its output, for an activation or
+    `Add` with inplace=True; its input gradient, for batch norm's backward): x was made by an
+    earlier call of the forward that is running, no recorded call has used or kept it, and it
+    is not a view of an array that one has. Never true for arrays the caller passed in, nor
+    outside a Module's forward. With `claim` (for a write now) x is made writeable when True;
+    without, it stays read-only (`reclaim` it in backward)."""
     tape = _RECORDING.get()
-    return tape is not None and tape.can_overwrite(x)
+    return tape is not None and tape.can_overwrite(x, claim)
 
 
 def recording() -> bool:
@@ -216,10 +218,10 @@ class _Tape:
         if not any(y is x for x in self.inputs):
             _set_writeable(y, False)                    # `out += identity` raises
 
-    def can_overwrite(self, x) -> bool:
+    def can_overwrite(self, x, claim: bool = True) -> bool:
         ref = self.produced.get(id(x))
-        if ref is None or ref() is not x:
-            return False
+        if ref is None or ref() is not x or any(x is i for i in self.inputs):
+            return False                                # (Identity "produces" its input)
         if self.keep and (id(x) in self.consumed or id(x) in self.kept):
             return False
         base = getattr(x, "base", None)
@@ -227,7 +229,11 @@ class _Tape:
             if id(base) in self.known or id(base) in self.produced:
                 return False
             base = getattr(base, "base", None)
-        return _set_writeable(x, True)
+        if not _set_writeable(x, True):                 # NumPy refuses: a read-only base
+            return False
+        if not claim:
+            _set_writeable(x, False)
+        return True
 
     def finish(self, y, nested: bool):
         """Check and return the forward's result; it becomes the seed of backward. Returned
@@ -424,7 +430,7 @@ class Layer:
 
     def _start(self, training, cache) -> None:
         """Check the mode flag; keep `cache` for backward when this forward needs one."""
-        training = pooling.check_flag(training, "training")
+        training = _args.check_flag(training, "training")
         self._cache = cache if grad_enabled(training) else None
 
     def _saved(self):
@@ -534,7 +540,7 @@ class Layer:
         if not isinstance(state_dict, dict):
             raise TypeError(f"`state_dict` must be a dict of arrays; got "
                             f"{type(state_dict).__name__}")
-        strict = pooling.check_flag(strict, "strict")
+        strict = _args.check_flag(strict, "strict")
         targets = {full: (layer, key, v) for full, layer, key, v in self._state_items()}
         values, problems = _check_state(targets, state_dict, strict)
         if problems:
@@ -712,7 +718,7 @@ class Module(Layer):
         return head + (")" if not kids else "\n" + "\n".join(kids) + "\n)")
 
     def _record(self, user_forward, inputs: tuple, training, extra: dict):
-        training = pooling.check_flag(training, "training")
+        training = _args.check_flag(training, "training")
         keep = grad_enabled(training)
         tape = _Tape(self, inputs, training, keep)
         token, grad = _RECORDING.set(tape), _GRAD.set(True) if keep else None
@@ -756,7 +762,7 @@ class Module(Layer):
         """
         tape = self._saved()
         self._cache = None
-        input_grad = pooling.check_flag(input_grad, "input_grad")
+        input_grad = _args.check_flag(input_grad, "input_grad")
         token = _PASS.get()
         if token is not None:                           # inside a parent's backward
             return tape.backward(dy, token, input_grad)

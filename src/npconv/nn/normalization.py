@@ -251,7 +251,7 @@ def batch_norm_backward(dy, x, gamma, mean, var, *, eps: float = 1e-5, training:
     layout = _layout(x, data_format, "batch_norm_backward")
     gamma = _vector(gamma, layout.c, "gamma", optional=True)
     mean, var = _vector(mean, layout.c, "mean"), _vector(var, layout.c, "var")
-    _check_flag(training, "training")
+    _args.check_flag(training, "training")
     dy, x = _dy(dy, x), _blocks.contiguous(x)
     dx = _blocks.output(out, x, (dy, x))
     inv = _inv_std(var, _eps(eps))                               # (C,)
@@ -273,12 +273,6 @@ def batch_norm_backward(dy, x, gamma, mean, var, *, eps: float = 1e-5, training:
     else:
         _channels.centered_affine(layout, dx, dy, k, g, c)
     return dx, _param_grad(dgamma, gamma), _param_grad(dbeta, gamma)
-
-
-def _check_flag(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be a bool; got {value!r}")
-    return bool(value)
 
 
 def running_stats_update(running_mean, running_var, mean, var, count: int, *,

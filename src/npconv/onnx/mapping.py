@@ -479,8 +479,8 @@ def _add(ctx: _Context, i: int, node: Node) -> LayerSpec:
     if any(name in ctx.graph.constants for name in node.inputs):
         raise UnsupportedOperator(f"{node.describe()}: adding a constant has no npconv layer "
                                   f"(a MatMul + Add of a bias vector becomes Linear)")
-    return LayerSpec("Add", {}, tuple(node.inputs), node.outputs[0], ctx.name_for(node, None),
-                     nodes=(node.describe(),))
+    return LayerSpec("Add", {"inplace": True}, tuple(node.inputs), node.outputs[0],
+                     ctx.name_for(node, None), nodes=(node.describe(),))
 
 
 def _concat(ctx: _Context, i: int, node: Node) -> LayerSpec:

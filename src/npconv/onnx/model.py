@@ -34,14 +34,10 @@ class _Copy(nn.Layer):
         return dy
 
 
-# npconv.nn's layers that may write their output into an input array that the running forward
-# made (`nn.can_overwrite`): Add, BatchNorm in evaluation mode, the activations without a kept
-# output in evaluation mode, and any with inplace=True.
-_OVERWRITERS = (nn.Add, nn.BatchNorm, nn.Hardswish, nn.Hardsigmoid, nn.SiLU)
-
-
 def _may_overwrite(layer) -> bool:
-    return isinstance(layer, _OVERWRITERS) or bool(getattr(layer, "inplace", False))
+    """Whether the layer may write its output into an input array that the running forward
+    made (`nn.can_overwrite`): those built with inplace=True (the importer's Adds)."""
+    return bool(getattr(layer, "inplace", False))
 
 
 class GraphModel(nn.Module):
@@ -52,10 +48,10 @@ class GraphModel(nn.Module):
     Children have the dotted names of their weights ("layer1.0.conv1"): reach one with
     `getattr(model, "layer1.0.conv1")`, replace a head with `setattr(model, "fc", layer)`.
 
-    Forward code written by hand passes a value to a layer that may write into it (Add, and in
-    evaluation mode BatchNorm and the hard activations, see `npconv.nn.can_overwrite`) only at
-    its last use; a graph may read a value after such a layer did, so such a layer gets a copy
-    of any value that is read again later (exported conv nets have none: their Adds come last).
+    Forward code written by hand passes a value to a layer with inplace=True (the importer's
+    Adds, see `npconv.nn.can_overwrite`) only at its last use; a graph may read a value after
+    such a layer did, so such a layer gets a copy of any value that is read again later
+    (exported conv nets have none: their Adds come last).
     """
 
     def __init__(self, steps: list, inputs: list, output: str) -> None:
