@@ -9,7 +9,12 @@ cross-entropy, backward, SGD with momentum), float32. npconv runs channels_last,
 batch norms folded into the convolutions for inference (`model.eval()`); PyTorch runs the
 same networks (tests/torch_reference.py) in its channels_last memory format, inference under
 `torch.no_grad()`, on `threads` threads. The two alternate round by round; each call is timed
-after an untimed one, and the table gives the medians over rounds and their ratio.
+after an untimed one and after a pause of `PAUSE` seconds, and the table gives the medians
+over rounds and their ratio. The pause matters: after a call, the library's idle threads keep
+spinning on the cores (OpenBLAS's about 0.1 s after each threaded GEMM, OpenMP's up to 0.2 s),
+and without it each library's call ran into the other's spinning threads (PyTorch's
+MobileNetV2 batch-1 inference took 24-91 ms after npconv's calls, 11-13 ms once npconv's
+OpenBLAS threads slept at once).
 Inference peak memory is tracemalloc's count for npconv (every NumPy allocation, the op
 workspaces included), next to the weights' size and the largest activation's.
 
@@ -154,6 +159,9 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 processes on a busy machine disturb far less than the wall clock."""
 
 
+PAUSE = 0.3             # seconds before each timed call: the other library's threads go idle
+
+
 def measure(case: Case, rounds: int, threads: int, seed: int = 0, clock: str = "wall") -> dict:
     """The row of one case: median seconds per implementation, their ratio, npconv's peak."""
     rng = np.random.default_rng(seed)
@@ -165,6 +173,7 @@ def measure(case: Case, rounds: int, threads: int, seed: int = 0, clock: str = "
             fn()                                             # untimed: plans, pools, caches
         for _ in range(rounds):
             for key, fn in fns.items():
+                time.sleep(PAUSE)
                 start = CLOCKS[clock]()
                 fn()
                 times[key].append(CLOCKS[clock]() - start)
