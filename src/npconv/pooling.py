@@ -319,19 +319,36 @@ def max_pool_backward(
 def _scatter_indices(dyk, ik, spec: PoolSpec, acc, xp):
     """The max-pool gradient on NumPy: per chunk of windows, one `numpy.add.at` (a plain
     scatter when windows cannot overlap) of dy at the elements the indices name."""
-    dx = np.zeros(_kernel_shape(spec, spec.in_size), dtype=acc)  # (B, *S, C)
+    dx = np.empty(_kernel_shape(spec, spec.in_size), dtype=acc)  # (B, *S, C)
     size, plane = math.prod(spec.in_size), dx.shape[-1]
     overlap = any(map(spec.overlaps, range(spec.rank)))
     dead = any(spec.live_windows(d) < p for d, p in enumerate(spec.out_size))
 
     def task(chunk, state):
         bs, rows = chunk
+        dx[bs, _fresh_rows(spec, rows)] = 0
         kernels.scatter_indices(dyk[bs, rows], ik[bs, rows], dx[bs], plane, size, overlap,
                                 dead, state)
 
     kernels.parallel(task, dx.shape[0], spec.out_size[0], _row_bytes(spec, 4, 16),
                      whole_images=overlap)
     return dx
+
+
+def _fresh_rows(spec: PoolSpec, rows: slice) -> slice:
+    """The input rows (dim 0) a scatter chunk of windows `rows` zeroes before it writes: from
+    the end of the rows window rows.start - 1 reads to the end of those window `rows` reads (to
+    the last input row, for the last chunk). The chunks of an image cover its rows once, each
+    before any write into them: earlier windows reach no further (a chunk's own writes start
+    at or after its first row when windows do not overlap, and when they do, the chunks of an
+    image run in order on one worker), so dx needs no zeroing pass of its own, and each
+    chunk's zeros are written in cache just before its scatter."""
+    def end(p: int) -> int:                                      # past the last row window p reads
+        return min(max(p * spec.stride[0] - spec.pads[0][0] + spec.extent(0), 0),
+                   spec.in_size[0])
+    last = rows.stop == spec.out_size[0]
+    return slice(end(rows.start - 1) if rows.start else 0,
+                 spec.in_size[0] if last else end(rows.stop - 1))
 
 
 def _scatter_offsets(dyk, ik, spec: PoolSpec, acc, xp):
