@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers import central_difference, rel_err
 
+import npconv
 from npconv import models, nn, training
 from npconv.nn import serialization
 
@@ -423,6 +424,40 @@ def test_evaluation_mode_keeps_nothing_and_no_grad_keeps_nothing_in_training():
     assert int(model.buffers["bn1.num_batches_tracked"]) == 1     # statistics still updated
     model.forward(x, training=True)
     assert model._cache is not None
+
+
+class Probe(nn.Identity):
+    """Identity noting the size below which convolutions run serially, at each call."""
+
+    seen: list = []
+
+    def forward(self, x, training: bool = False):
+        from npconv import _config
+        Probe.seen.append(_config.current().tuning.min_parallel_bytes)
+        return super().forward(x, training=training)
+
+
+def test_inference_of_a_batch_runs_every_layer_on_the_workers():
+    """An evaluation forward of at least one image per worker runs all its convolutions on the
+    workers (no layer on BLAS's threads between worker-run ones); a smaller batch, a forward
+    that keeps a tape, and a layer called alone keep the per-layer rule."""
+    from npconv import _config
+    default = _config.current().tuning.min_parallel_bytes
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, rng=R(0)), Probe())
+    x = R(1).standard_normal((2, 6, 6, 2)).astype(np.float32)
+    cases = [(dict(threads=2), x, {}, 0), (dict(threads=3), x, {}, default),
+             (dict(threads=1), x[:1], {}, 0), (dict(threads=2), x[:1], {}, default),
+             (dict(threads=2), x, dict(training=True), default)]
+    for settings, xs, kw, expected in cases:
+        Probe.seen = []
+        with npconv.config(**settings):
+            model.forward(xs, **kw)
+            Probe().forward(xs)
+        assert Probe.seen == [expected, default], (settings, xs.shape, kw)
+    with nn.enable_grad(), npconv.config(threads=2):
+        Probe.seen = []
+        model.forward(x)
+    assert Probe.seen == [default]
 
 
 def live_memory(model, x, monkeypatch, **kw):
