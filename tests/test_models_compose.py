@@ -426,14 +426,15 @@ def test_evaluation_mode_keeps_nothing_and_no_grad_keeps_nothing_in_training():
     assert model._cache is not None
 
 
-class Probe(nn.Identity):
-    """Identity noting the size below which convolutions run serially, at each call."""
+probed: list = []
 
-    seen: list = []
+
+class Probe(nn.Identity):
+    """Identity noting in probed the size below which convolutions run serially, per call."""
 
     def forward(self, x, training: bool = False):
         from npconv import _config
-        Probe.seen.append(_config.current().tuning.min_parallel_bytes)
+        probed.append(_config.current().tuning.min_parallel_bytes)
         return super().forward(x, training=training)
 
 
@@ -449,15 +450,15 @@ def test_inference_of_a_batch_runs_every_layer_on_the_workers():
              (dict(threads=1), x[:1], {}, 0), (dict(threads=2), x[:1], {}, default),
              (dict(threads=2), x, dict(training=True), default)]
     for settings, xs, kw, expected in cases:
-        Probe.seen = []
+        probed.clear()
         with npconv.config(**settings):
             model.forward(xs, **kw)
             Probe().forward(xs)
-        assert Probe.seen == [expected, default], (settings, xs.shape, kw)
+        assert probed == [expected, default], (settings, xs.shape, kw)
+    probed.clear()
     with nn.enable_grad(), npconv.config(threads=2):
-        Probe.seen = []
         model.forward(x)
-    assert Probe.seen == [default]
+    assert probed == [default]
 
 
 def live_memory(model, x, monkeypatch, **kw):
