@@ -43,10 +43,13 @@ def run(task, chunks: list, nbytes: int, make_state=lambda: None) -> list:
     and each worker processes its chunks in order, so results do not depend on timing. The one
     call into `npconv._chunks`.
     """
-    settings = _config.resolve(None)
-    workers = 1
-    if nbytes >= settings.tuning.block_parallel_bytes:
-        workers = _chunks.worker_count(settings)
+    settings = _config.current()
+    if nbytes < settings.tuning.block_parallel_bytes or len(chunks) < 2:
+        state = make_state()                                     # no plan: the common small op
+        for chunk in chunks:
+            task(chunk, state)
+        return [state]
+    workers = _chunks.worker_count(_config.resolve(None))
     return _chunks.run(task, _chunks.Plan.round_robin(chunks, workers), make_state)
 
 

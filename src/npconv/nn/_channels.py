@@ -101,7 +101,11 @@ class ChannelLayout:
 
     def expand(self, v):
         """Coefficients v (N or 1, C) as `per_channel` takes them: tiled r times."""
-        return np.tile(v, (1, self.r)) if self.last and self.r > 1 else v
+        if not self.last or self.r == 1:
+            return v
+        out = np.empty((v.shape[0], self.r * self.c), dtype=v.dtype)  # np.tile, 4x faster
+        out.reshape(v.shape[0], self.r, self.c)[...] = v[:, None, :]
+        return out
 
     def per_channel(self, v, chunk=None):
         """Expanded coefficients v for the images of `chunk` (or all of v), shaped to broadcast
