@@ -71,6 +71,29 @@ def test_conv_matches_onnxruntime(rng, attrs):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_a_batch_of_one_image_per_worker_runs_every_conv_on_the_workers(rng, monkeypatch):
+    """As a Module's inference forward (`npconv._chunks.batch_inference`): a batch of at least
+    one image per worker puts every convolution of the run on the workers."""
+    import npconv
+    from npconv import _config
+
+    seen, conv = [], ops.conv
+
+    def probe(*args, **kwargs):
+        seen.append(_config.current().tuning.min_parallel_bytes)
+        return conv(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "conv", probe)
+    x = rng.normal(size=(2, 4, 9, 8)).astype(np.float32)
+    w = rng.normal(size=(8, 4, 3, 2)).astype(np.float32)
+    model = node_model("Conv", [x, w])
+    default = _config.current().tuning.min_parallel_bytes
+    for threads, batch, expected in ((2, x, 0), (2, x[:1], default), (3, x, default)):
+        with npconv.config(threads=threads):
+            run(model, [batch, w])
+        assert seen.pop() == expected, (threads, batch.shape)
+
+
 def test_same_pads_put_the_odd_pixel_at_the_end_or_start():
     assert ops.conv_pads("SAME_UPPER", None, (5,), (4,), (1,), (1,)) == ((1, 2),)
     assert ops.conv_pads("SAME_LOWER", None, (5,), (4,), (1,), (1,)) == ((2, 1),)

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from npconv import _args, _backend, _config
+from npconv import _args, _backend, _chunks
 from npconv.nn import init as initializers
 
 __all__ = [
@@ -627,23 +627,6 @@ def _as_array(value):
 # ---------------------------------------------------------------------------------------------
 
 
-def _batch_split(inputs: tuple):
-    """The settings of an inference forward: a NumPy batch of at least one image per worker
-    runs every convolution on the workers (`Tuning.min_parallel_bytes` = 0), none on BLAS's
-    own threads. The per-layer rule (`_chunks.serial_layer`: small layers serially, BLAS
-    threading their GEMMs) suits one layer, or a forward whose backward follows; in a network
-    at batch 16 it mixed the two for the last stages' layers, and OpenBLAS's threads, spinning
-    after each such layer, slowed the worker-run layer after it: ResNet-18's batch-16
-    inference at 224x224 took 1.63x PyTorch's time with the mix and 1.32x all on the workers
-    (benchmarks/models.py, 2 cores). A batch smaller than the worker count keeps the rule
-    (ResNet-18's batch-1 inference: 1.57x, 1.91x on the workers); so does a training step
-    (1.93x, 2.02x)."""
-    x = inputs[0] if inputs else None
-    if not isinstance(x, np.ndarray) or x.ndim < 2 or x.shape[0] < _config.resolve().threads:
-        return contextlib.nullcontext()
-    return _config.tuned(min_parallel_bytes=0)
-
-
 def _recorded(user_forward):
     """The public forward(*inputs, training=False) of a Module subclass around the user's
     forward code: the mode, the tape, and the checks of what came back."""
@@ -741,7 +724,8 @@ class Module(Layer):
         tape = _Tape(self, inputs, training, keep)
         token, grad = _RECORDING.set(tape), _GRAD.set(True) if keep else None
         try:
-            with _batch_split(inputs) if outermost and not keep else contextlib.nullcontext():
+            with (_chunks.batch_inference(inputs[0] if inputs else None) if outermost and not keep
+                  else contextlib.nullcontext()):
                 y = user_forward(self, *inputs, **extra)
         except ValueError as e:
             if "read-only" not in str(e):

@@ -20,6 +20,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops import load_op
 
+from npconv import _chunks
 from npconv.onnx import ops
 
 __all__ = ["NPCONV_OPERATORS", "Evaluator"]
@@ -239,22 +240,28 @@ class Evaluator(ReferenceEvaluator):
                                intermediate=intermediate, **extra)
         wanted = self.output_names if output_names is None else list(output_names)
         results = {"": None, **self.rt_inits_, **feed_inputs}
-        for i, node in enumerate(self.rt_nodes_):
-            missing = [name for name in node.input if name not in results]
-            if missing:
-                raise RuntimeError(f"Unable to find input {missing[0]!r} of node "
-                                   f"{node.op_type!r}: neither a feed, an initializer nor the "
-                                   f"output of an earlier node (feeds: {sorted(feed_inputs)})")
-            outputs = node.run(*(results[name] for name in node.input))
-            results.update(zip(node.output, outputs))
-            for name in self._last_uses.get(i, ()):
-                if name not in wanted:
-                    results.pop(name, None)
+        with _chunks.batch_inference(next(iter(feed_inputs.values()), None)):
+            self._run_nodes(results, wanted, sorted(feed_inputs))
         missing = [name for name in wanted if name not in results]
         if missing:
             raise RuntimeError(f"Unable to find output name {missing[0]!r}: the graph has "
                                f"outputs {self.output_names}")
         return [results[name] for name in wanted]
+
+    def _run_nodes(self, results: dict[str, Any], wanted: list[str], feeds: list[str]) -> None:
+        """Every node in order, its outputs into `results`, each value dropped after its last
+        reader unless it is `wanted`."""
+        for i, node in enumerate(self.rt_nodes_):
+            missing = [name for name in node.input if name not in results]
+            if missing:
+                raise RuntimeError(f"Unable to find input {missing[0]!r} of node "
+                                   f"{node.op_type!r}: neither a feed, an initializer nor the "
+                                   f"output of an earlier node (feeds: {feeds})")
+            outputs = node.run(*(results[name] for name in node.input))
+            results.update(zip(node.output, outputs))
+            for name in self._last_uses.get(i, ()):
+                if name not in wanted:
+                    results.pop(name, None)
 
     def _find_last_uses(self) -> dict[int, list[str]]:
         """Node index -> the values whose last reader it is (node outputs that nothing reads
