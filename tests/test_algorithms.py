@@ -391,6 +391,33 @@ def test_non_finite_inputs_give_the_definitions_result(algorithm, bad):
         _same_as_reference(a, b)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # inf - inf in the sums
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("algorithm", [None, *ALGORITHMS])
+def test_clip_is_np_clip_of_the_output(algorithm, dtype, fmt):
+    """conv(..., clip=(lo, hi)) has the bits of np.clip(conv(...), lo, hi) for every algorithm:
+    NaN and inf outputs included, a bound None or both, lo > hi giving hi, and bounds that
+    float16 cannot hold (rounded to y's dtype first), in chunks of a few rows."""
+    k = 1 if algorithm == "pointwise" else 3
+    c, groups = (6, 6) if algorithm == "depthwise" else (6, 1)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 9, 8, c)).astype(dtype)
+    x[0, 4, 5, 1], x[1, 2, 2, 3] = np.nan, np.inf
+    w = (rng.standard_normal((k, k, c // groups, 6)) / 3).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    if fmt == "channels_first":
+        x, w = np.moveaxis(x, -1, 1).copy(), np.moveaxis(w, (-1, -2), (0, 1)).copy()
+    kw = dict(padding=k // 2, groups=groups, data_format=fmt, algorithm=algorithm)
+    with _config.tuned(chunk_bytes=2048):
+        y = npconv.conv(x, w, b, **kw)
+        for clip in [(0, None), (0, 6), (None, 0.1), (-0.3, 0.7), (1, -1), (None, None)]:
+            got = npconv.conv(x, w, b, clip=clip, **kw)
+            want = np.clip(y, *(None if v is None else dtype(v) for v in clip))
+            assert got.dtype == y.dtype and np.isnan(got).any()
+            assert np.array_equal(got, want, equal_nan=True), clip
+
+
 def test_large_kernels_keep_nan_local_and_float32_error_at_the_gemms_level():
     """The issue's FFT cases, on the automatic choice: one NaN pixel of a 64x64x3 float32
     image under an 11x11 'same' kernel makes exactly the outputs that read it NaN (968 of

@@ -78,10 +78,12 @@ def test_the_per_offset_forward_of_array_modules_without_windows(x_shape, w_shap
     spec = conv_spec(x.shape, w.shape, **kw)
     settings = _config.resolve(None)
     xp_ = np.pad(x, ((0, 0), *spec.pads, (0, 0)))
-    y = np.empty((spec.batch, *spec.out_size, spec.out_channels))
-    depthwise._forward_offsets(xp_, _layout.w_to_last(w, "channels_last"), spec, y, b,
-                               depthwise._plan(spec, 8, settings, np))
-    assert rel_err(y, reference.conv(x, w, b, **kw)) < 1e-12
+    want = reference.conv(x, w, b, **kw)
+    for clip in (None, (0.0, 0.5)):
+        y = np.empty((spec.batch, *spec.out_size, spec.out_channels))
+        depthwise._forward_offsets(xp_, _layout.w_to_last(w, "channels_last"), spec, y, b, clip,
+                                   depthwise._plan(spec, 8, settings, np))
+        assert rel_err(y, want if clip is None else np.clip(want, *clip)) < 1e-12
 
 
 def test_strided_input_gradient_folds_products_per_offset(monkeypatch, rng):

@@ -82,6 +82,26 @@ def compute_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
+def clip_bounds(clip: Any, dtype: np.dtype[Any], cdt: np.dtype[Any]) -> tuple | None:
+    """`npconv.conv`'s `clip` as (lo, hi) scalars of the compute dtype, each rounded to y's
+    dtype first (so that clipping before y is rounded to float16 gives the same bits as
+    after); None for no clip."""
+    if clip is None:
+        return None
+    if not isinstance(clip, (tuple, list)) or len(clip) != 2:
+        raise TypeError(f"`clip` must be None or a pair (lo, hi) of numbers or None; got "
+                        f"{clip!r:.80}")
+    bounds = []
+    for name, v in zip(("lo", "hi"), clip):
+        if v is not None and (isinstance(v, bool) or np.ndim(v) or
+                              np.asarray(v).dtype.kind not in "iuf"):
+            raise TypeError(f"`clip` {name} must be a real number or None; got {v!r:.80}")
+        if v is not None and np.isnan(v):
+            raise ValueError(f"`clip` {name} must not be NaN")
+        bounds.append(None if v is None else cdt.type(dtype.type(v)))
+    return None if bounds == [None, None] else tuple(bounds)
+
+
 def check_flag(value: Any, name: str) -> bool:
     """TypeError unless `value` is True or False."""
     if not isinstance(value, (bool, np.bool_)):

@@ -44,14 +44,16 @@ from npconv.spec import ConvSpec
 
 
 def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, *,
-            algorithm: str | None = None, bias: Any = None) -> Any:
-    """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)) (+ bias (F,))."""
+            algorithm: str | None = None, bias: Any = None, clip: tuple | None = None) -> Any:
+    """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)) (+ bias (F,)), clipped to `clip`
+    ((lo, hi), a bound None when absent) chunk by chunk."""
     if _empty(spec):
         y = _zeros(w, (spec.batch, *spec.out_size, spec.out_channels))
-        return y if bias is None else y + bias
+        y = y if bias is None else y + bias
+        return y if clip is None else _backend.namespace(y).clip(y, *clip)
     alg = _choose(spec, algorithm, w, settings)
     with _workspace.scope(settings):
-        return alg.forward(_prepared(alg, xp_, settings), w, spec, settings, bias)
+        return alg.forward(_prepared(alg, xp_, settings), w, spec, settings, bias, clip)
 
 
 def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings, *,

@@ -148,6 +148,7 @@ def conv(
     padding_mode: str = "zeros",
     algorithm: str | None = None,
     workspace: int | None = None,
+    clip: tuple | None = None,
 ) -> Array:
     """N-d convolution (cross-correlation, as in PyTorch, JAX and Keras).
 
@@ -173,6 +174,11 @@ def conv(
         this geometry. Every op of this module takes `algorithm` and `workspace`.
     workspace : int, optional
         Bytes of temporaries this call may allocate (default: `npconv.get_config()`).
+    clip : (lo, hi), optional
+        Clip y to [lo, hi] (a bound None: none), as np.clip does (NaN stays NaN; lo > hi gives
+        hi), chunk by chunk while each is in cache: a ReLU (0, None) or ReLU6 (0, 6) after
+        the convolution without a pass of its own (`nn.Sequential` fuses them in `eval()`,
+        `npconv.onnx.Evaluator` a Conv whose only reader is a Relu or Clip).
 
     Returns
     -------
@@ -188,6 +194,8 @@ def conv(
     (1, 2, 2, 2)
     >>> float(npconv.conv(x, w, padding="same")[0, 0, 0, 0])   # corner window sees 2x2 ones
     4.0
+    >>> float(npconv.conv(x, w, padding="same", clip=(0, 3)).max())   # a fused ReLU-like clip
+    3.0
     """
     _check_arrays("conv", x=x, w=w)
     spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
@@ -195,11 +203,12 @@ def conv(
     _check_bias(bias, spec.out_channels)
     dtype = _args.result_dtype(x, w, bias)
     cdt = _args.compute_dtype(dtype)
+    bounds = _args.clip_bounds(clip, dtype, cdt)
     with _call(spec, algorithm, workspace, cdt) as settings:
         b = None if bias is None else bias.astype(cdt, copy=False)
         xp_ = _x_in(x, spec, cdt, settings, _views(spec, algorithm, x, cdt, settings))
         y = _kernels.forward(xp_, _layout.weight(w, data_format, cdt), spec, settings,
-                             algorithm=algorithm, bias=b)        # (N, *P, F)
+                             algorithm=algorithm, bias=b, clip=bounds)  # (N, *P, F)
         return _layout.result(y, data_format, dtype, settings)
 
 

@@ -38,6 +38,16 @@ def grouped_rows(a: Any, groups: int) -> Any:
     return a.transpose(1, 0, 2)                                  # (G, R, m)
 
 
+def finish(part: Any, bias: Any, clip: tuple | None, xp: Any) -> None:
+    """The end of a forward chunk, in place while it is in cache: part += bias (broadcast
+    against part), then part clipped to clip = (lo, hi), a bound None when absent (the fused
+    ReLU or ReLU6 of `npconv.conv(..., clip=)`)."""
+    if bias is not None:
+        part += bias
+    if clip is not None:
+        xp.clip(part, *clip, out=part)
+
+
 def take(buf: Any, shape: tuple[int, ...]) -> Any:
     """A view of the first prod(shape) elements of a flat buffer, shaped `shape`."""
     return buf[:math.prod(shape)].reshape(shape)

@@ -33,7 +33,7 @@ from npconv import _backend, _chunks, _windows
 from npconv._chunks import Chunk, Plan
 from npconv._config import Settings
 from npconv._workspace import scratch
-from npconv.algorithms._common import chunk_taps, take
+from npconv.algorithms._common import chunk_taps, finish, take
 from npconv.spec import ConvSpec
 
 
@@ -87,15 +87,16 @@ def _subscripts(spec: ConvSpec) -> tuple[str, str, str]:
     return pos + "G" + ks, ks + "GJ", pos + "GJ"
 
 
-def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = None) -> Any:
-    """y (N, *P, F) (+ bias (F,)): per chunk of output rows, one einsum of the window view
-    with the weights (summing over kernel offsets while it multiplies)."""
+def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = None,
+            clip: tuple | None = None) -> Any:
+    """y (N, *P, F) (+ bias (F,), clipped to `clip`): per chunk of output rows, one einsum of
+    the window view with the weights (summing over kernel offsets while it multiplies)."""
     xp = _backend.namespace(xp_, w)
     g, m = spec.groups, spec.group_out
     y = xp.empty((spec.batch, *spec.out_size, spec.out_channels), dtype=xp_.dtype)  # (N,*P,F)
     chunks = _plan(spec, y.itemsize, settings, xp)
     if xp is not np:
-        return _forward_offsets(xp_, w, spec, y, bias, chunks)
+        return _forward_offsets(xp_, w, spec, y, bias, clip, chunks)
     win = _windows_view(xp_, spec)                               # (N, *P, G, *K), maybe merged
     if _merged(spec):
         wk = tiles(w, spec).reshape(*spec.kernel_size, -1)       # (*K, P_last * G)
@@ -109,14 +110,14 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
         out = part.reshape(*part.shape[:spec.rank], -1) if _merged(spec) \
             else part.reshape(*part.shape[:-1], g, m)            # like the rule's output
         np.einsum(rule, win[chunk.batch, chunk.rows], wk, out=out)
-        if bias is not None:
-            part += bias
+        finish(part, bias, clip, np)
 
     _chunks.run(task, chunks, lambda: None)
     return y
 
 
-def _forward_offsets(xp_: Any, w: Any, spec: ConvSpec, y: Any, bias: Any, chunks: Plan) -> Any:
+def _forward_offsets(xp_: Any, w: Any, spec: ConvSpec, y: Any, bias: Any, clip: tuple | None,
+                     chunks: Plan) -> Any:
     """The forward without a window view (CuPy): per chunk, y += xs_k * w[k] over kernel
     offsets, into a product buffer."""
     xp = _backend.namespace(xp_, w)
@@ -133,8 +134,7 @@ def _forward_offsets(xp_: Any, w: Any, spec: ConvSpec, y: Any, bias: Any, chunks
             xp.multiply(xs, wt[i], out=out if i == 0 else prod)
             if i:
                 out += prod
-        if b is not None:
-            out += b
+        finish(out, b, clip, xp)
 
     most = chunks.most(spec.out_size)
     _chunks.run(task, chunks, lambda: scratch((most * spec.out_channels,), y.dtype, xp))

@@ -26,7 +26,14 @@ from npconv import _backend, _chunks, _windows
 from npconv._chunks import Chunk, Plan
 from npconv._config import Settings
 from npconv._workspace import scratch
-from npconv.algorithms._common import chunk_taps, grouped_rows, grouped_w, take, ungrouped_dw
+from npconv.algorithms._common import (
+    chunk_taps,
+    finish,
+    grouped_rows,
+    grouped_w,
+    take,
+    ungrouped_dw,
+)
 from npconv.spec import ConvSpec
 
 
@@ -134,9 +141,10 @@ def _multiply(cols: Any, wg: Any, y_rows: Any, buf: Any) -> None:
     y_rows.reshape(r, g, fg)[...] = out.transpose(1, 0, 2)       # (R, G, F/G)
 
 
-def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = None) -> Any:
-    """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)) (+ bias (F,)), one GEMM per chunk
-    (blocks of kernel offsets of one row add their products)."""
+def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = None,
+            clip: tuple | None = None) -> Any:
+    """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)) (+ bias (F,), clipped to `clip`),
+    one GEMM per chunk (blocks of kernel offsets of one row add their products)."""
     xp = _backend.namespace(xp_, w)
     g, f, nk, cg = spec.groups, spec.out_channels, math.prod(spec.kernel_size), spec.group_in
     win = _unfold(xp_, spec)                                     # (N, *P, *K, C) view
@@ -161,8 +169,8 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
             part = take(rest, y_rows.shape)                      # (R, F)
             _multiply(cols, wb, part, rest[part.size:])
             y_rows += part
-        if bias is not None and chunk.taps.stop == nk:
-            y_rows += bias
+        if chunk.taps.stop == nk:
+            finish(y_rows, bias, clip, xp)
 
     _chunks.run(task, chunks, lambda: scratch((size,), y.dtype, xp))
     return y

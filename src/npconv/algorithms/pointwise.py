@@ -18,6 +18,7 @@ from typing import Any
 from npconv import _backend, _chunks, _layout
 from npconv._chunks import Chunk
 from npconv._config import Settings
+from npconv.algorithms._common import finish
 from npconv.spec import ConvSpec
 
 
@@ -59,9 +60,10 @@ def _blocks(n: int, row_bytes: int, settings: Settings, xp: ModuleType) -> _chun
     return _chunks.plan(1, n, settings, row_bytes=row_bytes, xp=xp)
 
 
-def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = None) -> Any:
+def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = None,
+            clip: tuple | None = None) -> Any:
     """y (N, *P, F) = x (N*P, C) @ w (C, F), or w^T (F, C) @ x (N, C, P) channels_first
-    (+ bias (F,)), a block of rows (or of images) per task."""
+    (+ bias (F,), clipped to `clip`), a block of rows (or of images) per task."""
     xp = _backend.namespace(xp_, w)
     c, f = spec.in_channels, spec.out_channels
     w2 = w.reshape(c, f)                                         # (C, F)
@@ -82,8 +84,7 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
             xp.matmul(a[rows], b, out=y[rows])
         else:
             xp.matmul(a, b[rows], out=y[rows])
-        if b_add is not None:
-            y[rows] += b_add
+        finish(y[rows], b_add, clip, xp)
 
     _chunks.run(task, _blocks(y.shape[0], row_bytes, settings, xp), lambda: None)
     shape = (spec.batch, *spec.out_size, f)

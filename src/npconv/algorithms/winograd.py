@@ -173,8 +173,11 @@ def _slab_transform(x: Any, chunk: Chunk, t1: int, ub: Any, vb: Any) -> Any:
     return _input_transform(x[chunk.batch, 2 * rows.start:2 * rows.stop + 2], t1, ub, vb)
 
 
-def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = None) -> Any:
-    """y (N, *P, F) = conv(xp (N, *Sp, C), w (3, 3, C/G, F)) (+ bias (F,)), tile by tile."""
+def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = None,
+            clip: tuple | None = None) -> Any:
+    """y (N, *P, F) = conv(xp (N, *Sp, C), w (3, 3, C/G, F)) (+ bias (F,)), tile by tile; then
+    clipped to `clip` in one pass (after the check for non-finite tiles, which a clip would
+    hide)."""
     xp = _backend.namespace(xp_, w)
     g, c, f, cg, fg = (spec.groups, spec.in_channels, spec.out_channels, spec.group_in,
                        spec.group_out)
@@ -208,6 +211,8 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
         rows = slice(2 * chunk.rows.start, min(2 * chunk.rows.stop, spec.out_size[0]))
         sub, index = spec.rows(chunk.batch, rows)
         y[chunk.batch, rows] = im2col.forward(xp_[index], w, sub, settings, bias)
+    if clip is not None:
+        xp.clip(y, *clip, out=y)
     return y
 
 
