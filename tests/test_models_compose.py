@@ -742,6 +742,60 @@ def test_folding_follows_weight_changes():
     assert rel_err(model.forward(x), fresh.forward(x)) < 1e-13
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6])
+def test_eval_fuses_a_sequentials_activation_into_its_convolution(fmt, act):
+    """conv, bn, act and conv, act in a Sequential: after eval() the convolution clips its
+    output in cache and the activation's own pass is skipped, with the bits of the batch norm
+    folded alone and then the activation (NaN kept); the activation called on another array
+    computes; train() undoes the fusion."""
+    def layers(with_bn):
+        conv = nn.Conv2d(3, 4, 3, padding=1, data_format=fmt, rng=R(0), **F64)
+        return [conv, nn.BatchNorm2d(4, data_format=fmt, **F64)] if with_bn else [conv]
+
+    for with_bn in (True, False):
+        relu = act()
+        fused = randomized(nn.Sequential(*layers(with_bn), relu)).eval()
+        plain = randomized(nn.Sequential(*layers(with_bn))).eval()
+        assert fused[0]._fused_act is relu
+        x = image(R(1), 2, (6, 5), 3, fmt) * 4
+        x.reshape(-1)[7] = np.nan
+        relu._f = None                                             # never called
+        got = fused.forward(x)
+        del relu._f
+        want = np.clip(plain.forward(x), *relu.clip)
+        assert np.isnan(got).any() and np.array_equal(got, want, equal_nan=True)
+        other = image(R(2), 2, (6, 5), 4, fmt) * 8
+        assert np.array_equal(relu.forward(other), np.clip(other, *relu.clip))
+        fused.train()
+        assert fused[0]._fused_act is None and relu._folded_into is None
+        np.testing.assert_allclose(fused.forward(x), got, rtol=1e-12, atol=1e-12)
+
+
+class PreActivation(nn.Module):
+    """conv, bn and relu are adjacent children, and the forward reads the batch norm's output
+    after the ReLU: in a Module activations stay unfused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1, rng=R(0), **F64)
+        self.bn = nn.BatchNorm2d(2, **F64)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        n = self.bn(self.conv(x))
+        return nn.add(self.relu(n), n)
+
+
+def test_a_modules_activation_is_not_fused():
+    model = randomized(PreActivation())
+    x = image(R(1), 2, (5, 5), 2)
+    want = model.forward(x)
+    model.eval()
+    assert model.conv._fold is not None and model.conv._fused_act is None
+    assert rel_err(model.forward(x), want) < 1e-13
+
+
 class Misfolded(nn.Module):
     """conv and bn are adjacent children, but forward puts a ReLU between them."""
 

@@ -268,16 +268,20 @@ class Conv(_Kernel):
 
     _fold: tuple | None = None                  # (weight, bias) with the batch norm, eval()
     _folded_bn: BatchNorm | None = None         # the batch norm eval() folded in
+    _fused_act: ReLU | ReLU6 | None = None      # the ReLU or ReLU6 eval() fused in
     _fold_out: Any = None                       # the last folded output, until it reaches it
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, (self.rank,), self.kw["data_format"])
         F.check_channels(x, self.in_channels, self.kw["data_format"], self)
         self._start(training, x)
-        if self._fold is not None and self._cache is None:
-            y = self._fold_out = convolution.conv(x, *self._fold, **self.kw)
-            return y                                               # batch norm included
-        if self._fold is not None:
+        folded = self._fold is not None or self._fused_act is not None
+        if folded and self._cache is None:
+            w = self._fold or (self.params["weight"], self.params.get("bias"))
+            clip = None if self._fused_act is None else self._fused_act.clip
+            y = self._fold_out = convolution.conv(x, *w, **self.kw, clip=clip)
+            return y                                               # batch norm, ReLU included
+        if folded:
             self._unfold()                                         # weights may change now
         return convolution.conv(x, self.params["weight"], self.params.get("bias"), **self.kw)
 
@@ -322,10 +326,20 @@ class Conv(_Kernel):
         self._fold = ((w * xp.asarray(a.reshape(shape))).astype(w.dtype),          # like w
                       xp.asarray(b.astype(w.dtype)))                                 # (F,)
 
+    def _fuse_activation(self, act) -> None:
+        """Clip this layer's evaluation-mode output as `act`, the layer after it (or after its
+        folded batch norm) in a Sequential, would (`Layer.eval`); nothing unless act is a ReLU
+        or ReLU6."""
+        if isinstance(act, (ReLU, ReLU6)):
+            if self._fused_act is not None:
+                self._fused_act._folded_into = None
+            self._fused_act, act._folded_into = act, self
+
     def _unfold(self) -> None:
-        if self._folded_bn is not None:
-            self._folded_bn._folded_into = None
-        self._fold = self._folded_bn = self._fold_out = None
+        for layer in (self._folded_bn, self._fused_act):
+            if layer is not None:
+                layer._folded_into = None
+        self._fold = self._folded_bn = self._fused_act = self._fold_out = None
 
 
 class Conv1d(Conv):
@@ -768,9 +782,15 @@ class _Activation(Layer):
     def config(self) -> dict:
         return dict(inplace=True) if self.inplace else {}
 
+    _folded_into: Conv | None = None            # the Conv that eval() fused this layer into
+
     def forward(self, x, training: bool = False):
         _args.float_array(x, "x")
         keep = grad_enabled(_args.check_flag(training, "training"))
+        conv = self._folded_into
+        if conv is not None and not keep and x is conv._fold_out:
+            conv._fold_out = None                                  # clipped by the conv
+            return x
         overwrite = self.inplace and (self.keeps_output or not keep) and can_overwrite(x)
         y = self._f(x, x if overwrite else None)
         reuse = self.keeps_output and recording() and _cpu(y)
@@ -795,6 +815,8 @@ class _Activation(Layer):
 class ReLU(_Activation):
     """max(x, 0); backward from y (y > 0 exactly where x > 0)."""
 
+    clip = (0, None)                            # as `npconv.conv(..., clip=)` fuses it
+
     def _f(self, x, out):
         return activation.relu(x, out=out) if _cpu(x) else F.relu(x, out=out)
 
@@ -805,6 +827,8 @@ class ReLU(_Activation):
 
 class ReLU6(_Activation):
     """min(max(x, 0), 6) (MobileNetV2's activation); backward from y."""
+
+    clip = (0, 6)
 
     def _f(self, x, out):
         return activation.relu6(x, out=out) if _cpu(x) else F.relu6(x, out=out)
@@ -1034,7 +1058,8 @@ class BatchNorm(Layer):
                 f"{self!r} was folded into the convolution before it by eval(), but its input "
                 f"is not that convolution's output: this forward does not feed one into the "
                 f"other; call model.train() to undo the folding")
-        conv._fold_out = None
+        if conv._fused_act is None:                                # else the ReLU takes it
+            conv._fold_out = None
         return x
 
     def _normalize(self, x, training: bool):

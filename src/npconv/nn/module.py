@@ -560,15 +560,24 @@ class Layer:
         """Prepare for inference and return self: every BatchNorm that directly follows a
         convolution among its container's children (adjacent in a Sequential, assigned right
         after it in a Module) is folded into that convolution's weights and bias, so that an
-        evaluation-mode forward skips it (the same outputs, to rounding). Training, a forward
-        that keeps gradients, or `train()` undo it; call eval() again after changing weights by
-        hand. `forward(x, training=False)` works without it, unfolded."""
+        evaluation-mode forward skips it (the same outputs, to rounding). In a Sequential, a
+        ReLU or ReLU6 right after the convolution (or after its folded BatchNorm) is fused too:
+        the convolution clips its output chunk by chunk (`npconv.conv(..., clip=)`), the same
+        bits as the activation's own pass, which is skipped; in a Module the forward code may
+        read the convolution's output again, so activations there run as written. Training, a
+        forward that keeps gradients, or `train()` undo it; call eval() again after changing
+        weights by hand. `forward(x, training=False)` works without it, unfolded."""
         for layer in self.modules():
             kids = list(layer.children())
             for first, second in itertools.pairwise(kids):
                 fold = getattr(first, "_fold_batch_norm", None)
                 if fold is not None:
                     fold(second)
+            if isinstance(layer, Sequential):
+                for first, second, third in zip(kids, kids[1:], [*kids[2:], None]):
+                    fuse = getattr(first, "_fuse_activation", None)
+                    if fuse is not None:
+                        fuse(third if getattr(second, "_folded_into", None) is first else second)
         return self
 
     def train(self) -> Layer:
