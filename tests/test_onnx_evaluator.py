@@ -480,6 +480,69 @@ def test_run_drops_values_after_their_last_use_and_answers_like_onnx(rng):
     np.testing.assert_array_equal(checked[0], ev.run(None, feeds)[0])
 
 
+def activation_model(rng, act, *, extra_reader=False, computed_bound=False):
+    """X -> Conv -> act -> Conv -> Y; act "Relu", or "Clip" with initializer bounds (lo, hi;
+    None: absent), or with a bound a node computes; optionally an Add also reading the
+    first Conv's output."""
+    w = rng.normal(size=(3, 3, 3, 3)).astype(np.float32)
+    inits = [onnx.numpy_helper.from_array(w, "W")]
+    if act == "Relu":
+        first = oh.make_node("Relu", ["c"], ["a"])
+    else:
+        lo, hi = act
+        names = []
+        for name, v in (("lo", lo), ("hi", hi)):
+            if v is not None:
+                inits.append(onnx.numpy_helper.from_array(np.array(v, np.float32), name))
+            names.append(name if v is not None else "")
+        first = oh.make_node("Clip", ["c", *names], ["a"])
+    nodes = [oh.make_node("Conv", ["X", "W"], ["c"], pads=[1, 1, 1, 1]), first,
+             oh.make_node("Conv", ["a", "W"], ["Y"], pads=[1, 1, 1, 1])]
+    if computed_bound:
+        nodes.insert(0, oh.make_node("Neg", ["lo"], ["neg"]))
+        nodes[2].input[1] = "neg"
+    outputs = [oh.make_tensor_value_info("Y", TensorProto.FLOAT, None)]
+    if extra_reader:
+        nodes.append(oh.make_node("Add", ["c", "Y"], ["Z"]))
+        outputs.append(oh.make_tensor_value_info("Z", TensorProto.FLOAT, None))
+    info = oh.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3, 6, 5])
+    graph = oh.make_graph(nodes, "g", [info], outputs, initializer=inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 22)])
+
+
+@pytest.mark.parametrize("act", ["Relu", (0.0, 6.0), (-0.5, None), (None, 0.25), (1.0, -1.0)])
+def test_a_conv_and_its_only_activation_run_as_one(rng, act):
+    """A Conv whose output only a Relu or Clip (constant bounds) reads clips it in cache and
+    the activation node is skipped: the same bits as ONNX's evaluator (np.clip), NaN kept.
+    Asking for the Conv's output by name, or ONNX's own loop, runs both nodes as written."""
+    model = activation_model(rng, act)
+    x = rng.normal(size=(2, 3, 6, 5)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    ev, ref = Evaluator(model), ReferenceEvaluator(model)
+    assert list(ev._fused) == [0]
+    for names in (None, ["Y", "a"], ["c", "Y"]):
+        for got, want in zip(ev.run(names, {"X": x}), ref.run(names, {"X": x})):
+            assert np.isnan(got).any()
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    every = ev.run(None, {"X": x}, intermediate=True)
+    np.testing.assert_allclose(every["c"], ref.run(["c"], {"X": x})[0], rtol=1e-5, atol=1e-5)
+    plain = Evaluator(model)
+    plain._fused = {}
+    for names in (None, ["a"]):
+        assert np.array_equal(ev.run(names, {"X": x})[0], plain.run(names, {"X": x})[0],
+                              equal_nan=True)
+
+
+@pytest.mark.parametrize("kw", [dict(extra_reader=True), dict(computed_bound=True)])
+def test_a_conv_output_read_twice_or_a_computed_bound_is_not_fused(rng, kw):
+    model = activation_model(rng, (0.5, None), **kw)
+    feeds = {"X": rng.normal(size=(2, 3, 6, 5)).astype(np.float32)}
+    ev = Evaluator(model)
+    assert ev._fused == {}
+    for got, want in zip(ev.run(None, feeds), ReferenceEvaluator(model).run(None, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_run_names_what_is_missing(rng):
     ev = Evaluator(residual_model(rng))
     with pytest.raises(RuntimeError, match=r"Unable to find input 'X' of node 'Conv'"):

@@ -90,11 +90,23 @@ class _WeightedOp(_NpconvOp):
 
 
 class Conv(_WeightedOp):
+    _clip: tuple | None = None                  # a fused Relu or Clip, during `run_clipped`
+
     def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
              pads=None, strides=None):
         return (ops.conv(x, w, b, auto_pad=auto_pad, dilations=dilations, group=group or 1,
                          kernel_shape=kernel_shape, pads=pads, strides=strides,
-                         w_last=self.w_last(w)),)
+                         w_last=self.w_last(w), clip=self._clip),)
+
+    def run_clipped(self, clip: tuple, *args):
+        """`run`, the output clipped to clip = (lo, hi) (None: no bound) as np.clip does: by
+        npconv chunk by chunk, or after ONNX's class computed the node."""
+        self._clip = clip
+        try:
+            (y,) = self.run(*args)
+        finally:
+            self._clip = None
+        return (y,) if self._reason is None else (np.clip(y, *clip).astype(y.dtype, copy=False),)
 
 
 class ConvTranspose(_WeightedOp):
@@ -218,6 +230,7 @@ class Evaluator(ReferenceEvaluator):
             if isinstance(node, _WeightedOp):
                 node.prepare(self.rt_inits_)
         self._last_uses = self._find_last_uses()
+        self._fused = self._find_fusions()
 
     def run(self, output_names, feed_inputs: dict[str, Any],
             attributes: dict[str, Any] | None = None, intermediate: bool = False,
@@ -251,13 +264,21 @@ class Evaluator(ReferenceEvaluator):
     def _run_nodes(self, results: dict[str, Any], wanted: list[str], feeds: list[str]) -> None:
         """Every node in order, its outputs into `results`, each value dropped after its last
         reader unless it is `wanted`."""
+        fused = {i: bounds for i, (bounds, j) in self._fused.items()      # not if the Conv's
+                 if self.rt_nodes_[i].output[0] not in wanted}              # output is asked for
+        clipped = {self._fused[i][1] for i in fused}
         for i, node in enumerate(self.rt_nodes_):
             missing = [name for name in node.input if name not in results]
             if missing:
                 raise RuntimeError(f"Unable to find input {missing[0]!r} of node "
                                    f"{node.op_type!r}: neither a feed, an initializer nor the "
                                    f"output of an earlier node (feeds: {feeds})")
-            outputs = node.run(*(results[name] for name in node.input))
+            if i in clipped:                             # the Conv before applied this node
+                outputs = (results[node.input[0]],)
+            elif i in fused:
+                outputs = node.run_clipped(fused[i], *(results[name] for name in node.input))
+            else:
+                outputs = node.run(*(results[name] for name in node.input))
             results.update(zip(node.output, outputs))
             for name in self._last_uses.get(i, ()):
                 if name not in wanted:
@@ -275,6 +296,48 @@ class Evaluator(ReferenceEvaluator):
             if name:
                 last.setdefault(i, []).append(name)
         return last
+
+    def _find_fusions(self) -> dict[int, tuple[tuple, int]]:
+        """{Conv node index: ((lo, hi), the activation node's index)} for every Conv of
+        npconv's whose output one Relu, or one Clip with constant bounds, reads and nothing
+        else (no other node, not the graph's outputs): `run` has the Conv clip its output in
+        cache (`npconv.conv(..., clip=)`, the bits of ONNX's np.clip) and skips the activation
+        node, unless the run asks for the Conv's output by name. ONNX's own loop (intermediate
+        values, function attributes) runs both as written."""
+        readers: dict[str, list[int]] = {}
+        for j, node in enumerate(self.rt_nodes_):
+            for name in node.input:
+                readers.setdefault(name, []).append(j)
+        fused: dict[int, tuple[tuple, int]] = {}
+        for i, node in enumerate(self.rt_nodes_):
+            if not isinstance(node, Conv) or node._static_reason is not None:
+                continue
+            out = node.output[0]
+            if out in self.output_names or len(readers.get(out, ())) != 1:
+                continue
+            j = readers[out][0]
+            bounds = self._clip_bounds(self.rt_nodes_[j], out)
+            if bounds is not None and j > i:
+                fused[i] = (bounds, j)
+        return fused
+
+    def _clip_bounds(self, node, x_name: str) -> tuple | None:
+        """(lo, hi) of a Relu or of a Clip (opset >= 11) whose bounds are absent or scalar
+        initializers, reading x_name first; None for any other node."""
+        if node.domain or not node.input or node.input[0] != x_name:
+            return None
+        if node.op_type == "Relu":
+            return (0, None)
+        if node.op_type != "Clip" or int(self.opsets.get("", 1)) < 11:
+            return None
+        bounds = []
+        for name in (*node.input[1:3], "", "")[:2]:
+            value = self.rt_inits_.get(name) if name else None
+            if name and (not isinstance(value, np.ndarray) or value.size != 1
+                         or value.dtype.kind not in "iuf" or np.isnan(value).any()):
+                return None                                # computed, or not a number
+            bounds.append(None if value is None else value.reshape(()))
+        return tuple(bounds)
 
     @property
     def delegated(self) -> dict[str, str]:

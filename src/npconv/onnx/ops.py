@@ -166,11 +166,12 @@ def weight_last(w):
 
 
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-         pads=None, strides=None, w_last=None):
+         pads=None, strides=None, w_last=None, clip=None):
     """ONNX Conv: x (N, C, *S), w (F, C/group, *K), b (F,) -> y (N, F, *P), x's dtype.
 
     P = floor((S + lo + hi - dilation * (K - 1) - 1) / stride) + 1, the (lo, hi) pairs from
-    `pads` or `auto_pad` (see `conv_pads`). `w_last`, if given, is `weight_last(w)`.
+    `pads` or `auto_pad` (see `conv_pads`). `w_last`, if given, is `weight_last(w)`; `clip`
+    (lo, hi) fuses a Relu or Clip after the Conv (`npconv.conv(..., clip=)`).
 
     >>> import numpy as np
     >>> conv(np.ones((1, 1, 5, 5)), np.ones((2, 1, 3, 3)), auto_pad="SAME_UPPER").shape
@@ -182,7 +183,8 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     dilations = _ints(dilations, rank, "dilations", "Conv", 1)
     pairs = conv_pads(auto_pad, pads, x.shape[2:], k, strides, dilations)
     y = npconv.conv(_last(x), weight_last(w) if w_last is None else w_last, b, stride=strides,
-                    padding=pairs, dilation=dilations, groups=_check_group(group, "Conv"))
+                    padding=pairs, dilation=dilations, groups=_check_group(group, "Conv"),
+                    clip=clip)
     return _first(y.astype(x.dtype, copy=False))                   # (N, F, *P)
 
 
