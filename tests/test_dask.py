@@ -36,7 +36,10 @@ def test_dask_equals_in_memory(data, geom, spatial):
     dyd = da.from_array(dy, chunks=_chunks(data.draw, dy.shape, spatial))
     y = chunked.conv(xd, w, b, **geom.kwargs)
     assert isinstance(y, da.Array)
-    assert rel_err(y.compute(), npconv.conv(x, w, b, **geom.kwargs)) < 1e-12
+    want = npconv.conv(x, w, b, **geom.kwargs)
+    assert rel_err(y.compute(), want) < 1e-12
+    clipped = chunked.conv(xd, w, b, **geom.kwargs, clip=(0, 0.5)).compute()
+    assert rel_err(clipped, np.clip(want, 0, 0.5)) < 1e-12
     grads = chunked.conv_backward(dyd, xd, w, **geom.kwargs)
     for got, want in zip(grads, npconv.conv_backward(dy, x, w, **geom.kwargs)):
         assert isinstance(got, da.Array)
@@ -74,6 +77,8 @@ def test_bad_inputs_are_rejected(rng):
     xf = da.zeros((2, 8, 8, 3), chunks=1)
     with pytest.raises(ValueError, match=r"`bias` must have shape \(4,\); got \(3,\)"):
         chunked.conv(xf, np.zeros((3, 3, 3, 4)), np.zeros(3))
+    with pytest.raises(TypeError, match=r"`clip` must be None or a pair"):
+        chunked.conv(xf, np.zeros((3, 3, 3, 4)), clip=6)
     with pytest.raises(ValueError, match=r"`dy` must have shape \(2, 6, 6, 4\)"):
         chunked.conv_backward(da.zeros((2, 5, 5, 4)), xf, np.zeros((3, 3, 3, 4)))
 

@@ -143,11 +143,12 @@ def conv(
     padding_mode: str = "zeros",
     algorithm: str | None = None,
     workspace: int | None = None,
+    clip: tuple | None = None,
 ) -> Any:
     """`npconv.conv` of a dask array x (any chunks) with in-memory w and bias: a dask array.
 
-    Same arguments and result as `npconv.conv`; `algorithm` and `workspace` apply to every
-    chunk's computation. Chunks along the batch are independent; spatial chunks get a halo
+    Same arguments and result as `npconv.conv`; `algorithm`, `workspace` and `clip` apply to
+    every chunk's computation. Chunks along the batch are independent; spatial chunks get a halo
     from their neighbours (zero padding; other padding modes keep the spatial axes whole).
 
     Examples
@@ -166,10 +167,12 @@ def conv(
         _args.float_array(bias, "bias")
         check_shape(bias, (spec.out_channels,), "bias")
     dtype = _args.result_dtype(x, w, bias)
+    _args.clip_bounds(clip, dtype, _args.compute_dtype(dtype))  # checked before any chunk runs
     if not _spatially_chunked(x, spec):
         chunks = (x.chunks[0], *((c,) for c in spec.y_shape()[1:]))
-        return x.map_blocks(_conv, w, bias, dtype=dtype, chunks=chunks, **geometry, **options)
-    return _forward_spatial(x, w, bias, spec, options, dtype)
+        return x.map_blocks(_conv, w, bias, dtype=dtype, chunks=chunks, **geometry, **options,
+                            clip=clip)
+    return _forward_spatial(x, w, bias, spec, {**options, "clip": clip}, dtype)
 
 
 def _forward_spatial(x: Any, w: Any, bias: Any, spec: ConvSpec, options: dict[str, Any],
