@@ -337,18 +337,17 @@ def _scatter_indices(dyk, ik, spec: PoolSpec, acc, xp):
 
 def _fresh_rows(spec: PoolSpec, rows: slice) -> slice:
     """The input rows (dim 0) a scatter chunk of windows `rows` zeroes before it writes: from
-    the end of the rows window rows.start - 1 reads to the end of those window `rows` reads (to
-    the last input row, for the last chunk). The chunks of an image cover its rows once, each
-    before any write into them: earlier windows reach no further (a chunk's own writes start
-    at or after its first row when windows do not overlap, and when they do, the chunks of an
-    image run in order on one worker), so dx needs no zeroing pass of its own, and each
-    chunk's zeros are written in cache just before its scatter."""
-    def end(p: int) -> int:                                      # past the last row window p reads
-        return min(max(p * spec.stride[0] - spec.pads[0][0] + spec.extent(0), 0),
-                   spec.in_size[0])
-    last = rows.stop == spec.out_size[0]
-    return slice(end(rows.start - 1) if rows.start else 0,
-                 spec.in_size[0] if last else end(rows.stop - 1))
+    the end of the rows that the windows before it read to the end of the rows that the
+    windows up to its last read (to the last input row, for the last chunk). The chunks of an
+    image cover its rows once, each before any write into them: earlier windows reach no
+    further (a chunk's own writes start at or after its first row when windows do not overlap,
+    and when they do, the chunks of an image run in order on one worker), so dx needs no
+    zeroing pass of its own, and each chunk's zeros are written in cache just before its
+    scatter."""
+    start = kernels.input_rows(spec, (0, rows.start))[1] if rows.start else 0
+    stop = spec.in_size[0] if rows.stop == spec.out_size[0] else \
+        kernels.input_rows(spec, (0, rows.stop))[1]
+    return slice(start, stop)
 
 
 def _scatter_offsets(dyk, ik, spec: PoolSpec, acc, xp):
