@@ -7,9 +7,11 @@ docs/benchmarks.md has these rows from `make bench` (benchmarks/run.py, section 
 
 float32, channels_last data (PyTorch gets the same arrays as `torch.channels_last` tensors,
 `torch.set_num_threads` = npconv's worker count). Each row times the forward alone or the
-forward and backward (npconv: `max_pool(..., return_indices=True)` then
-`max_pool_backward(..., indices=...)`, the pair a layer runs; PyTorch: autograd), reports the
-median over `reps` alternating rounds, the ratio, the NumPy floor (one single-threaded
+forward and backward (npconv: the pair `nn.MaxPool` runs, `pooling.max_pool_codes` then
+`pooling.max_pool_codes_backward`, which keep one byte per window; PyTorch: autograd, which
+keeps int64 indices), reports the median over `reps` alternating rounds, the ratio, the time of
+npconv's PyTorch-style pair for max pooling (`max_pool(..., return_indices=True)` then
+`max_pool_backward(..., indices=...)`, int64 indices), the NumPy floor (one single-threaded
 `np.maximum(a, a, out=b)` pass over x, which reads and writes an array of x's size: a pooling
 reads x at least once, and its backward writes a dx of x's size) and the peak memory npconv
 allocates (tracemalloc). `run(reps, rows)` returns the rows (`Result`s, in the order of
@@ -35,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, os.environ.get("NPCONV_SRC", str(HERE.parent / "src")))
 
 import npconv  # noqa: E402
-from npconv import _config  # noqa: E402
+from npconv import _config, pooling  # noqa: E402
 
 try:
     import torch
@@ -74,6 +76,7 @@ class Result:
     torch_ms: float | None
     floor_ms: float
     peak_mib: float
+    indices_ms: float | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -89,6 +92,18 @@ def npconv_call(row: Row, x: np.ndarray, dy: np.ndarray):
     kw = row.kw
     if row.op == "max" and not row.backward:
         return lambda: npconv.max_pool(x, **kw)
+    if row.op == "max" and hasattr(pooling, "max_pool_codes"):
+        def layer_pair():
+            _, codes = pooling.max_pool_codes(x, **kw)
+            return pooling.max_pool_codes_backward(dy, codes, x.shape, **kw)
+        return layer_pair
+    return indices_call(row, x, dy)
+
+
+def indices_call(row: Row, x: np.ndarray, dy: np.ndarray):
+    """npconv's PyTorch-style pair (int64 indices), for the max fwd+bwd rows; else (older
+    checkouts without codes) the pair their layer ran."""
+    kw = row.kw
     if row.op == "max" and _takes_indices():
         def both():
             _, idx = npconv.max_pool(x, **kw, return_indices=True)
@@ -171,7 +186,9 @@ def run(reps: int = 15, rows=ROWS, pause: float = 0.02) -> list[Result]:
     results = []
     for row in rows:
         x, dy = _inputs(row)
-        calls = {"npconv": npconv_call(row, x, dy), "torch": torch_call(row, x, dy)}
+        calls = {"npconv": npconv_call(row, x, dy), "torch": torch_call(row, x, dy),
+                 "indices": indices_call(row, x, dy) if row.op == "max" and row.backward and
+                 hasattr(pooling, "max_pool_codes") else None}
         calls = {k: v for k, v in calls.items() if v is not None}
         times = {k: [] for k in calls}
         for call in calls.values():
@@ -184,7 +201,8 @@ def run(reps: int = 15, rows=ROWS, pause: float = 0.02) -> list[Result]:
                 time.sleep(pause)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         results.append(Result(row, med["npconv"], med.get("torch"),
-                              _floor(x, 1 + row.backward, reps), _peak_mib(calls["npconv"])))
+                              _floor(x, 1 + row.backward, reps), _peak_mib(calls["npconv"]),
+                              med.get("indices")))
     return results
 
 
@@ -194,18 +212,24 @@ def markdown(results: list[Result], load: float | None = None) -> str:
     busy = "" if load is None else f" Load average at the start: {load:.1f}."
     lines = [f"float32, channels_last, {threads} threads (npconv workers = torch threads); "
              f"medians of alternating calls.{busy}", "",
-             "| op | x shape | npconv ms | PyTorch ms | ratio | NumPy floor ms | npconv peak MiB |",
-             "|---|---|---|---|---|---|---|"]
+             "| op | x shape | npconv ms | PyTorch ms | ratio | npconv, int64 indices ms | "
+             "NumPy floor ms | npconv peak MiB |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         torch_ms = "n/a" if r.torch_ms is None else f"{r.torch_ms:.2f}"
         ratio = "n/a" if r.ratio is None else f"{r.ratio:.2f}x"
+        indices = "n/a" if r.indices_ms is None else f"{r.indices_ms:.2f}"
         shape = "x".join(map(str, r.row.x))
         lines.append(f"| {r.row.name} | {shape} | {r.npconv_ms:.2f} | {torch_ms} | {ratio} | "
-                     f"{r.floor_ms:.2f} | {r.peak_mib:.1f} |")
+                     f"{indices} | {r.floor_ms:.2f} | {r.peak_mib:.1f} |")
     ratios = [r.ratio for r in results if r.ratio is not None]
     if ratios:
         geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
         lines += ["", f"Geometric mean of the ratios: {geo:.2f}x; worst {max(ratios):.2f}x."]
+    lines += ["", "npconv's max fwd+bwd rows time the pair `nn.MaxPool` runs "
+              "(`pooling.max_pool_codes` and its backward: one byte per window kept); "
+              "'int64 indices' the PyTorch-style pair (`max_pool(..., return_indices=True)`, "
+              "`max_pool_backward(..., indices=)`), in the same rounds."]
     lines += ["", "NumPy floor: one single-threaded `np.maximum(x, x, out=b)` pass over x per "
               "direction (forward, backward), the memory traffic of reading x or writing dx once."]
     return "\n".join(lines) + "\n"

@@ -207,15 +207,15 @@ def _trained(layer, *xs):
 
 
 def test_max_pools_keep_the_argmax_not_the_input():
-    """MaxPool and GlobalMaxPool backward from the forward's indices (issue 18): the input is
-    not kept (changing it after the forward changes nothing), and an evaluation forward
-    computes no indices at all."""
-    for layer in (nn.MaxPool2d(2), nn.GlobalMaxPool()):
+    """MaxPool and GlobalMaxPool backward from the forward's argmax (issue 18): the input is
+    not kept (changing it after the forward changes nothing), MaxPool keeps one byte per
+    window (`pooling.max_pool_codes`), and an evaluation forward computes no argmax at all."""
+    for layer, kept in ((nn.MaxPool2d(2), np.uint8), (nn.GlobalMaxPool(), np.int64)):
         x = R(0).permutation(64).reshape(1, 4, 4, 4).astype(np.float64)
         y = layer.forward(x, training=True)
         dy = R(1).standard_normal(y.shape)
-        shape, indices = layer._cache
-        assert shape == x.shape and indices.dtype == np.int64
+        shape, argmax = layer._cache
+        assert shape == x.shape and argmax.dtype == kept and argmax.shape == y.shape
         x[...] = x[:, ::-1]                                         # another argmax
         dx = layer.backward(dy)
         assert np.count_nonzero(dx) == dy.size and dx.sum() == pytest.approx(dy.sum())

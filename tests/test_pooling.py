@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npconv
-from npconv import reference
+from npconv import pooling, reference
 from npconv.pooling import PoolSpec, pool_out_size, pool_spec
 
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -113,6 +113,33 @@ def test_max_pool_matches_reference(geom, seed, ties):
     dx_ref = reference.max_pool_backward(dy, x, **kw)
     assert rel_err(npconv.max_pool_backward(dy, x, **kw), dx_ref) < 1e-12
     assert rel_err(npconv.max_pool_backward(dy, x.shape, **kw, indices=idx), dx_ref) < 1e-12
+
+
+@given(pool_geometry("max"), st.integers(0, 2**32 - 1), st.booleans(), st.booleans())
+def test_max_pool_codes_name_the_indices_taps(geom, seed, ties, nans):
+    """`max_pool_codes` (what nn.MaxPool keeps): y as max_pool's, code prod(K) - r where the
+    index is tap r of its window (0 where it is -1), and the backward from the codes equals
+    the backward from the indices bit for bit (ties, NaN windows, padding-only windows)."""
+    x_shape, kw = geom
+    x = draw_x(x_shape, seed, ties)
+    if nans:
+        x[np.random.default_rng(seed).random(x.shape) < 0.2] = np.nan
+    y, idx = npconv.max_pool(x, **kw, return_indices=True)
+    y_codes, codes = pooling.max_pool_codes(x, **kw)
+    spec = pool_spec(x.shape, **kw)
+    taps = int(np.prod(spec.kernel_size))
+    assert codes.dtype == np.uint8 and codes.shape == y.shape and codes.max() <= taps
+    np.testing.assert_array_equal(y_codes, y)
+    base, offsets = spec.index_parts()
+    table = np.concatenate([[-1], offsets[::-1]])                  # code -> offset, 0 -> -1
+    fmt = kw["data_format"]
+    from_codes = np.where(codes == 0, -1, table[codes] + np.moveaxis(
+        base, -1, 1 if fmt == "channels_first" else -1))
+    np.testing.assert_array_equal(from_codes, idx)
+    dy = np.random.default_rng(seed + 1).standard_normal(y.shape)
+    np.testing.assert_array_equal(
+        pooling.max_pool_codes_backward(dy, codes, x.shape, **kw),
+        npconv.max_pool_backward(dy, x.shape, **kw, indices=idx))
 
 
 @given(pool_geometry("max", ranks=(1, 2)), st.integers(0, 2**32 - 1),
@@ -437,8 +464,10 @@ def test_dtype_kept_and_inputs_unchanged(dtype, fmt, rng):
             npconv.global_avg_pool(x, data_format=fmt), npconv.global_max_pool(x, data_format=fmt)]
     dy = [np.ones_like(o) for o in outs]
     idx_copy = idx.copy()
+    _, codes = pooling.max_pool_codes(x, 3, **kw)
     grads = [npconv.max_pool_backward(dy[0], x, 3, **kw),
              npconv.max_pool_backward(dy[0], x, 3, **kw, indices=idx),
+             pooling.max_pool_codes_backward(dy[0], codes, x.shape, 3, **kw),
              npconv.avg_pool_backward(dy[1], x.shape, 3, **kw),
              npconv.lp_pool_backward(dy[2], x, 2, 3, **kw),
              npconv.global_avg_pool_backward(dy[3], x.shape, data_format=fmt),
@@ -450,7 +479,8 @@ def test_dtype_kept_and_inputs_unchanged(dtype, fmt, rng):
     tol = 1e-2 if dtype == np.float16 else 1e-6
     assert rel_err(outs[1], reference.avg_pool(x, 3, **kw)) < tol
     assert rel_err(outs[2], reference.lp_pool(x, 2, 3, **kw)) < tol
-    assert rel_err(grads[3], reference.lp_pool_backward(dy[2], x, 2, 3, **kw)) < tol
+    assert rel_err(grads[4], reference.lp_pool_backward(dy[2], x, 2, 3, **kw)) < tol
+    np.testing.assert_array_equal(grads[2], grads[1])
 
 
 def test_max_pool_backward_sums_overlapping_windows():
@@ -570,6 +600,7 @@ def test_docs_examples_run(block):
 X = np.zeros((1, 6, 6, 2))
 DY = np.zeros((1, 3, 3, 2))
 IDX = np.zeros((1, 3, 3, 2), dtype=np.int64)
+CODES = np.ones((1, 3, 3, 2), dtype=np.uint8)
 
 ERRORS = [
     (lambda: npconv.max_pool([[1.0]], 2), TypeError, "`x` must be a numpy.ndarray"),
@@ -616,6 +647,22 @@ ERRORS = [
      r"`indices` must be flat indices into the spatial dimensions, in \[0, 36\)"),
     (lambda: npconv.max_pool_backward(DY, X, 2, indices=IDX - 2), ValueError,
      r"got values in \[-2, -2\]"),
+    (lambda: pooling.max_pool_codes(X.astype(bool), 2), TypeError, "`x` must have dtype"),
+    (lambda: pooling.max_pool_codes_backward(DY, [0], X.shape, 2), TypeError,
+     "`codes` must be a numpy.ndarray"),
+    (lambda: pooling.max_pool_codes_backward(DY, IDX, X.shape, 2), TypeError,
+     "`codes` must have dtype uint8 \\(what max_pool_codes gives for this kernel\\); got dtype "
+     "int64"),
+    (lambda: pooling.max_pool_codes_backward(DY, CODES[:, :2], X.shape, 2), ValueError,
+     r"`codes` must have shape \(1, 3, 3, 2\)"),
+    (lambda: pooling.max_pool_codes_backward(DY, CODES + 5, X.shape, 2), ValueError,
+     r"`codes` must be in \[0, 4\] \(prod\(kernel_size\)\); got values up to 6"),
+    (lambda: pooling.max_pool_codes_backward(DY, CODES, "x", 2), TypeError,
+     "`x_shape` must be a tuple of ints"),
+    (lambda: pooling.max_pool_codes_backward(DY.astype(int), CODES, X.shape, 2), TypeError,
+     "`dy` must have dtype float"),
+    (lambda: pooling.max_pool_codes_backward(DY[:, :2], CODES, X.shape, 2), ValueError,
+     r"`dy` must have shape \(1, 3, 3, 2\)"),
     (lambda: npconv.avg_pool(X, 2, count_include_pad=None), TypeError, "`count_include_pad`"),
     (lambda: npconv.avg_pool_backward(DY, "x", 2), TypeError, "`x_shape` must be a tuple of ints"),
     (lambda: npconv.avg_pool_backward(DY, (1, 0, 6, 2), 2), ValueError,

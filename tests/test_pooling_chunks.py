@@ -25,11 +25,13 @@ def _all_ops(x, kw, seed):
     max_kw = {k: v for k, v in kw.items() if k != "count_include_pad"}
     lp_kw = max_kw
     y, idx = npconv.max_pool(x, **max_kw, return_indices=True)
+    y_codes, codes = pooling.max_pool_codes(x, **max_kw)
     dy = rng.standard_normal(y.shape)
     a = npconv.avg_pool(x, **kw)
     lp = npconv.lp_pool(x, 2, **lp_kw)
     return [y, idx, npconv.max_pool(x, **max_kw), npconv.max_pool_backward(dy, x, **max_kw),
-            npconv.max_pool_backward(dy, x.shape, **max_kw, indices=idx), a,
+            npconv.max_pool_backward(dy, x.shape, **max_kw, indices=idx), y_codes, codes,
+            pooling.max_pool_codes_backward(dy, codes, x.shape, **max_kw), a,
             npconv.avg_pool_backward(dy, x.shape, **kw), lp,
             npconv.lp_pool_backward(dy, x, 2, **lp_kw)]
 
@@ -73,6 +75,22 @@ def test_the_array_module_scatter_matches_add_at(geom, seed):
     dx = pooling._scatter_offsets(_layout.planes(dy, fmt), _layout.planes(idx, fmt),
                                   spec, np.float64, np)
     assert rel_err(dx.reshape(x.shape), npconv.max_pool_backward(dy, x, **kw)) < 1e-13
+
+
+@given(pool_geometry("max"), st.integers(0, 2**32 - 1))
+def test_the_array_module_scatter_of_codes_matches_add_at(geom, seed):
+    """The same for the codes `nn.MaxPool` keeps: CuPy's path, run on NumPy arrays, equals
+    the scatter of the codes (to rounding)."""
+    x_shape, kw = geom
+    x = draw_x(x_shape, seed, True)
+    y, codes = pooling.max_pool_codes(x, **kw)
+    dy = np.random.default_rng(seed + 1).standard_normal(y.shape)
+    spec = npconv.pool_spec(x.shape, **kw)
+    fmt = kw["data_format"]
+    dx = pooling._scatter_code_offsets(_layout.planes(dy, fmt), _layout.planes(codes, fmt),
+                                       spec, np.float64, np)
+    assert rel_err(dx.reshape(x.shape),
+                   pooling.max_pool_codes_backward(dy, codes, x.shape, **kw)) < 1e-13
 
 
 def test_sums_do_not_depend_on_the_chunk_rows():

@@ -15,7 +15,8 @@ neither is ever transposed. Which input coordinate a window's tap reads comes fr
   keeping the first match in raster order (PyTorch's first maximum); NaN windows take their last
   NaN tap, PyTorch's rule, in a second loop run only when a NaN is present. `phase_split` first
   makes the strided taps of the last dimension contiguous, where that pays.
-- `scatter_indices`: the max-pool gradient from PyTorch-style indices, one `numpy.add.at` (or a
+- `scatter_indices`, `scatter_codes`: the max-pool gradient from PyTorch-style indices or from
+  the codes themselves (what `nn.MaxPool` keeps: one byte per window), one `numpy.add.at` (or a
   plain scatter, for windows that cannot overlap) per chunk; `scatter_max` is its form for other
   array modules (CuPy): per kernel offset, the windows whose index names that tap add their dy
   into a strided view of dx.
@@ -319,11 +320,9 @@ def argmax_codes(x, y, codes, spec, p_range0, state: dict, xp=np, x_base0: int =
 def scatter_indices(dy, idx, dx, plane: int, size: int, overlap: bool, dead: bool,
                     state: dict) -> None:
     """dx.flat[plane_of(b, c) + idx[b, .., c]] += dy[b, .., c] for every window: the max-pool
-    gradient from PyTorch-style indices (flat into *S, -1 for none). With `overlap` (windows
-    may share an element) by `numpy.add.at`, which adds every contribution, else by a plain
-    scatter (faster); either way a NaN in dy reaches only its element. `dead`: some windows
-    read no input (index -1). dy, idx: (B', *P', C); dx: (B', *S, C), C-contiguous, zeros;
-    `size` = prod(S); `plane` = C (channels_last) or 1."""
+    gradient from PyTorch-style indices (flat into *S, -1 for none). `dead`: some windows read
+    no input (index -1). dy, idx: (B', *P', C); dx: (B', *S, C), C-contiguous, zeros where
+    written; `size` = prod(S); `plane` = C (channels_last) or 1."""
     if dead:
         lo, hi = int(idx.min()), int(idx.max())
     else:                                                        # -1 wraps to 2**64 - 1
@@ -337,10 +336,27 @@ def scatter_indices(dy, idx, dx, plane: int, size: int, overlap: bool, dead: boo
     where = scratch(state, "where", idx.shape, np.int64)        # (B', *P', C): idx * C
     np.multiply(idx, plane, out=where)                           # + b * prod(S) * C + c
     np.add(where, _plane_starts(idx.shape, plane, size, state), out=where)
+    _scatter(dy, where, idx >= 0 if lo == -1 else None, dx, overlap)
+
+
+def scatter_codes(dy, codes, dx, table, starts, overlap: bool, state: dict) -> None:
+    """The max-pool gradient from `argmax_codes`: dx.flat[starts + table[code]] += dy for
+    every window whose code is not 0. table (prod(K) + 1,) int64: code -> the tap's flat offset
+    into dx's image (times the plane); starts (B', *P', C) int64: each window's base, image and
+    channel. dy, codes: (B', *P', C); dx: (B', *S, C), C-contiguous, zeros where written."""
+    where = scratch(state, "where", codes.shape, np.int64)      # (B', *P', C)
+    np.take(table, codes, out=where, mode="clip")               # "raise" is 10x slower
+    np.add(where, starts, out=where)
+    _scatter(dy, where, None if codes.all() else codes != 0, dx, overlap)
+
+
+def _scatter(dy, where, keep, dx, overlap: bool) -> None:
+    """dx.flat[where] += dy (where `keep`, if given): by `numpy.add.at` when windows overlap
+    (it adds every contribution), else by a plain scatter (faster); either way a NaN in dy
+    reaches only its element."""
     values = dy.astype(dx.dtype, copy=False)                    # add.at casts 10x slower
-    if lo == -1:                                                 # windows on padding only
-        keep = idx >= 0
-        where, values = where[keep], dy[keep]
+    if keep is not None:                                         # windows on padding only
+        where, values = where[keep], values[keep]
     if overlap:
         np.add.at(dx.reshape(-1), where.reshape(-1), values.reshape(-1))
     else:
@@ -357,6 +373,18 @@ def _plane_starts(shape, plane: int, size: int, state: dict):
         state[key] = np.ascontiguousarray(                       # (B', *P', C)
             np.broadcast_to(start.reshape(nb, *(1,) * (len(shape) - 2), c), shape))
     return state[key]
+
+
+def window_starts(shape, base, rows: slice, plane: int, size: int, state: dict):
+    """`_plane_starts` plus base[:, rows] * plane, base (1, *P, 1) from `PoolSpec.index_parts`:
+    the flat index in dx (B', *S, C) of tap 0 of every window of a chunk (B', rows, *P[1:], C),
+    kept per worker for the last row range of each shape (a plan's chunks repeat them)."""
+    key = ("starts", shape)
+    held = state.get(key)
+    if held is None or held[0] != rows.start:
+        starts = _plane_starts(shape, plane, size, state) + base[:, rows] * plane
+        held = state[key] = (rows.start, starts)
+    return held[1]
 
 
 def scatter_max(dy, keys, key_of, dx, spec, p_base0: int, x_range0, state: dict, xp) -> None:

@@ -470,16 +470,18 @@ class MaxPool(Layer):
 
     def forward(self, x, training: bool = False):
         _check_rank(self, x, self.rank and (self.rank,), self.kw["data_format"])
+        y: Any
+        codes = None
         if grad_enabled(_args.check_flag(training, "training")):
-            y, indices = pooling.max_pool(x, **self.kw, return_indices=True)
+            y, codes = pooling.max_pool_codes(x, **self.kw)        # 1 byte per window
         else:
-            y, indices = pooling.max_pool(x, **self.kw), None
-        self._start(training, (x.shape, indices))                  # the argmax, not x
+            y = pooling.max_pool(x, **self.kw)
+        self._start(training, (x.shape, codes))                    # the argmax, not x
         return y
 
     def backward(self, dy):
-        shape, indices = self._saved()
-        return pooling.max_pool_backward(dy, shape, **self.kw, indices=indices)
+        shape, codes = self._saved()
+        return pooling.max_pool_codes_backward(dy, codes, shape, **self.kw)
 
 
 class MaxPool1d(MaxPool):
