@@ -426,8 +426,9 @@ def max_pool_codes_backward(
     ----------
     dy : ndarray of y's shape, float
     codes : ndarray of y's shape, the dtype `max_pool_codes` gives for this kernel
-        A code above prod(K) raises ValueError; codes from another call can give a wrong
-        gradient, but never write outside their image and channel.
+        A code above prod(K), or one naming a tap past the end of the input, raises
+        ValueError; other codes from another call can give a wrong gradient, but never write
+        outside dx.
     x_shape : tuple of int
         The forward's input shape.
 
@@ -454,7 +455,12 @@ def max_pool_codes_backward(
     xp = _backend.namespace(dyk, ck)
     acc = _args.compute_dtype(dy.dtype)
     scatter = _scatter_codes if xp is np else _scatter_code_offsets
-    return scatter(dyk, ck, spec, acc, xp).astype(dy.dtype, copy=False).reshape(spec.x_shape())
+    try:
+        dx = scatter(dyk, ck, spec, acc, xp)
+    except IndexError:                                           # NumPy's bounds check
+        raise ValueError("`codes` name taps outside the input: they are not what "
+                         "max_pool_codes gave for these arguments") from None
+    return dx.astype(dy.dtype, copy=False).reshape(spec.x_shape())
 
 
 def _codes_arg(codes, spec: PoolSpec):
