@@ -2,6 +2,7 @@
 previous `nn.functional` path, in one run.
 
     python benchmarks/layer_ops.py [--rounds 15] [--threads 2] [--only NAME] [--clock wall|cpu]
+        [--keep-freed-memory]
 
 Rows (float32, channels_last, issue 18's shapes): BatchNorm train forward + backward (with the
 running-statistics update) and eval forward on 32x56x56x64; ReLU, ReLU6, Hardswish and SiLU
@@ -13,7 +14,9 @@ benchmarks/run.py does). The table reports medians over rounds, and the ratio to
 the median of the per-round ratios. PyTorch runs on
 `--threads` threads with channels_last tensors, npconv's workers likewise. Two "floor" rows
 time one elementwise pass alone (y = x + 1 into an existing array, on one thread and on the
-workers): no op that reads x and writes y once beats it in NumPy.
+workers): no op that reads x and writes y once beats it in NumPy. With `--keep-freed-memory`
+every process (PyTorch's too) first calls `npconv.keep_freed_memory()`: no row's new arrays
+page-fault then, whatever each library's allocations leave freed.
 
 `measure(rounds, threads, only, shapes=...)` returns the rows as dicts (ms), and
 `report(rows, shapes=...)` the Markdown table, for `benchmarks/run.py` (whose smoke run passes
@@ -177,12 +180,15 @@ BURST = 3
 benchmarks/run.py: the data are in cache, as a layer's input is after the layer before)."""
 
 
-def _worker(conn, impl: str, threads: int, clock: str, shapes: tuple) -> None:
+def _worker(conn, impl: str, threads: int, clock: str, shapes: tuple, keep: bool) -> None:
     """One implementation's process: build its calls on `shapes` (SHAPE, UPSAMPLE_SHAPE),
     then, for each request, one untimed call of the named row and the best of a burst of
-    `BURST` timed ones (None ends it)."""
+    `BURST` timed ones (None ends it). With `keep`, malloc keeps freed memory in this
+    process (`npconv.keep_freed_memory`, whichever library it runs)."""
     global SHAPE, UPSAMPLE_SHAPE
     SHAPE, UPSAMPLE_SHAPE = shapes                   # this fresh process's sizes, set once
+    if keep:
+        npconv.keep_freed_memory()
     if torch is not None:
         torch.set_num_threads(threads)
     npconv.set_config(threads=threads)
@@ -197,7 +203,7 @@ def _worker(conn, impl: str, threads: int, clock: str, shapes: tuple) -> None:
 
 
 def measure(rounds: int = 15, threads: int = 2, only: str = "", clock: str = "wall",
-            shapes: tuple = (SHAPE, UPSAMPLE_SHAPE)) -> list[dict]:
+            shapes: tuple = (SHAPE, UPSAMPLE_SHAPE), keep: bool = False) -> list[dict]:
     """Median ms per row for npconv, PyTorch and the old path (None where absent), and the
     floor rows ("floor: ..."). Each implementation runs in a process of its own (so that no
     library's allocations or spinning threads change another's page faults or cores), and
@@ -205,12 +211,13 @@ def measure(rounds: int = 15, threads: int = 2, only: str = "", clock: str = "wa
     the same round (steadier than the ratio of medians when other work shares the machine).
     `only`: the rows whose name contains it. `clock`: "wall", or "cpu" (the process's CPU
     time: with threads=1, a proxy that other work on the machine disturbs less). `shapes`:
-    the (N, H, W, C) of every row's arrays but upsampling's, and upsampling's input."""
+    the (N, H, W, C) of every row's arrays but upsampling's, and upsampling's input. `keep`:
+    every process keeps freed memory (`npconv.keep_freed_memory`), PyTorch's as npconv's."""
     ctx = multiprocessing.get_context("spawn")
     workers = {}
     for impl in IMPLS:
         here, there = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(there, impl, threads, clock, shapes),
+        proc = ctx.Process(target=_worker, args=(there, impl, threads, clock, shapes, keep),
                            daemon=True)
         proc.start()
         workers[impl] = (here, proc, here.recv())
@@ -280,8 +287,11 @@ def main(argv=None) -> None:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="cpu: process CPU time, a steadier proxy on a busy machine "
                              "(with --threads 1)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="npconv.keep_freed_memory() in every library's process")
     args = parser.parse_args(argv)
-    print("\n".join(report(measure(args.rounds, args.threads, args.only, args.clock))))
+    print("\n".join(report(measure(args.rounds, args.threads, args.only, args.clock,
+                                    keep=args.keep_freed_memory))))
 
 
 if __name__ == "__main__":

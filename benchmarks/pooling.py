@@ -1,6 +1,6 @@
 """Pooling side by side with PyTorch: npconv and torch alternate call by call, in one process.
 
-    python benchmarks/pooling.py [--reps 15] [--write FILE]
+    python benchmarks/pooling.py [--reps 15] [--write FILE] [--keep-freed-memory]
     NPCONV_SRC=/path/to/other/src python benchmarks/pooling.py     # another checkout (before/after)
 
 docs/benchmarks.md has these rows from `make bench` (benchmarks/run.py, section "pooling").
@@ -240,7 +240,12 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=15, help="alternating rounds per row")
     parser.add_argument("--pause", type=float, default=0.02, help="seconds after each call")
     parser.add_argument("--write", type=Path, help="also write the markdown table to this file")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="npconv.keep_freed_memory() first: malloc keeps freed memory for "
+                             "both libraries (one process)")
     args = parser.parse_args(argv)
+    if args.keep_freed_memory:
+        npconv.keep_freed_memory()
     load = os.getloadavg()[0]
     text = markdown(run(args.reps, pause=args.pause), load)
     print(text)

@@ -255,6 +255,11 @@ def layers_section(options: Options, rounds: int) -> Report:
         shapes = tuple(map(tiny, shapes))
     results = layer_ops.measure(rounds, options.threads, shapes=shapes)
     lines = layer_ops.report(results, shapes=shapes)
+    kept = layer_ops.measure(rounds, options.threads, shapes=shapes, keep=True)
+    lines += ["", "The same rows with `npconv.keep_freed_memory()` called first in every "
+              "library's process (PyTorch's too): malloc keeps freed memory, and no new array "
+              "page-faults (docs/algorithms.md, \"Measuring\"):", "",
+              *layer_ops.report(kept, shapes=shapes)]
     folded = folded_batch_norm(shapes[0], rounds)
     lines += ["", "BatchNorm eval folded into the convolution before it (`model.eval()`): "
               f"npconv's 3x3 conv ({'x'.join(map(str, shapes[0]))}, no bias) followed by a "
@@ -262,11 +267,16 @@ def layers_section(options: Options, rounds: int) -> Report:
               "(median over alternating rounds of the ratio of each round's best of three)."]
     print("\n".join(lines))
     ratios = {r["name"]: r["ratio"] for r in results if not r["name"].startswith("floor")}
+    kept_ratios = {r["name"]: r["ratio"] for r in kept if not r["name"].startswith("floor")}
     other = [n for n in ratios if n not in ISSUE_18_ROWS and "fwd+bwd" in n
              and "kept" not in n]                     # SiLU counted once, as PyTorch runs it
+    layer_rows = [n for n in ISSUE_18_ROWS if n in kept_ratios]
     return Report(lines, [
         "- other activations and upsampling, fwd+bwd (no target): npconv/PyTorch "
         + ratio_targets(ratios, other, None, None),
+        "- with `npconv.keep_freed_memory()` in both libraries' processes: "
+        + ", ".join(f"{n} {fmt(kept_ratios[n])}" for n in layer_rows)
+        + "; other activations and upsampling " + ratio_targets(kept_ratios, other, None, None),
         f"- BatchNorm eval folded into its convolution: {fmt(folded)} the convolution's time "
         f"(target: costs nothing, <= {FOLDED_BOUND}: {verdict(folded, FOLDED_BOUND)})"], ratios)
 

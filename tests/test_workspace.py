@@ -5,6 +5,9 @@ allocate, besides its inputs, outputs and padded copies, no more than the limit.
 sees NumPy's array buffers, so its peak measures the temporaries directly.
 """
 
+import platform
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -352,3 +355,65 @@ def test_a_backward_with_small_chunk_buffers_holds_the_limit(rng):
     with npconv.config(threads=1):
         grads, peak = _peak(lambda: npconv.conv_backward(dy, x, w, workspace=limit))
     assert peak <= 1.5 * limit + _nbytes(*grads)
+
+
+# ---------------------------------------------------------------------------------------------
+# keep_freed_memory: malloc's settings, process-wide (so each check runs in a child process)
+# ---------------------------------------------------------------------------------------------
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+import npconv
+if sys.argv[1] == "keep":
+    assert npconv.keep_freed_memory() is True
+shape = (16, 28, 28, 640)                                # 32 MiB of float32: two such at once
+def pair():
+    a = np.empty(shape, np.float32); a.fill(1)
+    b = np.empty(shape, np.float32); b.fill(1)
+pair()
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    pair()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 5)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_keep_freed_memory_stops_the_page_faults_of_new_arrays():
+    """Two 32 MiB arrays allocated and freed together, again and again: glibc's defaults give
+    them back to the system each time and every new one faults its pages in again (about 830
+    faults per pair here, some of them 2 MiB huge pages); after keep_freed_memory() the heap
+    keeps them (none)."""
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True,
+                             text=True, check=True)
+        return float(out.stdout)
+
+    kept = faults("keep")
+    assert kept < 100, kept
+    assert faults("default") > 10 * max(kept, 1)
+
+
+def test_keep_freed_memory_without_mallopt_changes_nothing(monkeypatch):
+    """Where the C library has no mallopt (macOS, Windows): False and a RuntimeWarning."""
+    import ctypes
+
+    class NoMallopt:
+        def __init__(self, name):
+            pass
+
+    monkeypatch.setattr(ctypes, "CDLL", NoMallopt)
+    with pytest.warns(RuntimeWarning, match="no glibc-style mallopt"):
+        assert npconv.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("limit, error, match", [
+    (True, TypeError, "`limit` must be an int"),
+    (2.0**30, TypeError, "`limit` must be an int"),
+    (2**20, ValueError, r"`limit` must be in \[33554432, 2147483647\] bytes"),
+    (2**31, ValueError, "got 2147483648"),
+])
+def test_keep_freed_memory_checks_its_limit(limit, error, match):
+    with pytest.raises(error, match=match):
+        npconv.keep_freed_memory(limit)

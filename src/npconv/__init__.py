@@ -13,6 +13,7 @@
 
 from npconv import models, nn, reference
 from npconv._config import config, get_config, set_config
+from npconv._workspace import keep_freed_memory
 from npconv._workspace import release as release_workspace
 from npconv.algorithms import ALGORITHMS
 from npconv.convolution import (
@@ -62,6 +63,7 @@ __all__ = [
     "global_avg_pool_backward",
     "global_max_pool",
     "global_max_pool_backward",
+    "keep_freed_memory",
     "lp_pool",
     "lp_pool_backward",
     "max_pool",
