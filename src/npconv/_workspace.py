@@ -134,7 +134,7 @@ def keep_freed_memory(limit: int = 2**30) -> bool:
     memory), the `mallopt` equivalent of the environment variables MALLOC_MMAP_THRESHOLD_ and
     MALLOC_TRIM_THRESHOLD_. Measured on the 2-core VM: MobileNetV2's batch-16 inference at
     224x224 252-291 -> 225-229 ms (3100 page faults per call -> 6), batch norm forward and
-    backward on 32x56x56x64 float32 with new outputs 24-36 -> 15-20 ms. It changes malloc for
+    backward on 32x56x56x64 float32 with new outputs 23-27 -> 13-18 ms. It changes malloc for
     everything in the process (PyTorch's tensors too) and cannot be undone short of a restart;
     the process's memory then stays up to `limit` above what it uses.
 
