@@ -298,6 +298,14 @@ def code_dtype(spec) -> np.dtype:
                          if taps <= np.iinfo(t).max))
 
 
+def code_offsets(spec) -> tuple[np.ndarray, np.ndarray]:
+    """(base, table): a window's flat index into *S of the tap its code names is base[p] +
+    table[code] (`PoolSpec.index_parts`; code prod(K) - r names tap r, code 0 none: table[0]
+    is 0, a placeholder the callers mask). base (1, *P, 1), table (prod(K) + 1,), int64."""
+    base, offsets = spec.index_parts()
+    return base, np.concatenate([[0], offsets[::-1]])
+
+
 def argmax_codes(x, y, codes, spec, p_range0, state: dict, xp=np, x_base0: int = 0,
                  phases: int = 1) -> None:
     """codes (B', R, *P[1:], C) = prod(K) - r for the first tap r (raster order) of each window

@@ -176,9 +176,7 @@ def _max_forward(xk, spec: PoolSpec, *, values: bool = True, argmax: str | None 
     kept = None if argmax is None else xp.empty(shape, dtype=np.int64 if argmax == "indices"
                                                  else ctype)     # (B, *P, C)
     if argmax == "indices":
-        base, offsets = spec.index_parts()
-        base = xp.asarray(base)
-        table = xp.asarray(np.concatenate([[0], offsets[::-1]]))  # table[taps - r] = offset[r]
+        base, table = (xp.asarray(a) for a in kernels.code_offsets(spec))
     lowest = _lowest(xk.dtype)
 
     def task(chunk, state):
@@ -484,8 +482,8 @@ def _scatter_codes(dyk, ck, spec: PoolSpec, acc, xp):
     targets read from a table of the taps' offsets (`kernels.scatter_codes`)."""
     dx = np.empty(_kernel_shape(spec, spec.in_size), dtype=acc)  # (B, *S, C)
     size, plane = math.prod(spec.in_size), dx.shape[-1]
-    base, offsets = spec.index_parts()                           # (1, *P, 1), (prod(K),)
-    table = np.concatenate([[0], offsets[::-1]]) * plane         # code -> offset * plane
+    base, table = kernels.code_offsets(spec)                     # (1, *P, 1), (prod(K) + 1,)
+    table = table * plane                                        # code -> offset * plane
     overlap = any(map(spec.overlaps, range(spec.rank)))
 
     def task(chunk, state):
