@@ -245,6 +245,26 @@ def test_gpu_chunks_fill_the_workspace_share():
     assert _chunks.chunk_target(4096, 2**20) == 4096
 
 
+def test_pointwise_rows_that_fit_one_chunk_are_shared_by_the_workers():
+    """A 1x1 layer small enough for one chunk (a network's last stages on the workers,
+    `_chunks.network_pass`) still gives every worker rows; one worker keeps one chunk."""
+    pytest.importorskip("threadpoolctl")                         # workers need it
+    from npconv.algorithms import pointwise
+    for threads, chunks in ((1, 1), (2, 2), (3, 3)):
+        plan = pointwise._blocks(784, 4480, _config.Settings(threads=threads), np)  # 3.4 MiB
+        assert (plan.workers, len(plan.chunks)) == (threads, chunks)
+        assert [c.rows for c in plan.chunks][-1].stop == 784
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((16, 7, 7, 20)), rng.standard_normal((1, 1, 20, 24))
+    dy = rng.standard_normal((16, 7, 7, 24))
+    want = (reference.conv(x, w), *reference.conv_backward(dy, x, w)[:2])
+    with npconv.config(threads=2), _config.tuned(min_parallel_bytes=0):
+        got = (npconv.conv(x, w, algorithm="pointwise"),
+               *npconv.conv_backward(dy, x, w, bias=False, algorithm="pointwise")[:2])
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-10
+
+
 def test_plan_deals_image_rows_by_image():
     """Chunks of image rows (an image exceeds the chunk size): for a scatter, every chunk of an
     image goes to the same worker, in row order; for a gather, the rows are dealt round-robin."""

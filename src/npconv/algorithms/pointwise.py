@@ -56,8 +56,12 @@ def _last(a: Any, shape: tuple[int, ...]) -> Any:
 
 def _blocks(n: int, row_bytes: int, settings: Settings, xp: ModuleType) -> _chunks.Plan:
     """Blocks of the leading axis (length n), a chunk's `rows`: `_chunks.plan` over n rows of
-    `row_bytes` each (one "image"), so every worker gets a share of the rows."""
-    return _chunks.plan(1, n, settings, row_bytes=row_bytes, xp=xp)
+    `row_bytes` each (one "image"), with chunks of at most n / workers rows, so that every
+    worker gets a share of the rows even when they would fit one chunk (a small layer in a
+    network's pass on the workers, `_chunks.network_pass`)."""
+    share = -(-n // _chunks.worker_count(settings, xp)) * row_bytes
+    return _chunks.plan(1, n, settings, row_bytes=row_bytes, xp=xp,
+                        chunk_bytes=min(settings.tuning.chunk_bytes, share))
 
 
 def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = None,
