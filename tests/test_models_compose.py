@@ -430,36 +430,71 @@ def test_evaluation_mode_keeps_nothing_and_no_grad_keeps_nothing_in_training():
 probed: list = []
 
 
+def blas_threads():
+    """BLAS's thread count now, or None without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:                                          # pragma: no cover
+        return None
+    return min((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
+               default=None)
+
+
 class Probe(nn.Identity):
-    """Identity noting in probed the size below which convolutions run serially, per call."""
+    """Identity noting in probed, per forward and backward, the window-matrix size below which
+    convolutions run serially and BLAS's thread count."""
+
+    def note(self, kind):
+        from npconv import _config
+        probed.append((kind, _config.current().tuning.min_parallel_bytes, blas_threads()))
 
     def forward(self, x, training: bool = False):
-        from npconv import _config
-        probed.append(_config.current().tuning.min_parallel_bytes)
+        self.note("fwd")
         return super().forward(x, training=training)
 
+    def backward(self, dy):
+        self.note("bwd")
+        return super().backward(dy)
 
-def test_inference_of_a_batch_runs_every_layer_on_the_workers():
-    """An evaluation forward of at least one image per worker runs all its convolutions on the
-    workers (no layer on BLAS's threads between worker-run ones); a smaller batch, a forward
-    that keeps a tape, and a layer called alone keep the per-layer rule."""
-    from npconv import _config
-    default = _config.current().tuning.min_parallel_bytes
+
+@pytest.mark.parametrize("large", [False, True])
+def test_a_network_pass_holds_blas_to_one_thread_from_its_first_worker_run_layer(
+        large, monkeypatch):
+    """A forward of at least one image per worker (evaluation or training) and the backward
+    after it run in a network pass (`_chunks.network_pass`): convolutions on the workers but
+    the smallest, and BLAS held to one thread from the first that runs there to the end of the
+    pass, and through the backward of a forward that held it. A pass whose layers are all
+    small keeps BLAS's threads; a smaller batch and a layer called alone keep the per-layer
+    rule. `large`: the pass's thresholds at 0, so that the tiny convolution counts as large."""
+    from npconv import _chunks, _config
+    if large:
+        monkeypatch.setattr(_chunks, "PASS_SERIAL_BYTES", 0)
+        monkeypatch.setattr(_chunks, "PASS_SERIAL_MACS", 0)
+    default, free = _config.current().tuning.min_parallel_bytes, blas_threads()
+    held = free if free is None or not large else 1             # after a worker-run conv
     model = nn.Sequential(nn.Conv2d(2, 2, 3, rng=R(0)), Probe())
     x = R(1).standard_normal((2, 6, 6, 2)).astype(np.float32)
-    cases = [(dict(threads=2), x, {}, 0), (dict(threads=3), x, {}, default),
-             (dict(threads=1), x[:1], {}, 0), (dict(threads=2), x[:1], {}, default),
-             (dict(threads=2), x, dict(training=True), default)]
-    for settings, xs, kw, expected in cases:
+    in_pass, per_layer = (_chunks.PASS_SERIAL_BYTES, held), (default, free)
+    cases = [(dict(threads=2), x, {}, in_pass), (dict(threads=3), x, {}, per_layer),
+             (dict(threads=1), x[:1], {}, (_chunks.PASS_SERIAL_BYTES, free)),
+             (dict(threads=2), x[:1], {}, per_layer),
+             (dict(threads=2), x, dict(training=True), in_pass),
+             (dict(threads=2), x[:1], dict(training=True), per_layer)]
+    for settings, xs, kw, (limit, threads) in cases:
         probed.clear()
         with npconv.config(**settings):
-            model.forward(xs, **kw)
+            y = model.forward(xs, **kw)
+            assert blas_threads() == free                        # given back
+            if kw:
+                model.backward(np.ones_like(y))
             Probe().forward(xs)
-        assert probed == [expected, default], (settings, xs.shape, kw)
+        passes = [("fwd", limit, threads), *[("bwd", limit, threads)] * bool(kw)]
+        assert probed == [*passes, ("fwd", default, free)], (settings, xs.shape, kw)
+        assert blas_threads() == free
     probed.clear()
     with nn.enable_grad(), npconv.config(threads=2):
         model.forward(x)
-    assert probed == [default]
+    assert probed == [("fwd", _chunks.PASS_SERIAL_BYTES, held)]
 
 
 def live_memory(model, x, monkeypatch, **kw):

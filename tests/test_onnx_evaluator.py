@@ -71,11 +71,11 @@ def test_conv_matches_onnxruntime(rng, attrs):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_a_batch_of_one_image_per_worker_runs_every_conv_on_the_workers(rng, monkeypatch):
-    """As a Module's inference forward (`npconv._chunks.batch_inference`): a batch of at least
-    one image per worker puts every convolution of the run on the workers."""
+def test_a_batch_of_one_image_per_worker_runs_as_a_network_pass(rng, monkeypatch):
+    """As a Module's forward (`npconv._chunks.network_pass`): a batch of at least one image
+    per worker runs every convolution of the run but the smallest on the workers."""
     import npconv
-    from npconv import _config
+    from npconv import _chunks, _config
 
     seen, conv = [], ops.conv
 
@@ -87,8 +87,8 @@ def test_a_batch_of_one_image_per_worker_runs_every_conv_on_the_workers(rng, mon
     x = rng.normal(size=(2, 4, 9, 8)).astype(np.float32)
     w = rng.normal(size=(8, 4, 3, 2)).astype(np.float32)
     model = node_model("Conv", [x, w])
-    default = _config.current().tuning.min_parallel_bytes
-    for threads, batch, expected in ((2, x, 0), (2, x[:1], default), (3, x, default)):
+    default, in_pass = _config.current().tuning.min_parallel_bytes, _chunks.PASS_SERIAL_BYTES
+    for threads, batch, expected in ((2, x, in_pass), (2, x[:1], default), (3, x, default)):
         with npconv.config(threads=threads):
             run(model, [batch, w])
         assert seen.pop() == expected, (threads, batch.shape)

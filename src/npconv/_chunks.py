@@ -19,7 +19,9 @@ algorithm runs its chunks on the workers, and BLAS calls of an op outside `run` 
 gradient) hold BLAS to one thread too (`single_blas`). Small layers (`serial_layer`, decided
 once for a layer's forward and both gradients, so that they never mix the two regimes) run
 serially instead, BLAS threading their GEMMs: waking a parked worker costs more than it saves
-there, while OpenBLAS's spinning threads answer at once. With `threads=1` BLAS is held to one
+there, while OpenBLAS's spinning threads answer at once. A network's forward and backward
+(`network_pass`) put all but their smallest layers on the workers instead, and hold BLAS to
+one thread from the first of them to the end of the pass. With `threads=1` BLAS is held to one
 thread throughout. Without threadpoolctl, or on CuPy, chunks run one after another on the
 calling thread and BLAS keeps its own threads.
 
@@ -36,11 +38,12 @@ order, so results are reproducible for a given thread count.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import ModuleType
@@ -192,29 +195,94 @@ def worker_count(settings: Settings, xp: ModuleType = np) -> int:
     return (settings.threads or 1) if _parallel_ok(xp) else 1
 
 
-def batch_inference(x) -> contextlib.AbstractContextManager:
-    """The settings for an inference pass of a network over the batch x: when x is a NumPy
-    batch of at least one image per worker, every convolution runs on the workers
-    (`Tuning.min_parallel_bytes` = 0), none on BLAS's own threads; else the settings in force.
+PASS_SERIAL_BYTES, PASS_SERIAL_MACS = 2**20, 16 * 2**20
+"""In a network pass (`network_pass`) a convolution runs serially only if its forward window
+matrix is under 1 MiB and its multiply-adds under 16 million (a depthwise layer has few
+multiply-adds for its bytes, a 1x1 expansion many): waking the workers for each of its
+computations costs more than they save. The digits CNN's layers (74 KB and 0.6 million,
+590 KB and 9.4 million) stay serial: its training step at batch 32 took 5.5-5.6 ms with both
+on the workers, 4.8-5.3 with one or both serial."""
 
-    `serial_layer` suits one layer, or a forward whose backward follows; in a network at batch
-    16 it mixed the two regimes for the last stages' small layers, and OpenBLAS's threads,
-    spinning after each such layer, slowed the worker-run layer after it: ResNet-18's batch-16
-    inference at 224x224 took 1.63x PyTorch's time with the mix and 1.32x all on the workers
-    (benchmarks/models.py, 2 cores). A batch smaller than the worker count keeps the rule
-    (ResNet-18's batch-1 inference: 1.57x, against 1.91x on the workers), and so does a
-    training step (1.93x, 2.02x). Used by `nn.Module`'s forward without a tape and by
-    `npconv.onnx.Evaluator.run`."""
+
+class NetworkPass:
+    """One pass of a network (`network_pass`): whether BLAS is held to one thread yet."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self._stack = contextlib.ExitStack()
+
+    def hold_blas(self) -> None:
+        """Hold BLAS to one thread from now to the end of the pass."""
+        if not self.held:
+            self._stack.enter_context(single_blas())
+            self.held = True
+
+
+_PASS: contextvars.ContextVar[NetworkPass | None] = contextvars.ContextVar("npconv_pass",
+                                                                           default=None)
+
+
+def network_pass(x, hold: bool = False) -> contextlib.AbstractContextManager:
+    """The settings for a pass of a whole network (a forward, or the backward after it) over
+    the batch x, as a context giving the `NetworkPass` (None when it does not apply).
+
+    When x is a NumPy batch of at least one image per worker, every convolution runs on the
+    workers except the smallest (`PASS_SERIAL_BYTES`, `PASS_SERIAL_MACS`), and from the first
+    that does (from the start with `hold`, as a backward after a forward that held) BLAS is
+    held to one thread to the end of the pass (`NetworkPass.hold_blas`); else the settings in
+    force. A network whose layers are all that small keeps BLAS's threads for their GEMMs
+    (the digits CNN's step: 13% slower with BLAS held to one thread).
+
+    `serial_layer` suits one layer called alone. In a network at batch 16 it mixed the two
+    regimes, and OpenBLAS's threads, spinning after each serial layer, slowed the worker-run
+    layer after it: ResNet-18's batch-16 inference at 224x224 took 1.63x PyTorch's time with
+    the mix and 1.32x all on the workers (benchmarks/models.py, 2 cores). Holding BLAS to one
+    thread for the rest of the pass also stops the spinning after the BLAS calls between and
+    inside the layers (1x1 layers small enough for one chunk, the classifier, batch norm's
+    sums), and a training step gains as much: `benchmarks/network_pass.py`, the pass against
+    the per-layer rule paired call by call, medians of 12 rounds: ResNet-18's training step
+    (16x112x112) 440 against 522 ms, MobileNetV2's 362 against 388, their batch-16 inference
+    at 224x224 423 against 560 and 243 against 364 (against all on the workers without the
+    hold, the previous rule for inference, 0.79-0.85x MobileNetV2's time and 0.90-0.94x
+    ResNet-18's), the digits CNN at 28x28, batch 64, 33 against 42 ms, and at 8x8, batch 32,
+    all its layers serial, 5.0 against 4.8 (0.84-1.43 per pair). A batch smaller than the
+    worker count keeps the per-layer rule (ResNet-18's batch-1 inference: 1.57x PyTorch's
+    time, against 1.91x on the workers). Used by `nn.Module`'s outermost forward and backward
+    and by `npconv.onnx.Evaluator.run`."""
     if not isinstance(x, np.ndarray) or x.ndim < 2 or x.shape[0] < resolve().threads:
         return contextlib.nullcontext()
-    return tuned(min_parallel_bytes=0)
+    return _pass(hold)
+
+
+@contextlib.contextmanager
+def _pass(hold: bool) -> Iterator[NetworkPass]:
+    state = NetworkPass()
+    token = _PASS.set(state)
+    try:
+        with tuned(min_parallel_bytes=PASS_SERIAL_BYTES, min_parallel_macs=PASS_SERIAL_MACS), \
+                state._stack:
+            if hold:
+                state.hold_blas()
+            yield state
+    finally:
+        _PASS.reset(token)
+
+
+def on_the_workers() -> None:
+    """A convolution is about to run on the workers: in a network pass, hold BLAS to one
+    thread from now on (`network_pass`)."""
+    state = _PASS.get()
+    if state is not None:
+        state.hold_blas()
 
 
 def serial_layer(spec: ConvSpec, itemsize: int, settings: Settings) -> bool:
-    """Whether all three computations of the layer `spec` run serially with BLAS threads.
+    """Whether all three computations of the layer `spec` run serially with BLAS threads
+    (on one core where a `network_pass` holds BLAS to one thread).
 
     Decided once per layer, from its forward window matrix (N*P x prod(K)*C, whatever the
-    algorithm), so that a layer's forward and gradients never mix BLAS-threaded steps with
+    algorithm) and its multiply-adds (`Tuning.min_parallel_macs`, 0 but in a network pass),
+    so that a layer's forward and gradients never mix BLAS-threaded steps with
     worker-run ones: OpenBLAS's threads keep spinning after a call, on the cores the workers
     need (see the module docstring). The forward's matrix is also the size of the input
     gradient's scatter and of the weight gradient's; only the stride-1 input gradient, a
@@ -222,7 +290,9 @@ def serial_layer(spec: ConvSpec, itemsize: int, settings: Settings) -> bool:
     layers on the workers, 20 to 40% slower.
     """
     windows = math.prod(spec.out_size) * math.prod(spec.kernel_size) * spec.in_channels
-    return spec.batch * windows * itemsize < settings.tuning.min_parallel_bytes
+    macs = spec.batch * windows * (spec.out_channels // spec.groups)
+    return (spec.batch * windows * itemsize < settings.tuning.min_parallel_bytes
+            and macs < settings.tuning.min_parallel_macs)
 
 
 def run(task: Callable[[Any, Any], None], plan: Plan, make_state: Callable[[], Any]

@@ -16,6 +16,7 @@ import contextvars
 import enum
 import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -50,7 +51,11 @@ class Tuning:
     fwd+bwd one thread: 60 ms in 1 MiB chunks of 48 rows, 53 in 4 MiB)."""
     min_parallel_bytes: int = 16 * MIB
     """Layers whose forward window matrix is smaller run serially with BLAS threads
-    (`_chunks.serial_layer`); copies smaller than this stay on one thread too."""
+    (`_chunks.serial_layer`) if their multiply-adds are also fewer than `min_parallel_macs`;
+    copies smaller than this stay on one thread too."""
+    min_parallel_macs: int = sys.maxsize
+    """... and fewer forward multiply-adds than this (any number but in a network pass,
+    `_chunks.network_pass`)."""
     narrow_run: int = 16
     """im2col gathers the transposed window matrix below this many contiguous elements per
     window row (K_last * C)."""

@@ -102,6 +102,8 @@ def _call(spec: ConvSpec, algorithm: Any, workspace: Any, dtype: Any) -> Iterato
     one_core = settings.threads == 1
     if _chunks.serial_layer(spec, dtype.itemsize, settings):
         settings = dataclasses.replace(settings, threads=1)
+    elif _chunks.worker_count(settings) > 1:
+        _chunks.on_the_workers()
     blas = _chunks.single_blas() if one_core else contextlib.nullcontext()
     with _workspace.scope(settings), blas:
         yield settings

@@ -197,6 +197,7 @@ class _Tape:
         self.consumed: set[int] = set()                 # ids used as an input by a call
         self.kept: set[int] = set()                     # ids held by the calls' saved states
         self.output = None
+        self.blas_held = False                          # by the forward's network pass
 
     def record(self, layer: Layer, inputs: tuple, y) -> None:
         ref = _weak(y)
@@ -733,9 +734,10 @@ class Module(Layer):
         tape = _Tape(self, inputs, training, keep)
         token, grad = _RECORDING.set(tape), _GRAD.set(True) if keep else None
         try:
-            with (_chunks.batch_inference(inputs[0] if inputs else None) if outermost and not keep
-                  else contextlib.nullcontext()):
+            with (_chunks.network_pass(inputs[0] if inputs else None) if outermost
+                  else contextlib.nullcontext()) as run:
                 y = user_forward(self, *inputs, **extra)
+            tape.blas_held = run is not None and run.held
         except ValueError as e:
             if "read-only" not in str(e):
                 raise
@@ -781,7 +783,9 @@ class Module(Layer):
         token = object()
         reset = _PASS.set(token)
         try:
-            dx = tape.backward(dy, token, input_grad)
+            with _chunks.network_pass(tape.inputs[0] if tape.inputs else None,  # as forward
+                                      hold=tape.blas_held):
+                dx = tape.backward(dy, token, input_grad)
         finally:
             _PASS.reset(reset)
         for layer in self.modules():

@@ -253,7 +253,7 @@ class Evaluator(ReferenceEvaluator):
                                intermediate=intermediate, **extra)
         wanted = self.output_names if output_names is None else list(output_names)
         results = {"": None, **self.rt_inits_, **feed_inputs}
-        with _chunks.batch_inference(next(iter(feed_inputs.values()), None)):
+        with _chunks.network_pass(next(iter(feed_inputs.values()), None)):
             self._run_nodes(results, wanted, sorted(feed_inputs))
         missing = [name for name in wanted if name not in results]
         if missing:
