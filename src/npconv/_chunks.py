@@ -281,10 +281,10 @@ def serial_layer(spec: ConvSpec, itemsize: int, settings: Settings) -> bool:
     (on one core where a `network_pass` holds BLAS to one thread).
 
     Decided once per layer, from its forward window matrix (N*P x prod(K)*C, whatever the
-    algorithm) and its multiply-adds (`Tuning.min_parallel_macs`, 0 but in a network pass),
-    so that a layer's forward and gradients never mix BLAS-threaded steps with
-    worker-run ones: OpenBLAS's threads keep spinning after a call, on the cores the workers
-    need (see the module docstring). The forward's matrix is also the size of the input
+    algorithm) and, in a network pass, its multiply-adds (`Tuning.min_parallel_macs`), so
+    that a layer's forward and gradients never mix BLAS-threaded steps with worker-run ones:
+    OpenBLAS's threads keep spinning after a call, on the cores the workers need (see the
+    module docstring). The forward's matrix is also the size of the input
     gradient's scatter and of the weight gradient's; only the stride-1 input gradient, a
     correlation, reads a larger one (N*Sp x prod(K)*F). Counting that one too put the LeNet
     layers on the workers, 20 to 40% slower.

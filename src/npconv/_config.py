@@ -54,8 +54,8 @@ class Tuning:
     (`_chunks.serial_layer`) if their multiply-adds are also fewer than `min_parallel_macs`;
     copies smaller than this stay on one thread too."""
     min_parallel_macs: int = sys.maxsize
-    """... and fewer forward multiply-adds than this (any number but in a network pass,
-    `_chunks.network_pass`)."""
+    """A layer under `min_parallel_bytes` is serial only if its forward also has fewer
+    multiply-adds than this: no limit, but a network pass sets one (`_chunks.network_pass`)."""
     narrow_run: int = 16
     """im2col gathers the transposed window matrix below this many contiguous elements per
     window row (K_last * C)."""
