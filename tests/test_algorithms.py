@@ -623,3 +623,17 @@ def test_flipped_weight_is_the_transpose_rules_and_one_copy(kernel, c, f, groups
     assert not np.shares_memory(got, w)
     mats = got.reshape(-1, groups, c // groups)                  # (prodK F/G, G, C/G)
     assert all(np.shares_memory(mats[:, g], got) for g in range(groups))
+
+
+@pytest.mark.parametrize("algorithm, k", [("im2col", 3), ("pointwise", 1), ("depthwise", 3)])
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(algorithm, k):
+    """N = 0: no chunk runs; y and dx are empty, dw and db zeros of their shapes."""
+    groups = 4 if algorithm == "depthwise" else 1
+    x, w = np.ones((0, 5, 5, 4)), np.ones((k, k, 4 // groups, 4))
+    dy = np.ones((0, 5, 5, 4))
+    with npconv.config(threads=2):
+        y = npconv.conv(x, w, padding="same", groups=groups, algorithm=algorithm)
+        dx, dw, db = npconv.conv_backward(dy, x, w, padding="same", groups=groups,
+                                          algorithm=algorithm)
+    assert y.shape == dx.shape == (0, 5, 5, 4)
+    assert dw.shape == w.shape and not dw.any() and db.shape == (4,) and not db.any()
