@@ -296,22 +296,25 @@ def test_results_never_share_pooled_memory(case, rng):
     assert all(not np.shares_memory(a, b) for a in pooled for b in pooled if a is not b)
 
 
+@pytest.mark.parametrize("algorithm, k, c", [("im2col", 3, 160), ("pointwise", 1, 384)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_repeated_weight_gradient_allocates_little_but_its_result(threads, rng):
-    """im2col's weight gradient keeps its per-worker accumulators and products in pooled
-    scratch: a second call allocates dw and small temporaries, not an accumulator per worker,
-    a product per chunk and their sum (fresh memory page-faults: 9 MiB arrays for ResNet-18's
-    4x4x512 layer at batch 16). The result is a new array all the same."""
-    x, w = rng.standard_normal((4, 4, 4, 160)), rng.standard_normal((3, 3, 160, 160))
-    dy = rng.standard_normal((4, 4, 4, 160))                     # dw: 1.8 MiB, pooled
-    want = reference.conv_backward(dy, x, w, padding=1)[1]
+def test_a_repeated_weight_gradient_allocates_little_but_its_result(algorithm, k, c, threads,
+                                                                   rng):
+    """The weight gradient keeps its per-worker partial sums and products in pooled scratch
+    (`algorithms._common.PartialSum`): a second call allocates dw and small temporaries, not
+    an accumulator per worker, a product per chunk and their sum (fresh memory page-faults:
+    9 MiB arrays for ResNet-18's 4x4x512 layer at batch 16). The result is a new array all
+    the same. dw: 1.8 and 1.1 MiB, pooled; several chunks per worker."""
+    x, w = rng.standard_normal((4, 4, 4, c)), rng.standard_normal((k, k, c, c))
+    dy = rng.standard_normal((4, 4, 4, c))
+    want = reference.conv_backward(dy, x, w, padding="same")[1]
     with npconv.config(threads=threads), _config.tuned(min_parallel_bytes=0, chunk_bytes=2**14):
         def call():
-            return npconv.conv_grad_weight(dy, x, w.shape, padding=1, algorithm="im2col")
+            return npconv.conv_grad_weight(dy, x, w.shape, padding="same", algorithm=algorithm)
         first = call()
         dw, peak = _peak(call)
         again = call()
-    assert rel_err(dw, want) < 1e-10 and np.array_equal(dw, first)   # several chunks each
+    assert rel_err(dw, want) < 1e-10 and np.array_equal(dw, first)
     assert peak < 1.5 * dw.nbytes, (peak, dw.nbytes)
     assert not np.shares_memory(dw, again)
 

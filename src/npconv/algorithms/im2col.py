@@ -27,6 +27,7 @@ from npconv._chunks import Chunk, Plan
 from npconv._config import Settings
 from npconv._workspace import scratch
 from npconv.algorithms._common import (
+    PartialSum,
     chunk_taps,
     finish,
     grouped_rows,
@@ -177,46 +178,25 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
 
 
 def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
-    """dw (*K, C/G, F): per chunk, dw += cols^T @ dy; workers' partial sums added at the end.
-
-    A worker's first chunk of all kernel offsets writes its product straight into the
-    worker's accumulator; later chunks multiply into a product buffer and add it. Both are
-    scratch (pooled, already faulted in), not new arrays: a fresh accumulator and product per
-    call page-faulted up to 9 MiB each (ResNet-18's 4x4x512 layer at batch 16)."""
+    """dw (*K, C/G, F): per chunk, dw += cols^T @ dy (a block of dw's rows for a block of
+    kernel offsets); workers' partial sums (`PartialSum`) added at the end."""
     xp = _backend.namespace(xp_, dy)
     g, cg, nk = spec.groups, spec.group_in, math.prod(spec.kernel_size)
-    kcg = nk * cg
     win = _unfold(xp_, spec)                                     # (N, *P, *K, C) view
-    acc_shape = (g, kcg, spec.group_out)                         # (G, prodK*C/G, F/G)
+    acc_shape = (g, nk * cg, spec.group_out)                     # (G, prodK*C/G, F/G)
     chunks = plan(spec, dy.itemsize, settings, xp,
                   fixed_bytes=2 * math.prod(acc_shape) * dy.itemsize)
     size = chunks.most(spec.out_size) * chunks.most_taps() * spec.in_channels
-
-    def task(chunk: Chunk, state: list) -> None:
-        buf, acc, product, started = state
-        cols = windows(xp_, win, spec, settings, chunk, buf)     # (G, R, taps*C/G)
-        d = grouped_rows(dy[chunk.batch, chunk.rows], g)         # (G, R, F/G) view
-        block = slice(chunk.taps.start * cg, chunk.taps.stop * cg)
-        if not started and block.stop - block.start == kcg:
-            xp.matmul(cols.transpose(0, 2, 1), d, out=acc)       # (G, prodK*C/G, F/G)
-        else:
-            if not started:
-                acc[...] = 0
-            part = product[:, :block.stop - block.start]         # (G, taps*C/G, F/G)
-            xp.matmul(cols.transpose(0, 2, 1), d, out=part)
-            acc[:, block] += part
-        state[3] = True
-
     adds = len(chunks.chunks) > chunks.workers or chunks.most_taps() < nk
 
-    def state() -> list:
-        return [scratch((size,), dy.dtype, xp), scratch(acc_shape, dy.dtype, xp),
-                scratch(acc_shape, dy.dtype, xp) if adds else None, False]
+    def task(chunk: Chunk, state: tuple[Any, PartialSum]) -> None:
+        buf, dw = state
+        cols = windows(xp_, win, spec, settings, chunk, buf)     # (G, R, taps*C/G)
+        d = grouped_rows(dy[chunk.batch, chunk.rows], g)         # (G, R, F/G) view
+        dw.add(cols.transpose(0, 2, 1), d, slice(chunk.taps.start * cg, chunk.taps.stop * cg))
 
-    accs = [acc for _, acc, _, started in _chunks.run(task, chunks, state) if started]
-    if not accs:                                                 # no output position
-        return ungrouped_dw(xp.zeros(acc_shape, dtype=dy.dtype), spec)
-    dw = accs[0].copy()                                          # a new array, not scratch
-    for acc in accs[1:]:
-        dw += acc                                                # in worker order
-    return ungrouped_dw(dw, spec)
+    def state() -> tuple[Any, PartialSum]:
+        return scratch((size,), dy.dtype, xp), PartialSum(acc_shape, dy.dtype, xp, adds)
+
+    sums = [dw for _, dw in _chunks.run(task, chunks, state)]
+    return ungrouped_dw(PartialSum.total(sums, acc_shape, dy.dtype, xp), spec)

@@ -18,7 +18,7 @@ from typing import Any
 from npconv import _backend, _chunks, _layout
 from npconv._chunks import Chunk
 from npconv._config import Settings
-from npconv.algorithms._common import finish
+from npconv.algorithms._common import PartialSum, finish
 from npconv.spec import ConvSpec
 
 
@@ -106,15 +106,17 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
         x2, dy2 = _rows(xp_, settings), _rows(dy, settings)      # (N*P, C), (N*P, F)
         blocks = _blocks(x2.shape[0], x2[0].nbytes + dy2[0].nbytes, settings, xp)
 
-        def task(chunk: Chunk, acc: Any) -> None:
-            acc += x2[chunk.rows].T @ dy2[chunk.rows]            # (C, F)
+        def task(chunk: Chunk, dw: PartialSum) -> None:
+            dw.add(x2[chunk.rows].T, dy2[chunk.rows])            # (C, F)
     else:
         product = c * f * dy.itemsize                            # one image's (C, F) product
         blocks = _blocks(spec.batch, x_cf[0].nbytes + dy_cf[0].nbytes + product, settings, xp)
 
-        def task(chunk: Chunk, acc: Any) -> None:                # sum_n x_n @ dy_n^T
+        def task(chunk: Chunk, dw: PartialSum) -> None:          # sum_n x_n @ dy_n^T
             images = chunk.rows
-            acc += xp.matmul(x_cf[images], dy_cf[images].transpose(0, 2, 1)).sum(axis=0)
+            dw.add_array(xp.matmul(x_cf[images], dy_cf[images].transpose(0, 2, 1)).sum(axis=0))
 
-    accs = _chunks.run(task, blocks, lambda: xp.zeros((c, f), dtype=dy.dtype))  # (C, F) per worker
-    return sum(accs).reshape(*spec.kernel_size, c, f)            # (1.., C, F)
+    adds = len(blocks.chunks) > blocks.workers
+    sums = _chunks.run(task, blocks, lambda: PartialSum((c, f), dy.dtype, xp, adds))
+    dw = PartialSum.total(sums, (c, f), dy.dtype, xp)           # (C, F)
+    return dw.reshape(*spec.kernel_size, c, f)                   # (1.., C, F)
