@@ -304,7 +304,8 @@ def test_a_repeated_weight_gradient_allocates_little_but_its_result(algorithm, k
     (`algorithms._common.PartialSum`): a second call allocates dw and small temporaries, not
     an accumulator per worker, a product per chunk and their sum (fresh memory page-faults:
     9 MiB arrays for ResNet-18's 4x4x512 layer at batch 16). The result is a new array all
-    the same. dw: 1.8 and 1.1 MiB, pooled; several chunks per worker."""
+    the same. dw: 1.8 and 1.1 MiB, pooled; several chunks per worker. (Winograd's
+    accumulators are pooled alike, but turning them into dw allocates a few dw-sized arrays.)"""
     x, w = rng.standard_normal((4, 4, 4, c)), rng.standard_normal((k, k, c, c))
     dy = rng.standard_normal((4, 4, 4, c))
     want = reference.conv_backward(dy, x, w, padding="same")[1]

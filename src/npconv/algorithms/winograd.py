@@ -44,7 +44,7 @@ from npconv._chunks import Chunk, Plan
 from npconv._config import Settings
 from npconv._workspace import scratch
 from npconv.algorithms import im2col
-from npconv.algorithms._common import split, take
+from npconv.algorithms._common import PartialSum, split, take
 from npconv.spec import ConvSpec
 
 FORWARD_WIDTH, WEIGHT_WIDTH = 24, 24
@@ -259,10 +259,12 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
     dy_ = _even(dy, (2 * t0, 2 * t1), settings)                  # (N, 2T0, 2T1, F)
     acc = (16, g, cg, fg)
     chunks, most = _plan(spec, dy.itemsize, settings, xp, WEIGHT_WIDTH,
-                         fixed_bytes=math.prod(acc) * dy.itemsize)
+                         fixed_bytes=2 * math.prod(acc) * dy.itemsize)
+
+    adds = len(chunks.chunks) > chunks.workers
 
     @_quiet
-    def task(chunk: Chunk, state: tuple[Any, Any]) -> None:
+    def task(chunk: Chunk, state: tuple[Any, PartialSum]) -> None:
         (batch, rows, _), (buf, du) = chunk, state
         n, nr = batch.stop - batch.start, rows.stop - rows.start
         ub, vb, mb = split(buf, 4 * n * (2 * nr + 2) * t1 * c, 16 * n * nr * t1 * c)
@@ -271,13 +273,14 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
         dy6 = dy_[batch, 2 * rows.start:2 * rows.stop].reshape(
             n, nr, 2, t1, 2, g, fg)                              # (n, R0, 2a, T1, 2b, G, F/G)
         dm = _dy_transform(dy6, mb).reshape(16, -1, g, fg)       # (16, R, G, F/G)
-        du += xp.matmul(v, dm.transpose(0, 2, 1, 3))             # (16, G, C/G, F/G)
+        du.add(v, dm.transpose(0, 2, 1, 3))                      # (16, G, C/G, F/G)
 
-    def state() -> tuple[Any, Any]:
-        return scratch((most,), dy.dtype, xp), xp.zeros(acc, dtype=dy.dtype)
+    def state() -> tuple[Any, PartialSum]:
+        return scratch((most,), dy.dtype, xp), PartialSum(acc, dy.dtype, xp, adds)
 
+    sums = [du for _, du in _chunks.run(task, chunks, state)]
     with np.errstate(over="ignore", invalid="ignore"):
-        dw = _untransform_dw(sum(du for _, du in _chunks.run(task, chunks, state)), spec)
+        dw = _untransform_dw(PartialSum.total(sums, acc, dy.dtype, xp), spec)
     if xp is np and not math.isfinite(dw.sum()):
         return im2col.grad_weight(xp_, dy, spec, settings)
     return dw
