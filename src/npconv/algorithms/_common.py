@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from npconv._chunks import Chunk
+from npconv._chunks import Chunk, Plan
 from npconv._workspace import scratch
 from npconv.spec import ConvSpec, taps
 
@@ -55,12 +55,14 @@ class PartialSum:
     (`_workspace.scratch`: memory already faulted in, reused from call to call; a new
     accumulator and product per call page-faulted up to 9 MiB each, ResNet-18's 4x4x512
     layer at batch 16). The first product of the whole accumulator is written straight into
-    it; later ones, or a block of its rows, go through a product buffer (`adds`: some worker
-    will have more than one) and are added."""
+    it; later ones, or a block of its rows, go through a product buffer, allocated when the
+    `plan` gives some worker more than one chunk (none without a plan: `add_array` only)."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: Any, xp: Any, adds: bool) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: Any, xp: Any,
+                 plan: Plan | None = None) -> None:
         self.xp, self.started = xp, False
         self.acc = scratch(shape, dtype, xp)
+        adds = plan is not None and len(set(plan.owners)) < len(plan.owners)
         self.product: Any = scratch(shape, dtype, xp) if adds else None
 
     def add(self, a: Any, b: Any, rows: slice | None = None) -> None:

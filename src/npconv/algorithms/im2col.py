@@ -187,7 +187,6 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
     chunks = plan(spec, dy.itemsize, settings, xp,
                   fixed_bytes=2 * math.prod(acc_shape) * dy.itemsize)
     size = chunks.most(spec.out_size) * chunks.most_taps() * spec.in_channels
-    adds = len(chunks.chunks) > chunks.workers or chunks.most_taps() < nk
 
     def task(chunk: Chunk, state: tuple[Any, PartialSum]) -> None:
         buf, dw = state
@@ -196,7 +195,7 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
         dw.add(cols.transpose(0, 2, 1), d, slice(chunk.taps.start * cg, chunk.taps.stop * cg))
 
     def state() -> tuple[Any, PartialSum]:
-        return scratch((size,), dy.dtype, xp), PartialSum(acc_shape, dy.dtype, xp, adds)
+        return scratch((size,), dy.dtype, xp), PartialSum(acc_shape, dy.dtype, xp, chunks)
 
     sums = [dw for _, dw in _chunks.run(task, chunks, state)]
     return ungrouped_dw(PartialSum.total(sums, acc_shape, dy.dtype, xp), spec)

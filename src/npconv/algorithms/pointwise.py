@@ -116,7 +116,7 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
             images = chunk.rows
             dw.add_array(xp.matmul(x_cf[images], dy_cf[images].transpose(0, 2, 1)).sum(axis=0))
 
-    adds = len(blocks.chunks) > blocks.workers
-    sums = _chunks.run(task, blocks, lambda: PartialSum((c, f), dy.dtype, xp, adds))
+    plan = blocks if x_cf is None or dy_cf is None else None    # add_array needs no buffer
+    sums = _chunks.run(task, blocks, lambda: PartialSum((c, f), dy.dtype, xp, plan))
     dw = PartialSum.total(sums, (c, f), dy.dtype, xp)           # (C, F)
     return dw.reshape(*spec.kernel_size, c, f)                   # (1.., C, F)

@@ -261,8 +261,6 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
     chunks, most = _plan(spec, dy.itemsize, settings, xp, WEIGHT_WIDTH,
                          fixed_bytes=2 * math.prod(acc) * dy.itemsize)
 
-    adds = len(chunks.chunks) > chunks.workers
-
     @_quiet
     def task(chunk: Chunk, state: tuple[Any, PartialSum]) -> None:
         (batch, rows, _), (buf, du) = chunk, state
@@ -276,7 +274,7 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
         du.add(v, dm.transpose(0, 2, 1, 3))                      # (16, G, C/G, F/G)
 
     def state() -> tuple[Any, PartialSum]:
-        return scratch((most,), dy.dtype, xp), PartialSum(acc, dy.dtype, xp, adds)
+        return scratch((most,), dy.dtype, xp), PartialSum(acc, dy.dtype, xp, chunks)
 
     sums = [du for _, du in _chunks.run(task, chunks, state)]
     with np.errstate(over="ignore", invalid="ignore"):
