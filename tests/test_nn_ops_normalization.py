@@ -228,6 +228,28 @@ def test_pieces_of_one_large_image(rng):
     assert rel_err(var, x.astype(np.float64).var(axis=(0, 1, 2))) < 1e-6
 
 
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", [(4, 56, 56, 96), (3, 112, 112, 64), (5, 9, 11, 3)])
+def test_blocks_share_the_work_evenly_among_workers(fmt, shape):
+    """An image a little larger than a block is cut into equal pieces, not a full one and a
+    remainder: blocks are dealt round-robin, and the remainders all went to one worker
+    (4x56x56x96: 86% of the work on one of two)."""
+    from npconv.nn import _blocks, _channels
+    layout = _channels.layout(shape, fmt, 4)
+    sizes = [len(range(layout.n)[images]) * (rows.stop - rows.start)
+             for _, images, rows in layout.chunks]
+    for workers in (2, 3):
+        shares = [sum(sizes[i::workers]) for i in range(workers)]
+        assert max(shares) - min(shares) <= max(sizes), (workers, shares)  # one block
+    for n, unit, block in [(28, 43008, 2**20), (10, 4, 16), (1, 100, 10), (7, 1, 7)]:
+        parts = _blocks.spans(n, unit, block)
+        lengths = [p.stop - p.start for p in parts]
+        assert [p.start for p in parts[1:]] == [p.stop for p in parts[:-1]]
+        assert parts[0].start == 0 and parts[-1].stop == n
+        assert max(lengths) - min(lengths) <= 1
+        assert max(lengths) <= max(1, block // unit)
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_batch_norm_nan_stays_in_its_channel(fmt, rng):
     x = rng.standard_normal((4, 5, 3))

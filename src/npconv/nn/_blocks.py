@@ -24,14 +24,20 @@ def block_bytes() -> int:
 
 
 def spans(n: int, unit_bytes: int, block: int | None = None) -> list[slice]:
-    """range(n) cut into slices of about `block` (default `block_bytes()`) / `unit_bytes` units
-    each (at least 1).
+    """range(n) cut into the fewest slices of at most `block` (default `block_bytes()`) /
+    `unit_bytes` units each (at least 1), of equal lengths give or take one.
+
+    Equal lengths matter because `run` deals the slices round-robin: with a short remainder
+    slice at the end of every image, one worker got all the long slices (MobileNetV2's
+    16x56x56x96 activations, 1.2 MiB an image in 1 MiB blocks: one worker had 86% of batch
+    norm's work).
 
     >>> spans(10, 4, block=16)
-    [slice(0, 4, None), slice(4, 8, None), slice(8, 10, None)]
+    [slice(0, 3, None), slice(3, 6, None), slice(6, 10, None)]
     """
     step = max(1, (block or block_bytes()) // max(unit_bytes, 1))
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+    count = -(-n // step)
+    return [slice(i * n // count, (i + 1) * n // count) for i in range(count)]
 
 
 def run(task, chunks: list, nbytes: int, make_state=lambda: None) -> list:
