@@ -282,6 +282,29 @@ def test_plan_deals_image_rows_by_image():
     assert dealt == [list(gather.chunks[0::2]), list(gather.chunks[1::2])]
 
 
+@pytest.mark.parametrize("n, rows, per_chunk, sizes", [
+    (16, 56, 40, [28, 28]),          # rows of one image: 2 x 28, not 40 + 16
+    (3, 10, 4, [2, 3, 2, 3]),        # 3 images x 3 parts deal unevenly to 2 workers: 4 parts
+    (16, 7, 35, [28] * 4),           # whole images: 4 x 4 images (28 rows), not 5, 5, 5, 1
+    (1, 1000, 300, [250] * 4),       # one image: 4 parts, not 3 x 300 + 100
+])
+def test_plans_cut_equal_chunks_that_deal_evenly(n, rows, per_chunk, sizes):
+    """Chunks are dealt round-robin, so a chunk target that leaves a short remainder per image
+    gave one worker every full chunk (16 x 56 rows in 40-row chunks: 72% of the rows). Chunks
+    are equal, within the target, and their number a multiple of the workers where a few more
+    make it one."""
+    pytest.importorskip("threadpoolctl")                         # workers need it
+    settings = _config.Settings(workspace=2**30, threads=2,
+                                tuning=_config.Tuning(chunk_bytes=per_chunk * 100))
+    plan = _chunks.plan(n, rows, settings, row_bytes=100)
+    rows_of = [len(range(n)[c.batch]) * (c.rows.stop - c.rows.start) for c in plan.chunks]
+    per_image = rows_of[:len(sizes)] if rows_of[0] <= rows else rows_of
+    assert sorted(per_image) == sorted(sizes) and max(rows_of) <= per_chunk
+    assert sum(rows_of) == n * rows
+    shares = [sum(r for r, o in zip(rows_of, plan.owners) if o == w) for w in (0, 1)]
+    assert max(shares) - min(shares) <= max(rows_of), shares      # within one chunk
+
+
 # ---------------------------------------------------------------------------------------------
 # Automatic choice and the override's errors
 # ---------------------------------------------------------------------------------------------
