@@ -8,6 +8,7 @@ import pytest
 from helpers import central_difference, rel_err
 
 import npconv
+from npconv._config import tuned
 from npconv.nn import normalization as N
 
 FORMATS = ("channels_last", "channels_first")
@@ -208,8 +209,9 @@ def test_blocks_pieces_and_workers_agree(fmt, rng):
         x = to_format(rng.normal(3, 2, shape), fmt).astype(np.float32)
         dy = rng.standard_normal(x.shape).astype(np.float32)
         results = []
-        for threads in (1, 2):
-            with npconv.config(threads=threads):
+        for threads in (1, 2):                                   # 256 KiB blocks
+            with npconv.config(threads=threads), tuned(block_bytes=2**18,
+                                                       block_parallel_bytes=0):
                 y, mean, var = N.batch_norm_train(x, data_format=fmt)
                 results.append((y, N.batch_norm_backward(dy, x, None, mean, var,
                                                          data_format=fmt)[0]))
@@ -223,7 +225,8 @@ def test_pieces_of_one_large_image(rng):
     """One image of 2 MiB (float32): its positions split into pieces merged with Chan's
     formula; channels_last rows folded."""
     x = rng.normal(-1, 3, (2, 256, 256, 8)).astype(np.float32)
-    _, mean, var = N.batch_norm_train(x)
+    with tuned(block_bytes=2**20):
+        _, mean, var = N.batch_norm_train(x)
     assert rel_err(mean, x.astype(np.float64).mean(axis=(0, 1, 2))) < 1e-6
     assert rel_err(var, x.astype(np.float64).var(axis=(0, 1, 2))) < 1e-6
 
@@ -403,8 +406,9 @@ def test_layer_norm_matches_torch(torch, dtype, shape, normalized, rng):
     ts = [torch.from_numpy(a).requires_grad_() for a in (x, gamma, beta)]
     yt = torch.nn.functional.layer_norm(ts[0], normalized, ts[1], ts[2])
     yt.backward(torch.from_numpy(dy))
-    y, mean, var = N.layer_norm(x, normalized, gamma, beta)
-    grads = N.layer_norm_backward(dy, x, normalized, gamma, mean, var)
+    with tuned(block_bytes=2**20):
+        y, mean, var = N.layer_norm(x, normalized, gamma, beta)
+        grads = N.layer_norm_backward(dy, x, normalized, gamma, mean, var)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     assert rel_err(y, yt.detach().numpy()) < tol
     for got, t in zip(grads, ts):

@@ -72,9 +72,13 @@ class Tuning:
     stem's max pool with indices 4x slower (docs/pooling.md)."""
     pool_parallel_bytes: int = 2 * MIB
     """Pooling ops touching fewer bytes run on the calling thread."""
-    block_bytes: int = 1 * MIB
+    block_bytes: int = 2 * MIB
     """Bytes of the largest operand per block of the layer ops (activations, normalization):
-    64 KiB blocks ran 2.5x slower than 1 MiB, 256 KiB to 4 MiB within 15% (docs/layer_ops.md)."""
+    64 KiB blocks ran 2.5x slower than 1 MiB on one thread; on two workers 2 MiB beat 1 MiB
+    (fewer NumPy calls, each handing the GIL over): batch norm's forward and backward on
+    16x56x56x32 to 32x56x56x64 float32 5-20% faster, no shape slower, and an array of up to 2
+    MiB is one block on the calling thread, where two workers had run 1.1 MiB 2x slower
+    (docs/layer_ops.md)."""
     block_parallel_bytes: int = 1 * MIB
     """Layer ops on smaller operands run on the calling thread."""
 
