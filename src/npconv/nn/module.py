@@ -323,7 +323,7 @@ def _layer_backward(layer: Layer, dy, token, input_grad: bool = True):
     `input_grad`, the layer is asked not to compute dx when its backward takes that option
     (`takes_input_grad`); otherwise its dx is computed and dropped by the caller."""
     skip = {} if input_grad or not takes_input_grad(layer) else {"input_grad": False}
-    if not layer.params or isinstance(layer, Module):
+    if isinstance(layer, Module) or not layer.params:       # a Module's params: a tree walk
         return layer.backward(dy, **skip)
     earlier = layer.grads if layer._grad_pass is token else None
     dx = layer.backward(dy, **skip)
@@ -789,7 +789,7 @@ class Module(Layer):
         finally:
             _PASS.reset(reset)
         for layer in self.modules():
-            if layer.params and not isinstance(layer, Module) and layer._grad_pass is not token:
+            if not isinstance(layer, Module) and layer.params and layer._grad_pass is not token:
                 layer.grads = {k: _backend.namespace(v).zeros_like(v)
                                for k, v in layer.params.items()}
         return dx
