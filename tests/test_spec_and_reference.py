@@ -122,3 +122,19 @@ def test_2d_groups_and_layouts_by_hand(op):
     y_first = op(np.moveaxis(x, -1, 1), np.ones((2, 1, 2, 2)), groups=2,
                  data_format="channels_first")
     assert np.array_equal(y_first, np.moveaxis(y, -1, 1))
+
+
+def test_checked_geometries_are_reused_but_bools_and_lists_are_still_checked():
+    """conv_spec keeps the specs of plain arguments (ints, strings, tuples) for the next call
+    with the same ones; a bool compares equal to 1 but is refused as before, and unhashable
+    or NumPy arguments are checked afresh."""
+    from npconv import spec as S
+    first = S.conv_spec((1, 5, 5, 1), (3, 3, 1, 1), stride=1, padding=(1, 1), dilation=1)
+    again = S.conv_spec((1, 5, 5, 1), (3, 3, 1, 1), stride=1, padding=(1, 1), dilation=1)
+    assert again is first
+    for bad in (dict(stride=True), dict(groups=True), dict(padding=(True, 1)),
+                dict(dilation=(1, True))):
+        with pytest.raises(TypeError):
+            S.conv_spec((1, 5, 5, 1), (3, 3, 1, 1), **bad)
+    assert S.conv_spec((1, 5, 5, 1), (3, 3, 1, 1), padding=[1, 1]) == first
+    assert S.conv_spec((1, 5, 5, 1), (3, 3, 1, 1), stride=np.int64(1), padding=1) == first

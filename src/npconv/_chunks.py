@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import os
 import threading
@@ -141,6 +142,17 @@ def plan(n: int, rows: int, settings: Settings, *, row_bytes: int, tap_bytes: in
                       f"computation's least temporaries ({smallest + fixed_bytes} bytes: one "
                       f"output row's and the accumulators); it uses those", RuntimeWarning,
                       stacklevel=4)
+    return _cut(n, rows, settings, row_bytes, tap_bytes, taps, fixed_bytes, chunk_bytes,
+                by_image, xp, int(smallest), bool(split))
+
+
+@functools.lru_cache(maxsize=512)
+def _cut(n: int, rows: int, settings: Settings, row_bytes: int, tap_bytes: int, taps: int,
+         fixed_bytes: int, chunk_bytes: int | None, by_image: bool, xp: ModuleType,
+         smallest: int, split: bool) -> Plan:
+    """`plan`'s chunks, once per geometry and settings (a layer asks for the same plan call
+    after call)."""
+    full_row = row_bytes + taps * tap_bytes
     workers = _workers(settings, xp, n * rows, smallest + fixed_bytes)
     share = max(settings.workspace // workers - fixed_bytes, 1)
     target = chunk_target(chunk_bytes or settings.tuning.chunk_bytes, share, xp)

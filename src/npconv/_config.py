@@ -226,8 +226,34 @@ def resolve(workspace: int | None = None) -> Settings:
     """The settings of one call: `workspace` (already checked) overrides the limit in force,
     and threads is a number (every core when None)."""
     s = current()
-    s = replace(s, threads=s.threads or cpu_count())
-    return s if workspace is None else replace(s, workspace=int(workspace))
+    key = (s, workspace, s.threads or cpu_count())
+    got = _RESOLVED.get(key)
+    if got is None:
+        got = replace(s, threads=key[2])
+        got = got if workspace is None else replace(got, workspace=int(workspace))
+        _remember(_RESOLVED, key, got)
+    return got
+
+
+def serial(settings: Settings) -> Settings:
+    """`settings` with threads=1 (one small layer's call)."""
+    got = _SERIAL.get(settings)
+    if got is None:
+        got = replace(settings, threads=1)
+        _remember(_SERIAL, settings, got)
+    return got
+
+
+_RESOLVED: dict = {}
+_SERIAL: dict = {}
+"""Settings already derived: every convolution call resolves its settings, and
+dataclasses.replace took 3 us of a small layer's 40."""
+
+
+def _remember(cache: dict, key: Any, value: Any) -> None:
+    if len(cache) >= 64:
+        cache.clear()
+    cache[key] = value
 
 
 def cpu_count() -> int:

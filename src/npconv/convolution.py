@@ -35,7 +35,6 @@ Dask arrays have their own front end, `npconv.dask`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,7 +100,7 @@ def _call(spec: ConvSpec, algorithm: Any, workspace: Any, dtype: Any) -> Iterato
     settings = _config.resolve(workspace)
     one_core = settings.threads == 1
     if _chunks.serial_layer(spec, dtype.itemsize, settings):
-        settings = dataclasses.replace(settings, threads=1)
+        settings = _config.serial(settings)
     elif _chunks.worker_count(settings) > 1:
         _chunks.on_the_workers()
     blas = _chunks.single_blas() if one_core else contextlib.nullcontext()
