@@ -88,6 +88,20 @@ def clip_bounds(clip: Any, dtype: np.dtype[Any], cdt: np.dtype[Any]) -> tuple | 
     after); None for no clip."""
     if clip is None:
         return None
+    key = (clip, dtype, cdt)
+    if type(clip) is tuple and all(type(v) in (int, float, type(None)) for v in clip):
+        if key not in _BOUNDS:                                   # a layer's (0, 6) every call
+            if len(_BOUNDS) >= 256:
+                _BOUNDS.clear()
+            _BOUNDS[key] = _clip_bounds(clip, dtype, cdt)
+        return _BOUNDS[key]
+    return _clip_bounds(clip, dtype, cdt)
+
+
+_BOUNDS: dict = {}
+
+
+def _clip_bounds(clip: Any, dtype: np.dtype[Any], cdt: np.dtype[Any]) -> tuple | None:
     if not isinstance(clip, (tuple, list)) or len(clip) != 2:
         raise TypeError(f"`clip` must be None or a pair (lo, hi) of numbers or None; got "
                         f"{clip!r:.80}")

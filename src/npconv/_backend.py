@@ -40,6 +40,8 @@ def is_array(a: object) -> bool:
 
 def namespace(*arrays: Any) -> ModuleType:
     """numpy, or cupy if any of `arrays` is a CuPy array (all must then be CuPy arrays)."""
+    if all(type(a) is np.ndarray or a is None for a in arrays):  # the common case, first
+        return np
     kinds = {_is_cupy(a) for a in arrays if a is not None}
     if kinds == {True}:
         return sys.modules["cupy"]

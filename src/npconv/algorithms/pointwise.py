@@ -12,6 +12,7 @@ kernels are im2col's: its window matrix for them is the subsampled grid.
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any
 
@@ -36,6 +37,8 @@ def _read(xp_: Any, spec: ConvSpec) -> Any:
 
 def _channels_first(a: Any) -> Any:
     """(N, C, prod(S)), a view, when a (N, *S, C) is a transposed C-contiguous (N, C, *S)."""
+    if a.flags.c_contiguous and a.shape[-1] > 1 and math.prod(a.shape[1:-1]) > 1:
+        return None                                              # channels_last: not both
     xp = _backend.namespace(a)
     a = xp.moveaxis(a, -1, 1)                                    # (N, C, *S) view
     if not a.flags.c_contiguous:
