@@ -70,6 +70,35 @@ def test_non_finite_inputs_land_where_the_definition_puts_them(kw, rng):
         assert rel_err(got[finite], want[finite]) < 1e-12
 
 
+@pytest.mark.parametrize("kw", [{"padding": 1, "groups": 3},
+                                {"padding": 1, "stride": 2, "groups": 3},
+                                {"padding": (2, 0), "dilation": 2, "groups": 3},
+                                {"padding": 4, "groups": 3}])
+def test_the_weight_gradient_reads_x_unpadded_but_keeps_0_times_inf(kw, rng, monkeypatch):
+    """The weight gradient of a padded depthwise layer reads x where it lies, skipping the
+    zeros of the padding, as long as dy is finite where an offset meets the padding; an
+    infinite dy there gives the definition's NaN (0 * inf), through the padded copy."""
+    x = rng.standard_normal((2, 7, 7, 3))
+    w = rng.standard_normal((3, 3, 1, 3))
+    y = reference.conv(x, w, **kw)
+    reads = []
+    check = _kernels.reads_unpadded
+    monkeypatch.setattr(_kernels, "reads_unpadded",
+                        lambda *a: reads.append(check(*a)) or reads[-1])
+    for where in [None, (0, 0, 0, 1), (1, -1, -1, 2), (0, 2, 2, 0)]:
+        dy = rng.standard_normal(y.shape)
+        if where is not None:
+            dy[where] = np.inf
+        with np.errstate(invalid="ignore"):
+            want = reference.conv_backward(dy, x, w, None, **kw).dw
+            got = npconv.conv_grad_weight(dy, x, w.shape, **kw)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        finite = np.isfinite(want)
+        assert rel_err(got[finite], want[finite]) < 1e-12
+    assert reads[0]                                  # finite dy: x read unpadded
+
+
 @pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
 def test_the_per_offset_forward_of_array_modules_without_windows(x_shape, w_shape, kw, rng):
     """`_forward_offsets`, what CuPy arrays run, on NumPy arrays."""

@@ -57,14 +57,45 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, *,
 
 
 def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings, *,
-                algorithm: str | None = None) -> Any:
-    """dw (*K, C/G, F) from the padded input (N, *Sp, C) and dy (N, *P, F)."""
+                algorithm: str | None = None, unpadded: bool = False) -> Any:
+    """dw (*K, C/G, F) from the padded input (N, *Sp, C) and dy (N, *P, F); with `unpadded`,
+    from the input x (N, *S, C) itself (depthwise only: `reads_unpadded`)."""
     if _empty(spec):
         return _zeros(dy, (*spec.kernel_size, spec.group_in, spec.out_channels))
     alg = _choose(spec, algorithm, dy, settings)
     with _workspace.scope(settings):
         xp_, dy = (_prepared(alg, a, settings) for a in (xp_, dy))
+        if unpadded:
+            return depthwise.grad_weight(xp_, dy, spec, settings, unpadded=True)
         return alg.grad_weight(xp_, dy, spec, settings)
+
+
+def reads_unpadded(spec: ConvSpec, algorithm: str | None, x: Any, dy: Any, dtype: Any,
+                   settings: Settings) -> bool:
+    """Whether `grad_weight` can read the caller's channels_last x as it is (`unpadded`): a
+    depthwise weight gradient on NumPy, zero padding (none cropped), x C-contiguous in the
+    compute dtype, and dy finite wherever a kernel offset meets the padding (there the
+    definition adds 0 * dy, NaN for an infinite or NaN dy, which skipping the padding would
+    drop)."""
+    return (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
+            and spec.padding_mode == "zeros" and all(lo >= 0 and hi >= 0 for lo, hi in spec.pads)
+            and _choose(spec, algorithm, x, settings).name == "depthwise"
+            and _finite_border(dy, spec))
+
+
+def _finite_border(dy: Any, spec: ConvSpec) -> bool:
+    """Whether dy (N, *P, F) is finite at every output position where some kernel offset reads
+    the padding (outside the box of positions whose whole window lies in x)."""
+    for axis, (k, d, s, (lo, _), size, p) in enumerate(zip(
+            spec.kernel_size, spec.dilation, spec.stride, spec.pads, spec.in_size,
+            spec.out_size)):
+        first = min(-(-lo // s), p)                              # offset 0 inside from here
+        last = max(min((lo + size - 1 - (k - 1) * d) // s + 1, p), first)  # the last, to here
+        for part in (slice(0, first), slice(last, p)):
+            if part.stop > part.start and not np.isfinite(dy[(slice(None),) * (axis + 1)
+                                                             + (part,)]).all():
+                return False
+    return True
 
 
 def grad_input(dy: Any, w: Any, spec: ConvSpec, settings: Settings, *,

@@ -115,6 +115,18 @@ def _x_in(x: Any, spec: ConvSpec, dtype: Any, settings: Settings, views: bool) -
     return _layout.padded(x, spec.pads, spec.padding_mode, dtype, settings, not views)
 
 
+def _grad_weight(x: Any, dy_: Any, spec: ConvSpec, dtype: Any, settings: Settings,
+                 views: bool, algorithm: str | None) -> Any:
+    """dw (*K, C/G, F) from the caller's x and the converted dy: a depthwise layer's reads x
+    where it lies, the others its padded copy (`_x_in`)."""
+    x_last = _layout.to_last(x, spec.data_format)               # (N, *S, C) view
+    if _kernels.reads_unpadded(spec, algorithm, x_last, dy_, dtype, settings):
+        return _kernels.grad_weight(x_last, dy_, spec, settings, algorithm=algorithm,
+                                    unpadded=True)
+    return _kernels.grad_weight(_x_in(x, spec, dtype, settings, views), dy_, spec, settings,
+                                algorithm=algorithm)
+
+
 def _dy_in(dy: Any, spec: ConvSpec, dtype: Any, settings: Settings, views: bool) -> Any:
     """The caller's dy as a channels_last (N, *P, F) of `dtype`: converted once, shared by the
     computations that read it (a view for an algorithm that reads `views`)."""
@@ -264,8 +276,7 @@ def conv_backward(
         if input_grad:
             dx = _kernels.grad_input(dy_, w_, spec, settings, algorithm=algorithm, unpad=True)
             dx = _layout.result(dx, data_format, dtype, settings)   # (N, *S, C) caller's layout
-        dw = _kernels.grad_weight(_x_in(x, spec, cdt, settings, views), dy_, spec, settings,
-                                  algorithm=algorithm)           # (*K, C/G, F)
+        dw = _grad_weight(x, dy_, spec, cdt, settings, views, algorithm)  # (*K, C/G, F)
         db = _kernels.grad_bias(dy_, dtype) if with_db else None
         return ConvGrads(dx, _layout.weight_result(dw, data_format, dtype), db)
 
@@ -343,9 +354,8 @@ def conv_grad_weight(
     cdt = _args.compute_dtype(dtype)
     with _call(spec, algorithm, workspace, cdt) as settings:
         views = _views(spec, algorithm, x, cdt, settings)
-        dw = _kernels.grad_weight(_x_in(x, spec, cdt, settings, views),
-                                  _dy_in(dy, spec, cdt, settings, views), spec, settings,
-                                  algorithm=algorithm)           # (*K, C/G, F)
+        dw = _grad_weight(x, _dy_in(dy, spec, cdt, settings, views), spec, cdt, settings,
+                          views, algorithm)                      # (*K, C/G, F)
         return _layout.weight_result(dw, data_format, dtype)
 
 

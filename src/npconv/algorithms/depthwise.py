@@ -22,8 +22,10 @@ one product buffer of a chunk's output per worker instead (a multiply and an add
 
 from __future__ import annotations
 
+import itertools
 import math
 import string
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -74,6 +76,30 @@ def _windows_view(xp_: Any, spec: ConvSpec) -> Any:
     if _merged(spec):                                            # strides (G, 1): a view
         win = win.reshape(*win.shape[:spec.rank], -1, *spec.kernel_size)
     return win
+
+
+def _in_bounds(spec: ConvSpec, chunk: Chunk) -> Iterator[tuple[tuple, tuple] | None]:
+    """For every kernel offset k of the chunk's taps (in `chunk_taps`' order): the index of the
+    unpadded x (N, *S, C) that k reads for the chunk's output positions p whose padded
+    position p * stride + k * dilation lies inside x, and the index of those p in dy; None
+    where k reads only padding for this chunk."""
+    offsets = list(itertools.product(*map(range, spec.kernel_size)))[chunk.taps]
+    for k in offsets:
+        x_index, dy_index = [chunk.batch], [chunk.batch]
+        for axis, (kk, d, s, (lo, _), size, p) in enumerate(zip(
+                k, spec.dilation, spec.stride, spec.pads, spec.in_size, spec.out_size)):
+            start, stop = (chunk.rows.start, chunk.rows.stop) if axis == 0 else (0, p)
+            first = max(start, -(-(lo - kk * d) // s))           # lo <= p s + k d
+            last = min(stop, (lo + size - 1 - kk * d) // s + 1)  # p s + k d < lo + size
+            if last <= first:
+                break
+            x0 = first * s + kk * d - lo
+            x_index.append(slice(x0, x0 + (last - first - 1) * s + 1, s))
+            dy_index.append(slice(first, last))
+        else:
+            yield tuple(x_index), tuple(dy_index)
+            continue
+        yield None
 
 
 def _subscripts(spec: ConvSpec) -> tuple[str, str, str]:
@@ -141,10 +167,16 @@ def _forward_offsets(xp_: Any, w: Any, spec: ConvSpec, y: Any, bias: Any, clip: 
     return y
 
 
-def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
+def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings,
+                unpadded: bool = False) -> Any:
     """dw (*K, 1, F): per chunk and kernel offset, one einsum of the offset's input slice with
     dy, summed over positions (with the last spatial axis kept and summed at the end when
-    `_merged`: the einsum's inner loop then runs along whole rows)."""
+    `_merged`: the einsum's inner loop then runs along whole rows).
+
+    With `unpadded`, xp_ is the input x (N, *S, C) itself, not its zero-padded copy: each
+    offset reads only the part of x it meets, against the matching part of dy (the padding
+    adds nothing to dw), so the backward of a padded depthwise layer makes no padded copy
+    of x (MobileNetV2's training step made 17, 7.6 ms of its time)."""
     xp = _backend.namespace(xp_, dy)
     g, m, f = spec.groups, spec.group_out, spec.out_channels
     nk = math.prod(spec.kernel_size)
@@ -154,7 +186,12 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings) -> Any:
 
     def task(chunk: Chunk, acc: Any) -> None:
         d = dy[chunk.batch, chunk.rows]                          # (n, rows, *P', F) view
-        for i, index in enumerate(chunk_taps(spec, chunk), chunk.taps.start):
+        reads = _in_bounds(spec, chunk) if unpadded else chunk_taps(spec, chunk)
+        for i, index in enumerate(reads, chunk.taps.start):
+            if unpadded:
+                if index is None:                                # the offset reads padding
+                    continue
+                index, d = index[0], dy[index[1]]                # x's part and dy's
             xs = xp_[index]                                      # (n, rows, *P', G) view
             if merged:                                           # rows of P_last * F: views
                 sums = np.einsum(lead + "X," + lead + "X->X", xs.reshape(*d.shape[:-2], -1),
