@@ -91,14 +91,20 @@ def clip_bounds(clip: Any, dtype: np.dtype[Any], cdt: np.dtype[Any]) -> tuple | 
     key = (clip, dtype, cdt)
     if type(clip) is tuple and all(type(v) in (int, float, type(None)) for v in clip):
         if key not in _BOUNDS:                                   # a layer's (0, 6) every call
-            if len(_BOUNDS) >= 256:
-                _BOUNDS.clear()
-            _BOUNDS[key] = _clip_bounds(clip, dtype, cdt)
+            remember(_BOUNDS, key, _clip_bounds(clip, dtype, cdt))
         return _BOUNDS[key]
     return _clip_bounds(clip, dtype, cdt)
 
 
 _BOUNDS: dict = {}
+
+
+def remember(cache: dict, key: Any, value: Any, most: int = 256) -> None:
+    """cache[key] = value, emptying the cache first when it holds `most` entries: the small
+    per-call caches of checked arguments (a layer asks for the same ones call after call)."""
+    if len(cache) >= most:
+        cache.clear()
+    cache[key] = value
 
 
 def _clip_bounds(clip: Any, dtype: np.dtype[Any], cdt: np.dtype[Any]) -> tuple | None:

@@ -161,12 +161,12 @@ def _cut(n: int, rows: int, settings: Settings, row_bytes: int, tap_bytes: int, 
     if per_chunk >= rows:
         step = min(per_chunk // rows, -(-n // workers))
         chunks = [Chunk(images, slice(0, rows), every)
-                  for images in _equal(n, _dealt(-(-n // step), 1, workers, n))]
+                  for images in equal_slices(n, _dealt(-(-n // step), 1, workers, n))]
     elif full_row <= share or not tap_bytes:                     # a row may exceed the target
         per_chunk = max(per_chunk, 1)
         if n < workers:                                          # give every worker rows
             per_chunk = min(per_chunk, -(-rows * n // workers))
-        parts = _equal(rows, _dealt(-(-rows // per_chunk), n, workers, rows))
+        parts = equal_slices(rows, _dealt(-(-rows // per_chunk), n, workers, rows))
         flipped = parts if by_image else parts[::-1]             # longer parts alternate
         chunks = [Chunk(slice(i, i + 1), part, every) for i in range(n)
                   for part in (flipped if i % 2 else parts)]
@@ -190,7 +190,7 @@ def _dealt(count: int, times: int, workers: int, most: int) -> int:
     return count
 
 
-def _equal(n: int, parts: int) -> list[slice]:
+def equal_slices(n: int, parts: int) -> list[slice]:
     """range(n) in `parts` slices of equal lengths, give or take one (a gather plan takes odd
     images' slices in reverse order, so that the longer ones do not all go to one worker)."""
     return [slice(i * n // parts, (i + 1) * n // parts) for i in range(parts)]

@@ -231,7 +231,7 @@ def resolve(workspace: int | None = None) -> Settings:
     if got is None:
         got = replace(s, threads=key[2])
         got = got if workspace is None else replace(got, workspace=int(workspace))
-        _remember(_RESOLVED, key, got)
+        _args.remember(_RESOLVED, key, got, most=64)
     return got
 
 
@@ -240,7 +240,7 @@ def serial(settings: Settings) -> Settings:
     got = _SERIAL.get(settings)
     if got is None:
         got = replace(settings, threads=1)
-        _remember(_SERIAL, settings, got)
+        _args.remember(_SERIAL, settings, got, most=64)
     return got
 
 
@@ -249,11 +249,6 @@ _SERIAL: dict = {}
 """Settings already derived: every convolution call resolves its settings, and
 dataclasses.replace took 3 us of a small layer's 40."""
 
-
-def _remember(cache: dict, key: Any, value: Any) -> None:
-    if len(cache) >= 64:
-        cache.clear()
-    cache[key] = value
 
 
 def cpu_count() -> int:

@@ -40,7 +40,7 @@ from npconv._config import Settings
 from npconv._workspace import scratch
 from npconv.algorithms import Algorithm, depthwise, im2col
 from npconv.algorithms._common import chunk_taps, grouped_rows, grouped_w, take
-from npconv.spec import ConvSpec
+from npconv.spec import ConvSpec, inside
 
 
 def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, *,
@@ -89,8 +89,8 @@ def _finite_border(dy: Any, spec: ConvSpec) -> bool:
     for axis, (k, d, s, (lo, _), size, p) in enumerate(zip(
             spec.kernel_size, spec.dilation, spec.stride, spec.pads, spec.in_size,
             spec.out_size)):
-        first = min(-(-lo // s), p)                              # offset 0 inside from here
-        last = max(min((lo + size - 1 - (k - 1) * d) // s + 1, p), first)  # the last, to here
+        first = min(inside(0, d, s, lo, size, 0, p)[0], p)      # offset 0 inside from here
+        last = max(inside(k - 1, d, s, lo, size, 0, p)[1], first)  # the last one up to here
         for part in (slice(0, first), slice(last, p)):
             if part.stop > part.start and not np.isfinite(dy[(slice(None),) * (axis + 1)
                                                              + (part,)]).all():

@@ -187,6 +187,15 @@ def taps(k: int, d: int, stride: int, start: int, stop: int) -> slice:
     return slice(start * stride + k * d, (stop - 1) * stride + k * d + 1, stride)
 
 
+def inside(k: int, d: int, stride: int, lo: int, size: int, start: int, stop: int
+           ) -> tuple[int, int]:
+    """[first, last): the outputs p in [start, stop) whose position p * stride + k * d in the
+    padded input (lo zeros in front of `size` values) lies inside the input; empty when
+    last <= first."""
+    return (max(start, -(-(lo - k * d) // stride)),
+            min(stop, (lo + size - 1 - k * d) // stride + 1))
+
+
 def window(p: int, k: int, stride: int, d: int) -> slice:
     """Positions p * stride + j * d, j in [0, k), that output p reads with a kernel of k taps."""
     return slice(p * stride, p * stride + effective_kernel(k, d), d)
@@ -350,9 +359,7 @@ def conv_spec(
     spec = _conv_spec(x_shape, w_shape, stride, padding, dilation, groups, data_format,
                       padding_mode, names)
     if plain:
-        if len(_SPECS) >= 256:
-            _SPECS.clear()
-        _SPECS[key] = spec
+        _args.remember(_SPECS, key, spec)
     return spec
 
 

@@ -36,7 +36,7 @@ from npconv._chunks import Chunk, Plan
 from npconv._config import Settings
 from npconv._workspace import scratch
 from npconv.algorithms._common import chunk_taps, finish, take
-from npconv.spec import ConvSpec
+from npconv.spec import ConvSpec, inside
 
 
 def applies(spec: ConvSpec) -> bool:
@@ -88,9 +88,8 @@ def _in_bounds(spec: ConvSpec, chunk: Chunk) -> Iterator[tuple[tuple, tuple] | N
         x_index, dy_index = [chunk.batch], [chunk.batch]
         for axis, (kk, d, s, (lo, _), size, p) in enumerate(zip(
                 k, spec.dilation, spec.stride, spec.pads, spec.in_size, spec.out_size)):
-            start, stop = (chunk.rows.start, chunk.rows.stop) if axis == 0 else (0, p)
-            first = max(start, -(-(lo - kk * d) // s))           # lo <= p s + k d
-            last = min(stop, (lo + size - 1 - kk * d) // s + 1)  # p s + k d < lo + size
+            first, last = inside(kk, d, s, lo, size, *((chunk.rows.start, chunk.rows.stop)
+                                                        if axis == 0 else (0, p)))
             if last <= first:
                 break
             x0 = first * s + kk * d - lo

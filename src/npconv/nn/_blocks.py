@@ -36,8 +36,7 @@ def spans(n: int, unit_bytes: int, block: int | None = None) -> list[slice]:
     [slice(0, 3, None), slice(3, 6, None), slice(6, 10, None)]
     """
     step = max(1, (block or block_bytes()) // max(unit_bytes, 1))
-    count = -(-n // step)
-    return [slice(i * n // count, (i + 1) * n // count) for i in range(count)]
+    return _chunks.equal_slices(n, -(-n // step))
 
 
 def run(task, chunks: list, nbytes: int, make_state=lambda: None) -> list:
