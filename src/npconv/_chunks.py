@@ -191,8 +191,11 @@ def _dealt(count: int, times: int, workers: int, most: int) -> int:
 
 
 def equal_slices(n: int, parts: int) -> list[slice]:
-    """range(n) in `parts` slices of equal lengths, give or take one (a gather plan takes odd
-    images' slices in reverse order, so that the longer ones do not all go to one worker)."""
+    """range(n) in `parts` slices of equal lengths, give or take one.
+
+    >>> equal_slices(10, 4)
+    [slice(0, 2, None), slice(2, 5, None), slice(5, 7, None), slice(7, 10, None)]
+    """
     return [slice(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
 
 
