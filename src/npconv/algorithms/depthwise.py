@@ -36,7 +36,7 @@ from npconv._chunks import Chunk, Plan
 from npconv._config import Settings
 from npconv._workspace import scratch
 from npconv.algorithms._common import chunk_taps, finish, take
-from npconv.spec import ConvSpec, inside
+from npconv.spec import ConvSpec, inside, taps
 
 
 def applies(spec: ConvSpec) -> bool:
@@ -92,8 +92,8 @@ def _in_bounds(spec: ConvSpec, chunk: Chunk) -> Iterator[tuple[tuple, tuple] | N
                                                         if axis == 0 else (0, p)))
             if last <= first:
                 break
-            x0 = first * s + kk * d - lo
-            x_index.append(slice(x0, x0 + (last - first - 1) * s + 1, s))
+            padded = taps(kk, d, s, first, last)                 # in the padded input
+            x_index.append(slice(padded.start - lo, padded.stop - lo, s))
             dy_index.append(slice(first, last))
         else:
             yield tuple(x_index), tuple(dy_index)
