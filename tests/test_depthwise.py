@@ -127,3 +127,82 @@ def test_strided_input_gradient_folds_products_per_offset(monkeypatch, rng):
     with npconv.config(threads=2), _config.tuned(chunk_bytes=512, min_parallel_bytes=0):
         dx = npconv.conv_grad_input(dy, w, x.shape, **kw)
     assert calls and rel_err(dx, reference.conv_backward(dy, x, w, None, **kw).dx) < 1e-12
+
+
+UNPADDED = [   # x shape, w shape, keywords: padded depthwise layers, unmerged ones unpadded
+    ((2, 9, 10, 6), (3, 3, 1, 6), {"padding": 1, "groups": 6}),               # merged
+    ((2, 11, 9, 4), (3, 2, 1, 4), {"stride": 2, "padding": 1, "groups": 4}),  # strided
+    ((2, 9, 8, 4), (3, 3, 1, 8), {"padding": (1, 2), "groups": 4}),            # two filters each
+    ((2, 8, 9, 3), (3, 3, 1, 3), {"padding": ((2, 0), (0, 3)), "stride": (2, 3), "dilation": 2,
+                                  "groups": 3}),
+    ((2, 2, 5, 3), (3, 3, 1, 3), {"padding": 2, "stride": (1, 2), "groups": 3}),  # no interior
+    ((3, 13, 5), (3, 1, 5), {"padding": 2, "groups": 5}),                      # 1-D
+    ((1, 5, 6, 7, 3), (2, 3, 2, 1, 3), {"stride": (1, 1, 2), "padding": 1, "groups": 3}),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", UNPADDED)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_strided_forward_reads_x_unpadded(x_shape, w_shape, kw, threads, rng, monkeypatch):
+    """A padded depthwise forward whose window rows are not merged with the channels reads x
+    where it lies and zero-pads only the few rows and columns of its border boxes; a merged
+    one, or one under `Tuning.unpadded_min_bytes`, pads x. In chunks of single rows, against
+    the definition, with a bias and a clip."""
+    copies, boxed = [], []
+    padded, boxes = _layout.padded, depthwise._boxes
+    monkeypatch.setattr(_layout, "padded", lambda a, pads, *r: copies.append(
+        any(lo > 0 or hi > 0 for lo, hi in pads)) or padded(a, pads, *r))
+    monkeypatch.setattr(depthwise, "_boxes", lambda *a: boxed.append(1) or boxes(*a))
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[-1])
+    y0 = reference.conv(x, w, b, **kw)
+    unpadded = not depthwise.merged(conv_spec(x.shape, w.shape, **kw))
+    for least in (0, x.nbytes + 1):
+        copies.clear(), boxed.clear()
+        with npconv.config(threads=threads), _config.tuned(
+                chunk_bytes=256, min_parallel_bytes=0, unpadded_min_bytes=least):
+            y = npconv.conv(x, w, b, **kw)
+            yc = npconv.conv(x, w, b, clip=(-0.5, 0.5), **kw)
+        assert rel_err(y, y0) < 1e-12 and rel_err(yc, np.clip(y0, -0.5, 0.5)) < 1e-12
+        assert bool(boxed) == (unpadded and least == 0) == (not any(copies))
+
+
+def test_the_border_boxes_cover_the_outputs_once():
+    """The boxes of every chunk of rows tile the chunk's outputs, and only the box of windows
+    inside x is read without padding."""
+    for x_shape, w_shape, kw in UNPADDED:
+        spec = conv_spec(x_shape, w_shape, **kw)
+        for rows in (slice(0, spec.out_size[0]), slice(1, 2), slice(spec.out_size[0] - 1, None)):
+            rows = slice(*rows.indices(spec.out_size[0]))
+            count = np.zeros((rows.stop - rows.start, *spec.out_size[1:]), int)
+            for box, padded in depthwise._boxes(spec, rows):
+                local = (slice(box[0].start - rows.start, box[0].stop - rows.start), *box[1:])
+                count[local] += 1
+                reads = [(b.start * s - lo, (b.stop - 1) * s + (k - 1) * d - lo) for b, s, k, d,
+                         (lo, _) in zip(box, spec.stride, spec.kernel_size, spec.dilation,
+                                        spec.pads)]                # first and last x read
+                inside_x = all(a >= 0 and z < n for (a, z), n in zip(reads, spec.in_size))
+                assert padded == (not inside_x)
+            assert (count == 1).all()
+
+
+@pytest.mark.parametrize("kw", [{"padding": 1, "groups": 4},
+                                {"padding": 1, "stride": 2, "groups": 4}])
+def test_an_infinite_weight_times_the_padding_is_nan_at_the_border(kw, rng):
+    """The definition multiplies the padding's zeros by every weight: an infinite weight makes
+    NaN at every output whose window meets the padding with that tap, and inf inside; the
+    border boxes of an unpadded forward keep that, a NaN in x spreads as it should."""
+    x = rng.uniform(0.5, 1.0, (2, 7, 7, 4))
+    w = rng.uniform(0.5, 1.0, (3, 3, 1, 4))
+    w[0, 0, 0, 1], w[2, 1, 0, 3] = np.inf, -np.inf
+    x[1, 3, 3, 0] = np.nan
+    with np.errstate(invalid="ignore"):
+        want = reference.conv(x, w, **kw)
+        for least in (0, x.nbytes + 1):              # x unpadded (strided) and padded
+            with _config.tuned(unpadded_min_bytes=least):
+                got = npconv.conv(x, w, **kw)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+            finite = np.isfinite(want)
+            assert rel_err(got[finite], want[finite]) < 1e-12
+    assert np.isnan(want).any() and np.isinf(want).any()

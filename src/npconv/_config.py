@@ -62,6 +62,13 @@ class Tuning:
     gather_min_channels: int = 8
     """A stride-1 input gradient is a forward correlation when its GEMM has at least this many
     output channels (C/G); below, the scatter's GEMM output is wider and it wins."""
+    unpadded_min_bytes: int = 2 * MIB
+    """A depthwise forward whose window rows are not merged with the channels (strided along
+    the last axis) reads x unpadded from this size up (`depthwise.forward`): MobileNetV2's
+    stride-2 layers, float32, two threads, 0.74-0.94x the time of the padded copy from 2.4 MiB
+    of x, 0.96-1.22x below 1.8 MiB (the border boxes' NumPy calls); merged stride-1 layers
+    ran 1.1-1.6x slower unpadded (a column box on each side of every chunk) and keep the
+    copy."""
     winograd_min_width: int = 24
     """Winograd is chosen when C/G * F/G / (C/G + F/G) reaches this (float64 only)."""
     scratch_min_bytes: int = 1 * MIB

@@ -44,15 +44,19 @@ from npconv.spec import ConvSpec, inside
 
 
 def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, *,
-            algorithm: str | None = None, bias: Any = None, clip: tuple | None = None) -> Any:
+            algorithm: str | None = None, bias: Any = None, clip: tuple | None = None,
+            unpadded: bool = False) -> Any:
     """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)) (+ bias (F,)), clipped to `clip`
-    ((lo, hi), a bound None when absent) chunk by chunk."""
+    ((lo, hi), a bound None when absent) chunk by chunk; with `unpadded`, from the input x
+    (N, *S, C) itself (depthwise only: `reads_unpadded`)."""
     if _empty(spec):
         y = _zeros(w, (spec.batch, *spec.out_size, spec.out_channels))
         y = y if bias is None else y + bias
         return y if clip is None else _backend.namespace(y).clip(y, *clip)
     alg = _choose(spec, algorithm, w, settings)
     with _workspace.scope(settings):
+        if unpadded:
+            return depthwise.forward(xp_, w, spec, settings, bias, clip, unpadded=True)
         return alg.forward(_prepared(alg, xp_, settings), w, spec, settings, bias, clip)
 
 
@@ -70,17 +74,20 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings, *,
         return alg.grad_weight(xp_, dy, spec, settings)
 
 
-def reads_unpadded(spec: ConvSpec, algorithm: str | None, x: Any, dy: Any, dtype: Any,
-                   settings: Settings) -> bool:
-    """Whether `grad_weight` can read the caller's channels_last x as it is (`unpadded`): a
-    depthwise weight gradient on NumPy, zero padding (none cropped), x C-contiguous in the
-    compute dtype, and dy finite wherever a kernel offset meets the padding (there the
-    definition adds 0 * dy, NaN for an infinite or NaN dy, which skipping the padding would
-    drop)."""
+def reads_unpadded(spec: ConvSpec, algorithm: str | None, x: Any, dtype: Any,
+                   settings: Settings, dy: Any = None) -> bool:
+    """Whether `forward`, or with dy `grad_weight`, reads the caller's channels_last x as it
+    is (`unpadded`): a depthwise layer on NumPy, zero padding (none cropped), x C-contiguous
+    in the compute dtype; for the weight gradient, dy finite wherever a kernel offset meets
+    the padding (there the definition adds 0 * dy, NaN for an infinite or NaN dy, which
+    skipping the padding would drop); for the forward, where that is faster: window rows not
+    merged with the channels and x of at least `Tuning.unpadded_min_bytes` (its border boxes
+    multiply the padding's zeros by the weights, as the definition does)."""
     return (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
             and spec.padding_mode == "zeros" and all(lo >= 0 and hi >= 0 for lo, hi in spec.pads)
             and _choose(spec, algorithm, x, settings).name == "depthwise"
-            and _finite_border(dy, spec))
+            and (_finite_border(dy, spec) if dy is not None else not depthwise.merged(spec)
+                 and x.nbytes >= settings.tuning.unpadded_min_bytes))
 
 
 def _finite_border(dy: Any, spec: ConvSpec) -> bool:

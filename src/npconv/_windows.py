@@ -86,24 +86,31 @@ def _along(axis: int, index: Any) -> tuple[Any, ...]:
 
 
 def unfold(xp_: Any, kernel_size: tuple[int, ...], stride: tuple[int, ...],
-           dilation: tuple[int, ...], out_size: tuple[int, ...]) -> Any:
+           dilation: tuple[int, ...], out_size: tuple[int, ...],
+           origin: tuple[int, ...] | None = None) -> Any:
     """Read-only window view of a padded x (N, *Sp, C) -> (N, *P, *K, C).
 
-    Window p, offset k reads xp_[:, p * stride + k * dilation, :]. Only the first P windows per
-    axis are kept, so callers may ask for fewer outputs than fit (transposed convolution does).
+    Window p, offset k reads xp_[:, origin + p * stride + k * dilation, :] (origin 0 by
+    default; a positive origin views the windows of a box of outputs in an unpadded x). Only
+    the first P windows per axis are kept, so callers may ask for fewer outputs than fit
+    (transposed convolution does).
     """
     rank = len(kernel_size)
     xp = _backend.namespace(xp_)
+    origin = origin or (0,) * rank
     if xp is np and xp_.flags.c_contiguous:                     # one view, no helper calls
         sn, *ss, sc = xp_.strides
         shape = (xp_.shape[0], *out_size, *kernel_size, xp_.shape[-1])
         strides = (sn, *(a * b for a, b in zip(ss, stride)),
                    *(a * b for a, b in zip(ss, dilation)), sc)
-        if all(p > 0 and (p - 1) * s + (k - 1) * d < n for p, s, k, d, n in
-               zip(out_size, stride, kernel_size, dilation, xp_.shape[1:-1])) and xp_.size:
-            win = np.ndarray(shape, xp_.dtype, buffer=xp_, strides=strides)
+        if all(p > 0 and o >= 0 and o + (p - 1) * s + (k - 1) * d < n for p, s, k, d, n, o in
+               zip(out_size, stride, kernel_size, dilation, xp_.shape[1:-1], origin)) \
+                and xp_.size:
+            win = np.ndarray(shape, xp_.dtype, buffer=xp_, strides=strides,
+                             offset=sum(o * a for o, a in zip(origin, ss)))
             win.flags.writeable = False
             return win
+    xp_ = xp_[(slice(None), *(slice(o, None) for o in origin))]  # (N, *(Sp - origin), C)
     span = tuple(map(effective_kernel, kernel_size, dilation))
     axes = tuple(range(1, rank + 1))
     win = _backend.sliding_window_view(xp, xp_, span, axes)    # (N, *Sw, C, *span)

@@ -120,7 +120,7 @@ def _grad_weight(x: Any, dy_: Any, spec: ConvSpec, dtype: Any, settings: Setting
     """dw (*K, C/G, F) from the caller's x and the converted dy: a depthwise layer's reads x
     where it lies, the others its padded copy (`_x_in`)."""
     x_last = _layout.to_last(x, spec.data_format)               # (N, *S, C) view
-    if _kernels.reads_unpadded(spec, algorithm, x_last, dy_, dtype, settings):
+    if _kernels.reads_unpadded(spec, algorithm, x_last, dtype, settings, dy_):
         return _kernels.grad_weight(x_last, dy_, spec, settings, algorithm=algorithm,
                                     unpadded=True)
     return _kernels.grad_weight(_x_in(x, spec, dtype, settings, views), dy_, spec, settings,
@@ -219,9 +219,13 @@ def conv(
     bounds = _args.clip_bounds(clip, dtype, cdt)
     with _call(spec, algorithm, workspace, cdt) as settings:
         b = None if bias is None else bias.astype(cdt, copy=False)
-        xp_ = _x_in(x, spec, cdt, settings, _views(spec, algorithm, x, cdt, settings))
+        x_last = _layout.to_last(x, data_format)                 # (N, *S, C) view
+        unpadded = _kernels.reads_unpadded(spec, algorithm, x_last, cdt, settings)
+        xp_ = x_last if unpadded else _x_in(x, spec, cdt, settings,
+                                            _views(spec, algorithm, x, cdt, settings))
         y = _kernels.forward(xp_, _layout.weight(w, data_format, cdt), spec, settings,
-                             algorithm=algorithm, bias=b, clip=bounds)  # (N, *P, F)
+                             algorithm=algorithm, bias=b, clip=bounds,
+                             unpadded=unpadded)                  # (N, *P, F)
         return _layout.result(y, data_format, dtype, settings)
 
 

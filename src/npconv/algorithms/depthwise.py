@@ -16,7 +16,8 @@ the channels, as window rows of P_last * C values against the weights repeated a
 (`tiles`): long runs whatever C is.
 
 Allocates the output (and, for the weight gradient, one (prod(K), P_last * F) accumulator per
-worker) and the weights repeated P_last times; on array modules without a window view (CuPy),
+worker) and the weights repeated P_last times; a forward reading x unpadded, zero-padded copies
+of the few border rows and columns of each chunk; on array modules without a window view (CuPy),
 one product buffer of a chunk's output per worker instead (a multiply and an add per offset).
 """
 
@@ -61,21 +62,68 @@ def tiles(w: Any, spec: ConvSpec) -> Any:
     return xp.ascontiguousarray(xp.broadcast_to(wk, (wk.shape[0], width, *wk.shape[2:])))
 
 
-def _merged(spec: ConvSpec) -> bool:
+def merged(spec: ConvSpec) -> bool:
     """Whether the last spatial axis (not the first: chunks cut that one) and the channels
     form one axis of the window view and of the output: stride 1 there, one filter per group."""
     return spec.rank > 1 and spec.stride[-1] == 1 and spec.group_out == 1
 
 
-def _windows_view(xp_: Any, spec: ConvSpec) -> Any:
-    """The window view (N, *P, G, *K), or (N, *P[:-1], P_last * G, *K) when `_merged`."""
+def _windows_view(xp_: Any, spec: ConvSpec, out_size: tuple[int, ...] | None = None,
+                  origin: tuple[int, ...] | None = None) -> Any:
+    """The window view (N, *P, G, *K), or (N, *P[:-1], P_last * G, *K) when `merged`; of the
+    box of `out_size` outputs whose first window starts at `origin` (`_windows.unfold`), when
+    given."""
     xp = _backend.namespace(xp_)
-    win = _windows.unfold(xp_, spec.kernel_size, spec.stride, spec.dilation,
-                          spec.out_size)                         # (N, *P, *K, G)
+    out_size = out_size or spec.out_size
+    win = _windows.unfold(xp_, spec.kernel_size, spec.stride, spec.dilation, out_size,
+                          origin)                                # (N, *P, *K, G)
     win = xp.moveaxis(win, -1, spec.rank + 1)                    # (N, *P, G, *K) view
-    if _merged(spec):                                            # strides (G, 1): a view
+    if merged(spec):                                             # strides (G, 1): a view
         win = win.reshape(*win.shape[:spec.rank], -1, *spec.kernel_size)
     return win
+
+
+def _boxes(spec: ConvSpec, rows: slice) -> list[tuple[tuple[slice, ...], bool]]:
+    """The outputs of rows `rows` (and all of the other axes) as boxes, each with whether
+    its windows meet the padding: per axis in turn, the positions before and after those
+    whose every tap lies inside x are a box each (a slab across the later axes), and the
+    positions in between go on to the next axis; what is left at the end is the box of
+    windows wholly inside x (for a 3x3 kernel with padding 1 on a 2-D image: the top and
+    bottom rows, the first and last columns of the others, and the rest)."""
+    bounds = [(rows.start, rows.stop), *((0, p) for p in spec.out_size[1:])]
+    boxes: list[tuple[tuple[slice, ...], bool]] = []
+    lead: tuple[slice, ...] = ()
+    for axis, ((start, stop), k, d, s, (lo, _), size) in enumerate(zip(
+            bounds, spec.kernel_size, spec.dilation, spec.stride, spec.pads, spec.in_size)):
+        first = min(inside(0, d, s, lo, size, start, stop)[0], stop)  # offset 0 inside
+        last = max(inside(k - 1, d, s, lo, size, start, stop)[1], first)  # the last one
+        later = tuple(slice(0, p) for p in spec.out_size[axis + 1:])
+        boxes += [((*lead, part, *later), True) for part in (slice(start, first),
+                                                             slice(last, stop))
+                  if part.stop > part.start]
+        if last <= first:
+            return boxes
+        lead += (slice(first, last),)
+    return [*boxes, (lead, False)]
+
+
+def _box_windows(x: Any, spec: ConvSpec, box: tuple[slice, ...], padded: bool) -> Any:
+    """The window view of a box of outputs, from the unpadded x (n, *S, C): a view of x for
+    windows inside it, else of a zero-padded copy of the part of x the box reads (a few rows
+    or columns)."""
+    sizes = tuple(b.stop - b.start for b in box)
+    starts = tuple(b.start * s - lo for b, s, (lo, _) in zip(box, spec.stride, spec.pads))
+    if not padded:
+        return _windows_view(x, spec, sizes, starts)
+    extent = tuple((p - 1) * s + (k - 1) * d + 1 for p, s, k, d in
+                   zip(sizes, spec.stride, spec.kernel_size, spec.dilation))
+    slab = np.zeros((x.shape[0], *extent, x.shape[-1]), dtype=x.dtype)  # (n, *E, C)
+    read = tuple(slice(max(a, 0), min(a + e, n)) for a, e, n in zip(starts, extent,
+                                                                     spec.in_size))
+    if all(r.stop > r.start for r in read):
+        slab[(slice(None), *(slice(r.start - a, r.stop - a) for r, a in zip(read, starts)))] \
+            = x[(slice(None), *read)]
+    return _windows_view(slab, spec, sizes)
 
 
 def _in_bounds(spec: ConvSpec, chunk: Chunk) -> Iterator[tuple[tuple, tuple] | None]:
@@ -105,40 +153,68 @@ def _subscripts(spec: ConvSpec) -> tuple[str, str, str]:
     """einsum letters of the window view, of the weights and of the output: positions
     (n, *P), channel g (or the merged x), filter j, kernel offsets *K."""
     letters = iter(string.ascii_letters)
-    pos = "".join(next(letters) for _ in range(spec.rank + (0 if _merged(spec) else 1)))
+    pos = "".join(next(letters) for _ in range(spec.rank + (0 if merged(spec) else 1)))
     ks = "".join(next(letters) for _ in range(spec.rank))
-    if _merged(spec):
+    if merged(spec):
         return pos + "X" + ks, ks + "X", pos + "X"               # X = P_last * G
     return pos + "G" + ks, ks + "GJ", pos + "GJ"
 
 
 def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = None,
-            clip: tuple | None = None) -> Any:
+            clip: tuple | None = None, unpadded: bool = False) -> Any:
     """y (N, *P, F) (+ bias (F,), clipped to `clip`): per chunk of output rows, one einsum of
-    the window view with the weights (summing over kernel offsets while it multiplies)."""
+    the window view with the weights (summing over kernel offsets while it multiplies).
+
+    With `unpadded` (NumPy), xp_ is the input x (N, *S, C) itself, not its zero-padded copy:
+    the outputs whose windows lie inside x read it in place, and the border boxes (`_boxes`)
+    read zero-padded copies of the few rows or columns they need. The border boxes multiply
+    the padding's zeros by the weights as the definition does (0 * inf is NaN). Callers ask
+    for it where it is faster (`_kernels.reads_unpadded`): a strided layer skips a padded
+    copy four times its output (MobileNetV2's stride-2 layers from 2.4 MiB of x: 0.74-0.94x
+    the time), where a merged layer's two column boxes per chunk cost more than the copy."""
     xp = _backend.namespace(xp_, w)
     g, m = spec.groups, spec.group_out
     y = xp.empty((spec.batch, *spec.out_size, spec.out_channels), dtype=xp_.dtype)  # (N,*P,F)
     chunks = _plan(spec, y.itemsize, settings, xp)
     if xp is not np:
         return _forward_offsets(xp_, w, spec, y, bias, clip, chunks)
-    win = _windows_view(xp_, spec)                               # (N, *P, G, *K), maybe merged
-    if _merged(spec):
+    if merged(spec):
         wk = tiles(w, spec).reshape(*spec.kernel_size, -1)       # (*K, P_last * G)
     else:
         wk = w.reshape(*spec.kernel_size, g, m)                  # (*K, G, m)
     x_sub, w_sub, y_sub = _subscripts(spec)
     rule = f"{x_sub},{w_sub}->{y_sub}"
 
+    def product(win: Any, out: Any) -> None:
+        """out (n, *P', F), a box of y = the einsum of its window view with the weights."""
+        if merged(spec):                                         # (n, *P'[:-1], P'_last * F)
+            width = out.shape[-2] * out.shape[-1]
+            np.einsum(rule, win, wk[..., :width], out=_reshaped(out, (*out.shape[:-2], width)))
+        else:                                                    # (n, *P', G, m)
+            np.einsum(rule, win, wk, out=_reshaped(out, (*out.shape[:-1], g, m)))
+
+    win: Any = None if unpadded else _windows_view(xp_, spec)    # (N, *P, G, *K), maybe merged
+
     def task(chunk: Chunk, _: None) -> None:
         part = y[chunk.batch, chunk.rows]                        # (n, rows, *P', F) view
-        out = part.reshape(*part.shape[:spec.rank], -1) if _merged(spec) \
-            else part.reshape(*part.shape[:-1], g, m)            # like the rule's output
-        np.einsum(rule, win[chunk.batch, chunk.rows], wk, out=out)
+        if unpadded:
+            for box, padded in _boxes(spec, chunk.rows):
+                product(_box_windows(xp_[chunk.batch], spec, box, padded),
+                        y[(chunk.batch, *box)])
+        else:
+            product(win[chunk.batch, chunk.rows], part)
         finish(part, bias, clip, np)
 
     _chunks.run(task, chunks, lambda: None)
     return y
+
+
+def _reshaped(a: Any, shape: tuple[int, ...]) -> Any:
+    """A view of a with `shape` (AttributeError where that needs a copy: an einsum writing
+    into a copy would be lost)."""
+    view = a.view()
+    view.shape = shape
+    return view
 
 
 def _forward_offsets(xp_: Any, w: Any, spec: ConvSpec, y: Any, bias: Any, clip: tuple | None,
@@ -170,7 +246,7 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings,
                 unpadded: bool = False) -> Any:
     """dw (*K, 1, F): per chunk and kernel offset, one einsum of the offset's input slice with
     dy, summed over positions (with the last spatial axis kept and summed at the end when
-    `_merged`: the einsum's inner loop then runs along whole rows).
+    `merged`: the einsum's inner loop then runs along whole rows).
 
     With `unpadded`, xp_ is the input x (N, *S, C) itself, not its zero-padded copy: each
     offset reads only the part of x it meets, against the matching part of dy (the padding
@@ -179,7 +255,7 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings,
     xp = _backend.namespace(xp_, dy)
     g, m, f = spec.groups, spec.group_out, spec.out_channels
     nk = math.prod(spec.kernel_size)
-    merged = _merged(spec) and xp is np
+    merge = merged(spec) and xp is np
     chunks = _plan(spec, dy.itemsize, settings, xp, fixed_bytes=nk * f * dy.itemsize)
     lead = string.ascii_lowercase[:spec.rank]                    # n, rows, *P'[:-1]
 
@@ -192,7 +268,7 @@ def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings,
                     continue
                 index, d = index[0], dy[index[1]]                # x's part and dy's
             xs = xp_[index]                                      # (n, rows, *P', G) view
-            if merged:                                           # rows of P_last * F: views
+            if merge:                                            # rows of P_last * F: views
                 sums = np.einsum(lead + "X," + lead + "X->X", xs.reshape(*d.shape[:-2], -1),
                                  d.reshape(*d.shape[:-2], -1))   # (P_last * F,)
                 acc[i] += sums.reshape(-1, f).sum(axis=0)
