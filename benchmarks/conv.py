@@ -342,7 +342,7 @@ class Result:
 def chosen_algorithms(case: Case) -> str:
     """The algorithm of the forward pass and the weight gradient, and the input gradient's form
     when it is not the same algorithm on the transposed geometry: "winograd", "im2col, dx
-    scatter"."""
+    scatter", "depthwise, dx phases"."""
     names = _kernels.choices(case.spec(), case.x.itemsize, _config.resolve())
     if names["grad_input"] == f"{names['forward']} (transposed)":
         return names["forward"]

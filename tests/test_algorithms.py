@@ -316,17 +316,20 @@ def test_plans_cut_equal_chunks_that_deal_evenly(n, rows, per_chunk, sizes):
     ((2, 8, 8, 16), (1, 1, 8, 32), {"groups": 2}, 4, ("im2col", "im2col (transposed)")),
     ((2, 8, 8, 16), (3, 3, 1, 16), {"groups": 16}, 4, ("depthwise", "depthwise (transposed)")),
     ((2, 8, 8, 16), (3, 3, 1, 32), {"groups": 16}, 4, ("depthwise", "scatter")),
-    ((2, 8, 8, 16), (3, 3, 1, 16), {"groups": 16, "stride": 2}, 4, ("depthwise", "scatter")),
+    ((2, 8, 8, 16), (3, 3, 1, 16), {"groups": 16, "stride": 2}, 4, ("depthwise", "phases")),
     ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, 8, ("winograd", "winograd (transposed)")),
     ((2, 16, 16, 64), (3, 3, 64, 64), {"padding": 1}, 4, ("im2col", "im2col (transposed)")),
     ((2, 16, 16, 16), (3, 3, 16, 16), {"padding": 1}, 8, ("im2col", "im2col (transposed)")),
     ((2, 16, 16, 4), (3, 3, 4, 16), {"padding": 1}, 8, ("im2col", "scatter")),
     ((2, 16, 16, 64), (3, 3, 64, 64), {"stride": 2}, 8, ("im2col", "scatter")),
+    ((2, 16, 16, 8), (3, 3, 1, 8), {"padding": 1, "groups": 8}, 4,
+     ("depthwise", "depthwise (transposed)")),
     ((2, 8, 8, 6, 64), (3, 3, 3, 64, 64), {"padding": 1}, 8, ("im2col", "im2col (transposed)")),
 ])
 def test_auto_choice(x_shape, w_shape, kwargs, itemsize, expected):
     """Forward and weight gradient by the chosen algorithm; the input gradient as the forward
-    pass of the transposed geometry (stride 1, output wide enough) or the shared scatter."""
+    pass of the transposed geometry (stride 1, output wide enough), the shared scatter, or for
+    a strided depthwise layer its stride-1 phases."""
     spec = conv_spec(x_shape, w_shape, **kwargs)
     got = _kernels.choices(spec, itemsize, _config.resolve())
     assert (got["forward"], got["grad_input"]) == expected

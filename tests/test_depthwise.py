@@ -115,18 +115,49 @@ def test_the_per_offset_forward_of_array_modules_without_windows(x_shape, w_shap
         assert rel_err(y, want if clip is None else np.clip(want, *clip)) < 1e-12
 
 
-def test_strided_input_gradient_folds_products_per_offset(monkeypatch, rng):
-    """A strided depthwise dx is the scatter with per-offset products (no grouped GEMM of
-    width one); chunks of single rows on two workers give the definition."""
+STRIDED = [   # x shape, w shape, keywords: strided depthwise input gradients
+    ((3, 12, 11, 8), (3, 3, 1, 8), {"stride": 2, "padding": 1}),
+    ((2, 12, 13, 3), (3, 3, 1, 3), {"stride": (2, 3), "padding": ((2, 0), (1, 2)),
+                                    "dilation": (1, 2)}),
+    ((2, 9, 9, 2), (3, 3, 1, 2), {"stride": 3}),                 # remainder rows: zeros
+    ((2, 10, 9, 3), (2, 4, 1, 3), {"stride": (4, 2), "dilation": (2, 1), "padding": 1}),
+    ((2, 11, 10, 4), (3, 3, 1, 4), {"stride": 2, "padding": 1, "padding_mode": "reflect"}),
+    ((3, 15, 5), (3, 1, 5), {"stride": 2, "padding": 1}),                      # 1-D
+    ((1, 6, 7, 8, 3), (3, 2, 3, 1, 3), {"stride": (2, 1, 3), "padding": 1}),   # 3-D
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", STRIDED)
+def test_a_strided_input_gradient_is_stride_1_phases(x_shape, w_shape, kw, monkeypatch, rng):
+    """A strided depthwise dx is one stride-1 correlation per phase of the input; in chunks of
+    single images on two workers it gives the definition. A forced im2col, or an infinite
+    weight (the phases would multiply it by dy's zero padding), takes the scatter's
+    per-offset products, which keep the definition's NaN and inf."""
     calls = []
-    fold = _kernels._depthwise_fold
-    monkeypatch.setattr(_kernels, "_depthwise_fold", lambda *a: calls.append(1) or fold(*a))
-    x, w = rng.standard_normal((3, 12, 11, 8)), rng.standard_normal((3, 3, 1, 8))
-    kw = {"stride": 2, "padding": 1, "groups": 8}
+    for name in ("grad_input", "_depthwise_fold"):
+        module = depthwise if name == "grad_input" else _kernels
+        spy = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=spy, _n=name: calls.append(_n) or _f(*a))
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    kw = {**kw, "groups": x_shape[-1]}
     dy = rng.standard_normal(reference.conv(x, w, **kw).shape)
+    want = reference.conv_backward(dy, x, w, None, **kw).dx
     with npconv.config(threads=2), _config.tuned(chunk_bytes=512, min_parallel_bytes=0):
         dx = npconv.conv_grad_input(dy, w, x.shape, **kw)
-    assert calls and rel_err(dx, reference.conv_backward(dy, x, w, None, **kw).dx) < 1e-12
+        assert calls == ["grad_input"] and rel_err(dx, want) < 1e-12
+        calls.clear()
+        dx = npconv.conv_grad_input(dy, w, x.shape, algorithm="im2col", **kw)
+        assert calls == ["_depthwise_fold"] and rel_err(dx, want) < 1e-12
+    calls.clear()
+    w.reshape(-1, w.shape[-1])[1, 1] = np.inf                # (a view: w is contiguous)
+    with np.errstate(invalid="ignore"):
+        want = reference.conv_backward(dy, x, w, None, **kw).dx
+        dx = npconv.conv_grad_input(dy, w, x.shape, **kw)
+    assert calls == ["_depthwise_fold"]
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(dx), np.isinf(want))
+    finite = np.isfinite(want)
+    assert rel_err(dx[finite], want[finite]) < 1e-12
 
 
 UNPADDED = [   # x shape, w shape, keywords: padded depthwise layers, unmerged ones unpadded

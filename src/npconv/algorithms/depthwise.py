@@ -28,7 +28,7 @@ import math
 import string
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -240,6 +240,105 @@ def _forward_offsets(xp_: Any, w: Any, spec: ConvSpec, y: Any, bias: Any, clip: 
     most = chunks.most(spec.out_size)
     _chunks.run(task, chunks, lambda: scratch((most * spec.out_channels,), y.dtype, xp))
     return y
+
+
+class _Phase(NamedTuple):
+    """One phase of one axis of a strided input gradient (`grad_input`): the input positions
+    i = t * stride + rho - lo, t in [t0, t0 + size), as a slice of x; the kernel offsets that
+    reach them, in decreasing order; and where their products start in the padded dy."""
+
+    x: slice
+    taps: tuple[int, ...]
+    size: int
+    dilation: int
+    origin: int
+
+
+def _phases(k: int, d: int, s: int, lo: int, size: int) -> tuple[list[_Phase], int]:
+    """The phases of one axis and the zeros dy needs in front of it.
+
+    Input position i (padded position i + lo) is read by output p through offset k where
+    p * s + k * d = i + lo: only offsets with k * d = rho (mod s), rho = (i + lo) mod s, and
+    then p = t - c_k with t = (i + lo - rho) / s and c_k = (k * d - rho) / s. So the phase
+    rho of the input is a stride-1 correlation of dy with those offsets, flipped: offset k
+    reads dy[t - c_k], position t + front - c_k of dy with front = max c_k zeros in front, and
+    consecutive offsets k - s' and k (s' = s / gcd(s, d)) lie d / gcd(s, d) apart."""
+    front = (k - 1) * d // s
+    phases = []
+    for rho in range(s):
+        t0, t1 = -(-(lo - rho) // s), (lo + size - 1 - rho) // s + 1
+        if t1 <= t0:
+            continue                                             # no input position in it
+        ks = tuple(j for j in reversed(range(k)) if j * d % s == rho)
+        c = [(j * d - rho) // s for j in ks]                     # decreasing
+        phases.append(_Phase(slice(t0 * s + rho - lo, (t1 - 1) * s + rho - lo + 1, s), ks,
+                             t1 - t0, c[0] - c[1] if len(c) > 1 else 1,
+                             t0 + front - c[0] if ks else 0))
+    return phases, front
+
+
+def grad_input(dy: Any, w: Any, spec: ConvSpec, settings: Settings, interior: bool) -> Any:
+    """dx (N, *S, C) with `interior` (zero padding), else dxp (N, *Sp, C): the strided input
+    gradient of a depthwise layer (one filter per group) as stride-1 correlations, one per
+    phase of the input (`_phases`, every combination of one phase per axis: 4 for stride 2 in
+    2-D), each one einsum over a window view of dy, zero-padded once per chunk of images, with
+    the phase's offsets of w, merged along the last axis; its result is copied into the
+    phase's positions of dx. A phase no offset reaches is zero (remainder rows).
+
+    The definition's sum has only products of dy; the padding's zeros here multiply weights
+    too, so the caller passes finite weights (else the scatter). MobileNetV2's stride-2
+    layers, float32, one thread: 16x56x56x96 12.5 -> 6.9 ms against the scatter's per-offset
+    products and strided adds (a zeroed dxp, two passes per offset, and its unpadding).
+    Allocates dx and, per worker, the padded dy of a chunk and one phase's result."""
+    n, c, rank = spec.batch, spec.in_channels, spec.rank
+    los, sizes = (tuple(lo for lo, _ in spec.pads), spec.in_size) if interior else \
+        ((0,) * rank, spec.padded_size)
+    axes = [_phases(*a) for a in zip(spec.kernel_size, spec.dilation, spec.stride, los, sizes)]
+    fronts = tuple(front for _, front in axes)
+    ends = [max((ph.origin + ph.size + (len(ph.taps) - 1) * ph.dilation for ph in phases
+                 if ph.taps), default=0) for phases, _ in axes]
+    padded = tuple(max(p + f, e) for p, f, e in zip(spec.out_size, fronts, ends))  # dy's
+    image = (math.prod(padded) + math.prod(-(-sz // st) for sz, st in zip(sizes, spec.stride))
+             ) * c * dy.itemsize
+    chunks = _chunks.plan(n, 1, settings, row_bytes=image, xp=np)
+    wk = w.reshape(*spec.kernel_size, c)                         # (*K, C)
+    dx = np.empty((n, *sizes, c), dtype=dy.dtype)                # (N, *S or *Sp, C)
+    inner = tuple(slice(f, f + p) for f, p in zip(fronts, spec.out_size))
+    pos = string.ascii_lowercase[:rank]                          # n, *T[:-1]
+    ks = string.ascii_uppercase[:rank]
+
+    def task(chunk: Chunk, buf: Any) -> None:
+        images = chunk.batch.stop - chunk.batch.start
+        dyp = take(buf, (images, *padded, c))                    # (n, *(P + pads), C)
+        _fill_around(dyp, inner, dy[chunk.batch])
+        out = buf[dyp.size:]
+        for combo in itertools.product(*(phases for phases, _ in axes)):
+            target = dx[(chunk.batch, *(ph.x for ph in combo))]  # (n, *T, C) view
+            if not all(ph.taps for ph in combo):
+                target[...] = 0
+                continue
+            t, k = tuple(ph.size for ph in combo), tuple(len(ph.taps) for ph in combo)
+            win = _windows.unfold(dyp, k, (1,) * rank, tuple(ph.dilation for ph in combo), t,
+                                  tuple(ph.origin for ph in combo))  # (n, *T, *k, C)
+            win = np.moveaxis(win, -1, rank + 1).reshape(images, *t[:-1], t[-1] * c, *k)
+            wt = np.broadcast_to(wk[np.ix_(*(ph.taps for ph in combo))][..., None, :],
+                                 (*k, t[-1], c)).reshape(*k, t[-1] * c)  # (*k, T_last * C)
+            res = take(out, (images, *t[:-1], t[-1] * c))        # (n, *T[:-1], T_last * C)
+            np.einsum(f"{pos}X{ks},{ks}X->{pos}X", win, wt, out=res)
+            target[...] = res.reshape(target.shape)
+
+    _chunks.run(task, chunks, lambda: scratch((chunks.most((1,)) * image // dy.itemsize,),
+                                              dy.dtype, np))
+    return dx
+
+
+def _fill_around(dst: Any, inner: tuple[slice, ...], src: Any) -> None:
+    """dst[:, inner] = src, and zeros in the rest of dst (the slabs around inner)."""
+    for axis, part in enumerate(inner, start=1):
+        index = (slice(None),) * axis
+        dst[(*index, slice(0, part.start))] = 0
+        dst[(*index, slice(part.stop, None))] = 0
+    dst[(slice(None), *inner)] = src
 
 
 def grad_weight(xp_: Any, dy: Any, spec: ConvSpec, settings: Settings,
