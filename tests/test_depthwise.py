@@ -119,7 +119,7 @@ STRIDED = [   # x shape, w shape, keywords: strided depthwise input gradients
     ((3, 12, 11, 8), (3, 3, 1, 8), {"stride": 2, "padding": 1}),
     ((2, 12, 13, 3), (3, 3, 1, 3), {"stride": (2, 3), "padding": ((2, 0), (1, 2)),
                                     "dilation": (1, 2)}),
-    ((2, 9, 9, 2), (3, 3, 1, 2), {"stride": 3}),                 # remainder rows: zeros
+    ((2, 10, 10, 2), (3, 3, 1, 2), {"stride": 3}),               # a remainder row: zeros
     ((2, 10, 9, 3), (2, 4, 1, 3), {"stride": (4, 2), "dilation": (2, 1), "padding": 1}),
     ((2, 11, 10, 4), (3, 3, 1, 4), {"stride": 2, "padding": 1, "padding_mode": "reflect"}),
     ((3, 15, 5), (3, 1, 5), {"stride": 2, "padding": 1}),                      # 1-D
