@@ -1,7 +1,10 @@
 """The depthwise algorithm's paths against the naive reference: the einsum over a window view
 merged with the channels (stride 1 on the last axis, one filter per group) and not merged, the
-per-offset path of array modules without window views, and the stride-2 input gradient's
-per-offset fold; in small chunks, on one and two workers, with non-finite inputs."""
+per-offset path of array modules without window views, the strided forward's border boxes,
+and the strided input gradient's stride-1 phases and the scatter's per-offset fold; in small
+chunks, on one and two workers, with non-finite inputs."""
+
+import warnings
 
 import numpy as np
 import pytest
@@ -159,6 +162,26 @@ def test_a_strided_input_gradient_is_stride_1_phases(x_shape, w_shape, kw, monke
     finite = np.isfinite(want)
     assert rel_err(dx[finite], want[finite]) < 1e-12
 
+
+
+def test_phases_keep_to_the_workspace(monkeypatch, rng):
+    """The phases' chunks are whole images: where one image's temporaries exceed the
+    workspace, the strided input gradient is the scatter's (rows), with no warning."""
+    calls = []
+    spy = depthwise.grad_input
+    monkeypatch.setattr(depthwise, "grad_input", lambda *a: calls.append(1) or spy(*a))
+    x, w = rng.standard_normal((2, 40, 40, 16)), rng.standard_normal((3, 3, 1, 16))
+    kw = {"stride": 2, "padding": 1, "groups": 16}
+    dy = rng.standard_normal(reference.conv(x, w, **kw).shape)
+    want = reference.conv_backward(dy, x, w, None, **kw).dx
+    spec = conv_spec(x.shape, w.shape, **kw)
+    image = depthwise.phase_bytes(spec, 8, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for workspace, phases in ((image, True), (image - 1, False)):
+            calls.clear()
+            dx = npconv.conv_grad_input(dy, w, x.shape, workspace=workspace, **kw)
+            assert bool(calls) == phases and rel_err(dx, want) < 1e-12
 
 UNPADDED = [   # x shape, w shape, keywords: padded depthwise layers, unmerged ones unpadded
     ((2, 9, 10, 6), (3, 3, 1, 6), {"padding": 1, "groups": 6}),               # merged

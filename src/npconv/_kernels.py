@@ -88,11 +88,13 @@ def reads_unpadded(spec: ConvSpec, algorithm: str | None, x: Any, dtype: Any,
     skipping the padding would drop); for the forward, where that is faster: window rows not
     merged with the channels and x of at least `Tuning.unpadded_min_bytes` (its border boxes
     multiply the padding's zeros by the weights, as the definition does)."""
-    return (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
-            and spec.padding_mode == "zeros" and all(lo >= 0 and hi >= 0 for lo, hi in spec.pads)
+    return (spec.group_in == 1 and type(x) is np.ndarray and x.dtype == dtype
+            and x.flags.c_contiguous and spec.padding_mode == "zeros"
+            and all(lo >= 0 and hi >= 0 for lo, hi in spec.pads)
+            and (dy is not None or (not depthwise.merged(spec)
+                                    and x.nbytes >= settings.tuning.unpadded_min_bytes))
             and _choose(spec, algorithm, x, settings).name == "depthwise"
-            and (_finite_border(dy, spec) if dy is not None else not depthwise.merged(spec)
-                 and x.nbytes >= settings.tuning.unpadded_min_bytes))
+            and (dy is None or _finite_border(dy, spec)))
 
 
 def _finite_border(dy: Any, spec: ConvSpec) -> bool:
@@ -123,7 +125,8 @@ def grad_input(dy: Any, w: Any, spec: ConvSpec, settings: Settings, *,
     if _empty(spec):
         return _zeros(w, (spec.batch, *size, spec.in_channels))
     alg = gather_algorithm(spec, algorithm, w.itemsize, _backend.is_gpu(w), settings)
-    phases = alg is None and _phases_apply(spec, algorithm, _backend.is_gpu(w))
+    phases = alg is None and _phases_apply(spec, algorithm, _backend.is_gpu(w), w.itemsize,
+                                           settings, unpad and spec.padding_mode == "zeros")
     if (alg is not None or phases) and not _finite(w):
         alg, phases = None, False  # the zero padding of dy times an inf weight would be NaN
     interior = unpad and spec.padding_mode == "zeros" and (alg is not None or phases)
@@ -144,12 +147,15 @@ def grad_input(dy: Any, w: Any, spec: ConvSpec, settings: Settings, *,
     return dx
 
 
-def _phases_apply(spec: ConvSpec, algorithm: str | None, gpu: bool) -> bool:
-    """Whether a strided input gradient runs as `depthwise.grad_input`'s stride-1 phases: one
-    input and one output channel per group, NumPy, the depthwise algorithm (chosen or
-    forced)."""
+def _phases_apply(spec: ConvSpec, algorithm: str | None, gpu: bool, itemsize: int,
+                  settings: Settings, interior: bool = True) -> bool:
+    """Whether a strided input gradient runs as `depthwise.grad_input`'s stride-1 phases (with
+    finite weights): one input and one output channel per group, NumPy, the depthwise
+    algorithm (chosen or forced), and one image's temporaries within the workspace (its
+    chunks are whole images; the scatter's are rows)."""
     return (spec.group_in == spec.group_out == 1 and spec.groups > 1
-            and algorithm in (None, "depthwise") and not gpu)
+            and algorithm in (None, "depthwise") and not gpu
+            and depthwise.phase_bytes(spec, itemsize, interior) <= settings.workspace)
 
 
 def gather_algorithm(spec: ConvSpec, algorithm: str | None, itemsize: int, gpu: bool,
@@ -213,7 +219,8 @@ def choices(spec: ConvSpec, itemsize: int, settings: Settings,
     "grad_weight": "winograd", "grad_input": "winograd (transposed)"} (benchmarks report it)."""
     name = algorithms.choose(spec, algorithm, itemsize=itemsize, settings=settings).name
     gather = gather_algorithm(spec, algorithm, itemsize, False, settings)
-    strided = "phases" if _phases_apply(spec, algorithm, False) else "scatter"
+    strided = "phases" if _phases_apply(spec, algorithm, False, itemsize, settings) \
+        else "scatter"                                           # (for finite weights)
     return {"forward": name, "grad_weight": name,
             "grad_input": strided if gather is None else f"{gather.name} (transposed)"}
 

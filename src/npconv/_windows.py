@@ -98,6 +98,8 @@ def unfold(xp_: Any, kernel_size: tuple[int, ...], stride: tuple[int, ...],
     rank = len(kernel_size)
     xp = _backend.namespace(xp_)
     origin = origin or (0,) * rank
+    if min(origin, default=0) < 0:
+        raise ValueError(f"`origin` must be >= 0 per axis; got {origin}")
     if xp is np and xp_.flags.c_contiguous:                     # one view, no helper calls
         sn, *ss, sc = xp_.strides
         shape = (xp_.shape[0], *out_size, *kernel_size, xp_.shape[-1])

@@ -277,6 +277,28 @@ def _phases(k: int, d: int, s: int, lo: int, size: int) -> list[_Phase]:
     return phases
 
 
+def _phase_geometry(spec: ConvSpec, interior: bool):
+    """What `grad_input` computes on: the phases of each axis, dy's zeros in front per axis,
+    dy's padded size, and dx's size (S with `interior`, else Sp)."""
+    los, sizes = (tuple(lo for lo, _ in spec.pads), spec.in_size) if interior else \
+        ((0,) * spec.rank, spec.padded_size)
+    axes = [_phases(*a) for a in zip(spec.kernel_size, spec.dilation, spec.stride, los, sizes)]
+    fronts = tuple(max([0, *(ph.lead for ph in phases if ph.taps)]) for phases in axes)
+    ends = [max((front - ph.lead + ph.size + (len(ph.taps) - 1) * ph.dilation
+                 for ph in phases if ph.taps), default=0)
+            for phases, front in zip(axes, fronts)]
+    padded = tuple(max(p + f, e) for p, f, e in zip(spec.out_size, fronts, ends))  # dy's
+    return axes, fronts, padded, sizes
+
+
+def phase_bytes(spec: ConvSpec, itemsize: int, interior: bool) -> int:
+    """The bytes of `grad_input`'s temporaries for one image: dy with its zeros around it and
+    the largest phase's result."""
+    axes, _, padded, _ = _phase_geometry(spec, interior)
+    phase = math.prod(max((ph.size for ph in phases), default=0) for phases in axes)
+    return (math.prod(padded) + phase) * spec.in_channels * itemsize
+
+
 def grad_input(dy: Any, w: Any, spec: ConvSpec, settings: Settings, interior: bool) -> Any:
     """dx (N, *S, C) with `interior` (zero padding), else dxp (N, *Sp, C): the strided input
     gradient of a depthwise layer (one filter per group) as stride-1 correlations, one per
@@ -292,16 +314,8 @@ def grad_input(dy: Any, w: Any, spec: ConvSpec, settings: Settings, interior: bo
     7.4 -> 4.3 ms. Allocates dx, the weights of each combination of phases repeated along its
     last axis, and per worker the padded dy of a chunk and one phase's result."""
     n, c, rank = spec.batch, spec.in_channels, spec.rank
-    los, sizes = (tuple(lo for lo, _ in spec.pads), spec.in_size) if interior else \
-        ((0,) * rank, spec.padded_size)
-    axes = [_phases(*a) for a in zip(spec.kernel_size, spec.dilation, spec.stride, los, sizes)]
-    fronts = tuple(max([0, *(ph.lead for ph in phases if ph.taps)]) for phases in axes)
-    ends = [max((front - ph.lead + ph.size + (len(ph.taps) - 1) * ph.dilation
-                 for ph in phases if ph.taps), default=0)
-            for phases, front in zip(axes, fronts)]
-    padded = tuple(max(p + f, e) for p, f, e in zip(spec.out_size, fronts, ends))  # dy's
-    image = (math.prod(padded) + math.prod(-(-sz // st) for sz, st in zip(sizes, spec.stride))
-             ) * c * dy.itemsize
+    axes, fronts, padded, sizes = _phase_geometry(spec, interior)
+    image = phase_bytes(spec, dy.itemsize, interior)
     chunks = _chunks.plan(n, 1, settings, row_bytes=image, xp=np)
     wk = w.reshape(*spec.kernel_size, c)                         # (*K, C)
     dx = np.empty((n, *sizes, c), dtype=dy.dtype)                # (N, *S or *Sp, C)
