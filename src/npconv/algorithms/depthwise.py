@@ -112,16 +112,18 @@ def _box_windows(x: Any, spec: ConvSpec, box: tuple[slice, ...], padded: bool) -
     windows inside it, else of a zero-padded copy of the part of x the box reads (a few rows
     or columns)."""
     sizes = tuple(b.stop - b.start for b in box)
-    starts = tuple(b.start * s - lo for b, s, (lo, _) in zip(box, spec.stride, spec.pads))
+    geometry = list(zip(box, spec.kernel_size, spec.dilation, spec.stride, spec.pads))
+    first = tuple(taps(0, d, s, b.start, b.stop).start - lo
+                  for b, _, d, s, (lo, _) in geometry)           # x's first row read, per axis
     if not padded:
-        return _windows_view(x, spec, sizes, starts)
-    extent = tuple((p - 1) * s + (k - 1) * d + 1 for p, s, k, d in
-                   zip(sizes, spec.stride, spec.kernel_size, spec.dilation))
-    slab = np.zeros((x.shape[0], *extent, x.shape[-1]), dtype=x.dtype)  # (n, *E, C)
-    read = tuple(slice(max(a, 0), min(a + e, n)) for a, e, n in zip(starts, extent,
-                                                                     spec.in_size))
+        return _windows_view(x, spec, sizes, first)
+    stop = tuple(taps(k - 1, d, s, b.start, b.stop).stop - lo
+                 for b, k, d, s, (lo, _) in geometry)            # one past the last
+    slab = np.zeros((x.shape[0], *(z - a for a, z in zip(first, stop)), x.shape[-1]),
+                    dtype=x.dtype)                               # (n, *extent, C)
+    read = tuple(slice(max(a, 0), min(z, n)) for a, z, n in zip(first, stop, spec.in_size))
     if all(r.stop > r.start for r in read):
-        slab[(slice(None), *(slice(r.start - a, r.stop - a) for r, a in zip(read, starts)))] \
+        slab[(slice(None), *(slice(r.start - a, r.stop - a) for r, a in zip(read, first)))] \
             = x[(slice(None), *read)]
     return _windows_view(slab, spec, sizes)
 
