@@ -64,7 +64,8 @@ class Tuning:
     output channels (C/G); below, the scatter's GEMM output is wider and it wins."""
     unpadded_min_bytes: int = 2 * MIB
     """A depthwise forward whose window rows are not merged with the channels (strided along
-    the last axis) reads x unpadded from this size up (`depthwise.forward`): MobileNetV2's
+    the last axis, several filters per group, or 1-D) reads x unpadded from this size up
+    (`depthwise.forward`): MobileNetV2's
     stride-2 layers, float32, two threads, 0.74-0.94x the time of the padded copy from 2.4 MiB
     of x, 0.96-1.22x below 1.8 MiB (the border boxes' NumPy calls); merged stride-1 layers
     ran 1.1-1.6x slower unpadded (a column box on each side of every chunk) and keep the

@@ -125,11 +125,12 @@ def grad_input(dy: Any, w: Any, spec: ConvSpec, settings: Settings, *,
     if _empty(spec):
         return _zeros(w, (spec.batch, *size, spec.in_channels))
     alg = gather_algorithm(spec, algorithm, w.itemsize, _backend.is_gpu(w), settings)
+    zeros = unpad and spec.padding_mode == "zeros"              # dx of the pixels inside
     phases = alg is None and _phases_apply(spec, algorithm, _backend.is_gpu(w), w.itemsize,
-                                           settings, unpad and spec.padding_mode == "zeros")
+                                           settings, zeros)
     if (alg is not None or phases) and not _finite(w):
         alg, phases = None, False  # the zero padding of dy times an inf weight would be NaN
-    interior = unpad and spec.padding_mode == "zeros" and (alg is not None or phases)
+    interior = zeros and (alg is not None or phases)
     with _workspace.scope(settings):
         if alg is not None:
             corr, pads = spec.transposed(interior)

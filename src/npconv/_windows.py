@@ -105,7 +105,7 @@ def unfold(xp_: Any, kernel_size: tuple[int, ...], stride: tuple[int, ...],
         shape = (xp_.shape[0], *out_size, *kernel_size, xp_.shape[-1])
         strides = (sn, *(a * b for a, b in zip(ss, stride)),
                    *(a * b for a, b in zip(ss, dilation)), sc)
-        if all(p > 0 and o >= 0 and o + (p - 1) * s + (k - 1) * d < n for p, s, k, d, n, o in
+        if all(p > 0 and o + (p - 1) * s + (k - 1) * d < n for p, s, k, d, n, o in
                zip(out_size, stride, kernel_size, dilation, xp_.shape[1:-1], origin)) \
                 and xp_.size:
             win = np.ndarray(shape, xp_.dtype, buffer=xp_, strides=strides,
