@@ -268,14 +268,15 @@ def _phases(k: int, d: int, s: int, lo: int, size: int) -> list[_Phase]:
     d / gcd(s, d) apart in dy."""
     phases = []
     for rho in range(s):
-        t0, t1 = -(-(lo - rho) // s), (lo + size - 1 - rho) // s + 1
+        # the t whose padded position t * s + rho lies in x
+        t0, t1 = inside(rho, 1, s, lo, size, lo // s - 1, (lo + size) // s + 1)
         if t1 <= t0:
             continue                                             # no input position in it
+        padded = taps(rho, 1, s, t0, t1)
         ks = tuple(j for j in reversed(range(k)) if j * d % s == rho)
         c = [(j * d - rho) // s for j in ks]                     # decreasing
-        phases.append(_Phase(slice(t0 * s + rho - lo, (t1 - 1) * s + rho - lo + 1, s), ks,
-                             t1 - t0, c[0] - c[1] if len(c) > 1 else 1,
-                             c[0] - t0 if ks else 0))
+        phases.append(_Phase(slice(padded.start - lo, padded.stop - lo, s), ks, t1 - t0,
+                             c[0] - c[1] if len(c) > 1 else 1, c[0] - t0 if ks else 0))
     return phases
 
 
