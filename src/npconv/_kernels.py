@@ -45,7 +45,7 @@ from npconv._config import Settings
 from npconv._workspace import scratch
 from npconv.algorithms import Algorithm, depthwise, im2col
 from npconv.algorithms._common import chunk_taps, grouped_rows, grouped_w, take
-from npconv.spec import ConvSpec, inside
+from npconv.spec import ConvSpec, whole
 
 
 def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, *,
@@ -103,8 +103,7 @@ def _finite_border(dy: Any, spec: ConvSpec) -> bool:
     for axis, (k, d, s, (lo, _), size, p) in enumerate(zip(
             spec.kernel_size, spec.dilation, spec.stride, spec.pads, spec.in_size,
             spec.out_size)):
-        first = min(inside(0, d, s, lo, size, 0, p)[0], p)      # offset 0 inside from here
-        last = max(inside(k - 1, d, s, lo, size, 0, p)[1], first)  # the last one up to here
+        first, last = whole(k, d, s, lo, size, 0, p)
         for part in (slice(0, first), slice(last, p)):
             if part.stop > part.start and not np.isfinite(dy[(slice(None),) * (axis + 1)
                                                              + (part,)]).all():

@@ -196,6 +196,16 @@ def inside(k: int, d: int, stride: int, lo: int, size: int, start: int, stop: in
             min(stop, (lo + size - 1 - k * d) // stride + 1))
 
 
+def whole(k: int, d: int, stride: int, lo: int, size: int, start: int, stop: int
+          ) -> tuple[int, int]:
+    """[first, last): the outputs p in [start, stop) whose every one of the k offsets lies
+    inside the input (offset 0 from first on, offset k - 1 up to last); first <= last, both
+    within [start, stop], so [start, first) and [last, stop) are the outputs that meet the
+    padding."""
+    first = min(inside(0, d, stride, lo, size, start, stop)[0], stop)
+    return first, max(inside(k - 1, d, stride, lo, size, start, stop)[1], first)
+
+
 def window(p: int, k: int, stride: int, d: int) -> slice:
     """Positions p * stride + j * d, j in [0, k), that output p reads with a kernel of k taps."""
     return slice(p * stride, p * stride + effective_kernel(k, d), d)

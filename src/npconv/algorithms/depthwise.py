@@ -37,7 +37,7 @@ from npconv._chunks import Chunk, Plan
 from npconv._config import Settings
 from npconv._workspace import scratch
 from npconv.algorithms._common import chunk_taps, finish, take
-from npconv.spec import ConvSpec, inside, taps
+from npconv.spec import ConvSpec, inside, taps, whole
 
 
 def applies(spec: ConvSpec) -> bool:
@@ -95,8 +95,7 @@ def _boxes(spec: ConvSpec, rows: slice) -> list[tuple[tuple[slice, ...], bool]]:
     lead: tuple[slice, ...] = ()
     for axis, ((start, stop), k, d, s, (lo, _), size) in enumerate(zip(
             bounds, spec.kernel_size, spec.dilation, spec.stride, spec.pads, spec.in_size)):
-        first = min(inside(0, d, s, lo, size, start, stop)[0], stop)  # offset 0 inside
-        last = max(inside(k - 1, d, s, lo, size, start, stop)[1], first)  # the last one
+        first, last = whole(k, d, s, lo, size, start, stop)
         later = tuple(slice(0, p) for p in spec.out_size[axis + 1:])
         boxes += [((*lead, part, *later), True) for part in (slice(start, first),
                                                              slice(last, stop))
