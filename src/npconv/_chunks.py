@@ -334,9 +334,9 @@ def run(task: Callable[[Any, Any], None], plan: Plan, make_state: Callable[[], A
         ) -> list[Any]:
     """Call task(chunk, state) on every chunk; return the states, one per worker, in order.
 
-    `make_state()` builds one worker's buffers and accumulators (in the calling thread, so that
-    scratch memory comes from its `_workspace.scope`); each worker processes its chunks
-    (`plan.owners`) in order.
+    `make_state()` builds one worker's buffers and accumulators (in the calling thread); each
+    worker processes its chunks (`plan.owners`) in order, in a copy of the caller's context: a
+    task sees the caller's `config` and takes scratch memory from its `_workspace.scope`.
     """
     states = [make_state() for _ in range(plan.workers)]
     if plan.workers == 1:
@@ -351,7 +351,8 @@ def run(task: Callable[[Any, Any], None], plan: Plan, make_state: Callable[[], A
 
     pool = _executor(plan.workers - 1)
     with _BlasSingleThread():
-        futures = [pool.submit(work, i) for i in range(1, plan.workers)]
+        futures = [pool.submit(contextvars.copy_context().run, work, i)
+                   for i in range(1, plan.workers)]
         try:
             work(0)
         finally:                 # every worker stops, even on an error, before its buffers

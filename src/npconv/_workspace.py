@@ -4,13 +4,14 @@ A convolution's temporaries (the padded input, the padded dy of an input gradien
 worker's chunk buffers) are the same sizes call after call. Freshly allocated, each of them
 costs page faults on first touch: on the 2-core benchmark VM about half a millisecond per MiB,
 as much as the arithmetic of a ResNet layer. Inside a `scope` (every public convolution op
-opens one, and each of its computations a nested one), `scratch` hands out arrays carved from
-raw buffers kept in a pool. Every scope gives its buffers back to the pool when it ends, so the
-next computation, of the same op or the next call, reuses them. The pool (buffers free and in
-use, the plain allocations of temporaries too small to pool included) stays within the
-workspace limit where the buffers in use allow: whenever a scope ends or a temporary must be
-allocated afresh, the least recently used free buffers beyond that are freed.
-`release` empties it.
+opens one, and each of its computations a nested one; the layer ops of `npconv.nn` one around
+their block passes; worker threads run in a copy of the caller's), `scratch` hands out arrays
+carved from raw buffers kept in a pool. Every scope gives its buffers back to the pool when it
+ends, so the next computation, of the same op or the next call, reuses them. The pool (buffers
+free and in use, the plain allocations of temporaries too small to pool included) stays within
+the workspace limit where the buffers in use allow: whenever a scope ends or a temporary must
+be allocated afresh, the least recently used free buffers beyond that are freed. `release`
+empties it.
 
 Only temporaries come from here, never a result: an op's outputs are ordinary arrays. CuPy
 arrays are never pooled (CuPy has its own memory pool).
@@ -89,12 +90,12 @@ def scratch(shape: tuple[int, ...], dtype: Any, xp: ModuleType = np) -> Any:
     if xp is not np or mine is None:
         return xp.empty(shape, dtype=dtype)
     if nbytes < mine.min_bytes:
-        with _lock:
+        with _lock:                                              # workers share the scope
             _reserve(nbytes, mine.limit)
-        mine.plain += nbytes
+            mine.plain += nbytes
         return np.empty(shape, dtype=dtype)
     raw = _take(nbytes, mine.limit)
-    mine.raws.append(raw)
+    mine.raws.append(raw)                                        # atomic: no lock needed
     return raw[:nbytes].view(dtype).reshape(shape)
 
 
