@@ -471,12 +471,21 @@ def test_layer_op_temporaries_are_pooled(threads, rng):
 
 
 def test_workers_see_the_callers_settings():
-    """A task on the workers sees the settings of the `config` block it was called in."""
+    """A task on the workers sees the caller's context: the settings of the `config` block it
+    was called in, and NumPy's `errstate` (a context variable too), as on the calling thread."""
     pytest.importorskip("threadpoolctl")
     from npconv.nn import _blocks
 
-    seen = []
-    with npconv.config(threads=2, workspace=3 * 2**20):
-        _blocks.run(lambda chunk, _: seen.append(npconv.get_config()["workspace"]),
-                    list(range(4)), nbytes=2**30)
+    seen, raised = [], []
+
+    def task(chunk, _):
+        seen.append(npconv.get_config()["workspace"])
+        try:
+            np.float32(3e38) * np.float32(10)                     # overflows
+        except FloatingPointError:
+            raised.append(chunk)
+
+    with npconv.config(threads=2, workspace=3 * 2**20), np.errstate(over="raise"):
+        _blocks.run(task, list(range(4)), nbytes=2**30)
     assert seen == [3 * 2**20] * 4
+    assert sorted(raised) == [0, 1, 2, 3]

@@ -336,7 +336,8 @@ def run(task: Callable[[Any, Any], None], plan: Plan, make_state: Callable[[], A
 
     `make_state()` builds one worker's buffers and accumulators (in the calling thread); each
     worker processes its chunks (`plan.owners`) in order, in a copy of the caller's context: a
-    task sees the caller's `config` and takes scratch memory from its `_workspace.scope`.
+    task sees the caller's `config` and NumPy's `errstate`, and takes scratch memory from its
+    `_workspace.scope`.
     """
     states = [make_state() for _ in range(plan.workers)]
     if plan.workers == 1:
