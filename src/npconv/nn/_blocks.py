@@ -53,7 +53,7 @@ def run(task, chunks: list, nbytes: int, make_state=lambda: None) -> list:
     accumulators, stay the caller's). The one call into `npconv._chunks`.
     """
     settings = _config.current()
-    pooled = nbytes >= settings.tuning.scratch_min_bytes        # else no block buffer would be
+    pooled = nbytes >= settings.tuning.scratch_min_bytes        # smaller: no buffer to pool
     with _workspace.scope(settings) if pooled else contextlib.nullcontext():
         if nbytes < settings.tuning.block_parallel_bytes or len(chunks) < 2:
             state = make_state()                                 # no plan: the common small op
