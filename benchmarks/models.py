@@ -8,13 +8,21 @@ batch 1 and 16, and one training step at batch 16 and 112x112 (forward in traini
 cross-entropy, backward, SGD with momentum), float32. npconv runs channels_last, with its
 batch norms folded into the convolutions for inference (`model.eval()`); PyTorch runs the
 same networks (tests/torch_reference.py) in its channels_last memory format, inference under
-`torch.no_grad()`, on `threads` threads. The two alternate round by round; each call is timed
-after an untimed one and after a pause of `PAUSE` seconds, and the table gives the medians
-over rounds and their ratio. The pause matters: after a call, the library's idle threads keep
-spinning on the cores (OpenBLAS's about 0.1 s after each threaded GEMM, OpenMP's up to 0.2 s),
-and without it each library's call ran into the other's spinning threads (PyTorch's
-MobileNetV2 batch-1 inference took 24-91 ms after npconv's calls, 11-13 ms once npconv's
-OpenBLAS threads slept at once).
+`torch.no_grad()`, on `threads` threads. The two alternate round by round: a pause of `PAUSE`
+seconds, then two timed calls of one library, the first after the pause and the second right
+after it, as a loop of training steps or requests runs them; the table gives the medians over
+rounds of the second (the ratio the targets are checked on) and of the first. The pause
+matters: after a call, the library's idle threads keep spinning on the cores (OpenBLAS's about
+0.1 s after each threaded GEMM, OpenMP's up to 0.2 s), and without it each library's call ran
+into the other's spinning threads (PyTorch's MobileNetV2 batch-1 inference took 24-91 ms after
+npconv's calls, 11-13 ms once npconv's OpenBLAS threads slept at once). The call right after
+the pause is slower, npconv's more than PyTorch's (whose OpenMP threads spin between their
+parallel regions where npconv's workers sleep): MobileNetV2's training step took 250-271 ms
+after a 0.3 s sleep, 229-246 without one, and 241 after 0.3 s of the calling thread spinning
+instead of sleeping, with the same page faults and the same worker wake-up latencies (12 ms a
+step) either way, the extra time in the first forward layers; PyTorch's 142-145 and 137-142.
+The second call is the steady state of a loop (the convolution and layer sections likewise
+time only after an untimed call); the first, what one call after an idle spell costs.
 Inference peak memory is tracemalloc's count for npconv (every NumPy allocation, the op
 workspaces included), next to the weights' size and the largest activation's.
 
@@ -167,22 +175,27 @@ def measure(case: Case, rounds: int, threads: int, seed: int = 0, clock: str = "
     rng = np.random.default_rng(seed)
     model, net = build(case.model, rng)
     fns = calls(case, model, net, rng)
-    times: dict = {k: [] for k in fns}
+    times: dict = {k: ([], []) for k in fns}                 # (after the pause, right after)
+    now = CLOCKS[clock]
     with npconv.config(threads=threads):
         for fn in fns.values():
             fn()                                             # untimed: plans, pools, caches
         for _ in range(rounds):
             for key, fn in fns.items():
                 time.sleep(PAUSE)
-                start = CLOCKS[clock]()
-                fn()
-                times[key].append(CLOCKS[clock]() - start)
+                for kept in times[key]:
+                    start = now()
+                    fn()
+                    kept.append(now() - start)
         peak = peak_bytes(fns["npconv"]) if case.task == "inference" else None
-    med = {k: statistics.median(v) for k, v in times.items()}
+    first = {k: statistics.median(v[0]) for k, v in times.items()}
+    med = {k: statistics.median(v[1]) for k, v in times.items()}
     weights = sum(v.nbytes for v in model.params.values())
     x = np.zeros((case.batch, case.size, case.size, 3), np.float32)
     return {"case": case.name, "npconv_s": med["npconv"], "torch_s": med.get("torch"),
             "ratio": med["npconv"] / med["torch"] if "torch" in med else None,
+            "npconv_first_s": first["npconv"], "torch_first_s": first.get("torch"),
+            "first_ratio": first["npconv"] / first["torch"] if "torch" in first else None,
             "peak_mb": None if peak is None else peak / 2**20, "weights_mb": weights / 2**20,
             "activation_mb": largest_activation(model.eval(), x) / 2**20}
 
@@ -235,15 +248,19 @@ def table(rows: list[dict]) -> str:
     def f(v, fmt, unit=""):
         return "n/a" if v is None else format(v, fmt) + unit
 
-    lines = ["| case | npconv | PyTorch | ratio | npconv peak (inference) |",
-             "|---|---|---|---|---|"]
+    lines = ["| case | npconv | PyTorch | ratio | first call after the pause: npconv / PyTorch "
+             "(ratio) | npconv peak (inference) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         peak = "" if r["peak_mb"] is None else (
             f"{r['peak_mb']:.0f} MB (weights {r['weights_mb']:.0f} MB, largest activation "
             f"{r['activation_mb']:.1f} MB)")
-        torch_ms = None if r["torch_s"] is None else r["torch_s"] * 1e3
+        torch_ms, torch_first = (None if r[k] is None else r[k] * 1e3
+                                 for k in ("torch_s", "torch_first_s"))
         lines.append(f"| {r['case']} | {f(r['npconv_s'] * 1e3, '.0f', ' ms')} | "
-                     f"{f(torch_ms, '.0f', ' ms')} | {f(r['ratio'], '.2f', 'x')} | {peak} |")
+                     f"{f(torch_ms, '.0f', ' ms')} | {f(r['ratio'], '.2f', 'x')} | "
+                     f"{f(r['npconv_first_s'] * 1e3, '.0f')} / {f(torch_first, '.0f')} ms "
+                     f"({f(r['first_ratio'], '.2f', 'x')}) | {peak} |")
     return "\n".join(lines)
 
 

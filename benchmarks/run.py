@@ -334,7 +334,9 @@ def models_section(options: Options, rounds: int) -> Report:
                               else 32) for c in cases)
     rows = models.run(cases, rounds, options.threads)
     lines = [f"float32, npconv and PyTorch on {options.threads} threads, medians of {rounds} "
-             "alternating rounds. npconv runs channels_last with `model.eval()`'s folded batch "
+             f"alternating rounds: a pause of {models.PAUSE} s, then two calls of one library, "
+             "the ratio from the second (a loop's steady state; the first call after the "
+             "pause alongside). npconv runs channels_last with `model.eval()`'s folded batch "
              "norms for inference; PyTorch the same networks and weights "
              "(tests/torch_reference.py) in its channels_last memory format, inference under "
              "`torch.no_grad()`. A training step is a forward in training mode, cross-entropy, "
