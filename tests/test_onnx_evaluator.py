@@ -549,3 +549,134 @@ def test_run_names_what_is_missing(rng):
         ev.run(None, {"x": np.zeros((1, 2, 4, 4), np.float32)})
     with pytest.raises(RuntimeError, match=r"Unable to find output name 'nope'"):
         ev.run(["nope"], {"X": np.zeros((1, 2, 4, 4), np.float32)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Dead values' memory, recycled for later results
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pool_everything():
+    """Every result pooled and every recyclable value's memory recycled, however small."""
+    from npconv import _config, _workspace
+
+    _workspace.release()
+    with _config.tuned(scratch_min_bytes=0):
+        yield
+    _workspace.release()
+
+
+def chain_model(rng, alias=None, k=3):
+    """X -> Conv a -> Relu r (fused) -> Conv b -> Conv c -> Add s (c + b) -> MaxPool -> Y,
+    kxk kernels, every activation (2, 3, 6, 5); with `alias` (an op type), that node also
+    reads r, right after the Relu, and the Add reads its output instead of b."""
+    w = rng.normal(size=(3, 3, k, k)).astype(np.float32)
+    pads = [k // 2] * 4
+    nodes = [oh.make_node("Conv", ["X", "W"], ["a"], pads=pads),
+             oh.make_node("Relu", ["a"], ["r"]),
+             oh.make_node("Conv", ["r", "W"], ["b"], pads=pads),
+             oh.make_node("Conv", ["b", "W"], ["c"], pads=pads),
+             oh.make_node("Add", ["c", "b"], ["s"]),
+             oh.make_node("MaxPool", ["s"], ["Y"], kernel_shape=[2, 2])]
+    if alias:
+        nodes.insert(2, oh.make_node(alias, ["r"], ["i"]))
+        nodes[5].input[1] = "i"
+    info = oh.make_tensor_value_info
+    graph = oh.make_graph(nodes, "g", [info("X", TensorProto.FLOAT, [2, 3, 6, 5])],
+                          [info("Y", TensorProto.FLOAT, None)],
+                          initializer=[onnx.numpy_helper.from_array(w, "W")])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 22)])
+
+
+def test_dead_values_lend_their_memory_to_later_results(rng, pool_everything, monkeypatch):
+    """The values only npconv's operators and ONNX's Add make and read go back to the pool
+    after their last reader, and later results (of this run and the next) are written into
+    their memory; every run answers like ONNX's evaluator, and no run changes what an
+    earlier one returned (a requested intermediate included)."""
+    from npconv import _workspace, pooling
+    from npconv.algorithms import im2col
+
+    model = chain_model(rng)
+    ev, ref = Evaluator(model), ReferenceEvaluator(model)
+    assert ev._recyclable({0: (0, None)}, ["Y"]) == {"r", "b", "c", "s"}  # r outlives a
+    assert ev._recyclable({}, ["Y", "c"]) == {"b", "s"}       # ONNX's Relu reads a, makes r
+    events = []                                                  # ("dead" or "made", array)
+    recycle, result = _workspace.recycle, _workspace.result
+    taken = []
+    monkeypatch.setattr(_workspace, "recycle",
+                        lambda v: events.append(("dead", v)) or taken.append(recycle(v)))
+    for module in (im2col, pooling):                             # the Convs', the MaxPool's
+
+        def made(*args):
+            events.append(("made", result(*args)))
+            return events[-1][1]
+
+        monkeypatch.setattr(module, "result", made)
+    kept = []
+    for k, names in enumerate((None, ["c", "Y"], None)):
+        feeds = {"X": rng.normal(size=(2, 3, 6, 5)).astype(np.float32)}
+        got = ev.run(names, feeds)
+        for g, want in zip(got, ref.run(names, feeds)):
+            np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
+        kept.append((got, [g.copy() for g in got]))
+        assert sum(e == "dead" for e, _ in events) == (4, 7, 11)[k]   # c asked for: kept
+    assert all(taken)                                            # a result of any size
+    for got, copies in kept:
+        assert all(np.array_equal(g, c) for g, c in zip(got, copies))
+    reused = [m for i, (e, m) in enumerate(events) if e == "made" and any(
+        np.shares_memory(m, d) for f, d in events[:i] if f == "dead")]
+    assert len(reused) >= 4
+
+
+def test_a_value_another_op_may_alias_is_never_recycled(rng, pool_everything, monkeypatch):
+    """ONNX's Reshape returns a view of its input: the Relu's output, read by one, keeps its
+    memory to the end of the run. Taken for a fresh op, it would be overwritten by the next
+    Conv's result while the view still reads it (1x1 Convs, which take no scratch: from an
+    empty pool, that result takes its memory)."""
+    from npconv import _workspace
+    from npconv.onnx import evaluator
+
+    model = chain_model(rng, alias="Reshape", k=1)
+    shape = np.array([2, 3, 6, 5], np.int64)                     # the same shape: a view
+    model.graph.initializer.append(onnx.numpy_helper.from_array(shape, "shape"))
+    model.graph.node[2].input.append("shape")
+    feeds = {"X": rng.normal(size=(2, 3, 6, 5)).astype(np.float32)}
+    (want,) = ReferenceEvaluator(model).run(None, feeds)
+    ev = Evaluator(model)
+    assert ev._recyclable({0: (0, None)}, ["Y"]) == {"b", "c", "s"}
+    np.testing.assert_allclose(ev.run(None, feeds)[0], want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(evaluator, "_FRESH_ONNX", evaluator._FRESH_ONNX | {"Reshape"})
+    _workspace.release()
+    assert not np.allclose(Evaluator(model).run(None, feeds)[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_node_onnx_runs_instead_keeps_what_it_reads_and_makes(rng, pool_everything,
+                                                                monkeypatch):
+    """A node of npconv's operators that ONNX's class runs (here a BatchNormalization with
+    spatial=0) may return anything: neither its inputs nor its outputs are recycled."""
+    w = rng.normal(size=(2, 2, 3, 3)).astype(np.float32)
+    stats = [rng.uniform(0.5, 1.5, size=2).astype(np.float32) for _ in range(4)]
+    inits = [onnx.numpy_helper.from_array(a, n) for a, n in
+             zip([w, *stats], ["W", "scale", "bias", "mean", "var"])]
+    nodes = [oh.make_node("Conv", ["X", "W"], ["a"], pads=[1, 1, 1, 1]),
+             oh.make_node("BatchNormalization", ["a", "scale", "bias", "mean", "var"], ["n"],
+                          spatial=0, is_test=1),
+             oh.make_node("Add", ["n", "a"], ["s"]),
+             oh.make_node("Conv", ["s", "W"], ["Y"], pads=[1, 1, 1, 1])]
+    info = oh.make_tensor_value_info
+    graph = oh.make_graph(nodes, "g", [info("X", TensorProto.FLOAT, [1, 2, 4, 4])],
+                          [info("Y", TensorProto.FLOAT, None)], initializer=inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 6)])
+    from npconv import _workspace
+
+    ev = Evaluator(model)
+    dead = []
+    recycle = _workspace.recycle
+    monkeypatch.setattr(_workspace, "recycle", lambda v: dead.append(v) or recycle(v))
+    feeds = {"X": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)}
+    np.testing.assert_allclose(ev.run(None, feeds)[0],
+                               ReferenceEvaluator(model).run(None, feeds)[0], rtol=1e-5,
+                               atol=1e-5)
+    assert ev.delegated == {"BatchNormalization#1": "spatial=0"}
+    assert ev._recyclable({}, ["Y"]) == {"a", "n", "s"} and len(dead) == 1   # s alone

@@ -489,3 +489,78 @@ def test_workers_see_the_callers_settings():
         _blocks.run(task, list(range(4)), nbytes=2**30)
     assert seen == [3 * 2**20] * 4
     assert sorted(raised) == [0, 1, 2, 3]
+
+
+def test_pooled_results_lend_a_dead_results_memory_to_the_next():
+    """Inside `pooled_results` an op's large result is carved from the pool and `recycle`
+    gives a dead one's memory back (whatever allocated it); outside, results are ordinary
+    arrays and nothing is taken back."""
+    mib = 2**20
+    settings = _config.Settings(workspace=64 * mib)              # pooled from 1 MiB up
+    _workspace.release()
+    plain = _workspace.result((mib,), np.float32)
+    assert plain.flags.owndata and not _workspace.recycle(plain)
+    with _workspace.pooled_results(settings):
+        small = _workspace.result((1000,), np.float32)           # under 1 MiB: plain
+        assert small.flags.owndata and not _workspace.recycle(small)
+        first = _workspace.result((2, 512, 512), np.float32)     # 2 MiB from the pool
+        assert not first.flags.owndata and first.flags.writeable
+        assert _workspace.recycle(first.transpose(0, 2, 1))      # a view: its memory goes
+        assert _workspace.pooled_bytes() == 2 * mib
+        again = _workspace.result((3 * mib // 2,), np.uint8)     # fits: the same memory
+        assert np.shares_memory(again, first) and _workspace.pooled_bytes() == 0
+        assert _workspace.recycle(again[::-1])                   # all 2 MiB of it go back
+        assert _workspace.pooled_bytes() == 2 * mib
+        again = _workspace.result((2 * mib,), np.uint8)
+        bigger = _workspace.result((5 * mib,), np.uint8)         # over twice its size: new
+        assert not np.shares_memory(bigger, first)
+        assert _workspace.recycle(np.ones((mib,), np.float64))   # NumPy's own array too
+        assert _workspace.pooled_bytes() == 8 * mib
+        a = np.ones((256, 512, 2), np.float32).transpose(2, 0, 1)
+        assert _workspace.recycle(np.add(a, a))                  # laid out as its operands
+        assert _workspace.pooled_bytes() == 9 * mib
+    _workspace.release()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.ones((2 * 2**20,), np.float32)[::2],              # not its memory's whole owner
+    lambda: np.frombuffer(bytearray(4 * 2**20), np.uint8),        # memory not NumPy's
+    lambda: np.broadcast_to(np.ones(2**20), (4, 2**20)),          # read-only view
+    lambda: np.ones((2048, 1024))[:, ::2],                        # not one block
+    lambda: list(range(10)),                                      # not an array
+])
+def test_recycle_takes_only_whole_writable_numpy_memory(make):
+    settings = _config.Settings(workspace=64 * 2**20)
+    _workspace.release()
+    with _workspace.pooled_results(settings):
+        assert not _workspace.recycle(make())
+    assert _workspace.pooled_bytes() == 0
+
+
+def test_recycled_results_stay_within_the_workspace():
+    mib = 2**20
+    _workspace.release()
+    with _workspace.pooled_results(_config.Settings(workspace=8 * mib)):
+        for _ in range(5):
+            assert _workspace.recycle(np.empty((3 * mib,), np.uint8))
+            assert _workspace.pooled_bytes() <= 8 * mib
+    assert _workspace.pooled_bytes() == 6 * mib                  # the two latest
+    _workspace.release()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_algorithm_takes_its_result_from_the_pool(case, rng):
+    """Each algorithm's forward result comes from `_workspace.result`: in pooled_results it
+    is carved from the pool (where the memory of a recycled result of the same shape waits
+    for it or for the op's scratch), and its values are the definition's."""
+    x_shape, w_shape, kw = CASES[case]
+    algorithm = case.split()[0]
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    _workspace.release()
+    with _config.tuned(scratch_min_bytes=0), _workspace.pooled_results(_config.resolve()):
+        dead = npconv.conv(x, w, algorithm=algorithm, **kw)
+        assert _workspace.recycle(dead) and _workspace.pooled_bytes() >= dead.nbytes
+        y = npconv.conv(-x, w, algorithm=algorithm, **kw)
+        assert not y.flags.owndata and y.base.dtype == np.uint8 and y.flags.writeable
+    assert rel_err(y, reference.conv(-x, w, **kw)) < 1e-10
+    _workspace.release()

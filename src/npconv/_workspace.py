@@ -13,8 +13,12 @@ the workspace limit where the buffers in use allow: whenever a scope ends or a t
 be allocated afresh, the least recently used free buffers beyond that are freed. `release`
 empties it.
 
-Only temporaries come from here, never a result: an op's outputs are ordinary arrays. CuPy
-arrays are never pooled (CuPy has its own memory pool).
+Outside `pooled_results`, only temporaries come from here, never a result: an op's outputs are
+ordinary arrays. Inside it (a caller that knows when each result dies: `npconv.onnx.Evaluator`'s
+run of a graph), the ops' large outputs are carved from the pool too (`result`), and the caller
+gives a dead one's memory back (`recycle`), so that a network's activations stop page-faulting
+fresh memory on every run; see `pooled_results`. CuPy arrays are never pooled (CuPy has its own
+memory pool).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import math
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -50,6 +55,10 @@ _held = [0]                                                      # bytes of buff
 _lock = threading.Lock()
 _scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("npconv_scope",
                                                                        default=None)
+_results: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("npconv_results",
+                                                                         default=None)
+_lent: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+"""id -> the memory `result` carved a result from, while that memory lives."""
 
 
 def _after_fork() -> None:
@@ -97,6 +106,72 @@ def scratch(shape: tuple[int, ...], dtype: Any, xp: ModuleType = np) -> Any:
     raw = _take(nbytes, mine.limit)
     mine.raws.append(raw)                                        # atomic: no lock needed
     return raw[:nbytes].view(dtype).reshape(shape)
+
+
+@contextlib.contextmanager
+def pooled_results(settings: Settings) -> Iterator[None]:
+    """Inside, the large results of npconv's ops (`result`) come from the pool, and `recycle`
+    gives a dead result's memory back to it.
+
+    For a caller that knows when each value dies, such as a graph evaluator that drops values
+    after their last reader: freshly allocated, every activation of a network page-faults on
+    first touch on every run (npconv.onnx's MobileNetV2 at batch 8: about 2,000 faults a run,
+    a quarter of its time on the benchmark VM); from the pool, a result takes the memory of
+    one that died before it, or of the last run's. The pool's free buffers stay within
+    `settings.workspace` bytes together with the scratch buffers in use, as ever; results in
+    use are the caller's and are not counted.
+    """
+    token = _results.set(_Scope(settings.workspace, settings.tuning.scratch_min_bytes))
+    try:
+        yield
+    finally:
+        _results.reset(token)
+
+
+def result(shape: tuple[int, ...], dtype: Any, xp: ModuleType = np) -> Any:
+    """An uninitialized array for an op's result: `xp.empty`, or, inside `pooled_results` and
+    from `Tuning.scratch_min_bytes` up (NumPy only), memory from the pool (a free buffer of at
+    most twice its size, else a new one). It is the caller's from then on, like any result."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    mine = _results.get()
+    if xp is not np or mine is None or nbytes < mine.min_bytes:
+        return xp.empty(shape, dtype=dtype)
+    with _lock:
+        raw = _fit(nbytes)
+        if raw is None:
+            raw = np.empty(nbytes, dtype=np.uint8)
+        owner = raw if raw.base is None else raw.base            # what views of it point to
+        _lent[id(owner)] = owner
+    return raw[:nbytes].view(dtype).reshape(shape)
+
+
+def recycle(value: Any) -> bool:
+    """Inside `pooled_results`, give the memory of a dead result back to the pool (whether
+    `result` or plain NumPy allocated it); True if it was taken.
+
+    The caller guarantees that nothing reads `value`, or any other view of its memory, from
+    now on: the next result may overwrite it. Only the whole of a writable NumPy array that
+    owns its data, all of it in one block (C-contiguous up to the order of its axes, as
+    NumPy's ufuncs lay out a result of transposed operands), of `Tuning.scratch_min_bytes` or
+    more, is taken: that array itself, a view of all of it (a transpose, a reshape), or a view
+    of a result that `result` carved from it (which may use less than all of it); anything
+    else is left alone."""
+    mine = _results.get()
+    if mine is None or type(value) is not np.ndarray:
+        return False
+    owner = value if value.base is None else value.base
+    if (type(owner) is not np.ndarray or owner.base is not None or not owner.flags.owndata
+            or not owner.flags.writeable or not value.flags.writeable
+            or owner.nbytes < mine.min_bytes
+            or (value.nbytes != owner.nbytes and _lent.get(id(owner)) is not owner)):
+        return False
+    block = owner.transpose(np.argsort(owner.strides, kind="stable")[::-1])
+    if not block.flags.c_contiguous:
+        return False
+    raw = block.reshape(-1).view(np.uint8)                       # (nbytes,) view of owner
+    _give_back([raw], 0, mine.limit, held=False)
+    return True
 
 
 def release() -> None:
@@ -185,15 +260,24 @@ def pooled_bytes() -> int:
 
 
 def _take(nbytes: int, limit: int) -> np.ndarray:
-    """The smallest free buffer of at least nbytes (at most twice that), else a new one."""
+    """The smallest free buffer of at least nbytes (at most twice that), else a new one,
+    counted as in use."""
     with _lock:
-        fits = [i for i, raw in enumerate(_free) if nbytes <= raw.nbytes <= 2 * nbytes]
-        if fits:
-            raw = _free.pop(min(fits, key=lambda i: _free[i].nbytes))
+        raw = _fit(nbytes)
+        if raw is not None:
             _held[0] += raw.nbytes
             return raw
         _reserve(nbytes, limit)
     return np.empty(nbytes, dtype=np.uint8)
+
+
+def _fit(nbytes: int) -> np.ndarray | None:
+    """Take the smallest free buffer of at least nbytes (at most twice that) out of the pool,
+    if there is one. The caller holds `_lock`."""
+    fits = [i for i, raw in enumerate(_free) if nbytes <= raw.nbytes <= 2 * nbytes]
+    if not fits:
+        return None
+    return _free.pop(min(fits, key=lambda i: _free[i].nbytes))
 
 
 def _reserve(nbytes: int, limit: int) -> None:
@@ -205,12 +289,12 @@ def _reserve(nbytes: int, limit: int) -> None:
     _held[0] += nbytes
 
 
-def _give_back(raws: list[np.ndarray], plain: int, limit: int) -> None:
-    """Return buffers to the pool (and stop counting `plain` bytes of plain allocations as in
-    use), then drop the least recently used free ones while the pool (free and still in use)
-    exceeds `limit`."""
+def _give_back(raws: list[np.ndarray], plain: int, limit: int, held: bool = True) -> None:
+    """Return buffers to the pool (and stop counting them, if `held`, and `plain` bytes of
+    plain allocations as in use), then drop the least recently used free ones while the pool
+    (free and still in use) exceeds `limit`."""
     with _lock:
-        _held[0] -= sum(raw.nbytes for raw in raws) + plain
+        _held[0] -= (sum(raw.nbytes for raw in raws) if held else 0) + plain
         _free.extend(raws)
         total = sum(raw.nbytes for raw in _free) + _held[0]
         while _free and total > limit:

@@ -22,6 +22,7 @@ import numpy as np
 from npconv import _args, _backend, _layout
 from npconv import _poolkernels as kernels
 from npconv._args import check_flag
+from npconv._workspace import result
 from npconv.spec import (
     PoolSpec,
     check_shape,
@@ -171,7 +172,7 @@ def _max_forward(xk, spec: PoolSpec, *, values: bool = True, argmax: str | None 
     "codes" the `argmax_codes` themselves (`kernels.code_dtype`)."""
     xp = _backend.namespace(xk)
     shape = _kernel_shape(spec, spec.out_size)                   # (B, *P, C)
-    y = xp.empty(shape, dtype=xk.dtype) if values else None      # (B, *P, C)
+    y = result(shape, xk.dtype, xp) if values else None          # (B, *P, C)
     ctype = kernels.code_dtype(spec)
     kept = None if argmax is None else xp.empty(shape, dtype=np.int64 if argmax == "indices"
                                                  else ctype)     # (B, *P, C)
@@ -573,7 +574,7 @@ def avg_pool(
     xp = _backend.namespace(xk)
     acc = _args.compute_dtype(x.dtype)
     div = _divisor(spec, count_include_pad, acc, xp)
-    y = xp.empty(_kernel_shape(spec, spec.out_size), dtype=x.dtype)  # (B, *P, C)
+    y = result(_kernel_shape(spec, spec.out_size), x.dtype, xp)  # (B, *P, C)
 
     def task(chunk, state):
         bs, rows = chunk
@@ -883,7 +884,7 @@ def lp_pool(
     xk = _layout.planes(x, data_format)
     xp = _backend.namespace(xk)
     acc = _args.compute_dtype(x.dtype)
-    y = xp.empty(_kernel_shape(spec, spec.out_size), dtype=x.dtype)  # (B, *P, C)
+    y = result(_kernel_shape(spec, spec.out_size), x.dtype, xp)  # (B, *P, C)
 
     def task(chunk, state):
         bs, rows = chunk

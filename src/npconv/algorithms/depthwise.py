@@ -35,7 +35,7 @@ import numpy as np
 from npconv import _backend, _chunks, _windows
 from npconv._chunks import Chunk, Plan
 from npconv._config import Settings
-from npconv._workspace import scratch
+from npconv._workspace import result, scratch
 from npconv.algorithms._common import chunk_taps, finish, take
 from npconv.spec import ConvSpec, inside, taps, whole
 
@@ -175,7 +175,7 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
     the time), where a merged layer's two column boxes per chunk cost more than the copy."""
     xp = _backend.namespace(xp_, w)
     g, m = spec.groups, spec.group_out
-    y = xp.empty((spec.batch, *spec.out_size, spec.out_channels), dtype=xp_.dtype)  # (N,*P,F)
+    y = result((spec.batch, *spec.out_size, spec.out_channels), xp_.dtype, xp)  # (N, *P, F)
     chunks = _plan(spec, y.itemsize, settings, xp)
     if xp is not np:
         return _forward_offsets(xp_, w, spec, y, bias, clip, chunks)

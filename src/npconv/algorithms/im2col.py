@@ -25,7 +25,7 @@ import numpy as np
 from npconv import _backend, _chunks, _windows
 from npconv._chunks import Chunk, Plan
 from npconv._config import Settings
-from npconv._workspace import scratch
+from npconv._workspace import result, scratch
 from npconv.algorithms._common import (
     PartialSum,
     chunk_taps,
@@ -150,7 +150,7 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
     g, f, nk, cg = spec.groups, spec.out_channels, math.prod(spec.kernel_size), spec.group_in
     win = _unfold(xp_, spec)                                     # (N, *P, *K, C) view
     wg = grouped_w(w, spec)                                      # (G, prodK*C/G, F/G)
-    y = xp.empty((spec.batch, *spec.out_size, f), dtype=xp_.dtype)  # (N, *P, F)
+    y = result((spec.batch, *spec.out_size, f), xp_.dtype, xp)  # (N, *P, F)
     width = f if g > 1 else 0
     chunks = plan(spec, y.itemsize, settings, xp, out_width=width)
     if chunks.most_taps() < nk:                                  # blocks: add products up

@@ -19,6 +19,7 @@ from typing import Any
 from npconv import _backend, _chunks, _layout
 from npconv._chunks import Chunk
 from npconv._config import Settings
+from npconv._workspace import result
 from npconv.algorithms._common import PartialSum, finish
 from npconv.spec import ConvSpec
 
@@ -77,12 +78,12 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
     xp_ = _read(xp_, spec)                                       # (N, *P, C)
     x_cf = _channels_first(xp_)
     if x_cf is not None:                                         # per image: w^T @ x_n
-        y = xp.empty((spec.batch, f, x_cf.shape[2]), dtype=x_cf.dtype)  # (N, F, P)
+        y = result((spec.batch, f, x_cf.shape[2]), x_cf.dtype, xp)  # (N, F, P)
         a, b, row_bytes = w2.T, x_cf, y[0].nbytes
         b_add = None if bias is None else bias[:, None]          # (F, 1)
     else:
         x2 = _rows(xp_, settings)                                # (N*P, C)
-        y = xp.empty((x2.shape[0], f), dtype=x2.dtype)           # (N*P, F)
+        y = result((x2.shape[0], f), x2.dtype, xp)              # (N*P, F)
         a, b, row_bytes, b_add = x2, w2, x2[0].nbytes + y[0].nbytes, bias
 
     def task(chunk: Chunk, _: None) -> None:

@@ -42,7 +42,7 @@ import numpy as np
 from npconv import _backend, _chunks, _layout
 from npconv._chunks import Chunk, Plan
 from npconv._config import Settings
-from npconv._workspace import scratch
+from npconv._workspace import result, scratch
 from npconv.algorithms import im2col
 from npconv.algorithms._common import PartialSum, split, take
 from npconv.spec import ConvSpec
@@ -184,7 +184,7 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
     t0, t1 = _tiles(spec)
     x = _even(xp_, (2 * t0 + 2, 2 * t1 + 2), settings)           # (N, 2T0+2, 2T1+2, C)
     u = transform_w(w, spec)                                     # (16, G, C/G, F/G)
-    y = xp.empty((spec.batch, 2 * t0, 2 * t1, f), dtype=xp_.dtype)  # (N, 2T0, 2T1, F)
+    y = result((spec.batch, 2 * t0, 2 * t1, f), xp_.dtype, xp)  # (N, 2T0, 2T1, F)
     chunks, most = _plan(spec, y.itemsize, settings, xp, FORWARD_WIDTH)
 
     @_quiet
