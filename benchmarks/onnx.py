@@ -113,6 +113,15 @@ def best_time(fn, repeats: int, clock=time.perf_counter) -> tuple[float, object]
     return best, out
 
 
+def page_faults() -> int | None:
+    """The process's minor page faults so far (None where `resource` is missing: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def once(fn, clock=time.perf_counter) -> tuple[float, object]:
     t = clock()
     out = fn()
@@ -167,13 +176,18 @@ def worker(impl: str, path: str, batch: str, size: str, repeats: str, threads: s
     with settings:
         if impl == "reference":
             seconds, y = once(lambda: call(x), CLOCKS[clock])
+            faults = None
         else:
+            call(x)                                              # the first: weights etc.
+            before = page_faults()
             seconds, y = best_time(lambda: call(x), repeats, CLOCKS[clock])
-    np.savez(out, seconds=seconds, logits=y, delegated=json.dumps(delegated()))
+            faults = None if before is None else (page_faults() - before) / (repeats + 1)
+    np.savez(out, seconds=seconds, logits=y, delegated=json.dumps(delegated()),
+             faults=np.nan if faults is None else faults)
 
 
 def in_subprocess(impl: str, path: Path, batch: int, size: int, repeats: int,
-                  threads: int | None, clock: str) -> tuple[float, np.ndarray, dict]:
+                  threads: int | None, clock: str) -> tuple[float, np.ndarray, dict, float]:
     """`worker` in a process of its own: no library's threads (onnxruntime's and OpenMP's
     spin after their calls) or allocations disturb another's timing."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,18 +196,20 @@ def in_subprocess(impl: str, path: Path, batch: int, size: int, repeats: int,
                         str(path), str(batch), str(size), str(repeats), str(threads or 0), clock,
                         str(out)], check=True)
         with np.load(out) as f:
-            return float(f["seconds"]), f["logits"], json.loads(str(f["delegated"]))
+            return (float(f["seconds"]), f["logits"], json.loads(str(f["delegated"])),
+                    float(f["faults"]))
 
 
 def measure(path: Path, batch: int, size: int, repeats: int, reference: bool,
             threads: int | None, clock: str = "wall") -> dict:
     args = (path, batch, size, repeats, threads, clock)
-    t_ort, want, _ = in_subprocess("onnxruntime", *args)
-    t_np, got, delegated = in_subprocess("npconv", *args)
+    t_ort, want, _, _ = in_subprocess("onnxruntime", *args)
+    t_np, got, delegated, faults = in_subprocess("npconv", *args)
     row = dict(batch=batch, ort=t_ort, npconv=t_np, npconv_diff=float(np.abs(got - want).max()),
-               delegated=delegated, reference=None, reference_diff=None)
+               delegated=delegated, reference=None, reference_diff=None,
+               npconv_faults=None if np.isnan(faults) else faults)
     if reference:
-        row["reference"], slow, _ = in_subprocess("reference", *args)
+        row["reference"], slow, _, _ = in_subprocess("reference", *args)
         row["reference_diff"] = float(np.abs(slow - want).max())
     return row
 
@@ -218,14 +234,16 @@ def _e(v) -> str:
 def table(results: dict) -> list[str]:
     lines = ["| model | batch | reference ms | npconv.onnx ms | onnxruntime ms | reference / "
              "npconv (>= 10) | npconv / onnxruntime (<= 3) | max diff npconv | max diff "
-             "reference |", "|---|---|---|---|---|---|---|---|---|"]
+             "reference | npconv.onnx page faults / run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rows in results.items():
         for r in rows:
+            faults = r.get("npconv_faults")
             lines.append(
                 f"| {name} | {r['batch']} | {_ms(r['reference'])} | {_ms(r['npconv'])} | "
                 f"{_ms(r['ort'])} | {_x(r['reference'], r['npconv'])} | "
                 f"{_x(r['npconv'], r['ort'])} | {_e(r['npconv_diff'])} | "
-                f"{_e(r['reference_diff'])} |")
+                f"{_e(r['reference_diff'])} | {'n/a' if faults is None else f'{faults:.0f}'} |")
     return lines
 
 
@@ -260,7 +278,8 @@ def run(batches=(1, 8), size: int = 224, repeats: int = 5, reference: bool = Tru
     return [*environment(threads), "", f"Times: {what}. Input {size}x{size} float32, random "
             f"weights; best of {repeats} runs after a warm-up for npconv.onnx and onnxruntime, "
             "one run for the reference evaluator. Max diff: the largest absolute difference of "
-            "the logits to onnxruntime's.", "", *table(results)]
+            "the logits to onnxruntime's. Page faults: npconv.onnx's minor page faults per call "
+            "after the first (memory mapped and touched afresh).", "", *table(results)]
 
 
 def main(argv=None) -> None:
