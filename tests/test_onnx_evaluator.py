@@ -590,17 +590,17 @@ def chain_model(rng, alias=None, k=3):
 
 
 def test_dead_values_lend_their_memory_to_later_results(rng, pool_everything, monkeypatch):
-    """The values only npconv's operators and ONNX's Add make and read go back to the pool
-    after their last reader, and later results (of this run and the next) are written into
-    their memory; every run answers like ONNX's evaluator, and no run changes what an
-    earlier one returned (a requested intermediate included)."""
+    """The values only npconv's operators and ONNX's Add and Relu make and read go back to
+    the pool after their last reader, and later results (of this run and the next) are
+    written into their memory; every run answers like ONNX's evaluator, and no run changes
+    what an earlier one returned (a requested intermediate included)."""
     from npconv import _workspace, pooling
     from npconv.algorithms import im2col
 
     model = chain_model(rng)
     ev, ref = Evaluator(model), ReferenceEvaluator(model)
     assert ev._recyclable({0: (0, None)}, ["Y"]) == {"r", "b", "c", "s"}  # r outlives a
-    assert ev._recyclable({}, ["Y", "c"]) == {"b", "s"}       # ONNX's Relu reads a, makes r
+    assert ev._recyclable({}, ["Y", "c"]) == {"a", "r", "b", "s"}   # ONNX's Relu: a -> r
     events = []                                                  # ("dead" or "made", array)
     recycle, result = _workspace.recycle, _workspace.result
     taken = []

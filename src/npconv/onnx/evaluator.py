@@ -26,7 +26,7 @@ from npconv.onnx import ops
 __all__ = ["NPCONV_OPERATORS", "Evaluator"]
 
 FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-_FRESH_ONNX = frozenset({"Add", "Sub", "Mul", "Div"})    # ONNX's NumPy ufuncs: new arrays
+_FRESH_ONNX = frozenset({"Add", "Sub", "Mul", "Div", "Relu"})   # ONNX's: always new arrays
 MAX_POOL_DTYPES = (*FLOATS, np.dtype(np.int8), np.dtype(np.uint8))
 
 
@@ -244,10 +244,10 @@ class Evaluator(ReferenceEvaluator):
         (no function attributes, no intermediates asked for, no shape-annotation checks, no
         node that reads the enclosing scope) this one drops each value after its last use, so
         that memory peaks at a few activations. The memory of a dropped value that only
-        npconv's operators (and ONNX's Add, Sub, Mul and Div) made and read goes to npconv's
-        workspace pool, where the results of later nodes, and of the next run, take it instead
-        of page-faulting fresh memory (MobileNetV2 at batch 8: about 2,700 faults a run
-        before, 10 after). Between runs the pool keeps at most the workspace limit
+        npconv's operators (and ONNX's Add, Sub, Mul, Div and Relu) made and read goes to
+        npconv's workspace pool, where the results of later nodes, and of the next run, take
+        it instead of page-faulting fresh memory (MobileNetV2 at batch 8: about 2,700 faults a
+        run before, 10 after). Between runs the pool keeps at most the workspace limit
         (`npconv.config(workspace=)`); `npconv.release_workspace()` frees it. Other runs are
         ONNX's own.
         """
@@ -303,8 +303,8 @@ class Evaluator(ReferenceEvaluator):
 
     def _recyclable(self, fused: dict[int, tuple], wanted: list[str]) -> set[str]:
         """The values whose memory nothing can read once they are dropped: made by one of
-        npconv's operators (its first output) or by ONNX's Add, Sub, Mul or Div (NumPy ufuncs:
-        new arrays), read only by such nodes (none of which returns or keeps a view of an
+        npconv's operators (its first output) or by ONNX's Add, Sub, Mul, Div or Relu (NumPy
+        ufuncs: new arrays), read only by such nodes (none of which returns or keeps a view of an
         input), and not asked for. A Conv with a fused activation counts as the maker of the
         activation's output, the same array, and its own output, which that name outlives, is
         never recycled. `_run_nodes` drops the names of a node that ONNX's class ran instead."""
