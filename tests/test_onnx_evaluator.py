@@ -680,3 +680,79 @@ def test_a_node_onnx_runs_instead_keeps_what_it_reads_and_makes(rng, pool_everyt
                                atol=1e-5)
     assert ev.delegated == {"BatchNormalization#1": "spatial=0"}
     assert ev._recyclable({}, ["Y"]) == {"a", "n", "s"} and len(dead) == 1   # s alone
+
+
+def test_one_evaluator_in_two_threads_fuses_each_run_on_its_own(rng, monkeypatch):
+    """A run that fuses a Conv with its Relu and one that asks for the Conv's output, at the
+    same time on two threads: the second's Conv is not clipped (the fused bounds are per
+    thread, not on the node)."""
+    import threading
+
+    from npconv.onnx import evaluator
+
+    model = activation_model(rng, "Relu")
+    x = rng.normal(size=(2, 3, 6, 5)).astype(np.float32)
+    ev = Evaluator(model)
+    want_c = ReferenceEvaluator(model).run(["c"], {"X": x})[0]
+    inside, done, seen = threading.Event(), threading.Event(), []
+    conv = ops.conv
+
+    def paused(*args, clip=None, **kw):
+        if clip is not None and not inside.is_set():             # the fused run's first Conv
+            inside.set()
+            done.wait(10)
+        else:
+            seen.append(clip)
+        return conv(*args, clip=clip, **kw)
+
+    monkeypatch.setattr(evaluator.ops, "conv", paused)
+    fused = threading.Thread(target=lambda: ev.run(None, {"X": x}))
+    fused.start()
+    assert inside.wait(10)
+    got = ev.run(["c", "Y"], {"X": x})                           # meanwhile, on this thread
+    done.set()
+    fused.join()
+    assert seen[:2] == [None, None]
+    np.testing.assert_allclose(got[0], want_c, rtol=1e-5, atol=1e-5)
+    assert (got[0] < 0).any()
+
+
+def test_an_omitted_output_is_no_value_for_an_omitted_input(rng):
+    """MaxPool's output omitted (""), asking for its Indices only, then a Clip whose min is
+    omitted ("" too): the Clip has no lower bound, fused or not."""
+    w = rng.normal(size=(2, 2, 1, 1)).astype(np.float32)
+    nodes = [oh.make_node("MaxPool", ["X"], ["", "idx"], kernel_shape=[1, 1]),
+             oh.make_node("Conv", ["X", "W"], ["a"]),
+             oh.make_node("Clip", ["a", "", "hi"], ["Y"])]
+    info = oh.make_tensor_value_info
+    graph = oh.make_graph(nodes, "g", [info("X", TensorProto.FLOAT, [1, 2, 3, 3])],
+                          [info("Y", TensorProto.FLOAT, None),
+                           info("idx", TensorProto.INT64, None)],
+                          initializer=[onnx.numpy_helper.from_array(w, "W"),
+                                       onnx.numpy_helper.from_array(np.array(0.5, np.float32),
+                                                                    "hi")])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    x = rng.normal(size=(1, 2, 3, 3)).astype(np.float32)
+    ev = Evaluator(model)
+    a = ev.run(["a"], {"X": x})[0]
+    for names in (["Y"], ["Y", "a"]):                            # fused, then not
+        np.testing.assert_array_equal(ev.run(names, {"X": x})[0], np.minimum(a, 0.5))
+
+
+def test_a_fed_bound_overrides_its_initializer(rng):
+    """A Clip bound that is an initializer and a graph input: a feed for it wins, fused or
+    not, as in ONNX's evaluator."""
+    w = rng.normal(size=(2, 2, 1, 1)).astype(np.float32)
+    nodes = [oh.make_node("Conv", ["X", "W"], ["a"]), oh.make_node("Clip", ["a", "", "hi"], ["Y"])]
+    info = oh.make_tensor_value_info
+    graph = oh.make_graph(nodes, "g", [info("X", TensorProto.FLOAT, [1, 2, 3, 3]),
+                                       info("hi", TensorProto.FLOAT, [])],
+                          [info("Y", TensorProto.FLOAT, None)],
+                          initializer=[onnx.numpy_helper.from_array(w, "W"),
+                                       onnx.numpy_helper.from_array(np.array(0.1, np.float32),
+                                                                    "hi")])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    x = rng.normal(size=(1, 2, 3, 3)).astype(np.float32)
+    ev, ref = Evaluator(model), ReferenceEvaluator(model)
+    for feeds in ({"X": x}, {"X": x, "hi": np.array(5.0, np.float32)}):
+        np.testing.assert_array_equal(ev.run(None, feeds)[0], ref.run(None, feeds)[0])

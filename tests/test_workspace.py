@@ -528,13 +528,31 @@ def test_pooled_results_lend_a_dead_results_memory_to_the_next():
     lambda: np.broadcast_to(np.ones(2**20), (4, 2**20)),          # read-only view
     lambda: np.ones((2048, 1024))[:, ::2],                        # not one block
     lambda: list(range(10)),                                      # not an array
+    lambda: np.empty((2**18,), object),                           # references
+    lambda: np.empty((0, 5), np.float32),                         # nothing
 ])
 def test_recycle_takes_only_whole_writable_numpy_memory(make):
-    settings = _config.Settings(workspace=64 * 2**20)
     _workspace.release()
-    with _workspace.pooled_results(settings):
+    with _config.tuned(scratch_min_bytes=0), _workspace.pooled_results(_config.resolve()):
         assert not _workspace.recycle(make())
     assert _workspace.pooled_bytes() == 0
+
+
+def test_recycle_takes_memory_once_and_a_result_whole():
+    """Memory given back twice would go to two later results at once; a part of a result
+    carved from the pool would give back the rest of it while it lives."""
+    mib = 2**20
+    _workspace.release()
+    with _workspace.pooled_results(_config.Settings(workspace=64 * mib)):
+        a = np.ones((mib,), np.float32)
+        assert _workspace.recycle(a) and not _workspace.recycle(a.reshape(2, -1))
+        b = _workspace.result((3 * mib // 4,), np.float32)      # 3 MiB of a's 4
+        assert np.shares_memory(a, b)
+        assert not _workspace.recycle(b[: mib // 2]) and _workspace.pooled_bytes() == 0
+        assert _workspace.recycle(b) and _workspace.pooled_bytes() == 4 * mib
+        c = _workspace.result((mib,), np.float32)
+        assert np.shares_memory(c, a) and _workspace.recycle(c.T)
+    _workspace.release()
 
 
 def test_recycled_results_stay_within_the_workspace():

@@ -57,8 +57,12 @@ _scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("npconv_s
                                                                        default=None)
 _results: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("npconv_results",
                                                                          default=None)
-_lent: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
-"""id -> the memory `result` carved a result from, while that memory lives."""
+_lent: dict[int, tuple[weakref.ref, int]] = {}
+"""id(memory) -> (a weak reference to the memory `result` carved a result from, the result's
+bytes), while that memory lives and is not in the pool."""
+_pooled: set[int] = set()
+"""ids of the memory (the owners) of the free buffers `recycle` put in the pool and no result
+took since."""
 
 
 def _after_fork() -> None:
@@ -142,8 +146,16 @@ def result(shape: tuple[int, ...], dtype: Any, xp: ModuleType = np) -> Any:
         if raw is None:
             raw = np.empty(nbytes, dtype=np.uint8)
         owner = raw if raw.base is None else raw.base            # what views of it point to
-        _lent[id(owner)] = owner
+        _lent[id(owner)] = (weakref.ref(owner, _forget(id(owner))), nbytes)
     return raw[:nbytes].view(dtype).reshape(shape)
+
+
+def _forget(key: int) -> Any:
+    """The callback that drops `_lent[key]` when the memory it names is freed (no lock: it may
+    run on a thread that holds it)."""
+    def forget(_: Any) -> None:
+        _lent.pop(key, None)
+    return forget
 
 
 def recycle(value: Any) -> bool:
@@ -155,21 +167,28 @@ def recycle(value: Any) -> bool:
     owns its data, all of it in one block (C-contiguous up to the order of its axes, as
     NumPy's ufuncs lay out a result of transposed operands), of `Tuning.scratch_min_bytes` or
     more, is taken: that array itself, a view of all of it (a transpose, a reshape), or a view
-    of a result that `result` carved from it (which may use less than all of it); anything
-    else is left alone."""
+    of all of a result that `result` carved from it (which may use less than all of it).
+    Anything else (object arrays too), and memory that is in the pool already, is left
+    alone."""
     mine = _results.get()
-    if mine is None or type(value) is not np.ndarray:
+    if mine is None or type(value) is not np.ndarray or value.dtype.hasobject:
         return False
     owner = value if value.base is None else value.base
     if (type(owner) is not np.ndarray or owner.base is not None or not owner.flags.owndata
             or not owner.flags.writeable or not value.flags.writeable
-            or owner.nbytes < mine.min_bytes
-            or (value.nbytes != owner.nbytes and _lent.get(id(owner)) is not owner)):
+            or owner.nbytes < max(mine.min_bytes, 1)):
         return False
+    lent = _lent.get(id(owner))
+    whole = owner.nbytes if lent is None or lent[0]() is not owner else lent[1]
     block = owner.transpose(np.argsort(owner.strides, kind="stable")[::-1])
-    if not block.flags.c_contiguous:
+    if value.nbytes != whole or not block.flags.c_contiguous:
         return False
     raw = block.reshape(-1).view(np.uint8)                       # (nbytes,) view of owner
+    with _lock:
+        if id(owner) in _pooled:                                 # given back already
+            return False
+        _pooled.add(id(owner))
+        _lent.pop(id(owner), None)
     _give_back([raw], 0, mine.limit, held=False)
     return True
 
@@ -191,6 +210,7 @@ def release() -> None:
     """
     with _lock:
         _free.clear()
+        _pooled.clear()
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3                   # glibc's mallopt (malloc.h)
@@ -277,7 +297,14 @@ def _fit(nbytes: int) -> np.ndarray | None:
     fits = [i for i, raw in enumerate(_free) if nbytes <= raw.nbytes <= 2 * nbytes]
     if not fits:
         return None
-    return _free.pop(min(fits, key=lambda i: _free[i].nbytes))
+    return _pop(min(fits, key=lambda i: _free[i].nbytes))
+
+
+def _pop(i: int) -> np.ndarray:
+    """Take `_free[i]` out of the pool. The caller holds `_lock`."""
+    raw = _free.pop(i)
+    _pooled.discard(id(raw if raw.base is None else raw.base))
+    return raw
 
 
 def _reserve(nbytes: int, limit: int) -> None:
@@ -285,7 +312,7 @@ def _reserve(nbytes: int, limit: int) -> None:
     while the pool and it would exceed `limit`. The caller holds `_lock`."""
     free = sum(raw.nbytes for raw in _free)
     while _free and free + _held[0] + nbytes > limit:
-        free -= _free.pop(0).nbytes
+        free -= _pop(0).nbytes
     _held[0] += nbytes
 
 
@@ -298,4 +325,4 @@ def _give_back(raws: list[np.ndarray], plain: int, limit: int, held: bool = True
         _free.extend(raws)
         total = sum(raw.nbytes for raw in _free) + _held[0]
         while _free and total > limit:
-            total -= _free.pop(0).nbytes
+            total -= _pop(0).nbytes

@@ -12,6 +12,7 @@ ONNX's own class for that node, and `Evaluator.delegated` says which and why.
 
 from __future__ import annotations
 
+import contextvars
 import os
 from typing import Any, ClassVar
 
@@ -90,23 +91,27 @@ class _WeightedOp(_NpconvOp):
         return self._weight[1] if self._weight is not None and self._weight[0] is w else None
 
 
-class Conv(_WeightedOp):
-    _clip: tuple | None = None                  # a fused Relu or Clip, during `run_clipped`
+_CLIP: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("npconv_onnx_clip",
+                                                                     default=None)
+"""The fused Relu or Clip of the Conv that `Conv.run_clipped` runs (per thread: two runs of one
+evaluator at once may fuse differently)."""
 
+
+class Conv(_WeightedOp):
     def _run(self, x, w, b=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
              pads=None, strides=None):
         return (ops.conv(x, w, b, auto_pad=auto_pad, dilations=dilations, group=group or 1,
                          kernel_shape=kernel_shape, pads=pads, strides=strides,
-                         w_last=self.w_last(w), clip=self._clip),)
+                         w_last=self.w_last(w), clip=_CLIP.get()),)
 
     def run_clipped(self, clip: tuple, *args):
         """`run`, the output clipped to clip = (lo, hi) (None: no bound) as np.clip does: by
         npconv chunk by chunk, or after ONNX's class computed the node."""
-        self._clip = clip
+        token = _CLIP.set(clip)
         try:
             (y,) = self.run(*args)
         finally:
-            self._clip = None
+            _CLIP.reset(token)
         return (y,) if self._reason is None else (np.clip(y, *clip).astype(y.dtype, copy=False),)
 
 
@@ -272,8 +277,10 @@ class Evaluator(ReferenceEvaluator):
     def _run_nodes(self, results: dict[str, Any], wanted: list[str], feeds: list[str]) -> None:
         """Every node in order, its outputs into `results`, each value dropped after its last
         reader unless it is `wanted`."""
+        fed = set(feeds)
         fused = {i: bounds for i, (bounds, j) in self._fused.items()      # not if the Conv's
-                 if self.rt_nodes_[i].output[0] not in wanted}              # output is asked for
+                 if self.rt_nodes_[i].output[0] not in wanted               # output is asked for
+                 and fed.isdisjoint(self.rt_nodes_[j].input[1:])}           # or a bound is fed
         clipped = {self._fused[i][1] for i in fused}
         key = (tuple(fused), tuple(wanted))
         if key not in self._recyclables:
@@ -286,14 +293,16 @@ class Evaluator(ReferenceEvaluator):
                 raise RuntimeError(f"Unable to find input {missing[0]!r} of node "
                                    f"{node.op_type!r}: neither a feed, an initializer nor the "
                                    f"output of an earlier node (feeds: {feeds})")
+            args = [results[name] for name in node.input]
             if i in clipped:                             # the Conv before applied this node
-                outputs = (results[node.input[0]],)
+                outputs = (args[0],)
             elif i in fused:
-                outputs = node.run_clipped(fused[i], *(results[name] for name in node.input))
+                outputs = node.run_clipped(fused[i], *args)
             else:
-                outputs = node.run(*(results[name] for name in node.input))
-            results.update(zip(node.output, outputs))
-            if isinstance(node, _NpconvOp) and node._reason is not None:
+                outputs = node.run(*args)
+            results.update((name, v) for name, v in zip(node.output, outputs) if name)
+            if isinstance(node, _NpconvOp) and (node._static_reason
+                                                or node._dtype_reason(args)) is not None:
                 recyclable.difference_update((*node.input, *node.output))  # ONNX's class ran
             for name in self._last_uses.get(i, ()):
                 if name not in wanted:
@@ -345,8 +354,9 @@ class Evaluator(ReferenceEvaluator):
         npconv's whose output one Relu, or one Clip with constant bounds, reads and nothing
         else (no other node, not the graph's outputs): `run` has the Conv clip its output in
         cache (`npconv.conv(..., clip=)`, the bits of ONNX's np.clip) and skips the activation
-        node, unless the run asks for the Conv's output by name. ONNX's own loop (intermediate
-        values, function attributes) runs both as written."""
+        node, unless the run asks for the Conv's output by name or feeds a value for a bound
+        (a feed may override an initializer). ONNX's own loop (intermediate values, function
+        attributes) runs both as written."""
         readers: dict[str, list[int]] = {}
         for j, node in enumerate(self.rt_nodes_):
             for name in node.input:
