@@ -420,6 +420,38 @@ def test_keep_freed_memory_stops_the_page_faults_of_new_arrays():
     assert faults("default") > 10 * max(kept, 1)
 
 
+_POOLED_FAULTS = """
+import resource, sys
+import numpy as np
+from npconv import _config, _workspace
+if sys.argv[1] == "pooled":
+    with _workspace.pooled_results(_config.resolve()):
+        pass
+def one():
+    np.empty(2**20, np.float32).fill(1)                          # 4 MiB, freed at once
+one()
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    one()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 5)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_pooled_results_keep_malloc_reusing_freed_arrays():
+    """Once a process has pooled results, a 4 MiB array freed and allocated again comes back
+    from the heap (no faults) instead of a fresh mapping (a thousand faults): glibc's threshold
+    was raised as freeing a network's large activations used to raise it."""
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _POOLED_FAULTS, mode],
+                             capture_output=True, text=True, check=True)
+        return float(out.stdout)
+
+    pooled = faults("pooled")
+    assert pooled < 50, pooled
+    assert faults("default") > 10 * max(pooled, 1)
+
+
 def test_keep_freed_memory_without_mallopt_changes_nothing(monkeypatch):
     """Where the C library has no mallopt (macOS, Windows): False and a RuntimeWarning."""
     import ctypes
