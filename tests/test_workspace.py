@@ -5,6 +5,7 @@ allocate, besides its inputs, outputs and padded copies, no more than the limit.
 sees NumPy's array buffers, so its peak measures the temporaries directly.
 """
 
+import os
 import platform
 import subprocess
 import sys
@@ -390,18 +391,34 @@ _FAULTS = """
 import resource, sys
 import numpy as np
 import npconv
+from npconv import _config, _workspace
 if sys.argv[1] == "keep":
     assert npconv.keep_freed_memory() is True
-shape = (16, 28, 28, 640)                                # 32 MiB of float32: two such at once
-def pair():
-    a = np.empty(shape, np.float32); a.fill(1)
-    b = np.empty(shape, np.float32); b.fill(1)
-pair()
+if sys.argv[1] == "pooled":
+    with _workspace.pooled_results(_config.resolve()):
+        pass
+shape = tuple(map(int, sys.argv[2:]))
+def step():                                     # two 32 MiB arrays alive at once, or one
+    arrays = [np.empty(shape, np.float32) for _ in range(2 if len(shape) > 1 else 1)]
+    for a in arrays:
+        a.fill(1)
+step()
 start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
-    pair()
+    step()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 5)
 """
+
+
+def _faults(mode: str, shape: tuple[int, ...]) -> float:
+    """Page faults per step of float32 arrays of `shape` allocated, filled and freed, in a
+    child process whose malloc runs under `mode` ("default", "keep": keep_freed_memory(),
+    "pooled": after a pooled_results), its MALLOC_*_ variables cleared (dask's nanny sets
+    MALLOC_TRIM_THRESHOLD_, and after the suite's dask tests the children had it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode, *map(str, shape)],
+                         capture_output=True, text=True, check=True, env=env)
+    return float(out.stdout)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
@@ -410,52 +427,20 @@ def test_keep_freed_memory_stops_the_page_faults_of_new_arrays():
     them back to the system each time and every new one faults its pages in again (about 830
     faults per pair here, some of them 2 MiB huge pages); after keep_freed_memory() the heap
     keeps them (none)."""
-    def faults(mode):
-        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True,
-                             text=True, check=True)
-        return float(out.stdout)
-
-    kept = faults("keep")
+    shape = (16, 28, 28, 640)
+    kept = _faults("keep", shape)
     assert kept < 100, kept
-    assert faults("default") > 10 * max(kept, 1)
-
-
-_POOLED_FAULTS = """
-import resource, sys
-import numpy as np
-from npconv import _config, _workspace
-if sys.argv[1] == "pooled":
-    with _workspace.pooled_results(_config.resolve()):
-        pass
-def one():
-    np.empty(2**20, np.float32).fill(1)                          # 4 MiB, freed at once
-one()
-start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    one()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 5)
-"""
+    assert _faults("default", shape) > 10 * max(kept, 1)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_pooled_results_keep_malloc_reusing_freed_arrays():
     """Once a process has pooled results, a 4 MiB array freed and allocated again comes back
     from the heap (no faults) instead of a fresh mapping (a thousand faults): glibc's threshold
-    was raised as freeing a network's large activations used to raise it. Not where a
-    MALLOC_*_ variable fixes glibc's thresholds (dask's nanny sets MALLOC_TRIM_THRESHOLD_, and
-    after the suite's dask tests this test's processes had it): the test clears them."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-
-    def faults(mode):
-        out = subprocess.run([sys.executable, "-c", _POOLED_FAULTS, mode],
-                             capture_output=True, text=True, check=True, env=env)
-        return float(out.stdout)
-
-    pooled = faults("pooled")
+    was raised as freeing a network's large activations used to raise it."""
+    pooled = _faults("pooled", (2**20,))
     assert pooled < 50, pooled
-    assert faults("default") > 10 * max(pooled, 1)
+    assert _faults("default", (2**20,)) > 10 * max(pooled, 1)
 
 
 def test_keep_freed_memory_without_mallopt_changes_nothing(monkeypatch):
