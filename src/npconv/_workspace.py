@@ -119,8 +119,8 @@ def pooled_results(settings: Settings) -> Iterator[None]:
 
     For a caller that knows when each value dies, such as a graph evaluator that drops values
     after their last reader: freshly allocated, every activation of a network page-faults on
-    first touch on every run (npconv.onnx's MobileNetV2 at batch 8: about 2,000 faults a run,
-    a quarter of its time on the benchmark VM); from the pool, a result takes the memory of
+    first touch on every run (npconv.onnx's MobileNetV2 at batch 8: 2,650-3,160 faults a run,
+    a sixth of its time on the benchmark VM); from the pool, a result takes the memory of
     one that died before it, or of the last run's. The pool's free buffers stay within
     `settings.workspace` bytes together with the scratch buffers in use, as ever; results in
     use are the caller's and are not counted.
