@@ -251,8 +251,8 @@ class Evaluator(ReferenceEvaluator):
         that memory peaks at a few activations. The memory of a dropped value that only
         npconv's operators (and ONNX's Add, Sub, Mul, Div and Relu) made and read goes to
         npconv's workspace pool, where the results of later nodes, and of the next run, take
-        it instead of page-faulting fresh memory (MobileNetV2 at batch 8: about 2,700 faults a
-        run before, 10 after). Between runs the pool keeps at most the workspace limit
+        it instead of page-faulting fresh memory (MobileNetV2 at batch 8: 2,650-3,160 faults a
+        run before, 4-5 after). Between runs the pool keeps at most the workspace limit
         (`npconv.config(workspace=)`); `npconv.release_workspace()` frees it. Other runs are
         ONNX's own.
         """
