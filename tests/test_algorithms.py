@@ -464,6 +464,44 @@ def test_clip_is_np_clip_of_the_output(algorithm, dtype, fmt):
             assert np.array_equal(got, want, equal_nan=True), clip
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(40000, 3), (3, 7, 7, 960), (1, 56, 56, 96), (2, 5, 999, 17)])
+def test_add_bias_has_the_bits_of_part_plus_bias(shape, dtype):
+    """The forward's bias, added in tiled rows of `BIAS_ROW` values (C-contiguous parts of at
+    least four such rows, with rows left over), or broadcast as it is (a strided part, a
+    small one, a bias of another shape), is the single addition part + bias of every
+    element: NaN and inf included."""
+    from npconv.algorithms._common import BIAS_ROW, add_bias
+    rng = np.random.default_rng(12)
+    part = rng.standard_normal(shape).astype(dtype)
+    part.flat[::997] = np.nan
+    bias = rng.standard_normal(shape[-1]).astype(dtype)
+    bias[0] = np.inf
+    assert part.size >= 4 * BIAS_ROW * 2                         # tiled, rows left over
+    for target in (part, part[::2], part[:1], part):
+        want = target + bias
+        add_bias(target, bias, np)
+        assert np.array_equal(target, want, equal_nan=True)
+    column = rng.standard_normal((shape[0],) + (1,) * (len(shape) - 1)).astype(dtype)
+    want = part + column
+    add_bias(part, column, np)
+    assert np.array_equal(part, want, equal_nan=True)
+
+
+def test_conv_bias_is_the_plain_sum_in_a_layer_large_enough_to_tile():
+    """A 1x1 and a depthwise layer whose chunks take `add_bias`'s tiled rows give the bits of
+    the convolution without bias plus the bias."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((1, 56, 56, 24)).astype(np.float32)
+    for w in (rng.standard_normal((1, 1, 24, 144)), rng.standard_normal((3, 3, 1, 24))):
+        w = w.astype(np.float32)
+        kw = dict(padding=w.shape[0] // 2, groups=24 if w.shape[2] == 1 else 1)
+        b = rng.standard_normal(w.shape[-1]).astype(np.float32)
+        assert np.array_equal(npconv.conv(x, w, b, **kw), npconv.conv(x, w, **kw) + b)
+        assert np.array_equal(npconv.conv(x, w, b, clip=(0, None), **kw),
+                              np.clip(npconv.conv(x, w, **kw) + b, 0, None))
+
+
 def test_large_kernels_keep_nan_local_and_float32_error_at_the_gemms_level():
     """The issue's FFT cases, on the automatic choice: one NaN pixel of a 64x64x3 float32
     image under an 11x11 'same' kernel makes exactly the outputs that read it NaN (968 of

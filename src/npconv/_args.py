@@ -85,7 +85,12 @@ def compute_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
 def clip_bounds(clip: Any, dtype: np.dtype[Any], cdt: np.dtype[Any]) -> tuple | None:
     """`npconv.conv`'s `clip` as (lo, hi) scalars of the compute dtype, each rounded to y's
     dtype first (so that clipping before y is rounded to float16 gives the same bits as
-    after); None for no clip."""
+    after), an absent bound as -inf or inf; None for no clip.
+
+    The same values come out (NaN stays NaN), but np.clip(y, 0, inf) runs about 3.5x faster
+    than np.clip(y, 0, None), which NumPy computes as maximum(y, 0) with a broadcast scalar
+    (float32, 12544 x 96: 128 against 445 us). Zero's sign is the one difference: -0.0 stays
+    -0.0, as in `nn.ReLU`, where maximum gave 0.0."""
     if clip is None:
         return None
     key = (clip, dtype, cdt)
@@ -119,7 +124,10 @@ def _clip_bounds(clip: Any, dtype: np.dtype[Any], cdt: np.dtype[Any]) -> tuple |
         if v is not None and np.isnan(v):
             raise ValueError(f"`clip` {name} must not be NaN")
         bounds.append(None if v is None else cdt.type(dtype.type(v)))
-    return None if bounds == [None, None] else tuple(bounds)
+    if bounds == [None, None]:
+        return None
+    lo, hi = bounds
+    return (cdt.type(-np.inf) if lo is None else lo, cdt.type(np.inf) if hi is None else hi)
 
 
 def check_flag(value: Any, name: str) -> bool:

@@ -52,7 +52,7 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, *,
             algorithm: str | None = None, bias: Any = None, clip: tuple | None = None,
             unpadded: bool = False) -> Any:
     """y (N, *P, F) = conv(xp (N, *Sp, C), w (*K, C/G, F)) (+ bias (F,)), clipped to `clip`
-    ((lo, hi), a bound None when absent) chunk by chunk; with `unpadded`, from the input x
+    ((lo, hi) from `_args.clip_bounds`) chunk by chunk; with `unpadded`, from the input x
     (N, *S, C) itself (depthwise only: `reads_unpadded`)."""
     if _empty(spec):
         y = _zeros(w, (spec.batch, *spec.out_size, spec.out_channels))

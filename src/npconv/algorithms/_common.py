@@ -14,6 +14,8 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from npconv._chunks import Chunk, Plan
 from npconv._workspace import scratch
 from npconv.spec import ConvSpec, taps
@@ -41,13 +43,42 @@ def grouped_rows(a: Any, groups: int) -> Any:
 
 
 def finish(part: Any, bias: Any, clip: tuple | None, xp: Any) -> None:
-    """The end of a forward chunk, in place while it is in cache: part += bias (broadcast
-    against part), then part clipped to clip = (lo, hi), a bound None when absent (the fused
-    ReLU or ReLU6 of `npconv.conv(..., clip=)`)."""
+    """The end of a forward chunk, in place: part += bias (broadcast against part,
+    `add_bias`), then part clipped to clip = (lo, hi) (the fused ReLU or ReLU6
+    of `npconv.conv(..., clip=)`; `_args.clip_bounds` makes an absent bound infinite)."""
     if bias is not None:
-        part += bias
+        add_bias(part, bias, xp)
     if clip is not None:
         xp.clip(part, *clip, out=part)
+
+
+BIAS_ROW = 8192
+"""Elements per row of `add_bias`'s tiled additions. NumPy adds a broadcast (F,) vector F
+elements at a time, restarting its inner loop every row; rows of 8192 or more run 2-4x
+faster on data in cache (float32, 12544 x 96: 361 us broadcast, 257-272 us in rows of
+1024-4096, 119-121 us in rows of 8192-16384; 3136 x 144: 87 against 41-43). In a network
+most of a chunk has left the cache when its bias comes, and memory sets the pace: the
+biases of npconv.onnx's MobileNetV2 (every convolution has one, batch norm folded in) took
+19.0 ms of a batch-8 run broadcast and 18.1 tiled, 2.5 and 2.4 at batch 1."""
+
+
+def add_bias(part: Any, bias: Any, xp: Any) -> None:
+    """part += bias, bias (F,) along part's last axis (any other bias: broadcast as it is).
+
+    A C-contiguous NumPy part of at least four `BIAS_ROW` rows is added in rows of r * F
+    values against bias repeated r times (r * F >= `BIAS_ROW`); the rows left over, fewer
+    than r, against bias itself. Every element gets the same single addition either way."""
+    f = part.shape[-1] if part.ndim else 0
+    reps = -(-BIAS_ROW // max(f, 1))
+    if (xp is not np or bias.ndim != 1 or bias.shape[0] != f or not part.flags.c_contiguous
+            or part.size < 4 * reps * f):
+        part += bias
+        return
+    rows = part.reshape(-1, f)                                   # (R, F) view
+    whole = rows.shape[0] // reps * reps
+    tiled = rows[:whole].reshape(-1, reps * f)                   # (R / r, r * F) view
+    tiled += np.tile(bias, reps)
+    rows[whole:] += bias
 
 
 class PartialSum:
