@@ -502,6 +502,38 @@ def test_conv_bias_is_the_plain_sum_in_a_layer_large_enough_to_tile():
                               np.clip(npconv.conv(x, w, **kw) + b, 0, None))
 
 
+def test_a_kept_plan_is_never_used_for_arguments_it_was_not_made_for(monkeypatch):
+    """`conv` keeps its checks and decisions per layer (`convolution._forward_key`), but
+    an argument that compares equal to a checked one and is refused (1.0 for 1, True for 1,
+    a NumPy integer), another sign of zero in clip, x of the same shape in other strides (a
+    C-contiguous x is read in place, `_kernels.reads_unpadded`, another is copied), or other
+    settings in force, each gets its own checks and decisions."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((1, 12, 12, 8))
+    w = rng.standard_normal((3, 3, 1, 8))
+    npconv.conv(x, w, groups=8, stride=2)
+    for bad in (dict(groups=8.0), dict(stride=2.0), dict(stride=(2, True))):
+        with pytest.raises(TypeError):
+            npconv.conv(x, w, **{"groups": 8, "stride": 2, **bad})
+    y = npconv.conv(x, w, groups=8, stride=2)
+    for lo in (0, -0.0, 0.0, -0.0):
+        got = npconv.conv(x, w, groups=8, stride=2, clip=(lo, None))
+        assert np.array_equal(np.signbit(got), np.signbit(np.clip(y, lo, np.inf)))
+    read_in_place = []
+    forward = _kernels.forward
+    monkeypatch.setattr(_kernels, "forward", lambda *a, **kw: read_in_place.append(
+        kw["unpadded"]) or forward(*a, **kw))
+    with _config.tuned(unpadded_min_bytes=0):                    # reads x itself, in place
+        want = reference.conv(x, w, groups=8, stride=2, padding=1)
+        swapped = x.transpose(0, 2, 1, 3).copy().transpose(0, 2, 1, 3)  # H, W strides swapped
+        for xs in (x, np.asfortranarray(x), x, swapped):
+            assert rel_err(npconv.conv(xs, w, groups=8, stride=2, padding=1), want) < 1e-12
+    assert read_in_place == [True, False, True, False]
+    npconv.conv(x, w, groups=8, stride=2, padding=1)
+    with npconv.config(workspace=64), pytest.warns(RuntimeWarning, match="workspace limit"):
+        npconv.conv(x, w, groups=8, stride=2, padding=1)
+
+
 def test_large_kernels_keep_nan_local_and_float32_error_at_the_gemms_level():
     """The issue's FFT cases, on the automatic choice: one NaN pixel of a 64x64x3 float32
     image under an 11x11 'same' kernel makes exactly the outputs that read it NaN (968 of

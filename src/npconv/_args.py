@@ -93,8 +93,8 @@ def clip_bounds(clip: Any, dtype: np.dtype[Any], cdt: np.dtype[Any]) -> tuple | 
     -0.0, as in `nn.ReLU`, where maximum gave 0.0."""
     if clip is None:
         return None
-    key = (clip, dtype, cdt)
     if type(clip) is tuple and all(type(v) in (int, float, type(None)) for v in clip):
+        key = (tuple(map(repr, clip)), dtype, cdt)               # by repr: -0.0 is not 0
         if key not in _BOUNDS:                                   # a layer's (0, 6) every call
             remember(_BOUNDS, key, _clip_bounds(clip, dtype, cdt))
         return _BOUNDS[key]

@@ -1,7 +1,9 @@
 """Public convolution ops: forward, backward and transposed, for any spatial rank.
 
 Each function checks its arguments once, resolves them into a `ConvSpec`, converts the caller's
-layout to channels_last (`_layout`) and calls the kernels (`_kernels`). Shapes, channels_last /
+layout to channels_last (`_layout`) and calls the kernels (`_kernels`); `conv` keeps what it
+checked and decided per layer (`_forward_key`), for the next call with arguments of the same
+types, shapes, strides and dtypes under the same settings. Shapes, channels_last /
 channels_first:
 
     x   (N, *S, C)        / (N, C, *S)
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from npconv import _args, _backend, _chunks, _config, _kernels, _layout, _workspace, algorithms
 from npconv._backend import Array
@@ -45,6 +47,7 @@ from npconv.spec import (
     ConvGrads,
     ConvSpec,
     Padding,
+    cache_key_safe,
     check_shape,
     conv_spec,
     conv_transpose_spec,
@@ -92,20 +95,36 @@ def check_options(algorithm: Any, workspace: Any, spec: ConvSpec) -> None:
 
 @contextlib.contextmanager
 def _call(spec: ConvSpec, algorithm: Any, workspace: Any, dtype: Any) -> Iterator[Settings]:
-    """Check the options, resolve this call's settings (serial for a small layer) and run the
-    op inside a `_workspace.scope`: its copies and chunk buffers are reused from call to call
-    instead of page-faulted afresh. With `threads=1`, BLAS is held to one thread for the whole
-    op: one core in all."""
+    """Check the options, resolve this call's settings (`_settings`) and run the op in them
+    (`_run`)."""
+    settings, one_core = _settings(spec, algorithm, workspace, dtype)
+    with _run(settings, one_core):
+        yield settings
+
+
+def _settings(spec: ConvSpec, algorithm: Any, workspace: Any, dtype: Any
+              ) -> tuple[Settings, bool]:
+    """Check the options; this call's settings (serial for a small layer) and whether it runs
+    on one core (`threads=1`)."""
     check_options(algorithm, workspace, spec)
     settings = _config.resolve(workspace)
     one_core = settings.threads == 1
     if _chunks.serial_layer(spec, dtype.itemsize, settings):
         settings = _config.serial(settings)
-    elif _chunks.worker_count(settings) > 1:
+    return settings, one_core
+
+
+@contextlib.contextmanager
+def _run(settings: Settings, one_core: bool) -> Iterator[None]:
+    """Run the op inside a `_workspace.scope`: its copies and chunk buffers are reused from
+    call to call instead of page-faulted afresh. With `one_core`, BLAS is held to one thread
+    for the whole op: one core in all. An op on the workers tells the network pass in force,
+    if any (`_chunks.on_the_workers`)."""
+    if _chunks.worker_count(settings) > 1:
         _chunks.on_the_workers()
     blas = _chunks.single_blas() if one_core else contextlib.nullcontext()
     with _workspace.scope(settings), blas:
-        yield settings
+        yield
 
 
 def _x_in(x: Any, spec: ConvSpec, dtype: Any, settings: Settings, views: bool) -> Any:
@@ -210,6 +229,80 @@ def conv(
     >>> float(npconv.conv(x, w, padding="same", clip=(0, 3)).max())   # a fused ReLU-like clip
     3.0
     """
+    key = _forward_key(x, w, bias, (stride, padding, dilation, groups, data_format,
+                                    padding_mode), algorithm, workspace, clip)
+    plan = _FORWARDS.get(key) if key is not None else None
+    if plan is None:
+        plan = _forward_plan(x, w, bias, stride=stride, padding=padding, dilation=dilation,
+                             groups=groups, data_format=data_format,
+                             padding_mode=padding_mode, algorithm=algorithm,
+                             workspace=workspace, clip=clip)
+        if key is not None:
+            _args.remember(_FORWARDS, key, plan)
+    spec, cdt = plan.spec, plan.cdt
+    with _run(plan.settings, plan.one_core):
+        b = None if bias is None else bias.astype(cdt, copy=False)
+        x_last = _layout.to_last(x, data_format)                 # (N, *S, C) view
+        xp_ = x_last if plan.unpadded else _x_in(x, spec, cdt, plan.settings, plan.views)
+        y = _kernels.forward(xp_, _layout.weight(w, data_format, cdt), spec, plan.settings,
+                             algorithm=algorithm, bias=b, clip=plan.bounds,
+                             unpadded=plan.unpadded)             # (N, *P, F)
+        return _layout.result(y, data_format, plan.dtype, plan.settings)
+
+
+class _Forward(NamedTuple):
+    """What `conv` decides from its arguments' types, shapes, strides and dtypes and the
+    settings in force, before it computes anything (`_forward_plan`)."""
+
+    spec: ConvSpec
+    dtype: Any                                                   # y's
+    cdt: Any                                                     # the compute dtype
+    bounds: tuple | None                                         # clip's, `_args.clip_bounds`
+    settings: Settings                                           # this layer's (`_call`)
+    one_core: bool
+    unpadded: bool                                               # `_kernels.reads_unpadded`
+    views: bool                                                  # `_views`
+
+
+_FORWARDS: dict = {}
+"""`conv`'s plans by `_forward_key`: a layer calls it with the same geometry call after call,
+and checking and deciding afresh cost more than a small layer's arithmetic (a 1x1 layer of
+8x8x32 to 16 channels: 66-67 us a call deciding afresh, 51-53 with its plan kept; a 3x3
+depthwise one: 93-134 against 79-113, per-call medians of interleaved rounds)."""
+
+
+def _forward_key(x: Any, w: Any, bias: Any, geometry: tuple, algorithm: Any, workspace: Any,
+                 clip: Any) -> tuple | None:
+    """Everything `_forward_plan` reads: the arrays' types, shapes, strides and dtypes, the
+    keyword arguments and the settings in force. None, and the plan made (and its error
+    raised) afresh, unless every argument is of a type that compares equal only to values that
+    get the same plan: the geometry of ints, strings and tuples (`cache_key_safe`: 2.0, True
+    or a NumPy integer are checked, and refused or accepted, on their own), the algorithm a
+    string, the workspace an int, clip's bounds Python numbers (by repr: -0.0 is not 0)."""
+    if not (cache_key_safe(geometry) and (algorithm is None or type(algorithm) is str)
+            and (workspace is None or type(workspace) is int)):
+        return None
+    if clip is not None:
+        if type(clip) is not tuple or not all(type(v) in _BOUND_TYPES for v in clip):
+            return None
+        clip = tuple(map(repr, clip))
+    try:
+        key = (type(x), x.shape, x.strides, x.dtype, type(w), w.shape, w.dtype,
+               None if bias is None else (type(bias), bias.shape, bias.dtype),
+               geometry, algorithm, workspace, clip, _config.resolve())
+        hash(key)
+    except (AttributeError, TypeError):                          # not arrays: checked anew
+        return None
+    return key
+
+
+_BOUND_TYPES = (int, float, type(None))
+
+
+def _forward_plan(x: Any, w: Any, bias: Any, *, stride: Any, padding: Any, dilation: Any,
+                  groups: Any, data_format: Any, padding_mode: Any, algorithm: Any,
+                  workspace: Any, clip: Any) -> _Forward:
+    """`conv`'s checks (each error raised here) and decisions."""
     _check_arrays("conv", x=x, w=w)
     spec = conv_spec(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                      groups=groups, data_format=data_format, padding_mode=padding_mode)
@@ -217,16 +310,11 @@ def conv(
     dtype = _args.result_dtype(x, w, bias)
     cdt = _args.compute_dtype(dtype)
     bounds = _args.clip_bounds(clip, dtype, cdt)
-    with _call(spec, algorithm, workspace, cdt) as settings:
-        b = None if bias is None else bias.astype(cdt, copy=False)
-        x_last = _layout.to_last(x, data_format)                 # (N, *S, C) view
-        unpadded = _kernels.reads_unpadded(spec, algorithm, x_last, cdt, settings)
-        xp_ = x_last if unpadded else _x_in(x, spec, cdt, settings,
-                                            _views(spec, algorithm, x, cdt, settings))
-        y = _kernels.forward(xp_, _layout.weight(w, data_format, cdt), spec, settings,
-                             algorithm=algorithm, bias=b, clip=bounds,
-                             unpadded=unpadded)                  # (N, *P, F)
-        return _layout.result(y, data_format, dtype, settings)
+    settings, one_core = _settings(spec, algorithm, workspace, cdt)
+    x_last = _layout.to_last(x, data_format)                     # (N, *S, C) view
+    unpadded = _kernels.reads_unpadded(spec, algorithm, x_last, cdt, settings)
+    views = not unpadded and _views(spec, algorithm, x, cdt, settings)
+    return _Forward(spec, dtype, cdt, bounds, settings, one_core, unpadded, views)
 
 
 def conv_backward(

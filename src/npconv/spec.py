@@ -363,7 +363,7 @@ def conv_spec(
     """
     key = (x_shape, w_shape, stride, padding, dilation, groups, data_format, padding_mode,
            names)
-    plain = _plain(key)
+    plain = cache_key_safe(key)
     if plain and key in _SPECS:
         return _SPECS[key]
     spec = _conv_spec(x_shape, w_shape, stride, padding, dilation, groups, data_format,
@@ -378,14 +378,14 @@ _SPECS: dict[tuple, ConvSpec] = {}
 checks took 10 of the 55 us a small 1x1 convolution's call costs)."""
 
 
-def _plain(v: Any) -> bool:
-    """Whether v is made of ints, strings and tuples only (not bools or NumPy scalars, which
-    compare equal to ints but are checked differently): a safe cache key."""
+def cache_key_safe(v: Any) -> bool:
+    """Whether v is made of ints, strings and tuples only (not bools, floats or NumPy scalars,
+    which compare equal to ints but are checked differently): a safe cache key."""
     t = type(v)
     if t is not tuple:
         return t is int or t is str
     for e in v:  # noqa: SIM110 (a loop: twice as fast as all() over a generator, per call)
-        if type(e) is not int and not _plain(e):
+        if type(e) is not int and not cache_key_safe(e):
             return False
     return True
 

@@ -23,6 +23,7 @@ one product buffer of a chunk's output per worker instead (a multiply and an add
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import string
@@ -55,11 +56,14 @@ def _plan(spec: ConvSpec, itemsize: int, settings: Settings, xp: ModuleType,
 def tiles(w: Any, spec: ConvSpec) -> Any:
     """(*K, 1, F) -> (prod(K), P_last, G, m): each offset's weights repeated along the last
     output axis (rank >= 2), so that products with a slice run over whole contiguous rows
-    instead of restarting every G * m elements (3x faster than broadcasting a (G, m) row)."""
+    instead of restarting every G * m elements (3x faster than broadcasting a (G, m) row).
+    In scratch (`_workspace.scratch`): the op's computation uses them and ends first."""
     xp = _backend.namespace(w)
     width = spec.out_size[-1] if spec.rank > 1 else 1
     wk = w.reshape(-1, 1, spec.groups, spec.group_out)           # (prodK, 1, G, m)
-    return xp.ascontiguousarray(xp.broadcast_to(wk, (wk.shape[0], width, *wk.shape[2:])))
+    out = scratch((wk.shape[0], width, *wk.shape[2:]), w.dtype, xp)
+    out[...] = wk
+    return out
 
 
 def merged(spec: ConvSpec) -> bool:
@@ -150,6 +154,7 @@ def _in_bounds(spec: ConvSpec, chunk: Chunk) -> Iterator[tuple[tuple, tuple] | N
         yield None
 
 
+@functools.lru_cache(maxsize=256)
 def _subscripts(spec: ConvSpec) -> tuple[str, str, str]:
     """einsum letters of the window view, of the weights and of the output: positions
     (n, *P), channel g (or the merged x), filter j, kernel offsets *K."""

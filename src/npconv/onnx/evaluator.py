@@ -376,7 +376,8 @@ class Evaluator(ReferenceEvaluator):
 
     def _clip_bounds(self, node, x_name: str) -> tuple | None:
         """(lo, hi) of a Relu or of a Clip (opset >= 11) whose bounds are absent or scalar
-        initializers, reading x_name first; None for any other node."""
+        initializers, reading x_name first, as Python numbers (hashable: `npconv.conv` keeps
+        its plan by its arguments); None for any other node."""
         if node.domain or not node.input or node.input[0] != x_name:
             return None
         if node.op_type == "Relu":
@@ -389,7 +390,7 @@ class Evaluator(ReferenceEvaluator):
             if name and (not isinstance(value, np.ndarray) or value.size != 1
                          or value.dtype.kind not in "iuf" or np.isnan(value).any()):
                 return None                                # computed, or not a number
-            bounds.append(None if value is None else value.reshape(()))
+            bounds.append(None if value is None else value.reshape(()).item())
         return tuple(bounds)
 
     @property
