@@ -95,9 +95,11 @@ def clip_bounds(clip: Any, dtype: np.dtype[Any], cdt: np.dtype[Any]) -> tuple | 
         return None
     if type(clip) is tuple and all(type(v) in (int, float, type(None)) for v in clip):
         key = (tuple(map(repr, clip)), dtype, cdt)               # by repr: -0.0 is not 0
-        if key not in _BOUNDS:                                   # a layer's (0, 6) every call
-            remember(_BOUNDS, key, _clip_bounds(clip, dtype, cdt))
-        return _BOUNDS[key]
+        got = _BOUNDS.get(key, _BOUNDS)                          # a layer's (0, 6) every call
+        if got is _BOUNDS:                           # (another thread may empty the cache)
+            got = _clip_bounds(clip, dtype, cdt)
+            remember(_BOUNDS, key, got)
+        return got
     return _clip_bounds(clip, dtype, cdt)
 
 

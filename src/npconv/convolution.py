@@ -207,10 +207,12 @@ def conv(
     workspace : int, optional
         Bytes of temporaries this call may allocate (default: `npconv.get_config()`).
     clip : (lo, hi), optional
-        Clip y to [lo, hi] (a bound None: none), as np.clip does (NaN stays NaN; lo > hi gives
-        hi), chunk by chunk while each is in cache: a ReLU (0, None) or ReLU6 (0, 6) after
-        the convolution without a pass of its own (`nn.Sequential` fuses them in `eval()`,
-        `npconv.onnx.Evaluator` a Conv whose only reader is a Relu or Clip).
+        Clip y to [lo, hi] (a bound None: none), as np.clip does with an infinite bound for
+        an absent one (NaN stays NaN; lo > hi gives hi; -0.0 stays -0.0 under (0, None), as
+        in `nn.ReLU`, where np.clip(y, 0, None) gives 0.0), chunk by chunk: a ReLU (0, None)
+        or ReLU6 (0, 6) after the convolution without a pass of its own (`nn.Sequential`
+        fuses them in `eval()`, `npconv.onnx.Evaluator` a Conv whose only reader is a Relu or
+        Clip).
 
     Returns
     -------
