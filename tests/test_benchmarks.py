@@ -143,3 +143,21 @@ def test_a_section_that_cannot_run_says_why(monkeypatch):
     (report,) = run.run_sections(["absent"], run.Options()).values()
     assert report.body == ["Not run: no_such_bench.py, no-such-package missing."]
     assert report.targets == ["- n/a (not run: no_such_bench.py, no-such-package missing)"]
+
+
+def test_model_floor_counts_every_convolution_once():
+    """benchmarks/model_floor.py on a small input: one row per kind of layer and a sum row
+    (MobileNetV2: 17 depthwise layers, 34 1x1, the stem), multiply-adds as the definition
+    counts them."""
+    spec = importlib.util.spec_from_file_location("model_floor",
+                                                  ROOT / "benchmarks" / "model_floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    rows = {r["kind"]: r for r in floor.run("mobilenet_v2", batch=1, size=32, rounds=1)}
+    assert {k: r["layers"] for k, r in rows.items()} == {"depthwise": 17, "1x1": 34,
+                                                        "other": 1, "sum": 52}
+    assert rows["sum"]["macs"] == sum(rows[k]["macs"] for k in ("depthwise", "1x1", "other"))
+    assert rows["other"]["macs"] == 16 * 16 * 27 * 32               # the stem, stride 2
+    assert rows["depthwise"]["macs"] % 9 == 0                           # 3x3 per output
+    assert all(r["primitive"] > 0 and r["in_place"] > 0 for r in rows.values())
+    assert "| depthwise | 17 |" in floor.table(list(rows.values()), "t")
