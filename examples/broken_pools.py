@@ -102,10 +102,12 @@ class AvgPool2D(MaxPool2D):
 
     def forward(self, x):
         self.xp = self.pad(x)
-        return self.windows(self.xp).sum(axis=3) / self.divisors()
+        with np.errstate(invalid="ignore", divide="ignore"):  # a window wholly in the padding
+            return self.windows(self.xp).sum(axis=3) / self.divisors()  # 0 / 0: NaN
 
     def backward(self, dy):
-        g = dy / self.divisors()                               # (N, P, Q, C)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            g = dy / self.divisors()                           # (N, P, Q, C)
         dxp = np.zeros(self.xp.shape)
         for _, sl in self.offsets():
             dxp[sl] += g
