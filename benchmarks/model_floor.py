@@ -10,10 +10,10 @@ layer has a bias and most a fused ReLU or ReLU6) is timed two ways:
 - *primitive*: only the NumPy call that does its multiply-adds, on arrays prepared beforehand,
   with nothing else of the layer: a depthwise layer's einsum (the expression and window view of
   `npconv.algorithms.depthwise`, on an input padded beforehand, into a preallocated output); a
-  1x1 stride-1 layer's GEMM x (N*P, C) @ w (C, F) into a preallocated output; any other
-  layer's GEMM of its whole window matrix, built beforehand, by w (prod(K)*C, F). BLAS on
-  all threads, the einsum on one, as npconv runs a batch-1 layer; caches warm, each the median
-  of `rounds`;
+  1x1 stride-1 ungrouped layer's GEMM x (N*P, C) @ w (C, F) into a preallocated output; any
+  other layer's GEMM of its whole window matrix, built beforehand, by w (prod(K)*C/G, F), as
+  many multiply-adds as the layer's. BLAS on all threads, the einsum on one, as npconv runs a
+  batch-1 layer; caches warm, each the median of `rounds`;
 - *in place*: the layer's own call inside whole forwards (`Conv.forward` timed), the median
   over `rounds` forwards, each after a short pause: bias, clip, padding, chunking, checks and
   a colder cache included.
@@ -102,7 +102,7 @@ def primitive(layer, x) -> tuple:
         rule = "{},{}->{}".format(*depthwise._subscripts(spec))
         return (lambda: np.einsum(rule, win, wk, out=out)), macs
     depth = math.prod(spec.kernel_size) * spec.group_in
-    plain = kind(layer) == "1x1" and all(s == 1 for s in spec.stride)
+    plain = kind(layer) == "1x1" and spec.groups == 1 and all(s == 1 for s in spec.stride)
     a = (x.reshape(-1, x.shape[-1]) if plain                     # x is the window matrix
          else np.ones((outputs, depth), x.dtype))               # the window matrix's shape
     b = w.reshape(depth, spec.out_channels)
