@@ -83,10 +83,10 @@ def median_call(fn, rounds: int) -> float:
 def primitive(layer, x) -> tuple:
     """(the bare call, its multiply-adds) of one layer on input x (N, *S, C)."""
     w = layer.params["weight"]                                   # (*K, C/G, F)
-    kw = layer.kw
-    spec = npconv.conv_spec(x.shape, w.shape, stride=kw.get("stride", 1),
-                            padding=kw.get("padding", 0), dilation=kw.get("dilation", 1),
-                            groups=kw.get("groups", 1))
+    if layer.kw["data_format"] != "channels_last" or layer.kw["padding_mode"] != "zeros":
+        raise ValueError(f"{layer!r}: the primitives are timed for channels_last layers with "
+                         f"zero padding")
+    spec = npconv.conv_spec(x.shape, w.shape, **layer.kw)       # the layer's own geometry
     outputs = spec.batch * math.prod(spec.out_size)
     macs = outputs * spec.out_channels * math.prod(spec.kernel_size) * spec.group_in
     if kind(layer) == "depthwise":
