@@ -161,3 +161,23 @@ def test_model_floor_counts_every_convolution_once():
     assert rows["depthwise"]["macs"] % 9 == 0                           # 3x3 per output
     assert all(r["primitive"] > 0 and r["in_place"] > 0 for r in rows.values())
     assert "| depthwise | 17 |" in floor.table(list(rows.values()), "t")
+
+
+def test_model_floor_train_times_each_product_of_a_step():
+    """benchmarks/model_floor.py --train on a small step: the same 52 layers, three products
+    each except the stem's input gradient (its input needs none in a training step), and a
+    whole-step time."""
+    spec = importlib.util.spec_from_file_location("model_floor",
+                                                  ROOT / "benchmarks" / "model_floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    rows = floor.run_train("mobilenet_v2", batch=2, size=32, rounds=1, pause=0.0)
+    by_kind = {r["kind"]: r for r in rows}
+    assert {k: r["layers"] for k, r in by_kind.items()} == {"depthwise": 17, "1x1": 34,
+                                                           "other": 1, "sum": 52}
+    assert by_kind["other"]["input grad"] == 0.0                  # the stem's dx: not computed
+    assert all(r[k] > 0 for r in rows for k in ("forward", "weight grad", "in_place"))
+    assert all(by_kind[k]["input grad"] > 0 for k in ("depthwise", "1x1"))
+    assert by_kind["sum"]["whole"] > 0
+    text = floor.table_train(rows, "t")
+    assert "| 1x1 | 34 |" in text and "Whole step: npconv" in text
