@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +172,8 @@ def test_model_floor_train_times_each_product_of_a_step():
                                                   ROOT / "benchmarks" / "model_floor.py")
     floor = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(floor)
-    rows = floor.run_train("mobilenet_v2", batch=2, size=32, rounds=1, pause=0.0)
+    with np.errstate(all="raise"):                              # 2x32x32 diverged in 8 steps
+        rows = floor.run_train("mobilenet_v2", batch=2, size=64, rounds=1, pause=0.0)
     by_kind = {r["kind"]: r for r in rows}
     assert {k: r["layers"] for k, r in by_kind.items()} == {"depthwise": 17, "1x1": 34,
                                                            "other": 1, "sum": 52}
