@@ -45,7 +45,6 @@ table; writes nothing.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import statistics
 import sys
@@ -57,6 +56,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))                                    # benchmarks/run.py
+
+from run import script  # noqa: E402
 
 import npconv  # noqa: E402
 from npconv import models  # noqa: E402
@@ -250,16 +252,6 @@ def run(model_name: str = "mobilenet_v2", batch: int = 1, size: int = 224,
     return out
 
 
-def _bench_models():
-    """benchmarks/models.py as a module (named apart from npconv.models): its model pairs and
-    training steps."""
-    if "bench_models" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_models", HERE / "models.py")
-        sys.modules["bench_models"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["bench_models"])
-    return sys.modules["bench_models"]
-
-
 def capture_step(step) -> list[list]:
     """[layer, its input, the dy its backward got, whether it computed dx] for every Conv of
     one training step, in forward order."""
@@ -325,7 +317,7 @@ def run_train(model_name: str = "resnet18", batch: int = 16, size: int = 112,
     """`run` for `benchmarks/models.py`'s training step: per kind of layer the three products'
     primitives and the layers' forward plus backward in place (steps `pause` seconds apart);
     the "sum" row adds the whole step's median time and PyTorch's (None without torch)."""
-    bench = _bench_models()
+    bench = script("models", "bench_models")                   # apart from npconv.models
     rng = np.random.default_rng(0)
     case = bench.Case(model_name, "train step", batch, size)
     model, net = bench.build(model_name, rng)
