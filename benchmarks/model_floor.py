@@ -73,22 +73,28 @@ def kind(layer) -> str:
     return "1x1" if all(k == 1 for k in layer.params["weight"].shape[:-2]) else "other"
 
 
-def capture(model, x) -> list[tuple]:
-    """(layer, its input) for every Conv of one evaluation forward, in call order."""
-    seen: list[tuple] = []
-    call = module.Layer.__call__
+def capture(call) -> list[list]:
+    """[layer, its input, the dy its backward got (None in a forward alone), whether it
+    computed dx] for every Conv of one `call()` (a forward, or a training step), in call
+    order."""
+    seen: dict = {}
+    layer_call, backward = module.Layer.__call__, layers.Conv.backward
 
     def grab(self, *args, **kwargs):
         if isinstance(self, layers.Conv):
-            seen.append((self, np.array(args[0])))
-        return call(self, *args, **kwargs)
+            seen[id(self)] = [self, np.array(args[0]), None, True]
+        return layer_call(self, *args, **kwargs)
 
-    module.Layer.__call__ = grab
+    def grab_dy(self, dy, input_grad=True):
+        seen[id(self)][2:] = [np.array(dy), input_grad]
+        return backward(self, dy, input_grad=input_grad)
+
+    module.Layer.__call__, layers.Conv.backward = grab, grab_dy
     try:
-        model.forward(x)
+        call()
     finally:
-        module.Layer.__call__ = call
-    return seen
+        module.Layer.__call__, layers.Conv.backward = layer_call, backward
+    return list(seen.values())
 
 
 def median_call(fn, rounds: int) -> float:
@@ -233,10 +239,10 @@ def run(model_name: str = "mobilenet_v2", batch: int = 1, size: int = 224,
     rng = np.random.default_rng(0)
     model = getattr(models, model_name)(rng=rng).eval()
     x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
-    seen = capture(model, x)
+    seen = capture(lambda: model.forward(x))
     placed, whole = in_place(model, x, rounds)
     rows: dict = {}
-    for layer, xin in seen:
+    for layer, xin, _, _ in seen:
         fn, macs = primitive(layer, xin)
         row = rows.setdefault(kind(layer), dict(kind=kind(layer), layers=0, macs=0,
                                                 primitive=0.0, in_place=0.0))
@@ -250,29 +256,6 @@ def run(model_name: str = "mobilenet_v2", batch: int = 1, size: int = 224,
                     primitive=sum(r["primitive"] for r in out),
                     in_place=sum(r["in_place"] for r in out), whole=whole))
     return out
-
-
-def capture_step(step) -> list[list]:
-    """[layer, its input, the dy its backward got, whether it computed dx] for every Conv of
-    one training step, in forward order."""
-    seen: dict = {}
-    call, backward = module.Layer.__call__, layers.Conv.backward
-
-    def grab(self, *args, **kwargs):
-        if isinstance(self, layers.Conv):
-            seen[id(self)] = [self, np.array(args[0]), None, True]
-        return call(self, *args, **kwargs)
-
-    def grab_dy(self, dy, input_grad=True):
-        seen[id(self)][2:] = [np.array(dy), input_grad]
-        return backward(self, dy, input_grad=input_grad)
-
-    module.Layer.__call__, layers.Conv.backward = grab, grab_dy
-    try:
-        step()
-    finally:
-        module.Layer.__call__, layers.Conv.backward = call, backward
-    return list(seen.values())
 
 
 def in_place_step(steps: dict, rounds: int, pause: float) -> tuple[dict, dict]:
@@ -327,7 +310,7 @@ def run_train(model_name: str = "resnet18", batch: int = 16, size: int = 112,
         steps = bench.calls(case, model, net, rng)
         for step in steps.values():
             step()                                               # untimed: plans, pools
-        seen = capture_step(steps["npconv"])
+        seen = capture(steps["npconv"])
         placed, whole = in_place_step(steps, rounds, pause)
         rows: dict = {}
         for layer, x, dy, input_grad in seen:
