@@ -57,8 +57,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))                                    # benchmarks/run.py
-
 from run import script  # noqa: E402
+
+sys.path.remove(str(HERE))              # or `import onnx` would find this folder's onnx.py
 
 import npconv  # noqa: E402
 from npconv import models  # noqa: E402

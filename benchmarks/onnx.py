@@ -1,7 +1,7 @@
 """ONNX models side by side: ONNX's reference evaluator, npconv.onnx.Evaluator and onnxruntime.
 
     python benchmarks/onnx.py [--batches 1 8] [--size 224] [--repeats 5] [--threads N]
-                              [--clock wall|cpu] [--out FILE]
+                              [--clock wall|cpu] [--floor] [--out FILE]
 
 ResNet-18 and MobileNetV2, written in plain torch with torchvision's structure
 (tests/torch_reference.py: torchvision itself does not load with the CPU torch here) and random
@@ -14,7 +14,10 @@ size by
 - onnxruntime's CPU provider,
 
 each in a process of its own (the network exported once by the parent), one untimed call first
-for the last two and then the best of `--repeats`. All use every core (npconv's default,
+for the last two and then the best of `--repeats`. With `--floor`, also
+benchmarks/straight_line.py's program of the graph (the NumPy calls its nodes need, nothing
+between them) and its bound (without the padding copies and the 1x1 layers' bias additions),
+the same way, in a second table. All use every core (npconv's default,
 OpenBLAS's, onnxruntime's), or `--threads N` each (npconv's `threads` setting and BLAS through
 threadpoolctl for both NumPy evaluators, onnxruntime's intra-op threads): on a machine shared
 with other jobs, threads that spin while they wait for a core make the all-core numbers
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -152,6 +156,14 @@ def _runner(impl: str, path: Path, threads: int | None):
     if impl == "onnxruntime":
         sess = ort_session(path, threads)
         return (lambda x: sess.run(None, {"x": x})[0]), contextlib.nullcontext(), lambda: {}
+    if impl in ("straight-line", "bound"):
+        import onnx
+
+        spec = importlib.util.spec_from_file_location("straight_line", HERE / "straight_line.py")
+        straight_line = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(straight_line)
+        program = straight_line.Program(onnx.load(str(path)), free_passes=impl == "bound")
+        return program, blas_limit(threads), lambda: {}
     if impl == "reference":
         from onnx.reference import ReferenceEvaluator
 
@@ -201,7 +213,7 @@ def in_subprocess(impl: str, path: Path, batch: int, size: int, repeats: int,
 
 
 def measure(path: Path, batch: int, size: int, repeats: int, reference: bool,
-            threads: int | None, clock: str = "wall") -> dict:
+            threads: int | None, clock: str = "wall", floor: bool = False) -> dict:
     args = (path, batch, size, repeats, threads, clock)
     t_ort, want, _, _ = in_subprocess("onnxruntime", *args)
     t_np, got, delegated, faults = in_subprocess("npconv", *args)
@@ -211,6 +223,10 @@ def measure(path: Path, batch: int, size: int, repeats: int, reference: bool,
     if reference:
         row["reference"], slow, _, _ = in_subprocess("reference", *args)
         row["reference_diff"] = float(np.abs(slow - want).max())
+    if floor:
+        row["line"], line, _, _ = in_subprocess("straight-line", *args)
+        row["line_diff"] = float(np.abs(line - want).max())
+        row["bound"] = in_subprocess("bound", *args)[0]
     return row
 
 
@@ -223,8 +239,8 @@ def _ms(t) -> str:
     return "n/a" if t is None else f"{t * 1e3:.0f}" if t >= 0.1 else f"{t * 1e3:.1f}"
 
 
-def _x(a, b) -> str:
-    return "n/a" if a is None or b is None else f"{a / b:.1f}x"
+def _x(a, b, digits: int = 1) -> str:
+    return "n/a" if a is None or b is None else f"{a / b:.{digits}f}x"
 
 
 def _e(v) -> str:
@@ -247,6 +263,23 @@ def table(results: dict) -> list[str]:
     return lines
 
 
+def floor_table(results: dict) -> list[str]:
+    """What the rows of `measure(..., floor=True)` add: the straight-line program
+    (benchmarks/straight_line.py) and its bound, against npconv.onnx and onnxruntime."""
+    lines = ["| model | batch | npconv.onnx ms | straight-line NumPy ms | bound ms | "
+             "onnxruntime ms | npconv / onnxruntime | straight-line / onnxruntime | "
+             "bound / onnxruntime | max diff straight-line |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, rows in results.items():
+        for r in rows:
+            lines.append(
+                f"| {name} | {r['batch']} | {_ms(r['npconv'])} | {_ms(r['line'])} | "
+                f"{_ms(r['bound'])} | {_ms(r['ort'])} | {_x(r['npconv'], r['ort'], 2)} | "
+                f"{_x(r['line'], r['ort'], 2)} | {_x(r['bound'], r['ort'], 2)} | "
+                f"{_e(r['line_diff'])} |")
+    return lines
+
+
 def environment(threads: int | None) -> list[str]:
     import onnx
     import onnxruntime
@@ -262,14 +295,15 @@ def environment(threads: int | None) -> list[str]:
 
 def run(batches=(1, 8), size: int = 224, repeats: int = 5, reference: bool = True,
         models=("resnet18", "mobilenet_v2"), threads: int | None = None,
-        clock: str = "wall") -> list[str]:
+        clock: str = "wall", floor: bool = False) -> list[str]:
     """Export, run and compare every model at every batch size; the markdown report."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(models):
             path = Path(tmp) / f"{name}.onnx"
             export(randomize(network(name), seed=i), path, size)
-            results[name] = [measure(path, b, size, repeats, reference, threads, clock)
+            results[name] = [measure(path, b, size, repeats, reference, threads, clock,
+                                     floor)
                              for b in batches]
             for r in results[name]:
                 if r["delegated"]:
@@ -279,7 +313,11 @@ def run(batches=(1, 8), size: int = 224, repeats: int = 5, reference: bool = Tru
             f"weights; best of {repeats} runs after a warm-up for npconv.onnx and onnxruntime, "
             "one run for the reference evaluator. Max diff: the largest absolute difference of "
             "the logits to onnxruntime's. Page faults: npconv.onnx's minor page faults per call "
-            "after the first (memory mapped and touched afresh).", "", *table(results)]
+            "after the first (memory mapped and touched afresh).", "", *table(results),
+            *(["", "The least a NumPy evaluator can take (--floor): benchmarks/straight_line.py's "
+               "program of each graph, best of the same runs; its bound leaves out the "
+               "depthwise layers' padding copies and the 1x1 layers' bias additions.", "",
+               *floor_table(results)] if floor else [])]
 
 
 def main(argv=None) -> None:
@@ -297,10 +335,12 @@ def main(argv=None) -> None:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="cpu: the process's CPU time, which time spent waiting for a busy "
                              "core does not inflate (meaningful with --threads 1)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time benchmarks/straight_line.py's program of each graph")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
     lines = run(tuple(args.batches), args.size, args.repeats, args.reference, tuple(args.models),
-                args.threads, args.clock)
+                args.threads, args.clock, args.floor)
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

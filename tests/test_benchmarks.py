@@ -116,6 +116,14 @@ def test_onnx_targets():
     assert "up to 4.00x onnxruntime's (target <= 3: missed)" in line
 
 
+def test_onnx_floor_table_sets_the_straight_line_program_against_onnxruntime():
+    bench = run.script("onnx", module="onnx_bench")
+    rows = [dict(batch=1, npconv=0.018, line=0.013, bound=0.0116, ort=0.004, line_diff=1e-7)]
+    (row,) = bench.floor_table({"mobilenet_v2": rows})[2:]
+    assert row == ("| mobilenet_v2 | 1 | 18.0 | 13.0 | 11.6 | 4.0 | 4.50x | 3.25x | 2.90x | "
+                   "1.0e-07 |")
+
+
 def test_reading_block_is_kept_when_the_file_is_regenerated(tmp_path):
     path = tmp_path / "benchmarks.md"
     assert run.kept_reading(path) == [run.READING_PLACEHOLDER]
@@ -183,3 +191,70 @@ def test_model_floor_train_times_each_product_of_a_step():
     assert by_kind["sum"]["whole"] > 0
     text = floor.table_train(rows, "t")
     assert "| 1x1 | 34 |" in text and "Whole step: npconv" in text
+
+
+def _straight_line_graph(head: str):
+    """A small graph of every node benchmarks/straight_line.py knows, NCHW (2, 3, 12, 12) in,
+    (2, 5) out: a 3x3 stride-2 Conv and Clip, a depthwise Conv and Relu, a 1x1 Conv added to
+    the first Clip's output, a Clip alone, MaxPool, then `head` ("mean": ReduceMean and
+    Reshape, "pool": GlobalAveragePool and Flatten) and Gemm."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, numpy_helper
+    from onnx import helper as oh
+
+    rng = np.random.default_rng(0)
+    consts = {"w1": rng.standard_normal((8, 3, 3, 3)), "b1": rng.standard_normal(8),
+              "wd": rng.standard_normal((8, 1, 3, 3)), "bd": rng.standard_normal(8),
+              "wp": rng.standard_normal((8, 8, 1, 1)) / 3, "bp": rng.standard_normal(8),
+              "wg": rng.standard_normal((5, 8)), "bg": rng.standard_normal(5),
+              "lo": np.array(0.0), "hi": np.array(6.0), "axes": np.array([2, 3]),
+              "shape": np.array([0, -1])}
+    inits = [numpy_helper.from_array(v.astype(np.int64 if k in ("axes", "shape")
+                                              else np.float32), k) for k, v in consts.items()]
+    conv = dict(pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+    nodes = [oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], strides=[2, 2], **conv),
+             oh.make_node("Clip", ["c1", "lo", "hi"], ["a1"]),
+             oh.make_node("Conv", ["a1", "wd", "bd"], ["c2"], group=8, **conv),
+             oh.make_node("Relu", ["c2"], ["a2"]),
+             oh.make_node("Conv", ["a2", "wp", "bp"], ["c3"]),
+             oh.make_node("Add", ["c3", "a1"], ["s"]),
+             oh.make_node("Clip", ["s", "lo", ""], ["a3"]),
+             oh.make_node("MaxPool", ["a3"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
+                          pads=[1, 1, 1, 1])]
+    if head == "mean":
+        nodes += [oh.make_node("ReduceMean", ["p", "axes"], ["m"]),
+                  oh.make_node("Reshape", ["m", "shape"], ["f"])]
+    else:
+        nodes += [oh.make_node("GlobalAveragePool", ["p"], ["m"]),
+                  oh.make_node("Flatten", ["m"], ["f"])]
+    nodes.append(oh.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1))
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                 [2, 3, 12, 12])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+                          initializer=inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("head", ["mean", "pool"])
+def test_straight_line_program_computes_the_graph(head):
+    """benchmarks/straight_line.py, the program `onnx.py --floor` times: its logits equal
+    ONNX's reference evaluator's, call after call; its bound, which skips passes, gives
+    other numbers; a node it does not know is refused by name."""
+    model = _straight_line_graph(head)
+    from onnx.reference import ReferenceEvaluator
+
+    spec = importlib.util.spec_from_file_location("straight_line",
+                                                  ROOT / "benchmarks" / "straight_line.py")
+    straight_line = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(straight_line)
+    x = np.random.default_rng(1).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    reference = ReferenceEvaluator(model)
+    program = straight_line.Program(model)
+    for batch in (x, 2 * x, x[:1]):                              # buffers reused; a new shape
+        want = reference.run(None, {"x": batch})[0]
+        np.testing.assert_allclose(program(batch), want, rtol=1e-5, atol=1e-5)
+    bound = straight_line.Program(model, free_passes=True)(x[:1])
+    assert bound.shape == want.shape and not np.allclose(bound, want)
+    model.graph.node[3].op_type = "Sigmoid"
+    with pytest.raises(ValueError, match="Sigmoid node"):
+        straight_line.Program(model)(x)
