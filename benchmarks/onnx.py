@@ -247,37 +247,41 @@ def _e(v) -> str:
     return "n/a" if v is None else f"{v:.1e}"
 
 
-def table(results: dict) -> list[str]:
-    lines = ["| model | batch | reference ms | npconv.onnx ms | onnxruntime ms | reference / "
-             "npconv (>= 10) | npconv / onnxruntime (<= 3) | max diff npconv | max diff "
-             "reference | npconv.onnx page faults / run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+def _markdown(header: list[str], results: dict, cells) -> list[str]:
+    """A markdown table: the model, the batch and `header`'s columns, one line per row of
+    every model, the last columns `cells(row)`."""
+    columns = ["model", "batch", *header]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, rows in results.items():
-        for r in rows:
-            faults = r.get("npconv_faults")
-            lines.append(
-                f"| {name} | {r['batch']} | {_ms(r['reference'])} | {_ms(r['npconv'])} | "
-                f"{_ms(r['ort'])} | {_x(r['reference'], r['npconv'])} | "
-                f"{_x(r['npconv'], r['ort'])} | {_e(r['npconv_diff'])} | "
-                f"{_e(r['reference_diff'])} | {'n/a' if faults is None else f'{faults:.0f}'} |")
+        lines += ["| " + " | ".join([name, str(r["batch"]), *cells(r)]) + " |" for r in rows]
     return lines
+
+
+def table(results: dict) -> list[str]:
+    def cells(r: dict) -> list[str]:
+        faults = r.get("npconv_faults")
+        return [_ms(r["reference"]), _ms(r["npconv"]), _ms(r["ort"]),
+                _x(r["reference"], r["npconv"]), _x(r["npconv"], r["ort"]),
+                _e(r["npconv_diff"]), _e(r["reference_diff"]),
+                "n/a" if faults is None else f"{faults:.0f}"]
+
+    return _markdown(["reference ms", "npconv.onnx ms", "onnxruntime ms",
+                      "reference / npconv (>= 10)", "npconv / onnxruntime (<= 3)",
+                      "max diff npconv", "max diff reference",
+                      "npconv.onnx page faults / run"], results, cells)
 
 
 def floor_table(results: dict) -> list[str]:
     """What the rows of `measure(..., floor=True)` add: the straight-line program
     (benchmarks/straight_line.py) and its bound, against npconv.onnx and onnxruntime."""
-    lines = ["| model | batch | npconv.onnx ms | straight-line NumPy ms | bound ms | "
-             "onnxruntime ms | npconv / onnxruntime | straight-line / onnxruntime | "
-             "bound / onnxruntime | max diff straight-line |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, rows in results.items():
-        for r in rows:
-            lines.append(
-                f"| {name} | {r['batch']} | {_ms(r['npconv'])} | {_ms(r['line'])} | "
-                f"{_ms(r['bound'])} | {_ms(r['ort'])} | {_x(r['npconv'], r['ort'], 2)} | "
-                f"{_x(r['line'], r['ort'], 2)} | {_x(r['bound'], r['ort'], 2)} | "
-                f"{_e(r['line_diff'])} |")
-    return lines
+    def cells(r: dict) -> list[str]:
+        return [_ms(r["npconv"]), _ms(r["line"]), _ms(r["bound"]), _ms(r["ort"]),
+                _x(r["npconv"], r["ort"], 2), _x(r["line"], r["ort"], 2),
+                _x(r["bound"], r["ort"], 2), _e(r["line_diff"])]
+
+    return _markdown(["npconv.onnx ms", "straight-line NumPy ms", "bound ms", "onnxruntime ms",
+                      "npconv / onnxruntime", "straight-line / onnxruntime",
+                      "bound / onnxruntime", "max diff straight-line"], results, cells)
 
 
 def environment(threads: int | None) -> list[str]:
