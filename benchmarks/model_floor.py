@@ -59,7 +59,9 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))                                    # benchmarks/run.py
 from run import script  # noqa: E402
 
-sys.path.remove(str(HERE))              # or `import onnx` would find this folder's onnx.py
+# Nothing of this folder stays on the path (as a script's, Python put it first): `import onnx`
+# would find its onnx.py.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import npconv  # noqa: E402
 from npconv import models  # noqa: E402

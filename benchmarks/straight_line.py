@@ -14,14 +14,18 @@ weights beforehand). Per node:
   - a depthwise layer is npconv's einsum (the expression and the window view of
     `npconv.algorithms.depthwise`), on its input copied into a zero-bordered buffer;
   - any other ungrouped layer copies its window matrix whole, then one GEMM.
-- Clip or Relu after a Conv that has no other consumer is that Conv's activation; alone it is
+- Clip (its bounds as inputs, or as attributes before opset 11) or Relu after a Conv whose
+  output goes to it alone, and is not a graph output, is that Conv's activation; alone it is
   one np.clip.
 - Add is one np.add. MaxPool is one np.maximum per kernel offset on a -inf-bordered copy.
 - ReduceMean over the spatial axes and GlobalAveragePool are one np.mean.
-- Flatten and Reshape to (N, C) are views.
+- Flatten (axis 1) and Reshape to (N, C) of a 1x1 image are views.
 - Gemm is one GEMM and an add.
 
-Any other node, attribute or shape is refused with a ValueError naming it. The GEMMs use every
+An image output comes back in ONNX's layout, (N, C, H, W). Any other node, and what the nodes
+above do not implement (auto_pad, ceil_mode, dilated or index-giving MaxPool, grouped Conv
+other than depthwise, transA, alpha, beta, broadcasting adds), is refused with a ValueError
+naming the node. The GEMMs use every
 thread BLAS has; the einsums run on one, since two halves on two threads were slower at batch 1
 (docs/onnx.md).
 
@@ -51,9 +55,18 @@ def _refuse(node, what: str) -> ValueError:
     return ValueError(f"straight_line: {node.op_type} node {node.name!r}: {what}")
 
 
+def _pads(node, attrs: dict) -> tuple:
+    """((top, bottom), (left, right)) from a node's explicit pads (auto_pad refused)."""
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise _refuse(node, f"auto_pad {attrs['auto_pad']!r}: explicit pads only")
+    top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])
+    return (top, bottom), (left, right)
+
+
 class Program:
-    """Call with x (N, C, H, W) float32 to get the graph's first output as a new array; the
-    program for each input shape is built on its first call."""
+    """Call with x (N, C, H, W) float32 to get the graph's first output as a new array (in
+    ONNX's layout: (N, C, H, W) when it is an image); the program for each input shape is
+    built on its first call."""
 
     def __init__(self, model, free_passes: bool = False) -> None:
         self.graph = model.graph
@@ -72,7 +85,7 @@ class Program:
         np.copyto(x_in, x.transpose(0, 2, 3, 1))                 # NCHW -> NHWC
         for step in steps:
             step()
-        return out.copy()
+        return out.transpose(0, 3, 1, 2).copy() if out.ndim == 4 else out.copy()
 
     # -- building ------------------------------------------------------------------------
 
@@ -98,18 +111,22 @@ class Program:
                 continue
             after = readers.get(node.output[0], [])
             activation = None
-            if len(after) == 1 and nodes[after[0]].op_type in ("Clip", "Relu"):
+            if len(after) == 1 and nodes[after[0]].op_type in ("Clip", "Relu") \
+                    and node.output[0] not in {o.name for o in self.graph.output}:
                 fused.add(after[0])
                 activation = (nodes[after[0]], *self._bounds(nodes[after[0]]))
             build(node, values, steps, activation)
         return steps, x_in, values[self.graph.output[0].name]
 
     def _bounds(self, node) -> tuple[float, float]:
+        """(lo, hi) of a Relu, or of a Clip: its min and max inputs (opset 11 on) or
+        attributes (before), absent ones infinite."""
         if node.op_type == "Relu":
             return 0.0, math.inf
         given = [float(self.consts[name]) if name else None for name in node.input[1:3]]
         given += [None] * (2 - len(given))
-        lo, hi = given
+        attrs = _attributes(node)
+        lo, hi = (attrs.get(key, v) for key, v in zip(("min", "max"), given))
         return (-math.inf if lo is None else lo), (math.inf if hi is None else hi)
 
     def _conv(self, node, values: dict, steps: list, activation) -> None:
@@ -121,13 +138,10 @@ class Program:
         bias = (self.consts[node.input[2]] if len(node.input) > 2 and node.input[2]
                 else np.zeros(f, x.dtype)).astype(x.dtype)
         attrs = _attributes(node)
-        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            raise _refuse(node, f"auto_pad {attrs['auto_pad']!r}; explicit pads only")
         groups = attrs.get("group", 1)
-        pads = attrs.get("pads", [0, 0, 0, 0])
         spec = npconv.conv_spec(x.shape, (*w.shape[2:], w.shape[1], f),
                                 stride=tuple(attrs.get("strides", (1, 1))),
-                                padding=((pads[0], pads[2]), (pads[1], pads[3])),
+                                padding=_pads(node, attrs),
                                 dilation=tuple(attrs.get("dilations", (1, 1))), groups=groups)
         w_last = np.ascontiguousarray(w.transpose(2, 3, 1, 0))   # (kh, kw, C/G, F)
         y = np.empty((spec.batch, *spec.out_size, f), x.dtype)   # (N, *P, F)
@@ -215,11 +229,10 @@ class Program:
         if attrs.get("ceil_mode", 0) or any(d != 1 for d in attrs.get("dilations", (1, 1))) \
                 or len(node.output) > 1:
             raise _refuse(node, "ceil_mode, dilations or indices")
-        pads = attrs.get("pads", [0, 0, 0, 0])
         k = tuple(attrs["kernel_shape"])
         spec = npconv.conv_spec(x.shape, (*k, 1, x.shape[-1]), groups=x.shape[-1],
                                 stride=tuple(attrs.get("strides", (1, 1))),
-                                padding=((pads[0], pads[2]), (pads[1], pads[3])))
+                                padding=_pads(node, attrs))
         xp, inner = self._padded(x, spec, -np.inf)
         win = _windows.unfold(xp, k, spec.stride, spec.dilation, spec.out_size)
         y = values[node.output[0]] = np.empty((x.shape[0], *spec.out_size, x.shape[-1]),
@@ -251,6 +264,8 @@ class Program:
 
     def _flatten(self, node, values: dict, steps: list) -> None:
         x = values[node.input[0]]
+        if node.op_type == "Flatten" and _attributes(node).get("axis", 1) != 1:
+            raise _refuse(node, "axis other than 1")
         if x.ndim == 4 and x.shape[1:3] != (1, 1):
             raise _refuse(node, f"input {x.shape} (N, H, W, C): only a 1x1 image flattens "
                                 "alike in both layouts")
@@ -259,7 +274,10 @@ class Program:
     def _reshape(self, node, values: dict, steps: list) -> None:
         target = self.consts[node.input[1]].tolist()
         x = values[node.input[0]]
-        if len(target) != 2 or target[1] not in (-1, x.size // x.shape[0]):
+        n, rest = x.shape[0], x.size // max(x.shape[0], 1)
+        flat = len(target) == 2 and ((target[0] in (0, n) and target[1] in (-1, rest))
+                                     or target == [-1, rest])
+        if not flat:
             raise _refuse(node, f"shape {target}: only (N, -1)")
         self._flatten(node, values, steps)
 

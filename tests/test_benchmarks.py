@@ -194,10 +194,12 @@ def test_model_floor_train_times_each_product_of_a_step():
 
 
 def _straight_line_graph(head: str):
-    """A small graph of every node benchmarks/straight_line.py knows, NCHW (2, 3, 12, 12) in,
-    (2, 5) out: a 3x3 stride-2 Conv and Clip, a depthwise Conv and Relu, a 1x1 Conv added to
-    the first Clip's output, a Clip alone, MaxPool, then `head` ("mean": ReduceMean and
-    Reshape, "pool": GlobalAveragePool and Flatten) and Gemm."""
+    """A small graph of every node benchmarks/straight_line.py knows, NCHW (2, 3, 12, 10) in,
+    (2, 5) out: a 3x3 stride-2 Conv with uneven pads and Clip, a depthwise Conv and Relu, a
+    1x1 Conv added to the first Clip's output, MaxPool of that sum (windows of negatives
+    only at the border), a Clip without max, a stride-2 depthwise Conv, then `head` ("mean":
+    ReduceMean, Reshape and Gemm with transB; "pool": GlobalAveragePool, Flatten and Gemm
+    without)."""
     pytest.importorskip("onnx")
     from onnx import TensorProto, numpy_helper
     from onnx import helper as oh
@@ -205,34 +207,47 @@ def _straight_line_graph(head: str):
     rng = np.random.default_rng(0)
     consts = {"w1": rng.standard_normal((8, 3, 3, 3)), "b1": rng.standard_normal(8),
               "wd": rng.standard_normal((8, 1, 3, 3)), "bd": rng.standard_normal(8),
-              "wp": rng.standard_normal((8, 8, 1, 1)) / 3, "bp": rng.standard_normal(8),
-              "wg": rng.standard_normal((5, 8)), "bg": rng.standard_normal(5),
-              "lo": np.array(0.0), "hi": np.array(6.0), "axes": np.array([2, 3]),
-              "shape": np.array([0, -1])}
+              "wp": rng.standard_normal((8, 8, 1, 1)) / 3, "bp": rng.standard_normal(8) - 4,
+              "w2": rng.standard_normal((8, 1, 3, 3)), "b2": rng.standard_normal(8),
+              "wg": rng.standard_normal((5, 8) if head == "mean" else (8, 5)),
+              "bg": rng.standard_normal(5), "lo": np.array(0.0), "hi": np.array(6.0),
+              "floor": np.array(-3.0),
+              "axes": np.array([2, 3]), "shape": np.array([0, -1])}
     inits = [numpy_helper.from_array(v.astype(np.int64 if k in ("axes", "shape")
                                               else np.float32), k) for k, v in consts.items()]
-    conv = dict(pads=[1, 1, 1, 1], kernel_shape=[3, 3])
-    nodes = [oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], strides=[2, 2], **conv),
+    k3 = dict(kernel_shape=[3, 3])
+    nodes = [oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], strides=[2, 2],
+                          pads=[1, 0, 2, 1], **k3),
              oh.make_node("Clip", ["c1", "lo", "hi"], ["a1"]),
-             oh.make_node("Conv", ["a1", "wd", "bd"], ["c2"], group=8, **conv),
+             oh.make_node("Conv", ["a1", "wd", "bd"], ["c2"], group=8, pads=[1, 1, 1, 1], **k3),
              oh.make_node("Relu", ["c2"], ["a2"]),
              oh.make_node("Conv", ["a2", "wp", "bp"], ["c3"]),
              oh.make_node("Add", ["c3", "a1"], ["s"]),
-             oh.make_node("Clip", ["s", "lo", ""], ["a3"]),
-             oh.make_node("MaxPool", ["a3"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
-                          pads=[1, 1, 1, 1])]
+             oh.make_node("MaxPool", ["s"], ["p"], strides=[2, 2], pads=[1, 1, 1, 1], **k3),
+             oh.make_node("Clip", ["p", "floor", ""], ["a3"]),
+             oh.make_node("Conv", ["a3", "w2", "b2"], ["c4"], group=8, strides=[2, 2],
+                          pads=[1, 1, 1, 1], **k3)]
     if head == "mean":
-        nodes += [oh.make_node("ReduceMean", ["p", "axes"], ["m"]),
-                  oh.make_node("Reshape", ["m", "shape"], ["f"])]
+        nodes += [oh.make_node("ReduceMean", ["c4", "axes"], ["m"]),
+                  oh.make_node("Reshape", ["m", "shape"], ["f"]),
+                  oh.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1)]
     else:
-        nodes += [oh.make_node("GlobalAveragePool", ["p"], ["m"]),
-                  oh.make_node("Flatten", ["m"], ["f"])]
-    nodes.append(oh.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1))
+        nodes += [oh.make_node("GlobalAveragePool", ["c4"], ["m"]),
+                  oh.make_node("Flatten", ["m"], ["f"]),
+                  oh.make_node("Gemm", ["f", "wg", "bg"], ["y"])]
     graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                 [2, 3, 12, 12])],
+                                                                 [2, 3, 12, 10])],
                           [oh.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
                           initializer=inits)
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
+
+
+def _straight_line():
+    spec = importlib.util.spec_from_file_location("straight_line",
+                                                  ROOT / "benchmarks" / "straight_line.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("head", ["mean", "pool"])
@@ -243,11 +258,8 @@ def test_straight_line_program_computes_the_graph(head):
     model = _straight_line_graph(head)
     from onnx.reference import ReferenceEvaluator
 
-    spec = importlib.util.spec_from_file_location("straight_line",
-                                                  ROOT / "benchmarks" / "straight_line.py")
-    straight_line = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(straight_line)
-    x = np.random.default_rng(1).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    straight_line = _straight_line()
+    x = np.random.default_rng(1).standard_normal((2, 3, 12, 10)).astype(np.float32)
     reference = ReferenceEvaluator(model)
     program = straight_line.Program(model)
     for batch in (x, 2 * x, x[:1]):                              # buffers reused; a new shape
@@ -258,3 +270,53 @@ def test_straight_line_program_computes_the_graph(head):
     model.graph.node[3].op_type = "Sigmoid"
     with pytest.raises(ValueError, match="Sigmoid node"):
         straight_line.Program(model)(x)
+
+
+def test_straight_line_program_reads_old_clips_and_gives_images_in_onnx_layout():
+    """A Clip with its bounds as attributes (opset 6) fused into the Conv before it, and a
+    graph whose output is an image: returned (N, C, H, W), as ONNX's evaluator gives it."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, numpy_helper
+    from onnx import helper as oh
+    from onnx.reference import ReferenceEvaluator
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3))
+                                .astype(np.float32) * 3, "w")
+    nodes = [oh.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             oh.make_node("Clip", ["c"], ["y"], min=-1.0, max=2.0)]
+    info = oh.make_tensor_value_info
+    graph = oh.make_graph(nodes, "g", [info("x", TensorProto.FLOAT, [1, 3, 5, 7])],
+                          [info("y", TensorProto.FLOAT, [1, 4, 5, 7])], initializer=[w])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 10)])
+    x = np.random.default_rng(1).standard_normal((1, 3, 5, 7)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    got = _straight_line().Program(model)(x)
+    assert got.shape == (1, 4, 5, 7) and got.min() == -1 and got.max() == 2
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("head, change, message", [
+    ("pool", lambda g: g.node[6].attribute.append(_attr("auto_pad", "SAME_UPPER")), "auto_pad"),
+    ("pool", lambda g: g.node[10].attribute.append(_attr("axis", 0)), "axis other than 1"),
+    ("pool", lambda g: g.node[11].attribute.append(_attr("transA", 1)), "transA"),
+    ("mean", lambda g: g.initializer[-1].CopyFrom(_ints([3, -1], "shape")), "only \\(N, -1\\)"),
+])
+def test_straight_line_program_refuses_what_it_would_get_wrong(head, change, message):
+    """Attributes the program does not implement are refused by name, not ignored."""
+    model = _straight_line_graph(head)
+    change(model.graph)
+    x = np.zeros((2, 3, 12, 10), np.float32)
+    with pytest.raises(ValueError, match=message):
+        _straight_line().Program(model)(x)
+
+
+def _attr(name, value):
+    from onnx import helper as oh
+
+    return oh.make_attribute(name, value)
+
+
+def _ints(values, name):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.array(values, np.int64), name)
