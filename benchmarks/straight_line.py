@@ -44,7 +44,7 @@ from onnx import helper, numpy_helper
 
 import npconv
 from npconv import _windows
-from npconv.algorithms import depthwise
+from npconv.algorithms import depthwise, pointwise
 
 
 def _attributes(node) -> dict:
@@ -148,14 +148,13 @@ class Program:
         y2 = y.reshape(-1, f)
         out_name = node.output[0] if activation is None else activation[0].output[0]
         values[out_name] = y
-        one_by_one = (groups == 1 and w.shape[2:] == (1, 1) and spec.stride == (1, 1)
-                      and spec.pads == ((0, 0), (0, 0)))
+        one_by_one = pointwise.applies(spec) and spec.pads == ((0, 0), (0, 0))
         if one_by_one:
             product = self._pointwise(x, w_last, y2)
         elif groups == x.shape[-1] == f and w.shape[1] == 1:
             product = self._depthwise(x, w_last, spec, y)
         elif groups == 1:
-            product = self._windows(x, w_last, spec, y2)
+            product = self._im2col(x, w_last, spec, y2)
         else:
             raise _refuse(node, f"group {groups}: only 1 or depthwise (one filter a channel)")
         steps.append(product)
@@ -171,19 +170,14 @@ class Program:
 
     def _padded(self, x, spec, fill: float = 0.0):
         """(a buffer of x padded by spec.pads, bordered with `fill`, and its interior)."""
-        (t, b), (left, r) = spec.pads
-        xp = np.full((x.shape[0], x.shape[1] + t + b, x.shape[2] + left + r, x.shape[3]),
-                     fill, x.dtype)
-        return xp, xp[:, t:t + x.shape[1], left:left + x.shape[2]]
+        xp = np.full((x.shape[0], *spec.padded_size, x.shape[-1]), fill, x.dtype)
+        return xp, xp[_windows.interior(spec.pads, spec.in_size)]
 
     def _depthwise(self, x, w_last, spec, y):
         xp, inner = self._padded(x, spec)
         win = depthwise._windows_view(xp, spec)
         if depthwise.merged(spec):                               # (kh, kw, P_last * C)
-            wk = np.ascontiguousarray(np.broadcast_to(
-                w_last.reshape(*spec.kernel_size, 1, -1),
-                (*spec.kernel_size, spec.out_size[-1], spec.groups))).reshape(
-                *spec.kernel_size, -1)
+            wk = depthwise.tiles(w_last, spec).reshape(*spec.kernel_size, -1).copy()
             out = y.reshape(y.shape[0], y.shape[1], -1)
         else:                                                    # (kh, kw, G, 1)
             wk = w_last.reshape(*spec.kernel_size, spec.groups, 1)
@@ -197,7 +191,7 @@ class Program:
             np.einsum(rule, win, wk, out=out)
         return product
 
-    def _windows(self, x, w_last, spec, y2):
+    def _im2col(self, x, w_last, spec, y2):
         xp, inner = self._padded(x, spec)
         win = _windows.unfold(xp, spec.kernel_size, spec.stride, spec.dilation,
                                      spec.out_size)              # (N, *P, *K, C)
