@@ -93,17 +93,27 @@ def clip_bounds(clip: Any, dtype: np.dtype[Any], cdt: np.dtype[Any]) -> tuple | 
     -0.0, as in `nn.ReLU`, where maximum gave 0.0."""
     if clip is None:
         return None
-    if type(clip) is tuple and all(type(v) in (int, float, type(None)) for v in clip):
-        key = (tuple(map(repr, clip)), dtype, cdt)               # by repr: -0.0 is not 0
-        got = _BOUNDS.get(key, _BOUNDS)                          # a layer's (0, 6) every call
-        if got is _BOUNDS:                           # (another thread may empty the cache)
-            got = _clip_bounds(clip, dtype, cdt)
-            remember(_BOUNDS, key, got)
-        return got
-    return _clip_bounds(clip, dtype, cdt)
+    plain = clip_key(clip)
+    if plain is None:
+        return _clip_bounds(clip, dtype, cdt)
+    key = (plain, dtype, cdt)
+    got = _BOUNDS.get(key, _BOUNDS)                              # a layer's (0, 6) every call
+    if got is _BOUNDS:                               # (another thread may empty the cache)
+        got = _clip_bounds(clip, dtype, cdt)
+        remember(_BOUNDS, key, got)
+    return got
 
 
 _BOUNDS: dict = {}
+
+
+def clip_key(clip: Any) -> tuple | None:
+    """A cache key for `clip` when it is a tuple of Python ints, floats and Nones (by repr:
+    -0.0 is not 0, and 0 == 0.0 == False would merge bounds checked differently); None for
+    anything else, which is checked afresh."""
+    if type(clip) is not tuple or not all(type(v) in (int, float, type(None)) for v in clip):
+        return None
+    return tuple(map(repr, clip))
 
 
 def remember(cache: dict, key: Any, value: Any, most: int = 256) -> None:

@@ -280,14 +280,14 @@ def _forward_key(x: Any, w: Any, bias: Any, geometry: tuple, algorithm: Any, wor
     raised) afresh, unless every argument is of a type that compares equal only to values that
     get the same plan: the geometry of ints, strings and tuples (`cache_key_safe`: 2.0, True
     or a NumPy integer are checked, and refused or accepted, on their own), the algorithm a
-    string, the workspace an int, clip's bounds Python numbers (by repr: -0.0 is not 0)."""
+    string, the workspace an int, clip's bounds Python numbers (`_args.clip_key`)."""
     if not (cache_key_safe(geometry) and (algorithm is None or type(algorithm) is str)
             and (workspace is None or type(workspace) is int)):
         return None
     if clip is not None:
-        if type(clip) is not tuple or not all(type(v) in _BOUND_TYPES for v in clip):
+        clip = _args.clip_key(clip)
+        if clip is None:
             return None
-        clip = tuple(map(repr, clip))
     try:
         key = (type(x), x.shape, x.strides, x.dtype, type(w), w.shape, w.dtype,
                None if bias is None else (type(bias), bias.shape, bias.dtype),
@@ -296,9 +296,6 @@ def _forward_key(x: Any, w: Any, bias: Any, geometry: tuple, algorithm: Any, wor
     except (AttributeError, TypeError):                          # not arrays: checked anew
         return None
     return key
-
-
-_BOUND_TYPES = (int, float, type(None))
 
 
 def _forward_plan(x: Any, w: Any, bias: Any, *, stride: Any, padding: Any, dilation: Any,
