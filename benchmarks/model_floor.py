@@ -129,14 +129,13 @@ def _einsum_operands(w, spec, x) -> tuple:
     (N, *S, C), padded here, as `npconv.algorithms.depthwise` multiplies them."""
     xp = np.pad(x, ((0, 0), *spec.pads, (0, 0)))
     win = depthwise._windows_view(xp, spec)
+    rule, wk = depthwise.einsum_weights(w, spec)
     if depthwise.merged(spec):
-        wk = depthwise.tiles(w, spec).reshape(*spec.kernel_size, -1).copy()
         out = np.empty((spec.batch, *spec.out_size[:-1],
                         spec.out_size[-1] * spec.out_channels), x.dtype)
     else:
-        wk = w.reshape(*spec.kernel_size, spec.groups, spec.group_out)
         out = np.empty((spec.batch, *spec.out_size, spec.groups, spec.group_out), x.dtype)
-    return "{},{}->{}".format(*depthwise._subscripts(spec)), win, wk, out
+    return rule, win, wk.copy(), out                             # tiles live in scratch
 
 
 def _gemm_operands(layer, w, spec, x, outputs) -> tuple:

@@ -176,13 +176,12 @@ class Program:
     def _depthwise(self, x, w_last, spec, y):
         xp, inner = self._padded(x, spec)
         win = depthwise._windows_view(xp, spec)
-        if depthwise.merged(spec):                               # (kh, kw, P_last * C)
-            wk = depthwise.tiles(w_last, spec).reshape(*spec.kernel_size, -1).copy()
+        rule, wk = depthwise.einsum_weights(w_last, spec)
+        wk = wk.copy()                                           # tiles live in scratch
+        if depthwise.merged(spec):                               # (N, P0, P1 * C)
             out = y.reshape(y.shape[0], y.shape[1], -1)
-        else:                                                    # (kh, kw, G, 1)
-            wk = w_last.reshape(*spec.kernel_size, spec.groups, 1)
+        else:                                                    # (N, P0, P1, G, 1)
             out = y.reshape(*y.shape[:-1], spec.groups, 1)
-        rule = "{},{}->{}".format(*depthwise._subscripts(spec))
         if self.free:
             return lambda: np.einsum(rule, win, wk, out=out)
 

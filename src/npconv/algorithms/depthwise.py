@@ -154,6 +154,18 @@ def _in_bounds(spec: ConvSpec, chunk: Chunk) -> Iterator[tuple[tuple, tuple] | N
         yield None
 
 
+def einsum_weights(w: Any, spec: ConvSpec) -> tuple[str, Any]:
+    """(rule, weights) of the forward's einsum of the window view (`_windows_view`) with w
+    (*K, 1, F): the weights (*K, P_last * G) tiled in scratch (`tiles`) when `merged`, else a
+    (*K, G, m) view; the output is y (N, *P, F) viewed as (N, *P[:-1], P_last * F) or
+    (N, *P, G, m)."""
+    if merged(spec):
+        wk = tiles(w, spec).reshape(*spec.kernel_size, -1)       # (*K, P_last * G)
+    else:
+        wk = w.reshape(*spec.kernel_size, spec.groups, spec.group_out)  # (*K, G, m)
+    return "{},{}->{}".format(*_subscripts(spec)), wk
+
+
 @functools.lru_cache(maxsize=256)
 def _subscripts(spec: ConvSpec) -> tuple[str, str, str]:
     """einsum letters of the window view, of the weights and of the output: positions
@@ -184,12 +196,7 @@ def forward(xp_: Any, w: Any, spec: ConvSpec, settings: Settings, bias: Any = No
     chunks = _plan(spec, y.itemsize, settings, xp)
     if xp is not np:
         return _forward_offsets(xp_, w, spec, y, bias, clip, chunks)
-    if merged(spec):
-        wk = tiles(w, spec).reshape(*spec.kernel_size, -1)       # (*K, P_last * G)
-    else:
-        wk = w.reshape(*spec.kernel_size, g, m)                  # (*K, G, m)
-    x_sub, w_sub, y_sub = _subscripts(spec)
-    rule = f"{x_sub},{w_sub}->{y_sub}"
+    rule, wk = einsum_weights(w, spec)
 
     def product(win: Any, out: Any) -> None:
         """out (n, *P', F), a box of y = the einsum of its window view with the weights."""
